@@ -1,0 +1,222 @@
+//! agent.toml: who this node is, where its PostgreSQL lives, where its REST API listens and
+//! which DCS it uses. Parsed with unknown keys rejected and validated as a whole.
+
+use consensus::config_file::{Invalid, Validate};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// This member's name: unique in the cluster, used in DCS keys and replication slot names.
+    pub name: String,
+    /// The cluster's name (Patroni's `scope`).
+    #[serde(default = "default_scope")]
+    pub scope: String,
+    /// Prefix of every DCS key (Patroni's `namespace`).
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    pub postgresql: PostgresqlConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+    pub dcs: DcsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresqlConfig {
+    pub data_dir: PathBuf,
+    /// Directory with initdb/pg_ctl/postgres; found automatically when absent.
+    #[serde(default)]
+    pub bin_dir: Option<PathBuf>,
+    /// Address PostgreSQL listens on.
+    #[serde(default = "default_pg_listen")]
+    pub listen: SocketAddr,
+    /// OS user that runs PostgreSQL when the agent runs as root.
+    #[serde(default = "default_os_user")]
+    pub os_user: String,
+    /// Local parameter overrides (on top of the cluster-wide dynamic configuration).
+    #[serde(default)]
+    pub parameters: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    #[serde(default = "default_api_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { listen: default_api_listen() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DcsBackend {
+    Raft,
+    Etcd,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DcsConfig {
+    pub backend: DcsBackend,
+    #[serde(default)]
+    pub etcd: Option<EtcdConfig>,
+    #[serde(default)]
+    pub raft: Option<RaftConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    /// Client URLs of the etcd members, e.g. `["http://10.0.0.1:2379"]`.
+    pub endpoints: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaftConfig {
+    /// Address this member's Raft and DCS-client traffic listens on.
+    pub listen: SocketAddr,
+    /// Directory for the Raft log, vote and snapshots.
+    pub data_dir: PathBuf,
+    /// The other members: `name = "host:port"`.
+    #[serde(default)]
+    pub peers: BTreeMap<String, String>,
+}
+
+fn default_scope() -> String {
+    "main".into()
+}
+fn default_namespace() -> String {
+    "/service".into()
+}
+fn default_os_user() -> String {
+    crate::postgres::os_user::DEFAULT_USER.into()
+}
+fn default_pg_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 5432))
+}
+fn default_api_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8008))
+}
+
+/// Member names become DCS keys and replication slot names: keep them to what both accept.
+fn valid_member_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+}
+
+impl Validate for AgentConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        if !valid_member_name(&self.name) {
+            return Err(Invalid::new(
+                "name",
+                format!("{:?}", self.name),
+                "expected 1-63 characters of letters, digits, '_', '-' or '.'",
+            ));
+        }
+        if !valid_member_name(&self.scope) {
+            return Err(Invalid::new(
+                "scope",
+                format!("{:?}", self.scope),
+                "expected 1-63 characters of letters, digits, '_', '-' or '.'",
+            ));
+        }
+        if !self.namespace.starts_with('/') {
+            return Err(Invalid::new("namespace", format!("{:?}", self.namespace), "expected a path starting with '/'"));
+        }
+        match self.dcs.backend {
+            DcsBackend::Etcd => match &self.dcs.etcd {
+                None => return Err(Invalid::missing("dcs.etcd", "backend = \"etcd\" needs a [dcs.etcd] section with endpoints")),
+                Some(e) if e.endpoints.is_empty() => {
+                    return Err(Invalid::new("dcs.etcd.endpoints", "[]", "expected at least one etcd client URL"))
+                }
+                Some(e) => {
+                    if let Some(bad) = e.endpoints.iter().find(|u| !(u.starts_with("http://") || u.starts_with("https://"))) {
+                        return Err(Invalid::new("dcs.etcd.endpoints", format!("{bad:?}"), "expected URLs like \"http://127.0.0.1:2379\""));
+                    }
+                }
+            },
+            DcsBackend::Raft => match &self.dcs.raft {
+                None => return Err(Invalid::missing("dcs.raft", "backend = \"raft\" needs a [dcs.raft] section with listen and data_dir")),
+                Some(r) => {
+                    if r.peers.contains_key(&self.name) {
+                        return Err(Invalid::new(format!("dcs.raft.peers.{}", self.name), "…", "list the other members only, not this one"));
+                    }
+                    if let Some((peer, addr)) = r.peers.iter().find(|(_, a)| a.parse::<SocketAddr>().is_err()) {
+                        return Err(Invalid::new(format!("dcs.raft.peers.{peer}"), format!("{addr:?}"), "expected \"host:port\" with an IP address"));
+                    }
+                }
+            },
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use consensus::config_file::parse;
+    use std::path::Path;
+
+    const GOOD: &str = r#"
+name = "node1"
+[postgresql]
+data_dir = "/var/lib/pgha/node1"
+[dcs]
+backend = "raft"
+[dcs.raft]
+listen = "127.0.0.1:7001"
+data_dir = "/var/lib/pgha/raft1"
+peers = { node2 = "127.0.0.1:7002", node3 = "127.0.0.1:7003" }
+"#;
+
+    fn err(text: &str) -> String {
+        match parse::<AgentConfig>(Path::new("agent.toml"), text) {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn good_config_gets_defaults() {
+        let c: AgentConfig = parse(Path::new("agent.toml"), GOOD).unwrap();
+        assert_eq!(c.scope, "main");
+        assert_eq!(c.namespace, "/service");
+        assert_eq!(c.api.listen.port(), 8008);
+        assert_eq!(c.dcs.raft.unwrap().peers.len(), 2);
+    }
+
+    #[test]
+    fn unknown_backend_lists_the_choices() {
+        assert_eq!(
+            err(&GOOD.replace("backend = \"raft\"", "backend = \"zookeeper\"")),
+            "agent.toml: dcs.backend = \"zookeeper\": expected one of raft, etcd"
+        );
+    }
+
+    #[test]
+    fn etcd_backend_without_endpoints_is_rejected() {
+        let text = "name = \"n\"\n[postgresql]\ndata_dir = \"/d\"\n[dcs]\nbackend = \"etcd\"\n";
+        assert_eq!(err(text), "agent.toml: dcs.etcd: backend = \"etcd\" needs a [dcs.etcd] section with endpoints");
+    }
+
+    #[test]
+    fn bad_member_name_is_rejected() {
+        assert!(err(&GOOD.replace("node1", "node 1")).starts_with("agent.toml: name = \"node 1\": expected"));
+    }
+
+    #[test]
+    fn bad_peer_address_names_the_peer() {
+        let e = err(&GOOD.replace("\"127.0.0.1:7003\"", "\"nowhere\""));
+        assert_eq!(e, "agent.toml: dcs.raft.peers.node3 = \"nowhere\": expected \"host:port\" with an IP address");
+    }
+}

@@ -1,0 +1,4 @@
+//! Control of the local PostgreSQL through its own programs and SQL.
+
+pub mod binaries;
+pub mod os_user;

@@ -1,0 +1,273 @@
+//! The command-line surface of `pgha`: every subcommand, its help text, and its dispatch.
+//! Capabilities that are not built yet say so plainly and exit with status 69 (EX_UNAVAILABLE).
+
+use crate::logging::LogFormat;
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Exit status of a subcommand whose capability is not built into this version.
+pub const EXIT_NOT_BUILT: u8 = 69;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pgha",
+    version,
+    about = "PostgreSQL high availability in one binary",
+    long_about = "PostgreSQL high availability in one binary.\n\n\
+        One agent per database node manages the local PostgreSQL and, with its peers, keeps exactly \
+        one primary through a distributed configuration store (etcd, or a Raft group built into the \
+        agents). The pooler sends applications' writes to the primary and reads to healthy \
+        standbys; the backup commands take base backups, archive WAL and restore to a point in \
+        time; ctl is what a DBA types.",
+    after_help = "Start with `pgha demo` for a local 3-node cluster. See README.md and docs/ for the rest."
+)]
+pub struct Cli {
+    /// Log format: human-readable lines or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value = "human", env = "PGHA_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// Log level (error, warn, info, debug, trace) or a filter such as `pgha=debug`; RUST_LOG wins if set.
+    #[arg(long, global = true, default_value = "info", env = "PGHA_LOG_LEVEL")]
+    pub log_level: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent for one database node: manage its PostgreSQL, take part in leader election,
+    /// serve the Patroni-compatible REST API.
+    Agent(ServiceArgs),
+    /// Run the connection pooler (PgBouncer-compatible settings and admin console), following the
+    /// cluster's primary and standbys.
+    Pooler(ServiceArgs),
+    /// Operate a cluster: list members, switch over, fail over, restart, reinitialize, pause.
+    Ctl(CtlArgs),
+    /// Base backups, verification, retention and point-in-time restore.
+    Backup(BackupArgs),
+    /// Archive one WAL file into the backup repository (use as PostgreSQL's archive_command: `pgha archive-push --config F %p`).
+    ArchivePush(ArchivePushArgs),
+    /// Fetch one WAL file from the backup repository (use as PostgreSQL's restore_command: `pgha archive-get --config F %f %p`).
+    ArchiveGet(ArchiveGetArgs),
+    /// Start a local demo cluster on this machine (agents on the built-in Raft, plus a pooler) and print its DSNs.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    /// The TOML config file (see docs/configuration.md).
+    #[arg(short, long, env = "PGHA_CONFIG")]
+    pub config: PathBuf,
+    /// Check the config file, print a summary, and exit without starting anything.
+    #[arg(long)]
+    pub validate_config: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// REST API URL of any agent of the cluster.
+    #[arg(long, env = "PGHA_API", default_value = "http://127.0.0.1:8008")]
+    pub api: String,
+    #[command(subcommand)]
+    pub verb: CtlVerb,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlVerb {
+    /// List the members: role, state, timeline, lag, and the leader's last decision.
+    List,
+    /// Planned handover of the primary role to a healthy standby (clients of the pooler see a pause).
+    Switchover {
+        /// The member to become primary; the healthiest standby when omitted.
+        #[arg(long)]
+        candidate: Option<String>,
+        /// When to switch over (ISO 8601); now when omitted.
+        #[arg(long)]
+        scheduled: Option<String>,
+    },
+    /// Promote a standby now, whether or not the current primary is healthy.
+    Failover {
+        /// The member to promote.
+        #[arg(long)]
+        candidate: String,
+    },
+    /// Restart PostgreSQL on one member (or all, one at a time).
+    Restart {
+        /// Member name; all members when omitted.
+        member: Option<String>,
+    },
+    /// Throw away a standby's data directory and clone it again from the primary.
+    Reinit {
+        /// The standby to rebuild.
+        member: String,
+    },
+    /// Stop automatic failover (maintenance mode); PostgreSQL keeps running.
+    Pause,
+    /// Resume automatic failover.
+    Resume,
+    /// Show the cluster-wide dynamic configuration.
+    ShowConfig,
+    /// Change the cluster-wide dynamic configuration, e.g. `--set ttl=20 --set postgresql.parameters.work_mem=64MB`.
+    EditConfig {
+        /// key=value pairs to set.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Restore the whole cluster to a point in time (agents stop, the primary is restored and promoted, standbys re-clone).
+    RestoreCluster {
+        /// Target time, e.g. "2026-11-23 14:03:27+00".
+        #[arg(long)]
+        target_time: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The TOML config file with the [repository] section.
+    #[arg(short, long, env = "PGHA_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub verb: BackupVerb,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupVerb {
+    /// Take a base backup (full or incremental), compressed and checksummed.
+    Create {
+        /// full, or incr (only files changed since the previous backup are copied).
+        #[arg(long = "type", default_value = "full")]
+        kind: String,
+        /// Read the files from a standby instead of the primary.
+        #[arg(long)]
+        from_standby: bool,
+        /// Files stored in parallel.
+        #[arg(long, default_value_t = 2)]
+        jobs: usize,
+    },
+    /// List the backups in the repository with sizes, WAL range and restorable time range.
+    List,
+    /// Show one backup in detail.
+    Info { label: String },
+    /// Check every checksum and the WAL continuity from each backup to the newest segment.
+    Verify,
+    /// Apply retention: delete backups (and WAL no kept backup needs) beyond the limits.
+    Expire {
+        /// Print what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Restore a backup into a directory, optionally to a point in time.
+    Restore {
+        /// The directory to restore into.
+        #[arg(long)]
+        to_dir: PathBuf,
+        #[arg(long)]
+        target_time: Option<String>,
+        #[arg(long)]
+        target_lsn: Option<String>,
+        #[arg(long)]
+        target_xid: Option<String>,
+        #[arg(long)]
+        target_name: Option<String>,
+        /// Stop as soon as the backup is consistent.
+        #[arg(long)]
+        immediate: bool,
+        /// Only fetch files that differ from what is already in --to-dir.
+        #[arg(long)]
+        delta: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ArchivePushArgs {
+    #[arg(short, long, env = "PGHA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Path of the WAL file, as PostgreSQL passes it in %p.
+    pub wal_path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ArchiveGetArgs {
+    #[arg(short, long, env = "PGHA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Name of the WAL file wanted (%f).
+    pub wal_name: String,
+    /// Where to write it (%p).
+    pub destination: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Number of database nodes.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u8,
+    /// DCS to use: the agents' built-in Raft, or a local etcd started for the demo.
+    #[arg(long, default_value = "raft", value_parser = ["raft", "etcd"])]
+    pub dcs: String,
+    /// Directory for the demo's data; a temporary one when omitted.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Agent(args) => {
+            let config: agent::config::AgentConfig = load(&args.config)?;
+            if args.validate_config {
+                println!(
+                    "{}: OK: member {} of cluster {} ({:?} DCS), PostgreSQL data in {}",
+                    args.config.display(),
+                    config.name,
+                    config.scope,
+                    config.dcs.backend,
+                    config.postgresql.data_dir.display()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            Ok(not_built("agent", "the HA agent (bootstrap, replicas, failover, REST API)"))
+        }
+        Command::Pooler(args) => {
+            let config: pooler::config::PoolerConfig = load(&args.config)?;
+            if args.validate_config {
+                println!(
+                    "{}: OK: listening on {}:{}, pool_mode {:?}, {} database entries",
+                    args.config.display(),
+                    config.listen_addr,
+                    config.listen_port,
+                    config.pool_mode,
+                    config.databases.len()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            Ok(not_built("pooler", "the connection pooler"))
+        }
+        Command::Ctl(_) => Ok(not_built("ctl", "cluster operations (they need the agent's REST API)")),
+        Command::Backup(_) => Ok(not_built("backup", "base backups, verify, expire and restore")),
+        Command::ArchivePush(_) => Ok(not_built("archive-push", "WAL archiving")),
+        Command::ArchiveGet(_) => Ok(not_built("archive-get", "WAL restore from the repository")),
+        Command::Demo(args) => {
+            eprintln!(
+                "pgha demo will start {} PostgreSQL nodes managed by pgha agents on the {} DCS, plus a pooler, \
+                 print their DSNs and API URLs, and tear everything down on Ctrl-C.",
+                args.nodes, args.dcs
+            );
+            Ok(not_built("demo", "the local demo cluster (it needs the agent and the pooler)"))
+        }
+    }
+}
+
+fn load<T>(path: &Path) -> anyhow::Result<T>
+where
+    T: serde::de::DeserializeOwned + consensus::config_file::Validate,
+{
+    // The error already names the file, the key and what is allowed.
+    Ok(consensus::config_file::load(path)?)
+}
+
+fn not_built(command: &str, what: &str) -> ExitCode {
+    eprintln!(
+        "pgha {command}: not built yet: this version of pgha does not include {what}. Nothing was started. \
+         See the status table in README.md."
+    );
+    ExitCode::from(EXIT_NOT_BUILT)
+}

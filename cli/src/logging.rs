@@ -1,0 +1,28 @@
+//! Log output for every pgha subcommand: human-readable lines on stderr by default, one JSON
+//! object per line with `--log-format json`. The level comes from `--log-level` or `RUST_LOG`.
+
+use anyhow::Context;
+use clap::ValueEnum;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One readable line per event.
+    Human,
+    /// One JSON object per event, for log shippers.
+    Json,
+}
+
+pub fn init(format: LogFormat, level: &str) -> anyhow::Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.is_empty() => EnvFilter::try_new(&spec).with_context(|| format!("RUST_LOG={spec:?} is not a valid log filter"))?,
+        _ => EnvFilter::try_new(level)
+            .with_context(|| format!("--log-level {level:?}: expected one of error, warn, info, debug, trace (or a filter like pgha=debug)"))?,
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Human => builder.with_target(false).try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    result.map_err(|e| anyhow::anyhow!("could not set up logging: {e}"))
+}

@@ -1,0 +1,290 @@
+//! pooler.toml: PgBouncer's settings under PgBouncer's names and defaults (top-level keys, as in
+//! pgbouncer.ini's `[pgbouncer]` section), plus `[databases.<name>]` and `[users.<name>]` tables.
+//! Durations are seconds, as in PgBouncer.
+
+use consensus::config_file::{Invalid, Validate};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    Session,
+    Transaction,
+    Statement,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum AuthType {
+    #[serde(rename = "trust")]
+    Trust,
+    #[serde(rename = "md5")]
+    Md5,
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    Disable,
+    Allow,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolerConfig {
+    pub listen_addr: String,
+    pub listen_port: u16,
+    /// Directory for the Unix socket `.s.PGSQL.<listen_port>`; empty disables it.
+    pub unix_socket_dir: String,
+    pub pool_mode: PoolMode,
+    pub default_pool_size: u32,
+    pub min_pool_size: u32,
+    pub reserve_pool_size: u32,
+    pub reserve_pool_timeout: f64,
+    pub max_client_conn: u32,
+    pub max_db_connections: u32,
+    pub max_user_connections: u32,
+    pub max_prepared_statements: u32,
+    pub server_lifetime: f64,
+    pub server_idle_timeout: f64,
+    pub server_connect_timeout: f64,
+    pub server_login_retry: f64,
+    pub query_timeout: f64,
+    pub query_wait_timeout: f64,
+    pub idle_transaction_timeout: f64,
+    pub client_idle_timeout: f64,
+    pub client_login_timeout: f64,
+    pub server_reset_query: String,
+    pub server_reset_query_always: bool,
+    pub server_check_query: String,
+    pub server_check_delay: f64,
+    pub auth_type: AuthType,
+    pub auth_file: Option<PathBuf>,
+    pub auth_user: Option<String>,
+    pub auth_query: String,
+    pub admin_users: Vec<String>,
+    pub stats_users: Vec<String>,
+    pub client_tls_sslmode: TlsMode,
+    pub client_tls_cert_file: Option<PathBuf>,
+    pub client_tls_key_file: Option<PathBuf>,
+    pub server_tls_sslmode: TlsMode,
+    pub max_packet_size: u32,
+    pub databases: BTreeMap<String, DatabaseConfig>,
+    pub users: BTreeMap<String, UserConfig>,
+}
+
+impl Default for PoolerConfig {
+    fn default() -> Self {
+        PoolerConfig {
+            listen_addr: "127.0.0.1".into(),
+            listen_port: 6432,
+            unix_socket_dir: "/tmp".into(),
+            pool_mode: PoolMode::Session,
+            default_pool_size: 20,
+            min_pool_size: 0,
+            reserve_pool_size: 0,
+            reserve_pool_timeout: 5.0,
+            max_client_conn: 100,
+            max_db_connections: 0,
+            max_user_connections: 0,
+            max_prepared_statements: 200,
+            server_lifetime: 3600.0,
+            server_idle_timeout: 600.0,
+            server_connect_timeout: 15.0,
+            server_login_retry: 15.0,
+            query_timeout: 0.0,
+            query_wait_timeout: 120.0,
+            idle_transaction_timeout: 0.0,
+            client_idle_timeout: 0.0,
+            client_login_timeout: 60.0,
+            server_reset_query: "DISCARD ALL".into(),
+            server_reset_query_always: false,
+            server_check_query: "select 1".into(),
+            server_check_delay: 30.0,
+            auth_type: AuthType::ScramSha256,
+            auth_file: None,
+            auth_user: None,
+            auth_query: "SELECT usename, passwd FROM pg_shadow WHERE usename=$1".into(),
+            admin_users: Vec::new(),
+            stats_users: Vec::new(),
+            client_tls_sslmode: TlsMode::Disable,
+            client_tls_cert_file: None,
+            client_tls_key_file: None,
+            server_tls_sslmode: TlsMode::Prefer,
+            max_packet_size: 2_147_483_647,
+            databases: BTreeMap::new(),
+            users: BTreeMap::new(),
+        }
+    }
+}
+
+/// One `[databases.<name>]` entry: where clients of database `<name>` are sent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Database name on the server; defaults to the entry's name.
+    #[serde(default)]
+    pub dbname: Option<String>,
+    /// Force this server-side user for every client of this database.
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub pool_mode: Option<PoolMode>,
+    #[serde(default)]
+    pub pool_size: Option<u32>,
+    #[serde(default)]
+    pub min_pool_size: Option<u32>,
+    #[serde(default)]
+    pub reserve_pool: Option<u32>,
+    #[serde(default)]
+    pub max_db_connections: Option<u32>,
+    #[serde(default)]
+    pub auth_user: Option<String>,
+}
+
+/// One `[users.<name>]` entry: per-user overrides.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    #[serde(default)]
+    pub pool_mode: Option<PoolMode>,
+    #[serde(default)]
+    pub max_user_connections: Option<u32>,
+}
+
+fn default_port() -> u16 {
+    5432
+}
+
+fn non_negative(key: &str, v: f64) -> Result<(), Invalid> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(())
+    } else {
+        Err(Invalid::new(key, v, "expected a number of seconds >= 0 (0 disables the timeout)"))
+    }
+}
+
+impl Validate for PoolerConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        for (key, v) in [
+            ("reserve_pool_timeout", self.reserve_pool_timeout),
+            ("server_lifetime", self.server_lifetime),
+            ("server_idle_timeout", self.server_idle_timeout),
+            ("server_connect_timeout", self.server_connect_timeout),
+            ("server_login_retry", self.server_login_retry),
+            ("query_timeout", self.query_timeout),
+            ("query_wait_timeout", self.query_wait_timeout),
+            ("idle_transaction_timeout", self.idle_transaction_timeout),
+            ("client_idle_timeout", self.client_idle_timeout),
+            ("client_login_timeout", self.client_login_timeout),
+            ("server_check_delay", self.server_check_delay),
+        ] {
+            non_negative(key, v)?;
+        }
+        if self.min_pool_size > self.default_pool_size {
+            return Err(Invalid::new(
+                "min_pool_size",
+                self.min_pool_size,
+                format!("expected at most default_pool_size ({})", self.default_pool_size),
+            ));
+        }
+        if self.max_client_conn == 0 {
+            return Err(Invalid::new("max_client_conn", 0, "expected at least 1"));
+        }
+        if self.max_packet_size < 1024 {
+            return Err(Invalid::new("max_packet_size", self.max_packet_size, "expected at least 1024 bytes"));
+        }
+        if self.auth_type != AuthType::Trust && self.auth_file.is_none() && self.auth_user.is_none() {
+            let v = match self.auth_type {
+                AuthType::Md5 => "\"md5\"",
+                _ => "\"scram-sha-256\"",
+            };
+            return Err(Invalid::new(
+                "auth_type",
+                v,
+                "needs auth_file (a userlist.txt) or auth_user (for auth_query) to check passwords",
+            ));
+        }
+        if self.client_tls_sslmode != TlsMode::Disable {
+            if self.client_tls_cert_file.is_none() {
+                return Err(Invalid::missing("client_tls_cert_file", "required when client_tls_sslmode is not disable"));
+            }
+            if self.client_tls_key_file.is_none() {
+                return Err(Invalid::missing("client_tls_key_file", "required when client_tls_sslmode is not disable"));
+            }
+        }
+        for (name, db) in &self.databases {
+            if let (Some(min), Some(size)) = (db.min_pool_size, db.pool_size) {
+                if min > size {
+                    return Err(Invalid::new(
+                        format!("databases.{name}.min_pool_size"),
+                        min,
+                        format!("expected at most pool_size ({size})"),
+                    ));
+                }
+            }
+            if db.host.is_empty() {
+                return Err(Invalid::new(format!("databases.{name}.host"), "\"\"", "expected a host name or IP address"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use consensus::config_file::parse;
+    use std::path::Path;
+
+    fn err(text: &str) -> String {
+        match parse::<PoolerConfig>(Path::new("pooler.toml"), text) {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn defaults_match_pgbouncer() {
+        let c: PoolerConfig = parse(Path::new("pooler.toml"), "auth_type = \"trust\"\n").unwrap();
+        assert_eq!(c.listen_port, 6432);
+        assert_eq!(c.pool_mode, PoolMode::Session);
+        assert_eq!(c.default_pool_size, 20);
+        assert_eq!(c.max_client_conn, 100);
+        assert_eq!(c.server_reset_query, "DISCARD ALL");
+    }
+
+    #[test]
+    fn misspelt_pool_mode_names_file_key_and_choices() {
+        assert_eq!(
+            err("auth_type = \"trust\"\npool_mode = \"transactoin\"\n"),
+            "pooler.toml: pool_mode = \"transactoin\": expected one of session, transaction, statement"
+        );
+    }
+
+    #[test]
+    fn database_entry_is_parsed_and_checked() {
+        let text = "auth_type = \"trust\"\n[databases.app]\nhost = \"127.0.0.1\"\npool_size = 5\nmin_pool_size = 9\n";
+        assert_eq!(err(text), "pooler.toml: databases.app.min_pool_size = 9: expected at most pool_size (5)");
+    }
+
+    #[test]
+    fn password_auth_without_a_source_of_passwords_is_rejected() {
+        assert!(err("").starts_with("pooler.toml: auth_type = \"scram-sha-256\": needs auth_file"));
+    }
+
+    #[test]
+    fn negative_timeout_is_rejected() {
+        assert!(err("auth_type = \"trust\"\nquery_wait_timeout = -1\n").starts_with("pooler.toml: query_wait_timeout = -1: expected"));
+    }
+}
