@@ -16,8 +16,15 @@ pub enum LogFormat {
 pub fn init(format: LogFormat, level: &str) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(spec) if !spec.is_empty() => EnvFilter::try_new(&spec).with_context(|| format!("RUST_LOG={spec:?} is not a valid log filter"))?,
-        _ => EnvFilter::try_new(level)
-            .with_context(|| format!("--log-level {level:?}: expected one of error, warn, info, debug, trace (or a filter like pgha=debug)"))?,
+        _ => {
+            const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+            let plain_level = LEVELS.contains(&level.to_ascii_lowercase().as_str());
+            let bad = || format!("--log-level {level:?}: expected one of error, warn, info, debug, trace (or a filter like pgha=debug)");
+            if !plain_level && !level.contains('=') {
+                anyhow::bail!(bad());
+            }
+            EnvFilter::try_new(level).with_context(bad)?
+        }
     };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let result = match format {

@@ -1,0 +1,120 @@
+//! The `pgha` command line as a user meets it: help for every subcommand, config errors that name
+//! file, key and allowed values, and unbuilt capabilities that say so and exit non-zero.
+
+use std::process::{Command, Output};
+
+fn pgha(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pgha")).args(args).output().unwrap()
+}
+
+fn text(o: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+#[test]
+fn top_level_help_lists_every_subcommand_with_a_description() {
+    let out = pgha(&["--help"]);
+    assert!(out.status.success());
+    let (stdout, _) = text(&out);
+    let commands = stdout.split("Commands:").nth(1).unwrap_or_else(|| panic!("no Commands section:\n{stdout}"));
+    for (cmd, phrase) in [
+        ("agent", "Run the agent for one database node"),
+        ("pooler", "Run the connection pooler"),
+        ("ctl", "Operate a cluster"),
+        ("backup", "Base backups"),
+        ("archive-push", "Archive one WAL file"),
+        ("archive-get", "Fetch one WAL file"),
+        ("demo", "Start a local demo cluster"),
+    ] {
+        let line = commands
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{cmd} ")))
+            .unwrap_or_else(|| panic!("{cmd} missing:\n{stdout}"));
+        assert!(line.contains(phrase), "{cmd}: {line}");
+    }
+}
+
+#[test]
+fn every_subcommand_has_its_own_help() {
+    for (args, phrase) in [
+        (&["agent", "--help"][..], "--validate-config"),
+        (&["pooler", "--help"][..], "--config <CONFIG>"),
+        (&["ctl", "--help"][..], "switchover"),
+        (&["ctl", "switchover", "--help"][..], "--candidate"),
+        (&["backup", "--help"][..], "restore"),
+        (&["backup", "restore", "--help"][..], "--target-time"),
+        (&["archive-push", "--help"][..], "archive_command"),
+        (&["archive-get", "--help"][..], "restore_command"),
+        (&["demo", "--help"][..], "--dcs"),
+    ] {
+        let out = pgha(args);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        assert!(stdout.contains(phrase), "{args:?} help lacks {phrase:?}:\n{stdout}");
+    }
+}
+
+#[test]
+fn misspelt_pool_mode_is_reported_with_file_key_and_allowed_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pooler.toml");
+    std::fs::write(&file, "auth_type = \"trust\"\npool_mode = \"transactoin\"\n").unwrap();
+    let out = pgha(&["pooler", "--config", file.to_str().unwrap()]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    let expected = format!("{}: pool_mode = \"transactoin\": expected one of session, transaction, statement", file.display());
+    assert!(stderr.contains(&expected), "{stderr}");
+}
+
+#[test]
+fn unknown_key_in_agent_config_lists_the_allowed_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agent.toml");
+    std::fs::write(&file, "name = \"n1\"\nscoep = \"main\"\n[postgresql]\ndata_dir = \"/d\"\n[dcs]\nbackend = \"etcd\"\n").unwrap();
+    let out = pgha(&["agent", "--config", file.to_str().unwrap()]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("agent.toml: scoep: unknown key: allowed keys here are name, scope, namespace"), "{stderr}");
+}
+
+#[test]
+fn validate_config_accepts_a_good_file_and_starts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("agent.toml");
+    std::fs::write(
+        &file,
+        "name = \"n1\"\n[postgresql]\ndata_dir = \"/d\"\n[dcs]\nbackend = \"etcd\"\n[dcs.etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n",
+    )
+    .unwrap();
+    let out = pgha(&["agent", "--config", file.to_str().unwrap(), "--validate-config"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("OK: member n1 of cluster main (Etcd DCS)"), "{stdout}");
+}
+
+#[test]
+fn missing_config_file_says_which_and_why() {
+    let out = pgha(&["pooler", "--config", "/nonexistent/pooler.toml"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("/nonexistent/pooler.toml: cannot read the config file"), "{stderr}");
+}
+
+#[test]
+fn unbuilt_capabilities_say_so_and_exit_69() {
+    for args in [&["demo"][..], &["ctl", "list"][..], &["backup", "list"][..], &["archive-push", "/x"][..], &["archive-get", "a", "b"][..]] {
+        let out = pgha(args);
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(69), "{args:?}");
+        assert!(stderr.contains("not built yet"), "{args:?}: {stderr}");
+        assert!(stdout.is_empty(), "{args:?} printed output as if it worked: {stdout}");
+    }
+}
+
+#[test]
+fn bad_log_level_is_a_clear_error() {
+    let out = pgha(&["--log-level", "loud!!", "demo"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr.contains("--log-level \"loud!!\""), "{stderr}");
+}

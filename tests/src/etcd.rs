@@ -1,0 +1,146 @@
+//! Real etcd for tests: one member or a cluster of several, on free ports of 127.0.0.1, each with
+//! its data in a scratch dir. Members can be killed and restarted on their own data.
+
+use crate::process::ManagedProcess;
+use crate::scratch::ScratchDir;
+use crate::wait::wait_for;
+use anyhow::{bail, Context};
+use std::process::Command;
+use std::time::Duration;
+
+/// One etcd member's identity and process.
+pub struct EtcdMember {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    process: Option<ManagedProcess>,
+}
+
+impl EtcdMember {
+    pub fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+    pub fn pgid(&self) -> Option<i32> {
+        self.process.as_ref().map(|p| p.pgid().as_raw())
+    }
+}
+
+/// A running etcd cluster owned by a test.
+pub struct EtcdCluster {
+    members: Vec<EtcdMember>,
+    token: String,
+    dir: ScratchDir,
+}
+
+impl EtcdCluster {
+    /// Starts `size` members and waits until every one reports healthy.
+    pub async fn start(size: usize) -> anyhow::Result<EtcdCluster> {
+        let dir = ScratchDir::new("etcd", None)?;
+        let mut members = Vec::new();
+        for i in 0..size {
+            members.push(EtcdMember {
+                name: format!("etcd{i}"),
+                client_port: crate::ports::free_port()?,
+                peer_port: crate::ports::free_port()?,
+                process: None,
+            });
+        }
+        let token = format!("pgha-test-{}-{}", std::process::id(), members[0].client_port);
+        let mut cluster = EtcdCluster { members, token, dir };
+        for i in 0..size {
+            cluster.spawn_member(i, "new")?;
+        }
+        for i in 0..size {
+            cluster.wait_healthy(i).await?;
+        }
+        Ok(cluster)
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.members.iter().map(|m| format!("{}={}", m.name, m.peer_url())).collect::<Vec<_>>().join(",")
+    }
+
+    fn spawn_member(&mut self, i: usize, state: &str) -> anyhow::Result<()> {
+        let initial_cluster = self.initial_cluster();
+        let data = self.dir.join(&format!("{}.data", self.members[i].name));
+        let log = self.dir.join(&format!("{}.log", self.members[i].name));
+        let m = &mut self.members[i];
+        let mut cmd = Command::new("etcd");
+        cmd.arg("--name")
+            .arg(&m.name)
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--listen-client-urls")
+            .arg(m.client_url())
+            .arg("--advertise-client-urls")
+            .arg(m.client_url())
+            .arg("--listen-peer-urls")
+            .arg(m.peer_url())
+            .arg("--initial-advertise-peer-urls")
+            .arg(m.peer_url())
+            .arg("--initial-cluster")
+            .arg(initial_cluster)
+            .arg("--initial-cluster-state")
+            .arg(state)
+            .arg("--initial-cluster-token")
+            .arg(&self.token)
+            .args(["--heartbeat-interval", "100", "--election-timeout", "1000", "--logger", "zap", "--log-outputs", "stderr"])
+            .env("ETCD_UNSUPPORTED_ARCH", "");
+        m.process = Some(ManagedProcess::spawn(&m.name, cmd, &log).context("starting etcd (apt-get install -y etcd-server)")?);
+        Ok(())
+    }
+
+    pub fn members(&self) -> &[EtcdMember] {
+        &self.members
+    }
+
+    /// Client URLs of all members.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(EtcdMember::client_url).collect()
+    }
+
+    /// Process groups of the running members.
+    pub fn pgids(&self) -> Vec<i32> {
+        self.members.iter().filter_map(EtcdMember::pgid).collect()
+    }
+
+    /// `etcdctl endpoint health` against member `i`: Ok(output) when healthy.
+    pub async fn endpoint_health(&self, i: usize) -> anyhow::Result<String> {
+        let out = tokio::process::Command::new("etcdctl")
+            .arg(format!("--endpoints={}", self.members[i].client_url()))
+            .args(["--command-timeout=2s", "endpoint", "health"])
+            .env("ETCDCTL_API", "3")
+            .kill_on_drop(true)
+            .output()
+            .await
+            .context("running etcdctl (apt-get install -y etcd-client)")?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        if out.status.success() && text.contains("is healthy") {
+            Ok(text.trim().to_string())
+        } else {
+            bail!("etcdctl endpoint health on {}: {}", self.members[i].name, text.trim())
+        }
+    }
+
+    pub async fn wait_healthy(&self, i: usize) -> anyhow::Result<String> {
+        let what = format!("{} to report healthy", self.members[i].name);
+        wait_for(&what, Duration::from_secs(30), || async { self.endpoint_health(i).await.map(Some) }).await
+    }
+
+    /// kill -9 of member `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(p) = self.members[i].process.as_mut() {
+            p.kill_group();
+        }
+    }
+
+    /// Starts member `i` again on its existing data directory.
+    pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.kill(i);
+        self.spawn_member(i, "existing")?;
+        self.wait_healthy(i).await.map(|_| ())
+    }
+}
