@@ -131,28 +131,56 @@ impl Validate for AgentConfig {
             ));
         }
         if !self.namespace.starts_with('/') {
-            return Err(Invalid::new("namespace", format!("{:?}", self.namespace), "expected a path starting with '/'"));
+            return Err(Invalid::new(
+                "namespace",
+                format!("{:?}", self.namespace),
+                "expected a path starting with '/'",
+            ));
         }
         match self.dcs.backend {
             DcsBackend::Etcd => match &self.dcs.etcd {
-                None => return Err(Invalid::missing("dcs.etcd", "backend = \"etcd\" needs a [dcs.etcd] section with endpoints")),
+                None => {
+                    return Err(Invalid::missing(
+                        "dcs.etcd",
+                        "backend = \"etcd\" needs a [dcs.etcd] section with endpoints",
+                    ))
+                }
                 Some(e) if e.endpoints.is_empty() => {
                     return Err(Invalid::new("dcs.etcd.endpoints", "[]", "expected at least one etcd client URL"))
                 }
                 Some(e) => {
-                    if let Some(bad) = e.endpoints.iter().find(|u| !(u.starts_with("http://") || u.starts_with("https://"))) {
-                        return Err(Invalid::new("dcs.etcd.endpoints", format!("{bad:?}"), "expected URLs like \"http://127.0.0.1:2379\""));
+                    if let Some(bad) =
+                        e.endpoints.iter().find(|u| !(u.starts_with("http://") || u.starts_with("https://")))
+                    {
+                        return Err(Invalid::new(
+                            "dcs.etcd.endpoints",
+                            format!("{bad:?}"),
+                            "expected URLs like \"http://127.0.0.1:2379\"",
+                        ));
                     }
                 }
             },
             DcsBackend::Raft => match &self.dcs.raft {
-                None => return Err(Invalid::missing("dcs.raft", "backend = \"raft\" needs a [dcs.raft] section with listen and data_dir")),
+                None => {
+                    return Err(Invalid::missing(
+                        "dcs.raft",
+                        "backend = \"raft\" needs a [dcs.raft] section with listen and data_dir",
+                    ))
+                }
                 Some(r) => {
                     if r.peers.contains_key(&self.name) {
-                        return Err(Invalid::new(format!("dcs.raft.peers.{}", self.name), "…", "list the other members only, not this one"));
+                        return Err(Invalid::new(
+                            format!("dcs.raft.peers.{}", self.name),
+                            "…",
+                            "list the other members only, not this one",
+                        ));
                     }
                     if let Some((peer, addr)) = r.peers.iter().find(|(_, a)| a.parse::<SocketAddr>().is_err()) {
-                        return Err(Invalid::new(format!("dcs.raft.peers.{peer}"), format!("{addr:?}"), "expected \"host:port\" with an IP address"));
+                        return Err(Invalid::new(
+                            format!("dcs.raft.peers.{peer}"),
+                            format!("{addr:?}"),
+                            "expected \"host:port\" with an IP address",
+                        ));
                     }
                 }
             },

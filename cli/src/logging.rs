@@ -15,11 +15,15 @@ pub enum LogFormat {
 
 pub fn init(format: LogFormat, level: &str) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
-        Ok(spec) if !spec.is_empty() => EnvFilter::try_new(&spec).with_context(|| format!("RUST_LOG={spec:?} is not a valid log filter"))?,
+        Ok(spec) if !spec.is_empty() => {
+            EnvFilter::try_new(&spec).with_context(|| format!("RUST_LOG={spec:?} is not a valid log filter"))?
+        }
         _ => {
             const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
             let plain_level = LEVELS.contains(&level.to_ascii_lowercase().as_str());
-            let bad = || format!("--log-level {level:?}: expected one of error, warn, info, debug, trace (or a filter like pgha=debug)");
+            let bad = || {
+                format!("--log-level {level:?}: expected one of error, warn, info, debug, trace (or a filter like pgha=debug)")
+            };
             if !plain_level && !level.contains('=') {
                 anyhow::bail!(bad());
             }

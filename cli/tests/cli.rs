@@ -62,7 +62,8 @@ fn misspelt_pool_mode_is_reported_with_file_key_and_allowed_values() {
     let out = pgha(&["pooler", "--config", file.to_str().unwrap()]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1));
-    let expected = format!("{}: pool_mode = \"transactoin\": expected one of session, transaction, statement", file.display());
+    let expected =
+        format!("{}: pool_mode = \"transactoin\": expected one of session, transaction, statement", file.display());
     assert!(stderr.contains(&expected), "{stderr}");
 }
 
@@ -70,11 +71,18 @@ fn misspelt_pool_mode_is_reported_with_file_key_and_allowed_values() {
 fn unknown_key_in_agent_config_lists_the_allowed_keys() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("agent.toml");
-    std::fs::write(&file, "name = \"n1\"\nscoep = \"main\"\n[postgresql]\ndata_dir = \"/d\"\n[dcs]\nbackend = \"etcd\"\n").unwrap();
+    std::fs::write(
+        &file,
+        "name = \"n1\"\nscoep = \"main\"\n[postgresql]\ndata_dir = \"/d\"\n[dcs]\nbackend = \"etcd\"\n",
+    )
+    .unwrap();
     let out = pgha(&["agent", "--config", file.to_str().unwrap()]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr.contains("agent.toml: scoep: unknown key: allowed keys here are name, scope, namespace"), "{stderr}");
+    assert!(
+        stderr.contains("agent.toml: scoep: unknown key: allowed keys here are name, scope, namespace"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -102,7 +110,13 @@ fn missing_config_file_says_which_and_why() {
 
 #[test]
 fn unbuilt_capabilities_say_so_and_exit_69() {
-    for args in [&["demo"][..], &["ctl", "list"][..], &["backup", "list"][..], &["archive-push", "/x"][..], &["archive-get", "a", "b"][..]] {
+    for args in [
+        &["demo"][..],
+        &["ctl", "list"][..],
+        &["backup", "list"][..],
+        &["archive-push", "/x"][..],
+        &["archive-get", "a", "b"][..],
+    ] {
         let out = pgha(args);
         let (stdout, stderr) = text(&out);
         assert_eq!(out.status.code(), Some(69), "{args:?}");

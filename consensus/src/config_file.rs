@@ -75,10 +75,8 @@ pub trait Validate {
 
 /// Reads, parses and validates the config file at `path`.
 pub fn load<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: path.to_path_buf(),
-        problem: Problem::Unreadable(e.to_string()),
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError { file: path.to_path_buf(), problem: Problem::Unreadable(e.to_string()) })?;
     parse(path, &text)
 }
 
@@ -122,11 +120,7 @@ fn describe(text: &str, e: &serde_path_to_error::Error<toml::de::Error>) -> Prob
         });
     }
     if path != "." && !path.is_empty() && span_text.is_some() {
-        return Problem::Invalid(Invalid {
-            key: path,
-            value: span_text.map(str::to_string),
-            expected: message,
-        });
+        return Problem::Invalid(Invalid { key: path, value: span_text.map(str::to_string), expected: message });
     }
     Problem::Syntax { line, column, message }
 }
@@ -262,9 +256,11 @@ mod tests {
 
     #[test]
     fn good_file_parses() {
-        let s: Sample = parse(Path::new("x.toml"), "mode = \"transaction\"\nsize = 5\n").unwrap();
+        let s: Sample =
+            parse(Path::new("x.toml"), "mode = \"transaction\"\nsize = 5\n[databases.app]\nhost = \"h1\"\n").unwrap();
         assert!(matches!(s.mode, Mode::Transaction));
         assert_eq!(s.size, 5);
+        assert_eq!(s.databases["app"].host, "h1");
     }
 
     #[test]

@@ -217,7 +217,10 @@ impl Validate for PoolerConfig {
         }
         if self.client_tls_sslmode != TlsMode::Disable {
             if self.client_tls_cert_file.is_none() {
-                return Err(Invalid::missing("client_tls_cert_file", "required when client_tls_sslmode is not disable"));
+                return Err(Invalid::missing(
+                    "client_tls_cert_file",
+                    "required when client_tls_sslmode is not disable",
+                ));
             }
             if self.client_tls_key_file.is_none() {
                 return Err(Invalid::missing("client_tls_key_file", "required when client_tls_sslmode is not disable"));
@@ -234,7 +237,11 @@ impl Validate for PoolerConfig {
                 }
             }
             if db.host.is_empty() {
-                return Err(Invalid::new(format!("databases.{name}.host"), "\"\"", "expected a host name or IP address"));
+                return Err(Invalid::new(
+                    format!("databases.{name}.host"),
+                    "\"\"",
+                    "expected a host name or IP address",
+                ));
             }
         }
         Ok(())
@@ -285,6 +292,7 @@ mod tests {
 
     #[test]
     fn negative_timeout_is_rejected() {
-        assert!(err("auth_type = \"trust\"\nquery_wait_timeout = -1\n").starts_with("pooler.toml: query_wait_timeout = -1: expected"));
+        assert!(err("auth_type = \"trust\"\nquery_wait_timeout = -1\n")
+            .starts_with("pooler.toml: query_wait_timeout = -1: expected"));
     }
 }

@@ -87,9 +87,19 @@ impl EtcdCluster {
             .arg(state)
             .arg("--initial-cluster-token")
             .arg(&self.token)
-            .args(["--heartbeat-interval", "100", "--election-timeout", "1000", "--logger", "zap", "--log-outputs", "stderr"])
+            .args([
+                "--heartbeat-interval",
+                "100",
+                "--election-timeout",
+                "1000",
+                "--logger",
+                "zap",
+                "--log-outputs",
+                "stderr",
+            ])
             .env("ETCD_UNSUPPORTED_ARCH", "");
-        m.process = Some(ManagedProcess::spawn(&m.name, cmd, &log).context("starting etcd (apt-get install -y etcd-server)")?);
+        m.process =
+            Some(ManagedProcess::spawn(&m.name, cmd, &log).context("starting etcd (apt-get install -y etcd-server)")?);
         Ok(())
     }
 

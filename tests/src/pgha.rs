@@ -14,16 +14,10 @@ pub fn pgha_bin() -> anyhow::Result<PathBuf> {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe().context("locating the test binary")?;
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .context("test binary is not in a cargo target dir")?;
+    let profile_dir =
+        exe.parent().and_then(|deps| deps.parent()).context("test binary is not in a cargo target dir")?;
     let bin = profile_dir.join("pgha");
-    anyhow::ensure!(
-        bin.is_file(),
-        "{} not found: build it first (cargo build -p pgha) or set PGHA_BIN",
-        bin.display()
-    );
+    anyhow::ensure!(bin.is_file(), "{} not found: build it first (cargo build -p pgha) or set PGHA_BIN", bin.display());
     Ok(bin)
 }
 
@@ -56,10 +50,7 @@ impl PghaProcess {
 
 /// Runs `pgha <args>` to completion (bounded by `timeout`) and returns its output.
 pub async fn run_pgha(args: &[&str], timeout: Duration) -> anyhow::Result<Output> {
-    let child = tokio::process::Command::new(pgha_bin()?)
-        .args(args)
-        .kill_on_drop(true)
-        .output();
+    let child = tokio::process::Command::new(pgha_bin()?).args(args).kill_on_drop(true).output();
     tokio::time::timeout(timeout, child)
         .await
         .with_context(|| format!("pgha {args:?} did not finish within {timeout:?}"))?

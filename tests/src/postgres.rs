@@ -133,7 +133,10 @@ impl PgInstance {
     fn append_conf(&self, params: &[(String, String)]) -> anyhow::Result<()> {
         use std::io::Write;
         let path = self.data_dir().join("postgresql.conf");
-        let mut f = std::fs::OpenOptions::new().append(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
         for (k, v) in params {
             writeln!(f, "{k} = {v}").context("writing postgresql.conf")?;
         }

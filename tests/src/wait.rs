@@ -13,12 +13,15 @@ where
 {
     let start = Instant::now();
     loop {
-        let last = match tokio::time::timeout(timeout.saturating_sub(start.elapsed()).max(Duration::from_millis(10)), probe()).await {
-            Ok(Ok(Some(v))) => return Ok(v),
-            Ok(Ok(None)) => String::from("condition not met yet"),
-            Ok(Err(e)) => format!("{e:#}"),
-            Err(_) => String::from("the probe itself did not answer in time"),
-        };
+        let last =
+            match tokio::time::timeout(timeout.saturating_sub(start.elapsed()).max(Duration::from_millis(10)), probe())
+                .await
+            {
+                Ok(Ok(Some(v))) => return Ok(v),
+                Ok(Ok(None)) => String::from("condition not met yet"),
+                Ok(Err(e)) => format!("{e:#}"),
+                Err(_) => String::from("the probe itself did not answer in time"),
+            };
         if start.elapsed() >= timeout {
             anyhow::bail!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
         }

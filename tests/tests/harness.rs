@@ -109,7 +109,11 @@ async fn relay_cuts_live_connections_and_refuses_new_ones_while_partitioned_then
     let mut pg = PgInstance::init("relayed", PgOptions::default()).await.unwrap();
     pg.start().await.unwrap();
     let relay = FaultRelay::start(([127, 0, 0, 1], pg.port()).into()).await.unwrap();
-    let dsn = format!("host=127.0.0.1 port={} user=postgres password={} dbname=postgres connect_timeout=2", relay.port(), pg.password());
+    let dsn = format!(
+        "host=127.0.0.1 port={} user=postgres password={} dbname=postgres connect_timeout=2",
+        relay.port(),
+        pg.password()
+    );
     let connect = || async {
         let (client, conn) = tokio_postgres::connect(&dsn, NoTls).await?;
         tokio::spawn(conn);

@@ -30,12 +30,8 @@ impl BinDir {
         let mut searched = Vec::new();
         let env = std::env::var_os("PGHA_PG_BIN_DIR").map(PathBuf::from);
         let debian = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
-        let candidates = explicit
-            .map(Path::to_path_buf)
-            .into_iter()
-            .chain(env)
-            .chain(std::iter::once(debian))
-            .chain(path_dirs());
+        let candidates =
+            explicit.map(Path::to_path_buf).into_iter().chain(env).chain(std::iter::once(debian)).chain(path_dirs());
         for dir in candidates {
             if dir.join("initdb").is_file() && dir.join("postgres").is_file() {
                 return Ok(BinDir(dir));
