@@ -5,3 +5,6 @@
 //! the `Dcs` trait and its etcd and built-in Raft backends land here next.
 
 pub mod config_file;
+pub mod dcs;
+pub mod etcd;
+pub mod kv;

@@ -1,0 +1,346 @@
+//! The etcd v3 backend of `KvStore`, over `etcd-client`.
+//!
+//! etcd's gRPC streams do not survive a member restart or a network cut: this module supervises
+//! them. Watches are re-opened from the next unseen revision (continuity kept, `Resync` sent when
+//! etcd compacted past it); lease keep-alive streams are re-opened on the next refresh. Unary
+//! calls go through the client's balanced channel, so a dead member is skipped; idempotent calls
+//! are retried within the operation timeout, writes are not (their outcome is unknown).
+
+use crate::kv::{
+    Compare, KeyValue, KvError, KvStore, LeaseId, OpResult, RangeResponse, Revision, Txn, TxnOp, TxnResponse,
+    WatchEvent, WatchReceiver,
+};
+use async_trait::async_trait;
+use etcd_client as ec;
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+use tokio::sync::{mpsc, Mutex};
+
+/// How an `EtcdStore` talks to etcd.
+#[derive(Debug, Clone)]
+pub struct EtcdOptions {
+    /// Upper bound for one request, retries included.
+    pub op_timeout: Duration,
+    /// Upper bound for establishing a TCP connection to one member.
+    pub connect_timeout: Duration,
+}
+
+impl Default for EtcdOptions {
+    fn default() -> Self {
+        EtcdOptions { op_timeout: Duration::from_secs(2), connect_timeout: Duration::from_millis(500) }
+    }
+}
+
+type Keeper = (ec::LeaseKeeper, ec::LeaseKeepAliveStream);
+
+pub struct EtcdStore {
+    client: ec::Client,
+    options: EtcdOptions,
+    keepers: Mutex<HashMap<LeaseId, Keeper>>,
+}
+
+impl EtcdStore {
+    /// Connects to the given client URLs. Connections are made lazily: an unreachable cluster
+    /// shows up as `Unavailable` on the first request, not here.
+    pub async fn connect(endpoints: &[String], options: EtcdOptions) -> Result<EtcdStore, KvError> {
+        let connect = ec::ConnectOptions::new()
+            .with_connect_timeout(options.connect_timeout)
+            .with_timeout(options.op_timeout)
+            // gRPC pings find a silently dead member; etcd refuses pings more often than every 5 s.
+            .with_keep_alive(Duration::from_secs(6), Duration::from_secs(2))
+            .with_keep_alive_while_idle(true)
+            // A member cut off from the quorum fails requests instead of serving stale data.
+            .with_require_leader(true);
+        let client = ec::Client::connect(endpoints, Some(connect)).await.map_err(classify)?;
+        Ok(EtcdStore { client, options, keepers: Mutex::new(HashMap::new()) })
+    }
+
+    /// Runs an idempotent request, retrying while etcd is unavailable, within the op timeout.
+    async fn retrying<T, F, Fut>(&self, mut call: F) -> Result<T, KvError>
+    where
+        F: FnMut(ec::Client) -> Fut,
+        Fut: Future<Output = Result<T, ec::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.options.op_timeout;
+        let mut last = KvError::Unavailable("no attempt made".into());
+        while tokio::time::Instant::now() < deadline {
+            match tokio::time::timeout_at(deadline, call(self.client.clone())).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => match classify(e) {
+                    KvError::Unavailable(m) => last = KvError::Unavailable(m),
+                    other => return Err(other),
+                },
+                Err(_) => last = KvError::Unavailable(format!("no answer within {:?}", self.options.op_timeout)),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(last)
+    }
+
+    async fn keep_alive_once(
+        &self,
+        keepers: &mut HashMap<LeaseId, Keeper>,
+        lease: LeaseId,
+    ) -> Result<Duration, KvError> {
+        let (keeper, stream) = match keepers.entry(lease) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(self.client.clone().lease_keep_alive(lease).await.map_err(classify)?)
+            }
+        };
+        keeper.keep_alive().await.map_err(classify)?;
+        match stream.message().await.map_err(classify)? {
+            Some(resp) if resp.ttl() > 0 => Ok(Duration::from_secs(resp.ttl() as u64)),
+            Some(_) => Err(KvError::LeaseNotFound(lease)),
+            None => Err(KvError::Unavailable("lease keep-alive stream closed".into())),
+        }
+    }
+}
+
+/// Sorts etcd errors into what the caller can do about them.
+fn classify(e: ec::Error) -> KvError {
+    match e {
+        ec::Error::GRpcStatus(status) => {
+            let msg = status.message().to_string();
+            match status.code() {
+                tonic_code::NotFound if msg.contains("lease not found") => KvError::LeaseNotFound(0),
+                tonic_code::Unavailable
+                | tonic_code::DeadlineExceeded
+                | tonic_code::Unknown
+                | tonic_code::Aborted
+                | tonic_code::Cancelled
+                | tonic_code::Internal => KvError::Unavailable(format!("{:?}: {msg}", status.code())),
+                code => KvError::Rejected(format!("{code:?}: {msg}")),
+            }
+        }
+        ec::Error::InvalidArgs(m) | ec::Error::EndpointError(m) => KvError::Rejected(m),
+        ec::Error::InvalidUri(u) => KvError::Rejected(format!("invalid etcd URL: {u}")),
+        other => KvError::Unavailable(other.to_string()),
+    }
+}
+
+/// Whether the request failed before it was sent (no connection to the chosen member).
+fn never_sent(e: &ec::Error) -> bool {
+    match e {
+        ec::Error::GRpcStatus(status) => {
+            status.code() == tonic_code::Unavailable && status.message().contains("tcp connect error")
+        }
+        ec::Error::TransportError(_) => true,
+        _ => false,
+    }
+}
+
+/// gRPC status codes (etcd-client's transport is tonic).
+use tonic::Code as tonic_code;
+
+fn key_value(kv: &ec::KeyValue) -> KeyValue {
+    KeyValue {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        value: kv.value().to_vec(),
+        create_revision: kv.create_revision(),
+        mod_revision: kv.mod_revision(),
+        version: kv.version(),
+        lease: kv.lease(),
+    }
+}
+
+fn to_etcd_compare(c: &Compare) -> ec::Compare {
+    use ec::CompareOp::Equal;
+    match c {
+        Compare::CreateRevisionEq(k, r) => ec::Compare::create_revision(k.as_str(), Equal, *r),
+        Compare::ModRevisionEq(k, r) => ec::Compare::mod_revision(k.as_str(), Equal, *r),
+        Compare::ValueEq(k, v) => ec::Compare::value(k.as_str(), Equal, v.clone()),
+        Compare::LeaseEq(k, l) => ec::Compare::lease(k.as_str(), Equal, *l),
+    }
+}
+
+fn to_etcd_op(op: &TxnOp) -> ec::TxnOp {
+    match op {
+        TxnOp::Put { key, value, lease } => {
+            let opts = (*lease != 0).then(|| ec::PutOptions::new().with_lease(*lease));
+            ec::TxnOp::put(key.as_str(), value.clone(), opts)
+        }
+        TxnOp::Delete { key } => ec::TxnOp::delete(key.as_str(), None),
+        TxnOp::Get { key } => ec::TxnOp::get(key.as_str(), None),
+    }
+}
+
+fn header_revision(h: Option<&ec::ResponseHeader>) -> Revision {
+    h.map_or(0, |h| h.revision())
+}
+
+#[async_trait]
+impl KvStore for EtcdStore {
+    async fn range_prefix(&self, prefix: &str) -> Result<RangeResponse, KvError> {
+        let resp = self
+            .retrying(|mut c| {
+                let prefix = prefix.to_string();
+                async move { c.get(prefix, Some(ec::GetOptions::new().with_prefix())).await }
+            })
+            .await?;
+        Ok(RangeResponse { kvs: resp.kvs().iter().map(key_value).collect(), revision: header_revision(resp.header()) })
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse, KvError> {
+        let branch = |ops: &[TxnOp]| ops.iter().map(to_etcd_op).collect::<Vec<_>>();
+        let etcd_txn = ec::Txn::new()
+            .when(txn.compares.iter().map(to_etcd_compare).collect::<Vec<_>>())
+            .and_then(branch(&txn.success))
+            .or_else(branch(&txn.failure));
+        // Retried only when the request never reached etcd (the channel picked a dead member):
+        // a write whose answer was lost may have been applied.
+        let deadline = tokio::time::Instant::now() + self.options.op_timeout;
+        let resp = loop {
+            let attempt = tokio::time::timeout_at(deadline, self.client.clone().txn(etcd_txn.clone())).await;
+            match attempt {
+                Ok(Ok(resp)) => break resp,
+                Ok(Err(e)) if never_sent(&e) && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(Err(e)) => return Err(classify(e)),
+                Err(_) => return Err(KvError::Unavailable(format!("no answer within {:?}", self.options.op_timeout))),
+            }
+        };
+        let revision = header_revision(resp.header());
+        let ran = if resp.succeeded() { &txn.success } else { &txn.failure };
+        let results = resp
+            .op_responses()
+            .into_iter()
+            .zip(ran)
+            .map(|(r, _)| match r {
+                ec::TxnOpResponse::Put(p) => OpResult::Put { revision: header_revision(p.header()).max(revision) },
+                ec::TxnOpResponse::Delete(d) => OpResult::Delete { deleted: d.deleted() > 0 },
+                ec::TxnOpResponse::Get(g) => OpResult::Get(g.kvs().first().map(key_value)),
+                ec::TxnOpResponse::Txn(_) => OpResult::Delete { deleted: false },
+            })
+            .collect();
+        Ok(TxnResponse { succeeded: resp.succeeded(), revision, results })
+    }
+
+    async fn lease_grant(&self, ttl: Duration) -> Result<LeaseId, KvError> {
+        let secs = ttl.as_secs_f64().ceil().max(1.0) as i64;
+        // Not retried: a lost answer leaves an orphan lease, which expires on its own.
+        let resp = tokio::time::timeout(self.options.op_timeout, self.client.clone().lease_grant(secs, None))
+            .await
+            .map_err(|_| KvError::Unavailable("lease grant timed out".into()))?
+            .map_err(classify)?;
+        Ok(resp.id())
+    }
+
+    async fn lease_keep_alive(&self, lease: LeaseId) -> Result<Duration, KvError> {
+        let deadline = tokio::time::Instant::now() + self.options.op_timeout;
+        let mut keepers = self.keepers.lock().await;
+        loop {
+            let attempt = tokio::time::timeout_at(deadline, self.keep_alive_once(&mut keepers, lease)).await;
+            match attempt {
+                Ok(Ok(ttl)) => return Ok(ttl),
+                Ok(Err(KvError::LeaseNotFound(_))) => {
+                    keepers.remove(&lease);
+                    return Err(KvError::LeaseNotFound(lease));
+                }
+                Ok(Err(KvError::Unavailable(m))) => {
+                    // The stream died (member restarted, connection cut): open a new one.
+                    keepers.remove(&lease);
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(KvError::Unavailable(m));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(Err(other)) => {
+                    keepers.remove(&lease);
+                    return Err(other);
+                }
+                Err(_) => {
+                    keepers.remove(&lease);
+                    return Err(KvError::Unavailable(format!(
+                        "lease keep-alive: no answer within {:?}",
+                        self.options.op_timeout
+                    )));
+                }
+            }
+        }
+    }
+
+    async fn lease_revoke(&self, lease: LeaseId) -> Result<(), KvError> {
+        self.keepers.lock().await.remove(&lease);
+        let r = self.retrying(|mut c| async move { c.lease_revoke(lease).await }).await;
+        match r {
+            Ok(_) | Err(KvError::LeaseNotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn watch_prefix(&self, prefix: &str, start_revision: Revision) -> Result<WatchReceiver, KvError> {
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(supervise_watch(self.client.clone(), prefix.to_string(), start_revision, tx));
+        Ok(rx)
+    }
+}
+
+/// Keeps one prefix watch alive for as long as its receiver exists.
+async fn supervise_watch(client: ec::Client, prefix: String, start_revision: Revision, tx: mpsc::Sender<WatchEvent>) {
+    let mut next = start_revision;
+    let mut backoff = Duration::from_millis(50);
+    while !tx.is_closed() {
+        let opts = ec::WatchOptions::new().with_prefix().with_prev_key().with_start_revision(next.max(0));
+        let mut stream = match client.clone().watch(prefix.as_str(), Some(opts)).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "etcd watch: could not open, retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        loop {
+            let msg = tokio::select! {
+                m = stream.message() => m,
+                _ = tx.closed() => return,
+            };
+            let resp = match msg {
+                Ok(Some(resp)) => resp,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "etcd watch stream broke; re-opening from revision {next}");
+                    break;
+                }
+            };
+            backoff = Duration::from_millis(50);
+            if resp.compact_revision() > 0 {
+                // History before the compaction is gone: the consumer must re-read everything.
+                next = resp.compact_revision();
+                if tx.send(WatchEvent::Resync { revision: next }).await.is_err() {
+                    return;
+                }
+                break;
+            }
+            if resp.canceled() {
+                tracing::debug!(reason = resp.cancel_reason(), "etcd cancelled the watch; re-opening");
+                break;
+            }
+            if resp.created() && next <= 0 {
+                // Started "from now": pin the revision so a re-open cannot skip events.
+                next = header_revision(resp.header()) + 1;
+            }
+            for ev in resp.events() {
+                let Some(kv) = ev.kv() else { continue };
+                let prev = ev.prev_kv().map(key_value);
+                next = kv.mod_revision() + 1;
+                let event = match ev.event_type() {
+                    ec::EventType::Put => WatchEvent::Put { kv: key_value(kv), prev },
+                    ec::EventType::Delete => WatchEvent::Delete {
+                        key: String::from_utf8_lossy(kv.key()).into_owned(),
+                        revision: kv.mod_revision(),
+                        prev,
+                    },
+                };
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
