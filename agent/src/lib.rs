@@ -5,4 +5,5 @@
 //! `config` (agent.toml). The HA loop, the decision engine and the REST API come next.
 
 pub mod config;
+pub mod ha;
 pub mod postgres;

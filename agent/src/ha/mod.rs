@@ -1,0 +1,14 @@
+//! The HA decision engine: a pure function from what a node sees (cluster view, local
+//! PostgreSQL state, configuration, time) to what it should do and one sentence saying why.
+//! No I/O here: the runtime gathers the inputs, performs the actions, and logs the reason.
+
+mod decide;
+mod lsn;
+mod view;
+
+pub use decide::{decide, Action, Decision};
+pub use lsn::Lsn;
+pub use view::{ClusterView, FailoverRequest, HaConfig, LocalState, MemberView, PeerProbe, PgState, Role, StreamPoint};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,149 @@
+//! What the decision engine reads: the cluster as the DCS shows it, this node's PostgreSQL, the
+//! answers of the other members when a leader race needs them, and the timing configuration.
+
+use super::Lsn;
+use std::time::{Duration, Instant};
+
+/// A member's role as its agent published it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Primary,
+    Replica,
+    Unknown,
+}
+
+/// One member key (alive: its lease has not expired).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberView {
+    pub name: String,
+    pub role: Role,
+    pub running: bool,
+    pub timeline: Option<u32>,
+    pub wal_position: Option<Lsn>,
+    pub nofailover: bool,
+    pub failover_priority: i32,
+}
+
+/// A pending switchover (leader set) or failover (candidate only) from the `failover` key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverRequest {
+    pub leader: Option<String>,
+    pub candidate: Option<String>,
+}
+
+/// The cluster as read from the DCS in this tick.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClusterView {
+    /// False when the DCS could not be read this tick (the rest is then the last known state).
+    pub reachable: bool,
+    /// The system identifier in the `initialize` key; None while the cluster is not bootstrapped.
+    pub initialized: Option<u64>,
+    /// Holder of the leader lock.
+    pub leader: Option<String>,
+    pub members: Vec<MemberView>,
+    /// Timeline and WAL position of the last leader (from the `status` key).
+    pub leader_timeline: Option<u32>,
+    pub leader_lsn: Option<Lsn>,
+    pub failover: Option<FailoverRequest>,
+    /// Maintenance mode: no automatic failover.
+    pub paused: bool,
+}
+
+impl ClusterView {
+    pub fn member(&self, name: &str) -> Option<&MemberView> {
+        self.members.iter().find(|m| m.name == name)
+    }
+}
+
+/// Where this node's WAL receiver last streamed from (kept by the runtime across ticks, since
+/// pg_stat_wal_receiver forgets it when the receiver stops).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamPoint {
+    pub timeline: u32,
+    pub lsn: Lsn,
+}
+
+/// The local PostgreSQL as probed this tick (every probe has a timeout).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PgState {
+    /// No data directory (or an empty one).
+    NoData,
+    /// A data directory, no postmaster.
+    Stopped,
+    /// Running and answering.
+    Running { role: Role, timeline: u32, wal_position: Lsn },
+    /// A postmaster exists but does not answer probes in time (hung, SIGSTOPped, overloaded).
+    Unresponsive,
+}
+
+/// Another member's answer to "what is your state" during a leader race (its REST API).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerProbe {
+    pub name: String,
+    /// None when the member did not answer in time.
+    pub in_recovery: Option<bool>,
+    pub timeline: Option<u32>,
+    pub wal_position: Option<Lsn>,
+    pub failover_priority: i32,
+}
+
+/// Everything about this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalState {
+    pub name: String,
+    pub postgres: PgState,
+    /// System identifier of the local data directory, when there is one.
+    pub system_identifier: Option<u64>,
+    /// Until when our hold of the leader lock is guaranteed (from the last successful refresh).
+    pub lease_valid_until: Option<Instant>,
+    /// Whether the last attempt to refresh our leader lock failed for a reason other than loss
+    /// (DCS unreachable).
+    pub refresh_failed: bool,
+    /// Since when PostgreSQL has been down while we hold the lock.
+    pub down_since: Option<Instant>,
+    pub last_streamed: Option<StreamPoint>,
+    /// Answers of the other members, once asked during a race.
+    pub peer_probes: Option<Vec<PeerProbe>>,
+    pub nofailover: bool,
+    pub failover_priority: i32,
+}
+
+/// Timing and safety settings (Patroni's names).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaConfig {
+    pub ttl: Duration,
+    pub loop_wait: Duration,
+    pub retry_timeout: Duration,
+    pub maximum_lag_on_failover: u64,
+    pub primary_start_timeout: Duration,
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        HaConfig {
+            ttl: Duration::from_secs(10),
+            loop_wait: Duration::from_secs(1),
+            retry_timeout: Duration::from_secs(3),
+            maximum_lag_on_failover: 1 << 20,
+            primary_start_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+impl HaConfig {
+    /// The rule that keeps a partitioned primary from outliving its lease:
+    /// `loop_wait + 2 * retry_timeout < ttl`. Returns the broken rule as a sentence.
+    pub fn check(&self) -> Result<(), String> {
+        if self.loop_wait + self.retry_timeout * 2 >= self.ttl {
+            return Err(format!(
+                "ttl ({:?}) must be larger than loop_wait + 2 x retry_timeout ({:?} + 2 x {:?}), \
+                 or a primary cut off from the DCS could still accept writes after its lock expired",
+                self.ttl, self.loop_wait, self.retry_timeout
+            ));
+        }
+        if self.loop_wait.is_zero() {
+            return Err("loop_wait must be at least 1 ms".into());
+        }
+        Ok(())
+    }
+}
