@@ -7,3 +7,4 @@
 pub mod config;
 pub mod ha;
 pub mod postgres;
+pub mod status;
