@@ -22,6 +22,86 @@ pub struct AgentConfig {
     #[serde(default)]
     pub api: ApiConfig,
     pub dcs: DcsConfig,
+    #[serde(default)]
+    pub ha: HaTiming,
+    #[serde(default)]
+    pub tags: TagsConfig,
+}
+
+/// HA timing (Patroni's names). Must be the same on every member.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HaTiming {
+    /// Lease of the leader lock and member keys, seconds.
+    pub ttl: f64,
+    /// Seconds between HA ticks.
+    pub loop_wait: f64,
+    /// Upper bound for one DCS or PostgreSQL operation, seconds.
+    pub retry_timeout: f64,
+    /// A replica further behind the last leader position (bytes) does not race.
+    pub maximum_lag_on_failover: u64,
+    /// How long a crashed primary may take to restart in place before the lock is given up.
+    pub primary_start_timeout: f64,
+}
+
+impl Default for HaTiming {
+    fn default() -> Self {
+        HaTiming {
+            ttl: 6.0,
+            loop_wait: 1.0,
+            retry_timeout: 2.0,
+            maximum_lag_on_failover: 1 << 20,
+            primary_start_timeout: 20.0,
+        }
+    }
+}
+
+impl HaTiming {
+    pub fn to_ha_config(&self) -> crate::ha::HaConfig {
+        let d = |s: f64| std::time::Duration::from_secs_f64(s.max(0.0));
+        crate::ha::HaConfig {
+            ttl: d(self.ttl),
+            loop_wait: d(self.loop_wait),
+            retry_timeout: d(self.retry_timeout),
+            maximum_lag_on_failover: self.maximum_lag_on_failover,
+            primary_start_timeout: d(self.primary_start_timeout),
+        }
+    }
+}
+
+/// Patroni's tags for this member.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TagsConfig {
+    pub nofailover: bool,
+    pub noloadbalance: bool,
+    pub nosync: bool,
+    pub clonefrom: bool,
+    pub failover_priority: Option<i32>,
+}
+
+/// A database user and its password (inline, or read from a file).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub username: String,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+impl UserConfig {
+    /// The password, from the file when one is named (trailing newline removed).
+    pub fn resolve_password(&self) -> Result<String, String> {
+        match (&self.password, &self.password_file) {
+            (_, Some(f)) => std::fs::read_to_string(f)
+                .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+                .map_err(|e| format!("cannot read password_file {}: {e}", f.display())),
+            (Some(p), None) => Ok(p.clone()),
+            (None, None) => Err(format!("user {} needs password or password_file", self.username)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -40,6 +120,13 @@ pub struct PostgresqlConfig {
     /// Local parameter overrides (on top of the cluster-wide dynamic configuration).
     #[serde(default)]
     pub parameters: BTreeMap<String, toml::Value>,
+    /// The superuser the agent connects as (and that initdb creates).
+    pub superuser: UserConfig,
+    /// The user standbys stream with.
+    pub replication: UserConfig,
+    /// Address other members and clients use to reach this PostgreSQL; `listen` when absent.
+    #[serde(default)]
+    pub connect_address: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -47,11 +134,16 @@ pub struct PostgresqlConfig {
 pub struct ApiConfig {
     #[serde(default = "default_api_listen")]
     pub listen: SocketAddr,
+    /// HTTP Basic credentials required by the endpoints that change things.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: default_api_listen() }
+        ApiConfig { listen: default_api_listen(), username: None, password: None }
     }
 }
 
@@ -137,6 +229,25 @@ impl Validate for AgentConfig {
                 "expected a path starting with '/'",
             ));
         }
+        for (key, user) in [
+            ("postgresql.superuser", &self.postgresql.superuser),
+            ("postgresql.replication", &self.postgresql.replication),
+        ] {
+            if user.password.is_none() && user.password_file.is_none() {
+                return Err(Invalid::missing(format!("{key}.password"), "set password or password_file"));
+            }
+        }
+        let ha = self.ha.to_ha_config();
+        for (key, v) in
+            [("ha.ttl", self.ha.ttl), ("ha.loop_wait", self.ha.loop_wait), ("ha.retry_timeout", self.ha.retry_timeout)]
+        {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(Invalid::new(key, v, "expected a number of seconds > 0"));
+            }
+        }
+        if let Err(rule) = ha.check() {
+            return Err(Invalid::new("ha.ttl", self.ha.ttl, rule));
+        }
         match self.dcs.backend {
             DcsBackend::Etcd => match &self.dcs.etcd {
                 None => {
@@ -199,6 +310,8 @@ mod tests {
 name = "node1"
 [postgresql]
 data_dir = "/var/lib/pgha/node1"
+superuser = { username = "postgres", password = "s3cret" }
+replication = { username = "replicator", password = "r3pl" }
 [dcs]
 backend = "raft"
 [dcs.raft]
@@ -233,13 +346,30 @@ peers = { node2 = "127.0.0.1:7002", node3 = "127.0.0.1:7003" }
 
     #[test]
     fn etcd_backend_without_endpoints_is_rejected() {
-        let text = "name = \"n\"\n[postgresql]\ndata_dir = \"/d\"\n[dcs]\nbackend = \"etcd\"\n";
+        let text = "name = \"n\"\n[postgresql]\ndata_dir = \"/d\"\nsuperuser = { username = \"p\", password = \"x\" }\nreplication = { username = \"r\", password = \"y\" }\n[dcs]\nbackend = \"etcd\"\n";
         assert_eq!(err(text), "agent.toml: dcs.etcd: backend = \"etcd\" needs a [dcs.etcd] section with endpoints");
     }
 
     #[test]
     fn bad_member_name_is_rejected() {
         assert!(err(&GOOD.replace("node1", "node 1")).starts_with("agent.toml: name = \"node 1\": expected"));
+    }
+
+    #[test]
+    fn unsafe_timing_is_refused_with_the_rule() {
+        let e = err(&format!("{GOOD}[ha]\nttl = 4\nloop_wait = 2\nretry_timeout = 2\n"));
+        assert!(
+            e.starts_with("agent.toml: ha.ttl = 4: ttl (4s) must be larger than loop_wait + 2 x retry_timeout"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn missing_password_is_named() {
+        let e = err(&GOOD
+            .replace("password = \"r3pl\"", "password_file = \"/nonexistent\"")
+            .replace(", password = \"s3cret\"", ""));
+        assert_eq!(e, "agent.toml: postgresql.superuser.password: set password or password_file");
     }
 
     #[test]

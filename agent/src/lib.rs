@@ -1,10 +1,13 @@
 //! The pgha agent: one per database node. It owns the local PostgreSQL (bootstrap, replicas,
 //! promote, demote, rewind) and, with its peers, keeps exactly one primary through the DCS.
 //!
-//! Built so far: `postgres` (finding PostgreSQL's programs, the unprivileged OS user) and
-//! `config` (agent.toml). The HA loop, the decision engine and the REST API come next.
+//! `ha` decides (pure), `runtime` gathers inputs and acts, `postgres` drives the local server,
+//! `cluster_view` maps DCS keys to the engine's view, `service` assembles a node from `config`.
 
+pub mod cluster_view;
 pub mod config;
 pub mod ha;
 pub mod postgres;
+pub mod runtime;
+pub mod service;
 pub mod status;

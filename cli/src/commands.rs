@@ -224,7 +224,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 return Ok(ExitCode::SUCCESS);
             }
-            Ok(not_built("agent", "the HA agent (bootstrap, replicas, failover, REST API)"))
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            runtime.block_on(agent::service::run(config, agent::service::termination_signal()))?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Pooler(args) => {
             let config: pooler::config::PoolerConfig = load(&args.config)?;

@@ -91,7 +91,8 @@ fn validate_config_accepts_a_good_file_and_starts_nothing() {
     let file = dir.path().join("agent.toml");
     std::fs::write(
         &file,
-        "name = \"n1\"\n[postgresql]\ndata_dir = \"/d\"\n[dcs]\nbackend = \"etcd\"\n[dcs.etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n",
+        "name = \"n1\"\n[postgresql]\ndata_dir = \"/d\"\nsuperuser = { username = \"postgres\", password = \"x\" }\n\
+         replication = { username = \"replicator\", password = \"y\" }\n[dcs]\nbackend = \"etcd\"\n[dcs.etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n",
     )
     .unwrap();
     let out = pgha(&["agent", "--config", file.to_str().unwrap(), "--validate-config"]);

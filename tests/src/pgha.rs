@@ -46,6 +46,12 @@ impl PghaProcess {
     pub fn process(&mut self) -> &mut ManagedProcess {
         &mut self.process
     }
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+    pub fn pgid(&self) -> i32 {
+        self.process.pgid().as_raw()
+    }
 }
 
 /// Runs `pgha <args>` to completion (bounded by `timeout`) and returns its output.

@@ -129,9 +129,10 @@ fn dcs_unreachable(local: &LocalState, config: &HaConfig, now: Instant) -> Decis
     if !primary {
         return idle("DCS unreachable; staying as I am (not primary)".into());
     }
-    // Demote early enough that the demotion is done before anyone else can take the lock:
-    // the next tick might come only after loop_wait, and stopping takes up to retry_timeout.
-    let margin = config.loop_wait + config.retry_timeout;
+    // Demote early enough that the demotion is done before anyone else can take the lock: the
+    // next decision can come loop_wait + retry_timeout (a DCS read timing out) from now, and
+    // stopping PostgreSQL is bounded by another retry_timeout.
+    let margin = config.loop_wait + config.retry_timeout * 2;
     match local.lease_valid_until {
         Some(until) if now + margin < until => {
             idle(format!("DCS unreachable; still primary, my lease holds for {:?} more", until - now))

@@ -121,9 +121,9 @@ pub struct HaConfig {
 impl Default for HaConfig {
     fn default() -> Self {
         HaConfig {
-            ttl: Duration::from_secs(10),
+            ttl: Duration::from_secs(6),
             loop_wait: Duration::from_secs(1),
-            retry_timeout: Duration::from_secs(3),
+            retry_timeout: Duration::from_secs(2),
             maximum_lag_on_failover: 1 << 20,
             primary_start_timeout: Duration::from_secs(20),
         }

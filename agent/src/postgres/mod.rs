@@ -1,4 +1,5 @@
 //! Control of the local PostgreSQL through its own programs and SQL.
 
 pub mod binaries;
+pub mod control;
 pub mod os_user;

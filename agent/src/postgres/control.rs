@@ -1,0 +1,493 @@
+//! Driving the local PostgreSQL: initdb, the managed configuration files, start (as primary or
+//! standby), stop, kill, promote, clone (pg_basebackup), rewind (pg_rewind), and probes with
+//! timeouts. The postmaster runs as the agent's child in its own process group with a
+//! parent-death signal: if the agent dies, PostgreSQL stops too, so a primary is never left
+//! running without the agent that fences it.
+
+use super::binaries::BinDir;
+use super::os_user::RunAs;
+use crate::ha::Lsn;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio_postgres::{NoTls, SimpleQueryMessage};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("{program} failed: {detail}")]
+    Program { program: String, detail: String },
+    #[error("{0}")]
+    Io(String),
+    #[error("PostgreSQL did not {what} within {timeout:?}; log: {log}")]
+    Timeout { what: String, timeout: Duration, log: String },
+    #[error("query failed: {0}")]
+    Query(String),
+}
+
+/// A login PostgreSQL user and its password.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}, <password hidden>)", self.username)
+    }
+}
+
+/// How PostgreSQL should stop (pg_ctl's modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    Fast,
+    Immediate,
+}
+
+/// What a probe found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub in_recovery: bool,
+    pub timeline: u32,
+    /// Primary: current WAL position; replica: replay position.
+    pub position: Lsn,
+    pub received: Option<Lsn>,
+    pub receiver_status: Option<String>,
+    pub received_timeline: Option<u32>,
+    pub server_version: u32,
+}
+
+/// Everything needed to run one node's PostgreSQL.
+pub struct LocalPostgres {
+    pub bin: BinDir,
+    pub data_dir: PathBuf,
+    pub run_as: Option<RunAs>,
+    pub listen: std::net::SocketAddr,
+    /// Private directory for the Unix socket and logs.
+    pub run_dir: PathBuf,
+    pub superuser: Credentials,
+    pub replication: Credentials,
+    /// Extra parameters written into the managed config file.
+    pub parameters: Vec<(String, String)>,
+    postmaster: Option<Child>,
+}
+
+/// What `LocalPostgres::new` needs.
+pub struct PgSettings {
+    pub bin: BinDir,
+    pub data_dir: PathBuf,
+    pub run_as: Option<RunAs>,
+    pub listen: std::net::SocketAddr,
+    pub run_dir: PathBuf,
+    pub superuser: Credentials,
+    pub replication: Credentials,
+    pub parameters: Vec<(String, String)>,
+}
+
+impl LocalPostgres {
+    pub fn new(s: PgSettings) -> Self {
+        LocalPostgres {
+            bin: s.bin,
+            data_dir: s.data_dir,
+            run_as: s.run_as,
+            listen: s.listen,
+            run_dir: s.run_dir,
+            superuser: s.superuser,
+            replication: s.replication,
+            parameters: s.parameters,
+            postmaster: None,
+        }
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(self.bin.program(program));
+        if let Some(owner) = self.run_as {
+            cmd.uid(owner.uid.as_raw()).gid(owner.gid.as_raw());
+        }
+        cmd.env("LC_ALL", "C").current_dir(&self.run_dir).stdin(Stdio::null());
+        cmd
+    }
+
+    async fn run(&self, what: &str, mut cmd: Command, timeout: Duration) -> Result<String, PgError> {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let child = tokio::process::Command::from(cmd).kill_on_drop(true).output();
+        let out = tokio::time::timeout(timeout, child)
+            .await
+            .map_err(|_| PgError::Timeout { what: format!("finish {what}"), timeout, log: String::new() })?
+            .map_err(|e| PgError::Io(format!("running {what}: {e}")))?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        if !out.status.success() {
+            return Err(PgError::Program { program: what.into(), detail: text.trim().chars().take(2000).collect() });
+        }
+        Ok(text)
+    }
+
+    /// Creates the run directory (socket, logs) owned by the PostgreSQL user.
+    pub fn prepare_dirs(&self) -> Result<(), PgError> {
+        std::fs::create_dir_all(&self.run_dir).map_err(|e| PgError::Io(format!("{}: {e}", self.run_dir.display())))?;
+        if let Some(owner) = self.run_as {
+            owner.chown(&self.run_dir).map_err(|e| PgError::Io(e.to_string()))?;
+            if let Some(parent) = self.data_dir.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| PgError::Io(format!("{}: {e}", parent.display())))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the data directory holds a cluster.
+    pub fn has_data(&self) -> bool {
+        self.data_dir.join("PG_VERSION").is_file()
+    }
+
+    /// The system identifier from global/pg_control (its first 8 bytes).
+    pub fn system_identifier(&self) -> Option<u64> {
+        let bytes = std::fs::read(self.data_dir.join("global/pg_control")).ok()?;
+        let first: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+        Some(u64::from_le_bytes(first))
+    }
+
+    /// initdb with data checksums, SCRAM for TCP, trust on the private Unix socket.
+    pub async fn initdb(&self) -> Result<(), PgError> {
+        self.prepare_dirs()?;
+        let pwfile = self.run_dir.join("initdb.pw");
+        std::fs::write(&pwfile, format!("{}\n", self.superuser.password)).map_err(|e| PgError::Io(e.to_string()))?;
+        if let Some(owner) = self.run_as {
+            owner.chown(&pwfile).map_err(|e| PgError::Io(e.to_string()))?;
+        }
+        let mut cmd = self.command("initdb");
+        cmd.arg("-D")
+            .arg(&self.data_dir)
+            .args([
+                "--data-checksums",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+            ])
+            .args(["-U", &self.superuser.username])
+            .arg(format!("--pwfile={}", pwfile.display()));
+        let result = self.run("initdb", cmd, Duration::from_secs(300)).await;
+        let _ = std::fs::remove_file(&pwfile);
+        result.map(|_| ())
+    }
+
+    /// Clones `source` (host:port) with pg_basebackup as the replication user.
+    pub async fn clone_from(&self, source: &str) -> Result<(), PgError> {
+        self.prepare_dirs()?;
+        let (host, port) = source.rsplit_once(':').unwrap_or((source, "5432"));
+        let mut cmd = self.command("pg_basebackup");
+        cmd.arg("-D")
+            .arg(&self.data_dir)
+            .args(["-h", host, "-p", port, "-U", &self.replication.username])
+            .args(["--checkpoint=fast", "--wal-method=stream", "--no-password"])
+            .env("PGPASSWORD", &self.replication.password);
+        if let Err(e) = self.run("pg_basebackup", cmd, Duration::from_secs(3600)).await {
+            // Leave no half-cloned directory that could later pass for a data directory.
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Rewinds the (stopped) data directory against `source` so it can follow it.
+    pub async fn rewind_from(&self, source: &str) -> Result<(), PgError> {
+        // pg_rewind needs a cleanly shut down target: run crash recovery in single-user mode first.
+        let mut single = self.command("postgres");
+        single.arg("--single").arg("-D").arg(&self.data_dir).args(["-c", "archive_mode=off", "postgres"]);
+        let _ = self.run("postgres --single (crash recovery before pg_rewind)", single, Duration::from_secs(600)).await;
+        let (host, port) = source.rsplit_once(':').unwrap_or((source, "5432"));
+        let conninfo = format!(
+            "host={host} port={port} user={} password={} dbname=postgres",
+            self.superuser.username, self.superuser.password
+        );
+        // Right after a promotion the source's control file still names the old timeline until
+        // its end-of-recovery checkpoint; pg_rewind would then see nothing to do. Force it.
+        let checkpoint = async {
+            let (client, conn) = tokio_postgres::connect(&format!("{conninfo} connect_timeout=5"), NoTls).await.ok()?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            client.batch_execute("CHECKPOINT").await.ok()
+        };
+        if tokio::time::timeout(Duration::from_secs(60), checkpoint).await.ok().flatten().is_none() {
+            tracing::warn!("could not run CHECKPOINT on the rewind source {source}; pg_rewind may find nothing to do");
+        }
+        let mut cmd = self.command("pg_rewind");
+        cmd.arg("-D").arg(&self.data_dir).arg(format!("--source-server={conninfo}"));
+        self.run("pg_rewind", cmd, Duration::from_secs(3600)).await.map(|_| ())
+    }
+
+    /// Writes the managed settings (`pgha.conf`, pg_hba.conf) and the standby signal for `primary`
+    /// (None: run as primary).
+    pub fn write_config(&self, follow: Option<(&str, &str)>, standby: bool) -> Result<(), PgError> {
+        let io = |e: std::io::Error| PgError::Io(e.to_string());
+        let conf = self.data_dir.join("postgresql.conf");
+        let text = std::fs::read_to_string(&conf).map_err(io)?;
+        if !text.contains("include 'pgha.conf'") {
+            std::fs::write(&conf, format!("{text}\n# Managed by pgha: settings below win.\ninclude 'pgha.conf'\n"))
+                .map_err(io)?;
+        }
+        let mut lines = vec![
+            "# Written by the pgha agent on every start; edit the agent config instead.".to_string(),
+            format!("listen_addresses = '{}'", self.listen.ip()),
+            format!("port = {}", self.listen.port()),
+            format!("unix_socket_directories = '{}'", self.run_dir.display()),
+            "wal_level = replica".into(),
+            "hot_standby = on".into(),
+            "wal_log_hints = on".into(),
+            "max_wal_senders = 10".into(),
+            "max_replication_slots = 10".into(),
+            "wal_keep_size = '128MB'".into(),
+            "recovery_target_timeline = 'latest'".into(),
+        ];
+        if let Some((addr, slot)) = follow {
+            let (host, port) = addr.rsplit_once(':').unwrap_or((addr, "5432"));
+            lines.push(format!(
+                "primary_conninfo = 'host={host} port={port} user={} password={} application_name={slot}'",
+                self.replication.username,
+                self.replication.password.replace('\'', "''")
+            ));
+            lines.push(format!("primary_slot_name = '{slot}'"));
+        }
+        for (k, v) in &self.parameters {
+            lines.push(format!("{k} = {v}"));
+        }
+        std::fs::write(self.data_dir.join("pgha.conf"), lines.join("\n") + "\n").map_err(io)?;
+        let hba = [
+            "# Written by the pgha agent.",
+            "local all all trust",
+            "host replication all 0.0.0.0/0 scram-sha-256",
+            "host replication all ::/0 scram-sha-256",
+            "host all all 0.0.0.0/0 scram-sha-256",
+            "host all all ::/0 scram-sha-256",
+        ];
+        std::fs::write(self.data_dir.join("pg_hba.conf"), hba.join("\n") + "\n").map_err(io)?;
+        let signal = self.data_dir.join("standby.signal");
+        if standby {
+            std::fs::write(&signal, "").map_err(io)?;
+        } else if signal.exists() {
+            std::fs::remove_file(&signal).map_err(io)?;
+        }
+        if let Some(owner) = self.run_as {
+            for f in ["pgha.conf", "pg_hba.conf", "postgresql.conf", "standby.signal"] {
+                let p = self.data_dir.join(f);
+                if p.exists() {
+                    owner.chown(&p).map_err(|e| PgError::Io(e.to_string()))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.run_dir.join("postgresql.log")
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let start = text.len().saturating_sub(2000);
+        text.get(start..).unwrap_or("").to_string()
+    }
+
+    /// Whether our postmaster child is alive.
+    pub fn is_running(&mut self) -> bool {
+        match self.postmaster.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => true,
+            Some(_) => {
+                self.postmaster = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Starts the postmaster (config must be written) and waits until it accepts connections.
+    pub async fn start(&mut self, timeout: Duration) -> Result<(), PgError> {
+        if self.is_running() {
+            return Ok(());
+        }
+        // A stale pid file from a killed postmaster would block the start.
+        let pid_file = self.data_dir.join("postmaster.pid");
+        if pid_file.exists() && !postmaster_alive(&pid_file) {
+            let _ = std::fs::remove_file(&pid_file);
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .map_err(|e| PgError::Io(format!("opening the PostgreSQL log: {e}")))?;
+        let log2 = log.try_clone().map_err(|e| PgError::Io(e.to_string()))?;
+        let mut cmd = self.command("postgres");
+        cmd.arg("-D").arg(&self.data_dir).stdout(log).stderr(log2).process_group(0);
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| PgError::Io(format!("starting postgres: {e}")))?;
+        self.postmaster = Some(child);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if !self.is_running() {
+                return Err(PgError::Program { program: "postgres".into(), detail: self.log_tail() });
+            }
+            if self.connect(Duration::from_secs(1)).await.is_ok() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(PgError::Timeout { what: "accept connections".into(), timeout, log: self.log_tail() });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops PostgreSQL; kills it if it does not stop within `timeout`.
+    pub async fn stop(&mut self, mode: StopMode, timeout: Duration) {
+        let Some(pid) = self.postmaster.as_ref().map(|c| c.id() as i32) else { return };
+        let sig = match mode {
+            StopMode::Fast => nix::sys::signal::Signal::SIGINT,
+            StopMode::Immediate => nix::sys::signal::Signal::SIGQUIT,
+        };
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+        let deadline = Instant::now() + timeout;
+        while self.is_running() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.kill();
+    }
+
+    /// kill -9 of the postmaster's whole process group (fencing).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.postmaster.take() {
+            let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGCONT);
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+
+    /// The postmaster's pid, when we run one.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        self.postmaster.as_ref().map(Child::id)
+    }
+
+    /// A superuser connection over the private Unix socket.
+    pub async fn connect(&self, timeout: Duration) -> Result<tokio_postgres::Client, PgError> {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host_path(&self.run_dir)
+            .port(self.listen.port())
+            .user(&self.superuser.username)
+            .dbname("postgres")
+            .application_name("pgha")
+            .connect_timeout(timeout);
+        let (client, conn) = tokio::time::timeout(timeout, cfg.connect(NoTls))
+            .await
+            .map_err(|_| PgError::Query("connect timed out".into()))?
+            .map_err(|e| PgError::Query(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    /// Runs SQL over a fresh connection, bounded by `timeout`; returns rows as text.
+    pub async fn query(&self, sql: &str, timeout: Duration) -> Result<Vec<Vec<Option<String>>>, PgError> {
+        let fut = async {
+            let client = self.connect(timeout).await?;
+            let msgs = client.simple_query(sql).await.map_err(|e| PgError::Query(e.to_string()))?;
+            Ok::<_, PgError>(
+                msgs.into_iter()
+                    .filter_map(|m| match m {
+                        SimpleQueryMessage::Row(r) => {
+                            Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+                        }
+                        _ => None,
+                    })
+                    .collect(),
+            )
+        };
+        tokio::time::timeout(timeout, fut).await.map_err(|_| PgError::Query(format!("no answer within {timeout:?}")))?
+    }
+
+    /// Probes role, timeline and positions; an error or timeout means "not answering".
+    pub async fn probe(&self, timeout: Duration) -> Result<Probe, PgError> {
+        let sql = "select pg_is_in_recovery(), current_setting('server_version_num'), \
+                   case when pg_is_in_recovery() then pg_last_wal_replay_lsn()::text else pg_current_wal_lsn()::text end, \
+                   case when pg_is_in_recovery() then null else substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) end, \
+                   pg_last_wal_receive_lsn()::text, \
+                   (select status from pg_stat_wal_receiver), (select received_tli::text from pg_stat_wal_receiver), \
+                   (select timeline_id::text from pg_control_checkpoint())";
+        let rows = self.query(sql, timeout).await?;
+        let row = rows.into_iter().next().ok_or_else(|| PgError::Query("probe returned no row".into()))?;
+        let col = |i: usize| row.get(i).cloned().flatten();
+        let in_recovery = col(0).as_deref() == Some("t");
+        let received_timeline = col(6).and_then(|s| s.parse().ok());
+        let checkpoint_tl: Option<u32> = col(7).and_then(|s| s.parse().ok());
+        let timeline = if in_recovery {
+            received_timeline.or(checkpoint_tl)
+        } else {
+            col(3).and_then(|h| u32::from_str_radix(&h, 16).ok()).or(checkpoint_tl)
+        }
+        .unwrap_or(1);
+        Ok(Probe {
+            in_recovery,
+            timeline,
+            position: col(2).and_then(|s| Lsn::parse(&s)).unwrap_or_default(),
+            received: col(4).and_then(|s| Lsn::parse(&s)),
+            receiver_status: col(5),
+            received_timeline,
+            server_version: col(1).and_then(|s| s.parse().ok()).unwrap_or(0),
+        })
+    }
+
+    /// Promotes the standby and waits for the promotion to finish.
+    pub async fn promote(&self, timeout: Duration) -> Result<(), PgError> {
+        let secs = timeout.as_secs().max(1);
+        let rows = self.query(&format!("select pg_promote(true, {secs})"), timeout + Duration::from_secs(1)).await?;
+        match rows.first().and_then(|r| r.first()).cloned().flatten().as_deref() {
+            Some("t") => {}
+            other => return Err(PgError::Query(format!("pg_promote returned {other:?}"))),
+        }
+        // Publish the new timeline in pg_control at once, so the old primary can be rewound.
+        self.query("CHECKPOINT", Duration::from_secs(60)).await.map(|_| ())
+    }
+
+    /// Creates the replication user and a physical slot for each member (on the primary).
+    pub async fn ensure_roles_and_slots(&self, slots: &[String], timeout: Duration) -> Result<(), PgError> {
+        let user = &self.replication.username;
+        let pw = self.replication.password.replace('\'', "''");
+        let mut sql = format!(
+            "do $$ begin if not exists (select from pg_roles where rolname = '{user}') then \
+             create role \"{user}\" with login replication password '{pw}'; end if; end $$;"
+        );
+        for slot in slots {
+            sql.push_str(&format!(
+                "select pg_create_physical_replication_slot('{slot}') where not exists \
+                 (select from pg_replication_slots where slot_name = '{slot}');"
+            ));
+        }
+        self.query(&sql, timeout).await.map(|_| ())
+    }
+}
+
+impl Drop for LocalPostgres {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn postmaster_alive(pid_file: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(pid_file) else { return false };
+    let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok()) else { return false };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+/// Replication slot name for a member (PostgreSQL allows lower-case letters, digits, underscore).
+pub fn slot_name(member: &str) -> String {
+    member.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect()
+}

@@ -1,0 +1,544 @@
+//! The agent's loop: every `loop_wait` (or at once when the leader key changes) read the DCS,
+//! probe PostgreSQL, ask `ha::decide`, perform the actions with timeouts, publish the member key
+//! and the node status. All the I/O of the agent's HA logic lives here; the choices do not.
+
+use crate::cluster_view::{member_value, view_from_snapshot, MemberAddress};
+use crate::config::AgentConfig;
+use crate::ha::{decide, Action, ClusterView, HaConfig, LocalState, Lsn, PeerProbe, PgState, Role, StreamPoint};
+use crate::postgres::control::{slot_name, Credentials, LocalPostgres, StopMode};
+use crate::status::{NodeRole, NodeStatus, PgRunState, Tags};
+use consensus::dcs::{ClusterKey, Dcs, DcsError, Expected};
+use consensus::kv::WatchEvent;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{watch, Notify};
+use tokio_postgres::NoTls;
+
+pub struct Runtime {
+    name: String,
+    ha: HaConfig,
+    dcs: Arc<dyn Dcs>,
+    pg: LocalPostgres,
+    tags: crate::config::TagsConfig,
+    conn_addr: String,
+    api_addr: String,
+    status: watch::Sender<NodeStatus>,
+    last_view: ClusterView,
+    last_addrs: Vec<MemberAddress>,
+    last_streamed: Option<StreamPoint>,
+    down_since: Option<Instant>,
+    unresponsive_since: Option<Instant>,
+    lease_valid_until: Option<Instant>,
+    refresh_failed: bool,
+    following: Option<String>,
+    last_reason: String,
+}
+
+impl Runtime {
+    pub fn new(
+        config: &AgentConfig,
+        dcs: Arc<dyn Dcs>,
+        pg: LocalPostgres,
+        status: watch::Sender<NodeStatus>,
+    ) -> Runtime {
+        let conn = config.postgresql.connect_address.unwrap_or(config.postgresql.listen);
+        Runtime {
+            name: config.name.clone(),
+            ha: config.ha.to_ha_config(),
+            dcs,
+            pg,
+            tags: config.tags.clone(),
+            conn_addr: conn.to_string(),
+            api_addr: config.api.listen.to_string(),
+            status,
+            last_view: ClusterView::default(),
+            last_addrs: Vec::new(),
+            last_streamed: None,
+            down_since: None,
+            unresponsive_since: None,
+            lease_valid_until: None,
+            refresh_failed: false,
+            following: None,
+            last_reason: String::new(),
+        }
+    }
+
+    /// Runs until `shutdown` resolves; then stops PostgreSQL and gives the leader lock up.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        let wake = Arc::new(Notify::new());
+        let watcher = tokio::spawn(watch_decisive_keys(self.dcs.clone(), wake.clone()));
+        tokio::pin!(shutdown);
+        loop {
+            self.tick().await;
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tokio::time::sleep(self.ha.loop_wait) => {}
+                _ = wake.notified() => {}
+            }
+        }
+        watcher.abort();
+        tracing::info!("shutting down: stopping PostgreSQL");
+        self.pg.stop(StopMode::Fast, Duration::from_secs(30)).await;
+        if self.last_view.leader.as_deref() == Some(self.name.as_str()) {
+            match tokio::time::timeout(self.ha.retry_timeout, self.dcs.release_leader()).await {
+                Ok(Ok(())) => tracing::info!("released the leader lock"),
+                _ => tracing::warn!("could not release the leader lock; it expires after ttl"),
+            }
+        }
+    }
+
+    async fn read_view(&mut self) -> ClusterView {
+        match tokio::time::timeout(self.ha.retry_timeout, self.dcs.snapshot()).await {
+            Ok(Ok(snap)) => {
+                let (view, addrs) = view_from_snapshot(&snap);
+                self.last_view = view.clone();
+                self.last_addrs = addrs;
+                self.status.send_modify(|s| s.dcs_last_seen = Some(SystemTime::now()));
+                view
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read the DCS");
+                ClusterView { reachable: false, ..self.last_view.clone() }
+            }
+            Err(_) => {
+                tracing::warn!("DCS read timed out after {:?}", self.ha.retry_timeout);
+                ClusterView { reachable: false, ..self.last_view.clone() }
+            }
+        }
+    }
+
+    async fn local_state(
+        &mut self,
+        view: &ClusterView,
+        now: Instant,
+    ) -> (LocalState, Option<crate::postgres::control::Probe>) {
+        let i_lead = view.leader.as_deref() == Some(self.name.as_str());
+        let mut probe = None;
+        let postgres = if !self.pg.has_data() {
+            PgState::NoData
+        } else if !self.pg.is_running() {
+            PgState::Stopped
+        } else {
+            match self.pg.probe(self.ha.retry_timeout).await {
+                Ok(p) => {
+                    self.unresponsive_since = None;
+                    let role = if p.in_recovery { Role::Replica } else { Role::Primary };
+                    let position =
+                        if p.in_recovery { p.received.unwrap_or(p.position).max(p.position) } else { p.position };
+                    if p.receiver_status.as_deref() == Some("streaming") {
+                        if let (Some(tl), Some(lsn)) = (p.received_timeline, p.received) {
+                            self.last_streamed = Some(StreamPoint { timeline: tl, lsn });
+                        }
+                    }
+                    let state = PgState::Running { role, timeline: p.timeline, wal_position: position };
+                    probe = Some(p);
+                    state
+                }
+                Err(e) => {
+                    let since = *self.unresponsive_since.get_or_insert(now);
+                    tracing::warn!(error = %e, "PostgreSQL probe failed");
+                    // One missed probe is a blip; a postmaster silent for retry_timeout is hung.
+                    if now.saturating_duration_since(since) >= self.ha.retry_timeout {
+                        PgState::Unresponsive
+                    } else {
+                        PgState::Running {
+                            role: if i_lead { Role::Primary } else { Role::Replica },
+                            timeline: view.leader_timeline.unwrap_or(1),
+                            wal_position: Lsn(0),
+                        }
+                    }
+                }
+            }
+        };
+        if i_lead && matches!(postgres, PgState::Stopped) {
+            self.down_since.get_or_insert(now);
+        } else {
+            self.down_since = None;
+        }
+        let local = LocalState {
+            name: self.name.clone(),
+            postgres,
+            system_identifier: self.pg.system_identifier(),
+            lease_valid_until: self.lease_valid_until,
+            refresh_failed: self.refresh_failed,
+            down_since: self.down_since,
+            last_streamed: self.last_streamed,
+            peer_probes: None,
+            nofailover: self.tags.nofailover,
+            failover_priority: self.tags.failover_priority.unwrap_or(1),
+        };
+        (local, probe)
+    }
+
+    async fn tick(&mut self) {
+        let now = Instant::now();
+        let view = self.read_view().await;
+        let (mut local, probe) = self.local_state(&view, now).await;
+        let mut decision = decide(&view, &local, &self.ha, now);
+        if decision.actions == [Action::ProbePeers] {
+            local.peer_probes = Some(self.probe_peers().await);
+            decision = decide(&view, &local, &self.ha, Instant::now());
+        }
+        if decision.reason != self.last_reason {
+            tracing::info!("{}", decision.reason);
+            self.last_reason = decision.reason.clone();
+        } else {
+            tracing::debug!("{}", decision.reason);
+        }
+        for action in decision.actions.clone() {
+            if let Err(e) = self.execute(&action, &view).await {
+                tracing::warn!(?action, "{e}");
+                break;
+            }
+        }
+        self.publish(&view, probe, &decision.reason).await;
+    }
+
+    fn address_of(&self, member: &str) -> Option<String> {
+        self.last_addrs.iter().find(|a| a.name == member).and_then(|a| a.postgres.clone())
+    }
+
+    async fn probe_peers(&self) -> Vec<PeerProbe> {
+        let timeout = self.ha.retry_timeout;
+        let superuser = self.pg.superuser.clone();
+        let probes = self.last_addrs.iter().filter(|a| a.name != self.name).map(|a| {
+            let (name, addr, su) = (a.name.clone(), a.postgres.clone(), superuser.clone());
+            let prio = self.last_view.member(&a.name).map_or(1, |m| m.failover_priority);
+            async move {
+                let answer = match addr {
+                    Some(addr) => tokio::time::timeout(timeout, ask_peer(&addr, &su)).await.ok().and_then(Result::ok),
+                    None => None,
+                };
+                PeerProbe {
+                    name,
+                    in_recovery: answer.map(|a| a.0),
+                    timeline: None,
+                    wal_position: answer.map(|a| a.1),
+                    failover_priority: prio,
+                }
+            }
+        });
+        let handles: Vec<_> = probes.map(tokio::spawn).collect();
+        let mut out = Vec::new();
+        for h in handles {
+            if let Ok(p) = h.await {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    async fn execute(&mut self, action: &Action, view: &ClusterView) -> Result<(), String> {
+        let rt = self.ha.retry_timeout;
+        let slot = slot_name(&self.name);
+        match action {
+            Action::ProbePeers => Ok(()),
+            Action::Bootstrap => self.bootstrap().await,
+            Action::CloneFrom { source } => {
+                let addr = self.address_of(source).ok_or(format!("no address for {source}"))?;
+                tracing::info!("cloning from {source} ({addr}) with pg_basebackup");
+                self.pg.clone_from(&addr).await.map_err(|e| e.to_string())
+            }
+            Action::StartReplica { leader } => {
+                let follow = leader.as_ref().and_then(|l| self.address_of(l));
+                if let Some(addr) = &follow {
+                    if self.was_primary() {
+                        tracing::info!(
+                            "this data directory was a primary; running pg_rewind against {addr} before following"
+                        );
+                        self.pg.rewind_from(&addr.clone()).await.map_err(|e| e.to_string())?;
+                    }
+                }
+                self.pg.write_config(follow.as_deref().map(|a| (a, slot.as_str())), true).map_err(|e| e.to_string())?;
+                self.following = leader.clone();
+                self.pg.start(Duration::from_secs(120)).await.map_err(|e| e.to_string())
+            }
+            Action::StartPrimary => {
+                self.pg.write_config(None, false).map_err(|e| e.to_string())?;
+                self.pg.start(Duration::from_secs(120)).await.map_err(|e| e.to_string())
+            }
+            Action::RefreshLock => self.refresh_lock().await,
+            Action::AcquireLock => match tokio::time::timeout(rt, self.dcs.acquire_leader()).await {
+                Ok(Ok(lease)) => {
+                    self.lease_valid_until = Some(lease.valid_until);
+                    self.refresh_failed = false;
+                    tracing::info!("acquired the leader lock");
+                    Ok(())
+                }
+                Ok(Err(e)) => Err(format!("could not take the leader lock: {e}")),
+                Err(_) => Err("taking the leader lock timed out".into()),
+            },
+            Action::ReleaseLock => {
+                self.lease_valid_until = None;
+                match tokio::time::timeout(rt, self.dcs.release_leader()).await {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(_) => Err("releasing the leader lock timed out".into()),
+                }
+            }
+            Action::Promote => {
+                self.pg.promote(Duration::from_secs(60)).await.map_err(|e| e.to_string())?;
+                self.following = None;
+                tracing::info!("promoted to primary");
+                // Make sure the new timeline is published before anything else happens.
+                self.publish_leader_status().await;
+                Ok(())
+            }
+            Action::Demote { leader } => {
+                tracing::warn!("demoting: stopping PostgreSQL");
+                self.pg.stop(StopMode::Fast, rt).await;
+                self.lease_valid_until = None;
+                let follow = leader.as_ref().and_then(|l| self.address_of(l));
+                if let Some(addr) = &follow {
+                    if let Err(e) = self.pg.rewind_from(addr).await {
+                        tracing::warn!("pg_rewind against {addr} failed: {e}; starting read-only without following");
+                        self.pg.write_config(None, true).map_err(|e| e.to_string())?;
+                        return self.pg.start(Duration::from_secs(120)).await.map_err(|e| e.to_string());
+                    }
+                }
+                self.pg.write_config(follow.as_deref().map(|a| (a, slot.as_str())), true).map_err(|e| e.to_string())?;
+                self.following = leader.clone();
+                self.pg.start(Duration::from_secs(120)).await.map_err(|e| e.to_string())
+            }
+            Action::Follow { leader } => {
+                if self.following.as_deref() == Some(leader.as_str()) {
+                    return Ok(());
+                }
+                let addr = self.address_of(leader).ok_or(format!("no address for {leader}"))?;
+                tracing::info!("following {leader} at {addr}");
+                self.pg.write_config(Some((&addr, &slot)), true).map_err(|e| e.to_string())?;
+                self.pg.query("select pg_reload_conf()", rt).await.map_err(|e| e.to_string())?;
+                self.following = Some(leader.clone());
+                Ok(())
+            }
+            Action::Rewind { leader } => {
+                let addr = self.address_of(leader).ok_or(format!("no address for {leader}"))?;
+                self.pg.stop(StopMode::Fast, rt).await;
+                self.pg.rewind_from(&addr).await.map_err(|e| e.to_string())?;
+                self.pg.write_config(Some((&addr, &slot)), true).map_err(|e| e.to_string())?;
+                self.following = Some(leader.clone());
+                self.pg.start(Duration::from_secs(120)).await.map_err(|e| e.to_string())
+            }
+            Action::Fence => {
+                tracing::warn!("fencing: killing PostgreSQL");
+                self.pg.kill();
+                let _ = view;
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether the stopped data directory was last a primary (pg_rewind may be needed).
+    fn was_primary(&self) -> bool {
+        let Ok(bytes) = std::fs::read(self.pg.data_dir.join("global/pg_control")) else { return false };
+        // ControlFileData: system_identifier (8), pg_control_version (4), catalog_version_no (4),
+        // then DBState state (4): 1 = shut down, 2 = shut down in recovery, 4 = in crash recovery,
+        // 5 = in archive recovery, 6 = in production.
+        // A fresh clone carries the primary's "in production" state but also a backup_label.
+        if self.pg.data_dir.join("backup_label").exists() {
+            return false;
+        }
+        let state = bytes.get(16..20).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(u32::from_le_bytes);
+        matches!(state, Some(1) | Some(6)) && !self.pg.data_dir.join("standby.signal").exists()
+    }
+
+    async fn refresh_lock(&mut self) -> Result<(), String> {
+        let rt = self.ha.retry_timeout;
+        match tokio::time::timeout(rt, self.dcs.refresh_leader()).await {
+            Ok(Ok(lease)) => {
+                self.lease_valid_until = Some(lease.valid_until);
+                self.refresh_failed = false;
+                self.leader_duties().await;
+                Ok(())
+            }
+            Ok(Err(DcsError::LockLost { holder })) => {
+                self.lease_valid_until = None;
+                tracing::warn!("lost the leader lock (now held by {holder:?}); demoting now");
+                let follow = holder.filter(|h| h != &self.name);
+                Box::pin(self.execute(&Action::Demote { leader: follow }, &self.last_view.clone())).await?;
+                Err("lost the leader lock".into())
+            }
+            other => {
+                self.refresh_failed = true;
+                let why = match other {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {rt:?}"),
+                };
+                let margin = self.ha.loop_wait + rt * 2;
+                if self.lease_valid_until.is_none_or(|until| Instant::now() + margin >= until) {
+                    tracing::warn!("cannot refresh the leader lock ({why}) and the lease ends soon; demoting");
+                    Box::pin(self.execute(&Action::Demote { leader: None }, &self.last_view.clone())).await?;
+                }
+                Err(format!("refreshing the leader lock failed: {why}"))
+            }
+        }
+    }
+
+    /// What the leader does every tick: slots for the members, the `status` key.
+    async fn leader_duties(&mut self) {
+        let slots: Vec<String> =
+            self.last_addrs.iter().filter(|a| a.name != self.name).map(|a| slot_name(&a.name)).collect();
+        if let Err(e) = self.pg.ensure_roles_and_slots(&slots, self.ha.retry_timeout).await {
+            tracing::warn!("could not create roles/slots: {e}");
+        }
+        self.publish_leader_status().await;
+    }
+
+    async fn publish_leader_status(&self) {
+        let Ok(p) = self.pg.probe(self.ha.retry_timeout).await else { return };
+        if p.in_recovery {
+            return;
+        }
+        let value = serde_json::json!({ "optime": p.position.0, "timeline": p.timeline });
+        let bytes = serde_json::to_vec(&value).unwrap_or_default();
+        if let Err(e) = self.dcs.write(ClusterKey::Status, &bytes, Expected::Any).await {
+            tracing::warn!("could not write the status key: {e}");
+        }
+    }
+
+    async fn bootstrap(&mut self) -> Result<(), String> {
+        match self.dcs.initialize(b"").await {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(e) => return Err(format!("racing for initialize: {e}")),
+        }
+        tracing::info!("won the initialize race; running initdb");
+        let result: Result<(), String> = async {
+            self.pg.initdb().await.map_err(|e| e.to_string())?;
+            self.pg.write_config(None, false).map_err(|e| e.to_string())?;
+            self.pg.start(Duration::from_secs(120)).await.map_err(|e| e.to_string())?;
+            self.pg.ensure_roles_and_slots(&[], Duration::from_secs(30)).await.map_err(|e| e.to_string())?;
+            let lease = self.dcs.acquire_leader().await.map_err(|e| e.to_string())?;
+            self.lease_valid_until = Some(lease.valid_until);
+            let sysid = self.pg.system_identifier().ok_or("initdb left no pg_control")?;
+            self.dcs
+                .write(ClusterKey::Initialize, sysid.to_string().as_bytes(), Expected::Any)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.publish_leader_status().await;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = &result {
+            tracing::error!("bootstrap failed: {e}; giving the initialize key back");
+            self.pg.kill();
+            let _ = std::fs::remove_dir_all(&self.pg.data_dir);
+            let _ = self.dcs.delete(ClusterKey::Initialize, Expected::Any).await;
+            let _ = self.dcs.release_leader().await;
+        } else {
+            tracing::info!("cluster bootstrapped; I am the leader");
+        }
+        result
+    }
+
+    async fn publish(&mut self, view: &ClusterView, probe: Option<crate::postgres::control::Probe>, reason: &str) {
+        let running = probe.is_some();
+        let role = match &probe {
+            Some(p) if !p.in_recovery => NodeRole::Primary,
+            Some(_) => NodeRole::Replica,
+            None => NodeRole::Unknown,
+        };
+        let position = probe.as_ref().map(|p| {
+            if p.in_recovery {
+                p.received.unwrap_or(p.position).max(p.position)
+            } else {
+                p.position
+            }
+        });
+        if view.reachable {
+            let value = member_value(
+                &self.conn_addr,
+                &self.api_addr,
+                running,
+                role.as_str(),
+                position,
+                probe.as_ref().map(|p| p.timeline),
+                &self.tags,
+            );
+            if let Err(e) = tokio::time::timeout(self.ha.retry_timeout, self.dcs.touch_member(&value))
+                .await
+                .unwrap_or(Err(DcsError::Store(consensus::kv::KvError::Unavailable("member touch timed out".into()))))
+            {
+                tracing::warn!("could not publish my member key: {e}");
+            }
+        }
+        let name = self.name.clone();
+        let tags = Tags {
+            nofailover: self.tags.nofailover,
+            noloadbalance: self.tags.noloadbalance,
+            nosync: self.tags.nosync,
+            clonefrom: self.tags.clonefrom,
+            failover_priority: self.tags.failover_priority.unwrap_or(1),
+            custom: Default::default(),
+        };
+        let ttl = self.ha.ttl.as_secs().max(1);
+        let lag_limit = self.ha.maximum_lag_on_failover;
+        let sysid = self.pg.system_identifier();
+        self.status.send_modify(|s| {
+            s.role = role;
+            s.pg_running = running;
+            s.state = PgRunState(if running { "running" } else { "stopped" }.into());
+            s.server_version = probe.as_ref().map(|p| p.server_version);
+            s.system_identifier = sysid;
+            s.timeline = probe.as_ref().map(|p| p.timeline);
+            s.wal_position = probe.as_ref().filter(|p| !p.in_recovery).map(|p| p.position);
+            s.received_position = probe.as_ref().filter(|p| p.in_recovery).and_then(|p| p.received);
+            s.replayed_position = probe.as_ref().filter(|p| p.in_recovery).map(|p| p.position);
+            s.streaming = probe.as_ref().and_then(|p| p.receiver_status.as_deref()) == Some("streaming");
+            s.holds_lock = view.leader.as_deref() == Some(name.as_str());
+            s.leader = view.leader.clone();
+            s.leader_position = view.leader_lsn;
+            s.paused = view.paused;
+            s.tags = tags;
+            s.last_tick = Some(Instant::now());
+            s.last_decision = reason.to_string();
+            s.ttl_secs = ttl;
+            s.maximum_lag_on_failover = lag_limit;
+        });
+    }
+}
+
+/// Asks a member's PostgreSQL directly: (in recovery?, WAL position received or written).
+async fn ask_peer(addr: &str, su: &Credentials) -> Result<(bool, Lsn), String> {
+    let (host, port) = addr.rsplit_once(':').ok_or("bad address")?;
+    let dsn = format!(
+        "host={host} port={port} user={} password={} dbname=postgres connect_timeout=2 application_name=pgha-race",
+        su.username, su.password
+    );
+    let (client, conn) = tokio_postgres::connect(&dsn, NoTls).await.map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let row = client
+        .query_one(
+            "select pg_is_in_recovery(), (case when pg_is_in_recovery() \
+             then greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) else pg_current_wal_lsn() end)::text",
+            &[],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let in_recovery: bool = row.try_get(0).map_err(|e| e.to_string())?;
+    let lsn: Option<String> = row.try_get(1).map_err(|e| e.to_string())?;
+    Ok((in_recovery, lsn.and_then(|s| Lsn::parse(&s)).unwrap_or_default()))
+}
+
+/// Wakes the loop at once when a key that changes decisions changes (not on member touches).
+async fn watch_decisive_keys(dcs: Arc<dyn Dcs>, wake: Arc<Notify>) {
+    loop {
+        let mut events = match dcs.watch(0).await {
+            Ok(rx) => rx,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Some(event) = events.recv().await {
+            let decisive = match &event {
+                WatchEvent::Resync { .. } => true,
+                other => matches!(other.key(), Some("leader" | "failover" | "initialize" | "config")),
+            };
+            if decisive {
+                wake.notify_one();
+            }
+        }
+    }
+}

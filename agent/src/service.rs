@@ -1,0 +1,90 @@
+//! `pgha agent`: assembles one node from its config (DCS session, local PostgreSQL, runtime loop)
+//! and runs it until SIGTERM or SIGINT.
+
+use crate::config::{AgentConfig, DcsBackend};
+use crate::postgres::binaries::{BinDir, DEFAULT_MAJOR};
+use crate::postgres::control::{Credentials, LocalPostgres, PgSettings};
+use crate::postgres::os_user::RunAs;
+use crate::runtime::Runtime;
+use crate::status::NodeStatus;
+use consensus::dcs::{Dcs, KvDcs};
+use consensus::etcd::{EtcdOptions, EtcdStore};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("the built-in Raft DCS is not built yet in this version; use [dcs] backend = \"etcd\"")]
+    RaftNotBuilt,
+}
+
+fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> ServiceError + '_ {
+    move |e| ServiceError::Setup(format!("{what}: {e}"))
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<(), ServiceError> {
+    let ha = config.ha.to_ha_config();
+    let dcs: Arc<dyn Dcs> = match config.dcs.backend {
+        DcsBackend::Etcd => {
+            let endpoints = config.dcs.etcd.as_ref().map(|e| e.endpoints.clone()).unwrap_or_default();
+            let options = EtcdOptions { op_timeout: ha.retry_timeout, ..EtcdOptions::default() };
+            let store = EtcdStore::connect(&endpoints, options).await.map_err(setup("connecting to etcd"))?;
+            Arc::new(KvDcs::new(Arc::new(store), &config.namespace, &config.scope, &config.name, ha.ttl))
+        }
+        DcsBackend::Raft => return Err(ServiceError::RaftNotBuilt),
+    };
+    let bin = BinDir::locate(config.postgresql.bin_dir.as_deref(), DEFAULT_MAJOR).map_err(setup("PostgreSQL"))?;
+    let run_as = RunAs::for_postgres(&config.postgresql.os_user).map_err(setup("OS user"))?;
+    let superuser = Credentials {
+        username: config.postgresql.superuser.username.clone(),
+        password: config.postgresql.superuser.resolve_password().map_err(setup("postgresql.superuser"))?,
+    };
+    let replication = Credentials {
+        username: config.postgresql.replication.username.clone(),
+        password: config.postgresql.replication.resolve_password().map_err(setup("postgresql.replication"))?,
+    };
+    let mut run_dir = config.postgresql.data_dir.clone().into_os_string();
+    run_dir.push(".run");
+    let parameters = config
+        .postgresql
+        .parameters
+        .iter()
+        .map(|(k, v)| {
+            let v = match v {
+                toml::Value::String(s) => format!("'{}'", s.replace('\'', "''")),
+                other => other.to_string(),
+            };
+            (k.clone(), v)
+        })
+        .collect();
+    let pg = LocalPostgres::new(PgSettings {
+        bin,
+        data_dir: config.postgresql.data_dir.clone(),
+        run_as,
+        listen: config.postgresql.listen,
+        run_dir: run_dir.into(),
+        superuser,
+        replication,
+        parameters,
+    });
+    pg.prepare_dirs().map_err(setup("preparing directories"))?;
+    let (status_tx, _status_rx) = tokio::sync::watch::channel(NodeStatus::starting(&config.name, &config.scope));
+    tracing::info!(member = %config.name, scope = %config.scope, "agent starting");
+    Runtime::new(&config, dcs, pg, status_tx).run(shutdown).await;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers the agent runs until killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,179 @@
+//! Whole pgha clusters for tests: N agents (the real `pgha agent` binary) on a DCS, each with its
+//! own PostgreSQL data directory, ports and log. Nodes can be killed like a lost machine
+//! (kill -9 of the agent and every PostgreSQL process) and started again on their own disk.
+
+use crate::etcd::EtcdCluster;
+use crate::pgha::PghaProcess;
+use crate::scratch::ScratchDir;
+use agent::postgres::os_user::{RunAs, DEFAULT_USER};
+use anyhow::Context;
+use std::time::Duration;
+use tokio_postgres::NoTls;
+
+pub const SUPERUSER_PASSWORD: &str = "pgha-test-superuser";
+pub const REPLICATION_PASSWORD: &str = "pgha-test-replication";
+
+/// One database node: its agent process and where its PostgreSQL lives.
+pub struct Node {
+    pub name: String,
+    pub pg_port: u16,
+    pub api_port: u16,
+    agent: Option<PghaProcess>,
+    config: String,
+    dir: ScratchDir,
+}
+
+impl Node {
+    pub fn dsn(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres password={SUPERUSER_PASSWORD} dbname=postgres connect_timeout=2",
+            self.pg_port
+        )
+    }
+
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.dir.join("data")
+    }
+
+    /// The agent's log so far.
+    pub fn agent_log(&self) -> String {
+        self.agent.as_ref().map(|a| a.log()).unwrap_or_default()
+    }
+
+    /// Process groups of the agent and of its postmaster (for survivor checks).
+    pub fn pgids(&self) -> Vec<i32> {
+        let mut out = Vec::new();
+        if let Some(a) = &self.agent {
+            out.push(a.pgid());
+        }
+        if let Some(pid) = self.postmaster_pid() {
+            out.push(pid);
+        }
+        out
+    }
+
+    fn postmaster_pid(&self) -> Option<i32> {
+        let text = std::fs::read_to_string(self.data_dir().join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
+    /// Like a machine losing power: kill -9 of the agent and of every PostgreSQL process.
+    pub fn kill_node(&mut self) {
+        let postmaster = self.postmaster_pid();
+        if let Some(mut a) = self.agent.take() {
+            a.process().kill_group();
+        }
+        if let Some(pid) = postmaster {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
+    /// Starts the agent again on the same data directory and config.
+    pub fn start_agent(&mut self) -> anyhow::Result<()> {
+        self.agent = Some(PghaProcess::start(&self.name, &["agent"], &self.config)?);
+        Ok(())
+    }
+
+    /// (in recovery, WAL receiver status) of this node's PostgreSQL, if it answers.
+    pub async fn role(&self) -> anyhow::Result<(bool, Option<String>)> {
+        let client = connect(&self.dsn()).await?;
+        let row =
+            client.query_one("select pg_is_in_recovery(), (select status from pg_stat_wal_receiver)", &[]).await?;
+        Ok((row.try_get(0)?, row.try_get(1)?))
+    }
+}
+
+/// A connection whose driver task runs on the current runtime.
+pub async fn connect(dsn: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, conn) = tokio::time::timeout(Duration::from_secs(3), tokio_postgres::connect(dsn, NoTls))
+        .await
+        .context("connect timed out")??;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// A cluster of agents on one etcd member.
+pub struct PghaCluster {
+    pub nodes: Vec<Node>,
+    pub etcd: EtcdCluster,
+    pub scope: String,
+}
+
+/// HA timing for a test cluster (seconds).
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub ttl: f64,
+    pub loop_wait: f64,
+    pub retry_timeout: f64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing { ttl: 6.0, loop_wait: 1.0, retry_timeout: 2.0 }
+    }
+}
+
+impl PghaCluster {
+    /// Starts `size` agents on a fresh single-member etcd.
+    pub async fn start_on_etcd(size: usize, timing: Timing) -> anyhow::Result<PghaCluster> {
+        let etcd = EtcdCluster::start(1).await?;
+        let scope = format!("test{}", std::process::id());
+        let owner = RunAs::for_postgres(DEFAULT_USER)?;
+        let mut nodes = Vec::new();
+        for i in 1..=size {
+            let name = format!("node{i}");
+            let dir = ScratchDir::new(&name, owner)?;
+            let pg_port = crate::ports::free_port()?;
+            let api_port = crate::ports::free_port()?;
+            let endpoints = etcd.endpoints().iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", ");
+            let config = format!(
+                r#"name = "{name}"
+scope = "{scope}"
+[postgresql]
+data_dir = "{data}"
+listen = "127.0.0.1:{pg_port}"
+superuser = {{ username = "postgres", password = "{SUPERUSER_PASSWORD}" }}
+replication = {{ username = "replicator", password = "{REPLICATION_PASSWORD}" }}
+parameters = {{ shared_buffers = "16MB", max_connections = 40, fsync = "off" }}
+[api]
+listen = "127.0.0.1:{api_port}"
+[ha]
+ttl = {ttl}
+loop_wait = {lw}
+retry_timeout = {rt}
+[dcs]
+backend = "etcd"
+[dcs.etcd]
+endpoints = [{endpoints}]
+"#,
+                data = dir.join("data").display(),
+                ttl = timing.ttl,
+                lw = timing.loop_wait,
+                rt = timing.retry_timeout,
+            );
+            nodes.push(Node { name, pg_port, api_port, agent: None, config, dir });
+        }
+        for n in &mut nodes {
+            n.start_agent()?;
+        }
+        Ok(PghaCluster { nodes, etcd, scope })
+    }
+
+    /// Index of the node whose PostgreSQL accepts writes, if exactly one does.
+    pub async fn primaries(&self) -> Vec<usize> {
+        let mut out = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if let Ok((false, _)) = n.role().await {
+                out.push(i);
+            }
+        }
+        out
+    }
+
+    /// Every agent's log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.nodes.iter().map(|n| format!("----- {} -----\n{}", n.name, n.agent_log())).collect::<Vec<_>>().join("\n")
+    }
+}
