@@ -26,6 +26,7 @@ pub struct Runtime {
     last_view: ClusterView,
     last_addrs: Vec<MemberAddress>,
     last_streamed: Option<StreamPoint>,
+    not_streaming_since: Option<Instant>,
     down_since: Option<Instant>,
     unresponsive_since: Option<Instant>,
     lease_valid_until: Option<Instant>,
@@ -54,6 +55,7 @@ impl Runtime {
             last_view: ClusterView::default(),
             last_addrs: Vec::new(),
             last_streamed: None,
+            not_streaming_since: None,
             down_since: None,
             unresponsive_since: None,
             lease_valid_until: None,
@@ -126,9 +128,14 @@ impl Runtime {
                     let position =
                         if p.in_recovery { p.received.unwrap_or(p.position).max(p.position) } else { p.position };
                     if p.receiver_status.as_deref() == Some("streaming") {
+                        self.not_streaming_since = None;
                         if let (Some(tl), Some(lsn)) = (p.received_timeline, p.received) {
                             self.last_streamed = Some(StreamPoint { timeline: tl, lsn });
                         }
+                    } else if p.in_recovery {
+                        self.not_streaming_since.get_or_insert(now);
+                    } else {
+                        self.not_streaming_since = None;
                     }
                     let state = PgState::Running { role, timeline: p.timeline, wal_position: position };
                     probe = Some(p);
@@ -163,6 +170,7 @@ impl Runtime {
             refresh_failed: self.refresh_failed,
             down_since: self.down_since,
             last_streamed: self.last_streamed,
+            not_streaming_for: self.not_streaming_since.map(|t| now.saturating_duration_since(t)),
             peer_probes: None,
             nofailover: self.tags.nofailover,
             failover_priority: self.tags.failover_priority.unwrap_or(1),
@@ -312,6 +320,7 @@ impl Runtime {
             }
             Action::Rewind { leader } => {
                 let addr = self.address_of(leader).ok_or(format!("no address for {leader}"))?;
+                self.not_streaming_since = None;
                 self.pg.stop(StopMode::Fast, rt).await;
                 self.pg.rewind_from(&addr).await.map_err(|e| e.to_string())?;
                 self.pg.write_config(Some((&addr, &slot)), true).map_err(|e| e.to_string())?;

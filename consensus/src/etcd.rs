@@ -114,6 +114,7 @@ fn classify(e: ec::Error) -> KvError {
                 code => KvError::Rejected(format!("{code:?}: {msg}")),
             }
         }
+        ec::Error::LeaseKeepAliveError(m) if m.contains("lease not found") => KvError::LeaseNotFound(0),
         ec::Error::InvalidArgs(m) | ec::Error::EndpointError(m) => KvError::Rejected(m),
         ec::Error::InvalidUri(u) => KvError::Rejected(format!("invalid etcd URL: {u}")),
         other => KvError::Unavailable(other.to_string()),

@@ -4,6 +4,7 @@
 
 use crate::etcd::EtcdCluster;
 use crate::pgha::PghaProcess;
+use crate::relay::FaultRelay;
 use crate::scratch::ScratchDir;
 use agent::postgres::os_user::{RunAs, DEFAULT_USER};
 use anyhow::Context;
@@ -16,6 +17,8 @@ pub const REPLICATION_PASSWORD: &str = "pgha-test-replication";
 /// One database node: its agent process and where its PostgreSQL lives.
 pub struct Node {
     pub name: String,
+    /// The node's only path to the DCS, when the cluster was started with relays.
+    pub dcs_relay: Option<FaultRelay>,
     pub pg_port: u16,
     pub api_port: u16,
     agent: Option<PghaProcess>,
@@ -118,6 +121,15 @@ impl Default for Timing {
 impl PghaCluster {
     /// Starts `size` agents on a fresh single-member etcd.
     pub async fn start_on_etcd(size: usize, timing: Timing) -> anyhow::Result<PghaCluster> {
+        Self::start(size, timing, false).await
+    }
+
+    /// Like `start_on_etcd`, but each agent reaches etcd only through its own fault relay.
+    pub async fn start_on_etcd_with_relays(size: usize, timing: Timing) -> anyhow::Result<PghaCluster> {
+        Self::start(size, timing, true).await
+    }
+
+    async fn start(size: usize, timing: Timing, relays: bool) -> anyhow::Result<PghaCluster> {
         let etcd = EtcdCluster::start(1).await?;
         let scope = format!("test{}", std::process::id());
         let owner = RunAs::for_postgres(DEFAULT_USER)?;
@@ -127,7 +139,16 @@ impl PghaCluster {
             let dir = ScratchDir::new(&name, owner)?;
             let pg_port = crate::ports::free_port()?;
             let api_port = crate::ports::free_port()?;
-            let endpoints = etcd.endpoints().iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", ");
+            let dcs_relay = if relays {
+                let target = ([127, 0, 0, 1], etcd.members()[0].client_port).into();
+                Some(FaultRelay::start(target).await?)
+            } else {
+                None
+            };
+            let endpoints = match &dcs_relay {
+                Some(r) => format!("\"http://127.0.0.1:{}\"", r.port()),
+                None => etcd.endpoints().iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", "),
+            };
             let config = format!(
                 r#"name = "{name}"
 scope = "{scope}"
@@ -153,7 +174,7 @@ endpoints = [{endpoints}]
                 lw = timing.loop_wait,
                 rt = timing.retry_timeout,
             );
-            nodes.push(Node { name, pg_port, api_port, agent: None, config, dir });
+            nodes.push(Node { name, dcs_relay, pg_port, api_port, agent: None, config, dir });
         }
         for n in &mut nodes {
             n.start_agent()?;

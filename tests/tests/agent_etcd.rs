@@ -153,3 +153,89 @@ async fn losing_the_primary_node_promotes_a_replica_and_loses_no_acknowledged_ro
     });
     back.await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
 }
+
+/// Polls every node every 50 ms and records any sample where two nodes accept writes.
+fn start_split_brain_checker(
+    cluster: &PghaCluster,
+) -> (Arc<std::sync::atomic::AtomicBool>, tokio::task::JoinHandle<Vec<String>>) {
+    let dsns: Vec<(String, String)> = cluster.nodes.iter().map(|n| (n.name.clone(), n.dsn())).collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = tokio::spawn(async move {
+        let mut clients: Vec<Option<tokio_postgres::Client>> = dsns.iter().map(|_| None).collect();
+        let mut overlaps = Vec::new();
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut writable = Vec::new();
+            for (i, (name, dsn)) in dsns.iter().enumerate() {
+                if clients[i].is_none() {
+                    clients[i] =
+                        tokio::time::timeout(Duration::from_millis(300), connect(dsn)).await.ok().and_then(Result::ok);
+                }
+                let Some(c) = &clients[i] else { continue };
+                match tokio::time::timeout(Duration::from_millis(300), c.query_one("select pg_is_in_recovery()", &[]))
+                    .await
+                {
+                    Ok(Ok(row)) if !row.get::<_, bool>(0) => writable.push(name.clone()),
+                    Ok(Ok(_)) => {}
+                    _ => clients[i] = None,
+                }
+            }
+            if writable.len() > 1 {
+                overlaps.push(format!("{:?} at {:?}", writable, Instant::now()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        overlaps
+    });
+    (stop, handle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_cut_off_from_the_dcs_demotes_itself_and_never_overlaps_with_the_new_primary() {
+    let cluster = PghaCluster::start_on_etcd_with_relays(3, Timing::default()).await.unwrap();
+    let old = match healthy(&cluster).await {
+        Ok(p) => p,
+        Err(e) => panic!("{e}\n{}", cluster.logs()),
+    };
+    let (stop, checker) = start_split_brain_checker(&cluster);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let relay = cluster.nodes[old].dcs_relay.as_ref().expect("started with relays");
+    relay.partition();
+    let cut = Instant::now();
+    // The isolated primary stops accepting writes on its own...
+    let demoted = wait_for("the isolated primary to demote itself", Duration::from_secs(30), || async {
+        Ok(match cluster.nodes[old].role().await {
+            Ok((false, _)) => None,
+            _ => Some(()),
+        })
+    });
+    demoted.await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let demoted_after = cut.elapsed();
+    // ...and only then may another node take over.
+    let new = wait_for("another primary", Duration::from_secs(30), || async {
+        Ok(cluster.primaries().await.into_iter().find(|&i| i != old))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    eprintln!(
+        "partition: {} stopped accepting writes {demoted_after:?} after the cut (ttl 6 s); {} took over {:?} after the cut",
+        cluster.nodes[old].name,
+        cluster.nodes[new].name,
+        cut.elapsed()
+    );
+    assert!(demoted_after < Duration::from_secs(6), "demotion took longer than the lease");
+
+    // Healed, the old primary rejoins as a replica of the new one.
+    relay.heal();
+    let rejoined = wait_for("the old primary to stream from the new one", Duration::from_secs(60), || async {
+        Ok(match cluster.nodes[old].role().await {
+            Ok((true, Some(s))) if s == "streaming" => Some(()),
+            _ => None,
+        })
+    });
+    rejoined.await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let overlaps = checker.await.unwrap();
+    assert!(overlaps.is_empty(), "two writable primaries at once: {overlaps:?}");
+}

@@ -223,11 +223,20 @@ fn running(
             ),
             _ => {
                 let leader_tl = view.member(&leader).and_then(|m| m.timeline).or(view.leader_timeline);
+                let stalled = local.not_streaming_for.is_some_and(|d| d >= config.ttl);
                 match leader_tl {
                     Some(ltl) if timeline > ltl => act(
                         vec![Action::Rewind { leader: leader.clone() }],
                         format!(
                             "my timeline {timeline} is ahead of the leader {leader}'s {ltl}; rewinding to follow it"
+                        ),
+                    ),
+                    Some(ltl) if timeline < ltl && stalled => act(
+                        vec![Action::Rewind { leader: leader.clone() }],
+                        format!(
+                            "not streaming from {leader} for {:?} and still on timeline {timeline} (leader on {ltl}): \
+                             my WAL diverged; rewinding",
+                            local.not_streaming_for.unwrap_or_default()
                         ),
                     ),
                     _ => act(

@@ -102,6 +102,8 @@ pub struct LocalState {
     /// Since when PostgreSQL has been down while we hold the lock.
     pub down_since: Option<Instant>,
     pub last_streamed: Option<StreamPoint>,
+    /// How long this replica's WAL receiver has not been streaming (None: streaming, or primary).
+    pub not_streaming_for: Option<Duration>,
     /// Answers of the other members, once asked during a race.
     pub peer_probes: Option<Vec<PeerProbe>>,
     pub nofailover: bool,
