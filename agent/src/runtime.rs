@@ -187,9 +187,11 @@ impl Runtime {
             local.peer_probes = Some(self.probe_peers().await);
             decision = decide(&view, &local, &self.ha, Instant::now());
         }
-        if decision.reason != self.last_reason {
+        // One line per change of decision; a new WAL position alone is not a new event.
+        let shape = without_positions(&decision.reason);
+        if shape != self.last_reason {
             tracing::info!("{}", decision.reason);
-            self.last_reason = decision.reason.clone();
+            self.last_reason = shape;
         } else {
             tracing::debug!("{}", decision.reason);
         }
@@ -504,6 +506,15 @@ impl Runtime {
             s.maximum_lag_on_failover = lag_limit;
         });
     }
+}
+
+/// The reason with WAL positions (`0/3000060`) left out, to tell new events from progress.
+fn without_positions(reason: &str) -> String {
+    reason
+        .split(' ')
+        .filter(|w| !(w.contains('/') && w.chars().next().is_some_and(|c| c.is_ascii_hexdigit())))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Asks a member's PostgreSQL directly: (in recovery?, WAL position received or written).

@@ -248,12 +248,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::ArchivePush(_) => Ok(not_built("archive-push", "WAL archiving")),
         Command::ArchiveGet(_) => Ok(not_built("archive-get", "WAL restore from the repository")),
         Command::Demo(args) => {
-            eprintln!(
-                "pgha demo will start {} PostgreSQL nodes managed by pgha agents on the {} DCS, plus a pooler, \
-                 print their DSNs and API URLs, and tear everything down on Ctrl-C.",
-                args.nodes, args.dcs
-            );
-            Ok(not_built("demo", "the local demo cluster (it needs the agent and the pooler)"))
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            runtime.block_on(crate::demo::run(crate::demo::DemoOptions {
+                nodes: args.nodes,
+                dcs: args.dcs,
+                dir: args.dir,
+            }))?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -2,6 +2,7 @@
 //! crate that owns it. It holds no logic of its own beyond that wiring.
 
 mod commands;
+mod demo;
 mod logging;
 
 use clap::Parser;

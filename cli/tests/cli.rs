@@ -111,13 +111,9 @@ fn missing_config_file_says_which_and_why() {
 
 #[test]
 fn unbuilt_capabilities_say_so_and_exit_69() {
-    for args in [
-        &["demo"][..],
-        &["ctl", "list"][..],
-        &["backup", "list"][..],
-        &["archive-push", "/x"][..],
-        &["archive-get", "a", "b"][..],
-    ] {
+    for args in
+        [&["ctl", "list"][..], &["backup", "list"][..], &["archive-push", "/x"][..], &["archive-get", "a", "b"][..]]
+    {
         let out = pgha(args);
         let (stdout, stderr) = text(&out);
         assert_eq!(out.status.code(), Some(69), "{args:?}");
@@ -128,7 +124,7 @@ fn unbuilt_capabilities_say_so_and_exit_69() {
 
 #[test]
 fn bad_log_level_is_a_clear_error() {
-    let out = pgha(&["--log-level", "loud!!", "demo"]);
+    let out = pgha(&["--log-level", "loud!!", "ctl", "list"]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr.contains("--log-level \"loud!!\""), "{stderr}");

@@ -1,0 +1,76 @@
+//! `pgha demo` as a newcomer runs it: it prints DSNs that work, and Ctrl-C leaves nothing behind.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn demo_prints_a_working_read_write_dsn_and_ctrl_c_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo_dir = dir.path().join("demo");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgha"))
+        .args(["demo", "--dcs", "etcd", "--dir"])
+        .arg(&demo_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut dsn = None;
+    let mut following = 0;
+    let mut seen = Vec::new();
+    while Instant::now() < deadline && (dsn.is_none() || following < 2) {
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) else { continue };
+        if let Some(d) = line.split("read-write DSN (any libpq client): ").nth(1) {
+            dsn = Some(d.trim().to_string());
+        }
+        if line.contains("following the leader") {
+            following += 1;
+        }
+        seen.push(line);
+    }
+    // The read-write DSN reaches the primary (psql picks the writable host).
+    let answer = dsn.as_ref().map(|dsn| {
+        let out = Command::new("psql").arg(dsn).args(["-Atc", "select pg_is_in_recovery()"]).output().unwrap();
+        (String::from_utf8_lossy(&out.stdout).trim().to_string(), String::from_utf8_lossy(&out.stderr).into_owned())
+    });
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGINT);
+    assert!(dsn.is_some(), "no DSN printed:\n{}", seen.join("\n"));
+    assert!(following >= 2, "replicas never followed:\n{}", seen.join("\n"));
+    let (answer, psql_err) = answer.unwrap_or_default();
+
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    assert_eq!(answer, "f", "psql via the read-write DSN: {psql_err}");
+    assert!(status.is_some_and(|s| s.success()), "demo did not exit cleanly after Ctrl-C: {status:?}");
+    // Nothing of the demo keeps running: no process has the demo dir on its command line.
+    let leftovers: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .filter(|c| c.contains(demo_dir.to_str().unwrap()))
+        .collect();
+    assert!(leftovers.is_empty(), "processes left behind: {leftovers:?}");
+}
+
+fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    None
+}
