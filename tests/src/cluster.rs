@@ -55,7 +55,30 @@ impl Node {
         out
     }
 
-    fn postmaster_pid(&self) -> Option<i32> {
+    /// kill -9 of this node's PostgreSQL only (the agent lives on).
+    pub fn kill_postgres(&self) -> anyhow::Result<i32> {
+        let pid = self.postmaster_pid().context("no postmaster.pid")?;
+        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)?;
+        Ok(pid)
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) every PostgreSQL process of this node.
+    pub fn freeze_postgres(&self, frozen: bool) -> anyhow::Result<i32> {
+        let pid = self.postmaster_pid().context("no postmaster.pid")?;
+        let sig = if frozen { nix::sys::signal::Signal::SIGSTOP } else { nix::sys::signal::Signal::SIGCONT };
+        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), sig)?;
+        Ok(pid)
+    }
+
+    /// Stops the agent gracefully (its PostgreSQL stops with it).
+    pub async fn stop_agent(&mut self) -> anyhow::Result<()> {
+        if let Some(mut a) = self.agent.take() {
+            a.process().stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(30)).await?;
+        }
+        Ok(())
+    }
+
+    pub fn postmaster_pid(&self) -> Option<i32> {
         let text = std::fs::read_to_string(self.data_dir().join("postmaster.pid")).ok()?;
         text.lines().next()?.trim().parse().ok()
     }

@@ -239,3 +239,75 @@ async fn primary_cut_off_from_the_dcs_demotes_itself_and_never_overlaps_with_the
     let overlaps = checker.await.unwrap();
     assert!(overlaps.is_empty(), "two writable primaries at once: {overlaps:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_killed_under_a_live_agent_is_restarted_in_place_without_failover() {
+    let cluster = PghaCluster::start_on_etcd(3, Timing::default()).await.unwrap();
+    let primary = healthy(&cluster).await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let old_pid = cluster.nodes[primary].kill_postgres().unwrap();
+    let back = wait_for("PostgreSQL to be restarted on the same node", Duration::from_secs(30), || async {
+        Ok(match cluster.nodes[primary].role().await {
+            Ok((false, _)) if cluster.nodes[primary].postmaster_pid() != Some(old_pid) => Some(()),
+            _ => None,
+        })
+    });
+    back.await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    // Still the only primary: nobody failed over.
+    assert_eq!(cluster.primaries().await, vec![primary]);
+    assert!(cluster.nodes[primary].agent_log().contains("restarting it in place"), "{}", cluster.logs());
+    for (i, n) in cluster.nodes.iter().enumerate() {
+        if i != primary {
+            assert!(!n.agent_log().contains("promoted to primary"), "{} promoted:\n{}", n.name, cluster.logs());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_primary_postmaster_is_fenced_and_a_replica_takes_over() {
+    let cluster = PghaCluster::start_on_etcd(3, Timing::default()).await.unwrap();
+    let old = healthy(&cluster).await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let (stop, checker) = start_split_brain_checker(&cluster);
+    let frozen_pid = cluster.nodes[old].freeze_postgres(true).unwrap();
+    let frozen_at = Instant::now();
+    let new = wait_for("another primary", Duration::from_secs(60), || async {
+        Ok(cluster.primaries().await.into_iter().find(|&i| i != old))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    eprintln!("hung postmaster: {} took over {:?} after SIGSTOP", cluster.nodes[new].name, frozen_at.elapsed());
+    // The frozen postmaster was killed (fenced), so it can never wake up as a primary.
+    let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(frozen_pid), None).is_err();
+    assert!(gone || cluster.nodes[old].postmaster_pid() != Some(frozen_pid), "the hung postmaster still exists");
+    assert!(cluster.nodes[old].agent_log().contains("stopped answering probes"), "{}", cluster.logs());
+    let rejoined = wait_for("the fenced node to stream from the new primary", Duration::from_secs(60), || async {
+        Ok(match cluster.nodes[old].role().await {
+            Ok((true, Some(s))) if s == "streaming" => Some(()),
+            _ => None,
+        })
+    });
+    rejoined.await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let overlaps = checker.await.unwrap();
+    assert!(overlaps.is_empty(), "two writable primaries at once: {overlaps:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_never_streamed_is_not_promoted_when_the_primary_dies() {
+    let mut cluster = PghaCluster::start_on_etcd(2, Timing::default()).await.unwrap();
+    let primary = healthy(&cluster).await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let replica = 1 - primary;
+    // The replica's agent (and PostgreSQL) go down, then the primary's node is lost.
+    cluster.nodes[replica].stop_agent().await.unwrap();
+    cluster.nodes[primary].kill_node();
+    // The replica comes back with nobody to stream from: its position is not trusted.
+    cluster.nodes[replica].start_agent().unwrap();
+    let waited = wait_for("the replica to refuse promotion", Duration::from_secs(30), || async {
+        Ok(cluster.nodes[replica].agent_log().contains("never streamed").then_some(()))
+    });
+    waited.await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    // Two more lease lengths later it is still a replica.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let role = cluster.nodes[replica].role().await.unwrap();
+    assert!(role.0, "the replica promoted itself without having streamed:\n{}", cluster.logs());
+    assert!(!cluster.nodes[replica].agent_log().contains("promoted to primary"), "{}", cluster.logs());
+}
