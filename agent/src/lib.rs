@@ -4,6 +4,7 @@
 //! `ha` decides (pure), `runtime` gathers inputs and acts, `postgres` drives the local server,
 //! `cluster_view` maps DCS keys to the engine's view, `service` assembles a node from `config`.
 
+pub mod api;
 pub mod cluster_view;
 pub mod config;
 pub mod ha;

@@ -1,0 +1,412 @@
+//! The endpoints that ask the cluster or this node to do something. Switchover and failover are
+//! validated against one DCS snapshot and written to the `failover` key (compare-and-set), then the
+//! answer waits for the new leader as Patroni's does. Restart, reload and reinitialize are checked
+//! against the node status and queued for the runtime as `ApiCommand`s (202).
+
+use super::cluster::{config_of, key_json};
+use super::timestamp::{Timestamp, TimestampError};
+use super::{parse_body, parse_optional_body, ApiCommand, ApiError, ApiState};
+use crate::status::NodeRole;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use consensus::dcs::{ClusterKey, ClusterSnapshot, Expected};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::error::TrySendError;
+
+/// How often a switchover answer re-reads the DCS while waiting for the new leader.
+const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The body of POST /switchover and POST /failover.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SwitchoverBody {
+    leader: Option<String>,
+    /// Patroni clients send `candidate`; older ones `member`.
+    #[serde(alias = "member")]
+    candidate: Option<String>,
+    scheduled_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Switchover,
+    Failover,
+}
+
+impl Kind {
+    fn noun(self) -> &'static str {
+        match self {
+            Kind::Switchover => "switchover",
+            Kind::Failover => "failover",
+        }
+    }
+    fn title(self) -> &'static str {
+        match self {
+            Kind::Switchover => "Switchover",
+            Kind::Failover => "Failover",
+        }
+    }
+    fn past(self) -> &'static str {
+        match self {
+            Kind::Switchover => "switched",
+            Kind::Failover => "failed",
+        }
+    }
+}
+
+/// A member key's JSON, if the member exists and its value is readable.
+fn member(snap: &ClusterSnapshot, name: &str) -> Option<Value> {
+    let kv = snap.get(&ClusterKey::Member(name.to_string()))?;
+    serde_json::from_slice(&kv.value).ok()
+}
+
+fn member_names(snap: &ClusterSnapshot) -> impl Iterator<Item = &str> {
+    snap.keys.iter().filter_map(|kv| kv.key.strip_prefix("members/"))
+}
+
+/// Why `member` cannot take over, if it cannot: not running, or tagged nofailover.
+fn unfit(name: &str, m: &Value) -> Option<String> {
+    if m.get("state").and_then(Value::as_str) != Some("running") {
+        return Some(format!("candidate {name} is not running"));
+    }
+    if m.get("tags").and_then(|t| t.get("nofailover")) == Some(&json!(true)) {
+        return Some(format!("candidate {name} is tagged nofailover"));
+    }
+    None
+}
+
+/// Checks a switchover/failover against the cluster as read; the error is the 412 message.
+fn check_request(
+    snap: &ClusterSnapshot,
+    kind: Kind,
+    leader: Option<&str>,
+    candidate: Option<&str>,
+) -> Result<(), String> {
+    let current = snap.leader();
+    if let Some(leader) = leader {
+        if current.as_deref() != Some(leader) {
+            let actual = current.as_deref().unwrap_or("nobody (the leader lock is free)");
+            return Err(format!("leader name does not match: {leader} is not the leader, {actual} is"));
+        }
+    }
+    match candidate {
+        Some(c) => {
+            let m = member(snap, c).ok_or_else(|| format!("candidate {c} is not a member of the cluster"))?;
+            if current.as_deref() == Some(c) {
+                return Err(format!("candidate {c} is already the leader"));
+            }
+            unfit(c, &m).map_or(Ok(()), Err)
+        }
+        None => {
+            let others = member_names(snap).filter(|n| current.as_deref() != Some(*n));
+            if others.filter_map(|n| member(snap, n).map(|m| (n, m))).any(|(n, m)| unfit(n, &m).is_none()) {
+                Ok(())
+            } else {
+                Err(format!("{} is not possible: no other member is running and eligible", kind.noun()))
+            }
+        }
+    }
+}
+
+/// Waits for a leader other than `old`: 200 when it came, 503 when the request vanished without
+/// one or the wait ran out (the switchover may still complete later).
+async fn await_new_leader(
+    state: &ApiState,
+    kind: Kind,
+    old: Option<String>,
+    candidate: Option<&str>,
+) -> (StatusCode, String) {
+    let deadline = Instant::now() + state.switchover_wait;
+    loop {
+        tokio::time::sleep(POLL_INTERVAL.min(deadline.saturating_duration_since(Instant::now()))).await;
+        if let Ok(snap) = state.snapshot().await {
+            match snap.leader() {
+                Some(new) if Some(&new) != old.as_ref() => {
+                    let message = match candidate {
+                        Some(c) if c != new => format!("{}ed over to \"{new}\" instead of \"{c}\"", kind.title()),
+                        _ => format!("Successfully {} over to \"{new}\"", kind.past()),
+                    };
+                    return (StatusCode::OK, message);
+                }
+                _ if snap.get(&ClusterKey::Failover).is_none() => {
+                    return (StatusCode::SERVICE_UNAVAILABLE, format!("{} failed", kind.title()))
+                }
+                _ => {}
+            }
+        }
+        if Instant::now() >= deadline {
+            return (StatusCode::SERVICE_UNAVAILABLE, format!("{} status unknown", kind.title()));
+        }
+    }
+}
+
+async fn manual_failover(state: ApiState, mut kind: Kind, body: &[u8]) -> Result<(StatusCode, String), ApiError> {
+    let req: SwitchoverBody = parse_body(body)?;
+    let (leader, candidate) = (req.leader.as_deref(), req.candidate.as_deref());
+    match kind {
+        Kind::Failover if candidate.is_none() => {
+            return Err(ApiError::BadRequest("Failover could be performed only to a specific candidate".into()))
+        }
+        Kind::Switchover if leader.is_none() => {
+            return Err(ApiError::BadRequest("Switchover could be performed only from a specific leader".into()))
+        }
+        _ => {}
+    }
+    if kind == Kind::Failover && req.scheduled_at.is_some() {
+        return Err(ApiError::BadRequest("Failover can't be scheduled".into()));
+    }
+    if kind == Kind::Failover && leader.is_some() {
+        // As Patroni: a failover naming the leader is a switchover.
+        kind = Kind::Switchover;
+    }
+    if leader.is_some() && leader == candidate {
+        return Err(ApiError::BadRequest("Switchover target and source are the same".into()));
+    }
+    let scheduled_at = match req.scheduled_at.as_deref() {
+        None => None,
+        Some(text) => {
+            let at = Timestamp::parse(text).map_err(|e| match e {
+                TimestampError::NoTimezone => ApiError::BadRequest(format!("scheduled_at {text:?}: {e}")),
+                TimestampError::Unparseable => ApiError::Unprocessable(format!("scheduled_at {text:?}: {e}")),
+            })?;
+            if at < Timestamp::now() {
+                return Err(ApiError::Unprocessable(format!("Cannot schedule {} in the past", kind.noun())));
+            }
+            Some(at)
+        }
+    };
+    let snap = state.snapshot().await?;
+    let paused = config_of(&snap)?.get("pause") == Some(&json!(true));
+    if paused && scheduled_at.is_some() {
+        return Err(ApiError::BadRequest(format!("Can't schedule {} in the paused state", kind.noun())));
+    }
+    if paused && candidate.is_none() {
+        return Err(ApiError::BadRequest(
+            "Switchover is possible only to a specific candidate in a paused state".into(),
+        ));
+    }
+    check_request(&snap, kind, leader, candidate).map_err(ApiError::PreconditionFailed)?;
+
+    let mut value = Map::new();
+    if let Some(l) = leader {
+        value.insert("leader".into(), json!(l));
+    }
+    if let Some(c) = candidate {
+        // `member` is the field Patroni reads; `candidate` the one pgha's own tools name.
+        value.insert("member".into(), json!(c));
+        value.insert("candidate".into(), json!(c));
+    }
+    if let Some(at) = scheduled_at {
+        value.insert("scheduled_at".into(), json!(at.to_string()));
+    }
+    let expected = match snap.get(&ClusterKey::Failover) {
+        Some(kv) => Expected::Revision(kv.mod_revision),
+        None => Expected::Absent,
+    };
+    let bytes = serde_json::to_vec(&Value::Object(value))
+        .map_err(|e| ApiError::Corrupt(format!("could not encode the failover key: {e}")))?;
+    state
+        .dcs_call(state.dcs.write(ClusterKey::Failover, &bytes, expected))
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("failed to write failover key into DCS: {e}")))?;
+    tracing::info!(
+        leader = leader.unwrap_or("-"),
+        candidate = candidate.unwrap_or("-"),
+        scheduled_at = req.scheduled_at.as_deref().unwrap_or("-"),
+        "{} requested through the REST API",
+        kind.noun()
+    );
+    if scheduled_at.is_some() {
+        return Ok((StatusCode::ACCEPTED, format!("{} scheduled", kind.title())));
+    }
+    Ok(await_new_leader(&state, kind, snap.leader(), candidate).await)
+}
+
+/// `POST /switchover` {leader, candidate?, scheduled_at?}.
+pub(crate) async fn post_switchover(
+    State(state): State<ApiState>,
+    body: Bytes,
+) -> Result<(StatusCode, String), ApiError> {
+    manual_failover(state, Kind::Switchover, &body).await
+}
+
+/// `POST /failover` {candidate}: works without a leader.
+pub(crate) async fn post_failover(
+    State(state): State<ApiState>,
+    body: Bytes,
+) -> Result<(StatusCode, String), ApiError> {
+    manual_failover(state, Kind::Failover, &body).await
+}
+
+/// `DELETE /switchover`: cancels a scheduled switchover.
+pub(crate) async fn delete_switchover(State(state): State<ApiState>) -> Result<(StatusCode, String), ApiError> {
+    let snap = state.snapshot().await?;
+    let scheduled = key_json(&snap, &ClusterKey::Failover)?
+        .is_some_and(|f| f.get("scheduled_at").and_then(Value::as_str).is_some_and(|s| !s.is_empty()));
+    let Some(kv) = snap.get(&ClusterKey::Failover).filter(|_| scheduled) else {
+        return Err(ApiError::NotFound("no switchover is scheduled".into()));
+    };
+    state
+        .dcs_call(state.dcs.delete(ClusterKey::Failover, Expected::Revision(kv.mod_revision)))
+        .await
+        .map_err(|e| ApiError::Conflict(format!("could not delete the scheduled switchover: {e}")))?;
+    tracing::info!("scheduled switchover cancelled through the REST API");
+    Ok((StatusCode::OK, "scheduled switchover deleted".into()))
+}
+
+/// Hands a command to the runtime without waiting: a full queue or a stopped runtime is a 503.
+fn queue(state: &ApiState, command: ApiCommand) -> Result<(), ApiError> {
+    state.commands.try_send(command).map_err(|e| match e {
+        TrySendError::Full(_) => ApiError::Unavailable("an earlier request is still queued; retry in a moment".into()),
+        TrySendError::Closed(_) => ApiError::Unavailable("the agent is not taking requests (shutting down?)".into()),
+    })
+}
+
+/// The body of POST /restart, with Patroni's conditions.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestartBody {
+    /// Restart only if a parameter change is waiting for one.
+    restart_pending: Option<bool>,
+    /// Restart only if the node has this role.
+    role: Option<String>,
+    /// Restart only if the running server is older than this version (e.g. "15.2").
+    postgres_version: Option<String>,
+    /// Seconds PostgreSQL may take to accept connections again.
+    timeout: Option<Value>,
+    schedule: Option<String>,
+}
+
+/// "15.2" -> 150002, "9.6.24" -> 90624, as PostgreSQL's server_version_num.
+fn version_num(v: &str) -> Option<u32> {
+    let parts: Vec<u32> = v.trim().split('.').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+    match parts.as_slice() {
+        [major, minor] if *major >= 10 => Some(major * 10000 + minor),
+        [major, minor, patch] if *major < 10 => Some(major * 10000 + minor * 100 + patch),
+        _ => None,
+    }
+}
+
+/// Seconds from a number or a string with an optional unit (`30`, `"30s"`, `"2min"`, `"1h"`).
+fn timeout_secs(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => {
+            let s = s.trim();
+            let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+            let n: u64 = s[..split].parse().ok()?;
+            let factor = match s[split..].trim() {
+                "" | "s" => 1,
+                "min" => 60,
+                "h" => 3600,
+                _ => return None,
+            };
+            n.checked_mul(factor)
+        }
+        _ => None,
+    }
+}
+
+/// `POST /restart`: queues a restart if the request's conditions hold for this node.
+pub(crate) async fn post_restart(State(state): State<ApiState>, body: Bytes) -> Result<(StatusCode, String), ApiError> {
+    let req: RestartBody = parse_optional_body(&body)?;
+    if req.schedule.is_some() {
+        return Err(ApiError::BadRequest(
+            "scheduled restarts are not supported by pgha yet; restart now or schedule the call".into(),
+        ));
+    }
+    if let Some(role) = req.role.as_deref() {
+        if !matches!(role, "primary" | "master" | "replica" | "standby_leader") {
+            return Err(ApiError::BadRequest(
+                "PostgreSQL role should be either primary, standby_leader, or replica".into(),
+            ));
+        }
+    }
+    let wanted_version = match req.postgres_version.as_deref() {
+        None => None,
+        Some(v) => {
+            Some(version_num(v).ok_or_else(|| ApiError::BadRequest(format!("{v:?} is not a PostgreSQL version")))?)
+        }
+    };
+    if req.timeout.as_ref().is_some_and(|t| matches!(timeout_secs(t), None | Some(0))) {
+        return Err(ApiError::BadRequest("Timeout should be a positive number of seconds".into()));
+    }
+    let node = state.node();
+    let role_ok = match req.role.as_deref() {
+        Some("primary" | "master") => node.role == NodeRole::Primary,
+        Some("replica") => node.role == NodeRole::Replica,
+        Some(_) => false,
+        None => true,
+    };
+    let pending_ok = req.restart_pending != Some(true) || node.pending_restart;
+    let version_ok = match (wanted_version, node.server_version) {
+        (Some(want), Some(have)) => have < want,
+        (Some(_), None) => false,
+        (None, _) => true,
+    };
+    if !(role_ok && pending_ok && version_ok) {
+        return Err(ApiError::Unavailable("restart conditions are not satisfied".into()));
+    }
+    queue(&state, ApiCommand::Restart)?;
+    tracing::info!("PostgreSQL restart requested through the REST API");
+    Ok((StatusCode::ACCEPTED, "restart scheduled".into()))
+}
+
+/// `DELETE /restart`: pgha schedules no restarts, so there is never one to cancel.
+pub(crate) async fn delete_restart() -> (StatusCode, &'static str) {
+    (StatusCode::NOT_FOUND, "no restarts are scheduled")
+}
+
+/// `POST /reload`.
+pub(crate) async fn post_reload(State(state): State<ApiState>) -> Result<(StatusCode, String), ApiError> {
+    queue(&state, ApiCommand::Reload)?;
+    tracing::info!("configuration reload requested through the REST API");
+    Ok((StatusCode::ACCEPTED, "reload scheduled".into()))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReinitializeBody {
+    /// Cancel whatever the runtime is doing with PostgreSQL first.
+    force: Option<bool>,
+    /// Accepted for Patroni clients; pgha always clones from the leader.
+    #[serde(alias = "from-leader")]
+    from_leader: Option<bool>,
+}
+
+/// `POST /reinitialize` {force?}: replicas only.
+pub(crate) async fn post_reinitialize(
+    State(state): State<ApiState>,
+    body: Bytes,
+) -> Result<(StatusCode, String), ApiError> {
+    let req: ReinitializeBody = parse_optional_body(&body)?;
+    let _ = req.from_leader;
+    let node = state.node();
+    if node.holds_lock || node.role == NodeRole::Primary {
+        return Err(ApiError::Unavailable("I am the leader, can not reinitialize".into()));
+    }
+    let force = req.force.unwrap_or(false);
+    queue(&state, ApiCommand::Reinitialize { force })?;
+    tracing::info!(force, "reinitialize requested through the REST API");
+    Ok((StatusCode::ACCEPTED, "reinitialize scheduled".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_and_timeouts_parse_like_patroni() {
+        assert_eq!(version_num("15.2"), Some(150002));
+        assert_eq!(version_num("9.6.24"), Some(90624));
+        assert_eq!(version_num("15"), None);
+        assert_eq!(version_num("fifteen"), None);
+        assert_eq!(timeout_secs(&json!(30)), Some(30));
+        assert_eq!(timeout_secs(&json!("2min")), Some(120));
+        assert_eq!(timeout_secs(&json!("soon")), None);
+        assert_eq!(timeout_secs(&json!(-1)), None);
+    }
+}
