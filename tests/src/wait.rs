@@ -12,16 +12,17 @@ where
     Fut: Future<Output = anyhow::Result<Option<T>>>,
 {
     let start = Instant::now();
+    let mut last = String::from("condition not met yet");
     loop {
-        let last =
-            match tokio::time::timeout(timeout.saturating_sub(start.elapsed()).max(Duration::from_millis(10)), probe())
-                .await
-            {
-                Ok(Ok(Some(v))) => return Ok(v),
-                Ok(Ok(None)) => String::from("condition not met yet"),
-                Ok(Err(e)) => format!("{e:#}"),
-                Err(_) => String::from("the probe itself did not answer in time"),
-            };
+        let left = timeout.saturating_sub(start.elapsed()).max(Duration::from_millis(10));
+        match tokio::time::timeout(left, probe()).await {
+            Ok(Ok(Some(v))) => return Ok(v),
+            Ok(Ok(None)) => last = String::from("condition not met yet"),
+            Ok(Err(e)) => last = format!("{e:#}"),
+            // The deadline passed while probing: keep what an earlier probe saw, if anything.
+            Err(_) if last == "condition not met yet" => last = String::from("the probe itself did not answer in time"),
+            Err(_) => {}
+        }
         if start.elapsed() >= timeout {
             anyhow::bail!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
         }

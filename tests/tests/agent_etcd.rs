@@ -7,7 +7,15 @@ use harness::wait_for;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Waits for one primary and all others streaming, then gives the agents two ticks to see it
+/// (an agent trusts a replica for promotion only once it has observed it streaming).
 async fn healthy(cluster: &PghaCluster) -> anyhow::Result<usize> {
+    let primary = streaming_cluster(cluster).await?;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    Ok(primary)
+}
+
+async fn streaming_cluster(cluster: &PghaCluster) -> anyhow::Result<usize> {
     wait_for("one primary and two streaming replicas", Duration::from_secs(90), || async {
         let mut primary = None;
         let mut streaming = 0;
@@ -310,4 +318,21 @@ async fn a_replica_that_never_streamed_is_not_promoted_when_the_primary_dies() {
     let role = cluster.nodes[replica].role().await.unwrap();
     assert!(role.0, "the replica promoted itself without having streamed:\n{}", cluster.logs());
     assert!(!cluster.nodes[replica].agent_log().contains("promoted to primary"), "{}", cluster.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_primary_agent_releases_the_lock_and_a_replica_takes_over_before_ttl() {
+    let mut cluster = PghaCluster::start_on_etcd(3, Timing::default()).await.unwrap();
+    let old = healthy(&cluster).await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let log_before = cluster.nodes[old].agent_log();
+    let stopped = Instant::now();
+    cluster.nodes[old].stop_agent().await.unwrap();
+    let new = wait_for("another primary", Duration::from_secs(30), || async {
+        Ok(cluster.primaries().await.into_iter().find(|&i| i != old))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let took = stopped.elapsed();
+    eprintln!("graceful stop of the primary's agent: {} took over after {took:?}", cluster.nodes[new].name);
+    assert!(took < Duration::from_secs(6), "took {took:?}: the lock was not released, it expired\n{log_before}");
 }
