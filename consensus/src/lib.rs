@@ -12,3 +12,4 @@ pub mod dcs;
 pub mod etcd;
 pub mod keyspace;
 pub mod kv;
+pub mod raft;
