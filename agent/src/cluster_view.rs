@@ -66,8 +66,12 @@ pub fn view_from_snapshot(snap: &ClusterSnapshot) -> (ClusterView, Vec<MemberAdd
     }
     if let Some(f) = snap.get(&ClusterKey::Failover).and_then(|kv| parse_json(&kv.value)) {
         let s = |k: &str| f.get(k).and_then(Value::as_str).map(str::to_string);
-        view.failover =
-            Some(FailoverRequest { leader: s("leader"), candidate: s("candidate").or_else(|| s("member")) });
+        // A scheduled switchover waits until its time; pgha does not run scheduled ones yet, so it
+        // is left pending rather than run early.
+        if s("scheduled_at").is_none() {
+            view.failover =
+                Some(FailoverRequest { leader: s("leader"), candidate: s("member").or_else(|| s("candidate")) });
+        }
     }
     if let Some(c) = snap.get(&ClusterKey::Config).and_then(|kv| parse_json(&kv.value)) {
         view.paused = c.get("pause").and_then(Value::as_bool).unwrap_or(false);

@@ -33,6 +33,7 @@ pub struct Runtime {
     refresh_failed: bool,
     following: Option<String>,
     last_reason: String,
+    commands: tokio::sync::mpsc::Receiver<crate::api::ApiCommand>,
 }
 
 impl Runtime {
@@ -41,6 +42,7 @@ impl Runtime {
         dcs: Arc<dyn Dcs>,
         pg: LocalPostgres,
         status: watch::Sender<NodeStatus>,
+        commands: tokio::sync::mpsc::Receiver<crate::api::ApiCommand>,
     ) -> Runtime {
         let conn = config.postgresql.connect_address.unwrap_or(config.postgresql.listen);
         Runtime {
@@ -62,6 +64,7 @@ impl Runtime {
             refresh_failed: false,
             following: None,
             last_reason: String::new(),
+            commands,
         }
     }
 
@@ -76,6 +79,7 @@ impl Runtime {
                 _ = &mut shutdown => break,
                 _ = tokio::time::sleep(self.ha.loop_wait) => {}
                 _ = wake.notified() => {}
+                Some(command) = self.commands.recv() => self.run_command(command).await,
             }
         }
         watcher.abort();
@@ -289,6 +293,12 @@ impl Runtime {
                 self.pg.promote(Duration::from_secs(60)).await.map_err(|e| e.to_string())?;
                 self.following = None;
                 tracing::info!("promoted to primary");
+                if view.failover.is_some() {
+                    // The switchover or failover it asked for is done.
+                    if let Err(e) = self.dcs.delete(ClusterKey::Failover, Expected::Any).await {
+                        tracing::warn!("could not clear the failover key: {e}");
+                    }
+                }
                 // Make sure the new timeline is published before anything else happens.
                 self.publish_leader_status().await;
                 Ok(())
@@ -298,7 +308,17 @@ impl Runtime {
                 self.pg.stop(StopMode::Fast, rt).await;
                 self.lease_valid_until = None;
                 let follow = leader.as_ref().and_then(|l| self.address_of(l));
-                if let Some(addr) = &follow {
+                // After a clean stop every standby has our last WAL: a switchover candidate that is
+                // not promoted yet needs no rewind (and cannot serve one). Rewind only against a
+                // primary; a divergence found later is rewound by the stalled-replica rule.
+                let target_is_primary = match &follow {
+                    Some(addr) => {
+                        let probe = tokio::time::timeout(rt, ask_peer(addr, &self.pg.superuser.clone())).await;
+                        matches!(probe, Ok(Ok((false, _))))
+                    }
+                    None => false,
+                };
+                if let (Some(addr), true) = (&follow, target_is_primary) {
                     if let Err(e) = self.pg.rewind_from(addr).await {
                         tracing::warn!("pg_rewind against {addr} failed: {e}; starting read-only without following");
                         self.pg.write_config(None, true).map_err(|e| e.to_string())?;
@@ -332,8 +352,28 @@ impl Runtime {
             Action::Fence => {
                 tracing::warn!("fencing: killing PostgreSQL");
                 self.pg.kill();
-                let _ = view;
                 Ok(())
+            }
+        }
+    }
+
+    /// Runs a request queued by the REST API.
+    async fn run_command(&mut self, command: crate::api::ApiCommand) {
+        use crate::api::ApiCommand;
+        match command {
+            ApiCommand::Reload => match self.pg.query("select pg_reload_conf()", self.ha.retry_timeout).await {
+                Ok(_) => tracing::info!("configuration reloaded (API request)"),
+                Err(e) => tracing::warn!("reload requested through the API failed: {e}"),
+            },
+            ApiCommand::Restart => {
+                tracing::info!("restarting PostgreSQL (API request)");
+                self.pg.stop(StopMode::Fast, Duration::from_secs(60)).await;
+                if let Err(e) = self.pg.start(Duration::from_secs(120)).await {
+                    tracing::warn!("restart requested through the API failed: {e}");
+                }
+            }
+            ApiCommand::Reinitialize { .. } => {
+                tracing::warn!("reinitialize requested through the API: not built yet; nothing done");
             }
         }
     }

@@ -1,6 +1,7 @@
 //! `pgha agent`: assembles one node from its config (DCS session, local PostgreSQL, runtime loop)
 //! and runs it until SIGTERM or SIGINT.
 
+use crate::api::{ApiState, BasicAuth};
 use crate::config::{AgentConfig, DcsBackend};
 use crate::postgres::binaries::{BinDir, DEFAULT_MAJOR};
 use crate::postgres::control::{Credentials, LocalPostgres, PgSettings};
@@ -70,9 +71,24 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
         parameters,
     });
     pg.prepare_dirs().map_err(setup("preparing directories"))?;
-    let (status_tx, _status_rx) = tokio::sync::watch::channel(NodeStatus::starting(&config.name, &config.scope));
+    let (status_tx, status_rx) = tokio::sync::watch::channel(NodeStatus::starting(&config.name, &config.scope));
+    let (commands_tx, commands_rx) = tokio::sync::mpsc::channel(16);
+    let listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .map_err(setup(&format!("REST API: cannot listen on {}", config.api.listen)))?;
+    let auth = match (&config.api.username, &config.api.password) {
+        (Some(u), Some(p)) => Some(BasicAuth::new(u.clone(), p.clone())),
+        _ => None,
+    };
+    let api_state = ApiState::new(status_rx, dcs.clone(), commands_tx).with_auth(auth);
+    let (api_stop_tx, api_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let api = tokio::spawn(crate::api::serve(listener, api_state, async move {
+        let _ = api_stop_rx.await;
+    }));
     tracing::info!(member = %config.name, scope = %config.scope, "agent starting");
-    Runtime::new(&config, dcs, pg, status_tx).run(shutdown).await;
+    Runtime::new(&config, dcs, pg, status_tx, commands_rx).run(shutdown).await;
+    let _ = api_stop_tx.send(());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), api).await;
     Ok(())
 }
 

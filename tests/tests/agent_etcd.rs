@@ -336,3 +336,40 @@ async fn stopping_the_primary_agent_releases_the_lock_and_a_replica_takes_over_b
     eprintln!("graceful stop of the primary's agent: {} took over after {took:?}", cluster.nodes[new].name);
     assert!(took < Duration::from_secs(6), "took {took:?}: the lock was not released, it expired\n{log_before}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_follow_the_roles_and_a_switchover_through_the_api_hands_over_cleanly() {
+    use harness::cluster::http;
+    let cluster = PghaCluster::start_on_etcd(3, Timing::default()).await.unwrap();
+    let old = healthy(&cluster).await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    // What HAProxy sees: /primary answers 200 only on the leader, /replica only on replicas.
+    for (i, n) in cluster.nodes.iter().enumerate() {
+        let (primary, _) = http(n.api_port, "GET", "/primary", None).await.unwrap();
+        let (replica, _) = http(n.api_port, "OPTIONS", "/replica", None).await.unwrap();
+        if i == old {
+            assert_eq!((primary, replica), (200, 503), "{}", n.name);
+        } else {
+            assert_eq!((primary, replica), (503, 200), "{}", n.name);
+        }
+    }
+    let candidate = (old + 1) % 3;
+    let (stop, checker) = start_split_brain_checker(&cluster);
+    let body = format!(r#"{{"leader":"{}","candidate":"{}"}}"#, cluster.nodes[old].name, cluster.nodes[candidate].name);
+    let started = Instant::now();
+    let (status, text) = http(cluster.nodes[old].api_port, "POST", "/switchover", Some(&body)).await.unwrap();
+    assert_eq!(status, 200, "{text}\n{}", cluster.logs());
+    eprintln!("switchover answered after {:?}: {text}", started.elapsed());
+    assert_eq!(cluster.primaries().await, vec![candidate]);
+    let rejoined = wait_for("the old leader to stream from the new one", Duration::from_secs(60), || async {
+        Ok(match cluster.nodes[old].role().await {
+            Ok((true, Some(s))) if s == "streaming" => Some(()),
+            _ => None,
+        })
+    });
+    rejoined.await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let (after, _) = http(cluster.nodes[candidate].api_port, "GET", "/primary", None).await.unwrap();
+    assert_eq!(after, 200);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let overlaps = checker.await.unwrap();
+    assert!(overlaps.is_empty(), "two writable primaries at once: {overlaps:?}");
+}

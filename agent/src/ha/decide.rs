@@ -198,6 +198,20 @@ fn running(
                         "switchover to {c} requested, but {c} is not a running replica; staying leader"
                     ));
                 }
+                if req.candidate.is_none() {
+                    let any = view
+                        .members
+                        .iter()
+                        .any(|m| m.name != me && m.running && m.role == Role::Replica && !m.nofailover);
+                    if any {
+                        return act(
+                            vec![Action::Demote { leader: None }, Action::ReleaseLock],
+                            "switchover requested; demoting and releasing the leader lock for the healthiest replica"
+                                .into(),
+                        );
+                    }
+                    return idle("switchover requested, but no running replica can take over; staying leader".into());
+                }
             }
         }
         return match role {
@@ -307,7 +321,8 @@ fn race(
             "leader lock is free; asking the other members for their WAL positions".into(),
         );
     };
-    if let Some(reason) = someone_better(probes, local, position) {
+    let named = manual.as_deref() == Some(me);
+    if let Some(reason) = someone_better(probes, local, position, named) {
         return idle(reason);
     }
     act(
@@ -317,10 +332,14 @@ fn race(
 }
 
 /// Why another member should win the race instead of us, if one should.
-fn someone_better(probes: &[PeerProbe], local: &LocalState, position: Lsn) -> Option<String> {
+/// A candidate named by an operator only gives way to a member that still runs as primary.
+fn someone_better(probes: &[PeerProbe], local: &LocalState, position: Lsn, named: bool) -> Option<String> {
     for p in probes.iter().filter(|p| p.name != local.name) {
         if p.in_recovery == Some(false) {
             return Some(format!("leader lock is free but {} is still running as primary; not racing", p.name));
+        }
+        if named {
+            continue;
         }
         let Some(theirs) = p.wal_position else { continue };
         if theirs > position {

@@ -29,10 +29,16 @@ struct Figures {
     server_rss_kib: Option<u64>,
 }
 
-async fn measure(backend: &'static str, f: &dyn SessionFactory, secs: u64, rss_of: Option<i32>) -> anyhow::Result<Figures> {
+async fn measure(
+    backend: &'static str,
+    f: &dyn SessionFactory,
+    secs: u64,
+    rss_of: Option<i32>,
+) -> anyhow::Result<Figures> {
     let leader = f.session("bench-leader", Duration::from_secs(10)).await?;
     leader.acquire_leader().await?;
-    let member = br#"{"conn_url":"postgres://127.0.0.1:5432/postgres","state":"running","role":"primary","xlog_location":1}"#;
+    let member =
+        br#"{"conn_url":"postgres://127.0.0.1:5432/postgres","state":"running","role":"primary","xlog_location":1}"#;
     let start = Instant::now();
     let mut cycles = 0u64;
     while start.elapsed() < Duration::from_secs(secs) {
