@@ -1,7 +1,11 @@
 //! The pgha pooler: PgBouncer-style connection pooling in session and transaction modes, sending
 //! read-write traffic to the primary and read-only traffic to healthy standbys.
 //!
-//! Built so far: `config` (pooler.toml, PgBouncer's setting names). The data path, pools and the
-//! admin console come next.
+//! Built so far: `config` (pooler.toml, PgBouncer's setting names), `protocol` (v3 wire framing
+//! and the messages the pooler reads or writes, no sockets) and `session` (the per-client state
+//! machine for transaction pooling and prepared statements, data in and actions out, no
+//! sockets). The I/O loops, pools, routing and the admin console come next.
 
 pub mod config;
+pub mod protocol;
+pub mod session;

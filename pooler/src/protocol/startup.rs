@@ -1,0 +1,284 @@
+//! Startup-phase packets: the untagged first packet of a connection (StartupMessage, SSLRequest,
+//! GSSENCRequest, CancelRequest). Owns their parsing under PostgreSQL's length limits and the
+//! encoding of what the pooler sends to servers; it does not negotiate TLS or authenticate.
+
+use bytes::{BufMut, BytesMut};
+use thiserror::Error;
+
+/// PostgreSQL's `MAX_STARTUP_PACKET_LENGTH`: larger first packets are refused.
+pub const MAX_STARTUP_PACKET_LEN: u32 = 10_000;
+/// Protocol 3.0 as the version word of a StartupMessage.
+pub const PROTOCOL_VERSION_3_0: u32 = 3 << 16;
+pub const CANCEL_REQUEST_CODE: u32 = 80_877_102;
+pub const SSL_REQUEST_CODE: u32 = 80_877_103;
+pub const GSSENC_REQUEST_CODE: u32 = 80_877_104;
+/// Protocol 3.2 lets servers use cancel keys of up to 256 bytes; 3.0 keys are 4 bytes.
+pub const MAX_CANCEL_KEY_LEN: usize = 256;
+
+/// The first packet of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartupPacket {
+    Startup(StartupMessage),
+    SslRequest,
+    GssEncRequest,
+    Cancel(CancelRequest),
+}
+
+/// A StartupMessage: protocol 3.x and the client's parameters in the order sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartupMessage {
+    /// Minor protocol version the client asked for; above 0 the caller may answer with
+    /// NegotiateProtocolVersion.
+    pub protocol_minor: u16,
+    /// Parameters in the order sent, `user` among them; `_pq_.` protocol options included.
+    pub params: Vec<(String, String)>,
+}
+
+impl StartupMessage {
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
+    }
+
+    /// The user name; parsing guarantees it is present.
+    pub fn user(&self) -> &str {
+        self.param("user").unwrap_or_default()
+    }
+
+    /// The database, which defaults to the user name as in PostgreSQL.
+    pub fn database(&self) -> &str {
+        self.param("database").filter(|db| !db.is_empty()).unwrap_or_else(|| self.user())
+    }
+
+    /// Writes a protocol 3.0 StartupMessage toward a server (postgres-protocol's encoder).
+    pub fn encode(&self, buf: &mut BytesMut) -> Result<(), StartupError> {
+        let start = buf.len();
+        let params = self.params.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        postgres_protocol::message::frontend::startup_message(params, buf).map_err(|_| {
+            buf.truncate(start);
+            StartupError::Malformed("a startup parameter contains a NUL byte")
+        })
+    }
+}
+
+/// A CancelRequest: the target backend's process id and secret key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelRequest {
+    pub process_id: i32,
+    /// 4 bytes in protocol 3.0, up to 256 in 3.2.
+    pub secret_key: Vec<u8>,
+}
+
+impl CancelRequest {
+    /// Writes the request for a server. Ours rather than postgres-protocol's, which only knows
+    /// 4-byte keys.
+    pub fn encode(&self, buf: &mut BytesMut) {
+        // 12 + at most 256 key bytes: always fits the length word.
+        let len = 12 + self.secret_key.len().min(MAX_CANCEL_KEY_LEN);
+        buf.put_u32(len as u32);
+        buf.put_u32(CANCEL_REQUEST_CODE);
+        buf.put_i32(self.process_id);
+        buf.put_slice(&self.secret_key[..self.secret_key.len().min(MAX_CANCEL_KEY_LEN)]);
+    }
+}
+
+/// Writes an SSLRequest for a server (postgres-protocol's encoder).
+pub fn write_ssl_request(buf: &mut BytesMut) {
+    postgres_protocol::message::frontend::ssl_request(buf);
+}
+
+/// A first packet that cannot be accepted; each maps to PostgreSQL's own refusal.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum StartupError {
+    #[error("invalid length of startup packet: {len} (must be 8 to {max} bytes)", max = MAX_STARTUP_PACKET_LEN)]
+    InvalidLength { len: i64 },
+    #[error("unsupported frontend protocol {major}.{minor}: the pooler speaks 3.x")]
+    UnsupportedProtocol { major: u16, minor: u16 },
+    #[error("malformed startup packet: {0}")]
+    Malformed(&'static str),
+    #[error("no user name specified in startup packet")]
+    MissingUser,
+}
+
+impl StartupError {
+    /// The SQLSTATE PostgreSQL reports for this refusal.
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            StartupError::UnsupportedProtocol { .. } => "0A000",
+            StartupError::MissingUser => "28000",
+            StartupError::InvalidLength { .. } | StartupError::Malformed(_) => "08P01",
+        }
+    }
+}
+
+/// Parses the first packet at the start of `buf`. `Ok(None)` means more bytes are needed; an
+/// out-of-range length is refused as soon as the length word is in, before any body.
+/// On success also returns how many bytes the packet took.
+pub fn parse_startup_packet(buf: &[u8]) -> Result<Option<(StartupPacket, usize)>, StartupError> {
+    let Some(&[a, b, c, d]) = buf.get(..4) else {
+        return Ok(None);
+    };
+    let len = i32::from_be_bytes([a, b, c, d]);
+    if !(8..=MAX_STARTUP_PACKET_LEN as i32).contains(&len) {
+        return Err(StartupError::InvalidLength { len: len.into() });
+    }
+    let len = len.unsigned_abs() as usize;
+    let Some(packet) = buf.get(..len) else {
+        return Ok(None);
+    };
+    let code = u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
+    let rest = &packet[8..];
+    let parsed = match code {
+        SSL_REQUEST_CODE | GSSENC_REQUEST_CODE if !rest.is_empty() => {
+            return Err(StartupError::Malformed("SSLRequest/GSSENCRequest carries extra bytes"));
+        }
+        SSL_REQUEST_CODE => StartupPacket::SslRequest,
+        GSSENC_REQUEST_CODE => StartupPacket::GssEncRequest,
+        CANCEL_REQUEST_CODE => StartupPacket::Cancel(parse_cancel(rest)?),
+        version if version >> 16 == 3 => StartupPacket::Startup(parse_startup(version as u16, rest)?),
+        version => {
+            return Err(StartupError::UnsupportedProtocol { major: (version >> 16) as u16, minor: version as u16 });
+        }
+    };
+    Ok(Some((parsed, len)))
+}
+
+fn parse_cancel(rest: &[u8]) -> Result<CancelRequest, StartupError> {
+    let Some((&[a, b, c, d], key)) = rest.split_first_chunk::<4>() else {
+        return Err(StartupError::Malformed("CancelRequest without a process id"));
+    };
+    if key.len() < 4 || key.len() > MAX_CANCEL_KEY_LEN {
+        return Err(StartupError::Malformed("CancelRequest key must be 4 to 256 bytes"));
+    }
+    Ok(CancelRequest { process_id: i32::from_be_bytes([a, b, c, d]), secret_key: key.to_vec() })
+}
+
+fn parse_startup(protocol_minor: u16, mut rest: &[u8]) -> Result<StartupMessage, StartupError> {
+    let mut params = Vec::new();
+    loop {
+        let (key, after) = cstr(rest)?;
+        if key.is_empty() {
+            if !after.is_empty() {
+                return Err(StartupError::Malformed("bytes after the parameter list's terminator"));
+            }
+            break;
+        }
+        let (value, after) = cstr(after)?;
+        params.push((utf8(key)?, utf8(value)?));
+        rest = after;
+    }
+    let message = StartupMessage { protocol_minor, params };
+    if message.param("user").filter(|user| !user.is_empty()).is_none() {
+        return Err(StartupError::MissingUser);
+    }
+    Ok(message)
+}
+
+fn cstr(buf: &[u8]) -> Result<(&[u8], &[u8]), StartupError> {
+    let end = buf.iter().position(|&b| b == 0).ok_or(StartupError::Malformed("parameter not NUL-terminated"))?;
+    Ok((&buf[..end], &buf[end + 1..]))
+}
+
+fn utf8(bytes: &[u8]) -> Result<String, StartupError> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| StartupError::Malformed("parameter is not valid UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(code: u32, rest: &[u8]) -> Vec<u8> {
+        let mut p = ((rest.len() + 8) as u32).to_be_bytes().to_vec();
+        p.extend_from_slice(&code.to_be_bytes());
+        p.extend_from_slice(rest);
+        p
+    }
+
+    #[test]
+    fn startup_message_round_trips_through_postgres_protocol_encoder() {
+        let message = StartupMessage {
+            protocol_minor: 0,
+            params: vec![("user".into(), "app".into()), ("database".into(), "shop".into())],
+        };
+        let mut buf = BytesMut::new();
+        message.encode(&mut buf).unwrap();
+        let (parsed, used) = parse_startup_packet(&buf).unwrap().unwrap();
+        assert_eq!(used, buf.len());
+        assert_eq!(parsed, StartupPacket::Startup(message.clone()));
+        assert_eq!(message.user(), "app");
+        assert_eq!(message.database(), "shop");
+    }
+
+    #[test]
+    fn database_defaults_to_user() {
+        let p = packet(PROTOCOL_VERSION_3_0, b"user\0bob\0\0");
+        let Some((StartupPacket::Startup(m), _)) = parse_startup_packet(&p).unwrap() else { panic!() };
+        assert_eq!(m.database(), "bob");
+    }
+
+    #[test]
+    fn ssl_gss_and_cancel_requests() {
+        assert_eq!(parse_startup_packet(&packet(SSL_REQUEST_CODE, b"")), Ok(Some((StartupPacket::SslRequest, 8))));
+        assert_eq!(
+            parse_startup_packet(&packet(GSSENC_REQUEST_CODE, b"")),
+            Ok(Some((StartupPacket::GssEncRequest, 8)))
+        );
+        let cancel = CancelRequest { process_id: 4242, secret_key: vec![1, 2, 3, 4] };
+        let mut buf = BytesMut::new();
+        cancel.encode(&mut buf);
+        let mut reference = BytesMut::new();
+        postgres_protocol::message::frontend::cancel_request(4242, 0x0102_0304, &mut reference);
+        assert_eq!(buf, reference);
+        assert_eq!(parse_startup_packet(&buf), Ok(Some((StartupPacket::Cancel(cancel), 16))));
+        // Protocol 3.2: a longer key.
+        let long = CancelRequest { process_id: 1, secret_key: vec![9; 32] };
+        let mut buf = BytesMut::new();
+        long.encode(&mut buf);
+        assert_eq!(parse_startup_packet(&buf), Ok(Some((StartupPacket::Cancel(long), 44))));
+    }
+
+    #[test]
+    fn incomplete_packets_wait() {
+        let p = packet(PROTOCOL_VERSION_3_0, b"user\0bob\0\0");
+        for cut in 0..p.len() {
+            assert_eq!(parse_startup_packet(&p[..cut]), Ok(None), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn lengths_out_of_range_are_refused_before_the_body() {
+        for len in [0i32, 7, -1, 10_001, i32::MAX] {
+            let mut p = len.to_be_bytes().to_vec();
+            p.extend_from_slice(&PROTOCOL_VERSION_3_0.to_be_bytes());
+            assert_eq!(parse_startup_packet(&p), Err(StartupError::InvalidLength { len: len.into() }));
+        }
+    }
+
+    #[test]
+    fn malformed_startup_packets_are_errors() {
+        let cases: &[(&[u8], StartupError)] = &[
+            (b"user\0bob\0", StartupError::Malformed("parameter not NUL-terminated")),
+            (b"user\0bob", StartupError::Malformed("parameter not NUL-terminated")),
+            (b"database\0x\0\0", StartupError::MissingUser),
+            (b"user\0\0\0", StartupError::MissingUser),
+            (b"user\0bob\0\0junk", StartupError::Malformed("bytes after the parameter list's terminator")),
+            (b"user\0\xff\0\0", StartupError::Malformed("parameter is not valid UTF-8")),
+        ];
+        for (rest, error) in cases {
+            assert_eq!(parse_startup_packet(&packet(PROTOCOL_VERSION_3_0, rest)), Err(error.clone()));
+        }
+        assert_eq!(
+            parse_startup_packet(&packet(2 << 16, b"")),
+            Err(StartupError::UnsupportedProtocol { major: 2, minor: 0 })
+        );
+        assert!(parse_startup_packet(&packet(CANCEL_REQUEST_CODE, &[0; 6])).is_err());
+        assert!(parse_startup_packet(&packet(SSL_REQUEST_CODE, b"x")).is_err());
+    }
+
+    #[test]
+    fn minor_versions_are_reported_for_negotiation() {
+        let p = packet(PROTOCOL_VERSION_3_0 | 2, b"user\0bob\0_pq_.x\0y\0\0");
+        let Some((StartupPacket::Startup(m), _)) = parse_startup_packet(&p).unwrap() else { panic!() };
+        assert_eq!(m.protocol_minor, 2);
+        assert_eq!(m.param("_pq_.x"), Some("y"));
+    }
+}

@@ -1,0 +1,386 @@
+//! The per-client session state machine: fed the bytes a client and its current server
+//! connection send, it says what to pass on, what to answer itself, when the client needs a
+//! server connection and when that connection can go back to the pool. It owns transaction
+//! status, in-flight requests, prepared-statement names and tracked parameters, and never
+//! touches a socket or a clock: like raft-rs's `Ready`, the I/O loop applies its [`Action`]s.
+//!
+//! The I/O loop, per direction, keeps an input buffer and does:
+//!
+//! ```text
+//! session.on_client_input(&client_in, &mut actions)?;     // or on_server_input(&server_in, ..)
+//! for action in actions.drain(..) {
+//!     Forward(n)  => write client_in[..n] to the server (server_in[..n] to the client); advance n
+//!     Discard(n)  => advance n
+//!     ToServer(b) / ToClient(b) => write b
+//!     NeedServer  => check a connection out, session.attach_server(state, &mut more)?,
+//!                    apply `more`, then call on_client_input again (the message was not consumed)
+//!     ReleaseServer(state) => return the connection and `state` to the pool
+//!     ClientTerminated => close the client; take_server() and reuse it if server_is_reusable()
+//! }
+//! ```
+//!
+//! In the steady state nothing is allocated per forwarded message: the caller reuses `actions`,
+//! the queue of pending requests reuses its capacity, and rewritten messages are cut from one
+//! scratch buffer.
+//!
+//! Limits, as in PgBouncer: SQL-level `PREPARE`/`EXECUTE`, untracked `SET`s, advisory locks and
+//! `LISTEN` do not follow the client to another server connection. Client names are bound as
+//! Parse and Close are forwarded and unbound when the server skips them after an error; messages
+//! pipelined behind that error before it comes back see the names as the client last sent them.
+
+mod backend;
+mod error;
+mod frontend;
+mod params;
+mod pending;
+mod server;
+mod statements;
+
+#[cfg(test)]
+mod props;
+#[cfg(test)]
+mod sim;
+#[cfg(test)]
+mod tests;
+
+pub use crate::config::PoolMode;
+pub use error::SessionError;
+pub use params::{ParamMap, TrackedParam};
+pub use server::ServerState;
+pub use statements::ServerStatementName;
+
+use crate::protocol::tag::{backend_inspect, frontend_inspect};
+use crate::protocol::{Frame, FrameLimits, Framer, TransactionStatus};
+use bytes::{Bytes, BytesMut};
+use pending::PendingQueue;
+use statements::ClientStatements;
+
+/// How a session pools and what it tracks.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub pool_mode: PoolMode,
+    /// Statements kept prepared per server connection (PgBouncer's `max_prepared_statements`);
+    /// 0 turns tracking off and named statements pass through untouched.
+    pub max_prepared_statements: usize,
+    pub limits: FrameLimits,
+}
+
+impl SessionConfig {
+    /// Named statements are mapped only when server connections change under the client.
+    pub fn tracks_prepared_statements(&self) -> bool {
+        self.pool_mode != PoolMode::Session && self.max_prepared_statements > 0
+    }
+}
+
+/// One thing for the I/O loop to do, in order. `Forward` and `Discard` consume bytes from the
+/// front of the input buffer passed to the call that returned them.
+#[derive(Debug)]
+pub enum Action {
+    /// Pass the next `n` input bytes to the other side unchanged.
+    Forward(usize),
+    /// Drop the next `n` input bytes (the pooler consumed or replaced them).
+    Discard(usize),
+    /// Bytes the pooler wrote for the server.
+    ToServer(Bytes),
+    /// Bytes the pooler wrote for the client.
+    ToClient(Bytes),
+    /// The next client message needs a server connection: attach one and call again with the
+    /// same input, which starts at that message.
+    NeedServer,
+    /// The server connection is idle with nothing in flight: give it back to the pool with
+    /// this state. Server input after this point belongs to the pool, not to the session.
+    ReleaseServer(Box<ServerState>),
+    /// The client sent Terminate.
+    ClientTerminated,
+}
+
+/// Where the bytes of the message being passed on in pieces go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Forward,
+    Discard,
+}
+
+/// What a message handler decided about the message (or the first piece of it) it was shown.
+#[derive(Debug)]
+enum Step {
+    Route(Route),
+    /// The first `replaced` bytes were rewritten into a `ToServer`; the rest is forwarded.
+    Replace {
+        replaced: usize,
+    },
+    /// The handler needs more of the message in the buffer.
+    NeedMore,
+    NeedServer,
+    Terminate,
+}
+
+/// Whether the input loop goes on after a step.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Next,
+    /// Stop before the current frame: it was not consumed.
+    Wait,
+    /// Stop after the current frame.
+    Stop,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    config: SessionConfig,
+    client_framer: Framer,
+    server_framer: Framer,
+    client_route: Route,
+    server_route: Route,
+    server: Option<Box<ServerState>>,
+    statements: ClientStatements,
+    params: ParamMap,
+    pending: PendingQueue,
+    transaction: TransactionStatus,
+    /// The server is skipping messages until Sync after an error, and no Sync is in flight.
+    skip_until_sync: bool,
+    /// The server is in copy-in mode.
+    copy_in: bool,
+    /// The server was found releasable while a client message was half forwarded to it.
+    release_deferred: bool,
+    /// The message just handled was a ReadyForQuery answering a client's Sync or Query.
+    answered_ready: bool,
+    /// Syncs sent so far: numbers the pipeline segments the server skips as a whole on error.
+    segment: u64,
+    scratch: BytesMut,
+}
+
+impl Session {
+    /// A logged-in client whose session parameters (as reported to it at login) are `params`.
+    pub fn new(config: SessionConfig, params: ParamMap) -> Self {
+        Session {
+            client_framer: Framer::new(config.limits),
+            server_framer: Framer::new(config.limits),
+            config,
+            client_route: Route::Forward,
+            server_route: Route::Forward,
+            server: None,
+            statements: ClientStatements::default(),
+            params,
+            pending: PendingQueue::default(),
+            transaction: TransactionStatus::Idle,
+            skip_until_sync: false,
+            copy_in: false,
+            release_deferred: false,
+            answered_ready: false,
+            segment: 0,
+            scratch: BytesMut::new(),
+        }
+    }
+
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// The transaction status of the last ReadyForQuery the client got.
+    pub fn transaction_status(&self) -> TransactionStatus {
+        self.transaction
+    }
+
+    /// The tracked parameters as the client last saw them.
+    pub fn client_params(&self) -> &ParamMap {
+        &self.params
+    }
+
+    pub fn has_server(&self) -> bool {
+        self.server.is_some()
+    }
+
+    /// Requests sent to the server whose answers have not all arrived.
+    pub fn requests_in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Named statements the client has prepared.
+    pub fn prepared_statements(&self) -> usize {
+        self.statements.len()
+    }
+
+    /// Processes client bytes; see the module documentation for the contract.
+    pub fn on_client_input(&mut self, input: &[u8], out: &mut Vec<Action>) -> Result<(), SessionError> {
+        let track = self.config.tracks_prepared_statements();
+        let mut offset = 0;
+        loop {
+            let buf = input.get(offset..).unwrap_or_default();
+            let frame =
+                self.client_framer.peek(buf, |tag| frontend_inspect(tag, track)).map_err(SessionError::ClientFrame)?;
+            let step = match frame {
+                Frame::Incomplete { .. } => return Ok(()),
+                Frame::Continue { .. } => Step::Route(self.client_route),
+                Frame::Whole { header, message } => self.frontend_message(header, message, true, out)?,
+                Frame::Start { header, chunk } => {
+                    self.frontend_message(header, chunk, chunk.len() == header.total_len(), out)?
+                }
+            };
+            let flow = take_step(step, frame.len(), &mut self.client_route, out);
+            if flow == Flow::Wait {
+                return Ok(());
+            }
+            self.client_framer.advance(&frame);
+            offset += frame.len();
+            if flow == Flow::Stop {
+                return Ok(());
+            }
+            if frame.ends_message() && std::mem::take(&mut self.release_deferred) && self.try_release(out) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Processes bytes from the attached server; see the module documentation for the contract.
+    pub fn on_server_input(&mut self, input: &[u8], out: &mut Vec<Action>) -> Result<(), SessionError> {
+        if self.server.is_none() {
+            return Err(SessionError::NoServer);
+        }
+        let mut offset = 0;
+        loop {
+            let buf = input.get(offset..).unwrap_or_default();
+            let frame = self.server_framer.peek(buf, backend_inspect).map_err(SessionError::ServerFrame)?;
+            let step = match frame {
+                Frame::Incomplete { .. } => return Ok(()),
+                Frame::Continue { .. } => Step::Route(self.server_route),
+                Frame::Whole { header, message: chunk } | Frame::Start { header, chunk } => {
+                    self.drain_fakes(out);
+                    self.backend_message(header, chunk)?
+                }
+            };
+            if take_step(step, frame.len(), &mut self.server_route, out) != Flow::Next {
+                return Ok(());
+            }
+            self.server_framer.advance(&frame);
+            offset += frame.len();
+            if frame.ends_message() {
+                self.drain_fakes(out);
+                if std::mem::take(&mut self.answered_ready) && self.try_release(out) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Attaches a server connection after `NeedServer`. If its parameters differ from the
+    /// client's, the `SET`s that align them are queued ahead of the client's messages.
+    pub fn attach_server(&mut self, server: Box<ServerState>, out: &mut Vec<Action>) -> Result<(), SessionError> {
+        if self.server.is_some() {
+            return Err(SessionError::ServerAlreadyAttached);
+        }
+        self.server_framer.reset();
+        self.server_route = Route::Forward;
+        let commands = self.params.set_commands(&server.params);
+        self.server = Some(server);
+        if !commands.is_empty() {
+            crate::protocol::extended::write_query(&commands.join("; "), &mut self.scratch)?;
+            out.push(Action::ToServer(self.scratch.split().freeze()));
+            self.pending.push(pending::Request::Setup, pending::Reply::Forward);
+        }
+        Ok(())
+    }
+
+    /// True if the attached server could serve another client now: nothing in flight, no
+    /// transaction open, no message half passed in either direction.
+    pub fn server_is_reusable(&self) -> bool {
+        self.server.is_some()
+            && self.pending.is_empty()
+            && self.transaction == TransactionStatus::Idle
+            && !self.copy_in
+            && !self.skip_until_sync
+            && self.server_framer.at_boundary()
+            && (self.client_framer.at_boundary() || self.client_route == Route::Discard)
+    }
+
+    /// Detaches the server (client gone, or an error); check `server_is_reusable` first.
+    pub fn take_server(&mut self) -> Option<Box<ServerState>> {
+        self.pending.clear();
+        self.transaction = TransactionStatus::Idle;
+        self.copy_in = false;
+        self.skip_until_sync = false;
+        self.release_deferred = false;
+        self.server_framer.reset();
+        self.server.take()
+    }
+
+    /// Releases the server if the client's last request is fully answered and idle.
+    fn try_release(&mut self, out: &mut Vec<Action>) -> bool {
+        if self.config.pool_mode == PoolMode::Session
+            || !self.pending.is_empty()
+            || self.transaction != TransactionStatus::Idle
+            || self.copy_in
+            || self.skip_until_sync
+        {
+            return false;
+        }
+        if !self.client_framer.at_boundary() && self.client_route == Route::Forward {
+            self.release_deferred = true;
+            return false;
+        }
+        let Some(server) = self.server.take() else {
+            return false;
+        };
+        self.server_framer.reset();
+        self.server_route = Route::Forward;
+        out.push(Action::ReleaseServer(server));
+        true
+    }
+
+    /// Sends the pooler's own answers that are now due, unless a server message is half passed
+    /// to the client (an answer must not land inside it).
+    fn drain_fakes(&mut self, out: &mut Vec<Action>) {
+        if !self.server_framer.at_boundary() {
+            return;
+        }
+        while let Some(answer) = self.pending.pop_fake() {
+            out.push(Action::ToClient(Bytes::from_static(answer)));
+        }
+    }
+
+    /// Takes what the scratch buffer holds as one message (or run of messages) for the server.
+    fn flush_scratch_to_server(&mut self, out: &mut Vec<Action>) {
+        if !self.scratch.is_empty() {
+            out.push(Action::ToServer(self.scratch.split().freeze()));
+        }
+    }
+}
+
+/// Turns a step into consumption of the current frame's `len` bytes.
+fn take_step(step: Step, len: usize, route: &mut Route, out: &mut Vec<Action>) -> Flow {
+    match step {
+        Step::Route(next) => {
+            push_input(out, next, len);
+            *route = next;
+            Flow::Next
+        }
+        Step::Replace { replaced } => {
+            push_input(out, Route::Discard, replaced.min(len));
+            push_input(out, Route::Forward, len.saturating_sub(replaced));
+            *route = Route::Forward;
+            Flow::Next
+        }
+        Step::NeedMore => Flow::Wait,
+        Step::NeedServer => {
+            out.push(Action::NeedServer);
+            Flow::Wait
+        }
+        Step::Terminate => {
+            push_input(out, Route::Discard, len);
+            out.push(Action::ClientTerminated);
+            Flow::Stop
+        }
+    }
+}
+
+/// Appends input consumption, merging with the previous action when it is the same kind.
+fn push_input(out: &mut Vec<Action>, route: Route, n: usize) {
+    if n == 0 {
+        return;
+    }
+    match (out.last_mut(), route) {
+        (Some(Action::Forward(m)), Route::Forward) | (Some(Action::Discard(m)), Route::Discard) => *m += n,
+        (_, Route::Forward) => out.push(Action::Forward(n)),
+        (_, Route::Discard) => out.push(Action::Discard(n)),
+    }
+}

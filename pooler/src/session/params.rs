@@ -1,0 +1,162 @@
+//! The session parameters a client sees through ParameterStatus and that transaction pooling
+//! must carry from one server connection to the next (PgBouncer's varcache): client_encoding,
+//! DateStyle, TimeZone, IntervalStyle, standard_conforming_strings, application_name.
+//! Owns the values and the `SET` commands that reconcile two maps; it sends nothing itself.
+
+use postgres_protocol::escape::escape_literal;
+
+/// A parameter tracked per client and per server connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrackedParam {
+    ClientEncoding,
+    DateStyle,
+    TimeZone,
+    IntervalStyle,
+    StandardConformingStrings,
+    ApplicationName,
+}
+
+impl TrackedParam {
+    pub const ALL: [TrackedParam; 6] = [
+        TrackedParam::ClientEncoding,
+        TrackedParam::DateStyle,
+        TrackedParam::TimeZone,
+        TrackedParam::IntervalStyle,
+        TrackedParam::StandardConformingStrings,
+        TrackedParam::ApplicationName,
+    ];
+
+    /// The name as PostgreSQL reports it in ParameterStatus.
+    pub fn name(self) -> &'static str {
+        match self {
+            TrackedParam::ClientEncoding => "client_encoding",
+            TrackedParam::DateStyle => "DateStyle",
+            TrackedParam::TimeZone => "TimeZone",
+            TrackedParam::IntervalStyle => "IntervalStyle",
+            TrackedParam::StandardConformingStrings => "standard_conforming_strings",
+            TrackedParam::ApplicationName => "application_name",
+        }
+    }
+
+    /// Parameter names are case-insensitive, as in PostgreSQL (`datestyle` in a startup packet).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|param| param.name().eq_ignore_ascii_case(name))
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Values of the tracked parameters, as one side last reported or asked for them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParamMap {
+    values: [Option<String>; 6],
+}
+
+impl ParamMap {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Values from name/value pairs (a startup packet, a server's login ParameterStatus);
+    /// untracked names are ignored.
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut map = Self::new();
+        for (name, value) in pairs {
+            map.set_by_name(name, value);
+        }
+        map
+    }
+
+    pub fn get(&self, param: TrackedParam) -> Option<&str> {
+        self.values[param.index()].as_deref()
+    }
+
+    /// Sets a value, reusing the old value's allocation.
+    pub fn set(&mut self, param: TrackedParam, value: &str) {
+        match &mut self.values[param.index()] {
+            Some(current) if current == value => {}
+            Some(current) => {
+                current.clear();
+                current.push_str(value);
+            }
+            slot @ None => *slot = Some(value.to_owned()),
+        }
+    }
+
+    /// Sets a value by its reported name; false if the name is not tracked.
+    pub fn set_by_name(&mut self, name: &str, value: &str) -> bool {
+        match TrackedParam::from_name(name) {
+            Some(param) => {
+                self.set(param, value);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (TrackedParam, &str)> {
+        TrackedParam::ALL.into_iter().filter_map(|param| self.get(param).map(|value| (param, value)))
+    }
+
+    /// Parameters whose value here is known and differs from (or is unknown on) `server`.
+    pub fn differing<'a>(&'a self, server: &'a ParamMap) -> impl Iterator<Item = (TrackedParam, &'a str)> + 'a {
+        self.iter().filter(move |(param, value)| server.get(*param) != Some(*value))
+    }
+
+    /// The `SET` commands that bring `server` in line with these values, one per parameter.
+    pub fn set_commands(&self, server: &ParamMap) -> Vec<String> {
+        self.differing(server)
+            .map(|(param, value)| format!("SET {} = {}", param.name(), escape_literal(value)))
+            .collect()
+    }
+
+    /// After the `SET`s ran: take the server's spelling of each value (PostgreSQL reports `UTC`
+    /// for `utc`), so the next comparison does not see a difference that is not there.
+    pub fn adopt_canonical(&mut self, server: &ParamMap) {
+        for param in TrackedParam::ALL {
+            if let (Some(_), Some(canonical)) = (self.get(param), server.get(param)) {
+                self.set(param, canonical);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_case_insensitive() {
+        assert_eq!(TrackedParam::from_name("datestyle"), Some(TrackedParam::DateStyle));
+        assert_eq!(TrackedParam::from_name("TIMEZONE"), Some(TrackedParam::TimeZone));
+        assert_eq!(TrackedParam::from_name("search_path"), None);
+    }
+
+    #[test]
+    fn set_commands_cover_only_differences() {
+        let client = ParamMap::from_pairs([
+            ("client_encoding", "UTF8"),
+            ("TimeZone", "Europe/Paris"),
+            ("application_name", "it's \\ mine"),
+            ("server_version", "15.4"),
+        ]);
+        let server = ParamMap::from_pairs([("client_encoding", "UTF8"), ("TimeZone", "UTC")]);
+        assert_eq!(
+            client.set_commands(&server),
+            vec!["SET TimeZone = 'Europe/Paris'".to_owned(), "SET application_name =  E'it''s \\\\ mine'".to_owned()]
+        );
+        assert!(client.set_commands(&client).is_empty());
+        assert!(ParamMap::new().set_commands(&server).is_empty(), "unknown client values are left alone");
+    }
+
+    #[test]
+    fn canonical_spelling_is_adopted() {
+        let mut client = ParamMap::from_pairs([("TimeZone", "utc")]);
+        let server = ParamMap::from_pairs([("TimeZone", "UTC"), ("DateStyle", "ISO, MDY")]);
+        client.adopt_canonical(&server);
+        assert_eq!(client.get(TrackedParam::TimeZone), Some("UTC"));
+        assert_eq!(client.get(TrackedParam::DateStyle), None);
+    }
+}
