@@ -64,7 +64,21 @@ async fn three_agents_bootstrap_one_primary_and_two_streaming_replicas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_primary_node_promotes_a_replica_and_loses_no_acknowledged_row() {
-    let mut cluster = PghaCluster::start_on_etcd(3, Timing::default()).await.unwrap();
+    node_loss(Timing::default(), "defaults (ttl 6, loop_wait 1, retry_timeout 2)").await;
+}
+
+/// The fast profile of docs/configuration.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_primary_node_with_the_fast_profile_promotes_a_replica_and_loses_no_acknowledged_row() {
+    node_loss(
+        Timing { ttl: 3.0, loop_wait: 0.5, retry_timeout: 1.0 },
+        "fast profile (ttl 3, loop_wait 0.5, retry_timeout 1)",
+    )
+    .await;
+}
+
+async fn node_loss(timing: Timing, profile: &str) {
+    let mut cluster = PghaCluster::start_on_etcd(3, timing).await.unwrap();
     let old = match healthy(&cluster).await {
         Ok(p) => p,
         Err(e) => panic!("{e}\n{}", cluster.logs()),
@@ -141,7 +155,7 @@ async fn losing_the_primary_node_promotes_a_replica_and_loses_no_acknowledged_ro
     let rows: Vec<i64> = c.query("select id from w order by id", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
     let missing: Vec<i64> = acked.iter().map(|(id, _)| *id).filter(|id| rows.binary_search(id).is_err()).collect();
     eprintln!(
-        "node loss: new primary {} answered {promoted_after:?} after the kill; writer's longest gap {longest_gap:?}; \
+        "node loss, {profile}: new primary {} answered {promoted_after:?} after the kill; writer's longest gap {longest_gap:?}; \
          {} rows acknowledged, {} missing",
         cluster.nodes[new].name,
         acked.len(),
