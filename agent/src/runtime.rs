@@ -32,6 +32,10 @@ pub struct Runtime {
     lease_valid_until: Option<Instant>,
     refresh_failed: bool,
     following: Option<String>,
+    /// Replication slots (and the replication role) known to exist on the local primary.
+    ensured_slots: Option<Vec<String>>,
+    /// This tick's probe of the local PostgreSQL.
+    last_probe: Option<crate::postgres::control::Probe>,
     last_reason: String,
     commands: tokio::sync::mpsc::Receiver<crate::api::ApiCommand>,
 }
@@ -63,6 +67,8 @@ impl Runtime {
             lease_valid_until: None,
             refresh_failed: false,
             following: None,
+            ensured_slots: None,
+            last_probe: None,
             last_reason: String::new(),
             commands,
         }
@@ -186,6 +192,11 @@ impl Runtime {
         let now = Instant::now();
         let view = self.read_view().await;
         let (mut local, probe) = self.local_state(&view, now).await;
+        self.last_probe = probe.clone();
+        if !matches!(local.postgres, PgState::Running { role: Role::Primary, .. }) {
+            // Slots must be (re)checked whenever this node becomes primary again.
+            self.ensured_slots = None;
+        }
         let mut decision = decide(&view, &local, &self.ha, now);
         if decision.actions == [Action::ProbePeers] {
             local.peer_probes = Some(self.probe_peers().await);
@@ -426,16 +437,31 @@ impl Runtime {
 
     /// What the leader does every tick: slots for the members, the `status` key.
     async fn leader_duties(&mut self) {
-        let slots: Vec<String> =
+        let mut slots: Vec<String> =
             self.last_addrs.iter().filter(|a| a.name != self.name).map(|a| slot_name(&a.name)).collect();
-        if let Err(e) = self.pg.ensure_roles_and_slots(&slots, self.ha.retry_timeout).await {
-            tracing::warn!("could not create roles/slots: {e}");
+        slots.sort();
+        // Only when the member set changed: this is SQL on the primary, not something for every tick.
+        if self.ensured_slots.as_ref() != Some(&slots) {
+            match self.pg.ensure_roles_and_slots(&slots, self.ha.retry_timeout).await {
+                Ok(()) => self.ensured_slots = Some(slots),
+                Err(e) => tracing::warn!("could not create roles/slots: {e}"),
+            }
         }
-        self.publish_leader_status().await;
+        // This tick's probe is fresh enough for the status key.
+        if let Some(p) = self.last_probe.clone() {
+            self.write_leader_status(&p).await;
+        }
     }
 
+    /// Probes PostgreSQL and publishes the result as the leader status (after promote/bootstrap,
+    /// when the tick's probe predates the new timeline).
     async fn publish_leader_status(&self) {
-        let Ok(p) = self.pg.probe(self.ha.retry_timeout).await else { return };
+        if let Ok(p) = self.pg.probe(self.ha.retry_timeout).await {
+            self.write_leader_status(&p).await;
+        }
+    }
+
+    async fn write_leader_status(&self, p: &crate::postgres::control::Probe) {
         if p.in_recovery {
             return;
         }

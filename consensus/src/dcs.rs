@@ -167,10 +167,7 @@ impl<S: KvStore> KvDcs<S> {
     async fn current_leader(&self) -> Result<Option<KeyValue>, DcsError> {
         let key = self.full_key(&ClusterKey::Leader);
         let resp = self.store.txn(Txn { success: vec![TxnOp::Get { key }], ..Txn::default() }).await?;
-        Ok(match resp.results.into_iter().next() {
-            Some(OpResult::Get(kv)) => kv,
-            _ => None,
-        })
+        Ok(first_get(resp.results))
     }
 
     fn guard(&self, key: &str, expected: Expected) -> Vec<Compare> {
@@ -192,10 +189,7 @@ impl<S: KvStore> KvDcs<S> {
         if resp.succeeded {
             return Ok(resp.revision);
         }
-        let found = match resp.results.first() {
-            Some(OpResult::Get(kv)) => kv.as_ref().map(|kv| kv.mod_revision),
-            _ => None,
-        };
+        let found = first_get(resp.results).map(|kv| kv.mod_revision);
         Err(DcsError::Conflict { key: key.path(), expected, found })
     }
 }
@@ -209,6 +203,14 @@ fn relative(event: WatchEvent, prefix: &str) -> WatchEvent {
         }
         WatchEvent::Delete { key, revision, prev } => WatchEvent::Delete { key: strip(key), revision, prev },
         other => other,
+    }
+}
+
+/// The key read by the first operation of the branch that ran (a `Get`), if it exists.
+fn first_get(results: Vec<OpResult>) -> Option<KeyValue> {
+    match results.into_iter().next() {
+        Some(OpResult::Get(kv)) => kv,
+        _ => None,
     }
 }
 
@@ -262,10 +264,7 @@ impl<S: KvStore> Dcs for KvDcs<S> {
         if resp.succeeded {
             return Ok(LeaderLease { valid_until });
         }
-        let current = match resp.results.into_iter().next() {
-            Some(OpResult::Get(kv)) => kv,
-            _ => None,
-        };
+        let current = first_get(resp.results);
         match current {
             // Ours already (e.g. a retried acquire whose first answer was lost): same as a refresh.
             Some(kv) if kv.value == self.name.as_bytes() && kv.lease == lease => Ok(LeaderLease { valid_until }),
@@ -296,10 +295,7 @@ impl<S: KvStore> Dcs for KvDcs<S> {
         if resp.succeeded {
             return Ok(LeaderLease { valid_until });
         }
-        let current = match resp.results.into_iter().next() {
-            Some(OpResult::Get(kv)) => kv,
-            _ => None,
-        };
+        let current = first_get(resp.results);
         Err(DcsError::LockLost { holder: holder_of(&current) })
     }
 

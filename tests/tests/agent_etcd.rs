@@ -7,6 +7,17 @@ use harness::wait_for;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Waits until node `i` streams from a primary (as a replica), failing with every agent's log.
+async fn streams_again(cluster: &PghaCluster, i: usize, what: &str, secs: u64) {
+    let streaming = wait_for(what, Duration::from_secs(secs), || async {
+        Ok(match cluster.nodes[i].role().await {
+            Ok((true, Some(s))) if s == "streaming" => Some(()),
+            _ => None,
+        })
+    });
+    streaming.await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+}
+
 /// Waits for one primary and all others streaming, then gives the agents two ticks to see it
 /// (an agent trusts a replica for promotion only once it has observed it streaming).
 async fn healthy(cluster: &PghaCluster) -> anyhow::Result<usize> {
@@ -167,13 +178,7 @@ async fn node_loss(timing: Timing, profile: &str) {
 
     // The old node comes back as a replica of the new primary.
     cluster.nodes[old].start_agent().unwrap();
-    let back = wait_for("the old primary to stream from the new one", Duration::from_secs(90), || async {
-        Ok(match cluster.nodes[old].role().await {
-            Ok((true, Some(s))) if s == "streaming" => Some(()),
-            _ => None,
-        })
-    });
-    back.await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    streams_again(&cluster, old, "the old primary to stream from the new one", 90).await;
 }
 
 /// Polls every node every 50 ms and records any sample where two nodes accept writes.
@@ -250,13 +255,7 @@ async fn primary_cut_off_from_the_dcs_demotes_itself_and_never_overlaps_with_the
 
     // Healed, the old primary rejoins as a replica of the new one.
     relay.heal();
-    let rejoined = wait_for("the old primary to stream from the new one", Duration::from_secs(60), || async {
-        Ok(match cluster.nodes[old].role().await {
-            Ok((true, Some(s))) if s == "streaming" => Some(()),
-            _ => None,
-        })
-    });
-    rejoined.await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    streams_again(&cluster, old, "the old primary to stream from the new one", 60).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let overlaps = checker.await.unwrap();
     assert!(overlaps.is_empty(), "two writable primaries at once: {overlaps:?}");
@@ -301,13 +300,7 @@ async fn a_hung_primary_postmaster_is_fenced_and_a_replica_takes_over() {
     let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(frozen_pid), None).is_err();
     assert!(gone || cluster.nodes[old].postmaster_pid() != Some(frozen_pid), "the hung postmaster still exists");
     assert!(cluster.nodes[old].agent_log().contains("stopped answering probes"), "{}", cluster.logs());
-    let rejoined = wait_for("the fenced node to stream from the new primary", Duration::from_secs(60), || async {
-        Ok(match cluster.nodes[old].role().await {
-            Ok((true, Some(s))) if s == "streaming" => Some(()),
-            _ => None,
-        })
-    });
-    rejoined.await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    streams_again(&cluster, old, "the fenced node to stream from the new primary", 60).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let overlaps = checker.await.unwrap();
     assert!(overlaps.is_empty(), "two writable primaries at once: {overlaps:?}");
@@ -374,13 +367,7 @@ async fn health_checks_follow_the_roles_and_a_switchover_through_the_api_hands_o
     assert_eq!(status, 200, "{text}\n{}", cluster.logs());
     eprintln!("switchover answered after {:?}: {text}", started.elapsed());
     assert_eq!(cluster.primaries().await, vec![candidate]);
-    let rejoined = wait_for("the old leader to stream from the new one", Duration::from_secs(60), || async {
-        Ok(match cluster.nodes[old].role().await {
-            Ok((true, Some(s))) if s == "streaming" => Some(()),
-            _ => None,
-        })
-    });
-    rejoined.await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    streams_again(&cluster, old, "the old leader to stream from the new one", 60).await;
     let (after, _) = http(cluster.nodes[candidate].api_port, "GET", "/primary", None).await.unwrap();
     assert_eq!(after, 200);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
