@@ -273,11 +273,28 @@ impl KvStore for EtcdStore {
     }
 
     async fn watch_prefix(&self, prefix: &str, start_revision: Revision) -> Result<WatchReceiver, KvError> {
+        // "From now" means from the store's revision at this call: pinned here, so a watch that must
+        // be re-opened before etcd confirmed it still delivers every write made after this call.
+        let start_revision = if start_revision > 0 {
+            start_revision
+        } else {
+            let resp = self
+                .retrying(|mut c| {
+                    let prefix = prefix.to_string();
+                    async move { c.get(prefix, Some(ec::GetOptions::new().with_prefix().with_count_only())).await }
+                })
+                .await?;
+            header_revision(resp.header()) + 1
+        };
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(supervise_watch(self.client.clone(), prefix.to_string(), start_revision, tx));
         Ok(rx)
     }
 }
+
+/// How often a watch asks etcd for a progress report, and how long it tolerates silence.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+const PROGRESS_DEADLINE: Duration = Duration::from_millis(1500);
 
 /// Keeps one prefix watch alive for as long as its receiver exists.
 async fn supervise_watch(client: ec::Client, prefix: String, start_revision: Revision, tx: mpsc::Sender<WatchEvent>) {
@@ -285,8 +302,8 @@ async fn supervise_watch(client: ec::Client, prefix: String, start_revision: Rev
     let mut backoff = Duration::from_millis(50);
     while !tx.is_closed() {
         let opts = ec::WatchOptions::new().with_prefix().with_prev_key().with_start_revision(next.max(0));
-        let mut stream = match client.clone().watch(prefix.as_str(), Some(opts)).await {
-            Ok(s) => s,
+        let (mut requests, mut stream) = match client.clone().watch(prefix.as_str(), Some(opts)).await {
+            Ok(s) => s.split(),
             Err(e) => {
                 tracing::debug!(error = %e, "etcd watch: could not open, retrying in {backoff:?}");
                 tokio::time::sleep(backoff).await;
@@ -294,11 +311,28 @@ async fn supervise_watch(client: ec::Client, prefix: String, start_revision: Rev
                 continue;
             }
         };
+        // A stream can go silent without an error (a member killed mid-stream can leave the HTTP/2
+        // connection half-open until keep-alive notices, seconds later). Ask etcd for a progress
+        // report every PROGRESS_EVERY; if nothing at all arrives within PROGRESS_DEADLINE, re-open.
+        let mut progress = tokio::time::interval(PROGRESS_EVERY);
+        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_heard = tokio::time::Instant::now();
         loop {
             let msg = tokio::select! {
                 m = stream.message() => m,
                 _ = tx.closed() => return,
+                _ = progress.tick() => {
+                    if last_heard.elapsed() > PROGRESS_DEADLINE {
+                        tracing::debug!("etcd watch silent for {:?}; re-opening from revision {next}", last_heard.elapsed());
+                        break;
+                    }
+                    if requests.request_progress().await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
             };
+            last_heard = tokio::time::Instant::now();
             let resp = match msg {
                 Ok(Some(resp)) => resp,
                 Ok(None) => break,
@@ -319,10 +353,6 @@ async fn supervise_watch(client: ec::Client, prefix: String, start_revision: Rev
             if resp.canceled() {
                 tracing::debug!(reason = resp.cancel_reason(), "etcd cancelled the watch; re-opening");
                 break;
-            }
-            if resp.created() && next <= 0 {
-                // Started "from now": pin the revision so a re-open cannot skip events.
-                next = header_revision(resp.header()) + 1;
             }
             for ev in resp.events() {
                 let Some(kv) = ev.kv() else { continue };
