@@ -13,3 +13,5 @@ pub mod etcd;
 pub mod keyspace;
 pub mod kv;
 pub mod raft;
+pub mod raft_member;
+pub mod raft_store;
