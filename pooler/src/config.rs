@@ -19,6 +19,8 @@ pub enum PoolMode {
 pub enum AuthType {
     #[serde(rename = "trust")]
     Trust,
+    #[serde(rename = "plain")]
+    Plain,
     #[serde(rename = "md5")]
     Md5,
     #[serde(rename = "scram-sha-256")]
@@ -207,6 +209,7 @@ impl Validate for PoolerConfig {
         if self.auth_type != AuthType::Trust && self.auth_file.is_none() && self.auth_user.is_none() {
             let v = match self.auth_type {
                 AuthType::Md5 => "\"md5\"",
+                AuthType::Plain => "\"plain\"",
                 _ => "\"scram-sha-256\"",
             };
             return Err(Invalid::new(
