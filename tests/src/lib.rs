@@ -6,6 +6,8 @@
 pub mod cluster;
 pub mod dcs_suite;
 pub mod etcd;
+pub mod haproxy;
+pub mod patroni;
 pub mod pgha;
 pub mod ports;
 pub mod postgres;
