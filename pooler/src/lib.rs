@@ -6,6 +6,7 @@
 //! machine for transaction pooling and prepared statements, data in and actions out, no
 //! sockets). The I/O loops, pools, routing and the admin console come next.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod protocol;
