@@ -178,9 +178,30 @@ pub struct RaftConfig {
     pub listen: SocketAddr,
     /// Directory for the Raft log, vote and snapshots.
     pub data_dir: PathBuf,
-    /// The other members: `name = "host:port"`.
+    /// The members of the Raft group: `name = "host:port"`. This member may be listed (with the
+    /// address the others reach it at) or left out (then the others reach it at `listen`).
     #[serde(default)]
     pub peers: BTreeMap<String, String>,
+    /// The cluster-wide shared secret (at least 16 bytes), the same on every member and client.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// A file holding the secret (trailing newline ignored); instead of `secret`.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Raft heartbeat interval in milliseconds.
+    #[serde(default = "default_raft_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// A follower that hears no leader for between this and 1.25 times this many milliseconds
+    /// starts an election (and refuses to vote for another while it still hears one).
+    #[serde(default = "default_raft_election_timeout_ms")]
+    pub election_timeout_ms: u64,
+}
+
+fn default_raft_heartbeat_ms() -> u64 {
+    100
+}
+fn default_raft_election_timeout_ms() -> u64 {
+    400
 }
 
 fn default_scope() -> String {
@@ -278,22 +299,7 @@ impl Validate for AgentConfig {
                         "backend = \"raft\" needs a [dcs.raft] section with listen and data_dir",
                     ))
                 }
-                Some(r) => {
-                    if r.peers.contains_key(&self.name) {
-                        return Err(Invalid::new(
-                            format!("dcs.raft.peers.{}", self.name),
-                            "…",
-                            "list the other members only, not this one",
-                        ));
-                    }
-                    if let Some((peer, addr)) = r.peers.iter().find(|(_, a)| a.parse::<SocketAddr>().is_err()) {
-                        return Err(Invalid::new(
-                            format!("dcs.raft.peers.{peer}"),
-                            format!("{addr:?}"),
-                            "expected \"host:port\" with an IP address",
-                        ));
-                    }
-                }
+                Some(r) => crate::raft_dcs::validate(&self.name, r)?,
             },
         }
         Ok(())
@@ -318,6 +324,7 @@ backend = "raft"
 listen = "127.0.0.1:7001"
 data_dir = "/var/lib/pgha/raft1"
 peers = { node2 = "127.0.0.1:7002", node3 = "127.0.0.1:7003" }
+secret = "0123456789abcdef0123"
 "#;
 
     fn err(text: &str) -> String {
@@ -370,6 +377,25 @@ peers = { node2 = "127.0.0.1:7002", node3 = "127.0.0.1:7003" }
             .replace("password = \"r3pl\"", "password_file = \"/nonexistent\"")
             .replace(", password = \"s3cret\"", ""));
         assert_eq!(e, "agent.toml: postgresql.superuser.password: set password or password_file");
+    }
+
+    #[test]
+    fn raft_secret_is_required_and_long_enough() {
+        let e = err(&GOOD.replace("secret = \"0123456789abcdef0123\"\n", ""));
+        assert_eq!(e, "agent.toml: dcs.raft.secret: set secret or secret_file (the same on every member)");
+        let e = err(&GOOD.replace("0123456789abcdef0123", "short"));
+        assert!(e.starts_with("agent.toml: dcs.raft.secret = <redacted>: the secret is 5 bytes long"), "{e}");
+        assert!(!e.contains("short"));
+    }
+
+    #[test]
+    fn raft_members_include_this_one() {
+        let c: AgentConfig = parse(Path::new("agent.toml"), GOOD).unwrap();
+        let all = crate::raft_dcs::all_members(&c.name, c.dcs.raft.as_ref().unwrap());
+        assert_eq!(all.get("node1").map(String::as_str), Some("127.0.0.1:7001"));
+        assert_eq!(all.len(), 3);
+        let e = err(&GOOD.replace("127.0.0.1:7001", "0.0.0.0:7001"));
+        assert!(e.starts_with("agent.toml: dcs.raft.listen = 0.0.0.0:7001: listen binds every address"), "{e}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod cluster_view;
 pub mod config;
 pub mod ha;
 pub mod postgres;
+pub mod raft_dcs;
 pub mod runtime;
 pub mod service;
 pub mod status;

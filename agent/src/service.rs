@@ -16,8 +16,6 @@ use std::sync::Arc;
 pub enum ServiceError {
     #[error("{0}")]
     Setup(String),
-    #[error("the built-in Raft DCS is not built yet in this version; use [dcs] backend = \"etcd\"")]
-    RaftNotBuilt,
 }
 
 fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> ServiceError + '_ {
@@ -27,6 +25,8 @@ fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> ServiceError + '
 /// Runs the agent until `shutdown` resolves.
 pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<(), ServiceError> {
     let ha = config.ha.to_ha_config();
+    // The built-in DCS member runs for as long as the agent does.
+    let mut raft_member = None;
     let dcs: Arc<dyn Dcs> = match config.dcs.backend {
         DcsBackend::Etcd => {
             let endpoints = config.dcs.etcd.as_ref().map(|e| e.endpoints.clone()).unwrap_or_default();
@@ -34,7 +34,15 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
             let store = EtcdStore::connect(&endpoints, options).await.map_err(setup("connecting to etcd"))?;
             Arc::new(KvDcs::new(Arc::new(store), &config.namespace, &config.scope, &config.name, ha.ttl))
         }
-        DcsBackend::Raft => return Err(ServiceError::RaftNotBuilt),
+        DcsBackend::Raft => {
+            let Some(raft) = config.dcs.raft.as_ref() else {
+                return Err(ServiceError::Setup("backend = \"raft\" needs a [dcs.raft] section".into()));
+            };
+            let (member, store) =
+                crate::raft_dcs::start(&config.name, raft, ha.retry_timeout).await.map_err(ServiceError::Setup)?;
+            raft_member = Some(member);
+            Arc::new(KvDcs::new(Arc::new(store), &config.namespace, &config.scope, &config.name, ha.ttl))
+        }
     };
     let bin = BinDir::locate(config.postgresql.bin_dir.as_deref(), DEFAULT_MAJOR).map_err(setup("PostgreSQL"))?;
     let run_as = RunAs::for_postgres(&config.postgresql.os_user).map_err(setup("OS user"))?;
@@ -89,6 +97,9 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
     Runtime::new(&config, dcs, pg, status_tx, commands_rx).run(shutdown).await;
     let _ = api_stop_tx.send(());
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), api).await;
+    if let Some(member) = raft_member {
+        member.shutdown().await;
+    }
     Ok(())
 }
 

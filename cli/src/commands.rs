@@ -51,6 +51,9 @@ pub enum Command {
     ArchiveGet(ArchiveGetArgs),
     /// Start a local demo cluster on this machine (agents on the built-in Raft, plus a pooler) and print its DSNs.
     Demo(DemoArgs),
+    /// Run only a member of the built-in Raft DCS, without PostgreSQL (used by the test harness).
+    #[command(hide = true)]
+    DcsMember(ServiceArgs),
 }
 
 #[derive(Debug, Args)]
@@ -247,6 +250,18 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Backup(_) => Ok(not_built("backup", "base backups, verify, expire and restore")),
         Command::ArchivePush(_) => Ok(not_built("archive-push", "WAL archiving")),
         Command::ArchiveGet(_) => Ok(not_built("archive-get", "WAL restore from the repository")),
+        Command::DcsMember(args) => {
+            let config: agent::raft_dcs::DcsMemberConfig = load(&args.config)?;
+            if args.validate_config {
+                println!("{}: OK: raft member {}", args.config.display(), config.name);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            runtime
+                .block_on(agent::raft_dcs::run_member(config, agent::service::termination_signal()))
+                .map_err(anyhow::Error::msg)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             runtime.block_on(crate::demo::run(crate::demo::DemoOptions {

@@ -33,6 +33,8 @@ pub struct MemberApi {
     secret: SharedSecret,
     network: NetworkConfig,
     op_timeout: Duration,
+    /// How this member reaches its peers (see `RoutedNetwork`).
+    routes: BTreeMap<u64, String>,
     pool: Mutex<Vec<(String, ClientApiConnection)>>,
 }
 
@@ -53,6 +55,7 @@ impl MemberApi {
         secret: SharedSecret,
         network: NetworkConfig,
         op_timeout: Duration,
+        routes: BTreeMap<u64, String>,
     ) -> Self {
         MemberApi {
             raft,
@@ -62,6 +65,7 @@ impl MemberApi {
             secret,
             network,
             op_timeout,
+            routes,
             pool: Mutex::new(Vec::new()),
         }
     }
@@ -79,7 +83,10 @@ impl MemberApi {
             request => match self.on_leader(&request).await {
                 Local::Done(reply) => reply,
                 Local::Forward(_) if envelope.forwarded => Reply::Failed(ClientError::NotLeader { leader: None }),
-                Local::Forward(ForwardError { leader_node: Some(node), .. }) => self.forward(&node.addr, request).await,
+                Local::Forward(ForwardError { leader_id: Some(id), leader_node: Some(node) }) => {
+                    let addr = self.routes.get(&id).unwrap_or(&node.addr).clone();
+                    self.forward(&addr, request).await
+                }
                 Local::Forward(_) => Reply::Failed(ClientError::NotLeader { leader: None }),
             },
         }

@@ -7,6 +7,7 @@
 pub mod lease_task;
 mod member_api;
 pub mod protocol;
+mod routes;
 mod state_machine;
 mod types;
 mod watch_hub;
@@ -15,6 +16,7 @@ mod watch_hub;
 mod tests;
 
 pub use member_api::{initial_nodes, MemberApi};
+pub use routes::RoutedNetwork;
 pub use state_machine::{AppliedState, KeyspaceStateMachine, Shared};
 pub use types::{node_id, MemberNode, TypeConfig};
 pub use watch_hub::{Poll, WatchHub, HISTORY_EVENTS};
@@ -40,8 +42,8 @@ impl Default for RaftTiming {
     fn default() -> Self {
         RaftTiming {
             heartbeat: Duration::from_millis(100),
-            election_min: Duration::from_millis(500),
-            election_max: Duration::from_millis(1000),
+            election_min: Duration::from_millis(400),
+            election_max: Duration::from_millis(500),
         }
     }
 }
@@ -55,7 +57,8 @@ pub struct RaftMemberConfig {
     pub listen: String,
     /// Log, vote and snapshot live here.
     pub data_dir: PathBuf,
-    /// Every initial member: name -> `host:port` others reach it at.
+    /// Every initial member: name -> `host:port` this member reaches it at (its own entry: where
+    /// others reach it). These addresses win over those in the replicated membership.
     pub peers: BTreeMap<String, String>,
     pub secret: SharedSecret,
     pub timing: RaftTiming,
@@ -117,7 +120,12 @@ impl RaftMember {
         .validate()
         .map_err(|e| RaftMemberError::Config(e.to_string()))?;
         let network = NetworkConfig::default();
-        let transport = TcpNetwork::<TypeConfig>::new(id, config.secret.clone(), network.clone());
+        let routes: BTreeMap<u64, String> =
+            config.peers.iter().map(|(name, addr)| (node_id(name), addr.clone())).collect();
+        let transport = RoutedNetwork::new(
+            TcpNetwork::<TypeConfig>::new(id, config.secret.clone(), network.clone()),
+            routes.clone(),
+        );
         let raft = Raft::new(id, Arc::new(raft_config), transport, log, sm)
             .await
             .map_err(|e| RaftMemberError::Start(e.to_string()))?;
@@ -131,6 +139,7 @@ impl RaftMember {
             config.secret.clone(),
             network.clone(),
             config.op_timeout,
+            routes,
         ));
         let server = serve(listener, raft.clone(), config.secret.clone(), network, Some(api.clone()))
             .map_err(|source| RaftMemberError::Listen { addr: config.listen.clone(), source })?;
