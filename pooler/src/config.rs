@@ -77,6 +77,8 @@ pub struct PoolerConfig {
     pub client_tls_cert_file: Option<PathBuf>,
     pub client_tls_key_file: Option<PathBuf>,
     pub server_tls_sslmode: TlsMode,
+    /// CA certificates (PEM) for server_tls_sslmode verify-ca / verify-full.
+    pub server_tls_ca_file: Option<PathBuf>,
     pub max_packet_size: u32,
     pub databases: BTreeMap<String, DatabaseConfig>,
     pub users: BTreeMap<String, UserConfig>,
@@ -120,6 +122,7 @@ impl Default for PoolerConfig {
             client_tls_cert_file: None,
             client_tls_key_file: None,
             server_tls_sslmode: TlsMode::Prefer,
+            server_tls_ca_file: None,
             max_packet_size: 2_147_483_647,
             databases: BTreeMap::new(),
             users: BTreeMap::new(),
@@ -228,6 +231,14 @@ impl Validate for PoolerConfig {
             if self.client_tls_key_file.is_none() {
                 return Err(Invalid::missing("client_tls_key_file", "required when client_tls_sslmode is not disable"));
             }
+        }
+        if matches!(self.server_tls_sslmode, TlsMode::VerifyCa | TlsMode::VerifyFull)
+            && self.server_tls_ca_file.is_none()
+        {
+            return Err(Invalid::missing(
+                "server_tls_ca_file",
+                "required when server_tls_sslmode is verify-ca or verify-full",
+            ));
         }
         for (name, db) in &self.databases {
             if let (Some(min), Some(size)) = (db.min_pool_size, db.pool_size) {

@@ -83,6 +83,7 @@ fn settings(c: &PoolerConfig) -> Vec<(&'static str, Option<String>, bool)> {
         ("client_tls_cert_file", path(&c.client_tls_cert_file), true),
         ("client_tls_key_file", path(&c.client_tls_key_file), true),
         ("server_tls_sslmode", Some(tls_mode(c.server_tls_sslmode)), true),
+        ("server_tls_ca_file", path(&c.server_tls_ca_file), true),
         ("max_packet_size", Some(c.max_packet_size.to_string()), true),
     ]
 }
@@ -113,7 +114,9 @@ mod tests {
         for row in &defaults {
             let value = match row.key.as_str() {
                 "admin_users" | "stats_users" => "[]".to_string(),
-                "auth_file" | "client_tls_cert_file" | "client_tls_key_file" | "auth_user" => "\"x\"".to_string(),
+                "auth_file" | "client_tls_cert_file" | "client_tls_key_file" | "server_tls_ca_file" | "auth_user" => {
+                    "\"x\"".to_string()
+                }
                 _ => continue,
             };
             text.push_str(&format!("{} = {value}\n", row.key));
@@ -128,11 +131,8 @@ mod tests {
 
     #[test]
     fn renders_like_pgbouncer() {
-        let c = PoolerConfig {
-            admin_users: vec!["a".into(), "b".into()],
-            query_wait_timeout: 2.5,
-            ..Default::default()
-        };
+        let c =
+            PoolerConfig { admin_users: vec!["a".into(), "b".into()], query_wait_timeout: 2.5, ..Default::default() };
         let rows = config_rows(&c);
         let get = |k: &str| rows.iter().find(|r| r.key == k).unwrap().clone();
         assert_eq!(get("admin_users").value.as_deref(), Some("a,b"));

@@ -1,0 +1,426 @@
+//! TLS on both sides with rustls (ring provider): the acceptor for clients built from
+//! client_tls_sslmode/cert/key files and the answer to a client's SSLRequest ('S' then the
+//! handshake, or 'N'); the connector toward servers from server_tls_sslmode (SSLRequest, then
+//! TLS as the mode demands). Owns certificates and handshakes, not sockets or timeouts.
+
+use crate::config::{PoolerConfig, TlsMode};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// A TLS setting or handshake that failed. File errors name the file and the setting.
+#[derive(Debug, Error)]
+pub enum TlsError {
+    #[error("{setting} = {path}: cannot read the file: {source}")]
+    Read { setting: &'static str, path: PathBuf, source: io::Error },
+    #[error("{setting} = {path}: no PEM certificate found in it")]
+    NoCertificate { setting: &'static str, path: PathBuf },
+    #[error("{setting} = {path}: no PEM private key (PKCS#8, PKCS#1 or SEC1) found in it")]
+    NoKey { setting: &'static str, path: PathBuf },
+    #[error("{setting} is required when {mode_setting} is {mode}")]
+    Missing { setting: &'static str, mode_setting: &'static str, mode: &'static str },
+    #[error("client_tls_cert_file and client_tls_key_file do not make a usable pair: {0}")]
+    BadPair(rustls::Error),
+    #[error("TLS configuration: {0}")]
+    Config(rustls::Error),
+    #[error("client sent data after its SSLRequest before the TLS handshake (refused: it could be injected)")]
+    PipelinedBeforeHandshake,
+    #[error("the server does not accept TLS, but server_tls_sslmode = {0} requires it")]
+    ServerRefusedTls(&'static str),
+    #[error("the server answered the SSLRequest with {0:?} instead of 'S' or 'N'")]
+    BadServerAnswer(char),
+    #[error("{0:?} is not a valid TLS server name")]
+    BadServerName(String),
+    #[error("TLS handshake failed: {0}")]
+    Handshake(io::Error),
+    #[error("I/O error during TLS negotiation: {0}")]
+    Io(io::Error),
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn mode_name(mode: TlsMode) -> &'static str {
+    match mode {
+        TlsMode::Disable => "disable",
+        TlsMode::Allow => "allow",
+        TlsMode::Prefer => "prefer",
+        TlsMode::Require => "require",
+        TlsMode::VerifyCa => "verify-ca",
+        TlsMode::VerifyFull => "verify-full",
+    }
+}
+
+fn read_file(setting: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read { setting, path: path.to_path_buf(), source })
+}
+
+fn load_certs(setting: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read_file(setting, path)?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice()).filter_map(Result::ok).collect();
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate { setting, path: path.to_path_buf() });
+    }
+    Ok(certs)
+}
+
+fn load_key(setting: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read_file(setting, path)?;
+    match rustls_pemfile::private_key(&mut pem.as_slice()) {
+        Ok(Some(key)) => Ok(key),
+        _ => Err(TlsError::NoKey { setting, path: path.to_path_buf() }),
+    }
+}
+
+/// TLS toward clients.
+#[derive(Clone)]
+pub struct ClientTls {
+    mode: TlsMode,
+    acceptor: Option<TlsAcceptor>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls").field("mode", &self.mode).finish_non_exhaustive()
+    }
+}
+
+/// What to do with a client's SSLRequest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslAnswer {
+    /// Send 'S' and run the handshake.
+    Accept,
+    /// Send 'N' and go on in plain text.
+    Refuse,
+}
+
+impl ClientTls {
+    /// From client_tls_sslmode, client_tls_cert_file and client_tls_key_file.
+    pub fn from_config(config: &PoolerConfig) -> Result<ClientTls, TlsError> {
+        if config.client_tls_sslmode == TlsMode::Disable {
+            return Ok(ClientTls { mode: TlsMode::Disable, acceptor: None });
+        }
+        let mode = mode_name(config.client_tls_sslmode);
+        let missing = |setting| TlsError::Missing { setting, mode_setting: "client_tls_sslmode", mode };
+        let cert = config.client_tls_cert_file.as_deref().ok_or_else(|| missing("client_tls_cert_file"))?;
+        let key = config.client_tls_key_file.as_deref().ok_or_else(|| missing("client_tls_key_file"))?;
+        let acceptor = acceptor(cert, key)?;
+        Ok(ClientTls { mode: config.client_tls_sslmode, acceptor: Some(acceptor) })
+    }
+
+    pub fn mode(&self) -> TlsMode {
+        self.mode
+    }
+
+    /// The answer to an SSLRequest: 'S' whenever a certificate is configured.
+    pub fn ssl_answer(&self) -> SslAnswer {
+        if self.acceptor.is_some() {
+            SslAnswer::Accept
+        } else {
+            SslAnswer::Refuse
+        }
+    }
+
+    /// Whether a client that did not ask for TLS may go on (client_tls_sslmode require and
+    /// verify-* refuse it, as PgBouncer does).
+    pub fn plain_allowed(&self) -> bool {
+        !matches!(self.mode, TlsMode::Require | TlsMode::VerifyCa | TlsMode::VerifyFull)
+    }
+
+    /// Answers an SSLRequest on `stream` ('S' + handshake, or 'N'). `pending` is what the
+    /// caller read after the SSLRequest: it must be empty before a handshake (data sent before
+    /// TLS could be injected by a man in the middle).
+    pub async fn answer_ssl_request<S>(&self, mut stream: S, pending: &[u8]) -> Result<ClientStream<S>, TlsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        match (&self.acceptor, self.ssl_answer()) {
+            (Some(acceptor), SslAnswer::Accept) => {
+                if !pending.is_empty() {
+                    return Err(TlsError::PipelinedBeforeHandshake);
+                }
+                stream.write_all(b"S").await.map_err(TlsError::Io)?;
+                stream.flush().await.map_err(TlsError::Io)?;
+                let tls = acceptor.accept(stream).await.map_err(TlsError::Handshake)?;
+                Ok(ClientStream::Tls(Box::new(tls)))
+            }
+            _ => {
+                stream.write_all(b"N").await.map_err(TlsError::Io)?;
+                stream.flush().await.map_err(TlsError::Io)?;
+                Ok(ClientStream::Plain(stream))
+            }
+        }
+    }
+}
+
+fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+    let certs = load_certs("client_tls_cert_file", cert)?;
+    let key = load_key("client_tls_key_file", key)?;
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Config)?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(TlsError::BadPair)?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A client connection, in plain text or TLS.
+pub enum ClientStream<S> {
+    Plain(S),
+    Tls(Box<tokio_rustls::server::TlsStream<S>>),
+}
+
+/// A server connection, in plain text or TLS.
+pub enum ServerStream<S> {
+    Plain(S),
+    Tls(Box<tokio_rustls::client::TlsStream<S>>),
+}
+
+macro_rules! either_stream {
+    ($name:ident) => {
+        impl<S> $name<S> {
+            pub fn is_tls(&self) -> bool {
+                matches!(self, $name::Tls(_))
+            }
+
+            /// `TLSv1.3/TLS_AES_256_GCM_SHA384` as SHOW CLIENTS/SERVERS print it; empty without TLS.
+            pub fn tls_description(&self) -> String {
+                match self {
+                    $name::Plain(_) => String::new(),
+                    $name::Tls(tls) => {
+                        let conn = tls.get_ref().1;
+                        let version = conn.protocol_version().and_then(|v| v.as_str()).unwrap_or("TLS");
+                        let suite = conn.negotiated_cipher_suite().and_then(|s| s.suite().as_str()).unwrap_or("");
+                        // rustls says TLSv1_3 / TLS13_AES_256_GCM_SHA384; PgBouncer (OpenSSL)
+                        // prints TLSv1.3/TLS_AES_256_GCM_SHA384.
+                        let suite = suite.strip_prefix("TLS13_").map_or(suite.to_string(), |s| format!("TLS_{s}"));
+                        format!("{}/{suite}", version.replace('_', "."))
+                    }
+                }
+            }
+        }
+
+        impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for $name<S> {
+            fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $name::Plain(s) => Pin::new(s).poll_read(cx, buf),
+                    $name::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+                }
+            }
+        }
+
+        impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for $name<S> {
+            fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+                match self.get_mut() {
+                    $name::Plain(s) => Pin::new(s).poll_write(cx, buf),
+                    $name::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+                }
+            }
+            fn poll_write_vectored(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                bufs: &[io::IoSlice<'_>],
+            ) -> Poll<io::Result<usize>> {
+                match self.get_mut() {
+                    $name::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+                    $name::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+                }
+            }
+            fn is_write_vectored(&self) -> bool {
+                match self {
+                    $name::Plain(s) => s.is_write_vectored(),
+                    $name::Tls(s) => s.is_write_vectored(),
+                }
+            }
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $name::Plain(s) => Pin::new(s).poll_flush(cx),
+                    $name::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+                }
+            }
+            fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $name::Plain(s) => Pin::new(s).poll_shutdown(cx),
+                    $name::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+                }
+            }
+        }
+    };
+}
+
+either_stream!(ClientStream);
+either_stream!(ServerStream);
+
+/// TLS toward servers.
+#[derive(Clone)]
+pub struct ServerTls {
+    mode: TlsMode,
+    connector: Option<TlsConnector>,
+}
+
+impl ServerTls {
+    /// From server_tls_sslmode (and server_tls_ca_file for verify-ca / verify-full). `require`
+    /// and `prefer` encrypt without checking the certificate, as libpq does; `allow` connects
+    /// in plain text.
+    pub fn from_config(config: &PoolerConfig) -> Result<ServerTls, TlsError> {
+        let mode = config.server_tls_sslmode;
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(TlsError::Config)?;
+        let client_config = match mode {
+            TlsMode::Disable | TlsMode::Allow => return Ok(ServerTls { mode, connector: None }),
+            TlsMode::Prefer | TlsMode::Require => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(Unverified(provider())))
+                .with_no_client_auth(),
+            TlsMode::VerifyCa | TlsMode::VerifyFull => {
+                let ca = config.server_tls_ca_file.as_deref().ok_or(TlsError::Missing {
+                    setting: "server_tls_ca_file",
+                    mode_setting: "server_tls_sslmode",
+                    mode: mode_name(mode),
+                })?;
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in load_certs("server_tls_ca_file", ca)? {
+                    roots.add(cert).map_err(TlsError::Config)?;
+                }
+                let roots = Arc::new(roots);
+                if mode == TlsMode::VerifyFull {
+                    builder.with_root_certificates(roots).with_no_client_auth()
+                } else {
+                    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider())
+                        .build()
+                        .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
+                    builder
+                        .dangerous()
+                        .with_custom_certificate_verifier(Arc::new(ChainOnly(inner)))
+                        .with_no_client_auth()
+                }
+            }
+        };
+        Ok(ServerTls { mode, connector: Some(TlsConnector::from(Arc::new(client_config))) })
+    }
+
+    pub fn mode(&self) -> TlsMode {
+        self.mode
+    }
+
+    /// Sends SSLRequest on a fresh server connection (unless the mode is disable/allow) and
+    /// returns the stream to send the StartupMessage on. `host` is the name checked by
+    /// verify-full (and sent as SNI when it is a name).
+    pub async fn connect<S>(&self, mut stream: S, host: &str) -> Result<ServerStream<S>, TlsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let Some(connector) = &self.connector else {
+            return Ok(ServerStream::Plain(stream));
+        };
+        let mut request = bytes::BytesMut::new();
+        crate::protocol::startup::write_ssl_request(&mut request);
+        stream.write_all(&request).await.map_err(TlsError::Io)?;
+        stream.flush().await.map_err(TlsError::Io)?;
+        let answer = stream.read_u8().await.map_err(TlsError::Io)?;
+        match answer {
+            b'S' => {
+                let name = ServerName::try_from(host.to_string()).map_err(|_| TlsError::BadServerName(host.into()))?;
+                let tls = connector.connect(name, stream).await.map_err(TlsError::Handshake)?;
+                Ok(ServerStream::Tls(Box::new(tls)))
+            }
+            b'N' if self.mode == TlsMode::Prefer => Ok(ServerStream::Plain(stream)),
+            b'N' => Err(TlsError::ServerRefusedTls(mode_name(self.mode))),
+            other => Err(TlsError::BadServerAnswer(char::from(other))),
+        }
+    }
+}
+
+/// Encrypts without checking who the server is (sslmode prefer/require); signatures are still
+/// checked so the handshake itself is sound.
+#[derive(Debug)]
+struct Unverified(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for Unverified {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// verify-ca: the chain must lead to the CA, the host name is not checked.
+#[derive(Debug)]
+struct ChainOnly(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+#[path = "tls_tests.rs"]
+mod tests;
