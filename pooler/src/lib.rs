@@ -9,6 +9,8 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod protocol;
 pub mod session;
 pub mod tls;
