@@ -140,3 +140,19 @@ async fn scram_pass_through_with_keys_from_the_pg_authid_verifier() {
         "old keys must not log in: {err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_pass_through_with_the_verifier_copied_into_auth_file() {
+    let pg = started_pg().await;
+    let verifier = pg.sql_value("SELECT rolpassword FROM pg_authid WHERE rolname = 'alice'").await.unwrap().unwrap();
+    assert!(verifier.starts_with("SCRAM-SHA-256$"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("userlist.txt");
+    std::fs::write(&path, format!("\"alice\" \"{verifier}\"\n")).unwrap();
+    let file = pooler::auth::AuthFile::open(&path).unwrap();
+    let creds = Credentials { file: Some(Arc::new(file)), query: None };
+    let (client, server) = client_login(creds, "alice", "alice-secret").await;
+    client.unwrap();
+    let credential = server.unwrap();
+    assert_eq!(server_login(&pg, "alice", &credential).await.unwrap(), "alice");
+}

@@ -12,4 +12,4 @@ pub mod session;
 
 pub use backend::{AdminBackend, AdminError};
 pub use command::{Command, ParseError, Show, ShutdownMode};
-pub use session::{serve_admin, Access, SessionError, SessionOptions};
+pub use session::{serve_admin, Access, SessionError, SessionOptions, ADMIN_DATABASE};

@@ -23,6 +23,24 @@ pub enum Access {
     Stats,
 }
 
+/// The virtual database clients name to reach the console.
+pub const ADMIN_DATABASE: &str = "pgbouncer";
+
+impl Access {
+    /// The console access of `user` (admin_users first), `None` if it has none. The caller
+    /// refuses a `None` login to the console with FATAL 28000 as PgBouncer does:
+    /// `not allowed`.
+    pub fn for_user(admin_users: &[String], stats_users: &[String], user: &str) -> Option<Access> {
+        if admin_users.iter().any(|u| u == user) {
+            Some(Access::Admin)
+        } else if stats_users.iter().any(|u| u == user) {
+            Some(Access::Stats)
+        } else {
+            None
+        }
+    }
+}
+
 /// Session limits.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionOptions {

@@ -425,3 +425,13 @@ impl WaitWithInput for tokio::process::Child {
         self.wait_with_output().await
     }
 }
+
+#[test]
+fn access_comes_from_admin_users_then_stats_users() {
+    let admins = vec!["dba".to_string(), "both".to_string()];
+    let stats = vec!["prom".to_string(), "both".to_string()];
+    assert_eq!(Access::for_user(&admins, &stats, "dba"), Some(Access::Admin));
+    assert_eq!(Access::for_user(&admins, &stats, "both"), Some(Access::Admin));
+    assert_eq!(Access::for_user(&admins, &stats, "prom"), Some(Access::Stats));
+    assert_eq!(Access::for_user(&admins, &stats, "app"), None);
+}
