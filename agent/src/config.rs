@@ -201,7 +201,7 @@ fn default_raft_heartbeat_ms() -> u64 {
     100
 }
 fn default_raft_election_timeout_ms() -> u64 {
-    400
+    300
 }
 
 fn default_scope() -> String {

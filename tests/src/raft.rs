@@ -31,7 +31,7 @@ pub struct RaftTimingMs {
 
 impl Default for RaftTimingMs {
     fn default() -> Self {
-        RaftTimingMs { heartbeat: 100, election_timeout: 400 }
+        RaftTimingMs { heartbeat: 100, election_timeout: 300 }
     }
 }
 
@@ -146,6 +146,22 @@ impl RaftGroup {
             Ok(first.and_then(|name| self.names.iter().position(|n| *n == name)))
         })
         .await
+    }
+
+    /// Waits until every running member agrees on the leader and has applied the same log index
+    /// (a restarted member has caught up); returns the leader.
+    pub async fn wait_caught_up(&self, timeout: Duration) -> anyhow::Result<usize> {
+        let leader = self.wait_leader(timeout).await?;
+        wait_for("every running member to apply the same log index", timeout, || async {
+            let mut applied = Vec::new();
+            for i in (0..self.len()).filter(|i| self.processes[*i].is_some()) {
+                applied.push(self.status(i).await?.last_applied_index);
+            }
+            anyhow::ensure!(applied.iter().all(|a| *a == applied[0]), "applied indexes {applied:?}");
+            Ok(Some(()))
+        })
+        .await?;
+        Ok(leader)
     }
 
     /// kill -9 of member `i`.

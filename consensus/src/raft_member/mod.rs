@@ -42,8 +42,8 @@ impl Default for RaftTiming {
     fn default() -> Self {
         RaftTiming {
             heartbeat: Duration::from_millis(100),
-            election_min: Duration::from_millis(400),
-            election_max: Duration::from_millis(500),
+            election_min: Duration::from_millis(300),
+            election_max: Duration::from_millis(375),
         }
     }
 }
