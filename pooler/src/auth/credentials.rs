@@ -85,6 +85,25 @@ pub struct Credentials {
     pub query: Option<Arc<AuthQuery>>,
 }
 
+impl Credentials {
+    /// The sources pooler.toml names: auth_file if set (loaded now: a broken file is an error
+    /// at start), auth_query through `runner` if auth_user is set and a runner is given.
+    pub fn from_config(
+        config: &crate::config::PoolerConfig,
+        runner: Option<Arc<dyn AuthQueryRunner>>,
+    ) -> Result<Credentials, super::userlist::UserlistError> {
+        let file = match &config.auth_file {
+            Some(path) => Some(Arc::new(AuthFile::open(path)?)),
+            None => None,
+        };
+        let query = match (&config.auth_user, runner) {
+            (Some(_), Some(runner)) => Some(Arc::new(AuthQuery::new(config.auth_query.clone(), runner))),
+            _ => None,
+        };
+        Ok(Credentials { file, query })
+    }
+}
+
 #[async_trait]
 impl CredentialSource for Credentials {
     async fn lookup(&self, user: &str) -> Result<Option<StoredSecret>, LookupError> {
@@ -115,6 +134,24 @@ mod tests {
             }
             Ok(self.0.get(user).map(|p| p.map(str::to_string)))
         }
+    }
+
+    #[tokio::test]
+    async fn from_config_loads_the_file_and_wires_auth_query_only_with_auth_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("userlist.txt");
+        std::fs::write(&path, "\"alice\" \"pw\"\n").unwrap();
+        let runner: Arc<dyn AuthQueryRunner> = Arc::new(Table(HashMap::from([("bob", Some("bob-pw"))])));
+        let mut config = crate::config::PoolerConfig { auth_file: Some(path.clone()), ..Default::default() };
+        let creds = Credentials::from_config(&config, Some(Arc::clone(&runner))).unwrap();
+        assert!(creds.lookup("alice").await.unwrap().is_some());
+        assert_eq!(creds.lookup("bob").await.unwrap(), None, "no auth_user: no auth_query");
+        config.auth_user = Some("pgbouncer".into());
+        let creds = Credentials::from_config(&config, Some(runner)).unwrap();
+        assert_eq!(creds.lookup("bob").await.unwrap(), Some(StoredSecret::Plain("bob-pw".into())));
+        config.auth_file = Some(dir.path().join("missing.txt"));
+        let err = Credentials::from_config(&config, None).err().unwrap().to_string();
+        assert!(err.contains("missing.txt: cannot read it"), "{err}");
     }
 
     #[tokio::test]
