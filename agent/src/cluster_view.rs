@@ -3,8 +3,8 @@
 //! never fatal.
 
 use crate::ha::{ClusterView, FailoverRequest, Lsn, MemberView, Role};
-use consensus::dcs::{ClusterKey, ClusterSnapshot};
-use serde_json::{json, Value};
+use consensus::cluster::{ClusterView as DcsView, MemberRole, MemberValue, Tags};
+use consensus::dcs::ClusterSnapshot;
 
 /// A member as published in `members/<name>`, with the addresses the agent needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -15,10 +15,6 @@ pub struct MemberAddress {
     pub api_url: Option<String>,
 }
 
-fn parse_json(bytes: &[u8]) -> Option<Value> {
-    serde_json::from_slice(bytes).ok()
-}
-
 /// `postgres://host:port/db` -> `host:port`.
 pub fn host_port(conn_url: &str) -> Option<String> {
     let rest = conn_url.split("://").nth(1)?;
@@ -26,56 +22,61 @@ pub fn host_port(conn_url: &str) -> Option<String> {
     Some(rest.split('/').next()?.to_string()).filter(|s| !s.is_empty())
 }
 
-/// Builds the engine's view of the cluster from a snapshot.
+/// The engine's role for a published member role.
+fn role_of(role: Option<&MemberRole>) -> Role {
+    match role {
+        Some(r) if r.is_primary() => Role::Primary,
+        Some(MemberRole::Replica) | Some(MemberRole::StandbyLeader) => Role::Replica,
+        _ => Role::Unknown,
+    }
+}
+
+/// Builds the engine's view of the cluster from a snapshot, through the typed DCS values.
 pub fn view_from_snapshot(snap: &ClusterSnapshot) -> (ClusterView, Vec<MemberAddress>) {
+    view_from_dcs(&DcsView::from_snapshot(snap))
+}
+
+/// Builds the engine's view from the parsed DCS values; unreadable values are logged and left out.
+pub fn view_from_dcs(dcs: &DcsView) -> (ClusterView, Vec<MemberAddress>) {
+    for bad in &dcs.bad_values {
+        tracing::warn!(key = %bad.key, error = %bad.error, "unreadable DCS value; ignoring it");
+    }
     let mut view = ClusterView { reachable: true, ..ClusterView::default() };
+    view.initialized = dcs.system_identifier();
+    view.leader = dcs.leader_name().map(str::to_string);
     let mut addresses = Vec::new();
-    view.initialized = snap
-        .get(&ClusterKey::Initialize)
-        .and_then(|kv| std::str::from_utf8(&kv.value).ok().and_then(|s| s.trim().parse::<u64>().ok()));
-    view.leader = snap.leader();
-    for kv in &snap.keys {
-        let Some(name) = kv.key.strip_prefix("members/") else { continue };
-        let Some(v) = parse_json(&kv.value) else {
-            tracing::warn!(member = name, "member key is not valid JSON; ignoring it");
-            continue;
-        };
-        let tags = v.get("tags").cloned().unwrap_or(Value::Null);
+    for (name, m) in &dcs.members {
+        let v = &m.value;
         view.members.push(MemberView {
-            name: name.to_string(),
-            role: match v.get("role").and_then(Value::as_str) {
-                Some("primary") | Some("master") => Role::Primary,
-                Some("replica") | Some("standby_leader") => Role::Replica,
-                _ => Role::Unknown,
-            },
-            running: v.get("state").and_then(Value::as_str) == Some("running"),
-            timeline: v.get("timeline").and_then(Value::as_u64).map(|t| t as u32),
-            wal_position: v.get("xlog_location").and_then(Value::as_u64).map(Lsn),
-            nofailover: tags.get("nofailover").and_then(Value::as_bool).unwrap_or(false),
-            failover_priority: tags.get("failover_priority").and_then(Value::as_i64).unwrap_or(1) as i32,
+            name: name.clone(),
+            role: role_of(v.role.as_ref()),
+            running: v.is_running(),
+            timeline: v.timeline.and_then(|t| u32::try_from(t).ok()),
+            wal_position: v.xlog_location.map(Lsn),
+            nofailover: v.tags.nofailover(),
+            failover_priority: i32::try_from(v.tags.failover_priority()).unwrap_or(i32::MAX),
         });
         addresses.push(MemberAddress {
-            name: name.to_string(),
-            postgres: v.get("conn_url").and_then(Value::as_str).and_then(host_port),
-            api_url: v.get("api_url").and_then(Value::as_str).map(str::to_string),
+            name: name.clone(),
+            postgres: v.conn_url.as_deref().and_then(host_port),
+            api_url: v.api_url.clone(),
         });
     }
-    if let Some(status) = snap.get(&ClusterKey::Status).and_then(|kv| parse_json(&kv.value)) {
-        view.leader_lsn = status.get("optime").and_then(Value::as_u64).map(Lsn);
-        view.leader_timeline = status.get("timeline").and_then(Value::as_u64).map(|t| t as u32);
-    }
-    if let Some(f) = snap.get(&ClusterKey::Failover).and_then(|kv| parse_json(&kv.value)) {
-        let s = |k: &str| f.get(k).and_then(Value::as_str).map(str::to_string);
+    view.leader_lsn = dcs.last_leader_lsn().map(Lsn);
+    view.leader_timeline = dcs
+        .status
+        .as_ref()
+        .and_then(|s| s.value.extra.get("timeline"))
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|t| u32::try_from(t).ok());
+    if let Some(f) = dcs.pending_failover() {
         // A scheduled switchover waits until its time; pgha does not run scheduled ones yet, so it
         // is left pending rather than run early.
-        if s("scheduled_at").is_none() {
-            view.failover =
-                Some(FailoverRequest { leader: s("leader"), candidate: s("member").or_else(|| s("candidate")) });
+        if f.scheduled_at.as_deref().unwrap_or("").is_empty() {
+            view.failover = Some(FailoverRequest { leader: f.leader.clone(), candidate: f.candidate.clone() });
         }
     }
-    if let Some(c) = snap.get(&ClusterKey::Config).and_then(|kv| parse_json(&kv.value)) {
-        view.paused = c.get("pause").and_then(Value::as_bool).unwrap_or(false);
-    }
+    view.paused = dcs.dynamic_config().pause();
     (view, addresses)
 }
 
@@ -90,39 +91,26 @@ pub fn member_value(
     timeline: Option<u32>,
     tags: &crate::config::TagsConfig,
 ) -> Vec<u8> {
-    let mut t = serde_json::Map::new();
-    if tags.nofailover {
-        t.insert("nofailover".into(), json!(true));
+    MemberValue {
+        conn_url: Some(format!("postgres://{conn_addr}/postgres")),
+        api_url: Some(format!("http://{api_addr}/patroni")),
+        state: Some(if running { "running" } else { "stopped" }.to_string()),
+        role: Some(MemberRole::from(role.to_string())),
+        version: Some(concat!("pgha ", env!("CARGO_PKG_VERSION")).to_string()),
+        xlog_location: position.map(|p| p.0),
+        timeline: timeline.map(u64::from),
+        tags: Tags {
+            // Patroni writes the boolean tags only when true.
+            nofailover: tags.nofailover.then_some(true),
+            noloadbalance: tags.noloadbalance.then_some(true),
+            nosync: tags.nosync.then_some(true),
+            clonefrom: tags.clonefrom.then_some(true),
+            failover_priority: tags.failover_priority.map(i64::from),
+            ..Tags::default()
+        },
+        ..MemberValue::default()
     }
-    if tags.noloadbalance {
-        t.insert("noloadbalance".into(), json!(true));
-    }
-    if tags.nosync {
-        t.insert("nosync".into(), json!(true));
-    }
-    if tags.clonefrom {
-        t.insert("clonefrom".into(), json!(true));
-    }
-    if let Some(p) = tags.failover_priority {
-        t.insert("failover_priority".into(), json!(p));
-    }
-    let mut v = json!({
-        "conn_url": format!("postgres://{conn_addr}/postgres"),
-        "api_url": format!("http://{api_addr}/patroni"),
-        "state": if running { "running" } else { "stopped" },
-        "role": role,
-        "version": concat!("pgha ", env!("CARGO_PKG_VERSION")),
-    });
-    if let Some(p) = position {
-        v["xlog_location"] = json!(p.0);
-    }
-    if let Some(tl) = timeline {
-        v["timeline"] = json!(tl);
-    }
-    if !t.is_empty() {
-        v["tags"] = Value::Object(t);
-    }
-    serde_json::to_vec(&v).unwrap_or_default()
+    .to_json()
 }
 
 #[cfg(test)]

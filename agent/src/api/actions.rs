@@ -3,16 +3,17 @@
 //! answer waits for the new leader as Patroni's does. Restart, reload and reinitialize are checked
 //! against the node status and queued for the runtime as `ApiCommand`s (202).
 
-use super::cluster::{config_of, key_json};
+use super::cluster::config_of;
 use super::timestamp::{Timestamp, TimestampError};
 use super::{parse_body, parse_optional_body, ApiCommand, ApiError, ApiState};
 use crate::status::NodeRole;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
+use consensus::cluster::FailoverValue;
 use consensus::dcs::{ClusterKey, ClusterSnapshot, Expected};
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::error::TrySendError;
 
@@ -190,24 +191,18 @@ async fn manual_failover(state: ApiState, mut kind: Kind, body: &[u8]) -> Result
     }
     check_request(&snap, kind, leader, candidate).map_err(ApiError::PreconditionFailed)?;
 
-    let mut value = Map::new();
-    if let Some(l) = leader {
-        value.insert("leader".into(), json!(l));
-    }
-    if let Some(c) = candidate {
-        // `member` is the field Patroni reads; `candidate` the one pgha's own tools name.
-        value.insert("member".into(), json!(c));
-        value.insert("candidate".into(), json!(c));
-    }
-    if let Some(at) = scheduled_at {
-        value.insert("scheduled_at".into(), json!(at.to_string()));
-    }
+    // Written through the typed value, so the candidate lands in `member`, the field Patroni reads.
+    let value = FailoverValue {
+        leader: leader.map(str::to_string),
+        candidate: candidate.map(str::to_string),
+        scheduled_at: scheduled_at.map(|at| at.to_string()),
+        ..FailoverValue::default()
+    };
     let expected = match snap.get(&ClusterKey::Failover) {
         Some(kv) => Expected::Revision(kv.mod_revision),
         None => Expected::Absent,
     };
-    let bytes = serde_json::to_vec(&Value::Object(value))
-        .map_err(|e| ApiError::Corrupt(format!("could not encode the failover key: {e}")))?;
+    let bytes = value.to_json();
     state
         .dcs_call(state.dcs.write(ClusterKey::Failover, &bytes, expected))
         .await
@@ -244,9 +239,9 @@ pub(crate) async fn post_failover(
 /// `DELETE /switchover`: cancels a scheduled switchover.
 pub(crate) async fn delete_switchover(State(state): State<ApiState>) -> Result<(StatusCode, String), ApiError> {
     let snap = state.snapshot().await?;
-    let scheduled = key_json(&snap, &ClusterKey::Failover)?
-        .is_some_and(|f| f.get("scheduled_at").and_then(Value::as_str).is_some_and(|s| !s.is_empty()));
-    let Some(kv) = snap.get(&ClusterKey::Failover).filter(|_| scheduled) else {
+    let scheduled =
+        |value: &[u8]| FailoverValue::parse(value).is_ok_and(|f| f.scheduled_at.is_some_and(|s| !s.is_empty()));
+    let Some(kv) = snap.get(&ClusterKey::Failover).filter(|kv| scheduled(&kv.value)) else {
         return Err(ApiError::NotFound("no switchover is scheduled".into()));
     };
     state

@@ -1,12 +1,14 @@
 //! The cluster-wide read endpoints, answered from one DCS snapshot: `GET /cluster` (members with
 //! roles, lag and the leader marked, a scheduled switchover), `GET /history` (timeline history) and
-//! `GET /config` (dynamic configuration). Member values that are not JSON are skipped, not fatal.
+//! `GET /config` (dynamic configuration). Values are read through the typed `consensus::cluster`
+//! values; member values that are unreadable are skipped, not fatal.
 
 use super::{ApiError, ApiState};
 use crate::cluster_view::host_port;
 use crate::ha::Lsn;
 use axum::extract::State;
 use axum::Json;
+use consensus::cluster::{ClusterView as DcsView, DynamicConfig, SynchronousMode};
 use consensus::dcs::{ClusterKey, ClusterSnapshot};
 use serde_json::{json, Map, Value};
 
@@ -20,10 +22,11 @@ pub(crate) fn key_json(snap: &ClusterSnapshot, key: &ClusterKey) -> Result<Optio
 
 /// The dynamic configuration (an empty object when the key is absent: every setting at its default).
 pub(crate) fn config_of(snap: &ClusterSnapshot) -> Result<Value, ApiError> {
-    match key_json(snap, &ClusterKey::Config)? {
+    match snap.get(&ClusterKey::Config) {
         None => Ok(json!({})),
-        Some(v @ Value::Object(_)) => Ok(v),
-        Some(_) => Err(ApiError::Corrupt("the DCS key config does not hold a JSON object".into())),
+        Some(kv) => DynamicConfig::parse(&kv.value)
+            .map(|c| Value::Object(c.0))
+            .map_err(|e| ApiError::Corrupt(format!("the DCS key config does not hold a JSON object: {e}"))),
     }
 }
 
@@ -37,71 +40,64 @@ fn split_host_port(hp: &str) -> (String, Option<u16>) {
     }
 }
 
-/// A member position as Patroni writes it: a number (bytes) or PostgreSQL's `X/Y`.
-fn position(v: Option<&Value>) -> Option<Lsn> {
-    match v? {
-        Value::Number(n) => n.as_u64().map(Lsn),
-        Value::String(s) => Lsn::parse(s),
-        _ => None,
-    }
-}
-
-/// The `/cluster` document, as Patroni's `cluster_as_json`.
+/// The `/cluster` document, as Patroni's `cluster_as_json`, from the typed DCS values.
 pub(crate) fn cluster_document(snap: &ClusterSnapshot, scope: &str) -> Result<Value, ApiError> {
-    let leader = snap.leader();
-    let config = config_of(snap)?;
-    let sync_mode = config.get("synchronous_mode").is_some_and(|m| m == &json!(true) || m == "on" || m == "quorum");
-    let sync_standbys: Vec<String> = key_json(snap, &ClusterKey::Sync)
-        .ok()
-        .flatten()
-        .and_then(|s| s.get("sync_standby").and_then(Value::as_str).map(str::to_string))
-        .map(|s| s.split(',').map(|n| n.trim().to_string()).collect())
-        .unwrap_or_default();
-    let cluster_lsn =
-        key_json(snap, &ClusterKey::Status).ok().flatten().and_then(|s| position(s.get("optime"))).or_else(|| {
-            // Patroni's older `leader/optime` layout has no place here; fall back to the leader's own key.
-            let name = leader.as_deref()?;
-            let kv = snap.get(&ClusterKey::Member(name.to_string()))?;
-            position(serde_json::from_slice::<Value>(&kv.value).ok()?.get("xlog_location"))
-        });
+    let dcs = DcsView::from_snapshot(snap);
+    if let Some(bad) = dcs.bad_values.iter().find(|b| b.key == "config") {
+        return Err(ApiError::Corrupt(format!("the DCS key config is unreadable: {}", bad.error)));
+    }
+    for bad in dcs.bad_values.iter().filter(|b| b.key.starts_with("members/")) {
+        tracing::warn!(key = %bad.key, error = %bad.error, "unreadable member value; leaving it out of /cluster");
+    }
+    let leader = dcs.leader_name();
+    let config = dcs.dynamic_config();
+    let sync_mode = config.synchronous_mode() != SynchronousMode::Off;
+    let sync_standbys: Vec<&str> = dcs.sync.as_ref().map(|s| s.value.voters()).unwrap_or_default();
+    let cluster_lsn = dcs.last_leader_lsn().or_else(|| dcs.leader_member().and_then(|m| m.xlog_location)).map(Lsn);
     let mut members = Vec::new();
-    for kv in &snap.keys {
-        let Some(name) = kv.key.strip_prefix("members/") else { continue };
-        let Ok(data) = serde_json::from_slice::<Value>(&kv.value) else {
-            tracing::warn!(member = name, "member key is not valid JSON; leaving it out of /cluster");
-            continue;
-        };
-        let is_leader = leader.as_deref() == Some(name);
+    for (name, m) in &dcs.members {
+        let data = &m.value;
+        let is_leader = leader == Some(name.as_str());
         let role = if is_leader {
             "leader"
-        } else if sync_mode && sync_standbys.iter().any(|s| s == name) {
+        } else if sync_mode && sync_standbys.contains(&name.as_str()) {
             "sync_standby"
         } else {
             "replica"
         };
-        let field = |k: &str| data.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
-        let state = if is_leader { field("state") } else { field("replication_state").or_else(|| field("state")) };
+        let nonempty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
+        let state =
+            if is_leader { nonempty(&data.state) } else { nonempty(&data.replication_state).or(nonempty(&data.state)) };
         let mut m = Map::new();
         m.insert("name".into(), json!(name));
         m.insert("role".into(), json!(role));
-        m.insert("state".into(), json!(state.unwrap_or("")));
-        m.insert("api_url".into(), data.get("api_url").cloned().unwrap_or(Value::Null));
-        if let Some(hp) = field("conn_url").and_then(host_port) {
+        m.insert("state".into(), json!(state.unwrap_or_default()));
+        m.insert("api_url".into(), json!(data.api_url));
+        if let Some(hp) = data.conn_url.as_deref().and_then(host_port) {
             let (host, port) = split_host_port(&hp);
             m.insert("host".into(), json!(host));
             if let Some(port) = port {
                 m.insert("port".into(), json!(port));
             }
         }
-        for k in ["timeline", "pending_restart", "scheduled_restart", "tags"] {
-            if let Some(v) = data.get(k) {
-                m.insert(k.into(), v.clone());
-            }
+        if let Some(tl) = data.timeline {
+            m.insert("timeline".into(), json!(tl));
+        }
+        if let Some(p) = data.pending_restart {
+            m.insert("pending_restart".into(), json!(p));
+        }
+        if let Some(r) = data.extra.get("scheduled_restart") {
+            m.insert("scheduled_restart".into(), r.clone());
+        }
+        if !data.tags.is_empty() {
+            m.insert("tags".into(), serde_json::to_value(&data.tags).unwrap_or(Value::Null));
         }
         if !is_leader {
-            for (prefix, source) in [("receive_", "receive_lsn"), ("replay_", "replay_lsn"), ("", "xlog_location")] {
+            for (prefix, source) in
+                [("receive_", data.receive_lsn), ("replay_", data.replay_lsn), ("", data.xlog_location)]
+            {
                 let (lsn_key, lag_key) = (format!("{prefix}lsn"), format!("{prefix}lag"));
-                match position(data.get(source)) {
+                match source.map(Lsn) {
                     None => {
                         m.insert(lsn_key, json!("unknown"));
                         m.insert(lag_key, json!("unknown"));
@@ -115,21 +111,20 @@ pub(crate) fn cluster_document(snap: &ClusterSnapshot, scope: &str) -> Result<Va
         }
         members.push(Value::Object(m));
     }
-    members.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     let mut doc = Map::new();
     doc.insert("members".into(), Value::Array(members));
     doc.insert("scope".into(), json!(scope));
-    if config.get("pause") == Some(&json!(true)) {
+    if config.pause() {
         doc.insert("pause".into(), json!(true));
     }
-    if let Some(f) = key_json(snap, &ClusterKey::Failover).ok().flatten() {
-        if let Some(at) = f.get("scheduled_at").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+    if let Some(f) = dcs.pending_failover() {
+        if let Some(at) = f.scheduled_at.as_deref().filter(|s| !s.is_empty()) {
             let mut s = Map::new();
             s.insert("at".into(), json!(at));
-            if let Some(from) = f.get("leader").and_then(Value::as_str) {
+            if let Some(from) = &f.leader {
                 s.insert("from".into(), json!(from));
             }
-            if let Some(to) = f.get("member").or_else(|| f.get("candidate")).and_then(Value::as_str) {
+            if let Some(to) = &f.candidate {
                 s.insert("to".into(), json!(to));
             }
             doc.insert("scheduled_switchover".into(), Value::Object(s));

@@ -35,9 +35,12 @@ struct Profile {
     retry_timeout: u32,
 }
 
+/// pgha refuses `ttl <= loop_wait + 2 x retry_timeout` (Patroni accepts equality), so the two
+/// Patroni profiles keep ttl and loop_wait, which decide the node-loss window, and take one second
+/// off retry_timeout, for both tools.
 const PROFILES: [Profile; 3] = [
-    Profile { name: "patroni-defaults", ttl: 30, loop_wait: 10, retry_timeout: 10 },
-    Profile { name: "fast", ttl: 10, loop_wait: 2, retry_timeout: 4 },
+    Profile { name: "patroni-defaults", ttl: 30, loop_wait: 10, retry_timeout: 9 },
+    Profile { name: "fast", ttl: 10, loop_wait: 2, retry_timeout: 3 },
     Profile { name: "pgha-defaults", ttl: 6, loop_wait: 1, retry_timeout: 2 },
 ];
 
