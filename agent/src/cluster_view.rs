@@ -2,6 +2,7 @@
 //! its Patroni-compatible member key value. Unparseable member values are skipped and logged,
 //! never fatal.
 
+use crate::api::timestamp::Timestamp;
 use crate::ha::{ClusterView, FailoverRequest, Lsn, MemberView, Role};
 use consensus::cluster::{ClusterView as DcsView, MemberRole, MemberValue, Tags};
 use consensus::dcs::ClusterSnapshot;
@@ -33,11 +34,12 @@ fn role_of(role: Option<&MemberRole>) -> Role {
 
 /// Builds the engine's view of the cluster from a snapshot, through the typed DCS values.
 pub fn view_from_snapshot(snap: &ClusterSnapshot) -> (ClusterView, Vec<MemberAddress>) {
-    view_from_dcs(&DcsView::from_snapshot(snap))
+    view_from_dcs(&DcsView::from_snapshot(snap), Timestamp::now().0)
 }
 
-/// Builds the engine's view from the parsed DCS values; unreadable values are logged and left out.
-pub fn view_from_dcs(dcs: &DcsView) -> (ClusterView, Vec<MemberAddress>) {
+/// Builds the engine's view from the parsed DCS values at `now` (Unix seconds); unreadable values
+/// are logged and left out.
+pub fn view_from_dcs(dcs: &DcsView, now: i64) -> (ClusterView, Vec<MemberAddress>) {
     for bad in &dcs.bad_values {
         tracing::warn!(key = %bad.key, error = %bad.error, "unreadable DCS value; ignoring it");
     }
@@ -70,9 +72,13 @@ pub fn view_from_dcs(dcs: &DcsView) -> (ClusterView, Vec<MemberAddress>) {
         .and_then(serde_json::Value::as_u64)
         .and_then(|t| u32::try_from(t).ok());
     if let Some(f) = dcs.pending_failover() {
-        // A scheduled switchover waits until its time; pgha does not run scheduled ones yet, so it
-        // is left pending rather than run early.
-        if f.scheduled_at.as_deref().unwrap_or("").is_empty() {
+        // A scheduled switchover is handed to the engine once its time has come; one whose time
+        // cannot be read (not written by pgha's API, which refuses such times) is never run.
+        let due = match f.scheduled_at.as_deref().filter(|s| !s.is_empty()) {
+            None => true,
+            Some(at) => Timestamp::parse(at).is_ok_and(|at| at.0 <= now),
+        };
+        if due {
             view.failover = Some(FailoverRequest { leader: f.leader.clone(), candidate: f.candidate.clone() });
         }
     }
@@ -158,6 +164,24 @@ mod tests {
         assert_eq!(view.leader_lsn, Some(Lsn(50331808)));
         assert_eq!(view.failover.as_ref().and_then(|f| f.candidate.as_deref()), Some("pg2"));
         assert_eq!(addrs[1].postgres.as_deref(), Some("10.0.0.2:5432"));
+    }
+
+    #[test]
+    fn a_scheduled_switchover_reaches_the_engine_only_when_due() {
+        let snap = ClusterSnapshot {
+            revision: 1,
+            keys: vec![kv("failover", r#"{"leader":"pg1","member":"pg2","scheduled_at":"2030-01-01T00:00:00+00:00"}"#)],
+        };
+        let at = Timestamp::parse("2030-01-01T00:00:00+00:00").unwrap().0;
+        let dcs = DcsView::from_snapshot(&snap);
+        assert_eq!(view_from_dcs(&dcs, at - 1).0.failover, None);
+        let due = view_from_dcs(&dcs, at).0.failover.unwrap();
+        assert_eq!((due.leader.as_deref(), due.candidate.as_deref()), (Some("pg1"), Some("pg2")));
+        let garbled = ClusterSnapshot {
+            revision: 1,
+            keys: vec![kv("failover", r#"{"leader":"pg1","member":"pg2","scheduled_at":"tomorrow"}"#)],
+        };
+        assert_eq!(view_from_dcs(&DcsView::from_snapshot(&garbled), i64::MAX).0.failover, None);
     }
 
     #[test]

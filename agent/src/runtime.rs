@@ -383,10 +383,42 @@ impl Runtime {
                     tracing::warn!("restart requested through the API failed: {e}");
                 }
             }
-            ApiCommand::Reinitialize { .. } => {
-                tracing::warn!("reinitialize requested through the API: not built yet; nothing done");
-            }
+            ApiCommand::Reinitialize { .. } => match self.reinitialize().await {
+                Ok(leader) => tracing::info!("reinitialized: cloned from {leader}, starting as its replica"),
+                Err(e) => tracing::warn!("reinitialize requested through the API failed: {e}"),
+            },
         }
+    }
+
+    /// An explicit reinitialize: stop PostgreSQL, remove the data directory, clone the leader and
+    /// start as its replica. Refused on the leader and when there is no leader to clone. The only
+    /// way a data directory of another cluster is ever replaced.
+    async fn reinitialize(&mut self) -> Result<String, String> {
+        let view = self.read_view().await;
+        if !view.reachable {
+            return Err("the DCS is not reachable; not touching the data directory".into());
+        }
+        let leader = match view.leader.as_deref() {
+            Some(l) if l == self.name => return Err("I hold the leader lock; a leader is never reinitialized".into()),
+            Some(l) => l.to_string(),
+            None => return Err("there is no leader to clone from; not touching the data directory".into()),
+        };
+        let addr = self.address_of(&leader).ok_or(format!("the leader {leader} has published no address"))?;
+        tracing::warn!(
+            "reinitializing on request: stopping PostgreSQL and removing {} to clone {leader} ({addr})",
+            self.pg.data_dir.display()
+        );
+        self.pg.stop(StopMode::Fast, Duration::from_secs(60)).await;
+        if self.pg.is_running() {
+            self.pg.kill();
+        }
+        self.pg.remove_data_dir().map_err(|e| e.to_string())?;
+        self.following = None;
+        self.last_streamed = None;
+        self.not_streaming_since = None;
+        self.pg.clone_from(&addr).await.map_err(|e| format!("cloning {leader}: {e}"))?;
+        self.execute(&Action::StartReplica { leader: Some(leader.clone()) }, &view).await?;
+        Ok(leader)
     }
 
     /// Whether the stopped data directory was last a primary (pg_rewind may be needed).

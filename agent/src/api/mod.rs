@@ -14,7 +14,7 @@ mod metrics;
 mod status_doc;
 #[cfg(test)]
 mod tests;
-mod timestamp;
+pub(crate) mod timestamp;
 
 pub use auth::BasicAuth;
 pub use health::parse_size;

@@ -140,6 +140,15 @@ impl LocalPostgres {
         self.data_dir.join("PG_VERSION").is_file()
     }
 
+    /// Removes the (stopped) data directory: the first half of an explicit reinitialize.
+    pub fn remove_data_dir(&self) -> Result<(), PgError> {
+        match std::fs::remove_dir_all(&self.data_dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(PgError::Io(format!("removing {}: {e}", self.data_dir.display()))),
+        }
+    }
+
     /// The system identifier from global/pg_control (its first 8 bytes).
     pub fn system_identifier(&self) -> Option<u64> {
         let bytes = std::fs::read(self.data_dir.join("global/pg_control")).ok()?;

@@ -1,0 +1,165 @@
+//! Operator actions on a real pgha cluster on etcd: a switchover scheduled through the REST API
+//! runs at its time and not before; a data directory of another cluster is never joined or
+//! overwritten until an operator asks for a reinitialize, which then replaces it with a clone of
+//! the leader; the leader refuses to be reinitialized.
+
+use agent::postgres::binaries::{BinDir, DEFAULT_MAJOR};
+use agent::postgres::os_user::{RunAs, DEFAULT_USER};
+use harness::cluster::{connect, http, PghaCluster, Timing};
+use harness::wait_for;
+use std::os::unix::process::CommandExt;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Waits for one primary and all other nodes streaming, then two ticks for the agents to see it.
+async fn healthy(cluster: &PghaCluster) -> usize {
+    let found = wait_for("one primary and the other nodes streaming", Duration::from_secs(90), || async {
+        let mut primary = None;
+        let mut streaming = 0;
+        for (i, n) in cluster.nodes.iter().enumerate() {
+            match n.role().await {
+                Ok((false, _)) => primary = Some(i),
+                Ok((true, Some(s))) if s == "streaming" => streaming += 1,
+                _ => {}
+            }
+        }
+        Ok(primary.filter(|_| streaming == cluster.nodes.len() - 1))
+    });
+    let primary = found.await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    primary
+}
+
+/// Unix seconds as ISO 8601 in UTC (`2024-05-01T03:00:00+00:00`).
+fn iso8601(unix: u64) -> String {
+    let (days, rem) = ((unix / 86400) as i64, unix % 86400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}+00:00", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_switchover_runs_at_its_time_and_not_before() {
+    let cluster = PghaCluster::start_on_etcd(3, Timing::default()).await.unwrap();
+    let old = healthy(&cluster).await;
+    let candidate = (old + 1) % 3;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let at = now + 8;
+    let body = format!(
+        r#"{{"leader":"{}","candidate":"{}","scheduled_at":"{}"}}"#,
+        cluster.nodes[old].name,
+        cluster.nodes[candidate].name,
+        iso8601(at)
+    );
+    let (code, text) = http(cluster.nodes[old].api_port, "POST", "/switchover", Some(&body)).await.unwrap();
+    assert_eq!((code, text.as_str()), (202, "Switchover scheduled"));
+    let (_, doc) = http(cluster.nodes[candidate].api_port, "GET", "/cluster", None).await.unwrap();
+    assert!(doc.contains("scheduled_switchover"), "{doc}");
+
+    // Until its time, nothing moves.
+    while SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() < at {
+        assert_eq!(cluster.primaries().await, vec![old], "the switchover ran before {}", iso8601(at));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let due = Instant::now();
+    let switched = wait_for("the candidate to become primary", Duration::from_secs(30), || async {
+        Ok((cluster.primaries().await == vec![candidate]).then_some(()))
+    });
+    switched.await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    eprintln!("scheduled switchover: {} primary {:?} after its time", cluster.nodes[candidate].name, due.elapsed());
+    // The request is consumed, and the old primary follows the new one.
+    let cleared = wait_for("the failover key to be cleared", Duration::from_secs(15), || async {
+        let (_, doc) = http(cluster.nodes[candidate].api_port, "GET", "/cluster", None).await?;
+        Ok((!doc.contains("scheduled_switchover")).then_some(()))
+    });
+    cleared.await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let follows = wait_for("the old primary to stream from the new one", Duration::from_secs(60), || async {
+        Ok(match cluster.nodes[old].role().await {
+            Ok((true, Some(s))) if s == "streaming" => Some(()),
+            _ => None,
+        })
+    });
+    follows.await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+}
+
+fn system_identifier(data_dir: &std::path::Path) -> Option<u64> {
+    let bytes = std::fs::read(data_dir.join("global/pg_control")).ok()?;
+    Some(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?))
+}
+
+/// Replaces `data_dir` with a fresh initdb (another cluster: a new system identifier).
+fn init_foreign_data_dir(data_dir: &std::path::Path) -> u64 {
+    let _ = std::fs::remove_dir_all(data_dir);
+    let bin = BinDir::locate(None, DEFAULT_MAJOR).unwrap();
+    let mut cmd = std::process::Command::new(bin.program("initdb"));
+    cmd.arg("-D").arg(data_dir).args(["--data-checksums", "--locale=C", "--no-sync", "-U", "postgres"]);
+    if let Some(owner) = RunAs::for_postgres(DEFAULT_USER).unwrap() {
+        cmd.uid(owner.uid.as_raw()).gid(owner.gid.as_raw());
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+    system_identifier(data_dir).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_of_another_cluster_is_never_joined_until_an_operator_reinitializes_it() {
+    let mut cluster = PghaCluster::start_on_etcd(3, Timing::default()).await.unwrap();
+    let primary = healthy(&cluster).await;
+    let cluster_sysid = system_identifier(&cluster.nodes[primary].data_dir()).unwrap();
+    let stray = (primary + 1) % 3;
+
+    // The leader refuses a reinitialize.
+    let (code, text) = http(cluster.nodes[primary].api_port, "POST", "/reinitialize", Some("{}")).await.unwrap();
+    assert_eq!(code, 503, "{text}");
+
+    // A replica's data directory is swapped for one of another cluster while its agent is down.
+    cluster.nodes[stray].stop_agent().await.unwrap();
+    let data = cluster.nodes[stray].data_dir();
+    let foreign = init_foreign_data_dir(&data);
+    assert_ne!(foreign, cluster_sysid);
+    std::fs::write(data.join("foreign-marker"), "keep me").unwrap();
+    cluster.nodes[stray].start_agent().unwrap();
+
+    // Many ticks later: not started, not cloned over, not streaming; the log says why.
+    let refused = wait_for("the agent to refuse the foreign data directory", Duration::from_secs(20), || async {
+        Ok(cluster.nodes[stray].agent_log().contains("belongs to another cluster").then_some(()))
+    });
+    refused.await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(system_identifier(&data), Some(foreign), "the foreign data directory was overwritten");
+    assert!(data.join("foreign-marker").exists(), "the foreign data directory was replaced");
+    assert!(cluster.nodes[stray].role().await.is_err(), "PostgreSQL runs on the foreign data directory");
+    assert_eq!(cluster.primaries().await, vec![primary]);
+
+    // An explicit reinitialize replaces it with a clone of the leader, which then streams.
+    let (code, text) = http(cluster.nodes[stray].api_port, "POST", "/reinitialize", Some("{}")).await.unwrap();
+    assert_eq!((code, text.as_str()), (202, "reinitialize scheduled"));
+    let streams = wait_for("the reinitialized node to stream", Duration::from_secs(90), || async {
+        Ok(match cluster.nodes[stray].role().await {
+            Ok((true, Some(s))) if s == "streaming" => Some(()),
+            _ => None,
+        })
+    });
+    streams.await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    assert_eq!(system_identifier(&data), Some(cluster_sysid));
+    assert!(!data.join("foreign-marker").exists());
+    // It holds the cluster's data.
+    connect(&cluster.nodes[primary].dsn())
+        .await
+        .unwrap()
+        .batch_execute("create table after_reinit(id int)")
+        .await
+        .unwrap();
+    let c = connect(&cluster.nodes[stray].dsn()).await.unwrap();
+    let seen = wait_for("a new table on the reinitialized node", Duration::from_secs(10), || async {
+        Ok(c.query_opt("select 1 from pg_class where relname = 'after_reinit'", &[]).await?.map(|_| ()))
+    });
+    seen.await.unwrap();
+}
