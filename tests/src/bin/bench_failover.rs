@@ -206,8 +206,8 @@ struct RunResult {
 }
 
 /// Commits a row every 20 ms through the multi-host DSN; records (id, ack time).
-/// Row ids the writer had acknowledged, with when.
-type Acked = Arc<Mutex<Vec<(i64, Instant)>>>;
+/// Row ids the writer had acknowledged, with when and by which PostgreSQL port.
+type Acked = Arc<Mutex<Vec<(i64, Instant, u16)>>>;
 
 fn start_writer(dsn: String) -> (Arc<AtomicBool>, Acked, tokio::task::JoinHandle<()>) {
     let acked = Arc::new(Mutex::new(Vec::new()));
@@ -223,12 +223,13 @@ fn start_writer(dsn: String) -> (Arc<AtomicBool>, Acked, tokio::task::JoinHandle
             if let Some(c) = &client {
                 let next = id + 1;
                 let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&next];
-                let insert = c.execute("insert into w(id) values ($1)", &params);
+                let insert = c.query_one("insert into w(id) values ($1) returning inet_server_port()", &params);
                 match tokio::time::timeout(Duration::from_secs(1), insert).await {
-                    Ok(Ok(_)) => {
+                    Ok(Ok(row)) => {
                         id = next;
+                        let port = row.try_get::<_, i32>(0).ok().and_then(|p| u16::try_from(p).ok()).unwrap_or(0);
                         if let Ok(mut v) = a.lock() {
-                            v.push((id, Instant::now()));
+                            v.push((id, Instant::now(), port));
                         }
                     }
                     _ => client = None,
@@ -262,11 +263,14 @@ async fn node_loss(nodes: &mut [Node], p: Profile) -> anyhow::Result<RunResult> 
     tokio::time::sleep(Duration::from_millis(u64::from(p.loop_wait) * 1000 + 1500)).await;
     let (stop, acked, writer) = start_writer(writer_dsn(nodes));
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let old_port = nodes[old].pg_port();
     nodes[old].kill();
     let killed = Instant::now();
-    let first_after = wait_for("a write acknowledged after the kill", Duration::from_secs(180), || async {
+    // A write the old primary acknowledged just before its death may be recorded just after the
+    // kill: the failover is over when another node acknowledges one.
+    let first_after = wait_for("a write acknowledged by a new primary", Duration::from_secs(180), || async {
         let a = acked.lock().map_err(|_| anyhow::anyhow!("writer panicked"))?;
-        Ok(a.last().filter(|(_, at)| *at > killed).map(|(_, at)| *at - killed))
+        Ok(a.last().filter(|(_, _, port)| *port != old_port).map(|(_, at, _)| at.saturating_duration_since(killed)))
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -277,7 +281,7 @@ async fn node_loss(nodes: &mut [Node], p: Profile) -> anyhow::Result<RunResult> 
     let longest_gap = acked.windows(2).map(|w| w[1].1 - w[0].1).max().unwrap_or_default();
     let c = harness::cluster::connect(&writer_dsn(nodes)).await?;
     let rows: Vec<i64> = c.query("select id from w order by id", &[]).await?.iter().map(|r| r.get(0)).collect();
-    let missing = acked.iter().filter(|(id, _)| rows.binary_search(id).is_err()).count();
+    let missing = acked.iter().filter(|(id, _, _)| rows.binary_search(id).is_err()).count();
     Ok(RunResult { longest_gap, first_write_after_kill, acked: acked.len(), missing })
 }
 
