@@ -244,7 +244,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 return Ok(ExitCode::SUCCESS);
             }
-            Ok(not_built("pooler", "the connection pooler"))
+            pooler::runtime::main(config, &args.config)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Ctl(_) => Ok(not_built("ctl", "cluster operations (they need the agent's REST API)")),
         Command::Backup(_) => Ok(not_built("backup", "base backups, verify, expire and restore")),

@@ -1,16 +1,26 @@
-//! The pgha pooler: PgBouncer-style connection pooling in session and transaction modes, sending
-//! read-write traffic to the primary and read-only traffic to healthy standbys.
+//! The pgha pooler: PgBouncer-style connection pooling in session and transaction modes.
 //!
-//! Built so far: `config` (pooler.toml, PgBouncer's setting names), `protocol` (v3 wire framing
-//! and the messages the pooler reads or writes, no sockets) and `session` (the per-client state
-//! machine for transaction pooling and prepared statements, data in and actions out, no
-//! sockets). The I/O loops, pools, routing and the admin console come next.
+//! Pure parts: `config` (pooler.toml, PgBouncer's setting names), `protocol` (v3 wire framing
+//! and messages) and `session` (the per-client state machine for transaction pooling and
+//! prepared statements). I/O parts: `listener` accepts, `client` runs a client's startup and
+//! relay loop, `pool` lends `server` connections, `topology` says where each database lives,
+//! `cancel` routes cancel requests, `stats` counts, `shutdown` drains, `runtime` ties them up.
 
 pub mod admin;
 pub mod auth;
+pub mod cancel;
+pub mod client;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod listener;
+pub mod pool;
 pub mod protocol;
+pub mod runtime;
+pub mod server;
 pub mod session;
+pub mod shutdown;
+pub mod stats;
+pub mod stream;
 pub mod tls;
+pub mod topology;

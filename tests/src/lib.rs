@@ -9,6 +9,7 @@ pub mod etcd;
 pub mod haproxy;
 pub mod patroni;
 pub mod pgha;
+pub mod pooler;
 pub mod ports;
 pub mod postgres;
 pub mod process;

@@ -1,0 +1,118 @@
+//! Cancel requests: the pooler hands each client its own BackendKeyData, remembers which
+//! server connection the client is using right now, and turns a client's CancelRequest into
+//! one sent to that server with the server's own key. Owns the key registry only.
+
+use crate::protocol::CancelRequest;
+use crate::topology::ServerAddr;
+use bytes::BytesMut;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+/// Where a cancel for a server connection goes, with that server's key.
+#[derive(Debug)]
+pub struct CancelTarget {
+    pub addr: ServerAddr,
+    pub process_id: i32,
+    pub secret_key: Vec<u8>,
+}
+
+/// The server connection a client is using, if any.
+#[derive(Default)]
+pub struct CancelSlot {
+    current: Mutex<Option<Arc<CancelTarget>>>,
+}
+
+impl CancelSlot {
+    pub fn set(&self, target: Option<Arc<CancelTarget>>) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = target;
+    }
+
+    fn get(&self) -> Option<Arc<CancelTarget>> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// A client's key as the pooler gave it out.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientKey {
+    pub process_id: i32,
+    pub secret_key: [u8; 4],
+}
+
+/// A client's secret and its slot.
+type KeyEntry = ([u8; 4], Arc<CancelSlot>);
+
+pub struct CancelRegistry {
+    next: AtomicI32,
+    clients: Mutex<HashMap<i32, KeyEntry>>,
+}
+
+impl Default for CancelRegistry {
+    fn default() -> Self {
+        let mut seed = [0u8; 4];
+        let _ = getrandom::fill(&mut seed);
+        CancelRegistry {
+            next: AtomicI32::new(i32::from_be_bytes(seed) & 0x3fff_ffff),
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl CancelRegistry {
+    /// A fresh key for a new client and the slot its relay keeps current.
+    pub fn register(&self) -> (ClientKey, Arc<CancelSlot>) {
+        let mut secret_key = [0u8; 4];
+        if getrandom::fill(&mut secret_key).is_err() {
+            // No OS randomness: a key nobody can guess is impossible, so none can cancel.
+            secret_key = [0; 4];
+        }
+        let slot = Arc::new(CancelSlot::default());
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let process_id = loop {
+            let id = self.next.fetch_add(1, Ordering::Relaxed) & 0x7fff_ffff;
+            if id != 0 && !clients.contains_key(&id) {
+                break id;
+            }
+        };
+        clients.insert(process_id, (secret_key, slot.clone()));
+        (ClientKey { process_id, secret_key }, slot)
+    }
+
+    pub fn unregister(&self, key: ClientKey) {
+        self.clients.lock().unwrap_or_else(|p| p.into_inner()).remove(&key.process_id);
+    }
+
+    /// Forwards a client's cancel to the server that client is using; unknown keys and idle
+    /// clients are ignored, as PostgreSQL ignores them.
+    pub async fn cancel(&self, request: &CancelRequest, timeout: Duration) {
+        let target = {
+            let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+            match clients.get(&request.process_id) {
+                Some((secret, slot)) if secret.as_slice() == request.secret_key.as_slice() => slot.get(),
+                _ => None,
+            }
+        };
+        let Some(target) = target else {
+            tracing::debug!("cancel request for an unknown or idle client ignored");
+            return;
+        };
+        let forward = async {
+            let mut stream = crate::server::open(&target.addr).await?;
+            let mut buf = BytesMut::new();
+            CancelRequest { process_id: target.process_id, secret_key: target.secret_key.clone() }.encode(&mut buf);
+            stream.write_all(&buf).await?;
+            // PostgreSQL closes the connection once it has read the request.
+            let mut sink = BytesMut::with_capacity(16);
+            let _ = tokio::io::AsyncReadExt::read_buf(&mut stream, &mut sink).await;
+            Ok::<(), crate::server::ServerError>(())
+        };
+        match tokio::time::timeout(timeout, forward).await {
+            Ok(Ok(())) => tracing::debug!(server = %target.addr, "cancel request forwarded"),
+            Ok(Err(e)) => tracing::warn!("cannot forward a cancel request: {e}"),
+            Err(_) => tracing::warn!(server = %target.addr, "cancel request to the server timed out"),
+        }
+    }
+}

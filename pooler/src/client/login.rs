@@ -1,0 +1,151 @@
+//! A client's startup phase: SSLRequest and GSSENCRequest answered 'N' (TLS is not offered
+//! yet), CancelRequest forwarded, then the StartupMessage checked against max_client_conn, the
+//! database list and authentication, and the client welcomed with the server's parameters,
+//! its own BackendKeyData and ReadyForQuery.
+
+use super::send_fatal;
+use crate::cancel::{CancelSlot, ClientKey};
+use crate::config::AuthType;
+use crate::pool::{Pool, PoolKey, PoolSettings};
+use crate::protocol::message::{
+    write_authentication_ok, write_backend_key_data, write_parameter_status, write_ready_for_query,
+};
+use crate::protocol::{parse_startup_packet, StartupMessage, StartupPacket, TransactionStatus};
+use crate::runtime::Shared;
+use crate::server::LoginTarget;
+use crate::session::ParamMap;
+use crate::stream::Stream;
+use bytes::{Buf, BytesMut};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A client that passed the startup phase.
+pub(super) struct LoggedIn {
+    pub pool: Arc<Pool>,
+    pub settings: Arc<PoolSettings>,
+    pub params: ParamMap,
+    pub key: ClientKey,
+    pub cancel: Arc<CancelSlot>,
+}
+
+/// Runs the startup phase; None when the connection is done (refused, cancel, gone).
+pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shared) -> Option<LoggedIn> {
+    let startup = read_startup(stream, buf, shared).await?;
+    let config = shared.config();
+    let database = startup.database().to_owned();
+    let user = startup.user().to_owned();
+    let clients = shared.stats.client_connections.load(Ordering::Relaxed);
+    if clients > config.max_client_conn && database != "pgbouncer" {
+        shared.stats.refused_max_client_conn.fetch_add(1, Ordering::Relaxed);
+        let _ = send_fatal(stream, "08P01", "no more connections allowed (max_client_conn)").await;
+        return None;
+    }
+    if config.auth_type != AuthType::Trust {
+        let _ = send_fatal(stream, "28000", "this pooler build only accepts auth_type = \"trust\"").await;
+        return None;
+    }
+    let Some(target) = shared.topology().target(&database) else {
+        let _ = send_fatal(stream, "3D000", &format!("no such database: {database}")).await;
+        return None;
+    };
+    let server_user = target.user.clone().unwrap_or_else(|| user.clone());
+    let user_config = config.users.get(&user);
+    let key = PoolKey { server: target.server.clone(), database: database.clone(), user: user.clone() };
+    let pool = shared.pools.get_or_create(&key, || {
+        let settings = PoolSettings::new(
+            &config,
+            &target,
+            user_config.and_then(|u| u.pool_mode),
+            user_config.and_then(|u| u.max_user_connections),
+        );
+        let login = LoginTarget {
+            addr: target.server.clone(),
+            dbname: target.dbname.clone(),
+            password: shared.passwords().get(&server_user).cloned(),
+            user: server_user.clone(),
+            connect_timeout: settings.server_connect_timeout,
+        };
+        (settings, login)
+    });
+    let welcome = match pool.welcome() {
+        Some(welcome) => welcome,
+        None => match pool.acquire().await {
+            Ok(conn) => {
+                let welcome = conn.login_params.clone();
+                pool.release(conn);
+                welcome
+            }
+            Err(e) => {
+                tracing::warn!(database, user, "login refused: no server connection: {e}");
+                let (code, message) = match &e {
+                    crate::pool::AcquireError::Server(s) => (s.sqlstate().to_owned(), s.to_string()),
+                    other => ("08006".to_owned(), other.to_string()),
+                };
+                let _ = send_fatal(stream, &code, &message).await;
+                return None;
+            }
+        },
+    };
+    let mut params = ParamMap::from_pairs(welcome.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    for (name, value) in &startup.params {
+        if !params.set_by_name(name, value) && !matches!(name.as_str(), "user" | "database") {
+            tracing::debug!(parameter = name.as_str(), "startup parameter not tracked by the pooler; ignored");
+        }
+    }
+    let (key, cancel) = shared.cancels.register();
+    let mut out = BytesMut::with_capacity(512);
+    write_authentication_ok(&mut out);
+    for (name, value) in welcome.iter() {
+        let value = crate::session::TrackedParam::from_name(name).and_then(|p| params.get(p)).unwrap_or(value);
+        write_parameter_status(name, value, &mut out);
+    }
+    write_backend_key_data(key.process_id, &key.secret_key, &mut out);
+    write_ready_for_query(TransactionStatus::Idle, &mut out);
+    if stream.write_all(&out).await.is_err() {
+        shared.cancels.unregister(key);
+        return None;
+    }
+    let settings = pool.settings();
+    Some(LoggedIn { pool, settings, params, key, cancel })
+}
+
+/// Reads first packets until a StartupMessage; answers SSL/GSS requests and forwards cancels.
+async fn read_startup(stream: &mut Stream, buf: &mut BytesMut, shared: &Shared) -> Option<StartupMessage> {
+    loop {
+        match parse_startup_packet(buf) {
+            Ok(Some((packet, len))) => {
+                buf.advance(len);
+                match packet {
+                    StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                        if !buf.is_empty() {
+                            // Bytes sent before our answer would be read as plaintext after a
+                            // TLS handshake: PostgreSQL refuses this too.
+                            let _ = send_fatal(stream, "08P01", "received unencrypted data after SSL request").await;
+                            return None;
+                        }
+                        stream.write_all(b"N").await.ok()?;
+                    }
+                    StartupPacket::Cancel(request) => {
+                        let timeout = crate::pool::secs(shared.config().server_connect_timeout)
+                            .unwrap_or(std::time::Duration::from_secs(15));
+                        shared.cancels.cancel(&request, timeout).await;
+                        return None;
+                    }
+                    StartupPacket::Startup(message) => return Some(message),
+                }
+            }
+            Ok(None) => {
+                buf.reserve(1024);
+                match stream.read_buf(buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+            Err(e) => {
+                let _ = send_fatal(stream, e.sqlstate(), &e.to_string()).await;
+                return None;
+            }
+        }
+    }
+}

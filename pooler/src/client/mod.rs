@@ -1,0 +1,50 @@
+//! One client connection, from its first packet to its last: the startup phase (SSLRequest,
+//! CancelRequest, StartupMessage, limits and login) in `login`, then the relay loop in `relay`.
+//! Owns the client's socket and buffers; server connections are borrowed from its pool.
+
+mod login;
+mod relay;
+
+use crate::protocol::{ErrorResponse, Severity};
+use crate::runtime::Shared;
+use crate::stream::Stream;
+use bytes::BytesMut;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+
+/// Serves one accepted client connection to its end. Never panics on client input; every
+/// refusal is an ErrorResponse with PostgreSQL's or PgBouncer's SQLSTATE.
+pub async fn serve(mut stream: Stream, shared: Arc<Shared>) {
+    shared.stats.client_connections.fetch_add(1, Ordering::Relaxed);
+    let _count = ClientCount(shared.clone());
+    let login_timeout = crate::pool::secs(shared.config().client_login_timeout);
+    let mut buf = BytesMut::new();
+    let login = login::login(&mut stream, &mut buf, &shared);
+    let outcome = match login_timeout {
+        Some(t) => match tokio::time::timeout(t, login).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                let _ = send_fatal(&mut stream, "08P01", "client_login_timeout").await;
+                return;
+            }
+        },
+        None => login.await,
+    };
+    let Some(logged_in) = outcome else { return };
+    relay::Relay::new(&shared, stream, buf, logged_in).run().await;
+}
+
+/// Sends a FATAL ErrorResponse (best effort: the client may be gone).
+pub(crate) async fn send_fatal(stream: &mut Stream, code: &str, message: &str) -> std::io::Result<()> {
+    let bytes = ErrorResponse::new(Severity::Fatal, code, message).to_bytes();
+    stream.write_all(&bytes).await
+}
+
+struct ClientCount(Arc<Shared>);
+
+impl Drop for ClientCount {
+    fn drop(&mut self) {
+        self.0.stats.client_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,417 @@
+//! The relay loop of a logged-in client: bytes from the client and from its server connection
+//! go through the session state machine, which says what to forward, what to answer and when
+//! to take or give back a server connection. Headers are read, bodies are forwarded as they
+//! came (straight from the input buffer when nothing was rewritten), and the four buffers are
+//! reused, so the steady state allocates nothing per message. A server connection left in an
+//! unknown state (client gone mid-request, half a message) is closed, never pooled.
+
+use super::login::LoggedIn;
+use super::send_fatal;
+use crate::cancel::{CancelSlot, ClientKey};
+use crate::config::PoolMode;
+use crate::pool::{AcquireError, Pool, PoolSettings};
+use crate::runtime::Shared;
+use crate::server::ServerConn;
+use crate::session::{Action, ServerState, Session, SessionConfig, SessionError};
+use crate::stream::Stream;
+use bytes::{Buf, BytesMut};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Room kept free in an input buffer before each read.
+const READ_CHUNK: usize = 8192;
+
+/// Why the relay stopped.
+enum End {
+    /// The client closed, sent Terminate, or its socket failed: nothing to tell it.
+    ClientGone,
+    /// Tell the client (FATAL) and close.
+    Fatal { code: String, message: String },
+    /// The session refused something; its own ErrorResponse says why.
+    Session(SessionError),
+}
+
+impl End {
+    fn fatal(code: &str, message: impl Into<String>) -> Self {
+        End::Fatal { code: code.to_owned(), message: message.into() }
+    }
+}
+
+enum Event {
+    Client(std::io::Result<usize>),
+    Server(std::io::Result<usize>),
+    IdleTimeout,
+    Shutdown,
+}
+
+pub(super) struct Relay<'a> {
+    shared: &'a Shared,
+    pool: Arc<Pool>,
+    settings: Arc<PoolSettings>,
+    client: Stream,
+    /// Client bytes not yet consumed by the session.
+    cin: BytesMut,
+    /// Bytes for the client, when they cannot go straight from `sin`.
+    cout: BytesMut,
+    /// Server bytes not yet consumed by the session.
+    sin: BytesMut,
+    /// Bytes for the server, when they cannot go straight from `cin`.
+    sout: BytesMut,
+    session: Session,
+    actions: Vec<Action>,
+    server: Option<ServerConn>,
+    key: ClientKey,
+    cancel: Arc<CancelSlot>,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+impl<'a> Relay<'a> {
+    pub(super) fn new(shared: &'a Shared, client: Stream, cin: BytesMut, login: LoggedIn) -> Self {
+        let config = shared.config();
+        let session_config = SessionConfig {
+            pool_mode: login.settings.pool_mode,
+            max_prepared_statements: config.max_prepared_statements as usize,
+            limits: crate::protocol::FrameLimits { max_message_len: config.max_packet_size, ..Default::default() },
+        };
+        login.pool.stats.clients.fetch_add(1, Ordering::Relaxed);
+        Relay {
+            shared,
+            pool: login.pool,
+            settings: login.settings,
+            client,
+            cin,
+            cout: BytesMut::new(),
+            sin: BytesMut::new(),
+            sout: BytesMut::new(),
+            session: Session::new(session_config, login.params),
+            actions: Vec::with_capacity(8),
+            server: None,
+            key: login.key,
+            cancel: login.cancel,
+            bytes_in: 0,
+            bytes_out: 0,
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        let end = self.relay().await;
+        self.finish(end).await;
+    }
+
+    async fn relay(&mut self) -> End {
+        // Bytes that came with the startup packet.
+        if !self.cin.is_empty() {
+            if let Err(end) = self.on_client_bytes().await {
+                return end;
+            }
+        }
+        loop {
+            let event = self.next_event().await;
+            let step = match event {
+                Event::Client(Ok(0)) | Event::Client(Err(_)) => return End::ClientGone,
+                Event::Client(Ok(n)) => {
+                    self.bytes_in += n as u64;
+                    self.on_client_bytes().await
+                }
+                Event::Server(Ok(0)) | Event::Server(Err(_)) => {
+                    self.pool.stats.count_error("server_closed");
+                    return End::fatal("08006", "server conn crashed?");
+                }
+                Event::Server(Ok(_)) => self.on_server_bytes().await,
+                Event::IdleTimeout if self.server.is_some() => {
+                    self.pool.stats.count_error("idle_transaction_timeout");
+                    return End::fatal("08P01", "idle transaction timeout");
+                }
+                Event::IdleTimeout => {
+                    self.pool.stats.count_error("client_idle_timeout");
+                    return End::fatal("08P01", "client_idle_timeout");
+                }
+                Event::Shutdown => return End::fatal("57P01", "the pooler is shutting down"),
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    /// Waits for bytes from either side, or for a timeout that applies in the current state.
+    async fn next_event(&mut self) -> Event {
+        reserve(&mut self.cin);
+        let Some(server) = self.server.as_mut() else {
+            // Idle client: between transactions (or before the first one).
+            if self.shared.shutdown.is_stopping() {
+                return Event::Shutdown;
+            }
+            let mut stopping = self.shared.shutdown.subscribe();
+            let read = self.client.read_buf(&mut self.cin);
+            return match self.settings.client_idle_timeout {
+                Some(t) => tokio::select! {
+                    r = read => Event::Client(r),
+                    _ = tokio::time::sleep(t) => Event::IdleTimeout,
+                    _ = stopping.wait() => Event::Shutdown,
+                },
+                None => tokio::select! {
+                    r = read => Event::Client(r),
+                    _ = stopping.wait() => Event::Shutdown,
+                },
+            };
+        };
+        reserve(&mut self.sin);
+        let idle_in_transaction = self.session.transaction_status() != crate::protocol::TransactionStatus::Idle
+            && self.session.requests_in_flight() == 0;
+        let timeout = self.settings.idle_transaction_timeout.filter(|_| idle_in_transaction);
+        let server_read = server.stream.read_buf(&mut self.sin);
+        let client_read = self.client.read_buf(&mut self.cin);
+        match timeout {
+            None => tokio::select! {
+                biased;
+                r = server_read => Event::Server(r),
+                r = client_read => Event::Client(r),
+            },
+            Some(t) => tokio::select! {
+                biased;
+                r = server_read => Event::Server(r),
+                r = client_read => Event::Client(r),
+                _ = tokio::time::sleep(t) => Event::IdleTimeout,
+            },
+        }
+    }
+
+    /// Runs the client's bytes through the session until it needs nothing more.
+    async fn on_client_bytes(&mut self) -> Result<(), End> {
+        loop {
+            self.actions.clear();
+            self.session.on_client_input(&self.cin, &mut self.actions).map_err(End::Session)?;
+            let mut need_server = false;
+            let mut release = None;
+            let mut terminated = false;
+            if let ([Action::Forward(n)], Some(server)) = (self.actions.as_slice(), self.server.as_mut()) {
+                // The common case: whole messages passed on as they came.
+                let n = *n;
+                server.stream.write_all(&self.cin[..n]).await.map_err(|_| server_gone(&self.pool))?;
+                self.cin.advance(n);
+                return Ok(());
+            }
+            let mut consumed = 0;
+            for action in self.actions.drain(..) {
+                match action {
+                    Action::Forward(n) => {
+                        self.sout.extend_from_slice(&self.cin[consumed..consumed + n]);
+                        consumed += n;
+                    }
+                    Action::Discard(n) => consumed += n,
+                    Action::ToServer(bytes) => self.sout.extend_from_slice(&bytes),
+                    Action::ToClient(bytes) => self.cout.extend_from_slice(&bytes),
+                    Action::NeedServer => need_server = true,
+                    Action::ReleaseServer(state) => release = Some(state),
+                    Action::ClientTerminated => terminated = true,
+                }
+            }
+            self.cin.advance(consumed);
+            self.flush_server().await?;
+            if let Some(state) = release {
+                self.release_server(state).await;
+            }
+            self.flush_client().await?;
+            if terminated {
+                return Err(End::ClientGone);
+            }
+            if !need_server {
+                return Ok(());
+            }
+            self.attach_server().await?;
+        }
+    }
+
+    /// Runs the server's bytes through the session and passes its answers to the client.
+    async fn on_server_bytes(&mut self) -> Result<(), End> {
+        self.actions.clear();
+        if let Err(e) = self.session.on_server_input(&self.sin, &mut self.actions) {
+            self.pool.stats.count_error("server_protocol");
+            tracing::warn!("closing a server connection that broke protocol: {e}");
+            return Err(End::Session(e));
+        }
+        let mut release = None;
+        if let [Action::Forward(n)] = self.actions.as_slice() {
+            let n = *n;
+            self.client.write_all(&self.sin[..n]).await.map_err(|_| End::ClientGone)?;
+            self.bytes_out += n as u64;
+            self.sin.advance(n);
+            return Ok(());
+        }
+        let mut consumed = 0;
+        for action in self.actions.drain(..) {
+            match action {
+                Action::Forward(n) => {
+                    self.cout.extend_from_slice(&self.sin[consumed..consumed + n]);
+                    consumed += n;
+                }
+                Action::Discard(n) => consumed += n,
+                Action::ToClient(bytes) => self.cout.extend_from_slice(&bytes),
+                Action::ToServer(bytes) => self.sout.extend_from_slice(&bytes),
+                Action::ReleaseServer(state) => release = Some(state),
+                Action::NeedServer | Action::ClientTerminated => {}
+            }
+        }
+        self.sin.advance(consumed);
+        self.flush_server().await?;
+        if let Some(state) = release {
+            self.release_server(state).await;
+        }
+        self.flush_client().await
+    }
+
+    async fn flush_server(&mut self) -> Result<(), End> {
+        if self.sout.is_empty() {
+            return Ok(());
+        }
+        let Some(server) = self.server.as_mut() else {
+            return Err(End::fatal("08006", "the pooler had bytes for a server it no longer holds"));
+        };
+        server.stream.write_all(&self.sout).await.map_err(|_| server_gone(&self.pool))?;
+        self.sout.clear();
+        Ok(())
+    }
+
+    async fn flush_client(&mut self) -> Result<(), End> {
+        if self.cout.is_empty() {
+            return Ok(());
+        }
+        self.client.write_all(&self.cout).await.map_err(|_| End::ClientGone)?;
+        self.bytes_out += self.cout.len() as u64;
+        self.cout.clear();
+        Ok(())
+    }
+
+    /// Checks a server connection out of the pool (waiting at most query_wait_timeout) and
+    /// hands its state to the session, sending the `SET`s that align its parameters.
+    async fn attach_server(&mut self) -> Result<(), End> {
+        let stats = &self.pool.stats;
+        stats.clients_waiting.fetch_add(1, Ordering::Relaxed);
+        let acquired = self.pool.acquire().await;
+        stats.clients_waiting.fetch_sub(1, Ordering::Relaxed);
+        let mut conn = match acquired {
+            Ok(conn) => conn,
+            Err(AcquireError::WaitTimeout) => return Err(End::fatal("08P01", "query_wait_timeout")),
+            Err(AcquireError::Closed) => return Err(End::fatal("08P01", "the pool was closed (KILL or RELOAD)")),
+            Err(AcquireError::Server(e)) => {
+                return Err(End::Fatal { code: e.sqlstate().to_owned(), message: e.to_string() })
+            }
+        };
+        let state = conn.state.take().unwrap_or_else(|| Box::new(ServerState::default()));
+        self.actions.clear();
+        if let Err(e) = self.session.attach_server(state, &mut self.actions) {
+            self.pool.close(conn);
+            return Err(End::Session(e));
+        }
+        for action in self.actions.drain(..) {
+            if let Action::ToServer(bytes) = action {
+                self.sout.extend_from_slice(&bytes);
+            }
+        }
+        self.cancel.set(Some(conn.cancel.clone()));
+        self.server = Some(conn);
+        self.flush_server().await
+    }
+
+    /// The session is done with the server: back to the pool, unless unread bytes remain.
+    async fn release_server(&mut self, state: Box<ServerState>) {
+        let Some(mut conn) = self.server.take() else { return };
+        self.cancel.set(None);
+        conn.state = Some(state);
+        self.pool.stats.xact_count.fetch_add(1, Ordering::Relaxed);
+        if !self.sin.is_empty() {
+            tracing::warn!(server = %conn.addr, "server sent bytes after its last answer; closing it");
+            self.sin.clear();
+            self.pool.close(conn);
+            return;
+        }
+        if self.settings.server_reset_query_always {
+            self.reset_and_release(conn).await;
+        } else {
+            self.pool.release(conn);
+        }
+    }
+
+    /// Runs server_reset_query, then pools the connection (or closes it if the query fails).
+    async fn reset_and_release(&self, mut conn: ServerConn) {
+        let query = &self.settings.server_reset_query;
+        if query.is_empty() {
+            self.pool.release(conn);
+            return;
+        }
+        match conn.run_query("reset_query", query, self.settings.server_connect_timeout).await {
+            Ok(()) => {
+                if query.to_ascii_lowercase().contains("discard all") {
+                    if let Some(state) = conn.state.as_mut() {
+                        state.forget_prepared_statements();
+                    }
+                }
+                self.pool.release(conn);
+            }
+            Err(e) => {
+                tracing::info!("closing server connection: {e}");
+                self.pool.close(conn);
+            }
+        }
+    }
+
+    /// Tells the client why (if it should know), and pools or closes the server connection.
+    async fn finish(mut self, end: End) {
+        match &end {
+            End::ClientGone => {}
+            End::Fatal { code, message } => {
+                let _ = self.flush_client().await;
+                let _ = send_fatal(&mut self.client, code, message).await;
+            }
+            End::Session(e) => {
+                if e.is_client_fault() {
+                    self.pool.stats.count_error("client_protocol");
+                    tracing::info!("closing client: {e}");
+                }
+                let _ = self.flush_client().await;
+                let _ = self.client.write_all(&e.to_error_response()).await;
+            }
+        }
+        if let Some(conn) = self.server.take() {
+            self.cancel.set(None);
+            let reusable =
+                self.session.server_is_reusable() && self.sin.is_empty() && !matches!(end, End::Fatal { .. });
+            let state = self.session.take_server();
+            match (reusable, state) {
+                (true, Some(state)) => {
+                    let mut conn = conn;
+                    conn.state = Some(state);
+                    if self.settings.pool_mode == PoolMode::Session || self.settings.server_reset_query_always {
+                        self.reset_and_release(conn).await;
+                    } else {
+                        self.pool.release(conn);
+                    }
+                }
+                _ => {
+                    tracing::debug!(server = %conn.addr, "client left mid-request; closing its server connection");
+                    self.pool.close(conn);
+                }
+            }
+        }
+        let stats = &self.pool.stats;
+        stats.bytes_received.fetch_add(self.bytes_in, Ordering::Relaxed);
+        stats.bytes_sent.fetch_add(self.bytes_out, Ordering::Relaxed);
+        stats.clients.fetch_sub(1, Ordering::Relaxed);
+        self.shared.cancels.unregister(self.key);
+        let _ = self.client.shutdown().await;
+    }
+}
+
+fn server_gone(pool: &Pool) -> End {
+    pool.stats.count_error("server_closed");
+    End::fatal("08006", "server conn crashed?")
+}
+
+fn reserve(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+}

@@ -1,0 +1,109 @@
+//! The listening sockets: TCP on listen_addr:listen_port (`*` for every address, or a comma
+//! separated list) and the Unix socket `<unix_socket_dir>/.s.PGSQL.<port>`. Owns accepting;
+//! each accepted connection becomes a client task.
+
+use crate::client;
+use crate::runtime::Shared;
+use crate::stream::Stream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use thiserror::Error;
+use tokio::net::{TcpListener, UnixListener};
+
+#[derive(Debug, Error)]
+pub enum ListenError {
+    #[error("cannot listen on {addr}: {source} (is another pooler or PostgreSQL using the port? change listen_port)")]
+    Tcp { addr: String, source: std::io::Error },
+    #[error("cannot create Unix socket {path}: {source} (check unix_socket_dir exists and is writable)")]
+    Unix { path: PathBuf, source: std::io::Error },
+}
+
+pub struct Listeners {
+    tcp: Vec<TcpListener>,
+    unix: Option<(UnixListener, PathBuf)>,
+}
+
+impl Listeners {
+    pub async fn bind(listen_addr: &str, port: u16, unix_socket_dir: &str) -> Result<Listeners, ListenError> {
+        let mut tcp = Vec::new();
+        for addr in listen_addr.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+            let host = if addr == "*" { "0.0.0.0" } else { addr };
+            let listener = TcpListener::bind((host, port))
+                .await
+                .map_err(|source| ListenError::Tcp { addr: format!("{host}:{port}"), source })?;
+            tcp.push(listener);
+        }
+        let unix = if unix_socket_dir.is_empty() {
+            None
+        } else {
+            let path = PathBuf::from(unix_socket_dir).join(format!(".s.PGSQL.{port}"));
+            // A socket file left by a pooler that died; a live one would have failed the TCP bind.
+            let _ = std::fs::remove_file(&path);
+            let listener =
+                UnixListener::bind(&path).map_err(|source| ListenError::Unix { path: path.clone(), source })?;
+            Some((listener, path))
+        };
+        Ok(Listeners { tcp, unix })
+    }
+
+    /// The TCP port actually bound (listen_port 0 picks a free one).
+    pub fn tcp_port(&self) -> Option<u16> {
+        self.tcp.first().and_then(|l| l.local_addr().ok()).map(|a| a.port())
+    }
+
+    /// Accepts until shutdown begins; the Unix socket file is removed on return.
+    pub async fn serve(self, shared: Arc<Shared>) {
+        let mut tasks = Vec::new();
+        for listener in self.tcp {
+            let shared = shared.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut stopping = shared.shutdown.subscribe();
+                loop {
+                    let accepted = tokio::select! {
+                        a = listener.accept() => a,
+                        _ = stopping.wait() => return,
+                    };
+                    match accepted {
+                        Ok((stream, _peer)) => {
+                            let _ = stream.set_nodelay(true);
+                            tokio::spawn(client::serve(Stream::Tcp(stream), shared.clone()));
+                        }
+                        Err(e) => accept_failed(e).await,
+                    }
+                }
+            }));
+        }
+        let mut unix_path = None;
+        if let Some((listener, path)) = self.unix {
+            unix_path = Some(path);
+            let shared = shared.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut stopping = shared.shutdown.subscribe();
+                loop {
+                    let accepted = tokio::select! {
+                        a = listener.accept() => a,
+                        _ = stopping.wait() => return,
+                    };
+                    match accepted {
+                        Ok((stream, _)) => {
+                            tokio::spawn(client::serve(Stream::Unix(stream), shared.clone()));
+                        }
+                        Err(e) => accept_failed(e).await,
+                    }
+                }
+            }));
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+        if let Some(path) = unix_path {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Out of file descriptors and the like: log and back off instead of spinning.
+async fn accept_failed(e: std::io::Error) {
+    tracing::warn!("accept failed: {e}");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+}

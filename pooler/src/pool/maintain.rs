@@ -1,0 +1,74 @@
+//! A pool's housekeeping, once a second: close idle connections past server_idle_timeout or
+//! server_lifetime, and open connections up to min_pool_size once the pool has been used.
+
+use super::Pool;
+use std::sync::Weak;
+use std::time::{Duration, Instant};
+
+pub(super) async fn run(pool: Weak<Pool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        pool.expire_idle();
+        pool.fill_to_minimum().await;
+    }
+}
+
+impl Pool {
+    fn expire_idle(&self) {
+        let now = Instant::now();
+        let expired = {
+            let mut st = self.lock();
+            let (life, idle_timeout, min) =
+                (st.settings.server_lifetime, st.settings.server_idle_timeout, st.settings.min_pool_size);
+            let mut expired = Vec::new();
+            let mut i = 0;
+            while i < st.idle.len() {
+                let conn = &st.idle[i];
+                let too_old = life.is_some_and(|l| now.duration_since(conn.created) >= l);
+                let too_idle = idle_timeout.is_some_and(|t| now.duration_since(conn.last_used) >= t)
+                    && st.total - expired.len() as u32 > min;
+                if too_old || too_idle {
+                    expired.push(st.idle.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            expired
+        };
+        for conn in expired {
+            tracing::debug!(server = %conn.addr, "closing idle server connection (server_idle_timeout/server_lifetime)");
+            self.close_idle(conn);
+        }
+    }
+
+    async fn fill_to_minimum(&self) {
+        let login = {
+            let mut st = self.lock();
+            if st.welcome.is_none()
+                || st.closed
+                || st.total >= st.settings.min_pool_size
+                || !self.try_open(&mut st, false)
+            {
+                return;
+            }
+            st.active -= 1;
+            st.login.clone()
+        };
+        match crate::server::ServerConn::connect(&login).await {
+            Ok(mut conn) => {
+                let mut st = self.lock();
+                conn.generation = st.generation;
+                st.active += 1;
+                drop(st);
+                self.release(conn);
+            }
+            Err(e) => {
+                tracing::warn!("min_pool_size: {e}");
+                self.slot_freed(false);
+            }
+        }
+    }
+}

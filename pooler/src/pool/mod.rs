@@ -1,0 +1,366 @@
+//! One pool of server connections per (server, database, user): idle connections, how many
+//! are open, and the clients waiting for one, behind one mutex held for a few instructions.
+//! A released connection goes straight to the longest-waiting client. Owns limits and
+//! timeouts of checkout (pool_size, reserve_pool, max_db/user_connections, query_wait_timeout,
+//! server_lifetime, server_check_*); it never reads client traffic.
+
+mod maintain;
+mod registry;
+mod settings;
+
+pub use registry::{PoolKey, Registry};
+pub use settings::{secs, PoolSettings};
+
+use crate::server::{LoginTarget, ServerConn, ServerError};
+use crate::stats::PoolStats;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use tokio::sync::oneshot;
+
+#[derive(Debug, Error)]
+pub enum AcquireError {
+    #[error("query_wait_timeout")]
+    WaitTimeout,
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    #[error("the pool was closed")]
+    Closed,
+}
+
+/// What a waiting client is handed.
+enum Grant {
+    Conn(ServerConn),
+    /// Permission to open one more connection (already counted in `total`).
+    Slot,
+}
+
+struct PoolState {
+    settings: Arc<PoolSettings>,
+    login: Arc<LoginTarget>,
+    idle: Vec<ServerConn>,
+    /// Connections open or being opened.
+    total: u32,
+    /// Connections checked out by clients.
+    active: u32,
+    waiters: VecDeque<oneshot::Sender<Grant>>,
+    /// Server ParameterStatus values of the first login, for client welcomes.
+    welcome: Option<Arc<Vec<(String, String)>>>,
+    /// Bumped by RECONNECT: connections from an older generation are closed on release.
+    generation: u64,
+    closed: bool,
+}
+
+pub struct Pool {
+    pub key: PoolKey,
+    state: Mutex<PoolState>,
+    pub stats: PoolStats,
+    db_conns: Arc<AtomicU32>,
+    user_conns: Arc<AtomicU32>,
+}
+
+enum Next {
+    Conn(ServerConn),
+    Open,
+    Wait(oneshot::Receiver<Grant>, Arc<PoolSettings>),
+}
+
+impl Pool {
+    fn new(
+        key: PoolKey,
+        settings: PoolSettings,
+        login: LoginTarget,
+        db_conns: Arc<AtomicU32>,
+        user_conns: Arc<AtomicU32>,
+    ) -> Self {
+        Pool {
+            key,
+            state: Mutex::new(PoolState {
+                settings: Arc::new(settings),
+                login: Arc::new(login),
+                idle: Vec::new(),
+                total: 0,
+                active: 0,
+                waiters: VecDeque::new(),
+                welcome: None,
+                generation: 0,
+                closed: false,
+            }),
+            stats: PoolStats::default(),
+            db_conns,
+            user_conns,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        // A panic while holding this lock would be a bug; the state stays consistent enough
+        // to keep serving (counts only), so recover rather than poison every client.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn settings(&self) -> Arc<PoolSettings> {
+        self.lock().settings.clone()
+    }
+
+    pub fn set_settings(&self, settings: PoolSettings, login: LoginTarget) {
+        let mut st = self.lock();
+        st.settings = Arc::new(settings);
+        st.login = Arc::new(login);
+    }
+
+    /// (open, checked out, idle, waiting clients)
+    pub fn counts(&self) -> (u32, u32, u32, u32) {
+        let st = self.lock();
+        (st.total, st.active, st.idle.len() as u32, st.waiters.iter().filter(|w| !w.is_closed()).count() as u32)
+    }
+
+    pub fn welcome(&self) -> Option<Arc<Vec<(String, String)>>> {
+        self.lock().welcome.clone()
+    }
+
+    /// Room for one more connection under pool_size (+ reserve), max_db_connections and
+    /// max_user_connections; if so it is counted.
+    fn try_open(&self, st: &mut PoolState, reserve: bool) -> bool {
+        let s = &st.settings;
+        let limit = s.pool_size + if reserve { s.reserve_pool } else { 0 };
+        if st.total >= limit {
+            return false;
+        }
+        if !take_one(&self.db_conns, s.max_db_connections) {
+            return false;
+        }
+        if !take_one(&self.user_conns, s.max_user_connections) {
+            self.db_conns.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        st.total += 1;
+        st.active += 1;
+        true
+    }
+
+    /// A server connection for a client, waiting at most query_wait_timeout.
+    pub async fn acquire(&self) -> Result<ServerConn, AcquireError> {
+        let start = Instant::now();
+        loop {
+            let next = {
+                let mut st = self.lock();
+                if st.closed {
+                    return Err(AcquireError::Closed);
+                }
+                if let Some(conn) = st.idle.pop() {
+                    st.active += 1;
+                    Next::Conn(conn)
+                } else if self.try_open(&mut st, false) {
+                    Next::Open
+                } else {
+                    let (tx, rx) = oneshot::channel();
+                    st.waiters.push_back(tx);
+                    Next::Wait(rx, st.settings.clone())
+                }
+            };
+            let grant = match next {
+                Next::Conn(conn) => Grant::Conn(conn),
+                Next::Open => Grant::Slot,
+                Next::Wait(rx, settings) => {
+                    let grant = self.wait(rx, &settings, start).await;
+                    self.stats.add_wait(start.elapsed());
+                    grant?
+                }
+            };
+            match grant {
+                Grant::Conn(conn) => {
+                    if let Some(conn) = self.check(conn).await {
+                        return Ok(conn);
+                    }
+                }
+                Grant::Slot => {
+                    let login = self.lock().login.clone();
+                    return match ServerConn::connect(&login).await {
+                        Ok(mut conn) => {
+                            let mut st = self.lock();
+                            conn.generation = st.generation;
+                            if st.welcome.is_none() {
+                                st.welcome = Some(conn.login_params.clone());
+                            }
+                            Ok(conn)
+                        }
+                        Err(e) => {
+                            self.stats.count_error("server_login");
+                            self.slot_freed(true);
+                            Err(e.into())
+                        }
+                    };
+                }
+            }
+        }
+    }
+
+    async fn wait(
+        &self,
+        mut rx: oneshot::Receiver<Grant>,
+        settings: &PoolSettings,
+        start: Instant,
+    ) -> Result<Grant, AcquireError> {
+        let query_deadline = settings.query_wait_timeout.map(|d| start + d);
+        let mut reserve_deadline = (settings.reserve_pool > 0).then(|| start + settings.reserve_pool_timeout);
+        loop {
+            let deadline = match (query_deadline, reserve_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let woke = match deadline {
+                None => Some((&mut rx).await),
+                Some(at) => tokio::select! {
+                    r = &mut rx => Some(r),
+                    _ = tokio::time::sleep_until(at.into()) => None,
+                },
+            };
+            match woke {
+                Some(Ok(grant)) => return Ok(grant),
+                Some(Err(_)) => return Err(AcquireError::Closed),
+                None => {}
+            }
+            let now = Instant::now();
+            if reserve_deadline.is_some_and(|at| now >= at) {
+                reserve_deadline = None;
+                let mut st = self.lock();
+                if self.try_open(&mut st, true) {
+                    drop(st);
+                    rx.close();
+                    if let Ok(raced) = rx.try_recv() {
+                        self.give_back(raced);
+                    }
+                    return Ok(Grant::Slot);
+                }
+            }
+            if query_deadline.is_some_and(|at| now >= at) {
+                rx.close();
+                return match rx.try_recv() {
+                    Ok(grant) => Ok(grant),
+                    Err(_) => {
+                        self.stats.count_error("query_wait_timeout");
+                        Err(AcquireError::WaitTimeout)
+                    }
+                };
+            }
+        }
+    }
+
+    /// A grant obtained but not used goes to the next client.
+    fn give_back(&self, grant: Grant) {
+        match grant {
+            Grant::Conn(conn) => self.release(conn),
+            Grant::Slot => self.slot_freed(true),
+        }
+    }
+
+    /// An idle connection about to be handed out: too old, dead, or failing the check query
+    /// ones are closed (None).
+    async fn check(&self, mut conn: ServerConn) -> Option<ServerConn> {
+        let settings = self.settings();
+        let now = Instant::now();
+        let expired = settings.server_lifetime.is_some_and(|life| now.duration_since(conn.created) >= life);
+        let idle_for = now.duration_since(conn.last_used);
+        // An idle socket is probed only after a second of quiet: on a busy pool it costs a
+        // syscall per transaction for nothing.
+        if expired || (idle_for >= Duration::from_secs(1) && conn.stream.is_closed_or_dirty()) {
+            self.close(conn);
+            return None;
+        }
+        if !settings.server_check_query.is_empty() && idle_for >= settings.server_check_delay {
+            let timeout = settings.server_connect_timeout;
+            if let Err(e) = conn.run_query("check_query", &settings.server_check_query, timeout).await {
+                tracing::info!(server = %conn.addr, "closing server connection: {e}");
+                self.close(conn);
+                return None;
+            }
+        }
+        Some(conn)
+    }
+
+    /// A client is done with `conn` and it is idle and clean: hand it to the next waiting
+    /// client, or keep it idle.
+    pub fn release(&self, mut conn: ServerConn) {
+        let mut st = self.lock();
+        st.active = st.active.saturating_sub(1);
+        let expired = st.settings.server_lifetime.is_some_and(|life| conn.created.elapsed() >= life);
+        if st.closed || expired || conn.generation < st.generation {
+            st.active += 1;
+            drop(st);
+            self.close(conn);
+            return;
+        }
+        conn.last_used = Instant::now();
+        let mut grant = Grant::Conn(conn);
+        while let Some(waiter) = st.waiters.pop_front() {
+            match waiter.send(grant) {
+                Ok(()) => {
+                    st.active += 1;
+                    return;
+                }
+                Err(back) => grant = back,
+            }
+        }
+        if let Grant::Conn(conn) = grant {
+            st.idle.push(conn);
+        }
+    }
+
+    /// Closes a checked-out connection (its state is unknown, or it is too old) and lets a
+    /// waiting client open a new one.
+    pub fn close(&self, conn: ServerConn) {
+        tokio::spawn(conn.terminate());
+        self.slot_freed(true);
+    }
+
+    /// One connection fewer (checked out if `active`); the freed slot goes to a waiter.
+    fn slot_freed(&self, active: bool) {
+        let mut st = self.lock();
+        st.total = st.total.saturating_sub(1);
+        if active {
+            st.active = st.active.saturating_sub(1);
+        }
+        self.db_conns.fetch_sub(1, Ordering::Relaxed);
+        self.user_conns.fetch_sub(1, Ordering::Relaxed);
+        if st.waiters.is_empty() || !self.try_open(&mut st, false) {
+            return;
+        }
+        while let Some(waiter) = st.waiters.pop_front() {
+            if waiter.send(Grant::Slot).is_ok() {
+                return;
+            }
+        }
+        // Nobody was really waiting: undo the count.
+        st.total -= 1;
+        st.active -= 1;
+        self.db_conns.fetch_sub(1, Ordering::Relaxed);
+        self.user_conns.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// RECONNECT: idle connections close now, checked-out ones when released.
+    pub fn reconnect(&self) {
+        let idle = {
+            let mut st = self.lock();
+            st.generation += 1;
+            std::mem::take(&mut st.idle)
+        };
+        for conn in idle {
+            self.close_idle(conn);
+        }
+    }
+
+    fn close_idle(&self, conn: ServerConn) {
+        tokio::spawn(conn.terminate());
+        self.slot_freed(false);
+    }
+}
+
+fn take_one(counter: &AtomicU32, max: u32) -> bool {
+    if max == 0 {
+        counter.fetch_add(1, Ordering::Relaxed);
+        return true;
+    }
+    counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_ok()
+}

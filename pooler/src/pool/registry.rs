@@ -1,0 +1,56 @@
+//! Every pool, keyed by (server, database, user), with the per-database and per-user
+//! connection counters that max_db_connections and max_user_connections share across pools.
+//! Owns creating pools and finding them; a pool's connections are its own.
+
+use super::{maintain, Pool, PoolSettings};
+use crate::server::LoginTarget;
+use crate::topology::ServerAddr;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, RwLock};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub server: ServerAddr,
+    /// The client-facing database name.
+    pub database: String,
+    /// The client's user name.
+    pub user: String,
+}
+
+type Counters = HashMap<String, Arc<AtomicU32>>;
+
+#[derive(Default)]
+pub struct Registry {
+    pools: RwLock<HashMap<PoolKey, Arc<Pool>>>,
+    /// Open connections per database and per user.
+    counters: std::sync::Mutex<(Counters, Counters)>,
+}
+
+impl Registry {
+    /// The pool for `key`, created (with its maintenance task) on first use.
+    pub fn get_or_create(&self, key: &PoolKey, settings: impl FnOnce() -> (PoolSettings, LoginTarget)) -> Arc<Pool> {
+        if let Some(pool) = self.pools.read().unwrap_or_else(|p| p.into_inner()).get(key) {
+            return pool.clone();
+        }
+        let mut pools = self.pools.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(pool) = pools.get(key) {
+            return pool.clone();
+        }
+        let (db, user) = {
+            let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+            let db = counters.0.entry(key.database.clone()).or_default().clone();
+            let user = counters.1.entry(key.user.clone()).or_default().clone();
+            (db, user)
+        };
+        let (settings, login) = settings();
+        let pool = Arc::new(Pool::new(key.clone(), settings, login, db, user));
+        pools.insert(key.clone(), pool.clone());
+        tokio::spawn(maintain::run(Arc::downgrade(&pool)));
+        pool
+    }
+
+    pub fn all(&self) -> Vec<Arc<Pool>> {
+        self.pools.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+}

@@ -1,0 +1,130 @@
+//! The pooler process: the state every client task shares ([`Shared`]: config, server list,
+//! pools, cancel keys, counters, shutdown), the multi-threaded tokio runtime, listeners and
+//! signal handling. `pgha pooler` calls [`main`].
+
+use crate::cancel::CancelRegistry;
+use crate::config::PoolerConfig;
+use crate::listener::{ListenError, Listeners};
+use crate::pool::Registry;
+use crate::server::ServerPasswords;
+use crate::shutdown::{self, Shutdown};
+use crate::stats::GlobalStats;
+use crate::topology::{StaticTopology, Topology};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum PoolerError {
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error("cannot read auth_file {path}: {source}")]
+    AuthFile { path: PathBuf, source: std::io::Error },
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// What every client task reads.
+pub struct Shared {
+    config: RwLock<Arc<PoolerConfig>>,
+    topology: RwLock<Arc<dyn Topology>>,
+    passwords: RwLock<Arc<ServerPasswords>>,
+    pub config_path: Option<PathBuf>,
+    pub pools: Registry,
+    pub cancels: CancelRegistry,
+    pub stats: GlobalStats,
+    pub shutdown: Shutdown,
+    pub started: Instant,
+}
+
+impl Shared {
+    pub fn new(config: PoolerConfig, config_path: Option<PathBuf>) -> Result<Shared, PoolerError> {
+        let passwords = load_passwords(&config)?;
+        Ok(Shared {
+            topology: RwLock::new(Arc::new(StaticTopology::from_config(&config))),
+            config: RwLock::new(Arc::new(config)),
+            passwords: RwLock::new(Arc::new(passwords)),
+            config_path,
+            pools: Registry::default(),
+            cancels: CancelRegistry::default(),
+            stats: GlobalStats::default(),
+            shutdown: Shutdown::default(),
+            started: Instant::now(),
+        })
+    }
+
+    pub fn config(&self) -> Arc<PoolerConfig> {
+        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn topology(&self) -> Arc<dyn Topology> {
+        self.topology.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the server list (a DCS feed calls this when the primary moves).
+    pub fn set_topology(&self, topology: Arc<dyn Topology>) {
+        *self.topology.write().unwrap_or_else(|p| p.into_inner()) = topology;
+    }
+
+    pub fn passwords(&self) -> Arc<ServerPasswords> {
+        self.passwords.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+fn load_passwords(config: &PoolerConfig) -> Result<ServerPasswords, PoolerError> {
+    match &config.auth_file {
+        Some(path) => {
+            ServerPasswords::load(path).map_err(|source| PoolerError::AuthFile { path: path.clone(), source })
+        }
+        None => Ok(ServerPasswords::default()),
+    }
+}
+
+/// `pgha pooler`: builds a runtime with one worker per core and serves until SIGTERM (drain)
+/// or SIGINT (now).
+pub fn main(config: PoolerConfig, config_path: &Path) -> Result<(), PoolerError> {
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .map_err(PoolerError::Runtime)?;
+    runtime.block_on(async {
+        let shared = Arc::new(Shared::new(config, Some(config_path.to_owned()))?);
+        run(shared, shutdown::signal()).await
+    })
+}
+
+/// Serves until `stop` resolves, then drains.
+pub async fn run(
+    shared: Arc<Shared>,
+    stop: impl std::future::Future<Output = shutdown::Signal>,
+) -> Result<(), PoolerError> {
+    let config = shared.config();
+    let listeners = Listeners::bind(&config.listen_addr, config.listen_port, &config.unix_socket_dir).await?;
+    tracing::info!(
+        listen = %format!("{}:{}", config.listen_addr, config.listen_port),
+        unix_socket_dir = %config.unix_socket_dir,
+        pool_mode = ?config.pool_mode,
+        "pooler listening"
+    );
+    let serving = tokio::spawn(listeners.serve(shared.clone()));
+    let signal = stop.await;
+    tracing::info!(?signal, "pooler stopping: no new connections");
+    shared.shutdown.begin();
+    let _ = serving.await;
+    if signal == shutdown::Signal::Graceful {
+        let deadline = Instant::now() + shutdown::DRAIN_TIMEOUT;
+        while shared.stats.client_connections.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = shared.stats.client_connections.load(Ordering::Relaxed);
+        if left > 0 {
+            tracing::warn!(clients = left, "drain timeout: closing clients still in a transaction");
+        }
+    }
+    tracing::info!("pooler stopped");
+    Ok(())
+}

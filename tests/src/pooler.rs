@@ -1,0 +1,82 @@
+//! A real `pgha pooler` in front of a harness PostgreSQL: a generated pooler.toml (free port on
+//! 127.0.0.1, a Unix socket in a scratch dir, a userlist.txt with the superuser's password for
+//! the server login, extra settings from the test), readiness, DSNs and clients.
+
+use crate::pgha::PghaProcess;
+use crate::postgres::{PgInstance, SUPERUSER};
+use crate::scratch::ScratchDir;
+use crate::wait::wait_for;
+use anyhow::Context;
+use std::path::Path;
+use std::time::Duration;
+use tokio_postgres::{Client, NoTls};
+
+pub struct PoolerProcess {
+    process: PghaProcess,
+    port: u16,
+    dir: ScratchDir,
+}
+
+/// The pooler.toml for `pg`: `settings` are top-level lines (pool_mode = "transaction", ...).
+pub fn pooler_config(pg: &PgInstance, port: u16, dir: &Path, settings: &str) -> String {
+    format!(
+        "listen_addr = \"127.0.0.1\"\nlisten_port = {port}\nunix_socket_dir = \"{dir}\"\nauth_type = \"trust\"\n\
+         auth_file = \"{dir}/userlist.txt\"\n{settings}\n\n[databases.postgres]\nhost = \"127.0.0.1\"\nport = {pg_port}\n",
+        dir = dir.display(),
+        pg_port = pg.port(),
+    )
+}
+
+impl PoolerProcess {
+    /// Starts `pgha pooler` in front of `pg` and waits until it serves a query.
+    pub async fn start(pg: &PgInstance, settings: &str) -> anyhow::Result<PoolerProcess> {
+        let dir = ScratchDir::new("pooler", None)?;
+        std::fs::write(dir.join("userlist.txt"), format!("\"{SUPERUSER}\" \"{}\"\n", pg.password()))
+            .context("writing userlist.txt")?;
+        let port = crate::ports::free_port()?;
+        let config = pooler_config(pg, port, dir.path(), settings);
+        let process = PghaProcess::start("pooler", &["pooler"], &config)?;
+        let pooler = PoolerProcess { process, port, dir };
+        wait_for("the pooler to answer SELECT 1", Duration::from_secs(15), || async {
+            let client = pooler.connect().await?;
+            client.simple_query("select 1").await?;
+            Ok(Some(()))
+        })
+        .await
+        .with_context(|| format!("pooler log:\n{}", pooler.log()))?;
+        Ok(pooler)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+    pub fn socket_dir(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+    pub fn process(&mut self) -> &mut PghaProcess {
+        &mut self.process
+    }
+
+    /// libpq/tokio-postgres DSN over TCP (no password: the pooler trusts clients here).
+    pub fn dsn(&self, dbname: &str) -> String {
+        format!("host=127.0.0.1 port={} user={SUPERUSER} dbname={dbname}", self.port)
+    }
+
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        self.connect_dsn(&self.dsn("postgres")).await
+    }
+
+    pub async fn connect_dsn(&self, dsn: &str) -> anyhow::Result<Client> {
+        let (client, conn) = tokio::time::timeout(Duration::from_secs(10), tokio_postgres::connect(dsn, NoTls))
+            .await
+            .context("connecting through the pooler timed out")?
+            .context("connecting through the pooler")?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+}

@@ -1,0 +1,111 @@
+//! Real clients through a real `pgha pooler` in front of real PostgreSQL 15: psql, pgbench in
+//! its three protocols, tokio-postgres, COPY both ways, in session and transaction modes.
+
+use harness::pooler::PoolerProcess;
+use harness::{PgInstance, PgOptions};
+use std::process::Command;
+use std::time::Duration;
+
+async fn postgres() -> PgInstance {
+    let mut pg = PgInstance::init("pooled", PgOptions::default().param("max_connections", "300")).await.unwrap();
+    pg.start().await.unwrap();
+    pg
+}
+
+fn run(program: &str, args: &[&str]) -> String {
+    let bin = format!("/usr/lib/postgresql/15/bin/{program}");
+    let out = Command::new(bin).args(args).env("PGCONNECT_TIMEOUT", "10").output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{program} {args:?} failed:\n{text}");
+    text
+}
+
+async fn psql_and_pgbench(mode: &str) {
+    let pg = postgres().await;
+    let pooler = PoolerProcess::start(&pg, &format!("pool_mode = \"{mode}\"\ndefault_pool_size = 4")).await.unwrap();
+    let port = pooler.port().to_string();
+    let socket = pooler.socket_dir().display().to_string();
+    for host in ["127.0.0.1", socket.as_str()] {
+        let out = run("psql", &["-h", host, "-p", &port, "-U", "postgres", "-d", "postgres", "-AtXc", "select 40 + 2"]);
+        assert_eq!(out.trim(), "42", "psql via {host}");
+    }
+    let tcp = ["-h", "127.0.0.1", "-p", port.as_str(), "-U", "postgres"];
+    run("pgbench", &[&tcp[..], &["-i", "-s", "1", "-q", "postgres"]].concat());
+    // One thread per client: pgbench 15 prepares with a blocking PQprepare inside the
+    // transaction, which stalls a thread's other clients that hold server connections.
+    for protocol in ["simple", "extended", "prepared"] {
+        let out = run(
+            "pgbench",
+            &[&tcp[..], &["-n", "-M", protocol, "-c", "8", "-j", "8", "-t", "200", "postgres"]].concat(),
+        );
+        assert!(out.contains("number of transactions actually processed: 1600/1600"), "{mode}/{protocol}:\n{out}");
+    }
+    let out = run("pgbench", &[&tcp[..], &["-n", "-S", "-C", "-c", "4", "-t", "50", "postgres"]].concat());
+    assert!(out.contains("processed: 200/200"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_and_pgbench_work_in_session_mode() {
+    psql_and_pgbench("session").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_and_pgbench_work_in_transaction_mode() {
+    psql_and_pgbench("transaction").await;
+}
+
+async fn copy_round_trip(mode: &str) {
+    use futures_util::SinkExt;
+    use futures_util::StreamExt;
+    let pg = postgres().await;
+    let pooler = PoolerProcess::start(&pg, &format!("pool_mode = \"{mode}\"\ndefault_pool_size = 2")).await.unwrap();
+    let client = pooler.connect().await.unwrap();
+    client.batch_execute("create table t (id int, body text)").await.unwrap();
+    let sink = client.copy_in("copy t from stdin").await.unwrap();
+    futures_util::pin_mut!(sink);
+    let mut sent = String::new();
+    for i in 0..5000 {
+        sent.push_str(&format!("{i}\trow {i} {}\n", "x".repeat(i % 300)));
+    }
+    sink.send(bytes::Bytes::from(sent.clone())).await.unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 5000);
+    let stream = client.copy_out("copy (select * from t order by id) to stdout").await.unwrap();
+    futures_util::pin_mut!(stream);
+    let mut got = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        got.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(String::from_utf8(got).unwrap(), sent, "{mode}: COPY out returns what COPY in stored");
+    // The connection still works afterwards.
+    let n: i64 = client.query_one("select count(*) from t", &[]).await.unwrap().get(0);
+    assert_eq!(n, 5000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_in_and_out_round_trip_in_both_modes() {
+    copy_round_trip("session").await;
+    copy_round_trip("transaction").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_of_pg_sleep_through_the_pooler_returns_within_1s() {
+    let pg = postgres().await;
+    for mode in ["session", "transaction"] {
+        let pooler = PoolerProcess::start(&pg, &format!("pool_mode = \"{mode}\"")).await.unwrap();
+        let client = pooler.connect().await.unwrap();
+        let token = client.cancel_token();
+        let sleeper = tokio::spawn(async move {
+            let start = std::time::Instant::now();
+            let r = client.simple_query("select pg_sleep(30)").await;
+            (r.map(|_| ()), start.elapsed())
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let cancel_start = std::time::Instant::now();
+        token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+        let (result, _) = tokio::time::timeout(Duration::from_secs(5), sleeper).await.unwrap().unwrap();
+        let took = cancel_start.elapsed();
+        let err = result.expect_err("the query should have been cancelled");
+        assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::QUERY_CANCELED), "{mode}: {err}");
+        assert!(took < Duration::from_secs(1), "{mode}: cancel took {took:?}");
+    }
+}
