@@ -94,7 +94,7 @@ where
         Ok(result) => result,
         Err(_) => {
             let msg = "client_login_timeout: authentication took too long";
-            let err = ErrorResponse::new(Severity::Fatal, "08006", msg).to_bytes();
+            let err = ErrorResponse::new(Severity::Fatal, "08P01", msg).to_bytes();
             let _ = tokio::time::timeout(Duration::from_secs(1), wire::send(stream, &err)).await;
             Err(ClientAuthError::Timeout(timeout))
         }

@@ -172,7 +172,7 @@ async fn a_client_that_stalls_is_timed_out_with_an_error() {
     let mut seen = Vec::new();
     drop(server_side);
     client_side.read_to_end(&mut seen).await.unwrap();
-    assert!(seen.windows(5).any(|w| w == b"08006"), "the client is told why");
+    assert!(seen.windows(5).any(|w| w == b"08P01"), "the client is told why");
 }
 
 #[tokio::test]
