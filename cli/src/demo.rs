@@ -50,11 +50,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     if opts.nodes == 0 || opts.nodes > 9 {
         bail!("--nodes {}: expected 1 to 9", opts.nodes);
     }
-    let dcs = if opts.dcs == "raft" {
-        println!("pgha demo: the built-in Raft DCS is not built yet in this version; using a local etcd instead");
-        "etcd"
-    } else {
-        opts.dcs.as_str()
+    let dcs = match opts.dcs.as_str() {
+        "raft" => DemoDcs::Raft,
+        "etcd" => DemoDcs::Etcd,
+        other => bail!("--dcs {other}: expected raft or etcd"),
     };
     let (dir, remove_dir) = match &opts.dir {
         Some(d) => (d.clone(), false),
@@ -69,10 +68,54 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     result
 }
 
-async fn run_in(opts: &DemoOptions, dcs: &str, dir: &Path, owner: Option<RunAs>) -> anyhow::Result<()> {
-    if dcs != "etcd" {
-        bail!("--dcs {dcs}: expected raft or etcd");
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DemoDcs {
+    Raft,
+    Etcd,
+}
+
+/// The generated `[dcs]` section for every agent, and the etcd process when there is one.
+struct DcsSetup {
+    section: Vec<String>,
+    description: String,
+    etcd: Option<Child>,
+}
+
+async fn start_dcs(dcs: DemoDcs, nodes: u8, dir: &Path) -> anyhow::Result<DcsSetup> {
+    match dcs {
+        DemoDcs::Raft => raft_sections(nodes, dir),
+        DemoDcs::Etcd => start_etcd(nodes, dir),
     }
+}
+
+/// Every agent runs a member of the built-in Raft group; the members share a fresh random secret.
+fn raft_sections(nodes: u8, dir: &Path) -> anyhow::Result<DcsSetup> {
+    let mut secret = [0u8; 24];
+    getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("generating the Raft secret: {e}"))?;
+    let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let mut ports = Vec::new();
+    for _ in 1..=nodes {
+        ports.push(free_port()?);
+    }
+    let peers: Vec<String> =
+        ports.iter().enumerate().map(|(i, p)| format!("node{} = \"127.0.0.1:{p}\"", i + 1)).collect();
+    let section = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            format!(
+                "[dcs]\nbackend = \"raft\"\n[dcs.raft]\nlisten = \"127.0.0.1:{p}\"\ndata_dir = \"{}\"\n\
+                 secret = \"{secret}\"\npeers = {{ {} }}\n",
+                dir.join(format!("node{}", i + 1)).join("raft").display(),
+                peers.join(", ")
+            )
+        })
+        .collect();
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    Ok(DcsSetup { section, description: format!("the built-in Raft group ({})", addrs.join(", ")), etcd: None })
+}
+
+fn start_etcd(nodes: u8, dir: &Path) -> anyhow::Result<DcsSetup> {
     let (client_port, peer_port) = (free_port()?, free_port()?);
     let etcd_url = format!("http://127.0.0.1:{client_port}");
     let mut etcd = Command::new("etcd");
@@ -88,8 +131,17 @@ async fn run_in(opts: &DemoOptions, dcs: &str, dir: &Path, owner: Option<RunAs>)
         .stderr(std::fs::File::create(dir.join("etcd.log"))?)
         .kill_on_drop(true);
     dies_with_parent(&mut etcd, libc::SIGKILL);
-    let mut etcd = etcd.spawn().context("starting etcd (apt-get install -y etcd-server, or run scripts/demo)")?;
+    let etcd = etcd.spawn().context("starting etcd (apt-get install -y etcd-server, or run scripts/demo)")?;
+    let section = format!("[dcs]\nbackend = \"etcd\"\n[dcs.etcd]\nendpoints = [\"{etcd_url}\"]\n");
+    Ok(DcsSetup {
+        section: vec![section; nodes as usize],
+        description: format!("etcd at {etcd_url}"),
+        etcd: Some(etcd),
+    })
+}
 
+async fn run_in(opts: &DemoOptions, dcs: DemoDcs, dir: &Path, owner: Option<RunAs>) -> anyhow::Result<()> {
+    let DcsSetup { section, description, mut etcd } = start_dcs(dcs, opts.nodes, dir).await?;
     let exe = std::env::current_exe().context("locating the pgha binary")?;
     let mut agents = Vec::new();
     let mut table = Vec::new();
@@ -105,9 +157,9 @@ async fn run_in(opts: &DemoOptions, dcs: &str, dir: &Path, owner: Option<RunAs>)
             "name = \"{name}\"\nscope = \"demo\"\n[postgresql]\ndata_dir = \"{data}\"\nlisten = \"127.0.0.1:{pg}\"\n\
              superuser = {{ username = \"postgres\", password = \"{SUPERUSER_PASSWORD}\" }}\n\
              replication = {{ username = \"replicator\", password = \"pgha-demo-replication\" }}\n\
-             parameters = {{ shared_buffers = \"32MB\" }}\n[api]\nlisten = \"127.0.0.1:{api}\"\n\
-             [dcs]\nbackend = \"etcd\"\n[dcs.etcd]\nendpoints = [\"{etcd_url}\"]\n",
-            data = node_dir.join("data").display()
+             parameters = {{ shared_buffers = \"32MB\" }}\n[api]\nlisten = \"127.0.0.1:{api}\"\n{dcs}",
+            data = node_dir.join("data").display(),
+            dcs = section[usize::from(i - 1)],
         );
         let config_path = dir.join(format!("{name}.toml"));
         std::fs::write(&config_path, config)?;
@@ -127,7 +179,7 @@ async fn run_in(opts: &DemoOptions, dcs: &str, dir: &Path, owner: Option<RunAs>)
     }
 
     let hosts: Vec<String> = table.iter().map(|(_, pg, _)| format!("127.0.0.1:{pg}")).collect();
-    println!("pgha demo: {} nodes on etcd at {etcd_url}, data in {}", opts.nodes, dir.display());
+    println!("pgha demo: {} nodes on {description}, data in {}", opts.nodes, dir.display());
     for (name, pg, api) in &table {
         println!(
             "  {name}: postgresql://postgres:{SUPERUSER_PASSWORD}@127.0.0.1:{pg}/postgres   API http://127.0.0.1:{api}/patroni"
@@ -145,7 +197,7 @@ async fn run_in(opts: &DemoOptions, dcs: &str, dir: &Path, owner: Option<RunAs>)
     tokio::select! {
         _ = int.recv() => {}
         _ = term.recv() => {}
-        status = etcd.wait() => println!("pgha demo: etcd exited ({status:?}); stopping"),
+        status = etcd_exit(&mut etcd) => println!("pgha demo: etcd exited ({status:?}); stopping"),
     }
     println!("pgha demo: stopping the agents");
     for a in &agents {
@@ -157,7 +209,17 @@ async fn run_in(opts: &DemoOptions, dcs: &str, dir: &Path, owner: Option<RunAs>)
         let _ = tokio::time::timeout(Duration::from_secs(30), a.wait()).await;
         let _ = a.kill().await;
     }
-    let _ = etcd.kill().await;
+    if let Some(e) = etcd.as_mut() {
+        let _ = e.kill().await;
+    }
     println!("pgha demo: stopped");
     Ok(())
+}
+
+/// Resolves when the demo's etcd exits; never when the DCS is the built-in Raft group.
+async fn etcd_exit(etcd: &mut Option<Child>) -> std::io::Result<std::process::ExitStatus> {
+    match etcd {
+        Some(e) => e.wait().await,
+        None => std::future::pending().await,
+    }
 }

@@ -5,11 +5,23 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[test]
-fn demo_prints_a_working_read_write_dsn_and_ctrl_c_cleans_up() {
+fn demo_on_the_built_in_raft_prints_a_working_read_write_dsn_and_ctrl_c_cleans_up() {
+    demo_works(&[]);
+}
+
+#[test]
+fn demo_on_etcd_prints_a_working_read_write_dsn_and_ctrl_c_cleans_up() {
+    demo_works(&["--dcs", "etcd"]);
+}
+
+/// Runs `pgha demo <extra> --dir D` as the README says and checks what a newcomer relies on.
+fn demo_works(extra: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let demo_dir = dir.path().join("demo");
     let mut child = Command::new(env!("CARGO_BIN_EXE_pgha"))
-        .args(["demo", "--dcs", "etcd", "--dir"])
+        .arg("demo")
+        .args(extra)
+        .arg("--dir")
         .arg(&demo_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
