@@ -1,0 +1,156 @@
+//! Bad input never takes the pooler down: 20 kinds of malformed startup packets and messages
+//! each get an ErrorResponse or a closed connection while another client keeps working, and a
+//! client that stalls in the middle of a message holds only its own server connection, which is
+//! closed (not pooled half-written) when the client goes.
+
+use harness::pooler::PoolerProcess;
+use harness::{PgInstance, PgOptions};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn startup(params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = 196608u32.to_be_bytes().to_vec();
+    for (k, v) in params {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut p = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    p.extend_from_slice(&body);
+    p
+}
+
+fn packet(len: i32, rest: &[u8]) -> Vec<u8> {
+    let mut p = len.to_be_bytes().to_vec();
+    p.extend_from_slice(rest);
+    p
+}
+
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+fn raw(tag: u8, len: i32, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&len.to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+/// Reads until the pooler closes the connection; true if it sent an ErrorResponse first.
+async fn answer(stream: &mut TcpStream) -> (bool, Vec<u8>) {
+    let mut got = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let closed = tokio::time::timeout(Duration::from_secs(5), read).await.is_ok();
+    assert!(closed, "the pooler neither answered nor closed; got {got:?}");
+    (got.contains(&b'E'), got)
+}
+
+async fn logged_in(port: u16) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(&startup(&[("user", "postgres"), ("database", "postgres")])).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(6).any(|w| w == b"Z\0\0\0\x05I") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed during login");
+        got.extend_from_slice(&buf[..n]);
+    }
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_kinds_of_malformed_input_are_refused_while_others_keep_working() {
+    let mut pg = PgInstance::init("bad-input", PgOptions::default()).await.unwrap();
+    pg.start().await.unwrap();
+    let settings = "pool_mode = \"transaction\"\ndefault_pool_size = 2\nmax_packet_size = 1048576";
+    let pooler = PoolerProcess::start(&pg, settings).await.unwrap();
+    let port = pooler.port();
+    let good = pooler.connect().await.unwrap();
+
+    let before_login: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage text", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ("length below 8", packet(4, &[0, 0, 0, 0])),
+        ("negative length", packet(-5, &[0; 8])),
+        ("length above 10000", packet(100_000, &[0, 3, 0, 0])),
+        ("protocol 2.0", packet(8, &(2u32 << 16).to_be_bytes())),
+        ("no user", startup(&[("database", "postgres")])),
+        ("unterminated parameter", packet(14, &[0, 3, 0, 0, b'u', b's', b'e', b'r', b'x', b'y'])),
+        (
+            "non-UTF-8 parameter",
+            startup(&[("user", "\u{0}")]).into_iter().map(|b| if b == 0xff { 0xfe } else { b }).collect(),
+        ),
+        ("SSLRequest with extra bytes", packet(12, &[4, 0xd2, 0x16, 0x2f, 1, 2, 3, 4])),
+        ("cancel key of 2 bytes", packet(14, &[4, 0xd2, 0x16, 0x2e, 0, 0, 0, 1, 9, 9])),
+        ("unknown database", startup(&[("user", "postgres"), ("database", "nope")])),
+    ];
+    for (what, bytes) in before_login {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let _ = s.write_all(&bytes).await;
+        let (error, got) = answer(&mut s).await;
+        assert!(error || got.is_empty(), "{what}: unexpected answer {got:?}");
+        good.simple_query("select 1").await.unwrap_or_else(|e| panic!("after {what}: {e}"));
+    }
+
+    let after_login: Vec<(&str, Vec<u8>)> = vec![
+        ("message length below 4", raw(b'Q', 2, b"")),
+        ("message above max_packet_size", raw(b'Q', 2_000_000, b"select")),
+        ("unknown message tag", message(b'z', b"")),
+        ("Sync with a body", message(b'S', b"xx")),
+        ("Terminate with a body", message(b'X', b"x")),
+        ("password message after login", message(b'p', b"secret\0")),
+        ("Parse without terminators", message(b'P', b"stmt")),
+        ("Bind of an unknown statement", message(b'B', b"\0nosuch\0\0\0\0\0\0\0")),
+        ("Close with a bad kind", message(b'C', b"Zname\0")),
+    ];
+    for (what, bytes) in after_login {
+        let mut s = logged_in(port).await;
+        let _ = s.write_all(&bytes).await;
+        let (error, got) = answer(&mut s).await;
+        assert!(error, "{what}: expected an ErrorResponse, got {got:?}");
+        good.simple_query("select 1").await.unwrap_or_else(|e| panic!("after {what}: {e}"));
+    }
+    assert!(pooler.log().lines().all(|l| !l.contains("panicked")), "{}", pooler.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_stalled_in_half_a_message_holds_only_its_own_server_which_is_closed_after_it() {
+    let mut pg = PgInstance::init("stall", PgOptions::default()).await.unwrap();
+    pg.start().await.unwrap();
+    let settings = "pool_mode = \"transaction\"\ndefault_pool_size = 2";
+    let pooler = PoolerProcess::start(&pg, settings).await.unwrap();
+    let mut stalled = logged_in(pooler.port()).await;
+    // A Query announcing 100 bytes of which only 10 arrive.
+    let mut half = raw(b'Q', 104, b"select 1 ");
+    half.truncate(5 + 10);
+    stalled.write_all(&half).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let other = pooler.connect().await.unwrap();
+    for _ in 0..50 {
+        other.simple_query("select 1").await.unwrap();
+    }
+    drop(stalled);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both server slots serve again, and no half-written Query reached another client: two
+    // clients in concurrent transactions both work.
+    let a = pooler.connect().await.unwrap();
+    let b = pooler.connect().await.unwrap();
+    a.batch_execute("begin; select 1").await.unwrap();
+    b.batch_execute("begin; select 2").await.unwrap();
+    a.batch_execute("commit").await.unwrap();
+    b.batch_execute("commit").await.unwrap();
+}

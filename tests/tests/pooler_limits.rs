@@ -1,0 +1,76 @@
+//! PgBouncer's limits and timeouts, observed from clients: max_client_conn refuses with
+//! PgBouncer's error, query_wait_timeout ends a client that waited too long for a server
+//! connection, idle_transaction_timeout ends a client idle inside a transaction.
+
+use harness::pooler::PoolerProcess;
+use harness::{PgInstance, PgOptions};
+use std::time::{Duration, Instant};
+
+async fn postgres() -> PgInstance {
+    let mut pg = PgInstance::init("limits", PgOptions::default()).await.unwrap();
+    pg.start().await.unwrap();
+    pg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_client_conn_refuses_with_pgbouncers_error_and_others_keep_working() {
+    let pg = postgres().await;
+    let pooler = PoolerProcess::start(&pg, "max_client_conn = 3").await.unwrap();
+    // The readiness probe's connection closes asynchronously.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(pooler.connect().await.unwrap());
+    }
+    let Err(err) = pooler.connect().await else { panic!("a fourth client must be refused") };
+    let db = err.chain().find_map(|e| e.downcast_ref::<tokio_postgres::Error>()).and_then(|e| e.as_db_error());
+    let db = db.unwrap_or_else(|| panic!("expected a server error, got {err:#}"));
+    assert_eq!((db.code().code(), db.message()), ("08P01", "no more connections allowed (max_client_conn)"));
+    for client in &held {
+        client.simple_query("select 1").await.unwrap();
+    }
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    pooler.connect().await.unwrap().simple_query("select 1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_wait_timeout_ends_a_client_that_cannot_get_a_server_connection() {
+    let pg = postgres().await;
+    let settings = "pool_mode = \"transaction\"\ndefault_pool_size = 1\nquery_wait_timeout = 1";
+    let pooler = PoolerProcess::start(&pg, settings).await.unwrap();
+    let holder = pooler.connect().await.unwrap();
+    holder.batch_execute("begin; select 1").await.unwrap();
+    let waiter = pooler.connect().await.unwrap();
+    let start = Instant::now();
+    let err = waiter.simple_query("select 1").await.expect_err("no server connection is free");
+    let waited = start.elapsed();
+    assert_eq!(err.as_db_error().map(|e| e.message()), Some("query_wait_timeout"), "{err:?}");
+    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(3), "waited {waited:?}");
+    // The holder's transaction is unaffected and the pool works once it ends.
+    holder.batch_execute("commit").await.unwrap();
+    pooler.connect().await.unwrap().simple_query("select 1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_transaction_timeout_ends_a_client_idle_in_a_transaction_and_frees_its_server() {
+    let pg = postgres().await;
+    let settings = "pool_mode = \"transaction\"\ndefault_pool_size = 1\nidle_transaction_timeout = 1";
+    let pooler = PoolerProcess::start(&pg, settings).await.unwrap();
+    let idle = pooler.connect().await.unwrap();
+    idle.batch_execute("create table t (x int)").await.unwrap();
+    idle.batch_execute("begin; insert into t values (1)").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let err = idle.simple_query("commit").await.expect_err("the client should have been disconnected");
+    let message = err.as_db_error().map(|e| e.message().to_owned());
+    assert!(message.as_deref() == Some("idle transaction timeout") || idle.is_closed(), "{err:?}");
+    // The server connection was closed, not pooled mid-transaction: the insert is gone and a
+    // new client gets a working connection.
+    let other = pooler.connect().await.unwrap();
+    let rows = other.simple_query("select count(*) from t").await.unwrap();
+    let count = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(count.as_deref(), Some("0"));
+}
