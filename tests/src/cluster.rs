@@ -120,10 +120,11 @@ pub async fn connect(dsn: &str) -> anyhow::Result<tokio_postgres::Client> {
     Ok(client)
 }
 
-/// A cluster of agents on one etcd member.
+/// A cluster of agents on one etcd member, or on the Raft group they form themselves.
 pub struct PghaCluster {
     pub nodes: Vec<Node>,
-    pub etcd: EtcdCluster,
+    /// None when the agents run the built-in Raft DCS.
+    pub etcd: Option<EtcdCluster>,
     pub scope: String,
 }
 
@@ -152,8 +153,61 @@ impl PghaCluster {
         Self::start(size, timing, true).await
     }
 
+    /// Starts `size` agents that form the built-in Raft DCS among themselves (no etcd).
+    pub async fn start_on_raft(size: usize, timing: Timing) -> anyhow::Result<PghaCluster> {
+        let mut raft_ports = Vec::new();
+        for _ in 0..size {
+            raft_ports.push(crate::ports::free_port()?);
+        }
+        let peers = (0..size)
+            .map(|i| format!("node{} = \"127.0.0.1:{}\"", i + 1, raft_ports[i]))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let dcs_section = |i: usize, dir: &ScratchDir| {
+            format!(
+                "[dcs]\nbackend = \"raft\"\n[dcs.raft]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{data}\"\n\
+                 peers = {{ {peers} }}\nsecret = \"{secret}\"\n",
+                port = raft_ports[i],
+                data = dir.join("raft").display(),
+                secret = crate::raft::RAFT_SECRET,
+            )
+        };
+        Self::start_with(size, timing, None, &dcs_section).await
+    }
+
     async fn start(size: usize, timing: Timing, relays: bool) -> anyhow::Result<PghaCluster> {
         let etcd = EtcdCluster::start(1).await?;
+        let mut dcs_relays = Vec::new();
+        for _ in 0..size {
+            dcs_relays.push(if relays {
+                let target = ([127, 0, 0, 1], etcd.members()[0].client_port).into();
+                Some(FaultRelay::start(target).await?)
+            } else {
+                None
+            });
+        }
+        let endpoints: Vec<String> = dcs_relays
+            .iter()
+            .map(|relay| match relay {
+                Some(r) => format!("\"http://127.0.0.1:{}\"", r.port()),
+                None => etcd.endpoints().iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", "),
+            })
+            .collect();
+        let dcs_section = |i: usize, _: &ScratchDir| {
+            format!("[dcs]\nbackend = \"etcd\"\n[dcs.etcd]\nendpoints = [{}]\n", endpoints[i])
+        };
+        let mut cluster = Self::start_with(size, timing, Some(dcs_relays), &dcs_section).await?;
+        cluster.etcd = Some(etcd);
+        Ok(cluster)
+    }
+
+    async fn start_with(
+        size: usize,
+        timing: Timing,
+        relays: Option<Vec<Option<FaultRelay>>>,
+        dcs_section: &dyn Fn(usize, &ScratchDir) -> String,
+    ) -> anyhow::Result<PghaCluster> {
+        let mut relays = relays.unwrap_or_default().into_iter();
         let scope = format!("test{}", std::process::id());
         let owner = RunAs::for_postgres(DEFAULT_USER)?;
         let mut nodes = Vec::new();
@@ -162,16 +216,8 @@ impl PghaCluster {
             let dir = ScratchDir::new(&name, owner)?;
             let pg_port = crate::ports::free_port()?;
             let api_port = crate::ports::free_port()?;
-            let dcs_relay = if relays {
-                let target = ([127, 0, 0, 1], etcd.members()[0].client_port).into();
-                Some(FaultRelay::start(target).await?)
-            } else {
-                None
-            };
-            let endpoints = match &dcs_relay {
-                Some(r) => format!("\"http://127.0.0.1:{}\"", r.port()),
-                None => etcd.endpoints().iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", "),
-            };
+            let dcs_relay = relays.next().flatten();
+            let dcs = dcs_section(i - 1, &dir);
             let config = format!(
                 r#"name = "{name}"
 scope = "{scope}"
@@ -187,11 +233,7 @@ listen = "127.0.0.1:{api_port}"
 ttl = {ttl}
 loop_wait = {lw}
 retry_timeout = {rt}
-[dcs]
-backend = "etcd"
-[dcs.etcd]
-endpoints = [{endpoints}]
-"#,
+{dcs}"#,
                 data = dir.join("data").display(),
                 ttl = timing.ttl,
                 lw = timing.loop_wait,
@@ -202,7 +244,7 @@ endpoints = [{endpoints}]
         for n in &mut nodes {
             n.start_agent()?;
         }
-        Ok(PghaCluster { nodes, etcd, scope })
+        Ok(PghaCluster { nodes, etcd: None, scope })
     }
 
     /// Index of the node whose PostgreSQL accepts writes, if exactly one does.
