@@ -95,6 +95,7 @@ pub fn member_value(
     role: &str,
     position: Option<Lsn>,
     timeline: Option<u32>,
+    pending_restart: bool,
     tags: &crate::config::TagsConfig,
 ) -> Vec<u8> {
     MemberValue {
@@ -105,6 +106,7 @@ pub fn member_value(
         version: Some(concat!("pgha ", env!("CARGO_PKG_VERSION")).to_string()),
         xlog_location: position.map(|p| p.0),
         timeline: timeline.map(u64::from),
+        pending_restart: pending_restart.then_some(true),
         tags: Tags {
             // Patroni writes the boolean tags only when true.
             nofailover: tags.nofailover.then_some(true),
@@ -187,7 +189,8 @@ mod tests {
     #[test]
     fn member_value_round_trips_through_the_view() {
         let tags = crate::config::TagsConfig { nofailover: true, ..Default::default() };
-        let value = member_value("127.0.0.1:5433", "127.0.0.1:8009", true, "replica", Some(Lsn(77)), Some(2), &tags);
+        let value =
+            member_value("127.0.0.1:5433", "127.0.0.1:8009", true, "replica", Some(Lsn(77)), Some(2), false, &tags);
         let snap = ClusterSnapshot { revision: 1, keys: vec![kv("members/n2", std::str::from_utf8(&value).unwrap())] };
         let (view, addrs) = view_from_snapshot(&snap);
         assert_eq!(view.members[0].wal_position, Some(Lsn(77)));

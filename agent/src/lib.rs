@@ -7,6 +7,7 @@
 pub mod api;
 pub mod cluster_view;
 pub mod config;
+pub mod dynamic;
 pub mod ha;
 pub mod postgres;
 pub mod raft_dcs;

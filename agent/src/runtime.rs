@@ -17,6 +17,14 @@ use tokio_postgres::NoTls;
 pub struct Runtime {
     name: String,
     ha: HaConfig,
+    /// The agent file's `[ha]`; `ha` is this with the DCS dynamic configuration applied.
+    base_ha: HaConfig,
+    /// The agent file's `[postgresql] parameters`; they win over the DCS ones.
+    local_parameters: Vec<(String, String)>,
+    /// The dynamic configuration last read from the DCS.
+    dynamic: consensus::cluster::DynamicConfig,
+    /// The last reason the DCS timing was not applied (logged once per new reason).
+    dynamic_refused: Option<String>,
     dcs: Arc<dyn Dcs>,
     pg: LocalPostgres,
     tags: crate::config::TagsConfig,
@@ -49,9 +57,14 @@ impl Runtime {
         commands: tokio::sync::mpsc::Receiver<crate::api::ApiCommand>,
     ) -> Runtime {
         let conn = config.postgresql.connect_address.unwrap_or(config.postgresql.listen);
+        let local_parameters = pg.parameters.clone();
         Runtime {
             name: config.name.clone(),
             ha: config.ha.to_ha_config(),
+            base_ha: config.ha.to_ha_config(),
+            local_parameters,
+            dynamic: Default::default(),
+            dynamic_refused: None,
             dcs,
             pg,
             tags: config.tags.clone(),
@@ -103,6 +116,11 @@ impl Runtime {
         match tokio::time::timeout(self.ha.retry_timeout, self.dcs.snapshot()).await {
             Ok(Ok(snap)) => {
                 let (view, addrs) = view_from_snapshot(&snap);
+                self.dynamic = snap
+                    .get(&ClusterKey::Config)
+                    .and_then(|kv| consensus::cluster::DynamicConfig::parse(&kv.value).ok())
+                    .unwrap_or_default();
+                self.apply_dynamic_timing();
                 self.last_view = view.clone();
                 self.last_addrs = addrs;
                 self.status.send_modify(|s| s.dcs_last_seen = Some(SystemTime::now()));
@@ -192,6 +210,7 @@ impl Runtime {
         let now = Instant::now();
         let view = self.read_view().await;
         let (mut local, probe) = self.local_state(&view, now).await;
+        let probe = self.apply_dynamic_parameters(probe).await;
         self.last_probe = probe.clone();
         if !matches!(local.postgres, PgState::Running { role: Role::Primary, .. }) {
             // Slots must be (re)checked whenever this node becomes primary again.
@@ -390,6 +409,59 @@ impl Runtime {
         }
     }
 
+    /// HA timing from the DCS over the agent file's; an unsafe or unreadable one is not applied.
+    fn apply_dynamic_timing(&mut self) {
+        match crate::dynamic::effective_ha(&self.base_ha, &self.dynamic) {
+            Ok(ha) => {
+                if ha != self.ha {
+                    tracing::info!(
+                        loop_wait = ?ha.loop_wait, retry_timeout = ?ha.retry_timeout,
+                        maximum_lag_on_failover = ha.maximum_lag_on_failover,
+                        primary_start_timeout = ?ha.primary_start_timeout,
+                        "HA timing from the dynamic configuration applied"
+                    );
+                    self.ha = ha;
+                }
+                self.dynamic_refused = None;
+            }
+            Err(e) => {
+                if self.dynamic_refused.as_deref() != Some(e.as_str()) {
+                    tracing::warn!("dynamic configuration not applied (keeping the current HA timing): {e}");
+                    self.dynamic_refused = Some(e);
+                }
+            }
+        }
+    }
+
+    /// PostgreSQL parameters from the DCS with the local ones winning: when they change, pgha.conf
+    /// is rewritten and a running PostgreSQL reloaded; the probe is taken again so that
+    /// `pending_restart` is current.
+    async fn apply_dynamic_parameters(
+        &mut self,
+        probe: Option<crate::postgres::control::Probe>,
+    ) -> Option<crate::postgres::control::Probe> {
+        let wanted = crate::dynamic::merged_parameters(&self.dynamic, &self.local_parameters);
+        if wanted == self.pg.parameters {
+            return probe;
+        }
+        self.pg.parameters = wanted;
+        let p = probe?;
+        let follow = if p.in_recovery { self.following.as_deref().and_then(|l| self.address_of(l)) } else { None };
+        let slot = slot_name(&self.name);
+        let rt = self.ha.retry_timeout;
+        let reloaded = match self.pg.write_config(follow.as_deref().map(|a| (a, slot.as_str())), p.in_recovery) {
+            Ok(()) => self.pg.query("select pg_reload_conf()", rt).await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match reloaded {
+            Ok(()) => tracing::info!("PostgreSQL parameters changed in the dynamic configuration: reloaded"),
+            Err(e) => tracing::warn!("could not apply the PostgreSQL parameters of the dynamic configuration: {e}"),
+        }
+        // pg_settings.pending_restart is updated once the postmaster has processed the reload.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.pg.probe(rt).await.ok().or(Some(p))
+    }
+
     /// An explicit reinitialize: stop PostgreSQL, remove the data directory, clone the leader and
     /// start as its replica. Refused on the leader and when there is no leader to clone. The only
     /// way a data directory of another cluster is ever replaced.
@@ -561,6 +633,7 @@ impl Runtime {
                 role.as_str(),
                 position,
                 probe.as_ref().map(|p| p.timeline),
+                probe.as_ref().is_some_and(|p| !p.pending_restart.is_empty()),
                 &self.tags,
             );
             if let Err(e) = tokio::time::timeout(self.ha.retry_timeout, self.dcs.touch_member(&value))
@@ -581,6 +654,9 @@ impl Runtime {
         };
         let ttl = self.ha.ttl.as_secs().max(1);
         let lag_limit = self.ha.maximum_lag_on_failover;
+        let (loop_wait, retry_timeout) =
+            (self.ha.loop_wait.as_millis() as u64, self.ha.retry_timeout.as_millis() as u64);
+        let pending_restart = probe.as_ref().is_some_and(|p| !p.pending_restart.is_empty());
         let sysid = self.pg.system_identifier();
         self.status.send_modify(|s| {
             s.role = role;
@@ -602,6 +678,9 @@ impl Runtime {
             s.last_decision = reason.to_string();
             s.ttl_secs = ttl;
             s.maximum_lag_on_failover = lag_limit;
+            s.loop_wait_ms = loop_wait;
+            s.retry_timeout_ms = retry_timeout;
+            s.pending_restart = pending_restart;
         });
     }
 }

@@ -94,6 +94,9 @@ pub struct NodeStatus {
     pub ttl_secs: u64,
     /// maximum_lag_on_failover, the default lag for /readiness.
     pub maximum_lag_on_failover: u64,
+    /// The loop_wait and retry_timeout in effect (milliseconds), for validating PATCH /config.
+    pub loop_wait_ms: u64,
+    pub retry_timeout_ms: u64,
 }
 
 impl NodeStatus {
@@ -126,6 +129,8 @@ impl NodeStatus {
             last_decision: "agent starting".into(),
             ttl_secs: 10,
             maximum_lag_on_failover: 1 << 20,
+            loop_wait_ms: 1000,
+            retry_timeout_ms: 2000,
         }
     }
 

@@ -57,6 +57,7 @@ async fn cluster(scope: &str) -> Cluster {
     status.role = NodeRole::Primary;
     status.state = PgRunState("running".into());
     status.holds_lock = true;
+    status.ttl_secs = 30;
     let (status_tx, status_rx) = watch::channel(status);
     let (tx, rx) = mpsc::channel(4);
     let mut state = ApiState::new(status_rx, sessions[0].clone(), tx);
@@ -192,6 +193,16 @@ async fn patch_config_merges_deletes_with_null_and_put_replaces() {
 
     let (code, text) = call(&api, Method::PATCH, "/config", r#"{"ttl":"#, None).await;
     assert_eq!(code, 400, "{text}");
+
+    // Timing that would make failover unsafe is refused with the rule, and nothing is written.
+    let (code, text) = call(&api, Method::PATCH, "/config", r#"{"retry_timeout":5,"loop_wait":10}"#, None).await;
+    assert_eq!(code, 422, "{text}");
+    assert!(text.contains("ttl (20s) must be larger than loop_wait + 2 x retry_timeout (10s + 2 x 5s)"), "{text}");
+    let (code, text) = call(&api, Method::PATCH, "/config", r#"{"ttl":null,"loop_wait":27}"#, None).await;
+    assert_eq!(code, 422, "the agents' own ttl (30 s) is checked too: {text}");
+    let (code, text) = call(&api, Method::PUT, "/config", r#"{"loop_wait":"soon"}"#, None).await;
+    assert_eq!(code, 422, "{text}");
+    assert_eq!(key(&c.sessions[1], ClusterKey::Config).await, Some(json!({"ttl": 20, "loop_wait": 5})));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -163,3 +163,55 @@ async fn a_data_directory_of_another_cluster_is_never_joined_until_an_operator_r
     });
     seen.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamic_configuration_reaches_every_node_by_reload_or_flags_a_pending_restart() {
+    let cluster = PghaCluster::start_on_etcd(3, Timing::default()).await.unwrap();
+    let primary = healthy(&cluster).await;
+    let api = cluster.nodes[primary].api_port;
+    let show = |i: usize, name: &'static str| {
+        let dsn = cluster.nodes[i].dsn();
+        async move {
+            let c = connect(&dsn).await?;
+            let v: String = c.query_one(&format!("show {name}"), &[]).await?.try_get(0)?;
+            anyhow::Ok(v)
+        }
+    };
+
+    // A reloadable parameter reaches every node; the node's own file wins for shared_buffers.
+    let patch = r#"{"postgresql":{"parameters":{"work_mem":"7MB","shared_buffers":"64MB"}}}"#;
+    let (code, text) = http(api, "PATCH", "/config", Some(patch)).await.unwrap();
+    assert_eq!(code, 200, "{text}");
+    for i in 0..3 {
+        let reloaded = wait_for("work_mem = 7MB after the reload", Duration::from_secs(20), || async {
+            Ok((show(i, "work_mem").await? == "7MB").then_some(()))
+        });
+        reloaded.await.unwrap_or_else(|e| panic!("{}: {e}\n{}", cluster.nodes[i].name, cluster.logs()));
+        assert_eq!(show(i, "shared_buffers").await.unwrap(), "16MB", "the local setting must win");
+    }
+
+    // A parameter that needs a restart is flagged pending_restart in /patroni, the member key and /cluster.
+    let patch = r#"{"postgresql":{"parameters":{"max_prepared_transactions":7}}}"#;
+    let (code, text) = http(api, "PATCH", "/config", Some(patch)).await.unwrap();
+    assert_eq!(code, 200, "{text}");
+    for n in &cluster.nodes {
+        let flagged = wait_for("pending_restart in /patroni", Duration::from_secs(20), || async {
+            let (_, doc) = http(n.api_port, "GET", "/patroni", None).await?;
+            Ok(doc.contains(r#""pending_restart":true"#).then_some(()))
+        });
+        flagged.await.unwrap_or_else(|e| panic!("{}: {e}\n{}", n.name, cluster.logs()));
+    }
+    let listed = wait_for("pending_restart of every member in /cluster", Duration::from_secs(20), || async {
+        let (_, doc) = http(api, "GET", "/cluster", None).await?;
+        Ok((doc.matches(r#""pending_restart":true"#).count() == 3).then_some(()))
+    });
+    listed.await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    assert_eq!(show(primary, "max_prepared_transactions").await.unwrap(), "0", "applied only after a restart");
+
+    // Timing that would make failover unsafe is refused with the rule it breaks (ttl is 6 s).
+    let (code, text) = http(api, "PATCH", "/config", Some(r#"{"loop_wait":3}"#)).await.unwrap();
+    assert_eq!(code, 422, "{text}");
+    assert!(text.contains("must be larger than loop_wait + 2 x retry_timeout"), "{text}");
+    let (_, config) = http(api, "GET", "/config", None).await.unwrap();
+    assert!(!config.contains("loop_wait"), "the refused change was written: {config}");
+}

@@ -1,12 +1,14 @@
 //! Changing the dynamic configuration (the `config` key): `PATCH /config` merges a JSON object into
 //! it (`null` deletes a key) with compare-and-set on the revision read, retried a few times when
-//! another writer got in between; `PUT /config` replaces it. Both answer with the new configuration.
+//! another writer got in between; `PUT /config` replaces it. Both answer with the new configuration,
+//! or 422 with the rule a timing change would break.
 
 use super::cluster::config_of;
 use super::{parse_body, ApiError, ApiState};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::Json;
+use consensus::cluster::DynamicConfig;
 use consensus::dcs::{ClusterKey, DcsError, Expected};
 use serde_json::Value;
 
@@ -42,6 +44,30 @@ fn object_body(body: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> 
     }
 }
 
+/// Refuses (422) a configuration whose timing would make failover unsafe, with the rule it breaks:
+/// on its own when it sets ttl, and with this node's lease ttl, which is what the agents run with.
+fn validate(state: &ApiState, config: &Value) -> Result<(), ApiError> {
+    let Value::Object(map) = config else { return Ok(()) };
+    let dynamic = DynamicConfig(map.clone());
+    let node = state.node();
+    let secs = |key: &str, current: f64| {
+        crate::dynamic::seconds(&dynamic, key).map(|v| v.unwrap_or(current)).map_err(ApiError::Unprocessable)
+    };
+    let loop_wait = secs("loop_wait", node.loop_wait_ms as f64 / 1000.0)?;
+    let retry_timeout = secs("retry_timeout", node.retry_timeout_ms as f64 / 1000.0)?;
+    let unsafe_timing = |e: String| ApiError::Unprocessable(format!("configuration refused: {e}"));
+    if let Some(ttl) = crate::dynamic::seconds(&dynamic, "ttl").map_err(ApiError::Unprocessable)? {
+        crate::dynamic::check_timing(ttl, loop_wait, retry_timeout).map_err(unsafe_timing)?;
+    }
+    crate::dynamic::check_timing(node.ttl_secs as f64, loop_wait, retry_timeout).map_err(unsafe_timing)?;
+    if let Some(lag) = map.get("maximum_lag_on_failover") {
+        if lag.as_u64().is_none() && lag.as_str().and_then(|s| s.trim().parse::<u64>().ok()).is_none() {
+            return Err(ApiError::Unprocessable(format!("maximum_lag_on_failover = {lag} is not a number of bytes")));
+        }
+    }
+    Ok(())
+}
+
 fn encode(config: &Value) -> Result<Vec<u8>, ApiError> {
     serde_json::to_vec(config).map_err(|e| ApiError::Corrupt(format!("could not encode the configuration: {e}")))
 }
@@ -62,6 +88,7 @@ pub(crate) async fn patch_config(State(state): State<ApiState>, body: Bytes) -> 
         if !merge_patch(map, &patch) {
             return Ok(Json(config));
         }
+        validate(&state, &config)?;
         let bytes = encode(&config)?;
         match state.dcs_call(state.dcs.write(ClusterKey::Config, &bytes, expected)).await {
             Ok(_) => {
@@ -80,6 +107,7 @@ pub(crate) async fn patch_config(State(state): State<ApiState>, body: Bytes) -> 
 /// `PUT /config`: replaces the whole configuration unconditionally.
 pub(crate) async fn put_config(State(state): State<ApiState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let config = Value::Object(object_body(&body)?);
+    validate(&state, &config)?;
     let bytes = encode(&config)?;
     state.dcs_call(state.dcs.write(ClusterKey::Config, &bytes, Expected::Any)).await?;
     tracing::info!("dynamic configuration replaced through the REST API");

@@ -56,6 +56,8 @@ pub struct Probe {
     pub receiver_status: Option<String>,
     pub received_timeline: Option<u32>,
     pub server_version: u32,
+    /// Settings changed in the configuration files that take effect only after a restart.
+    pub pending_restart: Vec<String>,
 }
 
 /// Everything needed to run one node's PostgreSQL.
@@ -430,7 +432,8 @@ impl LocalPostgres {
                    case when pg_is_in_recovery() then null else substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) end, \
                    pg_last_wal_receive_lsn()::text, \
                    (select status from pg_stat_wal_receiver), (select received_tli::text from pg_stat_wal_receiver), \
-                   (select timeline_id::text from pg_control_checkpoint())";
+                   (select timeline_id::text from pg_control_checkpoint()), \
+                   (select string_agg(name, ',' order by name) from pg_settings where pending_restart)";
         let rows = self.query(sql, timeout).await?;
         let row = rows.into_iter().next().ok_or_else(|| PgError::Query("probe returned no row".into()))?;
         let col = |i: usize| row.get(i).cloned().flatten();
@@ -451,6 +454,7 @@ impl LocalPostgres {
             receiver_status: col(5),
             received_timeline,
             server_version: col(1).and_then(|s| s.parse().ok()).unwrap_or(0),
+            pending_restart: col(8).map(|s| s.split(',').map(str::to_string).collect()).unwrap_or_default(),
         })
     }
 

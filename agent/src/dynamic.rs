@@ -1,0 +1,146 @@
+//! The dynamic configuration (the DCS `config` key, Patroni's semantics) turned into what this
+//! node runs with: HA timing from the DCS over the agent file's `[ha]`, and PostgreSQL parameters
+//! from the DCS `postgresql.parameters` with the file's `[postgresql] parameters` winning.
+//! Pure functions; the runtime applies their results (reload, pending_restart) and the API
+//! validates a PATCH /config with the same safety rule.
+
+use crate::ha::HaConfig;
+use consensus::cluster::DynamicConfig;
+use serde_json::Value;
+use std::time::Duration;
+
+/// Parameters the agent manages itself; a value for them in the DCS is ignored.
+pub const PROTECTED_PARAMETERS: [&str; 6] =
+    ["listen_addresses", "port", "unix_socket_directories", "primary_conninfo", "primary_slot_name", "hot_standby"];
+
+/// The rule that lets a primary cut off from the DCS demote itself before its lock expires.
+pub fn check_timing(ttl: f64, loop_wait: f64, retry_timeout: f64) -> Result<(), String> {
+    if ttl > loop_wait + 2.0 * retry_timeout {
+        Ok(())
+    } else {
+        Err(format!(
+            "ttl ({ttl}s) must be larger than loop_wait + 2 x retry_timeout ({loop_wait}s + 2 x {retry_timeout}s), \
+             or a primary cut off from the DCS could still accept writes after its lock expired"
+        ))
+    }
+}
+
+/// Seconds from a JSON number or numeric string; an error names the key.
+pub fn seconds(config: &DynamicConfig, key: &str) -> Result<Option<f64>, String> {
+    match config.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n.as_f64().filter(|s| *s > 0.0).map(Some).ok_or(format!("{key} must be positive")),
+        Some(Value::String(s)) => match s.trim().parse::<f64>() {
+            Ok(v) if v > 0.0 => Ok(Some(v)),
+            _ => Err(format!("{key} = {s:?} is not a positive number of seconds")),
+        },
+        Some(other) => Err(format!("{key} = {other} is not a number of seconds")),
+    }
+}
+
+/// The HA settings in effect: the agent file's `[ha]`, overridden by the DCS where it sets
+/// loop_wait, retry_timeout, maximum_lag_on_failover or primary_start_timeout. `ttl` stays the
+/// agent's own: it is the lease of this agent's DCS session. An unsafe or unreadable combination
+/// is refused as a whole (Err says why) and the caller keeps `base`.
+pub fn effective_ha(base: &HaConfig, config: &DynamicConfig) -> Result<HaConfig, String> {
+    let mut ha = base.clone();
+    if let Some(v) = seconds(config, "loop_wait")? {
+        ha.loop_wait = Duration::from_secs_f64(v);
+    }
+    if let Some(v) = seconds(config, "retry_timeout")? {
+        ha.retry_timeout = Duration::from_secs_f64(v);
+    }
+    if let Some(v) = seconds(config, "primary_start_timeout")? {
+        ha.primary_start_timeout = Duration::from_secs_f64(v);
+    }
+    if let Some(v) = config.get("maximum_lag_on_failover") {
+        ha.maximum_lag_on_failover = v
+            .as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+            .ok_or(format!("maximum_lag_on_failover = {v} is not a number of bytes"))?;
+    }
+    check_timing(ha.ttl.as_secs_f64(), ha.loop_wait.as_secs_f64(), ha.retry_timeout.as_secs_f64())?;
+    Ok(ha)
+}
+
+/// A parameter value as it goes into pgha.conf: strings quoted, booleans on/off.
+pub fn conf_value(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(format!("'{}'", s.replace('\'', "''"))),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(if *b { "on" } else { "off" }.to_string()),
+        _ => None,
+    }
+}
+
+/// PostgreSQL parameters to run with: the DCS `postgresql.parameters` (protected ones left out),
+/// then the local ones, which win; sorted by name.
+pub fn merged_parameters(config: &DynamicConfig, local: &[(String, String)]) -> Vec<(String, String)> {
+    let mut out = std::collections::BTreeMap::new();
+    if let Some(params) = config.postgresql_parameters() {
+        for (k, v) in params {
+            if PROTECTED_PARAMETERS.contains(&k.as_str()) || !valid_name(k) {
+                continue;
+            }
+            if let Some(v) = conf_value(v) {
+                out.insert(k.clone(), v);
+            }
+        }
+    }
+    for (k, v) in local {
+        out.insert(k.clone(), v.clone());
+    }
+    out.into_iter().collect()
+}
+
+/// A PostgreSQL parameter name: letters, digits, `_` and `.` (custom classes), nothing that could
+/// break out of the config line.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config(v: Value) -> DynamicConfig {
+        DynamicConfig::parse(v.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn dcs_timing_overrides_the_file_but_not_ttl_and_unsafe_values_are_refused() {
+        let base = HaConfig::default(); // ttl 6, loop_wait 1, retry_timeout 2
+        let ha = effective_ha(&base, &config(json!({"loop_wait": 0.5, "maximum_lag_on_failover": "2048", "ttl": 30})))
+            .unwrap();
+        assert_eq!((ha.ttl, ha.loop_wait, ha.maximum_lag_on_failover), (base.ttl, Duration::from_millis(500), 2048));
+        let err = effective_ha(&base, &config(json!({"retry_timeout": 3}))).unwrap_err();
+        assert!(err.contains("ttl (6s) must be larger than loop_wait + 2 x retry_timeout"), "{err}");
+        assert!(effective_ha(&base, &config(json!({"loop_wait": "soon"}))).is_err());
+        assert!(effective_ha(&base, &config(json!({"loop_wait": -1}))).is_err());
+    }
+
+    #[test]
+    fn local_parameters_win_and_protected_or_odd_names_are_ignored() {
+        let c = config(json!({"postgresql": {"parameters": {
+            "work_mem": "8MB", "max_connections": 100, "port": 1, "hot_standby": false,
+            "bad name = 1\nx": 1, "jit": false, "shared_buffers": "64MB"
+        }}}));
+        let local = vec![("shared_buffers".to_string(), "'16MB'".to_string())];
+        assert_eq!(
+            merged_parameters(&c, &local),
+            vec![
+                ("jit".into(), "off".into()),
+                ("max_connections".into(), "100".into()),
+                ("shared_buffers".into(), "'16MB'".into()),
+                ("work_mem".into(), "'8MB'".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_timing_rule_is_strict() {
+        assert!(check_timing(30.0, 10.0, 10.0).is_err());
+        assert!(check_timing(31.0, 10.0, 10.0).is_ok());
+    }
+}
