@@ -2,11 +2,11 @@
 //! pools, cancel keys, counters, shutdown), the multi-threaded tokio runtime, listeners and
 //! signal handling. `pgha pooler` calls [`main`].
 
+use crate::auth::Credentials;
 use crate::cancel::CancelRegistry;
 use crate::config::PoolerConfig;
 use crate::listener::{ListenError, Listeners};
 use crate::pool::Registry;
-use crate::server::ServerPasswords;
 use crate::shutdown::{self, Shutdown};
 use crate::stats::GlobalStats;
 use crate::topology::{StaticTopology, Topology};
@@ -20,8 +20,8 @@ use thiserror::Error;
 pub enum PoolerError {
     #[error(transparent)]
     Listen(#[from] ListenError),
-    #[error("cannot read auth_file {path}: {source}")]
-    AuthFile { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    AuthFile(crate::auth::UserlistError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -30,7 +30,7 @@ pub enum PoolerError {
 pub struct Shared {
     config: RwLock<Arc<PoolerConfig>>,
     topology: RwLock<Arc<dyn Topology>>,
-    passwords: RwLock<Arc<ServerPasswords>>,
+    credentials: RwLock<Arc<Credentials>>,
     pub config_path: Option<PathBuf>,
     pub pools: Registry,
     pub cancels: CancelRegistry,
@@ -41,11 +41,11 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(config: PoolerConfig, config_path: Option<PathBuf>) -> Result<Shared, PoolerError> {
-        let passwords = load_passwords(&config)?;
+        let credentials = Credentials::from_config(&config, None).map_err(PoolerError::AuthFile)?;
         Ok(Shared {
             topology: RwLock::new(Arc::new(StaticTopology::from_config(&config))),
             config: RwLock::new(Arc::new(config)),
-            passwords: RwLock::new(Arc::new(passwords)),
+            credentials: RwLock::new(Arc::new(credentials)),
             config_path,
             pools: Registry::default(),
             cancels: CancelRegistry::default(),
@@ -68,17 +68,8 @@ impl Shared {
         *self.topology.write().unwrap_or_else(|p| p.into_inner()) = topology;
     }
 
-    pub fn passwords(&self) -> Arc<ServerPasswords> {
-        self.passwords.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-fn load_passwords(config: &PoolerConfig) -> Result<ServerPasswords, PoolerError> {
-    match &config.auth_file {
-        Some(path) => {
-            ServerPasswords::load(path).map_err(|source| PoolerError::AuthFile { path: path.clone(), source })
-        }
-        None => Ok(ServerPasswords::default()),
+    pub fn credentials(&self) -> Arc<Credentials> {
+        self.credentials.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 

@@ -15,12 +15,15 @@ pub struct PoolerProcess {
     process: PghaProcess,
     port: u16,
     dir: ScratchDir,
+    password: String,
 }
 
 /// The pooler.toml for `pg`: `settings` are top-level lines (pool_mode = "transaction", ...).
+/// Clients are trusted unless `settings` sets auth_type.
 pub fn pooler_config(pg: &PgInstance, port: u16, dir: &Path, settings: &str) -> String {
+    let trust = if settings.contains("auth_type") { "" } else { "auth_type = \"trust\"\n" };
     format!(
-        "listen_addr = \"127.0.0.1\"\nlisten_port = {port}\nunix_socket_dir = \"{dir}\"\nauth_type = \"trust\"\n\
+        "listen_addr = \"127.0.0.1\"\nlisten_port = {port}\nunix_socket_dir = \"{dir}\"\n{trust}\
          auth_file = \"{dir}/userlist.txt\"\n{settings}\n\n[databases.postgres]\nhost = \"127.0.0.1\"\nport = {pg_port}\n",
         dir = dir.display(),
         pg_port = pg.port(),
@@ -29,6 +32,7 @@ pub fn pooler_config(pg: &PgInstance, port: u16, dir: &Path, settings: &str) -> 
 
 impl PoolerProcess {
     /// Starts `pgha pooler` in front of `pg` and waits until it serves a query.
+    /// With an auth_type in `settings`, readiness is checked with the superuser's password.
     pub async fn start(pg: &PgInstance, settings: &str) -> anyhow::Result<PoolerProcess> {
         let dir = ScratchDir::new("pooler", None)?;
         std::fs::write(dir.join("userlist.txt"), format!("\"{SUPERUSER}\" \"{}\"\n", pg.password()))
@@ -36,9 +40,10 @@ impl PoolerProcess {
         let port = crate::ports::free_port()?;
         let config = pooler_config(pg, port, dir.path(), settings);
         let process = PghaProcess::start("pooler", &["pooler"], &config)?;
-        let pooler = PoolerProcess { process, port, dir };
+        let pooler = PoolerProcess { process, port, dir, password: pg.password().to_owned() };
         wait_for("the pooler to answer SELECT 1", Duration::from_secs(15), || async {
-            let client = pooler.connect().await?;
+            let dsn = format!("{} password={}", pooler.dsn("postgres"), pooler.password);
+            let client = pooler.connect_dsn(&dsn).await?;
             client.simple_query("select 1").await?;
             Ok(Some(()))
         })

@@ -109,3 +109,16 @@ async fn cancel_of_pg_sleep_through_the_pooler_returns_within_1s() {
         assert!(took < Duration::from_secs(1), "{mode}: cancel took {took:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_clients_log_in_with_the_auth_file_password_and_a_wrong_one_gets_28p01() {
+    let pg = postgres().await;
+    let pooler = PoolerProcess::start(&pg, "auth_type = \"scram-sha-256\"\npool_mode = \"transaction\"").await.unwrap();
+    let good = format!("{} password={}", pooler.dsn("postgres"), pg.password());
+    let client = pooler.connect_dsn(&good).await.unwrap();
+    let rows = client.query_one("select 6 * 7", &[]).await.unwrap();
+    assert_eq!(rows.get::<_, i32>(0), 42);
+    let bad = format!("{} password=wrong", pooler.dsn("postgres"));
+    let err = pooler.connect_dsn(&bad).await.err().map(|e| format!("{e:#}")).unwrap_or_default();
+    assert!(err.contains("28P01") || err.contains("password authentication failed"), "{err}");
+}

@@ -4,8 +4,8 @@
 //! its own BackendKeyData and ReadyForQuery.
 
 use super::send_fatal;
+use crate::auth::{authenticate_client, CredentialSource, ServerCredential, StoredSecret};
 use crate::cancel::{CancelSlot, ClientKey};
-use crate::config::AuthType;
 use crate::pool::{Pool, PoolKey, PoolSettings};
 use crate::protocol::message::{
     write_authentication_ok, write_backend_key_data, write_parameter_status, write_ready_for_query,
@@ -18,6 +18,7 @@ use crate::stream::Stream;
 use bytes::{Buf, BytesMut};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A client that passed the startup phase.
@@ -41,16 +42,31 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
         let _ = send_fatal(stream, "08P01", "no more connections allowed (max_client_conn)").await;
         return None;
     }
-    if config.auth_type != AuthType::Trust {
-        let _ = send_fatal(stream, "28000", "this pooler build only accepts auth_type = \"trust\"").await;
-        return None;
-    }
+    let credentials = shared.credentials();
+    let auth_timeout = crate::pool::secs(config.client_login_timeout).unwrap_or(Duration::from_secs(3600));
+    let client_credential =
+        match authenticate_client(stream, buf, &user, config.auth_type, &*credentials, auth_timeout).await {
+            Ok(credential) => credential,
+            Err(e) => {
+                tracing::info!(user, "client authentication failed: {e}");
+                return None;
+            }
+        };
     let Some(target) = shared.topology().target(&database) else {
         let _ = send_fatal(stream, "3D000", &format!("no such database: {database}")).await;
         return None;
     };
     let server_user = target.user.clone().unwrap_or_else(|| user.clone());
     let user_config = config.users.get(&user);
+    let server_credential = match &target.user {
+        // A forced user logs in with its own stored password.
+        Some(forced) => match credentials.lookup(forced).await {
+            Ok(Some(StoredSecret::Plain(p))) => ServerCredential::Password(p),
+            Ok(Some(StoredSecret::Md5(h))) => ServerCredential::Md5Hash(h),
+            _ => ServerCredential::None,
+        },
+        None => client_credential,
+    };
     let key = PoolKey { server: target.server.clone(), database: database.clone(), user: user.clone() };
     let pool = shared.pools.get_or_create(&key, || {
         let settings = PoolSettings::new(
@@ -62,7 +78,7 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
         let login = LoginTarget {
             addr: target.server.clone(),
             dbname: target.dbname.clone(),
-            password: shared.passwords().get(&server_user).cloned(),
+            credential: server_credential,
             user: server_user.clone(),
             connect_timeout: settings.server_connect_timeout,
         };

@@ -6,8 +6,6 @@
 mod login;
 mod wire;
 
-pub use login::{ServerPasswords, UserPassword};
-
 use crate::protocol::extended::{write_query, write_terminate};
 use crate::protocol::tag::backend;
 use crate::protocol::{message::parse_ready_for_query, ErrorFields, TransactionStatus};
@@ -67,7 +65,7 @@ pub struct LoginTarget {
     pub addr: ServerAddr,
     pub dbname: String,
     pub user: String,
-    pub password: Option<UserPassword>,
+    pub credential: crate::auth::ServerCredential,
     pub connect_timeout: Duration,
 }
 
