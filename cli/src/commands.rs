@@ -143,21 +143,37 @@ pub enum BackupVerb {
         /// Read the files from a standby instead of the primary.
         #[arg(long)]
         from_standby: bool,
-        /// Files stored in parallel.
-        #[arg(long, default_value_t = 2)]
-        jobs: usize,
+        /// Files stored in parallel (default: `jobs` from the config).
+        #[arg(long)]
+        jobs: Option<usize>,
     },
     /// List the backups in the repository with sizes, WAL range and restorable time range.
-    List,
+    List {
+        #[arg(long)]
+        json: bool,
+    },
     /// Show one backup in detail.
-    Info { label: String },
+    Info {
+        label: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Check every checksum and the WAL continuity from each backup to the newest segment.
-    Verify,
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
     /// Apply retention: delete backups (and WAL no kept backup needs) beyond the limits.
     Expire {
         /// Print what would be deleted, delete nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Full backups to keep (with their incrementals).
+        #[arg(long)]
+        retention_full: usize,
+        /// Also keep what is needed to restore to any time within this many days.
+        #[arg(long)]
+        retention_days: Option<u64>,
     },
     /// Restore a backup into a directory, optionally to a point in time.
     Restore {
@@ -178,6 +194,12 @@ pub enum BackupVerb {
         /// Only fetch files that differ from what is already in --to-dir.
         #[arg(long)]
         delta: bool,
+        /// Restore this backup instead of the one picked for the target.
+        #[arg(long)]
+        set: Option<String>,
+        /// Files fetched in parallel (default: `jobs` from the config).
+        #[arg(long)]
+        jobs: Option<usize>,
     },
 }
 
@@ -248,9 +270,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Ctl(_) => Ok(not_built("ctl", "cluster operations (they need the agent's REST API)")),
-        Command::Backup(_) => Ok(not_built("backup", "base backups, verify, expire and restore")),
-        Command::ArchivePush(_) => Ok(not_built("archive-push", "WAL archiving")),
-        Command::ArchiveGet(_) => Ok(not_built("archive-get", "WAL restore from the repository")),
+        Command::Backup(args) => crate::backup_cmd::run(args),
+        Command::ArchivePush(args) => crate::backup_cmd::archive_push(args),
+        Command::ArchiveGet(args) => crate::backup_cmd::archive_get(args),
         Command::DcsMember(args) => {
             let config: agent::raft_dcs::DcsMemberConfig = load(&args.config)?;
             if args.validate_config {

@@ -1,6 +1,7 @@
 //! The `pgha` binary: parses the command line, sets up logging, and hands each subcommand to the
 //! crate that owns it. It holds no logic of its own beyond that wiring.
 
+mod backup_cmd;
 mod commands;
 mod demo;
 mod logging;

@@ -111,15 +111,12 @@ fn missing_config_file_says_which_and_why() {
 
 #[test]
 fn unbuilt_capabilities_say_so_and_exit_69() {
-    for args in
-        [&["ctl", "list"][..], &["backup", "list"][..], &["archive-push", "/x"][..], &["archive-get", "a", "b"][..]]
-    {
-        let out = pgha(args);
-        let (stdout, stderr) = text(&out);
-        assert_eq!(out.status.code(), Some(69), "{args:?}");
-        assert!(stderr.contains("not built yet"), "{args:?}: {stderr}");
-        assert!(stdout.is_empty(), "{args:?} printed output as if it worked: {stdout}");
-    }
+    let args = &["ctl", "list"][..];
+    let out = pgha(args);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(69), "{args:?}");
+    assert!(stderr.contains("not built yet"), "{args:?}: {stderr}");
+    assert!(stdout.is_empty(), "{args:?} printed output as if it worked: {stdout}");
 }
 
 #[test]
@@ -128,4 +125,32 @@ fn bad_log_level_is_a_clear_error() {
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr.contains("--log-level \"loud!!\""), "{stderr}");
+}
+
+#[test]
+fn backup_commands_need_a_config_and_say_so() {
+    for args in [&["backup", "list"][..], &["archive-push", "/x"][..], &["archive-get", "a", "b"][..]] {
+        let out = pgha(args);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(stderr.contains("no config file: pass --config FILE"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn archive_get_of_a_missing_file_exits_1_quietly() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let config = dir.path().join("backup.toml");
+    let repo = dir.path().join("repo");
+    std::fs::write(&config, format!("scope = \"main\"\n[repository]\npath = \"{}\"\n", repo.display()))
+        .unwrap_or_else(|e| panic!("writing config: {e}"));
+    let config = config.display().to_string();
+    let dest = dir.path().join("out").display().to_string();
+    let out = pgha(&["archive-get", "--config", &config, "000000010000000000000001", &dest]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stdout.is_empty() && stderr.is_empty(), "{stdout}{stderr}");
+    // A history file that is not there either: PostgreSQL asks for these routinely.
+    let out = pgha(&["archive-get", "--config", &config, "00000002.history", &dest]);
+    assert_eq!(out.status.code(), Some(1));
 }
