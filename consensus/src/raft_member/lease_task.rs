@@ -62,10 +62,43 @@ pub async fn run(raft: Raft<TypeConfig>, shared: Arc<Shared>, id: u64, op_timeou
                 });
             }
         }
-        let wake = shared.clock().next_deadline().map_or(Instant::now() + TICK, |d| d.min(Instant::now() + TICK));
+        let wake = next_wake(shared.clock().next_deadline(), &proposed, Instant::now());
         tokio::select! {
             changed = metrics.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep_until(wake) => {}
         }
+    }
+}
+
+/// When to look again: at the next lease deadline still ahead, at the latest after `TICK`. A
+/// deadline already passed belongs to a lease whose revoke is proposed and not yet applied (it
+/// can take an election or longer without a quorum): look again when it is due to be proposed
+/// anew, not at once, or the loop spins without ever sleeping.
+fn next_wake(next_deadline: Option<Instant>, proposed: &BTreeMap<i64, Instant>, now: Instant) -> Instant {
+    let mut wake = now + TICK;
+    if let Some(deadline) = next_deadline.filter(|d| *d > now) {
+        wake = wake.min(deadline);
+    }
+    for at in proposed.values() {
+        wake = wake.min(*at + REPROPOSE_AFTER);
+    }
+    wake
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_expired_lease_awaiting_its_revoke_does_not_wake_the_loop_at_once() {
+        let now = Instant::now();
+        let passed = now - Duration::from_millis(5);
+        let proposed = BTreeMap::from([(1, now)]);
+        // Before the fix this returned `passed`: the loop never slept while a revoke was pending.
+        assert_eq!(next_wake(Some(passed), &proposed, now), now + TICK);
+        assert_eq!(next_wake(Some(now + Duration::from_millis(30)), &proposed, now), now + Duration::from_millis(30));
+        let long_ago = BTreeMap::from([(1, now - REPROPOSE_AFTER + Duration::from_millis(10))]);
+        assert_eq!(next_wake(Some(passed), &long_ago, now), now + Duration::from_millis(10));
+        assert_eq!(next_wake(None, &BTreeMap::new(), now), now + TICK);
     }
 }
