@@ -14,4 +14,6 @@ pub mod keyspace;
 pub mod kv;
 pub mod raft;
 pub mod raft_member;
+#[cfg(test)]
+mod raft_sim;
 pub mod raft_store;
