@@ -68,6 +68,16 @@ impl Shared {
         *self.topology.write().unwrap_or_else(|p| p.into_inner()) = topology;
     }
 
+    /// RELOAD: the new configuration, server list and auth file take effect for new clients
+    /// and checkouts; connected clients stay.
+    pub fn reload(&self, config: PoolerConfig) -> Result<(), PoolerError> {
+        let credentials = Credentials::from_config(&config, None).map_err(PoolerError::AuthFile)?;
+        *self.credentials.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(credentials);
+        self.set_topology(Arc::new(StaticTopology::from_config(&config)));
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+        Ok(())
+    }
+
     pub fn credentials(&self) -> Arc<Credentials> {
         self.credentials.read().unwrap_or_else(|p| p.into_inner()).clone()
     }

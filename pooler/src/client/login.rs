@@ -4,6 +4,7 @@
 //! its own BackendKeyData and ReadyForQuery.
 
 use super::send_fatal;
+use crate::admin::{Access, ADMIN_DATABASE};
 use crate::auth::{authenticate_client, CredentialSource, ServerCredential, StoredSecret};
 use crate::cancel::{CancelSlot, ClientKey};
 use crate::pool::{Pool, PoolKey, PoolSettings};
@@ -30,8 +31,15 @@ pub(super) struct LoggedIn {
     pub cancel: Arc<CancelSlot>,
 }
 
+/// Where a client goes after the startup phase.
+pub(super) enum Outcome {
+    Pool(LoggedIn),
+    /// The `pgbouncer` console; AuthenticationOk has been sent.
+    Console(Access),
+}
+
 /// Runs the startup phase; None when the connection is done (refused, cancel, gone).
-pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shared) -> Option<LoggedIn> {
+pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shared) -> Option<Outcome> {
     let startup = read_startup(stream, buf, shared).await?;
     let config = shared.config();
     let database = startup.database().to_owned();
@@ -52,6 +60,16 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
                 return None;
             }
         };
+    if database == ADMIN_DATABASE {
+        let Some(access) = Access::for_user(&config.admin_users, &config.stats_users, &user) else {
+            let _ = send_fatal(stream, "28000", "not allowed").await;
+            return None;
+        };
+        let mut out = BytesMut::new();
+        write_authentication_ok(&mut out);
+        stream.write_all(&out).await.ok()?;
+        return Some(Outcome::Console(access));
+    }
     let Some(target) = shared.topology().target(&database) else {
         let _ = send_fatal(stream, "3D000", &format!("no such database: {database}")).await;
         return None;
@@ -123,7 +141,7 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
         return None;
     }
     let settings = pool.settings();
-    Some(LoggedIn { pool, settings, params, key, cancel })
+    Some(Outcome::Pool(LoggedIn { pool, settings, params, key, cancel }))
 }
 
 /// Reads first packets until a StartupMessage; answers SSL/GSS requests and forwards cancels.

@@ -31,8 +31,20 @@ pub async fn serve(mut stream: Stream, shared: Arc<Shared>) {
         },
         None => login.await,
     };
-    let Some(logged_in) = outcome else { return };
-    relay::Relay::new(&shared, stream, buf, logged_in).run().await;
+    match outcome {
+        None => {}
+        Some(login::Outcome::Pool(logged_in)) => relay::Relay::new(&shared, stream, buf, logged_in).run().await,
+        Some(login::Outcome::Console(access)) => {
+            let backend = crate::console::ConsoleBackend { shared: shared.clone() };
+            let options = crate::admin::SessionOptions {
+                idle_timeout: crate::pool::secs(shared.config().client_idle_timeout),
+                ..Default::default()
+            };
+            if let Err(e) = crate::admin::serve_admin(&mut stream, &mut buf, access, &backend, options).await {
+                tracing::info!("admin console session ended: {e}");
+            }
+        }
+    }
 }
 
 /// Sends a FATAL ErrorResponse (best effort: the client may be gone).

@@ -51,6 +51,8 @@ struct PoolState {
     /// Bumped by RECONNECT: connections from an older generation are closed on release.
     generation: u64,
     closed: bool,
+    /// PAUSE: no connection is handed out until RESUME.
+    paused: bool,
 }
 
 pub struct Pool {
@@ -87,6 +89,7 @@ impl Pool {
                 welcome: None,
                 generation: 0,
                 closed: false,
+                paused: false,
             }),
             stats: PoolStats::default(),
             db_conns,
@@ -104,10 +107,26 @@ impl Pool {
         self.lock().settings.clone()
     }
 
-    pub fn set_settings(&self, settings: PoolSettings, login: LoginTarget) {
+    /// RELOAD: new limits apply to the next checkout; a larger pool lets waiters open more.
+    pub fn update_settings(&self, settings: PoolSettings) {
         let mut st = self.lock();
         st.settings = Arc::new(settings);
-        st.login = Arc::new(login);
+        while !st.paused && !st.waiters.is_empty() && self.try_open(&mut st, false) {
+            let mut granted = false;
+            while let Some(waiter) = st.waiters.pop_front() {
+                if waiter.send(Grant::Slot).is_ok() {
+                    granted = true;
+                    break;
+                }
+            }
+            if !granted {
+                st.total -= 1;
+                st.active -= 1;
+                self.db_conns.fetch_sub(1, Ordering::Relaxed);
+                self.user_conns.fetch_sub(1, Ordering::Relaxed);
+                break;
+            }
+        }
     }
 
     /// (open, checked out, idle, waiting clients)
@@ -149,7 +168,11 @@ impl Pool {
                 if st.closed {
                     return Err(AcquireError::Closed);
                 }
-                if let Some(conn) = st.idle.pop() {
+                if st.paused {
+                    let (tx, rx) = oneshot::channel();
+                    st.waiters.push_back(tx);
+                    Next::Wait(rx, st.settings.clone())
+                } else if let Some(conn) = st.idle.pop() {
                     st.active += 1;
                     Next::Conn(conn)
                 } else if self.try_open(&mut st, false) {
@@ -293,6 +316,10 @@ impl Pool {
             return;
         }
         conn.last_used = Instant::now();
+        if st.paused {
+            st.idle.push(conn);
+            return;
+        }
         let mut grant = Grant::Conn(conn);
         while let Some(waiter) = st.waiters.pop_front() {
             match waiter.send(grant) {
@@ -324,7 +351,7 @@ impl Pool {
         }
         self.db_conns.fetch_sub(1, Ordering::Relaxed);
         self.user_conns.fetch_sub(1, Ordering::Relaxed);
-        if st.waiters.is_empty() || !self.try_open(&mut st, false) {
+        if st.paused || st.waiters.is_empty() || !self.try_open(&mut st, false) {
             return;
         }
         while let Some(waiter) = st.waiters.pop_front() {
@@ -337,6 +364,57 @@ impl Pool {
         st.active -= 1;
         self.db_conns.fetch_sub(1, Ordering::Relaxed);
         self.user_conns.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// PAUSE: stop handing out connections; returns how many are still checked out.
+    pub fn pause(&self) -> u32 {
+        let mut st = self.lock();
+        st.paused = true;
+        st.active
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.lock().paused
+    }
+
+    /// Connections checked out by clients right now.
+    pub fn busy(&self) -> u32 {
+        self.lock().active
+    }
+
+    /// RESUME: hand idle connections (or new ones) to the clients that waited.
+    pub fn resume(&self) {
+        let mut st = self.lock();
+        st.paused = false;
+        while !st.waiters.is_empty() {
+            let grant = if let Some(conn) = st.idle.pop() {
+                Grant::Conn(conn)
+            } else if self.try_open(&mut st, false) {
+                st.active -= 1;
+                Grant::Slot
+            } else {
+                break;
+            };
+            st.active += 1;
+            let mut grant = Some(grant);
+            while let (Some(waiter), Some(g)) = (st.waiters.pop_front(), grant.take()) {
+                if let Err(back) = waiter.send(g) {
+                    grant = Some(back);
+                }
+            }
+            if let Some(unused) = grant {
+                st.active -= 1;
+                match unused {
+                    Grant::Conn(conn) => st.idle.push(conn),
+                    Grant::Slot => {
+                        st.total -= 1;
+                        self.db_conns.fetch_sub(1, Ordering::Relaxed);
+                        self.user_conns.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
+                break;
+            }
+        }
     }
 
     /// RECONNECT: idle connections close now, checked-out ones when released.

@@ -1,0 +1,274 @@
+//! The admin console's view of this pooler: [`AdminBackend`] over the pools, counters and
+//! configuration in [`Shared`]. SHOW rows are built from live state; PAUSE/RESUME, RECONNECT,
+//! RELOAD and SHUTDOWN act on the pools. KILL, KILL_CLIENT, WAIT_CLOSE, DISABLE and ENABLE
+//! answer "not supported" until the client registry they need exists.
+
+use crate::admin::rows::{
+    ConfigRow, DatabaseRow, Lists, PoolRow, PoolerState, SocketRow, StatsCounters, StatsRow, UserRow,
+};
+use crate::admin::{AdminBackend, AdminError, ShutdownMode};
+use crate::pool::{Pool, PoolSettings};
+use crate::runtime::Shared;
+use async_trait::async_trait;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long PAUSE waits for checked-out server connections to come back.
+pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct ConsoleBackend {
+    pub shared: Arc<Shared>,
+}
+
+fn mode_name(mode: crate::config::PoolMode) -> String {
+    format!("{mode:?}").to_lowercase()
+}
+
+impl ConsoleBackend {
+    fn pools_of(&self, db: Option<&str>) -> Result<Vec<Arc<Pool>>, AdminError> {
+        if db == Some(crate::admin::ADMIN_DATABASE) {
+            return Err(AdminError::AdminDatabase { verb: "pause", db: crate::admin::ADMIN_DATABASE.into() });
+        }
+        if let Some(db) = db {
+            if self.shared.topology().target(db).is_none() {
+                return Err(AdminError::NoSuchDatabase(db.to_owned()));
+            }
+        }
+        Ok(self.shared.pools.all().into_iter().filter(|p| db.is_none_or(|d| p.key.database == d)).collect())
+    }
+}
+
+#[async_trait]
+impl AdminBackend for ConsoleBackend {
+    async fn pools(&self) -> Vec<PoolRow> {
+        self.shared
+            .pools
+            .all()
+            .iter()
+            .map(|pool| {
+                let (_total, active, idle, waiting) = pool.counts();
+                let clients = pool.stats.clients.load(Ordering::Relaxed);
+                PoolRow {
+                    database: pool.key.database.clone(),
+                    user: pool.key.user.clone(),
+                    cl_active: clients.saturating_sub(waiting),
+                    cl_waiting: waiting,
+                    sv_active: active,
+                    sv_idle: idle,
+                    pool_mode: mode_name(pool.settings().pool_mode),
+                    ..Default::default()
+                }
+            })
+            .collect()
+    }
+
+    async fn stats(&self) -> Vec<StatsRow> {
+        self.shared
+            .pools
+            .all()
+            .iter()
+            .map(|pool| {
+                let s = &pool.stats;
+                let xacts = s.xact_count.load(Ordering::Relaxed);
+                StatsRow {
+                    database: pool.key.database.clone(),
+                    totals: StatsCounters {
+                        server_assignment_count: xacts,
+                        xact_count: xacts,
+                        received: s.bytes_received.load(Ordering::Relaxed),
+                        sent: s.bytes_sent.load(Ordering::Relaxed),
+                        wait_time: s.wait_time_us.load(Ordering::Relaxed),
+                        ..Default::default()
+                    },
+                    averages: StatsCounters::default(),
+                }
+            })
+            .collect()
+    }
+
+    async fn servers(&self) -> Vec<SocketRow> {
+        Vec::new()
+    }
+
+    async fn clients(&self) -> Vec<SocketRow> {
+        Vec::new()
+    }
+
+    async fn databases(&self) -> Vec<DatabaseRow> {
+        let config = self.shared.config();
+        let pools = self.shared.pools.all();
+        self.shared
+            .topology()
+            .databases()
+            .iter()
+            .map(|t| {
+                let mine: Vec<_> = pools.iter().filter(|p| p.key.database == t.name).collect();
+                DatabaseRow {
+                    name: t.name.clone(),
+                    host: Some(t.server.host.clone()),
+                    port: t.server.port,
+                    database: t.dbname.clone(),
+                    force_user: t.user.clone(),
+                    pool_size: t.pool_size.unwrap_or(config.default_pool_size),
+                    min_pool_size: t.min_pool_size.unwrap_or(config.min_pool_size),
+                    reserve_pool_size: t.reserve_pool.unwrap_or(config.reserve_pool_size),
+                    server_lifetime: config.server_lifetime as u32,
+                    pool_mode: t.pool_mode.map(mode_name),
+                    max_connections: t.max_db_connections.unwrap_or(config.max_db_connections),
+                    current_connections: mine.iter().map(|p| p.counts().0).sum(),
+                    current_client_connections: mine.iter().map(|p| p.stats.clients.load(Ordering::Relaxed)).sum(),
+                    paused: !mine.is_empty() && mine.iter().all(|p| p.is_paused()),
+                    ..Default::default()
+                }
+            })
+            .collect()
+    }
+
+    async fn users(&self) -> Vec<UserRow> {
+        self.shared
+            .config()
+            .users
+            .iter()
+            .map(|(name, u)| UserRow {
+                name: name.clone(),
+                pool_mode: u.pool_mode.map(mode_name),
+                max_user_connections: u.max_user_connections.unwrap_or(0),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    async fn config(&self) -> Vec<ConfigRow> {
+        crate::admin::config_rows::config_rows(&self.shared.config())
+    }
+
+    async fn lists(&self) -> Lists {
+        let pools = self.shared.pools.all();
+        let (mut used, mut free) = (0, 0);
+        for pool in &pools {
+            let (_, active, idle, _) = pool.counts();
+            used += active;
+            free += idle;
+        }
+        Lists {
+            databases: self.shared.topology().databases().len() as u32,
+            users: self.shared.config().users.len() as u32,
+            pools: pools.len() as u32,
+            used_clients: self.shared.stats.client_connections.load(Ordering::Relaxed),
+            used_servers: used,
+            free_servers: free,
+            ..Default::default()
+        }
+    }
+
+    async fn state(&self) -> PoolerState {
+        let pools = self.shared.pools.all();
+        if !pools.is_empty() && pools.iter().all(|p| p.is_paused()) {
+            PoolerState::Paused
+        } else {
+            PoolerState::Active
+        }
+    }
+
+    async fn pause(&self, db: Option<&str>) -> Result<(), AdminError> {
+        let pools = self.pools_of(db)?;
+        if !pools.is_empty() && pools.iter().all(|p| p.is_paused()) {
+            return Err(AdminError::AlreadyPaused);
+        }
+        for pool in &pools {
+            pool.pause();
+        }
+        let start = Instant::now();
+        loop {
+            if pools.iter().any(|p| !p.is_paused()) {
+                return Err(AdminError::PauseCancelled);
+            }
+            let busy: u32 = pools.iter().map(|p| p.busy()).sum();
+            if busy == 0 {
+                // Drained: close the idle connections so a RESUME reconnects (to a new primary).
+                pools.iter().for_each(|p| p.reconnect());
+                return Ok(());
+            }
+            if start.elapsed() >= PAUSE_TIMEOUT {
+                return Err(AdminError::PauseTimeout { after: PAUSE_TIMEOUT, busy });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn resume(&self, db: Option<&str>) -> Result<(), AdminError> {
+        let pools = self.pools_of(db)?;
+        if !pools.iter().any(|p| p.is_paused()) {
+            return Err(match db {
+                Some(db) => AdminError::DatabaseNotPaused(db.to_owned()),
+                None => AdminError::NotPaused,
+            });
+        }
+        pools.iter().for_each(|p| p.resume());
+        Ok(())
+    }
+
+    async fn kill(&self, _db: Option<&str>) -> Result<(), AdminError> {
+        Err(AdminError::NotSupported("KILL"))
+    }
+
+    async fn kill_client(&self, _id: u64) -> Result<(), AdminError> {
+        Err(AdminError::NotSupported("KILL_CLIENT"))
+    }
+
+    async fn reconnect(&self, db: Option<&str>) -> Result<(), AdminError> {
+        self.pools_of(db)?.iter().for_each(|p| p.reconnect());
+        Ok(())
+    }
+
+    async fn wait_close(&self, _db: Option<&str>) -> Result<(), AdminError> {
+        Err(AdminError::NotSupported("WAIT_CLOSE"))
+    }
+
+    async fn disable(&self, _db: &str) -> Result<(), AdminError> {
+        Err(AdminError::NotSupported("DISABLE"))
+    }
+
+    async fn enable(&self, _db: &str) -> Result<(), AdminError> {
+        Err(AdminError::NotSupported("ENABLE"))
+    }
+
+    async fn reload(&self) -> Result<(), AdminError> {
+        let Some(path) = self.shared.config_path.clone() else { return Err(AdminError::ReloadFailed) };
+        let config: crate::config::PoolerConfig = match consensus::config_file::load(&path) {
+            Ok(config) => config,
+            Err(e) => {
+                tracing::warn!("RELOAD: {e}");
+                return Err(AdminError::ReloadFailed);
+            }
+        };
+        self.shared.reload(config).map_err(|e| {
+            tracing::warn!("RELOAD: {e}");
+            AdminError::ReloadFailed
+        })?;
+        let config = self.shared.config();
+        let topology = self.shared.topology();
+        for pool in self.shared.pools.all() {
+            let Some(target) = topology.target(&pool.key.database) else { continue };
+            let user = config.users.get(&pool.key.user);
+            let settings = PoolSettings::new(
+                &config,
+                &target,
+                user.and_then(|u| u.pool_mode),
+                user.and_then(|u| u.max_user_connections),
+            );
+            pool.update_settings(settings);
+        }
+        tracing::info!("RELOAD: configuration re-read from {}", path.display());
+        Ok(())
+    }
+
+    async fn shutdown(&self, mode: ShutdownMode) -> Result<(), AdminError> {
+        if mode == ShutdownMode::Immediate {
+            std::process::exit(0);
+        }
+        self.shared.shutdown.begin();
+        Ok(())
+    }
+}
