@@ -77,11 +77,19 @@ pub struct LogStoreOptions {
     pub segment_bytes: u64,
     /// Largest encoded entry accepted (and believed when reading a record length back).
     pub max_entry_bytes: usize,
+    /// The committed log id is written to disk at most this often (it costs several fsyncs and
+    /// changes on every write). A stale one on disk is safe: it is never ahead of the durable log,
+    /// and a restarted member learns the rest from the leader before applying it.
+    pub committed_persist_interval: std::time::Duration,
 }
 
 impl Default for LogStoreOptions {
     fn default() -> Self {
-        Self { segment_bytes: 16 * 1024 * 1024, max_entry_bytes: 64 * 1024 * 1024 }
+        Self {
+            segment_bytes: 16 * 1024 * 1024,
+            max_entry_bytes: 64 * 1024 * 1024,
+            committed_persist_interval: std::time::Duration::from_secs(1),
+        }
     }
 }
 
@@ -109,6 +117,8 @@ pub struct LogStore<C: RaftTypeConfig> {
     segments: Arc<Mutex<SegmentDir>>,
     vote: Option<Vote<C::NodeId>>,
     committed: Option<LogId<C::NodeId>>,
+    /// When the committed log id was last written to disk.
+    committed_persisted_at: Option<std::time::Instant>,
 }
 
 /// A cheap clone-able reader of the log for openraft's replication tasks.
@@ -247,6 +257,7 @@ impl<C: RaftTypeConfig> LogStore<C> {
             segments: Arc::new(Mutex::new(segment_dir)),
             vote,
             committed,
+            committed_persisted_at: None,
         })
     }
 
@@ -451,7 +462,14 @@ impl<C: RaftTypeConfig> RaftLogStorage<C> for LogStore<C> {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<C::NodeId>>) -> Result<(), StorageError<C::NodeId>> {
-        self.save_meta(COMMITTED_FILE, &committed).await.map_err(write_error)?;
+        let due = match self.committed_persisted_at {
+            None => true,
+            Some(at) => at.elapsed() >= self.options.committed_persist_interval,
+        };
+        if due {
+            self.save_meta(COMMITTED_FILE, &committed).await.map_err(write_error)?;
+            self.committed_persisted_at = Some(std::time::Instant::now());
+        }
         self.committed = committed;
         Ok(())
     }

@@ -256,3 +256,35 @@ async fn losing_committed_entries_is_an_error_not_a_silent_cut() {
     let err = LogStore::<TestConfig>::open(dir.path(), tiny_segments()).err().unwrap();
     assert!(matches!(err, LogStoreError::LostCommitted { committed: 2, .. }), "{err}");
 }
+
+/// The committed log id reaches the disk at most once per interval: after a crash the one read
+/// back may be older than the last saved, never newer, and never beyond the durable log.
+#[tokio::test]
+async fn committed_is_persisted_at_most_once_per_interval_and_never_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = LogStoreOptions {
+        committed_persist_interval: std::time::Duration::from_secs(3600),
+        ..LogStoreOptions::default()
+    };
+    {
+        let mut store = LogStore::<TestConfig>::open(dir.path(), options.clone()).unwrap();
+        for i in 1..=5 {
+            store.blocking_append([entry(1, i, 10)]).await.unwrap();
+        }
+        store.save_committed(Some(log_id(1, 1, 2))).await.unwrap();
+        store.save_committed(Some(log_id(1, 1, 5))).await.unwrap();
+        assert_eq!(store.read_committed().await.unwrap(), Some(log_id(1, 1, 5)));
+    }
+    let mut store = LogStore::<TestConfig>::open(dir.path(), options).unwrap();
+    assert_eq!(store.read_committed().await.unwrap(), Some(log_id(1, 1, 2)));
+    drop(store);
+    let every_time =
+        LogStoreOptions { committed_persist_interval: std::time::Duration::ZERO, ..LogStoreOptions::default() };
+    {
+        let mut store = LogStore::<TestConfig>::open(dir.path(), every_time.clone()).unwrap();
+        store.save_committed(Some(log_id(1, 1, 3))).await.unwrap();
+        store.save_committed(Some(log_id(1, 1, 4))).await.unwrap();
+    }
+    let mut store = LogStore::<TestConfig>::open(dir.path(), every_time).unwrap();
+    assert_eq!(store.read_committed().await.unwrap(), Some(log_id(1, 1, 4)));
+}
