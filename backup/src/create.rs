@@ -14,9 +14,12 @@ use crate::repo::{chunk_object, manifest_object, wal_object, RepoInfo, Repositor
 use crate::wal_name::{segment_name, segno_of, Lsn};
 use bytes::Bytes;
 use futures::StreamExt;
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
@@ -357,22 +360,32 @@ async fn copy_files(
     }
     // Big pieces first so the tail of the backup is not one job copying a large file alone.
     pieces.sort_by_key(|p| std::cmp::Reverse(p.len));
+    // `jobs` pieces are read, checked and compressed at a time; writing and fsyncing a compressed
+    // piece holds no permit, so storage I/O overlaps the next pieces' compression.
+    let cpu = Arc::new(tokio::sync::Semaphore::new(jobs.max(1)));
     let results: Vec<Result<Stored>> = futures::stream::iter(pieces)
         .map(|piece| {
             let repo = repo.clone();
             let file = data_dir.join(&piece.path);
             let label = label.to_string();
+            let cpu = cpu.clone();
             async move {
                 let path = piece.path.clone();
                 let index = piece.index;
-                let work = tokio::task::spawn_blocking(move || read_piece(&file, &piece, level, check_pages_before))
-                    .await
-                    .map_err(|e| BackupError::Refused(format!("copy task failed: {e}")))??;
+                let permit =
+                    cpu.acquire_owned().await.map_err(|e| BackupError::Refused(format!("copy task failed: {e}")))?;
+                let work = tokio::task::spawn_blocking(move || {
+                    let r = read_piece(&file, &piece, level, check_pages_before);
+                    drop(permit);
+                    r
+                })
+                .await
+                .map_err(|e| BackupError::Refused(format!("copy task failed: {e}")))??;
                 let Some((raw_len, sum, stored, corrupt)) = work else {
                     return Ok(Stored { path, index, chunk: None, corrupt: vec![] });
                 };
                 let stored_len = stored.len() as u64;
-                repo.put(&chunk_object(&label, &path, index), Bytes::from(stored)).await?;
+                repo.put_unlisted(&chunk_object(&label, &path, index), Bytes::from(stored)).await?;
                 Ok(Stored {
                     path,
                     index,
@@ -381,9 +394,10 @@ async fn copy_files(
                 })
             }
         })
-        .buffer_unordered(jobs.max(1))
+        .buffer_unordered(jobs.max(1) * 2 + 1)
         .collect()
         .await;
+    repo.sync_dirs(&format!("backups/{label}")).await?;
     let mut chunks: BTreeMap<String, Vec<(usize, Option<Chunk>)>> = BTreeMap::new();
     let mut corrupt: BTreeMap<String, Vec<u32>> = BTreeMap::new();
     for r in results {
@@ -424,30 +438,65 @@ async fn copy_files(
 
 type PieceResult = Option<(u64, [u8; 32], Vec<u8>, Vec<u32>)>;
 
+/// Bytes read at a time: a multiple of the page size, small enough that page checks, SHA-256 and
+/// zstd work on data still in the CPU cache.
+const READ_BLOCK: usize = 1 << 20;
+
+thread_local! {
+    /// Each blocking worker keeps its read buffer: no fresh pages to fault in per piece.
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Reads one piece block by block, checking pages, hashing and compressing each block as it is
+/// read. A file shorter than expected (truncated during the backup) gives a short piece.
 fn read_piece(file: &PathBuf, piece: &Piece, level: i32, check_pages_before: Option<u64>) -> Result<PieceResult> {
     let f = match std::fs::File::open(file) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io(file)(e)),
     };
-    let mut buf = vec![0u8; piece.len as usize];
+    let first_blkno = check_pages_before.and_then(|lsn| relation_file(&piece.path).map(|b| (lsn, b)));
+    let mut hasher = Sha256::new();
+    let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), level).map_err(io(file))?;
+    encoder.include_checksum(true).map_err(io(file))?;
+    let mut corrupt = Vec::new();
+    let mut done = 0u64;
+    READ_BUF.with(|cell| -> Result<()> {
+        let mut buf = cell.borrow_mut();
+        if buf.len() < READ_BLOCK {
+            buf.resize(READ_BLOCK, 0);
+        }
+        while done < piece.len {
+            let want = (piece.len - done).min(READ_BLOCK as u64) as usize;
+            let n = read_at_most(&f, &mut buf[..want], piece.offset + done).map_err(io(file))?;
+            let block = &buf[..n];
+            if let Some((start_lsn, first)) = first_blkno {
+                let blkno = first + ((piece.offset + done) / PAGE_SIZE as u64) as u32;
+                corrupt.extend(corrupt_pages(block, blkno, start_lsn));
+            }
+            hasher.update(block);
+            encoder.write_all(block).map_err(io(file))?;
+            done += n as u64;
+            if n < want {
+                break;
+            }
+        }
+        Ok(())
+    })?;
+    let stored = encoder.finish().map_err(io(file))?;
+    Ok(Some((done, hasher.finalize().into(), stored, corrupt)))
+}
+
+/// Fills `buf` from `offset` unless the file ends first; returns the bytes read.
+fn read_at_most(f: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
-        match f.read_at(&mut buf[filled..], piece.offset + filled as u64) {
+        match f.read_at(&mut buf[filled..], offset + filled as u64) {
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io(file)(e)),
+            Err(e) => return Err(e),
         }
     }
-    buf.truncate(filled);
-    let corrupt = match (check_pages_before, relation_file(&piece.path)) {
-        (Some(start_lsn), Some(first_blkno)) => {
-            corrupt_pages(&buf, first_blkno + (piece.offset / PAGE_SIZE as u64) as u32, start_lsn)
-        }
-        _ => vec![],
-    };
-    let sum = codec::sha256(&buf);
-    let stored = codec::compress(&buf, level).map_err(io(file))?;
-    Ok(Some((filled as u64, sum, stored, corrupt)))
+    Ok(filled)
 }

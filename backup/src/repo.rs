@@ -141,6 +141,42 @@ impl Repository {
         self.sync_local(rel)
     }
 
+    /// Writes one of many objects of a backup: the file is made durable off the async workers,
+    /// but not its directory; `sync_dirs` does every directory once before the manifest is written.
+    pub async fn put_unlisted(&self, rel: &str, data: Bytes) -> Result<()> {
+        self.store.put(&self.path(rel), PutPayload::from(data)).await.map_err(self.err("write", rel))?;
+        if let Some(root) = &self.local_root {
+            let p = root.join(rel);
+            tokio::task::spawn_blocking(move || {
+                std::fs::File::open(&p).and_then(|f| f.sync_all()).map_err(crate::error::io(&p))
+            })
+            .await
+            .map_err(|e| BackupError::Refused(format!("sync task failed: {e}")))??;
+        }
+        Ok(())
+    }
+
+    /// Makes every directory under `rel_prefix` durable (local repositories; objects stores are).
+    pub async fn sync_dirs(&self, rel_prefix: &str) -> Result<()> {
+        let Some(root) = &self.local_root else { return Ok(()) };
+        let top = root.join(rel_prefix);
+        tokio::task::spawn_blocking(move || {
+            let mut stack = vec![top];
+            while let Some(dir) = stack.pop() {
+                for entry in std::fs::read_dir(&dir).map_err(crate::error::io(&dir))? {
+                    let entry = entry.map_err(crate::error::io(&dir))?;
+                    if entry.file_type().map_err(crate::error::io(entry.path()))?.is_dir() {
+                        stack.push(entry.path());
+                    }
+                }
+                std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(crate::error::io(&dir))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| BackupError::Refused(format!("sync task failed: {e}")))?
+    }
+
     /// Writes an object only if none exists under the name (atomic where the store supports it).
     pub async fn put_new(&self, rel: &str, data: Bytes) -> Result<Put> {
         let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
