@@ -440,7 +440,7 @@ type PieceResult = Option<(u64, [u8; 32], Vec<u8>, Vec<u32>)>;
 
 /// Bytes read at a time: a multiple of the page size, small enough that page checks, SHA-256 and
 /// zstd work on data still in the CPU cache.
-const READ_BLOCK: usize = 1 << 20;
+const READ_BLOCK: usize = 256 << 10;
 
 thread_local! {
     /// Each blocking worker keeps its read buffer: no fresh pages to fault in per piece.

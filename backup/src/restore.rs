@@ -264,8 +264,9 @@ enum PieceError {
     Corrupt(String),
 }
 
-/// Bytes decompressed and written at a time.
-const WRITE_BLOCK: usize = 1 << 20;
+/// Bytes decompressed, hashed and written at a time: small enough to stay in the L2 cache between
+/// the three (1 MiB blocks made the restore 1.5x slower).
+const WRITE_BLOCK: usize = 256 << 10;
 
 thread_local! {
     /// Each blocking worker keeps its decompression buffer: no fresh pages to fault in per piece.
