@@ -16,7 +16,6 @@ use bytes::Bytes;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -445,6 +444,29 @@ const READ_BLOCK: usize = 256 << 10;
 thread_local! {
     /// Each blocking worker keeps its read buffer: no fresh pages to fault in per piece.
     static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// And its zstd context (level, compressor) and frame buffer, reused from piece to piece.
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>, Vec<u8>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Appends `block` to `stored` as one zstd frame (content size and checksum included), so a
+/// restore decompresses each block straight into its buffer.
+fn compress_block(block: &[u8], level: i32, stored: &mut Vec<u8>) -> std::io::Result<()> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _, _)| *l != level) {
+            let mut c = zstd::bulk::Compressor::new(level)?;
+            c.include_checksum(true)?;
+            c.include_contentsize(true)?;
+            *slot = Some((level, c, Vec::new()));
+        }
+        let Some((_, c, frame)) = slot.as_mut() else { return Ok(()) };
+        frame.clear();
+        frame.reserve(zstd::zstd_safe::compress_bound(block.len()));
+        let n = c.compress_to_buffer(block, frame)?;
+        stored.extend_from_slice(&frame[..n]);
+        Ok(())
+    })
 }
 
 /// Reads one piece block by block, checking pages, hashing and compressing each block as it is
@@ -457,8 +479,7 @@ fn read_piece(file: &PathBuf, piece: &Piece, level: i32, check_pages_before: Opt
     };
     let first_blkno = check_pages_before.and_then(|lsn| relation_file(&piece.path).map(|b| (lsn, b)));
     let mut hasher = Sha256::new();
-    let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), level).map_err(io(file))?;
-    encoder.include_checksum(true).map_err(io(file))?;
+    let mut stored = Vec::new();
     let mut corrupt = Vec::new();
     let mut done = 0u64;
     READ_BUF.with(|cell| -> Result<()> {
@@ -475,7 +496,7 @@ fn read_piece(file: &PathBuf, piece: &Piece, level: i32, check_pages_before: Opt
                 corrupt.extend(corrupt_pages(block, blkno, start_lsn));
             }
             hasher.update(block);
-            encoder.write_all(block).map_err(io(file))?;
+            compress_block(block, level, &mut stored).map_err(io(file))?;
             done += n as u64;
             if n < want {
                 break;
@@ -483,7 +504,9 @@ fn read_piece(file: &PathBuf, piece: &Piece, level: i32, check_pages_before: Opt
         }
         Ok(())
     })?;
-    let stored = encoder.finish().map_err(io(file))?;
+    if done == 0 {
+        compress_block(&[], level, &mut stored).map_err(io(file))?;
+    }
     Ok(Some((done, hasher.finalize().into(), stored, corrupt)))
 }
 

@@ -269,8 +269,9 @@ enum PieceError {
 const WRITE_BLOCK: usize = 256 << 10;
 
 thread_local! {
-    /// Each blocking worker keeps its decompression buffer: no fresh pages to fault in per piece.
-    static WRITE_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Each blocking worker keeps its zstd context and buffer: no fresh pages to fault in per piece.
+    static WRITE_BUF: std::cell::RefCell<Option<(zstd::bulk::Decompressor<'static>, Vec<u8>)>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// Decompresses one stored piece block by block into `file` at `offset`, checking its size and
@@ -278,35 +279,58 @@ thread_local! {
 fn write_piece(stored: &[u8], file: &Path, offset: u64, size: u64, sha256: &str) -> Result<u64, PieceError> {
     use std::io::Read;
     let f = std::fs::OpenOptions::new().write(true).open(file).map_err(|e| PieceError::Io(io(file)(e)))?;
-    let mut decoder =
-        zstd::stream::read::Decoder::with_buffer(stored).map_err(|e| PieceError::Corrupt(format!("zstd: {e}")))?;
     let mut hasher = Sha256::new();
     let mut done = 0u64;
-    WRITE_BUF.with(|cell| -> Result<(), PieceError> {
-        let mut buf = cell.borrow_mut();
-        if buf.len() < WRITE_BLOCK {
-            buf.resize(WRITE_BLOCK, 0);
+    let mut emit = |block: &[u8]| -> Result<(), PieceError> {
+        if done + block.len() as u64 > size {
+            return Err(PieceError::Corrupt(format!("decompresses to more than the {size} bytes expected")));
         }
-        loop {
-            let mut filled = 0;
-            while filled < WRITE_BLOCK {
-                match decoder.read(&mut buf[filled..]) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(PieceError::Corrupt(format!("zstd: {e}"))),
+        hasher.update(block);
+        f.write_all_at(block, offset + done).map_err(|e| PieceError::Io(io(file)(e)))?;
+        done += block.len() as u64;
+        Ok(())
+    };
+    let zstd_err = |e: std::io::Error| PieceError::Corrupt(format!("zstd: {e}"));
+    WRITE_BUF.with(|cell| -> Result<(), PieceError> {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some((zstd::bulk::Decompressor::new().map_err(zstd_err)?, vec![0; WRITE_BLOCK]));
+        }
+        let Some((decompressor, buf)) = slot.as_mut() else { return Ok(()) };
+        let mut rest = stored;
+        while !rest.is_empty() {
+            let len = zstd::zstd_safe::find_frame_compressed_size(rest)
+                .map_err(|c| PieceError::Corrupt(format!("zstd: {}", zstd::zstd_safe::get_error_name(c))))?;
+            let (frame, next) = rest.split_at(len.min(rest.len()));
+            rest = next;
+            match zstd::zstd_safe::get_frame_content_size(frame) {
+                // A block frame (backups taken in 256 KiB blocks): straight into the buffer.
+                Ok(Some(n)) if n <= WRITE_BLOCK as u64 => {
+                    let got = decompressor.decompress_to_buffer(frame, &mut buf[..]).map_err(zstd_err)?;
+                    emit(&buf[..got])?;
+                }
+                // One frame for the whole piece (older backups): streamed through the buffer.
+                _ => {
+                    let mut decoder = zstd::stream::read::Decoder::with_buffer(frame).map_err(zstd_err)?;
+                    loop {
+                        let mut filled = 0;
+                        while filled < WRITE_BLOCK {
+                            match decoder.read(&mut buf[filled..]) {
+                                Ok(0) => break,
+                                Ok(n) => filled += n,
+                                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                                Err(e) => return Err(zstd_err(e)),
+                            }
+                        }
+                        if filled == 0 {
+                            break;
+                        }
+                        emit(&buf[..filled])?;
+                    }
                 }
             }
-            if filled == 0 {
-                return Ok(());
-            }
-            if done + filled as u64 > size {
-                return Err(PieceError::Corrupt(format!("decompresses to more than the {size} bytes expected")));
-            }
-            hasher.update(&buf[..filled]);
-            f.write_all_at(&buf[..filled], offset + done).map_err(|e| PieceError::Io(io(file)(e)))?;
-            done += filled as u64;
         }
+        Ok(())
     })?;
     if done != size {
         return Err(PieceError::Corrupt(format!("decompressed to {done} bytes, expected {size}")));
