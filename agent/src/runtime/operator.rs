@@ -91,4 +91,26 @@ impl Runtime {
         self.execute(&Action::StartReplica { leader: Some(leader.clone()) }, &view).await?;
         Ok(leader)
     }
+
+    /// Runs a request queued by the REST API.
+    pub(super) async fn run_command(&mut self, command: crate::api::ApiCommand) {
+        use crate::api::ApiCommand;
+        match command {
+            ApiCommand::Reload => match self.pg.query("select pg_reload_conf()", self.ha.retry_timeout).await {
+                Ok(_) => tracing::info!("configuration reloaded (API request)"),
+                Err(e) => tracing::warn!("reload requested through the API failed: {e}"),
+            },
+            ApiCommand::Restart => {
+                tracing::info!("restarting PostgreSQL (API request)");
+                self.pg.stop(StopMode::Fast, Duration::from_secs(60)).await;
+                if let Err(e) = self.pg.start(Duration::from_secs(120)).await {
+                    tracing::warn!("restart requested through the API failed: {e}");
+                }
+            }
+            ApiCommand::Reinitialize { .. } => match self.reinitialize().await {
+                Ok(leader) => tracing::info!("reinitialized: cloned from {leader}, starting as its replica"),
+                Err(e) => tracing::warn!("reinitialize requested through the API failed: {e}"),
+            },
+        }
+    }
 }

@@ -1,0 +1,79 @@
+//! What the holder of the leader lock does each tick: refresh the lease (demoting when it is lost
+//! or about to end), keep the members' replication slots and publish the `status` key.
+
+use super::Runtime;
+use crate::ha::Action;
+use crate::postgres::control::slot_name;
+use consensus::dcs::{ClusterKey, DcsError, Expected};
+use std::time::Instant;
+
+impl Runtime {
+    pub(super) async fn refresh_lock(&mut self) -> Result<(), String> {
+        let rt = self.ha.retry_timeout;
+        match tokio::time::timeout(rt, self.dcs.refresh_leader()).await {
+            Ok(Ok(lease)) => {
+                self.lease_valid_until = Some(lease.valid_until);
+                self.refresh_failed = false;
+                self.leader_duties().await;
+                Ok(())
+            }
+            Ok(Err(DcsError::LockLost { holder })) => {
+                self.lease_valid_until = None;
+                tracing::warn!("lost the leader lock (now held by {holder:?}); demoting now");
+                let follow = holder.filter(|h| h != &self.name);
+                Box::pin(self.execute(&Action::Demote { leader: follow }, &self.last_view.clone())).await?;
+                Err("lost the leader lock".into())
+            }
+            other => {
+                self.refresh_failed = true;
+                let why = match other {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {rt:?}"),
+                };
+                let margin = self.ha.loop_wait + rt * 2;
+                if self.lease_valid_until.is_none_or(|until| Instant::now() + margin >= until) {
+                    tracing::warn!("cannot refresh the leader lock ({why}) and the lease ends soon; demoting");
+                    Box::pin(self.execute(&Action::Demote { leader: None }, &self.last_view.clone())).await?;
+                }
+                Err(format!("refreshing the leader lock failed: {why}"))
+            }
+        }
+    }
+
+    /// What the leader does every tick: slots for the members, the `status` key.
+    pub(super) async fn leader_duties(&mut self) {
+        let mut slots: Vec<String> =
+            self.last_addrs.iter().filter(|a| a.name != self.name).map(|a| slot_name(&a.name)).collect();
+        slots.sort();
+        // Only when the member set changed: this is SQL on the primary, not something for every tick.
+        if self.ensured_slots.as_ref() != Some(&slots) {
+            match self.pg.ensure_roles_and_slots(&slots, self.ha.retry_timeout).await {
+                Ok(()) => self.ensured_slots = Some(slots),
+                Err(e) => tracing::warn!("could not create roles/slots: {e}"),
+            }
+        }
+        // This tick's probe is fresh enough for the status key.
+        if let Some(p) = self.last_probe.clone() {
+            self.write_leader_status(&p).await;
+        }
+    }
+
+    /// Probes PostgreSQL and publishes the result as the leader status (after promote/bootstrap,
+    /// when the tick's probe predates the new timeline).
+    pub(super) async fn publish_leader_status(&self) {
+        if let Ok(p) = self.pg.probe(self.ha.retry_timeout).await {
+            self.write_leader_status(&p).await;
+        }
+    }
+
+    pub(super) async fn write_leader_status(&self, p: &crate::postgres::control::Probe) {
+        if p.in_recovery {
+            return;
+        }
+        let value = serde_json::json!({ "optime": p.position.0, "timeline": p.timeline });
+        let bytes = serde_json::to_vec(&value).unwrap_or_default();
+        if let Err(e) = self.dcs.write(ClusterKey::Status, &bytes, Expected::Any).await {
+            tracing::warn!("could not write the status key: {e}");
+        }
+    }
+}

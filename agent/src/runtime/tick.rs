@@ -1,0 +1,145 @@
+//! One HA tick: read the DCS, probe the local PostgreSQL, ask `ha::decide`, carry the actions out
+//! and publish. This module gathers the engine's inputs; the choice is `ha::decide`'s.
+
+use super::Runtime;
+use crate::cluster_view::view_from_snapshot;
+use crate::ha::{decide, Action, ClusterView, LocalState, Lsn, PgState, Role, StreamPoint};
+use consensus::dcs::ClusterKey;
+use std::time::{Instant, SystemTime};
+
+impl Runtime {
+    pub(super) async fn read_view(&mut self) -> ClusterView {
+        match tokio::time::timeout(self.ha.retry_timeout, self.dcs.snapshot()).await {
+            Ok(Ok(snap)) => {
+                let (view, addrs) = view_from_snapshot(&snap);
+                self.dynamic = snap
+                    .get(&ClusterKey::Config)
+                    .and_then(|kv| consensus::cluster::DynamicConfig::parse(&kv.value).ok())
+                    .unwrap_or_default();
+                self.apply_dynamic_timing();
+                self.last_view = view.clone();
+                self.last_addrs = addrs;
+                self.status.send_modify(|s| s.dcs_last_seen = Some(SystemTime::now()));
+                view
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read the DCS");
+                ClusterView { reachable: false, ..self.last_view.clone() }
+            }
+            Err(_) => {
+                tracing::warn!("DCS read timed out after {:?}", self.ha.retry_timeout);
+                ClusterView { reachable: false, ..self.last_view.clone() }
+            }
+        }
+    }
+
+    pub(super) async fn local_state(
+        &mut self,
+        view: &ClusterView,
+        now: Instant,
+    ) -> (LocalState, Option<crate::postgres::control::Probe>) {
+        let i_lead = view.leader.as_deref() == Some(self.name.as_str());
+        let mut probe = None;
+        let postgres = if !self.pg.has_data() {
+            PgState::NoData
+        } else if !self.pg.is_running() {
+            PgState::Stopped
+        } else {
+            match self.pg.probe(self.ha.retry_timeout).await {
+                Ok(p) => {
+                    self.unresponsive_since = None;
+                    let role = if p.in_recovery { Role::Replica } else { Role::Primary };
+                    let position =
+                        if p.in_recovery { p.received.unwrap_or(p.position).max(p.position) } else { p.position };
+                    if p.receiver_status.as_deref() == Some("streaming") {
+                        self.not_streaming_since = None;
+                        if let (Some(tl), Some(lsn)) = (p.received_timeline, p.received) {
+                            self.last_streamed = Some(StreamPoint { timeline: tl, lsn });
+                        }
+                    } else if p.in_recovery {
+                        self.not_streaming_since.get_or_insert(now);
+                    } else {
+                        self.not_streaming_since = None;
+                    }
+                    let state = PgState::Running { role, timeline: p.timeline, wal_position: position };
+                    probe = Some(p);
+                    state
+                }
+                Err(e) => {
+                    let since = *self.unresponsive_since.get_or_insert(now);
+                    tracing::warn!(error = %e, "PostgreSQL probe failed");
+                    // One missed probe is a blip; a postmaster silent for retry_timeout is hung.
+                    if now.saturating_duration_since(since) >= self.ha.retry_timeout {
+                        PgState::Unresponsive
+                    } else {
+                        PgState::Running {
+                            role: if i_lead { Role::Primary } else { Role::Replica },
+                            timeline: view.leader_timeline.unwrap_or(1),
+                            wal_position: Lsn(0),
+                        }
+                    }
+                }
+            }
+        };
+        if i_lead && matches!(postgres, PgState::Stopped) {
+            self.down_since.get_or_insert(now);
+        } else {
+            self.down_since = None;
+        }
+        let local = LocalState {
+            name: self.name.clone(),
+            postgres,
+            system_identifier: self.pg.system_identifier(),
+            lease_valid_until: self.lease_valid_until,
+            refresh_failed: self.refresh_failed,
+            down_since: self.down_since,
+            last_streamed: self.last_streamed,
+            not_streaming_for: self.not_streaming_since.map(|t| now.saturating_duration_since(t)),
+            peer_probes: None,
+            nofailover: self.tags.nofailover,
+            failover_priority: self.tags.failover_priority.unwrap_or(1),
+        };
+        (local, probe)
+    }
+
+    pub(super) async fn tick(&mut self) {
+        let now = Instant::now();
+        let view = self.read_view().await;
+        let (mut local, probe) = self.local_state(&view, now).await;
+        let probe = self.apply_dynamic_parameters(probe).await;
+        self.last_probe = probe.clone();
+        if !matches!(local.postgres, PgState::Running { role: Role::Primary, .. }) {
+            // Slots must be (re)checked whenever this node becomes primary again.
+            self.ensured_slots = None;
+        }
+        let mut decision = decide(&view, &local, &self.ha, now);
+        if decision.actions == [Action::ProbePeers] {
+            local.peer_probes = Some(self.probe_peers().await);
+            decision = decide(&view, &local, &self.ha, Instant::now());
+        }
+        // One line per change of decision; a new WAL position alone is not a new event.
+        let shape = without_positions(&decision.reason);
+        if shape != self.last_reason {
+            tracing::info!("{}", decision.reason);
+            self.last_reason = shape;
+        } else {
+            tracing::debug!("{}", decision.reason);
+        }
+        for action in decision.actions.clone() {
+            if let Err(e) = self.execute(&action, &view).await {
+                tracing::warn!(?action, "{e}");
+                break;
+            }
+        }
+        self.publish(&view, probe, &decision.reason).await;
+    }
+}
+
+/// The reason with WAL positions (`0/3000060`) left out, to tell new events from progress.
+fn without_positions(reason: &str) -> String {
+    reason
+        .split(' ')
+        .filter(|w| !(w.contains('/') && w.chars().next().is_some_and(|c| c.is_ascii_hexdigit())))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
