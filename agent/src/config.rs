@@ -26,7 +26,22 @@ pub struct AgentConfig {
     pub ha: HaTiming,
     #[serde(default)]
     pub tags: TagsConfig,
+    /// WAL archiving into a `pgha backup` repository, when set.
+    #[serde(default)]
+    pub backup: Option<BackupSection>,
 }
+
+/// `[backup]`: the repository config file `pgha backup` and `pgha archive-push/get` read. With it
+/// the agent sets archive_mode, archive_command and restore_command itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupSection {
+    /// The backup config (TOML with `[repository]`), readable by the PostgreSQL OS user.
+    pub config: PathBuf,
+}
+
+/// Parameters the agent writes itself when `[backup]` is set.
+pub const ARCHIVE_PARAMETERS: [&str; 3] = ["archive_mode", "archive_command", "restore_command"];
 
 /// HA timing (Patroni's names). Must be the same on every member.
 #[derive(Debug, Clone, Deserialize)]
@@ -258,6 +273,16 @@ impl Validate for AgentConfig {
                 return Err(Invalid::missing(format!("{key}.password"), "set password or password_file"));
             }
         }
+        if self.backup.is_some() {
+            if let Some(k) = self.postgresql.parameters.keys().find(|k| ARCHIVE_PARAMETERS.contains(&k.as_str())) {
+                return Err(Invalid::new(
+                    format!("postgresql.parameters.{k}"),
+                    "...",
+                    "[backup] is set, so the agent writes archive_mode, archive_command and restore_command \
+                     itself: remove this parameter (or [backup])",
+                ));
+            }
+        }
         let ha = self.ha.to_ha_config();
         for (key, v) in
             [("ha.ttl", self.ha.ttl), ("ha.loop_wait", self.ha.loop_wait), ("ha.retry_timeout", self.ha.retry_timeout)]
@@ -396,6 +421,18 @@ secret = "0123456789abcdef0123"
         assert_eq!(all.len(), 3);
         let e = err(&GOOD.replace("127.0.0.1:7001", "0.0.0.0:7001"));
         assert!(e.starts_with("agent.toml: dcs.raft.listen = 0.0.0.0:7001: listen binds every address"), "{e}");
+    }
+
+    #[test]
+    fn backup_section_owns_the_archive_parameters() {
+        let c: AgentConfig =
+            parse(Path::new("agent.toml"), &format!("{GOOD}[backup]\nconfig = \"/etc/b.toml\"\n")).unwrap();
+        assert_eq!(c.backup.map(|b| b.config), Some(PathBuf::from("/etc/b.toml")));
+        let text = GOOD.replace("replication = {", "parameters = { archive_mode = \"on\" }\nreplication = {");
+        assert!(parse::<AgentConfig>(Path::new("agent.toml"), &text).is_ok());
+        let e = err(&format!("{text}[backup]\nconfig = \"/etc/b.toml\"\n"));
+        assert!(e.starts_with("agent.toml: postgresql.parameters.archive_mode = ...: [backup] is set"), "{e}");
+        assert!(err(&format!("{GOOD}[backup]\nconfig = \"/b\"\nmode = 1\n")).contains("backup.mode"));
     }
 
     #[test]

@@ -56,7 +56,7 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
     };
     let mut run_dir = config.postgresql.data_dir.clone().into_os_string();
     run_dir.push(".run");
-    let parameters = config
+    let mut parameters: Vec<(String, String)> = config
         .postgresql
         .parameters
         .iter()
@@ -68,6 +68,10 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
             (k.clone(), v)
         })
         .collect();
+    if let Some(b) = &config.backup {
+        // Written as local parameters: they win over the DCS (validation keeps the file's out).
+        parameters.extend(crate::postgres::archiving::parameters(&b.config).map_err(ServiceError::Setup)?);
+    }
     let pg = LocalPostgres::new(PgSettings {
         bin,
         data_dir: config.postgresql.data_dir.clone(),

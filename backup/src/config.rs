@@ -21,6 +21,9 @@ pub struct BackupConfig {
     /// How long `backup create` waits for the WAL its backup needs to be archived.
     #[serde(default = "default_archive_timeout")]
     pub archive_timeout_secs: u64,
+    /// Segments `archive-get` fetches ahead into `pg_wal/pgha-prefetch` (0: off).
+    #[serde(default = "default_prefetch")]
+    pub archive_get_prefetch: usize,
     #[serde(default)]
     pub postgresql: Option<PostgresConfig>,
     /// A standby to read files from with `backup create --from-standby`.
@@ -36,6 +39,9 @@ fn default_jobs() -> usize {
 }
 fn default_archive_timeout() -> u64 {
     120
+}
+fn default_prefetch() -> usize {
+    8
 }
 
 /// Where the repository is: exactly one of `path` or `[repository.s3]`.
@@ -112,6 +118,9 @@ impl Validate for BackupConfig {
         }
         if !(1..=64).contains(&self.jobs) {
             return Err(Invalid::new("jobs", self.jobs, "expected 1 to 64"));
+        }
+        if self.archive_get_prefetch > 64 {
+            return Err(Invalid::new("archive_get_prefetch", self.archive_get_prefetch, "expected 0 (off) to 64"));
         }
         for (key, pg) in [("postgresql", &self.postgresql), ("standby", &self.standby)] {
             if let Some(pg) = pg {

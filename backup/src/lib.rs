@@ -9,6 +9,7 @@
 pub mod archive;
 pub mod catalog;
 pub mod codec;
+pub mod commands;
 pub mod config;
 pub mod continuity;
 pub mod create;
@@ -17,6 +18,7 @@ pub mod expire;
 pub mod manifest;
 pub mod page_checksum;
 pub mod pgdata;
+pub mod prefetch;
 pub mod repo;
 pub mod report;
 pub mod restore;

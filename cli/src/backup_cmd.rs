@@ -7,7 +7,7 @@ use backup::archive::{Fetched, Pushed};
 use backup::manifest::BackupKind;
 use backup::target::Target;
 use backup::BackupConfig;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn load(config: &Option<PathBuf>) -> anyhow::Result<(BackupConfig, PathBuf)> {
@@ -39,16 +39,82 @@ pub fn archive_push(args: ArchivePushArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Exit 1 (quietly) when the file is not in the archive: PostgreSQL's "no more WAL here".
+/// Exit 1 (quietly) when the file is not in the archive: PostgreSQL's "no more WAL here". A
+/// repository that cannot be read exits 126, which makes PostgreSQL abort recovery instead of
+/// ending it (and promoting) early; with --soft-errors it exits 1 so a standby streams instead.
 pub fn archive_get(args: ArchiveGetArgs) -> anyhow::Result<ExitCode> {
-    let (cfg, _) = load(&args.config)?;
-    match runtime()?.block_on(backup::archive::get(&cfg, &args.wal_name, &args.destination)) {
-        Ok(Fetched::Restored) => Ok(ExitCode::SUCCESS),
-        Ok(Fetched::NotInArchive) => Ok(ExitCode::from(1)),
-        Err(e) => {
-            eprintln!("pgha: archive-get {}: {e}", args.wal_name);
-            Ok(ExitCode::from(2))
+    let failed = |e: &dyn std::fmt::Display| {
+        let (code, consequence) = if args.soft_errors {
+            (1, "reported as not in the archive (--soft-errors): the standby keeps streaming from its primary")
+        } else {
+            (126, "recovery stops here: fix the repository and start PostgreSQL again")
+        };
+        eprintln!("pgha: archive-get {}: {e}; {consequence}", args.wal_name);
+        Ok(ExitCode::from(code))
+    };
+    let (cfg, config_path) = match load(&args.config) {
+        Ok(loaded) => loaded,
+        Err(e) => return failed(&format!("{e:#}")),
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return failed(&e),
+    };
+    if args.prefetch_worker {
+        let spool = backup::prefetch::spool_dir(&args.destination);
+        let work = async {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(600),
+                backup::prefetch::fill(&cfg, &spool, &args.wal_name),
+            )
+            .await
+        };
+        match rt.block_on(work) {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("archive-get prefetch after {}: {e}", args.wal_name),
+            Err(_) => tracing::warn!("archive-get prefetch after {} gave up after 600 s", args.wal_name),
         }
+        return Ok(ExitCode::SUCCESS);
+    }
+    match rt.block_on(backup::archive::get(&cfg, &args.wal_name, &args.destination)) {
+        Ok(Fetched::Restored) => {
+            start_prefetch(&cfg, &config_path, &args);
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Fetched::NotInArchive) => Ok(ExitCode::from(1)),
+        Err(e) => failed(&e),
+    }
+}
+
+/// The segments after `name` to prefetch (segment size from the file just restored).
+fn prefetch_window(cfg: &BackupConfig, name: &str, destination: &std::path::Path) -> Vec<String> {
+    if cfg.archive_get_prefetch == 0 {
+        return Vec::new();
+    }
+    let mut head = [0u8; 40];
+    let size = std::fs::File::open(destination)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .ok()
+        .and_then(|()| backup::wal_name::segment_header(&head))
+        .map_or(backup::wal_name::DEFAULT_SEGMENT_SIZE, |(_, s)| s as u64);
+    backup::prefetch::window(name, cfg.archive_get_prefetch, size)
+}
+
+/// Starts a detached prefetch worker when the spool holds less than half of the next segments.
+fn start_prefetch(cfg: &BackupConfig, config_path: &std::path::Path, args: &ArchiveGetArgs) {
+    let wanted = prefetch_window(cfg, &args.wal_name, &args.destination);
+    if wanted.is_empty() || !backup::prefetch::needs_worker(&args.destination, &wanted) {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else { return };
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("archive-get").arg("--config").arg(config_path).arg("--prefetch-worker");
+    cmd.arg(&args.wal_name).arg(&args.destination);
+    cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
+    // Its own process group, not waited for: PostgreSQL gets its answer now.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    if let Err(e) = cmd.spawn() {
+        tracing::warn!("cannot start the archive-get prefetch worker: {e}");
     }
 }
 
@@ -196,7 +262,8 @@ pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
                 Target::EndOfArchive
             };
             let exe = std::env::current_exe().context("locating the pgha binary for restore_command")?;
-            let restore_command = format!("{} archive-get --config {} %f \"%p\"", shell(&exe), shell(&config_path));
+            let restore_command =
+                backup::commands::restore_command(&exe, &config_path, backup::commands::OnRepositoryError::Fatal);
             let opts = backup::restore::RestoreOptions {
                 to_dir: to_dir.clone(),
                 target: target.clone(),
@@ -220,14 +287,5 @@ pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-    }
-}
-
-fn shell(p: &Path) -> String {
-    let s = p.display().to_string();
-    if s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+".contains(&b)) {
-        s
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
     }
 }

@@ -215,6 +215,13 @@ pub struct ArchivePushArgs {
 pub struct ArchiveGetArgs {
     #[arg(short, long, env = "PGHA_CONFIG")]
     pub config: Option<PathBuf>,
+    /// When the repository cannot be read, exit 1 ("not in the archive", so a standby falls back
+    /// to streaming) instead of 126 (PostgreSQL aborts recovery rather than end it early).
+    #[arg(long)]
+    pub soft_errors: bool,
+    /// Internal: fill the prefetch spool for the segments after WAL_NAME, then exit.
+    #[arg(long, hide = true)]
+    pub prefetch_worker: bool,
     /// Name of the WAL file wanted (%f).
     pub wal_name: String,
     /// Where to write it (%p).

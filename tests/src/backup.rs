@@ -105,19 +105,29 @@ impl BackupRepo {
         primary: Option<&PgInstance>,
         standby: Option<&PgInstance>,
     ) -> anyhow::Result<()> {
+        let server = |pg: Option<&PgInstance>| pg.map(|pg| (pg.data_dir(), pg.port(), pg.password().to_string()));
+        self.write_config_for(repo_toml, server(primary), server(standby))
+    }
+
+    /// Like `write_config`, for servers given as (data directory, port, superuser password).
+    pub fn write_config_for(
+        &self,
+        repo_toml: &str,
+        primary: Option<(PathBuf, u16, String)>,
+        standby: Option<(PathBuf, u16, String)>,
+    ) -> anyhow::Result<()> {
         let mut text = format!("scope = \"main\"\njobs = 2\narchive_timeout_secs = 60\n{repo_toml}");
         for (section, pg) in [("postgresql", primary), ("standby", standby)] {
-            if let Some(pg) = pg {
+            if let Some((data_dir, port, password)) = pg {
                 let pw = self.dir.join(&format!("{section}.pw"));
-                std::fs::write(&pw, pg.password())?;
+                std::fs::write(&pw, password)?;
                 if let Some(o) = self.run_as {
                     o.chown(&pw)?;
                 }
                 text += &format!(
-                    "[{section}]\ndata_dir = \"{}\"\nconninfo = \"host=127.0.0.1 port={} user=postgres dbname=postgres\"\n\
+                    "[{section}]\ndata_dir = \"{}\"\nconninfo = \"host=127.0.0.1 port={port} user=postgres dbname=postgres\"\n\
                      password_file = \"{}\"\n",
-                    pg.data_dir().display(),
-                    pg.port(),
+                    data_dir.display(),
                     pw.display()
                 );
             }

@@ -148,6 +148,20 @@ impl PghaCluster {
         Self::start(size, timing, false).await
     }
 
+    /// Like `start_on_etcd`, with `extra` (TOML sections) appended to every agent's config.
+    pub async fn start_on_etcd_with(size: usize, timing: Timing, extra: &str) -> anyhow::Result<PghaCluster> {
+        let mut cluster = Self::start_agents(size, timing, false, extra).await?;
+        cluster.start_all()?;
+        Ok(cluster)
+    }
+
+    fn start_all(&mut self) -> anyhow::Result<()> {
+        for n in &mut self.nodes {
+            n.start_agent()?;
+        }
+        Ok(())
+    }
+
     /// Like `start_on_etcd`, but each agent reaches etcd only through its own fault relay.
     pub async fn start_on_etcd_with_relays(size: usize, timing: Timing) -> anyhow::Result<PghaCluster> {
         Self::start(size, timing, true).await
@@ -172,10 +186,19 @@ impl PghaCluster {
                 secret = crate::raft::RAFT_SECRET,
             )
         };
-        Self::start_with(size, timing, None, &dcs_section).await
+        let mut cluster = Self::configure(size, timing, None, &dcs_section)?;
+        cluster.start_all()?;
+        Ok(cluster)
     }
 
     async fn start(size: usize, timing: Timing, relays: bool) -> anyhow::Result<PghaCluster> {
+        let mut cluster = Self::start_agents(size, timing, relays, "").await?;
+        cluster.start_all()?;
+        Ok(cluster)
+    }
+
+    /// The etcd and the nodes' configs (agents not started yet).
+    async fn start_agents(size: usize, timing: Timing, relays: bool, extra: &str) -> anyhow::Result<PghaCluster> {
         let etcd = EtcdCluster::start(1).await?;
         let mut dcs_relays = Vec::new();
         for _ in 0..size {
@@ -196,12 +219,13 @@ impl PghaCluster {
         let dcs_section = |i: usize, _: &ScratchDir| {
             format!("[dcs]\nbackend = \"etcd\"\n[dcs.etcd]\nendpoints = [{}]\n", endpoints[i])
         };
-        let mut cluster = Self::start_with(size, timing, Some(dcs_relays), &dcs_section).await?;
+        let dcs_and_extra = |i: usize, dir: &ScratchDir| format!("{}{extra}", dcs_section(i, dir));
+        let mut cluster = Self::configure(size, timing, Some(dcs_relays), &dcs_and_extra)?;
         cluster.etcd = Some(etcd);
         Ok(cluster)
     }
 
-    async fn start_with(
+    fn configure(
         size: usize,
         timing: Timing,
         relays: Option<Vec<Option<FaultRelay>>>,
@@ -240,9 +264,6 @@ retry_timeout = {rt}
                 rt = timing.retry_timeout,
             );
             nodes.push(Node { name, dcs_relay, pg_port, api_port, agent: None, config, dir });
-        }
-        for n in &mut nodes {
-            n.start_agent()?;
         }
         Ok(PghaCluster { nodes, etcd: None, scope })
     }

@@ -192,15 +192,16 @@ impl PgInstance {
             let dsn = dsn.clone();
             async move {
                 if !running {
-                    bail!("postgres exited during startup:\n{log}");
+                    // Not worth waiting for: fail at once with the log.
+                    return Ok(Some(Err(anyhow::anyhow!("postgres exited during startup:\n{log}"))));
                 }
                 match tokio_postgres::connect(&dsn, NoTls).await {
-                    Ok(_) => Ok(Some(())),
+                    Ok(_) => Ok(Some(Ok(()))),
                     Err(e) => Err(e.into()),
                 }
             }
         })
-        .await
+        .await?
     }
 
     /// Stops PostgreSQL in the given mode and waits for it to exit.
