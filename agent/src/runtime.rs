@@ -107,7 +107,7 @@ impl Runtime {
             self.tick().await;
             tokio::select! {
                 _ = &mut shutdown => break,
-                _ = tokio::time::sleep(self.ha.loop_wait) => {}
+                _ = tokio::time::sleep(self.ha.loop_wait.min(self.until_last_decision())) => {}
                 _ = wake.notified() => {}
                 Some(command) = self.commands.recv() => self.run_command(command).await,
             }

@@ -1,6 +1,8 @@
-//! Whole pgha clusters for tests: N agents (the real `pgha agent` binary) on a DCS, each with its
-//! own PostgreSQL data directory, ports and log. Nodes can be killed like a lost machine
-//! (kill -9 of the agent and every PostgreSQL process) and started again on their own disk.
+//! Whole pgha clusters for tests: N agents (the real `pgha agent` binary) on a DCS (etcd, or the
+//! built-in Raft whose members run inside the agents), each with its own PostgreSQL data
+//! directory, ports and log. Nodes can be killed like a lost machine (kill -9 of the agent and
+//! every PostgreSQL process) and started again on their own disk, or cut off from the DCS through
+//! fault relays while their PostgreSQL replication links stay up.
 
 use crate::etcd::EtcdCluster;
 use crate::pgha::PghaProcess;
@@ -8,6 +10,7 @@ use crate::relay::FaultRelay;
 use crate::scratch::ScratchDir;
 use agent::postgres::os_user::{RunAs, DEFAULT_USER};
 use anyhow::Context;
+use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio_postgres::NoTls;
 
@@ -41,6 +44,11 @@ impl Node {
     /// The agent's log so far.
     pub fn agent_log(&self) -> String {
         self.agent.as_ref().map(|a| a.log()).unwrap_or_default()
+    }
+
+    /// The agent's process group, while it runs.
+    pub fn agent_pgid(&self) -> Option<i32> {
+        self.agent.as_ref().map(PghaProcess::pgid)
     }
 
     /// Process groups of the agent and of its postmaster (for survivor checks).
@@ -94,6 +102,13 @@ impl Node {
         }
     }
 
+    /// Tags this node `nofailover` from its next agent start on.
+    pub fn tag_nofailover(&mut self) {
+        if !self.config.contains("nofailover = true") {
+            self.config.push_str("[tags]\nnofailover = true\n");
+        }
+    }
+
     /// Starts the agent again on the same data directory and config.
     pub fn start_agent(&mut self) -> anyhow::Result<()> {
         self.agent = Some(PghaProcess::start(&self.name, &["agent"], &self.config)?);
@@ -120,12 +135,24 @@ pub async fn connect(dsn: &str) -> anyhow::Result<tokio_postgres::Client> {
     Ok(client)
 }
 
+/// Which DCS the agents of a cluster use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// One etcd member, reached by each agent through its own fault relay.
+    Etcd,
+    /// The built-in Raft: each agent runs a member; member i reaches member j through relay (i, j).
+    Raft,
+}
+
 /// A cluster of agents on one etcd member, or on the Raft group they form themselves.
 pub struct PghaCluster {
     pub nodes: Vec<Node>,
     /// None when the agents run the built-in Raft DCS.
     pub etcd: Option<EtcdCluster>,
     pub scope: String,
+    pub backend: Backend,
+    /// Raft only: (from, to) -> the relay member `from` reaches member `to` through.
+    raft_links: BTreeMap<(usize, usize), FaultRelay>,
 }
 
 /// HA timing for a test cluster (seconds).
@@ -136,7 +163,13 @@ pub struct Timing {
     pub retry_timeout: f64,
 }
 
+impl Timing {
+    /// The fast profile of docs/configuration.md.
+    pub const FAST: Timing = Timing { ttl: 3.0, loop_wait: 0.5, retry_timeout: 1.0 };
+}
+
 impl Default for Timing {
+    /// pgha's defaults.
     fn default() -> Self {
         Timing { ttl: 6.0, loop_wait: 1.0, retry_timeout: 2.0 }
     }
@@ -162,22 +195,29 @@ impl PghaCluster {
         Ok(())
     }
 
-    /// Like `start_on_etcd`, but each agent reaches etcd only through its own fault relay.
-    pub async fn start_on_etcd_with_relays(size: usize, timing: Timing) -> anyhow::Result<PghaCluster> {
-        Self::start(size, timing, true).await
-    }
-
-    /// Starts `size` agents that form the built-in Raft DCS among themselves (no etcd).
+    /// Starts `size` agents that form the built-in Raft DCS among themselves (no etcd); member i
+    /// reaches member j through its own fault relay (i, j).
     pub async fn start_on_raft(size: usize, timing: Timing) -> anyhow::Result<PghaCluster> {
         let mut raft_ports = Vec::new();
         for _ in 0..size {
             raft_ports.push(crate::ports::free_port()?);
         }
-        let peers = (0..size)
-            .map(|i| format!("node{} = \"127.0.0.1:{}\"", i + 1, raft_ports[i]))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let mut raft_links = BTreeMap::new();
+        for from in 0..size {
+            for (to, port) in raft_ports.iter().enumerate() {
+                if from != to {
+                    raft_links.insert((from, to), FaultRelay::start(([127, 0, 0, 1], *port).into()).await?);
+                }
+            }
+        }
         let dcs_section = |i: usize, dir: &ScratchDir| {
+            let peers = (0..size)
+                .map(|j| {
+                    let port = if i == j { raft_ports[j] } else { raft_links[&(i, j)].port() };
+                    format!("node{} = \"127.0.0.1:{port}\"", j + 1)
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
             format!(
                 "[dcs]\nbackend = \"raft\"\n[dcs.raft]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{data}\"\n\
                  peers = {{ {peers} }}\nsecret = \"{secret}\"\n",
@@ -187,8 +227,19 @@ impl PghaCluster {
             )
         };
         let mut cluster = Self::configure(size, timing, None, &dcs_section)?;
+        cluster.backend = Backend::Raft;
+        cluster.raft_links = raft_links;
         cluster.start_all()?;
         Ok(cluster)
+    }
+
+    /// Starts `size` agents on `backend` with every DCS path behind a fault relay, so that
+    /// `cut_off_from_dcs` works on either backend.
+    pub async fn start_on(backend: Backend, size: usize, timing: Timing) -> anyhow::Result<PghaCluster> {
+        match backend {
+            Backend::Etcd => Self::start(size, timing, true).await,
+            Backend::Raft => Self::start_on_raft(size, timing).await,
+        }
     }
 
     async fn start(size: usize, timing: Timing, relays: bool) -> anyhow::Result<PghaCluster> {
@@ -265,7 +316,37 @@ retry_timeout = {rt}
             );
             nodes.push(Node { name, dcs_relay, pg_port, api_port, agent: None, config, dir });
         }
-        Ok(PghaCluster { nodes, etcd: None, scope })
+        Ok(PghaCluster { nodes, etcd: None, scope, backend: Backend::Etcd, raft_links: BTreeMap::new() })
+    }
+
+    /// Cuts node `i`'s agent off from the DCS while its PostgreSQL stays reachable: on etcd its
+    /// relay to etcd; on Raft every link between its member and the others, both ways (the agent
+    /// still reaches its own in-process member, which loses its quorum).
+    pub fn cut_off_from_dcs(&self, i: usize) -> anyhow::Result<()> {
+        match self.backend {
+            Backend::Etcd => self.nodes[i].dcs_relay.as_ref().context("started without DCS relays")?.partition(),
+            Backend::Raft => {
+                anyhow::ensure!(!self.raft_links.is_empty(), "started without Raft relays");
+                for ((from, to), relay) in &self.raft_links {
+                    if *from == i || *to == i {
+                        relay.partition();
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Undoes `cut_off_from_dcs`.
+    pub fn reconnect_to_dcs(&self, i: usize) {
+        if let Some(relay) = &self.nodes[i].dcs_relay {
+            relay.heal();
+        }
+        for ((from, to), relay) in &self.raft_links {
+            if *from == i || *to == i {
+                relay.heal();
+            }
+        }
     }
 
     /// Index of the node whose PostgreSQL accepts writes, if exactly one does.

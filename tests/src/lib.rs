@@ -3,6 +3,8 @@
 //! Every process is killed (as a whole process group) and every directory removed when its
 //! handle is dropped, also when the test panics; PR_SET_PDEATHSIG covers a killed test process.
 
+pub mod agent_checks;
+pub mod agent_scenarios;
 pub mod backup;
 pub mod cluster;
 pub mod dcs_suite;

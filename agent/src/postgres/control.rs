@@ -226,7 +226,11 @@ impl LocalPostgres {
         }
         let mut cmd = self.command("pg_rewind");
         cmd.arg("-D").arg(&self.data_dir).arg(format!("--source-server={conninfo}"));
-        self.run("pg_rewind", cmd, Duration::from_secs(3600)).await.map(|_| ())
+        let out = self.run("pg_rewind", cmd, Duration::from_secs(3600)).await?;
+        // pg_rewind says where the timelines diverged, or that no rewind was required.
+        let summary = out.lines().find(|l| l.contains("diverged") || l.contains("no rewind")).unwrap_or("done");
+        tracing::info!("pg_rewind against {host}:{port}: {}", summary.trim());
+        Ok(())
     }
 
     /// Writes the managed settings (`pgha.conf`, pg_hba.conf) and the standby signal for `primary`

@@ -10,7 +10,8 @@ use std::time::Instant;
 impl Runtime {
     pub(super) async fn refresh_lock(&mut self) -> Result<(), String> {
         let rt = self.ha.retry_timeout;
-        match tokio::time::timeout(rt, self.dcs.refresh_leader()).await {
+        let budget = self.dcs_budget();
+        match tokio::time::timeout(budget, self.dcs.refresh_leader()).await {
             Ok(Ok(lease)) => {
                 self.lease_valid_until = Some(lease.valid_until);
                 self.refresh_failed = false;
@@ -28,7 +29,7 @@ impl Runtime {
                 self.refresh_failed = true;
                 let why = match other {
                     Ok(Err(e)) => e.to_string(),
-                    _ => format!("no answer within {rt:?}"),
+                    _ => format!("no answer within {budget:?}"),
                 };
                 let margin = self.ha.loop_wait + rt * 2;
                 if self.lease_valid_until.is_none_or(|until| Instant::now() + margin >= until) {

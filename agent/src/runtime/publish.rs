@@ -39,7 +39,7 @@ impl Runtime {
                 probe.as_ref().is_some_and(|p| !p.pending_restart.is_empty()),
                 &self.tags,
             );
-            if let Err(e) = tokio::time::timeout(self.ha.retry_timeout, self.dcs.touch_member(&value))
+            if let Err(e) = tokio::time::timeout(self.dcs_budget(), self.dcs.touch_member(&value))
                 .await
                 .unwrap_or(Err(DcsError::Store(consensus::kv::KvError::Unavailable("member touch timed out".into()))))
             {

@@ -5,11 +5,30 @@ use super::Runtime;
 use crate::cluster_view::view_from_snapshot;
 use crate::ha::{decide, Action, ClusterView, LocalState, Lsn, PgState, Role, StreamPoint};
 use consensus::dcs::ClusterKey;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 impl Runtime {
+    /// How long the next DCS call may wait: retry_timeout, but while this node holds a lease
+    /// never past `valid_until - retry_timeout`, the last moment from which a demotion (bounded by
+    /// retry_timeout) still ends before the lease does. Without this cap a DCS that hangs instead
+    /// of refusing (a Raft member without quorum, a blackholed etcd) delays the tick that decides
+    /// to demote by up to three calls (member touch, read, refresh), past the lease's end.
+    pub(super) fn dcs_budget(&self) -> Duration {
+        self.ha.retry_timeout.min(self.until_last_decision())
+    }
+
+    /// Time left before a lease holder must have decided to demote (`valid_until - retry_timeout`);
+    /// unbounded without a lease. The wait between ticks is capped by it too.
+    pub(super) fn until_last_decision(&self) -> Duration {
+        match self.lease_valid_until {
+            Some(until) => until.saturating_duration_since(Instant::now() + self.ha.retry_timeout),
+            None => Duration::MAX,
+        }
+    }
+
     pub(super) async fn read_view(&mut self) -> ClusterView {
-        match tokio::time::timeout(self.ha.retry_timeout, self.dcs.snapshot()).await {
+        let budget = self.dcs_budget();
+        match tokio::time::timeout(budget, self.dcs.snapshot()).await {
             Ok(Ok(snap)) => {
                 let (view, addrs) = view_from_snapshot(&snap);
                 self.dynamic = snap
@@ -27,7 +46,7 @@ impl Runtime {
                 ClusterView { reachable: false, ..self.last_view.clone() }
             }
             Err(_) => {
-                tracing::warn!("DCS read timed out after {:?}", self.ha.retry_timeout);
+                tracing::warn!("DCS read timed out after {budget:?}");
                 ClusterView { reachable: false, ..self.last_view.clone() }
             }
         }

@@ -177,20 +177,25 @@ async fn role(port: u16) -> anyhow::Result<(bool, Option<String>)> {
 
 /// Waits for one primary and two streaming replicas; returns the primary's index.
 async fn healthy(nodes: &[Node]) -> anyhow::Result<usize> {
+    healthy_ports(&nodes.iter().map(Node::pg_port).collect::<Vec<_>>()).await
+}
+
+/// Like `healthy`, for the PostgreSQL ports of the nodes.
+async fn healthy_ports(ports: &[u16]) -> anyhow::Result<usize> {
     wait_for("one primary and two streaming replicas", Duration::from_secs(180), || async {
         let mut primary = None;
         let mut streaming = 0;
         let mut seen = Vec::new();
-        for (i, n) in nodes.iter().enumerate() {
-            let r = role(n.pg_port()).await;
+        for (i, port) in ports.iter().enumerate() {
+            let r = role(*port).await;
             match &r {
                 Ok((false, _)) => primary = Some(i),
                 Ok((true, Some(s))) if s == "streaming" => streaming += 1,
                 _ => {}
             }
-            seen.push(format!("{}: {:?}", n.name(), r.map_err(|e| e.to_string())));
+            seen.push(format!("port {port}: {:?}", r.map_err(|e| e.to_string())));
         }
-        match primary.filter(|_| streaming == nodes.len() - 1) {
+        match primary.filter(|_| streaming == ports.len() - 1) {
             Some(p) => Ok(Some(p)),
             None => anyhow::bail!("{}", seen.join("; ")),
         }
@@ -323,9 +328,29 @@ async fn idle_usage(tool: Tool, p: Profile, secs: u64, etcd: &EtcdCluster) -> an
     healthy(&nodes).await?;
     tokio::time::sleep(Duration::from_secs(u64::from(p.loop_wait) + 2)).await;
     let pgids: Vec<i32> = nodes.iter().filter_map(Node::agent_pgid).collect();
-    let etcd_pgid = etcd.pgids().first().copied().unwrap_or(0);
+    Ok(sample_usage(&pgids, etcd.pgids().first().copied(), secs).await)
+}
+
+/// The same for 3 agents on the built-in Raft (each agent runs its member: no etcd at all).
+async fn idle_usage_on_raft(p: Profile, secs: u64) -> anyhow::Result<Idle> {
+    let timing = harness::cluster::Timing {
+        ttl: f64::from(p.ttl),
+        loop_wait: f64::from(p.loop_wait),
+        retry_timeout: f64::from(p.retry_timeout),
+    };
+    let cluster = harness::cluster::PghaCluster::start_on_raft(3, timing).await?;
+    if let Err(e) = healthy_ports(&cluster.nodes.iter().map(|n| n.pg_port).collect::<Vec<_>>()).await {
+        anyhow::bail!("{e:#}\n{}", cluster.logs());
+    }
+    tokio::time::sleep(Duration::from_secs(u64::from(p.loop_wait) + 2)).await;
+    let pgids: Vec<i32> = cluster.nodes.iter().filter_map(|n| n.agent_pgid()).collect();
+    Ok(sample_usage(&pgids, None, secs).await)
+}
+
+/// Peak RSS and CPU of the agents' process groups (and of etcd's) over `secs` seconds.
+async fn sample_usage(pgids: &[i32], etcd_pgid: Option<i32>, secs: u64) -> Idle {
     let before: Vec<(u64, u64)> = pgids.iter().map(|&g| agent_usage(g)).collect();
-    let etcd_before = agent_usage(etcd_pgid);
+    let etcd_before = etcd_pgid.map(agent_usage).unwrap_or_default();
     let start = Instant::now();
     let mut peak = vec![0u64; pgids.len()];
     while start.elapsed() < Duration::from_secs(secs) {
@@ -341,9 +366,9 @@ async fn idle_usage(tool: Tool, p: Profile, secs: u64, etcd: &EtcdCluster) -> an
         .zip(&before)
         .map(|(&g, b)| (agent_usage(g).1.saturating_sub(b.1)) as f64 / hz / elapsed * 100.0)
         .collect();
-    let etcd_after = agent_usage(etcd_pgid);
+    let etcd_after = etcd_pgid.map(agent_usage).unwrap_or_default();
     let etcd_cpu_pct = etcd_after.1.saturating_sub(etcd_before.1) as f64 / hz / elapsed * 100.0;
-    Ok(Idle { rss_kib: peak, cpu_pct, etcd_rss_kib: etcd_after.0, etcd_cpu_pct })
+    Idle { rss_kib: peak, cpu_pct, etcd_rss_kib: etcd_after.0, etcd_cpu_pct }
 }
 
 fn clock_ticks_per_sec() -> f64 {
@@ -378,6 +403,19 @@ async fn main() -> anyhow::Result<()> {
     harness::patroni::patroni_bin()?;
     let etcd = EtcdCluster::start(1).await?;
     let bench_start = Instant::now();
+    if runs > 0 {
+        failover_runs(runs, only.as_deref(), &etcd).await;
+    }
+    if idle_secs > 0 {
+        idle_section(idle_secs, &etcd).await;
+    }
+    println!();
+    println!("total {:.0} s", bench_start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The node-loss runs of every profile (or those in `only`), alternating tools, and their summary.
+async fn failover_runs(runs: usize, only: Option<&str>, etcd: &EtcdCluster) {
     println!("node loss (kill -9 of the agent and every PostgreSQL process of the primary), writer commits a row");
     println!("every 20 ms through a multi-host DSN with target_session_attrs=read-write; one etcd 3.4 for both tools.");
     println!(
@@ -385,14 +423,14 @@ async fn main() -> anyhow::Result<()> {
         "profile", "tool", "run", "longest gap", "first write after", "acked", "missing"
     );
     let mut summary = Vec::new();
-    for p in PROFILES.iter().filter(|p| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == p.name))) {
+    for p in PROFILES.iter().filter(|p| only.is_none_or(|o| o.split(',').any(|x| x == p.name))) {
         let mut gaps: Vec<(Tool, Duration)> = Vec::new();
         let mut lost = [0usize, 0usize];
         let mut failed = [0usize, 0usize];
         for run in 1..=runs {
             for tool in [Tool::Pgha, Tool::Patroni] {
                 let ti = tool as usize;
-                match one_run(tool, *p, run, &etcd).await {
+                match one_run(tool, *p, run, etcd).await {
                     Ok(r) => {
                         println!(
                             "{:<18} {:<8} {:>4} {:>14} {:>18} {:>8} {:>8}",
@@ -442,31 +480,64 @@ async fn main() -> anyhow::Result<()> {
             }
         );
     }
+}
 
-    if idle_secs > 0 {
-        println!();
-        println!(
-            "idle 3-node cluster, {idle_secs} s, each tool with its own defaults: per-node agent RSS (peak) and CPU"
-        );
-        println!("(the agent's processes only; PostgreSQL excluded), and the shared etcd member.");
-        for (tool, p) in [(Tool::Pgha, PROFILES[2]), (Tool::Patroni, PROFILES[0])] {
-            match idle_usage(tool, p, idle_secs, &etcd).await {
-                Ok(i) => println!(
-                    "{:<8} ({}/{}/{}): RSS per node {} MiB; CPU per node {} % of a core; etcd RSS {:.1} MiB, CPU {:.2} %",
-                    tool.label(),
+/// Idle agents: pgha on etcd, pgha on its built-in Raft, Patroni on etcd; per-node RSS and CPU,
+/// and pgha's footprint against Patroni's plus the etcd member it needs.
+async fn idle_section(idle_secs: u64, etcd: &EtcdCluster) {
+    println!();
+    println!("idle 3-node cluster, {idle_secs} s, each tool with its own defaults: per-node agent RSS (peak) and CPU");
+    println!("(the agent's processes only; PostgreSQL excluded), and the shared etcd member where there is one.");
+    let mib = |k: u64| k as f64 / 1024.0;
+    let max_mib = |i: &Idle| i.rss_kib.iter().copied().max().map(mib).unwrap_or(0.0);
+    let mut results = Vec::new();
+    for (label, tool, p) in [
+        ("pgha/etcd", Some(Tool::Pgha), PROFILES[2]),
+        ("pgha/raft", None, PROFILES[2]),
+        ("patroni", Some(Tool::Patroni), PROFILES[0]),
+    ] {
+        let idle = match tool {
+            Some(tool) => idle_usage(tool, p, idle_secs, etcd).await,
+            None => idle_usage_on_raft(p, idle_secs).await,
+        };
+        match idle {
+            Ok(i) => {
+                let etcd_part = if tool.is_some() {
+                    format!("; etcd RSS {:.1} MiB, CPU {:.2} %", mib(i.etcd_rss_kib), i.etcd_cpu_pct)
+                } else {
+                    " (its Raft member included; no etcd)".to_string()
+                };
+                println!(
+                    "{label:<10} ({}/{}/{}): RSS per node {} MiB; CPU per node {} % of a core{etcd_part}",
                     p.ttl,
                     p.loop_wait,
                     p.retry_timeout,
-                    i.rss_kib.iter().map(|k| format!("{:.1}", *k as f64 / 1024.0)).collect::<Vec<_>>().join(" / "),
+                    i.rss_kib.iter().map(|k| format!("{:.1}", mib(*k))).collect::<Vec<_>>().join(" / "),
                     i.cpu_pct.iter().map(|c| format!("{c:.2}")).collect::<Vec<_>>().join(" / "),
-                    i.etcd_rss_kib as f64 / 1024.0,
-                    i.etcd_cpu_pct
-                ),
-                Err(e) => println!("{}: idle measurement failed: {e:#}", tool.label()),
+                );
+                results.push((label, Some(i)));
+            }
+            Err(e) => {
+                println!("{label}: idle measurement failed: {e:#}");
+                results.push((label, None));
             }
         }
     }
-    println!();
-    println!("total {:.0} s", bench_start.elapsed().as_secs_f64());
-    Ok(())
+    let get = |l: &str| results.iter().find(|(x, _)| *x == l).and_then(|(_, i)| i.as_ref());
+    if let Some(patroni) = get("patroni") {
+        // One etcd member per node, as Patroni is deployed on 3 nodes.
+        let patroni_node = max_mib(patroni) + mib(patroni.etcd_rss_kib);
+        println!("per node, largest agent: Patroni + etcd member {patroni_node:.1} MiB");
+        if let Some(raft) = get("pgha/raft") {
+            println!(
+                "  pgha on Raft (agent + member) {:.1} MiB: {:.2} x Patroni + etcd",
+                max_mib(raft),
+                max_mib(raft) / patroni_node
+            );
+        }
+        if let Some(e) = get("pgha/etcd") {
+            let node = max_mib(e) + mib(e.etcd_rss_kib);
+            println!("  pgha on etcd (agent + etcd member) {node:.1} MiB: {:.2} x Patroni + etcd", node / patroni_node);
+        }
+    }
 }
