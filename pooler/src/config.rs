@@ -80,6 +80,9 @@ pub struct PoolerConfig {
     /// CA certificates (PEM) for server_tls_sslmode verify-ca / verify-full.
     pub server_tls_ca_file: Option<PathBuf>,
     pub max_packet_size: u32,
+    /// Startup parameters accepted and ignored; any other one the pooler does not track is
+    /// refused ("unsupported startup parameter: <name>"), as in PgBouncer.
+    pub ignore_startup_parameters: Vec<String>,
     pub databases: BTreeMap<String, DatabaseConfig>,
     pub users: BTreeMap<String, UserConfig>,
 }
@@ -124,6 +127,7 @@ impl Default for PoolerConfig {
             server_tls_sslmode: TlsMode::Prefer,
             server_tls_ca_file: None,
             max_packet_size: 2_147_483_647,
+            ignore_startup_parameters: Vec::new(),
             databases: BTreeMap::new(),
             users: BTreeMap::new(),
         }

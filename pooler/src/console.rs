@@ -1,21 +1,26 @@
 //! The admin console's view of this pooler: [`AdminBackend`] over the pools, counters and
-//! configuration in [`Shared`]. SHOW rows are built from live state; PAUSE/RESUME, RECONNECT,
-//! RELOAD and SHUTDOWN act on the pools. KILL, KILL_CLIENT, WAIT_CLOSE, DISABLE and ENABLE
-//! answer "not supported" until the client registry they need exists.
+//! configuration in [`Shared`]. SHOW rows are built from live state (SHOW CLIENTS and SERVERS
+//! from the connection registry); PAUSE/RESUME, KILL, KILL_CLIENT, RECONNECT, WAIT_CLOSE,
+//! DISABLE/ENABLE, RELOAD and SHUTDOWN act on the pools and the registry.
 
 use crate::admin::rows::{
     ConfigRow, DatabaseRow, Lists, PoolRow, PoolerState, SocketRow, StatsCounters, StatsRow, UserRow,
 };
 use crate::admin::{AdminBackend, AdminError, ShutdownMode};
-use crate::pool::{Pool, PoolSettings};
+use crate::pool::{Pool, PoolKey, PoolSettings};
 use crate::runtime::Shared;
+use crate::shutdown::Signal;
 use async_trait::async_trait;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long PAUSE waits for checked-out server connections to come back.
 pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[path = "console_rows.rs"]
+mod socket_rows;
 
 pub struct ConsoleBackend {
     pub shared: Arc<Shared>,
@@ -27,8 +32,14 @@ fn mode_name(mode: crate::config::PoolMode) -> String {
 
 impl ConsoleBackend {
     fn pools_of(&self, db: Option<&str>) -> Result<Vec<Arc<Pool>>, AdminError> {
+        self.pools_of_for(db, "pause")
+    }
+
+    /// The pools of `db` (all if `None`); `verb` names the command in PgBouncer's refusal of
+    /// the admin database ("cannot kill admin db: pgbouncer").
+    fn pools_of_for(&self, db: Option<&str>, verb: &'static str) -> Result<Vec<Arc<Pool>>, AdminError> {
         if db == Some(crate::admin::ADMIN_DATABASE) {
-            return Err(AdminError::AdminDatabase { verb: "pause", db: crate::admin::ADMIN_DATABASE.into() });
+            return Err(AdminError::AdminDatabase { verb, db: crate::admin::ADMIN_DATABASE.into() });
         }
         if let Some(db) = db {
             if self.shared.topology().target(db).is_none() {
@@ -88,11 +99,13 @@ impl AdminBackend for ConsoleBackend {
     }
 
     async fn servers(&self) -> Vec<SocketRow> {
-        Vec::new()
+        let generations: HashMap<PoolKey, u64> =
+            self.shared.pools.all().iter().map(|p| (p.key.clone(), p.generation())).collect();
+        self.shared.pools.connections.servers().iter().map(|s| socket_rows::server(s, &generations)).collect()
     }
 
     async fn clients(&self) -> Vec<SocketRow> {
-        Vec::new()
+        self.shared.pools.connections.clients().iter().map(|c| socket_rows::client(c)).collect()
     }
 
     async fn databases(&self) -> Vec<DatabaseRow> {
@@ -119,6 +132,7 @@ impl AdminBackend for ConsoleBackend {
                     current_connections: mine.iter().map(|p| p.counts().0).sum(),
                     current_client_connections: mine.iter().map(|p| p.stats.clients.load(Ordering::Relaxed)).sum(),
                     paused: !mine.is_empty() && mine.iter().all(|p| p.is_paused()),
+                    disabled: self.shared.pools.connections.is_disabled(&t.name),
                     ..Default::default()
                 }
             })
@@ -209,12 +223,21 @@ impl AdminBackend for ConsoleBackend {
         Ok(())
     }
 
-    async fn kill(&self, _db: Option<&str>) -> Result<(), AdminError> {
-        Err(AdminError::NotSupported("KILL"))
+    async fn kill(&self, db: Option<&str>) -> Result<(), AdminError> {
+        let pools = self.pools_of_for(db, "kill")?;
+        tracing::info!(database = db.unwrap_or("(all)"), "KILL command issued");
+        for pool in &pools {
+            pool.kill();
+        }
+        self.shared.pools.connections.kill_clients(db, "database removed");
+        Ok(())
     }
 
-    async fn kill_client(&self, _id: u64) -> Result<(), AdminError> {
-        Err(AdminError::NotSupported("KILL_CLIENT"))
+    async fn kill_client(&self, id: u64) -> Result<(), AdminError> {
+        let client = self.shared.pools.connections.client(id).ok_or(AdminError::ClientNotFound)?;
+        tracing::info!(id, database = %client.database, user = %client.user, "KILL_CLIENT command issued");
+        client.kill("admin forced disconnect");
+        Ok(())
     }
 
     async fn reconnect(&self, db: Option<&str>) -> Result<(), AdminError> {
@@ -222,16 +245,44 @@ impl AdminBackend for ConsoleBackend {
         Ok(())
     }
 
-    async fn wait_close(&self, _db: Option<&str>) -> Result<(), AdminError> {
-        Err(AdminError::NotSupported("WAIT_CLOSE"))
+    async fn wait_close(&self, db: Option<&str>) -> Result<(), AdminError> {
+        self.pools_of_for(db, "wait in")?;
+        let start = Instant::now();
+        loop {
+            let generations: HashMap<PoolKey, u64> =
+                self.shared.pools.all().iter().map(|p| (p.key.clone(), p.generation())).collect();
+            let pending = self
+                .shared
+                .pools
+                .connections
+                .servers()
+                .iter()
+                .filter(|s| db.is_none_or(|d| s.key.database == d))
+                .filter(|s| socket_rows::close_needed(s, &generations))
+                .count();
+            if pending == 0 {
+                return Ok(());
+            }
+            if start.elapsed() >= PAUSE_TIMEOUT {
+                return Err(AdminError::Failed(format!(
+                    "WAIT_CLOSE timed out after {PAUSE_TIMEOUT:?} with {pending} server connection(s) still in use \
+                     by clients; they close when released"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
-    async fn disable(&self, _db: &str) -> Result<(), AdminError> {
-        Err(AdminError::NotSupported("DISABLE"))
+    async fn disable(&self, db: &str) -> Result<(), AdminError> {
+        self.pools_of_for(Some(db), "disable")?;
+        self.shared.pools.connections.disable(db);
+        Ok(())
     }
 
-    async fn enable(&self, _db: &str) -> Result<(), AdminError> {
-        Err(AdminError::NotSupported("ENABLE"))
+    async fn enable(&self, db: &str) -> Result<(), AdminError> {
+        self.pools_of_for(Some(db), "enable")?;
+        self.shared.pools.connections.enable(db);
+        Ok(())
     }
 
     async fn reload(&self) -> Result<(), AdminError> {
@@ -265,10 +316,11 @@ impl AdminBackend for ConsoleBackend {
     }
 
     async fn shutdown(&self, mode: ShutdownMode) -> Result<(), AdminError> {
-        if mode == ShutdownMode::Immediate {
-            std::process::exit(0);
+        match mode {
+            ShutdownMode::Immediate => std::process::exit(0),
+            ShutdownMode::WaitForClients => self.shared.shutdown.request(Signal::WaitForClients),
+            ShutdownMode::WaitForServers => self.shared.shutdown.request(Signal::Graceful),
         }
-        self.shared.shutdown.begin();
         Ok(())
     }
 }

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod cancel;
 pub mod client;
 pub mod config;
+pub mod connections;
 pub mod console;
 #[doc(hidden)]
 pub mod fuzz;

@@ -112,7 +112,21 @@ pub async fn run(
         "pooler listening"
     );
     let serving = tokio::spawn(listeners.serve(shared.clone()));
-    let signal = stop.await;
+    tokio::pin!(stop);
+    let mut signal = tokio::select! {
+        s = &mut stop => s,
+        s = shared.shutdown.requested() => s,
+    };
+    if signal == shutdown::Signal::WaitForClients {
+        tracing::info!("SHUTDOWN WAIT_FOR_CLIENTS: refusing new clients until the connected ones have left");
+        let pool_clients = || shared.pools.all().iter().map(|p| p.stats.clients.load(Ordering::Relaxed)).sum::<u32>();
+        while pool_clients() > 0 {
+            tokio::select! {
+                s = &mut stop => { signal = s; break; }
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+    }
     tracing::info!(?signal, "pooler stopping: no new connections");
     shared.shutdown.begin();
     let _ = serving.await;

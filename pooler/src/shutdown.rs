@@ -10,15 +10,38 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Shutdown {
     tx: watch::Sender<bool>,
+    /// A shutdown the admin console asked for (SHUTDOWN WAIT_FOR_CLIENTS / WAIT_FOR_SERVERS).
+    requested: watch::Sender<Option<Signal>>,
 }
 
 impl Default for Shutdown {
     fn default() -> Self {
-        Shutdown { tx: watch::channel(false).0 }
+        Shutdown { tx: watch::channel(false).0, requested: watch::channel(None).0 }
     }
 }
 
 impl Shutdown {
+    /// The admin console asks the process to stop as `signal` would.
+    pub fn request(&self, signal: Signal) {
+        self.requested.send_replace(Some(signal));
+    }
+
+    /// SHUTDOWN WAIT_FOR_CLIENTS is in progress: new clients are refused, connected ones
+    /// carry on until they leave.
+    pub fn refuses_new_clients(&self) -> bool {
+        *self.requested.borrow() == Some(Signal::WaitForClients)
+    }
+
+    /// Resolves with the console's request, if one is ever made.
+    pub async fn requested(&self) -> Signal {
+        let mut rx = self.requested.subscribe();
+        let signal = match rx.wait_for(Option::is_some).await {
+            Ok(signal) => signal.unwrap_or(Signal::Graceful),
+            Err(_) => return std::future::pending().await,
+        };
+        signal
+    }
+
     pub fn begin(&self) {
         self.tx.send_replace(true);
     }
@@ -50,6 +73,8 @@ pub enum Signal {
     Graceful,
     /// SIGINT: exit now.
     Immediate,
+    /// SHUTDOWN WAIT_FOR_CLIENTS: refuse new clients, exit once the connected ones have left.
+    WaitForClients,
 }
 
 /// Waits for SIGTERM or SIGINT; pending forever if handlers cannot be installed.

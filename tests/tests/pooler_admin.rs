@@ -1,9 +1,12 @@
 //! The admin console's commands have their effect on real traffic: PAUSE holds new queries and
-//! RESUME releases them, RELOAD applies a changed pool size without dropping clients, and SHOW
-//! POOLS reports what the pools hold.
+//! RESUME releases them, RELOAD applies a changed pool size without dropping clients, SHOW
+//! POOLS/CLIENTS/SERVERS/STATS/... report what the pooler holds and did, KILL and KILL_CLIENT
+//! drop clients, RECONNECT + WAIT_CLOSE replace server connections, DISABLE/ENABLE gate new
+//! clients, SHUTDOWN WAIT_FOR_CLIENTS waits for clients to leave.
 
 use harness::pooler::PoolerProcess;
 use harness::{PgInstance, PgOptions};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio_postgres::SimpleQueryMessage;
 
@@ -13,6 +16,60 @@ async fn setup(settings: &str) -> (PgInstance, PoolerProcess) {
     let settings = format!("admin_users = [\"postgres\"]\n{settings}");
     let pooler = PoolerProcess::start(&pg, &settings).await.unwrap();
     (pg, pooler)
+}
+
+/// The rows of a SHOW as name -> value maps, by the RowDescription's column names.
+async fn show(admin: &tokio_postgres::Client, what: &str) -> Vec<HashMap<String, String>> {
+    let messages = admin.simple_query(&format!("SHOW {what}")).await.unwrap();
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                r.columns()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (c.name().to_owned(), r.get(i).unwrap_or("").to_owned()))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn admin_error(admin: &tokio_postgres::Client, command: &str) -> String {
+    let err = admin.simple_query(command).await.expect_err(command);
+    err.as_db_error().map(|e| e.message().to_owned()).unwrap_or_else(|| err.to_string())
+}
+
+/// The error a client's next query gets once the pooler has dropped it.
+async fn dropped(client: &tokio_postgres::Client) -> String {
+    let err = tokio::time::timeout(Duration::from_secs(5), client.simple_query("select 1"))
+        .await
+        .expect("a dropped client's query must fail at once")
+        .expect_err("the client was dropped");
+    format!("{err:?}")
+}
+
+async fn backends(pg: &PgInstance) -> u32 {
+    pg.sql_value(
+        "select count(*) from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()",
+    )
+    .await
+    .unwrap()
+    .and_then(|v| v.parse().ok())
+    .unwrap_or(u32::MAX)
+}
+
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 async fn console(pooler: &PoolerProcess) -> tokio_postgres::Client {
@@ -86,4 +143,212 @@ async fn reload_applies_a_changed_pool_size_without_dropping_clients() {
         .await
         .unwrap();
     assert_eq!(servers.as_deref(), Some("2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_clients_and_servers_list_live_connections_and_kill_client_drops_exactly_one() {
+    let (pg, pooler) = setup("pool_mode = \"session\"").await;
+    let admin = console(&pooler).await;
+    let a = pooler.connect_dsn(&format!("{} application_name=app_a", pooler.dsn("postgres"))).await.unwrap();
+    let b = pooler.connect_dsn(&format!("{} application_name=app_b", pooler.dsn("postgres"))).await.unwrap();
+    let pid_of = |messages: Vec<SimpleQueryMessage>| rows(&messages)[0][0].clone();
+    let a_pid = pid_of(a.simple_query("select pg_backend_pid()").await.unwrap());
+    b.simple_query("select 1").await.unwrap();
+
+    let clients = show(&admin, "CLIENTS").await;
+    let client = |app: &str| clients.iter().find(|c| c["application_name"] == app).cloned();
+    let row_a = client("app_a").unwrap_or_else(|| panic!("app_a not in SHOW CLIENTS: {clients:?}"));
+    assert_eq!((row_a["type"].as_str(), row_a["user"].as_str()), ("C", "postgres"));
+    assert_eq!((row_a["database"].as_str(), row_a["state"].as_str()), ("postgres", "active"));
+    assert_eq!((row_a["addr"].as_str(), row_a["local_port"].clone()), ("127.0.0.1", pooler.port().to_string()));
+    assert!(row_a["port"].parse::<u16>().unwrap() > 0 && row_a["connect_time"].ends_with(" UTC"), "{row_a:?}");
+    assert!(client("app_b").is_some(), "{clients:?}");
+    assert!(clients.iter().any(|c| c["database"] == "pgbouncer"), "the console itself is a client: {clients:?}");
+
+    // Session mode: a holds its server connection, linked both ways, with the backend's pid.
+    let servers = show(&admin, "SERVERS").await;
+    let server_a = servers.iter().find(|s| s["remote_pid"] == a_pid).unwrap_or_else(|| panic!("{servers:?}"));
+    assert_eq!((server_a["type"].as_str(), server_a["state"].as_str()), ("S", "active"));
+    assert_eq!((server_a["database"].as_str(), server_a["port"].clone()), ("postgres", pg.port().to_string()));
+    assert_eq!(server_a["link"], row_a["ptr"], "server links to its client");
+    assert_eq!(row_a["link"], server_a["ptr"], "client links to its server");
+    assert_eq!(server_a["close_needed"], "0");
+
+    // KILL_CLIENT drops a, and only a; its server connection is closed, not pooled.
+    admin.simple_query(&format!("KILL_CLIENT {}", row_a["id"])).await.unwrap();
+    let err = dropped(&a).await;
+    assert!(err.contains("admin forced disconnect") || err.contains("closed"), "{err}");
+    b.simple_query("select 2").await.unwrap();
+    eventually("a's server backend to end", || async {
+        pg.sql_value(&format!("select count(*) from pg_stat_activity where pid = {a_pid}")).await.unwrap().as_deref()
+            == Some("0")
+    })
+    .await;
+    let clients = show(&admin, "CLIENTS").await;
+    assert!(clients.iter().all(|c| c["application_name"] != "app_a"), "{clients:?}");
+    assert!(clients.iter().any(|c| c["application_name"] == "app_b"), "{clients:?}");
+    assert_eq!(admin_error(&admin, "KILL_CLIENT 999999999").await, "client not found");
+
+    // DISABLE refuses new clients of the database (connected ones keep working); ENABLE admits them.
+    admin.simple_query("DISABLE postgres").await.unwrap();
+    let databases = show(&admin, "DATABASES").await;
+    assert!(databases.iter().any(|d| d["name"] == "postgres" && d["disabled"] == "1"), "{databases:?}");
+    let refused = pooler.connect().await.expect_err("DISABLE refuses new clients");
+    assert!(format!("{refused:?}").contains("database does not allow connections: postgres"), "{refused:?}");
+    b.simple_query("select 3").await.unwrap();
+    admin.simple_query("ENABLE postgres").await.unwrap();
+    pooler.connect().await.expect("ENABLE admits new clients").simple_query("select 4").await.unwrap();
+    assert_eq!(admin_error(&admin, "DISABLE nosuchdb").await, "no such database: nosuchdb");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_drops_a_databases_clients_and_servers_and_new_clients_wait_for_resume() {
+    let (pg, pooler) = setup("pool_mode = \"transaction\"\ndefault_pool_size = 4").await;
+    let admin = console(&pooler).await;
+    let idle = pooler.connect().await.unwrap();
+    idle.simple_query("select 1").await.unwrap();
+    let in_transaction = pooler.connect().await.unwrap();
+    in_transaction.batch_execute("begin; select 1").await.unwrap();
+    let late = pooler.connect().await.unwrap();
+    admin.simple_query("KILL postgres").await.unwrap();
+    for client in [&idle, &in_transaction] {
+        let err = dropped(client).await;
+        assert!(err.contains("database removed") || err.contains("closed"), "{err}");
+    }
+    eventually("every server connection of the killed database to close", || async { backends(&pg).await == 0 }).await;
+    let databases = show(&admin, "DATABASES").await;
+    assert!(databases.iter().any(|d| d["name"] == "postgres" && d["paused"] == "1"), "{databases:?}");
+    // Connected before the KILL but logged in: it was dropped too.
+    assert!(dropped(&late).await.len() > 0);
+    // A new client logs in and its query waits until RESUME.
+    let new = pooler.connect().await.unwrap();
+    let held = tokio::spawn(async move { new.simple_query("select 5").await.map(|_| ()) });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!held.is_finished(), "a query ran on a killed database before RESUME");
+    admin.simple_query("RESUME postgres").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), held).await.expect("RESUME released the query").unwrap().unwrap();
+    assert_eq!(admin_error(&admin, "KILL pgbouncer").await, "cannot kill admin db: pgbouncer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_marks_servers_close_needed_and_wait_close_returns_once_they_are_gone() {
+    let (pg, pooler) = setup("pool_mode = \"transaction\"\ndefault_pool_size = 2").await;
+    let admin = console(&pooler).await;
+    let waiter = console(&pooler).await;
+    let client = pooler.connect().await.unwrap();
+    client.batch_execute("begin").await.unwrap();
+    let old_pid = rows(&client.simple_query("select pg_backend_pid()").await.unwrap())[0][0].clone();
+    admin.simple_query("RECONNECT postgres").await.unwrap();
+    let servers = show(&admin, "SERVERS").await;
+    let old = servers.iter().find(|s| s["remote_pid"] == old_pid).unwrap_or_else(|| panic!("{servers:?}"));
+    assert_eq!((old["close_needed"].as_str(), old["state"].as_str()), ("1", "active"), "{old:?}");
+    let wait_close = tokio::spawn(async move {
+        let start = Instant::now();
+        waiter.simple_query("WAIT_CLOSE postgres").await.map(|_| start.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!wait_close.is_finished(), "WAIT_CLOSE returned while an old server connection was in use");
+    client.batch_execute("commit").await.unwrap();
+    let waited = tokio::time::timeout(Duration::from_secs(5), wait_close).await.expect("WAIT_CLOSE returned").unwrap();
+    assert!(waited.unwrap() >= Duration::from_millis(600));
+    let gone = pg.sql_value(&format!("select count(*) from pg_stat_activity where pid = {old_pid}")).await.unwrap();
+    assert_eq!(gone.as_deref(), Some("0"), "the old server connection was closed");
+    let new_pid = rows(&client.simple_query("select pg_backend_pid()").await.unwrap())[0][0].clone();
+    assert_ne!(new_pid, old_pid);
+    assert!(show(&admin, "SERVERS").await.iter().all(|s| s["close_needed"] == "0"));
+    // Nothing to wait for: returns at once.
+    admin.simple_query("WAIT_CLOSE").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_commands_report_traffic_settings_and_state() {
+    let settings = "pool_mode = \"transaction\"\ndefault_pool_size = 3\n\n[users.postgres]\npool_mode = \"transaction\"\nmax_user_connections = 7";
+    let (_pg, pooler) = setup(settings).await;
+    let admin = console(&pooler).await;
+    let client = pooler.connect().await.unwrap();
+    for i in 0..20 {
+        client.simple_query(&format!("select {i}")).await.unwrap();
+    }
+    let num =
+        |row: &HashMap<String, String>, key: &str| row[key].parse::<u64>().unwrap_or_else(|_| panic!("{key}: {row:?}"));
+    let totals = show(&admin, "STATS_TOTALS").await;
+    let t = totals.iter().find(|r| r["database"] == "postgres").unwrap_or_else(|| panic!("{totals:?}"));
+    assert!(num(t, "xact_count") >= 20 && num(t, "bytes_received") > 0 && num(t, "bytes_sent") > 0, "{t:?}");
+    let stats = show(&admin, "STATS").await;
+    let s = stats.iter().find(|r| r["database"] == "postgres").unwrap_or_else(|| panic!("{stats:?}"));
+    assert_eq!(num(s, "total_xact_count"), num(t, "xact_count"));
+    let averages = show(&admin, "STATS_AVERAGES").await;
+    assert!(averages.iter().any(|r| r["database"] == "postgres" && r.contains_key("xact_count")), "{averages:?}");
+    let users = show(&admin, "USERS").await;
+    let u = users.iter().find(|r| r["name"] == "postgres").unwrap_or_else(|| panic!("{users:?}"));
+    assert_eq!((u["pool_mode"].as_str(), u["max_user_connections"].as_str()), ("transaction", "7"));
+    let config = show(&admin, "CONFIG").await;
+    let pool_size = config.iter().find(|r| r["key"] == "default_pool_size").unwrap_or_else(|| panic!("{config:?}"));
+    assert_eq!((pool_size["value"].as_str(), pool_size["default"].as_str()), ("3", "20"));
+    let lists = show(&admin, "LISTS").await;
+    let items = |name: &str| lists.iter().find(|r| r["list"] == name).map(|r| num(r, "items"));
+    assert_eq!(items("databases"), Some(1));
+    assert!(items("pools") >= Some(1) && items("used_clients") >= Some(2), "{lists:?}");
+    let databases = show(&admin, "DATABASES").await;
+    let d = databases.iter().find(|r| r["name"] == "postgres").unwrap_or_else(|| panic!("{databases:?}"));
+    assert_eq!((d["pool_size"].as_str(), d["paused"].as_str(), d["disabled"].as_str()), ("3", "0", "0"));
+    let version = show(&admin, "VERSION").await;
+    assert!(version[0]["version"].starts_with("PgBouncer 1.25"), "{version:?}");
+    let state = show(&admin, "STATE").await;
+    assert!(state.iter().any(|r| r["key"] == "active" && r["value"] == "yes"), "{state:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_wait_for_clients_refuses_new_clients_and_exits_once_connected_ones_leave() {
+    let (_pg, mut pooler) = setup("pool_mode = \"transaction\"").await;
+    let admin = console(&pooler).await;
+    let client = pooler.connect().await.unwrap();
+    client.simple_query("select 1").await.unwrap();
+    admin.simple_query("SHUTDOWN WAIT_FOR_CLIENTS").await.unwrap();
+    let refused = pooler.connect().await.expect_err("new clients are refused");
+    assert!(format!("{refused:?}").contains("shutting down"), "{refused:?}");
+    // The connected client keeps working while the pooler waits for it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    client.simple_query("select 2").await.expect("a connected client keeps working");
+    assert!(pooler.process().process().is_running(), "exited while a client was connected");
+    drop(client);
+    let status =
+        pooler.process().process().wait_exit(Duration::from_secs(5)).await.expect("exited after the client left");
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_startup_parameters_are_refused_unless_in_ignore_startup_parameters() {
+    let (_pg, pooler) = setup("ignore_startup_parameters = [\"extra_float_digits\"]").await;
+    // tokio-postgres cannot send arbitrary startup parameters: speak the startup packet directly.
+    for (param, refused) in [("extra_float_digits", false), ("search_path", true)] {
+        let answer = raw_startup(pooler.port(), &[("user", "postgres"), ("database", "postgres"), (param, "2")]).await;
+        let text = String::from_utf8_lossy(&answer).to_string();
+        if refused {
+            assert!(text.contains(&format!("unsupported startup parameter: {param}")), "{text}");
+        } else {
+            assert!(answer.first() == Some(&b'R') && !text.contains("unsupported"), "{text}");
+        }
+    }
+}
+
+/// Sends a StartupMessage and returns the first bytes of the answer.
+async fn raw_startup(port: u16, params: &[(&str, &str)]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut body = 196_608u32.to_be_bytes().to_vec();
+    for (k, v) in params {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    packet.extend_from_slice(&body);
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    stream.write_all(&packet).await.unwrap();
+    let mut answer = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer)).await.unwrap().unwrap();
+    answer.truncate(n);
+    answer
 }

@@ -1,6 +1,7 @@
 //! PgBouncer's limits and timeouts, observed from clients: max_client_conn refuses with
 //! PgBouncer's error, query_wait_timeout ends a client that waited too long for a server
-//! connection, idle_transaction_timeout ends a client idle inside a transaction.
+//! connection, idle_transaction_timeout ends a client idle inside a transaction, and a slot
+//! freed under max_user_connections goes to a client waiting in another pool.
 
 use harness::pooler::PoolerProcess;
 use harness::{PgInstance, PgOptions};
@@ -73,4 +74,51 @@ async fn idle_transaction_timeout_ends_a_client_idle_in_a_transaction_and_frees_
         _ => None,
     });
     assert_eq!(count.as_deref(), Some("0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_waiting_under_max_user_connections_gets_the_slot_another_pool_frees() {
+    let pg = postgres().await;
+    // Two databases, one user: two pools sharing max_user_connections = 1.
+    let settings = format!(
+        "pool_mode = \"transaction\"\nmax_user_connections = 1\nquery_wait_timeout = 20\n\n\
+         [databases.other]\nhost = \"127.0.0.1\"\nport = {}\ndbname = \"postgres\"",
+        pg.port()
+    );
+    let pooler = PoolerProcess::start(&pg, &settings).await.unwrap();
+    let fast = Duration::from_secs(3);
+    // Logging in to `other` needs a connection: the idle one of pool `postgres` is closed for it.
+    let other = tokio::time::timeout(fast, pooler.connect_dsn(&pooler.dsn("other")))
+        .await
+        .expect("an idle connection of another pool was evicted for the login")
+        .unwrap();
+    let holder = pooler.connect().await.unwrap();
+    tokio::time::timeout(fast, holder.batch_execute("begin; select 1"))
+        .await
+        .expect("the idle connection of pool `other` was evicted for this transaction")
+        .unwrap();
+    let start = Instant::now();
+    let waiting = tokio::spawn(async move { other.simple_query("select 2").await.map(|_| start.elapsed()) });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "max_user_connections = 1 must make the other pool's client wait");
+    holder.batch_execute("commit").await.unwrap();
+    let waited = tokio::time::timeout(fast, waiting)
+        .await
+        .expect("the slot freed by pool `postgres` went to the client waiting in pool `other`")
+        .unwrap()
+        .unwrap();
+    assert!(waited >= Duration::from_millis(450), "waited {waited:?}");
+    // The connection that was closed for the waiter leaves PostgreSQL shortly after.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let open = pg
+            .sql_value("select count(*) from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()")
+            .await
+            .unwrap();
+        if open.as_deref() == Some("1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "max_user_connections = 1 exceeded: {open:?} server connections");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }

@@ -85,6 +85,7 @@ fn settings(c: &PoolerConfig) -> Vec<(&'static str, Option<String>, bool)> {
         ("server_tls_sslmode", Some(tls_mode(c.server_tls_sslmode)), true),
         ("server_tls_ca_file", path(&c.server_tls_ca_file), true),
         ("max_packet_size", Some(c.max_packet_size.to_string()), true),
+        ("ignore_startup_parameters", Some(c.ignore_startup_parameters.join(",")), true),
     ]
 }
 
@@ -113,7 +114,7 @@ mod tests {
         let mut text = String::from("auth_type = \"trust\"\n");
         for row in &defaults {
             let value = match row.key.as_str() {
-                "admin_users" | "stats_users" => "[]".to_string(),
+                "admin_users" | "stats_users" | "ignore_startup_parameters" => "[]".to_string(),
                 "auth_file" | "client_tls_cert_file" | "client_tls_key_file" | "server_tls_ca_file" | "auth_user" => {
                     "\"x\"".to_string()
                 }

@@ -7,6 +7,7 @@ use super::send_fatal;
 use crate::admin::{Access, ADMIN_DATABASE};
 use crate::auth::{authenticate_client, CredentialSource, ServerCredential, StoredSecret};
 use crate::cancel::{CancelSlot, ClientKey};
+use crate::connections::{ClientHandle, NewClient};
 use crate::pool::{Pool, PoolKey, PoolSettings};
 use crate::protocol::message::{
     write_authentication_ok, write_backend_key_data, write_parameter_status, write_ready_for_query,
@@ -29,13 +30,15 @@ pub(super) struct LoggedIn {
     pub params: ParamMap,
     pub key: ClientKey,
     pub cancel: Arc<CancelSlot>,
+    /// Its entry in SHOW CLIENTS (KILL and KILL_CLIENT find it there).
+    pub me: ClientHandle,
 }
 
 /// Where a client goes after the startup phase.
 pub(super) enum Outcome {
     Pool(LoggedIn),
     /// The `pgbouncer` console; AuthenticationOk has been sent.
-    Console(Access),
+    Console(Access, ClientHandle),
 }
 
 /// Runs the startup phase; None when the connection is done (refused, cancel, gone).
@@ -48,6 +51,11 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
     if clients > config.max_client_conn && database != "pgbouncer" {
         shared.stats.refused_max_client_conn.fetch_add(1, Ordering::Relaxed);
         let _ = send_fatal(stream, "08P01", "no more connections allowed (max_client_conn)").await;
+        return None;
+    }
+    if let Some(name) = unsupported_parameter(&startup, &config.ignore_startup_parameters) {
+        tracing::info!(user, database, parameter = name, "refusing client: unsupported startup parameter");
+        let _ = send_fatal(stream, "08P01", &format!("unsupported startup parameter: {name}")).await;
         return None;
     }
     let credentials = shared.credentials();
@@ -68,12 +76,21 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
         let mut out = BytesMut::new();
         write_authentication_ok(&mut out);
         stream.write_all(&out).await.ok()?;
-        return Some(Outcome::Console(access));
+        let me = register(shared, &startup, stream);
+        return Some(Outcome::Console(access, me));
     }
     let Some(target) = shared.topology().target(&database) else {
         let _ = send_fatal(stream, "3D000", &format!("no such database: {database}")).await;
         return None;
     };
+    if shared.pools.connections.is_disabled(&database) {
+        let _ = send_fatal(stream, "08P01", &format!("database does not allow connections: {database}")).await;
+        return None;
+    }
+    if shared.shutdown.refuses_new_clients() {
+        let _ = send_fatal(stream, "57P03", "the pooler is shutting down (SHUTDOWN WAIT_FOR_CLIENTS)").await;
+        return None;
+    }
     let server_user = target.user.clone().unwrap_or_else(|| user.clone());
     let user_config = config.users.get(&user);
     let server_credential = match &target.user {
@@ -124,7 +141,7 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
     let mut params = ParamMap::from_pairs(welcome.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     for (name, value) in &startup.params {
         if !params.set_by_name(name, value) && !matches!(name.as_str(), "user" | "database") {
-            tracing::debug!(parameter = name.as_str(), "startup parameter not tracked by the pooler; ignored");
+            tracing::debug!(parameter = name.as_str(), "startup parameter in ignore_startup_parameters; ignored");
         }
     }
     let (key, cancel) = shared.cancels.register();
@@ -141,7 +158,30 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
         return None;
     }
     let settings = pool.settings();
-    Some(Outcome::Pool(LoggedIn { pool, settings, params, key, cancel }))
+    let me = register(shared, &startup, stream);
+    Some(Outcome::Pool(LoggedIn { pool, settings, params, key, cancel, me }))
+}
+
+/// The first startup parameter the pooler neither tracks nor is told to ignore
+/// (ignore_startup_parameters), as PgBouncer refuses it. `user`, `database`, `options`
+/// and protocol options (`_pq_.*`) are always accepted.
+pub(crate) fn unsupported_parameter<'a>(startup: &'a StartupMessage, ignored: &[String]) -> Option<&'a str> {
+    startup.params.iter().map(|(name, _)| name.as_str()).find(|name| {
+        !matches!(*name, "user" | "database" | "options")
+            && !name.starts_with("_pq_.")
+            && crate::session::TrackedParam::from_name(name).is_none()
+            && !ignored.iter().any(|i| i.eq_ignore_ascii_case(name))
+    })
+}
+
+fn register(shared: &Shared, startup: &StartupMessage, stream: &Stream) -> ClientHandle {
+    shared.pools.connections.register_client(NewClient {
+        id: crate::server::next_id(),
+        database: startup.database(),
+        user: startup.user(),
+        application_name: startup.param("application_name").unwrap_or_default(),
+        stream,
+    })
 }
 
 /// Reads first packets until a StartupMessage; answers SSL/GSS requests and forwards cancels.
@@ -181,5 +221,28 @@ async fn read_startup(stream: &mut Stream, buf: &mut BytesMut, shared: &Shared) 
                 return None;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unsupported_parameter;
+    use crate::protocol::StartupMessage;
+
+    fn startup(names: &[&str]) -> StartupMessage {
+        StartupMessage { protocol_minor: 0, params: names.iter().map(|n| (n.to_string(), "x".to_string())).collect() }
+    }
+
+    #[test]
+    fn unknown_startup_parameters_are_refused_unless_ignored() {
+        let ignored = vec!["extra_float_digits".to_string()];
+        let known = ["user", "database", "application_name", "DateStyle", "client_encoding", "options", "_pq_.x"];
+        assert_eq!(unsupported_parameter(&startup(&known), &[]), None);
+        assert_eq!(unsupported_parameter(&startup(&["user", "extra_float_digits"]), &[]), Some("extra_float_digits"));
+        assert_eq!(unsupported_parameter(&startup(&["user", "EXTRA_FLOAT_DIGITS"]), &ignored), None);
+        assert_eq!(
+            unsupported_parameter(&startup(&["user", "extra_float_digits", "search_path"]), &ignored),
+            Some("search_path")
+        );
     }
 }

@@ -34,7 +34,7 @@ pub async fn serve(mut stream: Stream, shared: Arc<Shared>) {
     match outcome {
         None => {}
         Some(login::Outcome::Pool(logged_in)) => relay::Relay::new(&shared, stream, buf, logged_in).run().await,
-        Some(login::Outcome::Console(access)) => {
+        Some(login::Outcome::Console(access, me)) => {
             let backend = crate::console::ConsoleBackend { shared: shared.clone() };
             let options = crate::admin::SessionOptions {
                 idle_timeout: crate::pool::secs(shared.config().client_idle_timeout),
@@ -43,6 +43,8 @@ pub async fn serve(mut stream: Stream, shared: Arc<Shared>) {
             if let Err(e) = crate::admin::serve_admin(&mut stream, &mut buf, access, &backend, options).await {
                 tracing::info!("admin console session ended: {e}");
             }
+            // Out of the registry before the socket closes.
+            drop(me);
         }
     }
 }

@@ -9,6 +9,7 @@ use super::login::LoggedIn;
 use super::send_fatal;
 use crate::cancel::{CancelSlot, ClientKey};
 use crate::config::PoolMode;
+use crate::connections::ClientHandle;
 use crate::pool::{AcquireError, Pool, PoolSettings};
 use crate::runtime::Shared;
 use crate::server::ServerConn;
@@ -46,6 +47,8 @@ enum Event {
 }
 
 pub(super) struct Relay<'a> {
+    /// First field: leaves the registry before `client` closes (KILL shuts the socket down).
+    me: ClientHandle,
     shared: &'a Shared,
     pool: Arc<Pool>,
     settings: Arc<PoolSettings>,
@@ -77,6 +80,7 @@ impl<'a> Relay<'a> {
         };
         login.pool.stats.clients.fetch_add(1, Ordering::Relaxed);
         Relay {
+            me: login.me,
             shared,
             pool: login.pool,
             settings: login.settings,
@@ -290,9 +294,15 @@ impl<'a> Relay<'a> {
     async fn attach_server(&mut self) -> Result<(), End> {
         let stats = &self.pool.stats;
         stats.clients_waiting.fetch_add(1, Ordering::Relaxed);
+        self.me.waiting();
         let acquired = self.pool.acquire().await;
         stats.clients_waiting.fetch_sub(1, Ordering::Relaxed);
+        self.me.attached(acquired.as_ref().ok().and_then(|c| c.registration.as_ref()));
         let mut conn = match acquired {
+            Ok(conn) if self.me.entry().is_killed() => {
+                self.pool.close(conn);
+                return Err(End::ClientGone);
+            }
             Ok(conn) => conn,
             Err(AcquireError::WaitTimeout) => return Err(End::fatal("08P01", "query_wait_timeout")),
             Err(AcquireError::Closed) => return Err(End::fatal("08P01", "the pool was closed (KILL or RELOAD)")),
@@ -319,6 +329,7 @@ impl<'a> Relay<'a> {
     /// The session is done with the server: back to the pool, unless unread bytes remain.
     async fn release_server(&mut self, state: Box<ServerState>) {
         let Some(mut conn) = self.server.take() else { return };
+        self.me.detached();
         self.cancel.set(None);
         conn.state = Some(state);
         self.pool.stats.xact_count.fetch_add(1, Ordering::Relaxed);
@@ -360,6 +371,11 @@ impl<'a> Relay<'a> {
 
     /// Tells the client why (if it should know), and pools or closes the server connection.
     async fn finish(mut self, end: End) {
+        // KILL / KILL_CLIENT shut the socket's read side: tell the client why.
+        let end = match self.me.entry().kill_reason() {
+            Some(reason) => End::fatal("08P01", reason),
+            None => end,
+        };
         match &end {
             End::ClientGone => {}
             End::Fatal { code, message } => {
@@ -376,6 +392,7 @@ impl<'a> Relay<'a> {
             }
         }
         if let Some(conn) = self.server.take() {
+            self.me.detached();
             self.cancel.set(None);
             let reusable =
                 self.session.server_is_reusable() && self.sin.is_empty() && !matches!(end, End::Fatal { .. });

@@ -63,6 +63,7 @@ impl Pool {
                 conn.generation = st.generation;
                 st.active += 1;
                 drop(st);
+                self.register(&mut conn);
                 self.release(conn);
             }
             Err(e) => {

@@ -9,6 +9,9 @@ mod registry;
 mod settings;
 
 pub use registry::{PoolKey, Registry};
+
+use crate::connections::Connections;
+use registry::ConnCounter;
 pub use settings::{secs, PoolSettings};
 
 use crate::server::{LoginTarget, ServerConn, ServerError};
@@ -59,8 +62,10 @@ pub struct Pool {
     pub key: PoolKey,
     state: Mutex<PoolState>,
     pub stats: PoolStats,
-    db_conns: Arc<AtomicU32>,
-    user_conns: Arc<AtomicU32>,
+    db_conns: Arc<ConnCounter>,
+    user_conns: Arc<ConnCounter>,
+    /// Where server connections are registered for SHOW SERVERS.
+    connections: Arc<Connections>,
 }
 
 enum Next {
@@ -74,8 +79,9 @@ impl Pool {
         key: PoolKey,
         settings: PoolSettings,
         login: LoginTarget,
-        db_conns: Arc<AtomicU32>,
-        user_conns: Arc<AtomicU32>,
+        db_conns: Arc<ConnCounter>,
+        user_conns: Arc<ConnCounter>,
+        connections: Arc<Connections>,
     ) -> Self {
         Pool {
             key,
@@ -94,6 +100,7 @@ impl Pool {
             stats: PoolStats::default(),
             db_conns,
             user_conns,
+            connections,
         }
     }
 
@@ -122,8 +129,8 @@ impl Pool {
             if !granted {
                 st.total -= 1;
                 st.active -= 1;
-                self.db_conns.fetch_sub(1, Ordering::Relaxed);
-                self.user_conns.fetch_sub(1, Ordering::Relaxed);
+                self.db_conns.open.fetch_sub(1, Ordering::Relaxed);
+                self.user_conns.open.fetch_sub(1, Ordering::Relaxed);
                 break;
             }
         }
@@ -147,11 +154,11 @@ impl Pool {
         if st.total >= limit {
             return false;
         }
-        if !take_one(&self.db_conns, s.max_db_connections) {
+        if !take_one(&self.db_conns.open, s.max_db_connections) {
             return false;
         }
-        if !take_one(&self.user_conns, s.max_user_connections) {
-            self.db_conns.fetch_sub(1, Ordering::Relaxed);
+        if !take_one(&self.user_conns.open, s.max_user_connections) {
+            self.db_conns.open.fetch_sub(1, Ordering::Relaxed);
             return false;
         }
         st.total += 1;
@@ -162,6 +169,7 @@ impl Pool {
     /// A server connection for a client, waiting at most query_wait_timeout.
     pub async fn acquire(&self) -> Result<ServerConn, AcquireError> {
         let start = Instant::now();
+        let mut blocked_by_shared_limit = false;
         loop {
             let next = {
                 let mut st = self.lock();
@@ -180,9 +188,15 @@ impl Pool {
                 } else {
                     let (tx, rx) = oneshot::channel();
                     st.waiters.push_back(tx);
+                    // Below pool_size: blocked by max_db/user_connections, which an idle
+                    // connection of another pool may be holding.
+                    blocked_by_shared_limit = st.total < st.settings.pool_size;
                     Next::Wait(rx, st.settings.clone())
                 }
             };
+            if std::mem::take(&mut blocked_by_shared_limit) {
+                self.evict_idle_sibling();
+            }
             let grant = match next {
                 Next::Conn(conn) => Grant::Conn(conn),
                 Next::Open => Grant::Slot,
@@ -207,6 +221,8 @@ impl Pool {
                             if st.welcome.is_none() {
                                 st.welcome = Some(conn.login_params.clone());
                             }
+                            drop(st);
+                            self.register(&mut conn);
                             Ok(conn)
                         }
                         Err(e) => {
@@ -306,6 +322,9 @@ impl Pool {
     /// A client is done with `conn` and it is idle and clean: hand it to the next waiting
     /// client, or keep it idle.
     pub fn release(&self, mut conn: ServerConn) {
+        if let Some(registration) = &conn.registration {
+            registration.entry().set_checked_out(None);
+        }
         let mut st = self.lock();
         st.active = st.active.saturating_sub(1);
         let expired = st.settings.server_lifetime.is_some_and(|life| conn.created.elapsed() >= life);
@@ -316,23 +335,50 @@ impl Pool {
             return;
         }
         conn.last_used = Instant::now();
-        if st.paused {
+        let Some(conn) = self.hand_over(&mut st, conn) else { return };
+        let shared_limit = st.settings.max_db_connections > 0 || st.settings.max_user_connections > 0;
+        if !shared_limit || st.paused {
             st.idle.push(conn);
             return;
+        }
+        // Under max_db/user_connections a client of another pool may be waiting for the slot
+        // this connection holds: close it so that client can open one.
+        drop(st);
+        if self.siblings().iter().any(|s| s.has_waiters()) {
+            self.lock().active += 1;
+            self.close(conn);
+        } else {
+            let mut st = self.lock();
+            if let Some(conn) = self.hand_over(&mut st, conn) {
+                st.idle.push(conn);
+            }
+        }
+    }
+
+    /// Gives `conn` to the longest-waiting client; back if nobody waits (or paused).
+    fn hand_over(&self, st: &mut PoolState, conn: ServerConn) -> Option<ServerConn> {
+        if st.paused {
+            return Some(conn);
         }
         let mut grant = Grant::Conn(conn);
         while let Some(waiter) = st.waiters.pop_front() {
             match waiter.send(grant) {
                 Ok(()) => {
                     st.active += 1;
-                    return;
+                    return None;
                 }
                 Err(back) => grant = back,
             }
         }
-        if let Grant::Conn(conn) = grant {
-            st.idle.push(conn);
+        match grant {
+            Grant::Conn(conn) => Some(conn),
+            Grant::Slot => None,
         }
+    }
+
+    fn has_waiters(&self) -> bool {
+        let st = self.lock();
+        !st.paused && st.waiters.iter().any(|w| !w.is_closed())
     }
 
     /// Closes a checked-out connection (its state is unknown, or it is too old) and lets a
@@ -342,28 +388,102 @@ impl Pool {
         self.slot_freed(true);
     }
 
-    /// One connection fewer (checked out if `active`); the freed slot goes to a waiter.
+    /// One connection fewer (checked out if `active`); the freed slot goes to a waiter of
+    /// this pool, or else to one of another pool sharing max_db/user_connections.
     fn slot_freed(&self, active: bool) {
-        let mut st = self.lock();
-        st.total = st.total.saturating_sub(1);
-        if active {
-            st.active = st.active.saturating_sub(1);
+        let shared_limit = {
+            let mut st = self.lock();
+            st.total = st.total.saturating_sub(1);
+            if active {
+                st.active = st.active.saturating_sub(1);
+            }
+            self.db_conns.open.fetch_sub(1, Ordering::Relaxed);
+            self.user_conns.open.fetch_sub(1, Ordering::Relaxed);
+            if self.grant_slot(&mut st) {
+                return;
+            }
+            st.settings.max_db_connections > 0 || st.settings.max_user_connections > 0
+        };
+        if shared_limit {
+            for sibling in self.siblings() {
+                if sibling.grant_slot(&mut sibling.lock()) {
+                    return;
+                }
+            }
         }
-        self.db_conns.fetch_sub(1, Ordering::Relaxed);
-        self.user_conns.fetch_sub(1, Ordering::Relaxed);
-        if st.paused || st.waiters.is_empty() || !self.try_open(&mut st, false) {
-            return;
+    }
+
+    /// Gives a waiting client a slot if the limits allow one; false if none was given.
+    fn grant_slot(&self, st: &mut PoolState) -> bool {
+        if st.paused || st.waiters.is_empty() || !self.try_open(st, false) {
+            return false;
         }
         while let Some(waiter) = st.waiters.pop_front() {
             if waiter.send(Grant::Slot).is_ok() {
-                return;
+                return true;
             }
         }
         // Nobody was really waiting: undo the count.
         st.total -= 1;
         st.active -= 1;
-        self.db_conns.fetch_sub(1, Ordering::Relaxed);
-        self.user_conns.fetch_sub(1, Ordering::Relaxed);
+        self.db_conns.open.fetch_sub(1, Ordering::Relaxed);
+        self.user_conns.open.fetch_sub(1, Ordering::Relaxed);
+        false
+    }
+
+    /// The other pools sharing this one's database or user counters.
+    fn siblings(&self) -> Vec<Arc<Pool>> {
+        let mut all = self.db_conns.pools();
+        for pool in self.user_conns.pools() {
+            if !all.iter().any(|p| Arc::ptr_eq(p, &pool)) {
+                all.push(pool);
+            }
+        }
+        all.retain(|p| !std::ptr::eq(Arc::as_ptr(p), self));
+        all
+    }
+
+    /// Closes one idle connection of another pool of the same database or user, so that the
+    /// slot it holds under max_db/user_connections goes to this pool's waiting client
+    /// (PgBouncer's eviction).
+    fn evict_idle_sibling(&self) {
+        for sibling in self.siblings() {
+            let idle = sibling.lock().idle.pop();
+            if let Some(conn) = idle {
+                tracing::debug!(database = %sibling.key.database, user = %sibling.key.user,
+                    "closing an idle server connection for a client waiting under max_db/user_connections");
+                sibling.close_idle(conn);
+                return;
+            }
+        }
+    }
+
+    /// Registers a new server connection for SHOW SERVERS.
+    fn register(&self, conn: &mut ServerConn) {
+        let registration =
+            self.connections.register_server(conn.id, &self.key, &conn.stream, conn.key.process_id, conn.generation);
+        conn.registration = Some(registration);
+    }
+
+    /// The current generation: connections opened before the last RECONNECT or KILL are
+    /// older and close when released (close_needed).
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// KILL: waiting clients are refused, idle connections closed, checked-out ones closed
+    /// when they come back, and the pool stays paused (new clients wait) until RESUME.
+    pub fn kill(&self) {
+        let (idle, waiters) = {
+            let mut st = self.lock();
+            st.paused = true;
+            st.generation += 1;
+            (std::mem::take(&mut st.idle), std::mem::take(&mut st.waiters))
+        };
+        drop(waiters);
+        for conn in idle {
+            self.close_idle(conn);
+        }
     }
 
     /// PAUSE: stop handing out connections; returns how many are still checked out.
@@ -408,8 +528,8 @@ impl Pool {
                     Grant::Conn(conn) => st.idle.push(conn),
                     Grant::Slot => {
                         st.total -= 1;
-                        self.db_conns.fetch_sub(1, Ordering::Relaxed);
-                        self.user_conns.fetch_sub(1, Ordering::Relaxed);
+                        self.db_conns.open.fetch_sub(1, Ordering::Relaxed);
+                        self.user_conns.open.fetch_sub(1, Ordering::Relaxed);
                     }
                 }
                 break;

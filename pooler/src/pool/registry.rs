@@ -3,11 +3,12 @@
 //! Owns creating pools and finding them; a pool's connections are its own.
 
 use super::{maintain, Pool, PoolSettings};
+use crate::connections::Connections;
 use crate::server::LoginTarget;
 use crate::topology::ServerAddr;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU32;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
@@ -18,13 +19,29 @@ pub struct PoolKey {
     pub user: String,
 }
 
-type Counters = HashMap<String, Arc<AtomicU32>>;
+/// Open server connections of one database or one user over all its pools, and those pools,
+/// so a slot freed in one pool can go to a client waiting in another.
+#[derive(Default)]
+pub(crate) struct ConnCounter {
+    pub open: AtomicU32,
+    pools: Mutex<Vec<Weak<Pool>>>,
+}
+
+impl ConnCounter {
+    pub fn pools(&self) -> Vec<Arc<Pool>> {
+        self.pools.lock().unwrap_or_else(|p| p.into_inner()).iter().filter_map(Weak::upgrade).collect()
+    }
+}
+
+type Counters = HashMap<String, Arc<ConnCounter>>;
 
 #[derive(Default)]
 pub struct Registry {
     pools: RwLock<HashMap<PoolKey, Arc<Pool>>>,
     /// Open connections per database and per user.
-    counters: std::sync::Mutex<(Counters, Counters)>,
+    counters: Mutex<(Counters, Counters)>,
+    /// Live client and server connections (SHOW CLIENTS/SERVERS, KILL).
+    pub connections: Arc<Connections>,
 }
 
 impl Registry {
@@ -44,7 +61,11 @@ impl Registry {
             (db, user)
         };
         let (settings, login) = settings();
-        let pool = Arc::new(Pool::new(key.clone(), settings, login, db, user));
+        let pool =
+            Arc::new(Pool::new(key.clone(), settings, login, db.clone(), user.clone(), self.connections.clone()));
+        for counter in [&db, &user] {
+            counter.pools.lock().unwrap_or_else(|p| p.into_inner()).push(Arc::downgrade(&pool));
+        }
         pools.insert(key.clone(), pool.clone());
         tokio::spawn(maintain::run(Arc::downgrade(&pool)));
         pool

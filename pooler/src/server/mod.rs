@@ -59,6 +59,11 @@ impl ServerError {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// A new connection id, unique over server and client connections (SHOW's `id` and `ptr`).
+pub fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
 /// Login details for a new server connection.
 #[derive(Debug, Clone)]
 pub struct LoginTarget {
@@ -84,6 +89,8 @@ pub struct ServerConn {
     pub cancel: Arc<crate::cancel::CancelTarget>,
     /// The pool's generation when this was opened (RECONNECT closes older ones).
     pub generation: u64,
+    /// Its entry in SHOW SERVERS, removed when the connection is dropped.
+    pub registration: Option<crate::connections::ServerHandle>,
 }
 
 impl std::fmt::Debug for ServerConn {
@@ -113,7 +120,7 @@ impl ServerConn {
             state: Some(Box::new(state)),
             key: key.clone(),
             addr: target.addr.clone(),
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id: next_id(),
             created: now,
             last_used: now,
             login_params: Arc::new(params),
@@ -123,6 +130,7 @@ impl ServerConn {
                 secret_key: key.secret_key.clone(),
             }),
             generation: 0,
+            registration: None,
         })
     }
 

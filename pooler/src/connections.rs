@@ -1,0 +1,439 @@
+//! The registry of live connections behind SHOW CLIENTS, SHOW SERVERS, KILL, KILL_CLIENT,
+//! WAIT_CLOSE and DISABLE/ENABLE: one entry per logged-in client and per open server
+//! connection, written at connect, disconnect and state changes (checkout, release), never per
+//! message. Entries hold atomics for what changes; the maps' mutexes are taken only to add,
+//! remove or list entries.
+
+use crate::pool::PoolKey;
+use crate::stream::Stream;
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Where a socket's two ends are: PgBouncer's addr/port and local_addr/local_port columns
+/// (`unix` and port 0 for a Unix socket).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Endpoints {
+    pub addr: String,
+    pub port: u16,
+    pub local_addr: String,
+    pub local_port: u16,
+}
+
+impl Endpoints {
+    pub fn of(stream: &Stream) -> Endpoints {
+        match stream {
+            Stream::Tcp(s) => {
+                let (peer, local) = (s.peer_addr().ok(), s.local_addr().ok());
+                Endpoints {
+                    addr: peer.map(|a| a.ip().to_string()).unwrap_or_default(),
+                    port: peer.map(|a| a.port()).unwrap_or(0),
+                    local_addr: local.map(|a| a.ip().to_string()).unwrap_or_default(),
+                    local_port: local.map(|a| a.port()).unwrap_or(0),
+                }
+            }
+            Stream::Unix(_) => Endpoints { addr: "unix".into(), port: 0, local_addr: "unix".into(), local_port: 0 },
+        }
+    }
+}
+
+fn raw_fd(stream: &Stream) -> RawFd {
+    match stream {
+        Stream::Tcp(s) => s.as_raw_fd(),
+        Stream::Unix(s) => s.as_raw_fd(),
+    }
+}
+
+fn unix_micros(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+fn from_micros(us: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_micros(us)
+}
+
+/// A client's state as SHOW CLIENTS names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ClientState {
+    /// Logged in, with or without a server connection.
+    Active = 0,
+    /// Waiting for a server connection.
+    Waiting = 1,
+}
+
+/// One logged-in client (or admin console session).
+pub struct ClientEntry {
+    pub id: u64,
+    pub database: String,
+    pub user: String,
+    pub endpoints: Endpoints,
+    pub connect_time: SystemTime,
+    pub application_name: String,
+    pub tls: String,
+    state: AtomicU8,
+    request_time_us: AtomicU64,
+    wait_start_us: AtomicU64,
+    /// Id of the server connection it holds, 0 if none.
+    server: AtomicU64,
+    /// Set by KILL / KILL_CLIENT: the client is told this and closed, its server closed.
+    killed: Mutex<Option<&'static str>>,
+    killed_flag: AtomicBool,
+    /// The client socket while it is open, to wake its task by shutting the read side.
+    /// Cleared (under this mutex) before the socket is closed.
+    fd: Mutex<Option<RawFd>>,
+}
+
+impl ClientEntry {
+    pub fn state(&self) -> ClientState {
+        if self.state.load(Ordering::Relaxed) == ClientState::Waiting as u8 {
+            ClientState::Waiting
+        } else {
+            ClientState::Active
+        }
+    }
+    pub fn request_time(&self) -> SystemTime {
+        from_micros(self.request_time_us.load(Ordering::Relaxed))
+    }
+    /// How long it has been waiting for a server connection (zero unless waiting).
+    pub fn waiting_for(&self) -> Duration {
+        if self.state() != ClientState::Waiting {
+            return Duration::ZERO;
+        }
+        let since = from_micros(self.wait_start_us.load(Ordering::Relaxed));
+        SystemTime::now().duration_since(since).unwrap_or_default()
+    }
+    pub fn server(&self) -> u64 {
+        self.server.load(Ordering::Relaxed)
+    }
+    pub fn is_killed(&self) -> bool {
+        self.killed_flag.load(Ordering::Relaxed)
+    }
+    /// Why the client was killed, if it was.
+    pub fn kill_reason(&self) -> Option<&'static str> {
+        if !self.is_killed() {
+            return None;
+        }
+        *lock(&self.killed)
+    }
+
+    /// Marks the client killed and wakes its task: the read side of its socket is shut, so its
+    /// next (or pending) read sees end of file; the task then sends `reason` as FATAL, closes
+    /// its server connection and leaves.
+    pub fn kill(&self, reason: &'static str) {
+        lock(&self.killed).get_or_insert(reason);
+        self.killed_flag.store(true, Ordering::Relaxed);
+        let fd = lock(&self.fd);
+        if let Some(fd) = *fd {
+            // SAFETY: `fd` stays open while it is in the slot: the owner of the socket clears
+            // the slot under this same mutex (ClientHandle::drop) before closing the socket.
+            let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+            let _ = nix_shutdown(borrowed);
+        }
+    }
+}
+
+fn nix_shutdown(fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    socket2::SockRef::from(&fd).shutdown(std::net::Shutdown::Read)
+}
+
+/// Server connection states as SHOW SERVERS names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ServerState {
+    Idle = 0,
+    Active = 1,
+}
+
+/// One open server connection.
+pub struct ServerEntry {
+    pub id: u64,
+    pub key: PoolKey,
+    pub endpoints: Endpoints,
+    pub connect_time: SystemTime,
+    pub remote_pid: i32,
+    pub tls: String,
+    /// The pool's generation when it was opened; older than the pool's means close_needed.
+    pub generation: u64,
+    state: AtomicU8,
+    request_time_us: AtomicU64,
+    /// Id of the client holding it, 0 if none.
+    client: AtomicU64,
+}
+
+impl ServerEntry {
+    pub fn state(&self) -> ServerState {
+        if self.state.load(Ordering::Relaxed) == ServerState::Active as u8 {
+            ServerState::Active
+        } else {
+            ServerState::Idle
+        }
+    }
+    pub fn request_time(&self) -> SystemTime {
+        from_micros(self.request_time_us.load(Ordering::Relaxed))
+    }
+    pub fn client(&self) -> u64 {
+        self.client.load(Ordering::Relaxed)
+    }
+    /// Checked out (by `client`, 0 if by the pooler itself) or back in the pool.
+    pub fn set_checked_out(&self, client: Option<u64>) {
+        self.client.store(client.unwrap_or(0), Ordering::Relaxed);
+        if client.is_some() {
+            self.request_time_us.store(unix_micros(SystemTime::now()), Ordering::Relaxed);
+            self.state.store(ServerState::Active as u8, Ordering::Relaxed);
+        } else {
+            self.state.store(ServerState::Idle as u8, Ordering::Relaxed);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Every live client and server connection, and the databases DISABLE closed to new clients.
+#[derive(Default)]
+pub struct Connections {
+    clients: Mutex<HashMap<u64, Arc<ClientEntry>>>,
+    servers: Mutex<HashMap<u64, Arc<ServerEntry>>>,
+    disabled: Mutex<HashSet<String>>,
+}
+
+/// What a client registers with.
+pub struct NewClient<'a> {
+    pub id: u64,
+    pub database: &'a str,
+    pub user: &'a str,
+    pub application_name: &'a str,
+    pub stream: &'a Stream,
+}
+
+impl Connections {
+    /// Registers a client; the handle removes it when dropped. Drop the handle before the
+    /// socket is closed (KILL shuts the socket down through the registry).
+    pub fn register_client(self: &Arc<Self>, new: NewClient<'_>) -> ClientHandle {
+        let now = SystemTime::now();
+        let entry = Arc::new(ClientEntry {
+            id: new.id,
+            database: new.database.to_owned(),
+            user: new.user.to_owned(),
+            endpoints: Endpoints::of(new.stream),
+            connect_time: now,
+            application_name: new.application_name.to_owned(),
+            tls: String::new(),
+            state: AtomicU8::new(ClientState::Active as u8),
+            request_time_us: AtomicU64::new(unix_micros(now)),
+            wait_start_us: AtomicU64::new(0),
+            server: AtomicU64::new(0),
+            killed: Mutex::new(None),
+            killed_flag: AtomicBool::new(false),
+            fd: Mutex::new(Some(raw_fd(new.stream))),
+        });
+        lock(&self.clients).insert(entry.id, entry.clone());
+        ClientHandle { entry, registry: self.clone() }
+    }
+
+    /// Registers a server connection; the handle removes it when dropped.
+    pub fn register_server(
+        self: &Arc<Self>,
+        id: u64,
+        key: &PoolKey,
+        stream: &Stream,
+        remote_pid: i32,
+        generation: u64,
+    ) -> ServerHandle {
+        let now = SystemTime::now();
+        let entry = Arc::new(ServerEntry {
+            id,
+            key: key.clone(),
+            endpoints: Endpoints::of(stream),
+            connect_time: now,
+            remote_pid,
+            tls: String::new(),
+            generation,
+            state: AtomicU8::new(ServerState::Idle as u8),
+            request_time_us: AtomicU64::new(unix_micros(now)),
+            client: AtomicU64::new(0),
+        });
+        lock(&self.servers).insert(id, entry.clone());
+        ServerHandle { entry, registry: Arc::downgrade(self) }
+    }
+
+    pub fn clients(&self) -> Vec<Arc<ClientEntry>> {
+        let mut all: Vec<_> = lock(&self.clients).values().cloned().collect();
+        all.sort_by_key(|c| c.id);
+        all
+    }
+
+    pub fn servers(&self) -> Vec<Arc<ServerEntry>> {
+        let mut all: Vec<_> = lock(&self.servers).values().cloned().collect();
+        all.sort_by_key(|s| s.id);
+        all
+    }
+
+    pub fn client(&self, id: u64) -> Option<Arc<ClientEntry>> {
+        lock(&self.clients).get(&id).cloned()
+    }
+
+    /// Kills every client of `database` (all but the admin console's if `None`).
+    pub fn kill_clients(&self, database: Option<&str>, reason: &'static str) -> usize {
+        let victims: Vec<_> = lock(&self.clients)
+            .values()
+            .filter(|c| match database {
+                Some(db) => c.database == db,
+                None => c.database != crate::admin::ADMIN_DATABASE,
+            })
+            .cloned()
+            .collect();
+        for client in &victims {
+            client.kill(reason);
+        }
+        victims.len()
+    }
+
+    pub fn disable(&self, database: &str) {
+        lock(&self.disabled).insert(database.to_owned());
+    }
+
+    pub fn enable(&self, database: &str) {
+        lock(&self.disabled).remove(database);
+    }
+
+    pub fn is_disabled(&self, database: &str) -> bool {
+        lock(&self.disabled).contains(database)
+    }
+}
+
+/// A registered client; updates its entry at state changes and removes it when dropped.
+pub struct ClientHandle {
+    entry: Arc<ClientEntry>,
+    registry: Arc<Connections>,
+}
+
+impl ClientHandle {
+    pub fn id(&self) -> u64 {
+        self.entry.id
+    }
+    pub fn entry(&self) -> &ClientEntry {
+        &self.entry
+    }
+    /// Waiting for a server connection from now on.
+    pub fn waiting(&self) {
+        self.entry.wait_start_us.store(unix_micros(SystemTime::now()), Ordering::Relaxed);
+        self.entry.state.store(ClientState::Waiting as u8, Ordering::Relaxed);
+    }
+    /// Got server connection `server` (or gave up waiting with `None`).
+    pub fn attached(&self, server: Option<&ServerHandle>) {
+        let entry = &self.entry;
+        entry.state.store(ClientState::Active as u8, Ordering::Relaxed);
+        if let Some(server) = server {
+            entry.request_time_us.store(unix_micros(SystemTime::now()), Ordering::Relaxed);
+            entry.server.store(server.entry.id, Ordering::Relaxed);
+            server.entry.set_checked_out(Some(entry.id));
+        }
+    }
+    /// Gave its server connection back (the pool marks the server idle).
+    pub fn detached(&self) {
+        self.entry.server.store(0, Ordering::Relaxed);
+    }
+}
+
+impl Drop for ClientHandle {
+    fn drop(&mut self) {
+        *lock(&self.entry.fd) = None;
+        lock(&self.registry.clients).remove(&self.entry.id);
+    }
+}
+
+/// A registered server connection; removed from the registry when dropped.
+pub struct ServerHandle {
+    entry: Arc<ServerEntry>,
+    registry: std::sync::Weak<Connections>,
+}
+
+impl ServerHandle {
+    pub fn entry(&self) -> &ServerEntry {
+        &self.entry
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if let Some(registry) = self.registry.upgrade() {
+            lock(&registry.servers).remove(&self.entry.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    fn key() -> PoolKey {
+        PoolKey {
+            server: crate::topology::ServerAddr { host: "127.0.0.1".into(), port: 5432 },
+            database: "app".into(),
+            user: "alice".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn kill_wakes_the_clients_pending_read_and_says_why() {
+        let registry = Arc::new(Connections::default());
+        let (ours, _peer) = tokio::net::UnixStream::pair().unwrap();
+        let mut stream = Stream::Unix(ours);
+        let handle = registry.register_client(NewClient {
+            id: 7,
+            database: "app",
+            user: "alice",
+            application_name: "batch",
+            stream: &stream,
+        });
+        let listed = registry.clients();
+        assert_eq!((listed.len(), listed[0].application_name.as_str()), (1, "batch"));
+        let killer = registry.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!(killer.kill_clients(Some("app"), "database removed"), 1);
+        });
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.unwrap().unwrap();
+        assert_eq!(n, 0, "the read side was shut");
+        assert_eq!(handle.entry().kill_reason(), Some("database removed"));
+        drop(handle);
+        assert!(registry.clients().is_empty());
+        assert_eq!(registry.kill_clients(None, "x"), 0);
+    }
+
+    #[tokio::test]
+    async fn clients_and_servers_link_while_checked_out() {
+        let registry = Arc::new(Connections::default());
+        let (a, b) = tokio::net::UnixStream::pair().unwrap();
+        let (client_stream, server_stream) = (Stream::Unix(a), Stream::Unix(b));
+        let client = registry.register_client(NewClient {
+            id: 1,
+            database: "app",
+            user: "alice",
+            application_name: "",
+            stream: &client_stream,
+        });
+        let server = registry.register_server(2, &key(), &server_stream, 4242, 0);
+        client.waiting();
+        assert_eq!(registry.client(1).unwrap().state(), ClientState::Waiting);
+        client.attached(Some(&server));
+        assert_eq!((client.entry().state(), client.entry().server()), (ClientState::Active, 2));
+        assert_eq!((server.entry().state(), server.entry().client()), (ServerState::Active, 1));
+        client.detached();
+        server.entry().set_checked_out(None);
+        assert_eq!((client.entry().server(), server.entry().state()), (0, ServerState::Idle));
+        drop(server);
+        assert!(registry.servers().is_empty());
+        registry.disable("app");
+        assert!(registry.is_disabled("app"));
+        registry.enable("app");
+        assert!(!registry.is_disabled("app"));
+    }
+}

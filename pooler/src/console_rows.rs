@@ -1,0 +1,84 @@
+//! SHOW CLIENTS and SHOW SERVERS rows from the connection registry's entries, in PgBouncer's
+//! terms: `ptr`/`link` as hex ids, client states active/waiting, server states active/idle,
+//! close_needed for server connections older than their pool's last RECONNECT or KILL.
+
+use crate::admin::rows::SocketRow;
+use crate::connections::{ClientEntry, ClientState, ServerEntry, ServerState};
+use crate::pool::PoolKey;
+use std::collections::HashMap;
+
+/// PgBouncer prints a socket's address as `ptr`; ours is its id in the same hex form.
+fn ptr(id: u64) -> String {
+    if id == 0 {
+        String::new()
+    } else {
+        format!("{id:#x}")
+    }
+}
+
+/// Whether the server connection must close when released (opened before its pool's last
+/// RECONNECT, KILL or PAUSE drain, or its pool is gone).
+pub fn close_needed(server: &ServerEntry, generations: &HashMap<PoolKey, u64>) -> bool {
+    generations.get(&server.key).is_none_or(|&current| server.generation < current)
+}
+
+pub fn client(c: &ClientEntry) -> SocketRow {
+    let wait = c.waiting_for();
+    SocketRow {
+        kind: 'C',
+        user: c.user.clone(),
+        database: c.database.clone(),
+        replication: "none".into(),
+        state: match c.state() {
+            ClientState::Active => "active",
+            ClientState::Waiting => "waiting",
+        }
+        .into(),
+        addr: c.endpoints.addr.clone(),
+        port: c.endpoints.port,
+        local_addr: c.endpoints.local_addr.clone(),
+        local_port: c.endpoints.local_port,
+        connect_time: c.connect_time,
+        request_time: c.request_time(),
+        wait: wait.as_secs() as u32,
+        wait_us: wait.subsec_micros(),
+        close_needed: false,
+        ptr: ptr(c.id),
+        link: ptr(c.server()),
+        remote_pid: 0,
+        tls: c.tls.clone(),
+        application_name: c.application_name.clone(),
+        prepared_statements: 0,
+        id: c.id,
+    }
+}
+
+pub fn server(s: &ServerEntry, generations: &HashMap<PoolKey, u64>) -> SocketRow {
+    SocketRow {
+        kind: 'S',
+        user: s.key.user.clone(),
+        database: s.key.database.clone(),
+        replication: "none".into(),
+        state: match s.state() {
+            ServerState::Active => "active",
+            ServerState::Idle => "idle",
+        }
+        .into(),
+        addr: s.endpoints.addr.clone(),
+        port: s.endpoints.port,
+        local_addr: s.endpoints.local_addr.clone(),
+        local_port: s.endpoints.local_port,
+        connect_time: s.connect_time,
+        request_time: s.request_time(),
+        wait: 0,
+        wait_us: 0,
+        close_needed: close_needed(s, generations),
+        ptr: ptr(s.id),
+        link: if s.state() == ServerState::Active { ptr(s.client()) } else { String::new() },
+        remote_pid: s.remote_pid,
+        tls: s.tls.clone(),
+        application_name: String::new(),
+        prepared_statements: 0,
+        id: s.id,
+    }
+}
