@@ -409,6 +409,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn kill_wakes_a_tcp_clients_pending_read() {
+        let registry = Arc::new(Connections::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let mut stream = Stream::Tcp(listener.accept().await.unwrap().0);
+        let new = NewClient { id: 9, database: "app", user: "alice", application_name: "", stream: &stream };
+        let handle = registry.register_client(new);
+        assert_eq!(handle.entry().endpoints.addr, "127.0.0.1");
+        let killer = registry.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            killer.client(9).unwrap().kill("admin forced disconnect");
+        });
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.unwrap().unwrap();
+        assert_eq!(n, 0, "the read side was shut");
+    }
+
+    #[tokio::test]
     async fn clients_and_servers_link_while_checked_out() {
         let registry = Arc::new(Connections::default());
         let (a, b) = tokio::net::UnixStream::pair().unwrap();

@@ -225,11 +225,11 @@ impl AdminBackend for ConsoleBackend {
 
     async fn kill(&self, db: Option<&str>) -> Result<(), AdminError> {
         let pools = self.pools_of_for(db, "kill")?;
-        tracing::info!(database = db.unwrap_or("(all)"), "KILL command issued");
         for pool in &pools {
             pool.kill();
         }
-        self.shared.pools.connections.kill_clients(db, "database removed");
+        let clients = self.shared.pools.connections.kill_clients(db, "database removed");
+        tracing::info!(database = db.unwrap_or("(all)"), clients, "KILL command issued");
         Ok(())
     }
 

@@ -292,6 +292,10 @@ impl<'a> Relay<'a> {
     /// Checks a server connection out of the pool (waiting at most query_wait_timeout) and
     /// hands its state to the session, sending the `SET`s that align its parameters.
     async fn attach_server(&mut self) -> Result<(), End> {
+        if self.me.entry().is_killed() {
+            // Bytes that were already queued on the socket when KILL shut its read side.
+            return Err(End::ClientGone);
+        }
         let stats = &self.pool.stats;
         stats.clients_waiting.fetch_add(1, Ordering::Relaxed);
         self.me.waiting();
