@@ -21,7 +21,7 @@ pub struct BackupConfig {
     /// How long `backup create` waits for the WAL its backup needs to be archived.
     #[serde(default = "default_archive_timeout")]
     pub archive_timeout_secs: u64,
-    /// Segments `archive-get` fetches ahead into `pg_wal/pgha-prefetch` (0: off).
+    /// Segments `archive-get` fetches ahead into `pg_wal/pgha-prefetch` (0, the default: off).
     #[serde(default = "default_prefetch")]
     pub archive_get_prefetch: usize,
     #[serde(default)]
@@ -41,7 +41,7 @@ fn default_archive_timeout() -> u64 {
     120
 }
 fn default_prefetch() -> usize {
-    8
+    0
 }
 
 /// Where the repository is: exactly one of `path` or `[repository.s3]`.

@@ -23,13 +23,18 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
 }
 
+/// archive-push / archive-get run once per WAL file: one thread, no worker pool to start.
+fn single_thread_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 pub fn archive_push(args: ArchivePushArgs) -> anyhow::Result<ExitCode> {
     let (cfg, _) = load(&args.config)?;
-    match runtime()?.block_on(backup::archive::push(&cfg, &args.wal_path)) {
+    match single_thread_runtime()?.block_on(backup::archive::push(&cfg, &args.wal_path)) {
         Ok(Pushed::Stored) => Ok(ExitCode::SUCCESS),
         Ok(Pushed::AlreadyArchived) => {
             tracing::info!("{} was already archived with the same content", args.wal_path.display());
@@ -56,7 +61,7 @@ pub fn archive_get(args: ArchiveGetArgs) -> anyhow::Result<ExitCode> {
         Ok(loaded) => loaded,
         Err(e) => return failed(&format!("{e:#}")),
     };
-    let rt = match runtime() {
+    let rt = match single_thread_runtime() {
         Ok(rt) => rt,
         Err(e) => return failed(&e),
     };

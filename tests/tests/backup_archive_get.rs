@@ -75,6 +75,8 @@ async fn prefetched_segments_are_served_and_a_bad_spool_file_is_not() -> anyhow:
     let repo = BackupRepo::local()?;
     let mut pg = PgInstance::init("prefetch", repo.archiving(PgOptions::default())?).await?;
     repo.attach(&pg, None)?;
+    let config = std::fs::read_to_string(&repo.config)?;
+    std::fs::write(&repo.config, config.replace("jobs = 2\n", "jobs = 2\narchive_get_prefetch = 8\n"))?;
     pg.start().await?;
     pg.sql("CREATE TABLE t(v text)").await?;
     let mut segs = Vec::new();
@@ -130,5 +132,37 @@ async fn prefetched_segments_are_served_and_a_bad_spool_file_is_not() -> anyhow:
     let (c, err) = wrong?;
     assert_eq!(c, Some(126), "a misnamed spool file was served: {err}");
     assert!(err.contains("the name says"), "{err}");
+    Ok(())
+}
+
+/// Not a check: replays ~70 archived segments with and without prefetch and prints the times
+/// (`cargo nextest run -p pgha-tests --test backup_archive_get --run-ignored only`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_recovery_with_and_without_prefetch() -> anyhow::Result<()> {
+    let repo = BackupRepo::local()?;
+    let mut pg = PgInstance::init("prefetch-speed", repo.archiving(PgOptions::default())?).await?;
+    repo.attach(&pg, None)?;
+    pg.start().await?;
+    pg.sql("CREATE TABLE t(v text)").await?;
+    repo.ok(&["backup", "create"]).await?;
+    for _ in 0..70 {
+        pg.sql("INSERT INTO t SELECT md5(g::text) FROM generate_series(1, 20000) g; SELECT pg_switch_wal()").await?;
+    }
+    let last = switch_and_wait_archived(&pg).await?;
+    let count = pg.sql_value("SELECT count(*)::text FROM t").await?;
+    let config = std::fs::read_to_string(&repo.config)?;
+    for (label, prefetch) in [("off", 0), ("8", 8)] {
+        std::fs::write(
+            &repo.config,
+            config.replace("jobs = 2\n", &format!("jobs = 2\narchive_get_prefetch = {prefetch}\n")),
+        )?;
+        let restored = repo.restore_into(&format!("speed-{prefetch}"), &[]).await?;
+        let t0 = std::time::Instant::now();
+        let restored = harness::backup::start_restored(restored).await?;
+        let secs = t0.elapsed().as_secs_f64();
+        assert_eq!(restored.sql_value("SELECT count(*)::text FROM t").await?, count);
+        eprintln!("prefetch {label}: recovery through {last} took {secs:.2} s");
+    }
     Ok(())
 }

@@ -62,7 +62,11 @@ async fn race(repo: &BackupRepo, tag: &str) -> anyhow::Result<()> {
         assert!(one.0 != two.0, "exactly one of two different contents must be stored: {one:?} {two:?}");
         let (loser, winner_dir) = if one.0 { (&two.1, &a) } else { (&one.1, &b) };
         assert!(loser.contains("already archived") && loser.contains("different content"), "{loser}");
-        assert_eq!(fetched(repo, n).await?, std::fs::read(winner_dir.join(n))?, "the stored object is not the winner's");
+        assert_eq!(
+            fetched(repo, n).await?,
+            std::fs::read(winner_dir.join(n))?,
+            "the stored object is not the winner's"
+        );
     }
     Ok(())
 }
