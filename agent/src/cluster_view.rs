@@ -3,9 +3,10 @@
 //! never fatal.
 
 use crate::api::timestamp::Timestamp;
-use crate::ha::{ClusterView, FailoverRequest, Lsn, MemberView, Role};
+use crate::ha::{ClusterView, FailoverRequest, Lsn, MemberView, Role, ScheduledAt};
 use consensus::cluster::{ClusterView as DcsView, MemberRole, MemberValue, Tags};
 use consensus::dcs::ClusterSnapshot;
+use std::time::Duration;
 
 /// A member as published in `members/<name>`, with the addresses the agent needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,14 +73,26 @@ pub fn view_from_dcs(dcs: &DcsView, now: i64) -> (ClusterView, Vec<MemberAddress
         .and_then(serde_json::Value::as_u64)
         .and_then(|t| u32::try_from(t).ok());
     if let Some(f) = dcs.pending_failover() {
-        // A scheduled switchover is handed to the engine once its time has come; one whose time
-        // cannot be read (not written by pgha's API, which refuses such times) is never run.
-        let due = match f.scheduled_at.as_deref().filter(|s| !s.is_empty()) {
-            None => true,
-            Some(at) => Timestamp::parse(at).is_ok_and(|at| at.0 <= now),
+        // A scheduled switchover is handed to the engine once its time has come, with how late it
+        // is; one whose time cannot be read (not written by pgha's API, which refuses such times)
+        // is never run.
+        let scheduled = match f.scheduled_at.as_deref().filter(|s| !s.is_empty()) {
+            None => Ok(None),
+            Some(text) => match Timestamp::parse(text) {
+                Ok(at) if at.0 <= now => Ok(Some(ScheduledAt {
+                    at: text.to_string(),
+                    late_by: Duration::from_secs(u64::try_from(now - at.0).unwrap_or(0)),
+                })),
+                _ => Err(()),
+            },
         };
-        if due {
-            view.failover = Some(FailoverRequest { leader: f.leader.clone(), candidate: f.candidate.clone() });
+        if let Ok(scheduled) = scheduled {
+            view.failover = Some(FailoverRequest {
+                leader: f.leader.clone(),
+                candidate: f.candidate.clone(),
+                scheduled,
+                revision: dcs.failover.as_ref().map_or(0, |v| v.mod_revision),
+            });
         }
     }
     view.paused = dcs.dynamic_config().pause();
@@ -91,7 +104,7 @@ pub fn view_from_dcs(dcs: &DcsView, now: i64) -> (ClusterView, Vec<MemberAddress
 pub fn member_value(
     conn_addr: &str,
     api_addr: &str,
-    running: bool,
+    state: &str,
     role: &str,
     position: Option<Lsn>,
     timeline: Option<u32>,
@@ -101,7 +114,7 @@ pub fn member_value(
     MemberValue {
         conn_url: Some(format!("postgres://{conn_addr}/postgres")),
         api_url: Some(format!("http://{api_addr}/patroni")),
-        state: Some(if running { "running" } else { "stopped" }.to_string()),
+        state: Some(state.to_string()),
         role: Some(MemberRole::from(role.to_string())),
         version: Some(concat!("pgha ", env!("CARGO_PKG_VERSION")).to_string()),
         xlog_location: position.map(|p| p.0),
@@ -179,6 +192,12 @@ mod tests {
         assert_eq!(view_from_dcs(&dcs, at - 1).0.failover, None);
         let due = view_from_dcs(&dcs, at).0.failover.unwrap();
         assert_eq!((due.leader.as_deref(), due.candidate.as_deref()), (Some("pg1"), Some("pg2")));
+        assert_eq!(due.scheduled.map(|s| s.late_by), Some(Duration::ZERO));
+        let late = view_from_dcs(&dcs, at + 20).0.failover.unwrap();
+        assert_eq!(
+            late.scheduled.map(|s| (s.at, s.late_by)),
+            Some(("2030-01-01T00:00:00+00:00".into(), Duration::from_secs(20)))
+        );
         let garbled = ClusterSnapshot {
             revision: 1,
             keys: vec![kv("failover", r#"{"leader":"pg1","member":"pg2","scheduled_at":"tomorrow"}"#)],
@@ -189,8 +208,16 @@ mod tests {
     #[test]
     fn member_value_round_trips_through_the_view() {
         let tags = crate::config::TagsConfig { nofailover: true, ..Default::default() };
-        let value =
-            member_value("127.0.0.1:5433", "127.0.0.1:8009", true, "replica", Some(Lsn(77)), Some(2), false, &tags);
+        let value = member_value(
+            "127.0.0.1:5433",
+            "127.0.0.1:8009",
+            "running",
+            "replica",
+            Some(Lsn(77)),
+            Some(2),
+            false,
+            &tags,
+        );
         let snap = ClusterSnapshot { revision: 1, keys: vec![kv("members/n2", std::str::from_utf8(&value).unwrap())] };
         let (view, addrs) = view_from_snapshot(&snap);
         assert_eq!(view.members[0].wal_position, Some(Lsn(77)));

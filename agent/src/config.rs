@@ -142,6 +142,10 @@ pub struct PostgresqlConfig {
     /// Address other members and clients use to reach this PostgreSQL; `listen` when absent.
     #[serde(default)]
     pub connect_address: Option<SocketAddr>,
+    /// pg_basebackup's `--max-rate` when this node clones the leader (e.g. "50M"), to spare the
+    /// leader's disk and network (Patroni's `basebackup: max-rate`); unlimited when absent.
+    #[serde(default)]
+    pub basebackup_max_rate: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

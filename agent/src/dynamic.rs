@@ -38,12 +38,15 @@ pub fn seconds(config: &DynamicConfig, key: &str) -> Result<Option<f64>, String>
     }
 }
 
-/// The HA settings in effect: the agent file's `[ha]`, overridden by the DCS where it sets
-/// loop_wait, retry_timeout, maximum_lag_on_failover or primary_start_timeout. `ttl` stays the
-/// agent's own: it is the lease of this agent's DCS session. An unsafe or unreadable combination
-/// is refused as a whole (Err says why) and the caller keeps `base`.
+/// The HA settings in effect: the agent file's `[ha]`, overridden by the DCS where it sets ttl,
+/// loop_wait, retry_timeout, maximum_lag_on_failover or primary_start_timeout. A new ttl is the
+/// length of the leader and member leases from the next refresh on (as in Patroni). An unsafe or
+/// unreadable combination is refused as a whole (Err says why) and the caller keeps what it runs.
 pub fn effective_ha(base: &HaConfig, config: &DynamicConfig) -> Result<HaConfig, String> {
     let mut ha = base.clone();
+    if let Some(v) = seconds(config, "ttl")? {
+        ha.ttl = Duration::from_secs_f64(v);
+    }
     if let Some(v) = seconds(config, "loop_wait")? {
         ha.loop_wait = Duration::from_secs_f64(v);
     }
@@ -109,13 +112,22 @@ mod tests {
     }
 
     #[test]
-    fn dcs_timing_overrides_the_file_but_not_ttl_and_unsafe_values_are_refused() {
+    fn dcs_timing_overrides_the_file_and_unsafe_values_are_refused() {
         let base = HaConfig::default(); // ttl 6, loop_wait 1, retry_timeout 2
         let ha = effective_ha(&base, &config(json!({"loop_wait": 0.5, "maximum_lag_on_failover": "2048", "ttl": 30})))
             .unwrap();
-        assert_eq!((ha.ttl, ha.loop_wait, ha.maximum_lag_on_failover), (base.ttl, Duration::from_millis(500), 2048));
+        assert_eq!(
+            (ha.ttl, ha.loop_wait, ha.maximum_lag_on_failover),
+            (Duration::from_secs(30), Duration::from_millis(500), 2048)
+        );
+        assert_eq!(effective_ha(&base, &config(json!({"ttl": "7.5"}))).unwrap().ttl, Duration::from_millis(7500));
         let err = effective_ha(&base, &config(json!({"retry_timeout": 3}))).unwrap_err();
         assert!(err.contains("ttl (6s) must be larger than loop_wait + 2 x retry_timeout"), "{err}");
+        // A ttl that breaks the rule with the file's timing is refused, and one that fixes it is taken.
+        let err = effective_ha(&base, &config(json!({"ttl": 5}))).unwrap_err();
+        assert!(err.contains("ttl (5s) must be larger than loop_wait + 2 x retry_timeout (1s + 2 x 2s)"), "{err}");
+        assert!(effective_ha(&base, &config(json!({"ttl": 5, "retry_timeout": 1.5}))).is_ok());
+        assert!(effective_ha(&base, &config(json!({"ttl": 0}))).is_err());
         assert!(effective_ha(&base, &config(json!({"loop_wait": "soon"}))).is_err());
         assert!(effective_ha(&base, &config(json!({"loop_wait": -1}))).is_err());
     }

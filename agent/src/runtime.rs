@@ -3,8 +3,9 @@
 //! and the node status. All the I/O of the agent's HA logic lives here; the choices do not.
 //!
 //! This file holds the state and the loop; `tick` is one pass, `actions` carries decisions out,
-//! `leader` is the lock holder's duties, `bootstrap`, `publish`, `peers`, `key_watch` and `operator`
-//! (API requests and the dynamic configuration) the rest.
+//! `leader` is the lock holder's duties, `reinit` an operator's reinitialize in the background,
+//! `bootstrap`, `publish`, `peers`, `key_watch` and `operator` (API requests and the dynamic
+//! configuration) the rest.
 
 use crate::cluster_view::MemberAddress;
 use crate::config::AgentConfig;
@@ -23,6 +24,7 @@ mod leader;
 mod operator;
 mod peers;
 mod publish;
+mod reinit;
 mod tick;
 
 pub struct Runtime {
@@ -57,6 +59,8 @@ pub struct Runtime {
     last_probe: Option<crate::postgres::control::Probe>,
     last_reason: String,
     commands: tokio::sync::mpsc::Receiver<crate::api::ApiCommand>,
+    /// A reinitialize whose clone runs in the background.
+    reinit: Option<reinit::ReinitJob>,
 }
 
 impl Runtime {
@@ -95,6 +99,7 @@ impl Runtime {
             last_probe: None,
             last_reason: String::new(),
             commands,
+            reinit: None,
         }
     }
 
@@ -113,6 +118,7 @@ impl Runtime {
             }
         }
         watcher.abort();
+        self.cancel_reinitialize().await;
         tracing::info!("shutting down: stopping PostgreSQL");
         self.pg.stop(StopMode::Fast, Duration::from_secs(30)).await;
         if self.last_view.leader.as_deref() == Some(self.name.as_str()) {

@@ -81,6 +81,7 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
         superuser,
         replication,
         parameters,
+        basebackup_max_rate: config.postgresql.basebackup_max_rate.clone(),
     });
     pg.prepare_dirs().map_err(setup("preparing directories"))?;
     let (status_tx, status_rx) = tokio::sync::watch::channel(NodeStatus::starting(&config.name, &config.scope));

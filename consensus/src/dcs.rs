@@ -3,13 +3,16 @@
 //! over any `KvStore` backend.
 //!
 //! One `KvDcs` is one member's session: its member key and (when it leads) the leader key are
-//! attached to one lease of `ttl`, as Patroni's etcd3 backend does. Every write that can race is a
+//! attached to one lease of `ttl`, as Patroni's etcd3 backend does. A new `ttl` (the dynamic
+//! configuration's) takes effect at the next acquire, refresh or touch: a lease of the new length
+//! is granted and the keys move onto it. Every write that can race is a
 //! transaction guarded by the key's revision, so a stale writer fails with a typed error.
 
 use crate::kv::{
     Compare, KeyValue, KvError, KvStore, LeaseId, OpResult, Revision, Txn, TxnOp, WatchEvent, WatchReceiver,
 };
 use async_trait::async_trait;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
@@ -120,6 +123,8 @@ pub trait Dcs: Send + Sync {
     async fn write(&self, key: ClusterKey, value: &[u8], expected: Expected) -> Result<Revision, DcsError>;
     /// Conditional delete of a cluster key.
     async fn delete(&self, key: ClusterKey, expected: Expected) -> Result<(), DcsError>;
+    /// The lease length for the next acquire, refresh or touch (Patroni's `set_ttl`).
+    fn set_ttl(&self, ttl: Duration);
 }
 
 /// `Dcs` for one member over any `KvStore`.
@@ -127,19 +132,31 @@ pub struct KvDcs<S: KvStore> {
     store: Arc<S>,
     prefix: String,
     name: String,
-    ttl: Duration,
-    lease: Mutex<Option<LeaseId>>,
+    /// The lease length asked for, in milliseconds (the dynamic configuration may change it).
+    ttl_ms: AtomicU64,
+    lease: Mutex<Session>,
+}
+
+/// This session's lease, and the one it replaced when `ttl` changed (keys still on it are moved).
+#[derive(Default)]
+struct Session {
+    current: Option<(LeaseId, Duration)>,
+    replaced: Option<LeaseId>,
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl<S: KvStore> KvDcs<S> {
     /// A session for member `name` of cluster `scope` under `namespace` (e.g. `/service`).
     pub fn new(store: Arc<S>, namespace: &str, scope: &str, name: &str, ttl: Duration) -> Self {
         let prefix = format!("{}/{}/", namespace.trim_end_matches('/'), scope);
-        KvDcs { store, prefix, name: name.to_string(), ttl, lease: Mutex::new(None) }
+        KvDcs { store, prefix, name: name.to_string(), ttl_ms: AtomicU64::new(millis(ttl)), lease: Mutex::default() }
     }
 
     pub fn ttl(&self) -> Duration {
-        self.ttl
+        Duration::from_millis(self.ttl_ms.load(Ordering::Relaxed))
     }
 
     /// The full key of `key` in the store.
@@ -147,21 +164,44 @@ impl<S: KvStore> KvDcs<S> {
         format!("{}{}", self.prefix, key.path())
     }
 
-    /// Keeps our lease alive (granting one if we have none) and returns it with its deadline.
-    async fn live_lease(&self) -> Result<(LeaseId, Instant), DcsError> {
+    /// Keeps our lease alive (granting one if we have none, or one of the new length when `ttl`
+    /// changed) and returns it with its deadline and the lease it replaced, if any. A replaced
+    /// lease is not kept alive any more: it expires by itself once its keys have moved.
+    async fn live_lease(&self) -> Result<(LeaseId, Instant, Option<LeaseId>), DcsError> {
+        let ttl = self.ttl();
         let mut guard = self.lease.lock().await;
         let sent = Instant::now();
-        if let Some(id) = *guard {
-            match self.store.lease_keep_alive(id).await {
-                Ok(ttl) => return Ok((id, sent + ttl.min(self.ttl))),
-                Err(KvError::LeaseNotFound(_)) => *guard = None,
+        match guard.current {
+            Some((id, granted)) if granted == ttl => match self.store.lease_keep_alive(id).await {
+                Ok(left) => return Ok((id, sent + left.min(ttl), guard.replaced)),
+                Err(KvError::LeaseNotFound(_)) => guard.current = None,
                 Err(e) => return Err(e.into()),
+            },
+            Some((id, _)) => {
+                guard.replaced = Some(id);
+                guard.current = None;
             }
+            None => {}
         }
         let sent = Instant::now();
-        let id = self.store.lease_grant(self.ttl).await?;
-        *guard = Some(id);
-        Ok((id, sent + self.ttl))
+        let id = self.store.lease_grant(ttl).await?;
+        guard.current = Some((id, ttl));
+        Ok((id, sent + ttl, guard.replaced))
+    }
+
+    /// Moves the leader key from our `replaced` lease onto `lease`, if it still holds our name on
+    /// the replaced one; true if it did.
+    async fn move_leader_key(&self, replaced: LeaseId, lease: LeaseId) -> Result<bool, DcsError> {
+        let key = self.full_key(&ClusterKey::Leader);
+        let txn = Txn {
+            compares: vec![
+                Compare::ValueEq(key.clone(), self.name.as_bytes().to_vec()),
+                Compare::LeaseEq(key.clone(), replaced),
+            ],
+            success: vec![TxnOp::Put { key, value: self.name.as_bytes().to_vec(), lease }],
+            failure: vec![],
+        };
+        Ok(self.store.txn(txn).await?.succeeded)
     }
 
     async fn current_leader(&self) -> Result<Option<KeyValue>, DcsError> {
@@ -253,7 +293,7 @@ impl<S: KvStore> Dcs for KvDcs<S> {
     }
 
     async fn acquire_leader(&self) -> Result<LeaderLease, DcsError> {
-        let (lease, valid_until) = self.live_lease().await?;
+        let (lease, valid_until, replaced) = self.live_lease().await?;
         let key = self.full_key(&ClusterKey::Leader);
         let txn = Txn {
             compares: vec![Compare::CreateRevisionEq(key.clone(), 0)],
@@ -268,12 +308,19 @@ impl<S: KvStore> Dcs for KvDcs<S> {
         match current {
             // Ours already (e.g. a retried acquire whose first answer was lost): same as a refresh.
             Some(kv) if kv.value == self.name.as_bytes() && kv.lease == lease => Ok(LeaderLease { valid_until }),
+            Some(kv) if kv.value == self.name.as_bytes() && Some(kv.lease) == replaced => {
+                if self.move_leader_key(kv.lease, lease).await? {
+                    Ok(LeaderLease { valid_until })
+                } else {
+                    Err(DcsError::LockHeld { holder: holder_of(&self.current_leader().await?).unwrap_or("?".into()) })
+                }
+            }
             other => Err(DcsError::LockHeld { holder: holder_of(&other).unwrap_or_else(|| "?".into()) }),
         }
     }
 
     async fn refresh_leader(&self) -> Result<LeaderLease, DcsError> {
-        let (lease, valid_until) = match self.live_lease().await {
+        let (lease, valid_until, replaced) = match self.live_lease().await {
             Ok(v) => v,
             Err(DcsError::Store(KvError::LeaseNotFound(_))) => {
                 return Err(DcsError::LockLost { holder: holder_of(&self.current_leader().await?) })
@@ -295,6 +342,12 @@ impl<S: KvStore> Dcs for KvDcs<S> {
         if resp.succeeded {
             return Ok(LeaderLease { valid_until });
         }
+        // The ttl changed since the last refresh: the key is still on the lease of the old length.
+        if let Some(old) = replaced {
+            if self.move_leader_key(old, lease).await? {
+                return Ok(LeaderLease { valid_until });
+            }
+        }
         let current = first_get(resp.results);
         Err(DcsError::LockLost { holder: holder_of(&current) })
     }
@@ -311,7 +364,7 @@ impl<S: KvStore> Dcs for KvDcs<S> {
     }
 
     async fn touch_member(&self, value: &[u8]) -> Result<(), DcsError> {
-        let (lease, _) = self.live_lease().await?;
+        let (lease, _, _) = self.live_lease().await?;
         let key = self.full_key(&ClusterKey::Member(self.name.clone()));
         let txn = Txn { success: vec![TxnOp::Put { key, value: value.to_vec(), lease }], ..Txn::default() };
         self.store.txn(txn).await?;
@@ -336,5 +389,9 @@ impl<S: KvStore> Dcs for KvDcs<S> {
     async fn delete(&self, key: ClusterKey, expected: Expected) -> Result<(), DcsError> {
         let op = TxnOp::Delete { key: self.full_key(&key) };
         self.conditional(key, op, expected).await.map(|_| ())
+    }
+
+    fn set_ttl(&self, ttl: Duration) {
+        self.ttl_ms.store(millis(ttl), Ordering::Relaxed);
     }
 }

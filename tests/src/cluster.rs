@@ -109,6 +109,11 @@ impl Node {
         }
     }
 
+    /// Adds `line` (TOML) to the `[postgresql]` section of the agent's config, for its next start.
+    pub fn add_postgresql_setting(&mut self, line: &str) {
+        self.config = self.config.replacen("[api]\n", &format!("{line}\n[api]\n"), 1);
+    }
+
     /// Starts the agent again on the same data directory and config.
     pub fn start_agent(&mut self) -> anyhow::Result<()> {
         self.agent = Some(PghaProcess::start(&self.name, &["agent"], &self.config)?);

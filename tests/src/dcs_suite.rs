@@ -90,6 +90,52 @@ pub async fn silent_holder_loses_the_lock_within_ttl_plus_1s(f: &dyn SessionFact
     Ok(after)
 }
 
+/// A new `ttl` applies from the holder's next refresh (Patroni's `set_ttl`): after growing it
+/// from 2 s to 5 s the silent holder's lock outlives the old ttl + 1 s and vanishes within the new
+/// ttl + 1 s; after shrinking it from 5 s to 2 s it vanishes within 2 s + 1 s. Returns how long
+/// after the last refresh the lock vanished in each case.
+pub async fn a_new_ttl_applies_from_the_next_refresh(f: &dyn SessionFactory) -> anyhow::Result<(Duration, Duration)> {
+    let (short, long) = (Duration::from_secs(2), Duration::from_secs(5));
+    let watcher = f.session("ttl-observer", short).await?;
+    let mut measured = Vec::new();
+    for (name, from, to) in [("ttl-grows", short, long), ("ttl-shrinks", long, short)] {
+        let holder = f.session(name, from).await?;
+        holder.acquire_leader().await?;
+        holder.touch_member(b"{}").await?;
+        holder.set_ttl(to);
+        let refreshed_at = Instant::now();
+        let lease = holder.refresh_leader().await?;
+        holder.touch_member(b"{}").await?;
+        anyhow::ensure!(
+            lease.valid_until >= refreshed_at + to - Duration::from_millis(500)
+                && lease.valid_until <= Instant::now() + to,
+            "{name}: the refreshed lease is not of the new ttl {to:?}"
+        );
+        drop(holder);
+        let gone_at = loop {
+            let snap = watcher.snapshot().await?;
+            let leader = snap.leader();
+            let member = snap.get(&ClusterKey::Member(name.to_string())).is_some();
+            if leader.as_deref() != Some(name) {
+                break Instant::now();
+            }
+            anyhow::ensure!(member, "{name}: the member key vanished while the lock held");
+            anyhow::ensure!(
+                refreshed_at.elapsed() <= to + Duration::from_secs(1),
+                "{name}: the lock outlived the new ttl {to:?} + 1 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let after = gone_at - refreshed_at;
+        anyhow::ensure!(
+            after + Duration::from_millis(100) >= to,
+            "{name}: the lock vanished after {after:?}, before the new ttl {to:?}"
+        );
+        measured.push(after);
+    }
+    Ok((measured[0], measured[1]))
+}
+
 /// A holder whose lock expired and was taken by another member learns so on refresh.
 pub async fn refresh_after_takeover_reports_the_new_holder(f: &dyn SessionFactory) -> anyhow::Result<()> {
     let ttl = Duration::from_secs(2);

@@ -1,13 +1,17 @@
 //! Operator actions on a real pgha cluster on etcd: a switchover scheduled through the REST API
-//! runs at its time and not before; a data directory of another cluster is never joined or
-//! overwritten until an operator asks for a reinitialize, which then replaces it with a clone of
-//! the leader; the leader refuses to be reinitialized.
+//! runs at its time and not before, and one found too late is dropped; a data directory of
+//! another cluster is never joined or overwritten until an operator asks for a reinitialize, which
+//! then replaces it with a clone of the leader made in the background (the API answers meanwhile,
+//! a second request is refused unless forced); the leader refuses to be reinitialized.
 
 use agent::postgres::binaries::{BinDir, DEFAULT_MAJOR};
 use agent::postgres::os_user::{RunAs, DEFAULT_USER};
+use consensus::dcs::{ClusterKey, Dcs, Expected, KvDcs};
+use consensus::etcd::{EtcdOptions, EtcdStore};
 use harness::cluster::{connect, http, PghaCluster, Timing};
 use harness::wait_for;
 use std::os::unix::process::CommandExt;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Waits for one primary and all other nodes streaming, then two ticks for the agents to see it.
@@ -87,6 +91,28 @@ async fn a_scheduled_switchover_runs_at_its_time_and_not_before() {
         })
     });
     follows.await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+
+    // A switchover found a minute after its time (written straight into the DCS, as if the
+    // leader's loop had been held up) is dropped by the leader, not run; the log says why.
+    let etcd = cluster.etcd.as_ref().unwrap();
+    let store = Arc::new(EtcdStore::connect(&etcd.endpoints(), EtcdOptions::default()).await.unwrap());
+    let dcs = KvDcs::new(store, "/service", &cluster.scope, "operator", Duration::from_secs(10));
+    let past = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() - 60;
+    let stale = format!(
+        r#"{{"leader":"{}","member":"{}","scheduled_at":"{}"}}"#,
+        cluster.nodes[candidate].name,
+        cluster.nodes[old].name,
+        iso8601(past)
+    );
+    dcs.write(ClusterKey::Failover, stale.as_bytes(), Expected::Any).await.unwrap();
+    let dropped = wait_for("the leader to drop the stale switchover", Duration::from_secs(15), || async {
+        let gone = dcs.snapshot().await?.get(&ClusterKey::Failover).is_none();
+        Ok((gone && cluster.nodes[candidate].agent_log().contains("dropping the switchover scheduled at"))
+            .then_some(()))
+    });
+    dropped.await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(cluster.primaries().await, vec![candidate], "the stale switchover ran");
 }
 
 fn system_identifier(data_dir: &std::path::Path) -> Option<u64> {
@@ -125,6 +151,8 @@ async fn a_data_directory_of_another_cluster_is_never_joined_until_an_operator_r
     let foreign = init_foreign_data_dir(&data);
     assert_ne!(foreign, cluster_sysid);
     std::fs::write(data.join("foreign-marker"), "keep me").unwrap();
+    // Its clones are throttled to 2 MB/s, so that the ~25 MB clone below takes a while.
+    cluster.nodes[stray].add_postgresql_setting(r#"basebackup_max_rate = "2M""#);
     cluster.nodes[stray].start_agent().unwrap();
 
     // Many ticks later: not started, not cloned over, not streaming; the log says why.
@@ -139,8 +167,32 @@ async fn a_data_directory_of_another_cluster_is_never_joined_until_an_operator_r
     assert_eq!(cluster.primaries().await, vec![primary]);
 
     // An explicit reinitialize replaces it with a clone of the leader, which then streams.
-    let (code, text) = http(cluster.nodes[stray].api_port, "POST", "/reinitialize", Some("{}")).await.unwrap();
-    assert_eq!((code, text.as_str()), (202, "reinitialize scheduled"));
+    let api = cluster.nodes[stray].api_port;
+    let (code, text) = http(api, "POST", "/reinitialize", Some("{}")).await.unwrap();
+    assert_eq!((code, text.as_str()), (200, "reinitialize started"));
+    let cloning = Instant::now();
+    // While the clone runs in the background the HA loop goes on: the API answers at once with
+    // the state, and the member key the leader sees says so too.
+    let mut slowest = Duration::ZERO;
+    for _ in 0..5 {
+        let asked = Instant::now();
+        let answer = tokio::time::timeout(Duration::from_secs(1), http(api, "GET", "/patroni", None)).await;
+        let (code, doc) = answer.expect("GET /patroni did not answer within 1 s during the clone").unwrap();
+        slowest = slowest.max(asked.elapsed());
+        assert_eq!(code, 200, "{doc}");
+        assert!(doc.contains("creating replica"), "{doc}");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let (_, members) = http(cluster.nodes[primary].api_port, "GET", "/cluster", None).await.unwrap();
+    assert!(members.contains("creating replica"), "{members}");
+    // One at a time: a second request is refused, a forced one cancels the clone and starts over.
+    let (code, text) = http(api, "POST", "/reinitialize", None).await.unwrap();
+    assert_eq!((code, text.as_str()), (503, "reinitialize already in progress"));
+    assert!(cloning.elapsed() < Duration::from_secs(8), "the clone check ran too long to be sure it was still running");
+    let (code, text) = http(api, "POST", "/reinitialize", Some(r#"{"force":true}"#)).await.unwrap();
+    assert_eq!((code, text.as_str()), (200, "reinitialize started"));
+    assert!(cluster.nodes[stray].agent_log().contains("cancelling the running clone"), "{}", cluster.logs());
+    eprintln!("during a reinitialize GET /patroni answered within {slowest:?} at worst");
     let streams = wait_for("the reinitialized node to stream", Duration::from_secs(90), || async {
         Ok(match cluster.nodes[stray].role().await {
             Ok((true, Some(s))) if s == "streaming" => Some(()),

@@ -45,6 +45,15 @@ async fn raft_silent_holder_loses_the_lock_within_ttl_plus_1s() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_a_new_ttl_applies_from_the_next_refresh() {
+    let g = group().await;
+    let (grown, shrunk) = dcs_suite::a_new_ttl_applies_from_the_next_refresh(&RaftSessions::new(&g)).await.unwrap();
+    eprintln!(
+        "raft: silent holder's lock vanished {grown:?} after a refresh with ttl 2 s -> 5 s, {shrunk:?} with 5 s -> 2 s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raft_refresh_after_takeover_reports_the_new_holder() {
     let g = group().await;
     dcs_suite::refresh_after_takeover_reports_the_new_holder(&RaftSessions::new(&g)).await.unwrap();

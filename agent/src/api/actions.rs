@@ -372,7 +372,12 @@ struct ReinitializeBody {
     from_leader: Option<bool>,
 }
 
-/// `POST /reinitialize` {force?}: replicas only.
+/// How long `POST /reinitialize` waits for the runtime to take the request (it does between HA
+/// ticks); after that nothing is started and the client is told to retry.
+const REINITIALIZE_ANSWER: Duration = Duration::from_secs(20);
+
+/// `POST /reinitialize` {force?}: replicas only. 200 "reinitialize started" once the clone runs in
+/// the background; 503 with the reason otherwise (one already running and no force, no leader).
 pub(crate) async fn post_reinitialize(
     State(state): State<ApiState>,
     body: Bytes,
@@ -384,9 +389,18 @@ pub(crate) async fn post_reinitialize(
         return Err(ApiError::Unavailable("I am the leader, can not reinitialize".into()));
     }
     let force = req.force.unwrap_or(false);
-    queue(&state, ApiCommand::Reinitialize { force })?;
+    let (started, answer) = tokio::sync::oneshot::channel();
+    queue(&state, ApiCommand::Reinitialize { force, started })?;
     tracing::info!(force, "reinitialize requested through the REST API");
-    Ok((StatusCode::ACCEPTED, "reinitialize scheduled".into()))
+    match tokio::time::timeout(REINITIALIZE_ANSWER, answer).await {
+        Ok(Ok(Ok(()))) => Ok((StatusCode::OK, "reinitialize started".into())),
+        Ok(Ok(Err(why))) => Err(ApiError::Unavailable(why)),
+        Ok(Err(_)) => Err(ApiError::Unavailable("the agent dropped the request (shutting down?)".into())),
+        Err(_) => Err(ApiError::Unavailable(format!(
+            "the agent did not take the request within {REINITIALIZE_ANSWER:?} (busy with an HA action); \
+             nothing was started, retry"
+        ))),
+    }
 }
 
 #[cfg(test)]

@@ -44,8 +44,8 @@ fn object_body(body: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> 
     }
 }
 
-/// Refuses (422) a configuration whose timing would make failover unsafe, with the rule it breaks:
-/// on its own when it sets ttl, and with this node's lease ttl, which is what the agents run with.
+/// Refuses (422) a configuration whose timing would make failover unsafe, with the rule it breaks;
+/// a value it does not set is taken as this node runs it.
 fn validate(state: &ApiState, config: &Value) -> Result<(), ApiError> {
     let Value::Object(map) = config else { return Ok(()) };
     let dynamic = DynamicConfig(map.clone());
@@ -56,10 +56,8 @@ fn validate(state: &ApiState, config: &Value) -> Result<(), ApiError> {
     let loop_wait = secs("loop_wait", node.loop_wait_ms as f64 / 1000.0)?;
     let retry_timeout = secs("retry_timeout", node.retry_timeout_ms as f64 / 1000.0)?;
     let unsafe_timing = |e: String| ApiError::Unprocessable(format!("configuration refused: {e}"));
-    if let Some(ttl) = crate::dynamic::seconds(&dynamic, "ttl").map_err(ApiError::Unprocessable)? {
-        crate::dynamic::check_timing(ttl, loop_wait, retry_timeout).map_err(unsafe_timing)?;
-    }
-    crate::dynamic::check_timing(node.ttl_secs as f64, loop_wait, retry_timeout).map_err(unsafe_timing)?;
+    let ttl = secs("ttl", node.ttl_secs as f64)?;
+    crate::dynamic::check_timing(ttl, loop_wait, retry_timeout).map_err(unsafe_timing)?;
     if let Some(lag) = map.get("maximum_lag_on_failover") {
         if lag.as_u64().is_none() && lag.as_str().and_then(|s| s.trim().parse::<u64>().ok()).is_none() {
             return Err(ApiError::Unprocessable(format!("maximum_lag_on_failover = {lag} is not a number of bytes")));

@@ -34,14 +34,16 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 /// A request for the runtime to act on the local PostgreSQL, queued by the API.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum ApiCommand {
     /// Restart PostgreSQL (the API has already checked the request's conditions).
     Restart,
     /// Re-read the configuration and reload PostgreSQL (SIGHUP).
     Reload,
-    /// Throw the data directory away and clone it again from the leader (replicas only).
-    Reinitialize { force: bool },
+    /// Throw the data directory away and clone it again from the leader (replicas only), in the
+    /// background; `force` cancels one already running. The runtime answers on `started` whether
+    /// it started (Err says why not, e.g. "reinitialize already in progress").
+    Reinitialize { force: bool, started: tokio::sync::oneshot::Sender<Result<(), String>> },
 }
 
 /// Everything the API reads from and hands requests to.

@@ -55,6 +55,7 @@ impl Dcs for DownDcs {
     async fn delete(&self, _key: ClusterKey, _expected: Expected) -> Result<(), DcsError> {
         down()
     }
+    fn set_ttl(&self, _ttl: std::time::Duration) {}
 }
 
 const LEADER_AT: u64 = 100 << 20;
@@ -305,7 +306,7 @@ async fn mutating_endpoints_demand_basic_auth_and_reads_do_not() {
         call(&a.router, Method::POST, "/reload", "", Some("admin:s3cret")).await,
         (202, "reload scheduled".into())
     );
-    assert_eq!(a.commands.try_recv().ok(), Some(ApiCommand::Reload));
+    assert!(matches!(a.commands.try_recv(), Ok(ApiCommand::Reload)));
     assert_eq!(get(&a.router, "/replica").await.0, 200);
     assert_eq!(get(&a.router, "/patroni").await.0, 200);
     assert_eq!(call(&a.router, Method::OPTIONS, "/replica", "", None).await.0, 200);
@@ -346,9 +347,24 @@ async fn restart_reload_and_reinitialize_are_queued_for_the_runtime() {
     let mut a = api_with(node(Node::ReplicaStreaming), None, 1);
     assert_eq!(call(&a.router, Method::POST, "/restart", "", None).await.0, 202);
     assert_eq!(call(&a.router, Method::POST, "/reload", "", None).await.0, 503, "queue full");
-    assert_eq!(a.commands.try_recv().ok(), Some(ApiCommand::Restart));
-    assert_eq!(call(&a.router, Method::POST, "/reinitialize", r#"{"force":true}"#, None).await.0, 202);
-    assert_eq!(a.commands.try_recv().ok(), Some(ApiCommand::Reinitialize { force: true }));
+    assert!(matches!(a.commands.try_recv(), Ok(ApiCommand::Restart)));
+    // The runtime answers whether the reinitialize started; the API passes the answer on.
+    for (force, answer, expected) in [
+        (true, Ok(()), (200, "reinitialize started")),
+        (false, Err("reinitialize already in progress"), (503, "reinitialize already in progress")),
+    ] {
+        let body = format!(r#"{{"force":{force}}}"#);
+        let runtime = async {
+            match a.commands.recv().await {
+                Some(ApiCommand::Reinitialize { force: f, started }) if f == force => {
+                    let _ = started.send(answer.map_err(str::to_string));
+                }
+                other => panic!("unexpected command {other:?}"),
+            }
+        };
+        let ((code, text), ()) = tokio::join!(call(&a.router, Method::POST, "/reinitialize", &body, None), runtime);
+        assert_eq!((code, text.as_str()), expected);
+    }
     let conditional = r#"{"role":"primary"}"#;
     assert_eq!(call(&a.router, Method::POST, "/restart", conditional, None).await.0, 503, "not a primary");
     assert_eq!(call(&a.router, Method::POST, "/restart", r#"{"restart_pending":true}"#, None).await.0, 503);

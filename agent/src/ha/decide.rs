@@ -46,6 +46,10 @@ pub enum Action {
     ProbePeers,
     /// kill -9 the local postmaster and its children (hung, or a primary that must not run).
     Fence,
+    /// Delete the `failover` key at `revision` (a stale scheduled switchover).
+    ClearFailover {
+        revision: i64,
+    },
 }
 
 /// What to do this tick and why.
@@ -186,6 +190,19 @@ fn running(
     let me = local.name.as_str();
     if i_lead {
         if let Some(req) = &view.failover {
+            if let Some(s) = req.stale(config.loop_wait) {
+                let mut d = leading(local, config, now, role, position);
+                d.actions.push(Action::ClearFailover { revision: req.revision });
+                d.reason = format!(
+                    "dropping the switchover scheduled at {}: found {:?} after its time, more than 1.5 x loop_wait \
+                     ({:?}); schedule it again to run it; {}",
+                    s.at,
+                    s.late_by,
+                    config.loop_wait * 3 / 2,
+                    d.reason
+                );
+                return d;
+            }
             if req.leader.as_deref() == Some(me) {
                 if let Some(c) = req.candidate.as_deref().filter(|c| *c != me) {
                     if view.member(c).is_some_and(|m| m.running && m.role == Role::Replica) {
@@ -214,19 +231,7 @@ fn running(
                 }
             }
         }
-        return match role {
-            Role::Primary => {
-                if local.refresh_failed {
-                    // The lock is still ours by the DCS's last answer but we could not refresh it.
-                    return dcs_unreachable(local, config, now);
-                }
-                act(vec![Action::RefreshLock], format!("no action: I am ({me}) the leader with the lock at {position}"))
-            }
-            _ => act(
-                vec![Action::RefreshLock, Action::Promote],
-                format!("I hold the leader lock but run as a replica; promoting at {position}"),
-            ),
-        };
+        return leading(local, config, now, role, position);
     }
 
     if let Some(leader) = view.leader.clone() {
@@ -265,6 +270,24 @@ fn running(
     race(view, local, config, role, timeline, position)
 }
 
+/// The lock holder's steady state: keep the lock (and be primary).
+fn leading(local: &LocalState, config: &HaConfig, now: Instant, role: Role, position: Lsn) -> Decision {
+    let me = local.name.as_str();
+    match role {
+        Role::Primary => {
+            if local.refresh_failed {
+                // The lock is still ours by the DCS's last answer but we could not refresh it.
+                return dcs_unreachable(local, config, now);
+            }
+            act(vec![Action::RefreshLock], format!("no action: I am ({me}) the leader with the lock at {position}"))
+        }
+        _ => act(
+            vec![Action::RefreshLock, Action::Promote],
+            format!("I hold the leader lock but run as a replica; promoting at {position}"),
+        ),
+    }
+}
+
 fn race(
     view: &ClusterView,
     local: &LocalState,
@@ -283,7 +306,9 @@ fn race(
             "I run as primary and the leader lock is free; taking it back".into(),
         );
     }
-    let manual = view.failover.as_ref().and_then(|f| f.candidate.clone());
+    // A stale scheduled switchover steers no race; the next leader drops it.
+    let manual =
+        view.failover.as_ref().filter(|f| f.stale(config.loop_wait).is_none()).and_then(|f| f.candidate.clone());
     if let Some(c) = &manual {
         if c != me {
             return idle(format!("leader lock is free; a failover to {c} is in progress, not racing"));

@@ -8,7 +8,9 @@ mod view;
 
 pub use decide::{decide, Action, Decision};
 pub use lsn::Lsn;
-pub use view::{ClusterView, FailoverRequest, HaConfig, LocalState, MemberView, PeerProbe, PgState, Role, StreamPoint};
+pub use view::{
+    ClusterView, FailoverRequest, HaConfig, LocalState, MemberView, PeerProbe, PgState, Role, ScheduledAt, StreamPoint,
+};
 
 #[cfg(test)]
 mod tests;

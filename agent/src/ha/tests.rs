@@ -225,11 +225,68 @@ fn empty_node_clones_from_the_leader_and_bootstraps_an_empty_cluster() {
 fn switchover_hands_the_lock_to_a_running_candidate_only() {
     let now = Instant::now();
     let mut v = view(Some("n1"));
-    v.failover = Some(FailoverRequest { leader: Some("n1".into()), candidate: Some("n2".into()) });
+    v.failover = Some(switchover("n1", "n2", None));
     let d = decide(&v, &primary("n1", now), &cfg(), now);
     assert_eq!(d.actions, vec![Action::Demote { leader: Some("n2".into()) }, Action::ReleaseLock]);
-    v.failover = Some(FailoverRequest { leader: Some("n1".into()), candidate: Some("ghost".into()) });
+    v.failover = Some(switchover("n1", "ghost", None));
     assert!(decide(&v, &primary("n1", now), &cfg(), now).actions.is_empty());
+}
+
+fn switchover(leader: &str, candidate: &str, late_by: Option<Duration>) -> FailoverRequest {
+    FailoverRequest {
+        leader: Some(leader.into()),
+        candidate: Some(candidate.into()),
+        scheduled: late_by.map(|late_by| ScheduledAt { at: "2030-01-01T00:00:00+00:00".into(), late_by }),
+        revision: 7,
+    }
+}
+
+#[test]
+fn a_scheduled_switchover_found_too_late_is_dropped_not_run() {
+    let now = Instant::now();
+    let mut v = view(Some("n1"));
+    // Within 1.5 x loop_wait (1 s) of its time it runs.
+    v.failover = Some(switchover("n1", "n2", Some(Duration::from_millis(1500))));
+    let d = decide(&v, &primary("n1", now), &cfg(), now);
+    assert_eq!(d.actions, vec![Action::Demote { leader: Some("n2".into()) }, Action::ReleaseLock]);
+    // Later than that: the leader keeps its lock, deletes exactly this request and says why.
+    v.failover = Some(switchover("n1", "n2", Some(Duration::from_secs(2))));
+    let d = decide(&v, &primary("n1", now), &cfg(), now);
+    assert_eq!(d.actions, vec![Action::RefreshLock, Action::ClearFailover { revision: 7 }]);
+    assert!(d.reason.starts_with("dropping the switchover scheduled at 2030-01-01T00:00:00+00:00: found 2s after its time, more than 1.5 x loop_wait (1.5s)"), "{}", d.reason);
+    // The threshold follows loop_wait.
+    let slow = HaConfig { loop_wait: Duration::from_secs(2), ttl: Duration::from_secs(10), ..cfg() };
+    assert_eq!(decide(&v, &primary("n1", now), &slow, now).actions[0], Action::Demote { leader: Some("n2".into()) });
+    // A replica does nothing with it; in a leader race it steers nothing.
+    assert_eq!(decide(&v, &replica("n2", 1000), &cfg(), now).actions, vec![Action::Follow { leader: "n1".into() }]);
+    let mut race = v.clone();
+    race.leader = None;
+    let mut n3 = replica("n3", 1000);
+    n3.peer_probes = Some(vec![probe("n1", None, None), probe("n2", Some(true), Some(1000))]);
+    n3.failover_priority = 2;
+    assert_eq!(decide(&race, &n3, &cfg(), now).actions, vec![Action::AcquireLock, Action::Promote]);
+    race.failover = Some(switchover("n1", "n2", Some(Duration::ZERO)));
+    assert!(decide(&race, &n3, &cfg(), now).actions.is_empty(), "a due switchover to n2 lets n2 win");
+}
+
+proptest! {
+    #[test]
+    fn a_scheduled_switchover_runs_only_within_one_and_a_half_loop_waits(
+        late_ms in 0u64..20_000, loop_ms in 100u64..5_000,
+    ) {
+        let now = Instant::now();
+        let config = HaConfig {
+            loop_wait: Duration::from_millis(loop_ms),
+            ttl: Duration::from_millis(loop_ms * 2 + 10_000),
+            ..cfg()
+        };
+        let mut v = view(Some("n1"));
+        v.failover = Some(switchover("n1", "n2", Some(Duration::from_millis(late_ms))));
+        let d = decide(&v, &primary("n1", now), &config, now);
+        let stale = late_ms * 2 > loop_ms * 3;
+        prop_assert_eq!(d.actions.contains(&Action::ClearFailover { revision: 7 }), stale);
+        prop_assert_eq!(d.actions.contains(&Action::ReleaseLock), !stale);
+    }
 }
 
 #[test]

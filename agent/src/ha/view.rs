@@ -25,10 +25,30 @@ pub struct MemberView {
 }
 
 /// A pending switchover (leader set) or failover (candidate only) from the `failover` key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FailoverRequest {
     pub leader: Option<String>,
     pub candidate: Option<String>,
+    /// Set for a scheduled switchover whose time has come.
+    pub scheduled: Option<ScheduledAt>,
+    /// The `failover` key's revision, to delete exactly this request.
+    pub revision: i64,
+}
+
+/// When a scheduled switchover was due, and how late it is when this tick reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledAt {
+    /// The time as written in the `failover` key.
+    pub at: String,
+    pub late_by: Duration,
+}
+
+impl FailoverRequest {
+    /// Patroni's rule: a scheduled action found more than 1.5 x loop_wait after its time is stale
+    /// (the loop was held up, or the request sat unseen) and is dropped rather than run late.
+    pub fn stale(&self, loop_wait: Duration) -> Option<&ScheduledAt> {
+        self.scheduled.as_ref().filter(|s| s.late_by > loop_wait * 3 / 2)
+    }
 }
 
 /// The cluster as read from the DCS in this tick.

@@ -72,6 +72,8 @@ pub struct LocalPostgres {
     pub replication: Credentials,
     /// Extra parameters written into the managed config file.
     pub parameters: Vec<(String, String)>,
+    /// pg_basebackup `--max-rate` for clones.
+    pub basebackup_max_rate: Option<String>,
     postmaster: Option<Child>,
 }
 
@@ -85,6 +87,7 @@ pub struct PgSettings {
     pub superuser: Credentials,
     pub replication: Credentials,
     pub parameters: Vec<(String, String)>,
+    pub basebackup_max_rate: Option<String>,
 }
 
 impl LocalPostgres {
@@ -98,6 +101,7 @@ impl LocalPostgres {
             superuser: s.superuser,
             replication: s.replication,
             parameters: s.parameters,
+            basebackup_max_rate: s.basebackup_max_rate,
             postmaster: None,
         }
     }
@@ -111,18 +115,8 @@ impl LocalPostgres {
         cmd
     }
 
-    async fn run(&self, what: &str, mut cmd: Command, timeout: Duration) -> Result<String, PgError> {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let child = tokio::process::Command::from(cmd).kill_on_drop(true).output();
-        let out = tokio::time::timeout(timeout, child)
-            .await
-            .map_err(|_| PgError::Timeout { what: format!("finish {what}"), timeout, log: String::new() })?
-            .map_err(|e| PgError::Io(format!("running {what}: {e}")))?;
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        if !out.status.success() {
-            return Err(PgError::Program { program: what.into(), detail: text.trim().chars().take(2000).collect() });
-        }
-        Ok(text)
+    async fn run(&self, what: &str, cmd: Command, timeout: Duration) -> Result<String, PgError> {
+        run_program(what, cmd, timeout).await
     }
 
     /// Creates the run directory (socket, logs) owned by the PostgreSQL user.
@@ -185,6 +179,16 @@ impl LocalPostgres {
 
     /// Clones `source` (host:port) with pg_basebackup as the replication user.
     pub async fn clone_from(&self, source: &str) -> Result<(), PgError> {
+        self.base_backup(source)?.await
+    }
+
+    /// The clone of `clone_from` as a future that owns what it needs, for a background task.
+    /// Dropping it (cancelling the task) kills pg_basebackup; the half-cloned directory then
+    /// stays for the caller to remove.
+    pub fn base_backup(
+        &self,
+        source: &str,
+    ) -> Result<impl std::future::Future<Output = Result<(), PgError>> + Send + 'static, PgError> {
         self.prepare_dirs()?;
         let (host, port) = source.rsplit_once(':').unwrap_or((source, "5432"));
         let mut cmd = self.command("pg_basebackup");
@@ -193,12 +197,18 @@ impl LocalPostgres {
             .args(["-h", host, "-p", port, "-U", &self.replication.username])
             .args(["--checkpoint=fast", "--wal-method=stream", "--no-password"])
             .env("PGPASSWORD", &self.replication.password);
-        if let Err(e) = self.run("pg_basebackup", cmd, Duration::from_secs(3600)).await {
-            // Leave no half-cloned directory that could later pass for a data directory.
-            let _ = std::fs::remove_dir_all(&self.data_dir);
-            return Err(e);
+        if let Some(rate) = &self.basebackup_max_rate {
+            cmd.arg(format!("--max-rate={rate}"));
         }
-        Ok(())
+        let data_dir = self.data_dir.clone();
+        Ok(async move {
+            if let Err(e) = run_program("pg_basebackup", cmd, Duration::from_secs(3600)).await {
+                // Leave no half-cloned directory that could later pass for a data directory.
+                let _ = std::fs::remove_dir_all(&data_dir);
+                return Err(e);
+            }
+            Ok(())
+        })
     }
 
     /// Rewinds the (stopped) data directory against `source` so it can follow it.
@@ -502,6 +512,21 @@ fn postmaster_alive(pid_file: &Path) -> bool {
     let Ok(text) = std::fs::read_to_string(pid_file) else { return false };
     let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok()) else { return false };
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+/// Runs a PostgreSQL program to completion within `timeout` (killed if the future is dropped).
+async fn run_program(what: &str, mut cmd: Command, timeout: Duration) -> Result<String, PgError> {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = tokio::process::Command::from(cmd).kill_on_drop(true).output();
+    let out = tokio::time::timeout(timeout, child)
+        .await
+        .map_err(|_| PgError::Timeout { what: format!("finish {what}"), timeout, log: String::new() })?
+        .map_err(|e| PgError::Io(format!("running {what}: {e}")))?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        return Err(PgError::Program { program: what.into(), detail: text.trim().chars().take(2000).collect() });
+    }
+    Ok(text)
 }
 
 /// Replication slot name for a member (PostgreSQL allows lower-case letters, digits, underscore).

@@ -116,6 +116,17 @@ impl Runtime {
                 self.following = Some(leader.clone());
                 self.pg.start(Duration::from_secs(120)).await.map_err(|e| e.to_string())
             }
+            Action::ClearFailover { revision } => {
+                let delete = self.dcs.delete(ClusterKey::Failover, Expected::Revision(*revision));
+                match tokio::time::timeout(rt, delete).await {
+                    Ok(Ok(())) => {
+                        tracing::warn!("deleted a stale scheduled switchover (found more than 1.5 x loop_wait late)");
+                        Ok(())
+                    }
+                    Ok(Err(e)) => Err(format!("could not delete the stale scheduled switchover: {e}")),
+                    Err(_) => Err("deleting the stale scheduled switchover timed out".into()),
+                }
+            }
             Action::Fence => {
                 tracing::warn!("fencing: killing PostgreSQL");
                 self.pg.kill();

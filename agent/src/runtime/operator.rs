@@ -1,9 +1,8 @@
 //! What the runtime does on an operator's behalf rather than by the HA decision: apply the
 //! dynamic configuration (HA timing, PostgreSQL parameters with reload and pending_restart), and
-//! reinitialize a replica's data directory from the leader.
+//! run the REST API's requests (restart, reload; reinitialize is started from here, see `reinit`).
 
 use super::Runtime;
-use crate::ha::Action;
 use crate::postgres::control::{slot_name, StopMode};
 use std::time::Duration;
 
@@ -12,9 +11,13 @@ impl Runtime {
     pub(super) fn apply_dynamic_timing(&mut self) {
         match crate::dynamic::effective_ha(&self.base_ha, &self.dynamic) {
             Ok(ha) => {
+                if ha.ttl != self.ha.ttl {
+                    // Patroni's set_ttl: the next lock acquire or refresh and member touch use it.
+                    self.dcs.set_ttl(ha.ttl);
+                }
                 if ha != self.ha {
                     tracing::info!(
-                        loop_wait = ?ha.loop_wait, retry_timeout = ?ha.retry_timeout,
+                        ttl = ?ha.ttl, loop_wait = ?ha.loop_wait, retry_timeout = ?ha.retry_timeout,
                         maximum_lag_on_failover = ha.maximum_lag_on_failover,
                         primary_start_timeout = ?ha.primary_start_timeout,
                         "HA timing from the dynamic configuration applied"
@@ -61,37 +64,6 @@ impl Runtime {
         self.pg.probe(rt).await.ok().or(Some(p))
     }
 
-    /// An explicit reinitialize: stop PostgreSQL, remove the data directory, clone the leader and
-    /// start as its replica. Refused on the leader and when there is no leader to clone. The only
-    /// way a data directory of another cluster is ever replaced.
-    pub(super) async fn reinitialize(&mut self) -> Result<String, String> {
-        let view = self.read_view().await;
-        if !view.reachable {
-            return Err("the DCS is not reachable; not touching the data directory".into());
-        }
-        let leader = match view.leader.as_deref() {
-            Some(l) if l == self.name => return Err("I hold the leader lock; a leader is never reinitialized".into()),
-            Some(l) => l.to_string(),
-            None => return Err("there is no leader to clone from; not touching the data directory".into()),
-        };
-        let addr = self.address_of(&leader).ok_or(format!("the leader {leader} has published no address"))?;
-        tracing::warn!(
-            "reinitializing on request: stopping PostgreSQL and removing {} to clone {leader} ({addr})",
-            self.pg.data_dir.display()
-        );
-        self.pg.stop(StopMode::Fast, Duration::from_secs(60)).await;
-        if self.pg.is_running() {
-            self.pg.kill();
-        }
-        self.pg.remove_data_dir().map_err(|e| e.to_string())?;
-        self.following = None;
-        self.last_streamed = None;
-        self.not_streaming_since = None;
-        self.pg.clone_from(&addr).await.map_err(|e| format!("cloning {leader}: {e}"))?;
-        self.execute(&Action::StartReplica { leader: Some(leader.clone()) }, &view).await?;
-        Ok(leader)
-    }
-
     /// Runs a request queued by the REST API.
     pub(super) async fn run_command(&mut self, command: crate::api::ApiCommand) {
         use crate::api::ApiCommand;
@@ -100,6 +72,9 @@ impl Runtime {
                 Ok(_) => tracing::info!("configuration reloaded (API request)"),
                 Err(e) => tracing::warn!("reload requested through the API failed: {e}"),
             },
+            ApiCommand::Restart if self.reinit.is_some() => {
+                tracing::warn!("restart requested through the API refused: a reinitialize is in progress");
+            }
             ApiCommand::Restart => {
                 tracing::info!("restarting PostgreSQL (API request)");
                 self.pg.stop(StopMode::Fast, Duration::from_secs(60)).await;
@@ -107,10 +82,17 @@ impl Runtime {
                     tracing::warn!("restart requested through the API failed: {e}");
                 }
             }
-            ApiCommand::Reinitialize { .. } => match self.reinitialize().await {
-                Ok(leader) => tracing::info!("reinitialized: cloned from {leader}, starting as its replica"),
-                Err(e) => tracing::warn!("reinitialize requested through the API failed: {e}"),
-            },
+            ApiCommand::Reinitialize { force, started } => {
+                if started.is_closed() {
+                    tracing::warn!("reinitialize request dropped: the API stopped waiting for it");
+                    return;
+                }
+                let result = self.start_reinitialize(force).await;
+                if let Err(e) = &result {
+                    tracing::warn!("reinitialize requested through the API not started: {e}");
+                }
+                let _ = started.send(result);
+            }
         }
     }
 }

@@ -16,6 +16,12 @@ impl Runtime {
         reason: &str,
     ) {
         let running = probe.is_some();
+        // Patroni's states: a reinitialize shows as "creating replica" while its clone runs.
+        let state = match (&self.reinit, running) {
+            (Some(_), _) => "creating replica",
+            (None, true) => "running",
+            (None, false) => "stopped",
+        };
         let role = match &probe {
             Some(p) if !p.in_recovery => NodeRole::Primary,
             Some(_) => NodeRole::Replica,
@@ -32,7 +38,7 @@ impl Runtime {
             let value = member_value(
                 &self.conn_addr,
                 &self.api_addr,
-                running,
+                state,
                 role.as_str(),
                 position,
                 probe.as_ref().map(|p| p.timeline),
@@ -64,7 +70,7 @@ impl Runtime {
         self.status.send_modify(|s| {
             s.role = role;
             s.pg_running = running;
-            s.state = PgRunState(if running { "running" } else { "stopped" }.into());
+            s.state = PgRunState(state.into());
             s.server_version = probe.as_ref().map(|p| p.server_version);
             s.system_identifier = sysid;
             s.timeline = probe.as_ref().map(|p| p.timeline);

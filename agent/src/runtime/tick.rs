@@ -124,6 +124,14 @@ impl Runtime {
     pub(super) async fn tick(&mut self) {
         let now = Instant::now();
         let view = self.read_view().await;
+        if let Some(reason) = self.reinitialize_progress().await {
+            // The data directory is being cloned: nothing may start or judge it, but the member
+            // key and the API stay current.
+            self.log_decision(&reason);
+            self.last_probe = None;
+            self.publish(&view, None, &reason).await;
+            return;
+        }
         let (mut local, probe) = self.local_state(&view, now).await;
         let probe = self.apply_dynamic_parameters(probe).await;
         self.last_probe = probe.clone();
@@ -136,14 +144,7 @@ impl Runtime {
             local.peer_probes = Some(self.probe_peers().await);
             decision = decide(&view, &local, &self.ha, Instant::now());
         }
-        // One line per change of decision; a new WAL position alone is not a new event.
-        let shape = without_positions(&decision.reason);
-        if shape != self.last_reason {
-            tracing::info!("{}", decision.reason);
-            self.last_reason = shape;
-        } else {
-            tracing::debug!("{}", decision.reason);
-        }
+        self.log_decision(&decision.reason);
         for action in decision.actions.clone() {
             if let Err(e) = self.execute(&action, &view).await {
                 tracing::warn!(?action, "{e}");
@@ -151,6 +152,17 @@ impl Runtime {
             }
         }
         self.publish(&view, probe, &decision.reason).await;
+    }
+
+    /// One line per change of decision; a new WAL position alone is not a new event.
+    fn log_decision(&mut self, reason: &str) {
+        let shape = without_positions(reason);
+        if shape != self.last_reason {
+            tracing::info!("{reason}");
+            self.last_reason = shape;
+        } else {
+            tracing::debug!("{reason}");
+        }
     }
 }
 
