@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod buffers;
 pub mod cancel;
 pub mod client;
 pub mod config;

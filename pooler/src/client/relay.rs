@@ -1,12 +1,15 @@
 //! The relay loop of a logged-in client: bytes from the client and from its server connection
 //! go through the session state machine, which says what to forward, what to answer and when
 //! to take or give back a server connection. Headers are read, bodies are forwarded as they
-//! came (straight from the input buffer when nothing was rewritten), and the four buffers are
-//! reused, so the steady state allocates nothing per message. A server connection left in an
-//! unknown state (client gone mid-request, half a message) is closed, never pooled.
+//! came (straight from the input buffer when nothing was rewritten). The four buffers are
+//! borrowed from the thread's free list (`crate::buffers`) while the client is busy and given
+//! back when it is idle: an idle client waits for readiness holding no buffer, and the steady
+//! state allocates nothing per message. A server connection left in an unknown state (client
+//! gone mid-request, half a message) is closed, never pooled.
 
 use super::login::LoggedIn;
 use super::send_fatal;
+use crate::buffers;
 use crate::cancel::{CancelSlot, ClientKey};
 use crate::config::PoolMode;
 use crate::connections::ClientHandle;
@@ -14,14 +17,12 @@ use crate::pool::{AcquireError, Pool, PoolSettings};
 use crate::runtime::Shared;
 use crate::server::ServerConn;
 use crate::session::{Action, ServerState, Session, SessionConfig, SessionError};
+use crate::shutdown::Stopping;
 use crate::stream::Stream;
 use bytes::{Buf, BytesMut};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Room kept free in an input buffer before each read.
-const READ_CHUNK: usize = 8192;
 
 /// Why the relay stopped.
 enum End {
@@ -66,6 +67,7 @@ pub(super) struct Relay<'a> {
     server: Option<ServerConn>,
     key: ClientKey,
     cancel: Arc<CancelSlot>,
+    stopping: Stopping,
     bytes_in: u64,
     bytes_out: u64,
 }
@@ -79,6 +81,8 @@ impl<'a> Relay<'a> {
             limits: crate::protocol::FrameLimits { max_message_len: config.max_packet_size, ..Default::default() },
         };
         login.pool.stats.clients.fetch_add(1, Ordering::Relaxed);
+        let mut cin = cin;
+        buffers::give_back(&mut cin);
         Relay {
             me: login.me,
             shared,
@@ -90,10 +94,11 @@ impl<'a> Relay<'a> {
             sin: BytesMut::new(),
             sout: BytesMut::new(),
             session: Session::new(session_config, login.params),
-            actions: Vec::with_capacity(8),
+            actions: Vec::new(),
             server: None,
             key: login.key,
             cancel: login.cancel,
+            stopping: shared.shutdown.subscribe(),
             bytes_in: 0,
             bytes_out: 0,
         }
@@ -101,68 +106,76 @@ impl<'a> Relay<'a> {
 
     pub(super) async fn run(mut self) {
         let end = self.relay().await;
-        self.finish(end).await;
+        // Boxed: once per client, and not part of the future every idle client keeps.
+        Box::pin(self.finish(end)).await;
     }
 
     async fn relay(&mut self) -> End {
         // Bytes that came with the startup packet.
         if !self.cin.is_empty() {
-            if let Err(end) = self.on_client_bytes().await {
+            if let Err(end) = Box::pin(self.busy(None)).await {
                 return end;
             }
         }
         loop {
-            let event = self.next_event().await;
-            let step = match event {
+            if self.shared.shutdown.is_stopping() {
+                return End::fatal("57P01", "the pooler is shutting down");
+            }
+            match self.next_idle_event().await {
                 Event::Client(Ok(0)) | Event::Client(Err(_)) => return End::ClientGone,
                 Event::Client(Ok(n)) => {
-                    self.bytes_in += n as u64;
-                    self.on_client_bytes().await
-                }
-                Event::Server(Ok(0)) | Event::Server(Err(_)) => {
-                    self.pool.stats.count_error("server_closed");
-                    return End::fatal("08006", "server conn crashed?");
-                }
-                Event::Server(Ok(_)) => self.on_server_bytes().await,
-                Event::IdleTimeout if self.server.is_some() => {
-                    self.pool.stats.count_error("idle_transaction_timeout");
-                    return End::fatal("08P01", "idle transaction timeout");
+                    // Boxed: a busy client's state (server I/O, checkout) lives on the heap
+                    // while it is busy; an idle client's task keeps only the small idle wait.
+                    if let Err(end) = Box::pin(self.busy(Some(n))).await {
+                        return end;
+                    }
                 }
                 Event::IdleTimeout => {
                     self.pool.stats.count_error("client_idle_timeout");
                     return End::fatal("08P01", "client_idle_timeout");
                 }
                 Event::Shutdown => return End::fatal("57P01", "the pooler is shutting down"),
-            };
-            if let Err(end) = step {
-                return end;
+                Event::Server(_) => return End::fatal("08006", "the pooler read from a server it no longer holds"),
             }
         }
     }
 
-    /// Waits for bytes from either side, or for a timeout that applies in the current state.
-    async fn next_event(&mut self) -> Event {
-        reserve(&mut self.cin);
-        let Some(server) = self.server.as_mut() else {
-            // Idle client: between transactions (or before the first one).
-            if self.shared.shutdown.is_stopping() {
-                return Event::Shutdown;
+    /// A busy client, from bytes it sent (`read` of them just now) until it holds no server
+    /// connection again (in session mode: until it leaves).
+    async fn busy(&mut self, read: Option<usize>) -> Result<(), End> {
+        if let Some(n) = read {
+            self.bytes_in += n as u64;
+        }
+        self.on_client_bytes().await?;
+        while self.server.is_some() {
+            match self.next_busy_event().await {
+                Event::Client(Ok(0)) | Event::Client(Err(_)) => return Err(End::ClientGone),
+                Event::Client(Ok(n)) => {
+                    self.bytes_in += n as u64;
+                    self.on_client_bytes().await?
+                }
+                Event::Server(Ok(0)) | Event::Server(Err(_)) => {
+                    self.pool.stats.count_error("server_closed");
+                    return Err(End::fatal("08006", "server conn crashed?"));
+                }
+                Event::Server(Ok(_)) => self.on_server_bytes().await?,
+                Event::IdleTimeout => {
+                    self.pool.stats.count_error("idle_transaction_timeout");
+                    return Err(End::fatal("08P01", "idle transaction timeout"));
+                }
+                Event::Shutdown => return Err(End::fatal("57P01", "the pooler is shutting down")),
             }
-            let mut stopping = self.shared.shutdown.subscribe();
-            let read = self.client.read_buf(&mut self.cin);
-            return match self.settings.client_idle_timeout {
-                Some(t) => tokio::select! {
-                    r = read => Event::Client(r),
-                    _ = tokio::time::sleep(t) => Event::IdleTimeout,
-                    _ = stopping.wait() => Event::Shutdown,
-                },
-                None => tokio::select! {
-                    r = read => Event::Client(r),
-                    _ = stopping.wait() => Event::Shutdown,
-                },
-            };
+        }
+        Ok(())
+    }
+
+    /// Waits for bytes from the client or its server, or for idle_transaction_timeout.
+    async fn next_busy_event(&mut self) -> Event {
+        let Some(server) = self.server.as_mut() else {
+            return Event::Server(Ok(0));
         };
-        reserve(&mut self.sin);
+        buffers::lend(&mut self.cin);
+        buffers::lend(&mut self.sin);
         let idle_in_transaction = self.session.transaction_status() != crate::protocol::TransactionStatus::Idle
             && self.session.requests_in_flight() == 0;
         let timeout = self.settings.idle_transaction_timeout.filter(|_| idle_in_transaction);
@@ -183,10 +196,61 @@ impl<'a> Relay<'a> {
         }
     }
 
+    /// An idle client's wait: without a buffer (all are given back) unless it sent part of a
+    /// message, which stays in its buffer until the rest arrives.
+    async fn next_idle_event(&mut self) -> Event {
+        if !self.cin.is_empty() {
+            buffers::lend(&mut self.cin);
+            let read = self.client.read_buf(&mut self.cin);
+            return match self.settings.client_idle_timeout {
+                Some(t) => tokio::select! {
+                    r = read => Event::Client(r),
+                    _ = tokio::time::sleep(t) => Event::IdleTimeout,
+                    _ = self.stopping.wait() => Event::Shutdown,
+                },
+                None => tokio::select! {
+                    r = read => Event::Client(r),
+                    _ = self.stopping.wait() => Event::Shutdown,
+                },
+            };
+        }
+        self.give_back_buffers();
+        loop {
+            let readable = self.client.readable();
+            let ready = match self.settings.client_idle_timeout {
+                Some(t) => tokio::select! {
+                    r = readable => r,
+                    _ = tokio::time::sleep(t) => return Event::IdleTimeout,
+                    _ = self.stopping.wait() => return Event::Shutdown,
+                },
+                None => tokio::select! {
+                    r = readable => r,
+                    _ = self.stopping.wait() => return Event::Shutdown,
+                },
+            };
+            if let Err(e) = ready {
+                return Event::Client(Err(e));
+            }
+            buffers::lend(&mut self.cin);
+            match self.client.try_read_buf(&mut self.cin) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => buffers::give_back(&mut self.cin),
+                read => return Event::Client(read),
+            }
+        }
+    }
+
+    /// Gives every empty buffer back to the thread's free list (an idle client keeps none).
+    fn give_back_buffers(&mut self) {
+        for buf in [&mut self.cin, &mut self.sin, &mut self.cout, &mut self.sout] {
+            buffers::give_back(buf);
+        }
+        buffers::give_back_actions(&mut self.actions);
+    }
+
     /// Runs the client's bytes through the session until it needs nothing more.
     async fn on_client_bytes(&mut self) -> Result<(), End> {
         loop {
-            self.actions.clear();
+            buffers::lend_actions(&mut self.actions);
             self.session.on_client_input(&self.cin, &mut self.actions).map_err(End::Session)?;
             let mut need_server = false;
             let mut release = None;
@@ -202,12 +266,12 @@ impl<'a> Relay<'a> {
             for action in self.actions.drain(..) {
                 match action {
                     Action::Forward(n) => {
-                        self.sout.extend_from_slice(&self.cin[consumed..consumed + n]);
+                        out_buf(&mut self.sout).extend_from_slice(&self.cin[consumed..consumed + n]);
                         consumed += n;
                     }
                     Action::Discard(n) => consumed += n,
-                    Action::ToServer(bytes) => self.sout.extend_from_slice(&bytes),
-                    Action::ToClient(bytes) => self.cout.extend_from_slice(&bytes),
+                    Action::ToServer(bytes) => out_buf(&mut self.sout).extend_from_slice(&bytes),
+                    Action::ToClient(bytes) => out_buf(&mut self.cout).extend_from_slice(&bytes),
                     Action::NeedServer => need_server = true,
                     Action::ReleaseServer(state) => release = Some(state),
                     Action::ClientTerminated => terminated = true,
@@ -231,7 +295,7 @@ impl<'a> Relay<'a> {
 
     /// Runs the server's bytes through the session and passes its answers to the client.
     async fn on_server_bytes(&mut self) -> Result<(), End> {
-        self.actions.clear();
+        buffers::lend_actions(&mut self.actions);
         if let Err(e) = self.session.on_server_input(&self.sin, &mut self.actions) {
             self.pool.stats.count_error("server_protocol");
             tracing::warn!("closing a server connection that broke protocol: {e}");
@@ -249,12 +313,12 @@ impl<'a> Relay<'a> {
         for action in self.actions.drain(..) {
             match action {
                 Action::Forward(n) => {
-                    self.cout.extend_from_slice(&self.sin[consumed..consumed + n]);
+                    out_buf(&mut self.cout).extend_from_slice(&self.sin[consumed..consumed + n]);
                     consumed += n;
                 }
                 Action::Discard(n) => consumed += n,
-                Action::ToClient(bytes) => self.cout.extend_from_slice(&bytes),
-                Action::ToServer(bytes) => self.sout.extend_from_slice(&bytes),
+                Action::ToClient(bytes) => out_buf(&mut self.cout).extend_from_slice(&bytes),
+                Action::ToServer(bytes) => out_buf(&mut self.sout).extend_from_slice(&bytes),
                 Action::ReleaseServer(state) => release = Some(state),
                 Action::NeedServer | Action::ClientTerminated => {}
             }
@@ -296,11 +360,19 @@ impl<'a> Relay<'a> {
             // Bytes that were already queued on the socket when KILL shut its read side.
             return Err(End::ClientGone);
         }
-        let stats = &self.pool.stats;
-        stats.clients_waiting.fetch_add(1, Ordering::Relaxed);
-        self.me.waiting();
-        let acquired = self.pool.acquire().await;
-        stats.clients_waiting.fetch_sub(1, Ordering::Relaxed);
+        let acquired = match self.pool.acquire_idle() {
+            Some(conn) => Ok(conn),
+            None => {
+                // Boxed: waiting, opening or checking a connection is the slow path; its state
+                // must not be part of every client's future.
+                let stats = &self.pool.stats;
+                stats.clients_waiting.fetch_add(1, Ordering::Relaxed);
+                self.me.waiting();
+                let acquired = Box::pin(self.pool.acquire()).await;
+                stats.clients_waiting.fetch_sub(1, Ordering::Relaxed);
+                acquired
+            }
+        };
         self.me.attached(acquired.as_ref().ok().and_then(|c| c.registration.as_ref()));
         let mut conn = match acquired {
             Ok(conn) if self.me.entry().is_killed() => {
@@ -315,14 +387,14 @@ impl<'a> Relay<'a> {
             }
         };
         let state = conn.state.take().unwrap_or_else(|| Box::new(ServerState::default()));
-        self.actions.clear();
+        buffers::lend_actions(&mut self.actions);
         if let Err(e) = self.session.attach_server(state, &mut self.actions) {
             self.pool.close(conn);
             return Err(End::Session(e));
         }
         for action in self.actions.drain(..) {
             if let Action::ToServer(bytes) = action {
-                self.sout.extend_from_slice(&bytes);
+                out_buf(&mut self.sout).extend_from_slice(&bytes);
             }
         }
         self.cancel.set(Some(conn.cancel.clone()));
@@ -344,7 +416,7 @@ impl<'a> Relay<'a> {
             return;
         }
         if self.settings.server_reset_query_always {
-            self.reset_and_release(conn).await;
+            Box::pin(self.reset_and_release(conn)).await;
         } else {
             self.pool.release(conn);
         }
@@ -374,7 +446,7 @@ impl<'a> Relay<'a> {
     }
 
     /// Tells the client why (if it should know), and pools or closes the server connection.
-    async fn finish(mut self, end: End) {
+    async fn finish(&mut self, end: End) {
         // KILL / KILL_CLIENT shut the socket's read side: tell the client why.
         let end = match self.me.entry().kill_reason() {
             Some(reason) => End::fatal("08P01", reason),
@@ -406,7 +478,7 @@ impl<'a> Relay<'a> {
                     let mut conn = conn;
                     conn.state = Some(state);
                     if self.settings.pool_mode == PoolMode::Session || self.settings.server_reset_query_always {
-                        self.reset_and_release(conn).await;
+                        Box::pin(self.reset_and_release(conn)).await;
                     } else {
                         self.pool.release(conn);
                     }
@@ -423,6 +495,7 @@ impl<'a> Relay<'a> {
         stats.clients.fetch_sub(1, Ordering::Relaxed);
         self.shared.cancels.unregister(self.key);
         let _ = self.client.shutdown().await;
+        self.give_back_buffers();
     }
 }
 
@@ -431,8 +504,10 @@ fn server_gone(pool: &Pool) -> End {
     End::fatal("08006", "server conn crashed?")
 }
 
-fn reserve(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-        buf.reserve(READ_CHUNK);
+/// An output buffer, borrowed from the free list when the relay holds none.
+fn out_buf(buf: &mut BytesMut) -> &mut BytesMut {
+    if buf.capacity() == 0 {
+        buffers::lend(buf);
     }
+    buf
 }

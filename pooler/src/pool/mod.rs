@@ -69,7 +69,8 @@ pub struct Pool {
 }
 
 enum Next {
-    Conn(ServerConn),
+    /// An idle connection and what must be done before it is handed out.
+    Conn(ServerConn, Checkout),
     Open,
     Wait(oneshot::Receiver<Grant>, Arc<PoolSettings>),
 }
@@ -166,6 +167,21 @@ impl Pool {
         true
     }
 
+    /// An idle connection that needs no check, without waiting: the common checkout on a busy
+    /// pool, done without a future (the relay boxes the slow path of [`Pool::acquire`]).
+    pub fn acquire_idle(&self) -> Option<ServerConn> {
+        let mut st = self.lock();
+        if st.closed || st.paused {
+            return None;
+        }
+        let conn = st.idle.last()?;
+        if !Checkout::of(conn, &st.settings).is_nothing() {
+            return None;
+        }
+        st.active += 1;
+        st.idle.pop()
+    }
+
     /// A server connection for a client, waiting at most query_wait_timeout.
     pub async fn acquire(&self) -> Result<ServerConn, AcquireError> {
         let start = Instant::now();
@@ -182,7 +198,8 @@ impl Pool {
                     Next::Wait(rx, st.settings.clone())
                 } else if let Some(conn) = st.idle.pop() {
                     st.active += 1;
-                    Next::Conn(conn)
+                    let checkout = Checkout::of(&conn, &st.settings);
+                    Next::Conn(conn, checkout)
                 } else if self.try_open(&mut st, false) {
                     Next::Open
                 } else {
@@ -198,7 +215,10 @@ impl Pool {
                 self.evict_idle_sibling();
             }
             let grant = match next {
-                Next::Conn(conn) => Grant::Conn(conn),
+                Next::Conn(conn, checkout) => match self.check(conn, checkout).await {
+                    Some(conn) => return Ok(conn),
+                    None => continue,
+                },
                 Next::Open => Grant::Slot,
                 Next::Wait(rx, settings) => {
                     let grant = self.wait(rx, &settings, start).await;
@@ -208,7 +228,8 @@ impl Pool {
             };
             match grant {
                 Grant::Conn(conn) => {
-                    if let Some(conn) = self.check(conn).await {
+                    let checkout = Checkout::of(&conn, &self.settings());
+                    if let Some(conn) = self.check(conn, checkout).await {
                         return Ok(conn);
                     }
                 }
@@ -297,18 +318,12 @@ impl Pool {
 
     /// An idle connection about to be handed out: too old, dead, or failing the check query
     /// ones are closed (None).
-    async fn check(&self, mut conn: ServerConn) -> Option<ServerConn> {
-        let settings = self.settings();
-        let now = Instant::now();
-        let expired = settings.server_lifetime.is_some_and(|life| now.duration_since(conn.created) >= life);
-        let idle_for = now.duration_since(conn.last_used);
-        // An idle socket is probed only after a second of quiet: on a busy pool it costs a
-        // syscall per transaction for nothing.
-        if expired || (idle_for >= Duration::from_secs(1) && conn.stream.is_closed_or_dirty()) {
+    async fn check(&self, mut conn: ServerConn, checkout: Checkout) -> Option<ServerConn> {
+        if checkout.expired || (checkout.probe && conn.stream.is_closed_or_dirty()) {
             self.close(conn);
             return None;
         }
-        if !settings.server_check_query.is_empty() && idle_for >= settings.server_check_delay {
+        if let Some(settings) = checkout.check_query {
             let timeout = settings.server_connect_timeout;
             if let Err(e) = conn.run_query("check_query", &settings.server_check_query, timeout).await {
                 tracing::info!(server = %conn.addr, "closing server connection: {e}");
@@ -325,16 +340,17 @@ impl Pool {
         if let Some(registration) = &conn.registration {
             registration.entry().set_checked_out(None);
         }
+        let now = Instant::now();
         let mut st = self.lock();
         st.active = st.active.saturating_sub(1);
-        let expired = st.settings.server_lifetime.is_some_and(|life| conn.created.elapsed() >= life);
+        let expired = st.settings.server_lifetime.is_some_and(|life| now.duration_since(conn.created) >= life);
         if st.closed || expired || conn.generation < st.generation {
             st.active += 1;
             drop(st);
             self.close(conn);
             return;
         }
-        conn.last_used = Instant::now();
+        conn.last_used = now;
         let Some(conn) = self.hand_over(&mut st, conn) else { return };
         let shared_limit = st.settings.max_db_connections > 0 || st.settings.max_user_connections > 0;
         if !shared_limit || st.paused {
@@ -552,6 +568,34 @@ impl Pool {
     fn close_idle(&self, conn: ServerConn) {
         tokio::spawn(conn.terminate());
         self.slot_freed(false);
+    }
+}
+
+/// What an idle connection needs before it is handed out, decided under the pool's lock.
+struct Checkout {
+    /// Past server_lifetime: close it.
+    expired: bool,
+    /// Idle for a second or more: probe the socket. On a busy pool a probe would cost a
+    /// syscall per transaction for nothing.
+    probe: bool,
+    /// Idle past server_check_delay: run server_check_query (these settings) first.
+    check_query: Option<Arc<PoolSettings>>,
+}
+
+impl Checkout {
+    fn is_nothing(&self) -> bool {
+        !self.expired && !self.probe && self.check_query.is_none()
+    }
+
+    fn of(conn: &ServerConn, settings: &Arc<PoolSettings>) -> Checkout {
+        let now = Instant::now();
+        let idle_for = now.duration_since(conn.last_used);
+        Checkout {
+            expired: settings.server_lifetime.is_some_and(|life| now.duration_since(conn.created) >= life),
+            probe: idle_for >= Duration::from_secs(1),
+            check_query: (!settings.server_check_query.is_empty() && idle_for >= settings.server_check_delay)
+                .then(|| settings.clone()),
+        }
     }
 }
 

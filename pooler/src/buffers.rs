@@ -1,0 +1,127 @@
+//! Read and write buffers lent to client relays while they are busy. An idle client holds no
+//! buffer: its relay waits for readiness without one, borrows from this thread's free list when
+//! bytes arrive, and gives everything back once it is idle again, so 10,000 idle clients cost
+//! no buffer memory and a busy one allocates nothing per transaction. The session's action
+//! lists are lent the same way. Owns the free lists only.
+
+use crate::session::Action;
+use bytes::BytesMut;
+use std::cell::RefCell;
+
+/// Capacity of a lent buffer; a read asks for at least a quarter of it.
+pub const CHUNK: usize = 8192;
+
+/// Buffers kept per thread; more are freed (a burst of busy clients does not pin memory).
+const KEPT_PER_THREAD: usize = 256;
+
+/// Buffers that grew past this (a large message went through) are freed, not kept.
+const LARGEST_KEPT: usize = 4 * CHUNK;
+
+thread_local! {
+    static FREE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    static FREE_ACTIONS: RefCell<Vec<Vec<Action>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Makes `buf` a buffer with room for a read, borrowing one if it holds none.
+pub fn lend(buf: &mut BytesMut) {
+    if buf.capacity() == 0 {
+        *buf = FREE.with(|free| free.borrow_mut().pop()).unwrap_or_default();
+    }
+    if buf.capacity() - buf.len() < CHUNK / 4 {
+        buf.reserve(CHUNK);
+    }
+}
+
+/// Gives an empty buffer back to this thread's free list; a buffer that still holds bytes is
+/// kept by its owner.
+pub fn give_back(buf: &mut BytesMut) {
+    if buf.capacity() == 0 || !buf.is_empty() {
+        return;
+    }
+    let mut buf = std::mem::take(buf);
+    // Reclaims the space consumed at the front (no copy: the buffer is empty); a buffer too
+    // small to be lent (the login's) or one that grew large is freed instead.
+    if !buf.try_reclaim(CHUNK) || buf.capacity() > LARGEST_KEPT {
+        return;
+    }
+    FREE.with(|free| {
+        let mut free = free.borrow_mut();
+        if free.len() < KEPT_PER_THREAD {
+            free.push(buf);
+        }
+    });
+}
+
+/// Makes `actions` an empty list, borrowing one with room if it holds none.
+pub fn lend_actions(actions: &mut Vec<Action>) {
+    actions.clear();
+    if actions.capacity() == 0 {
+        if let Some(lent) = FREE_ACTIONS.with(|free| free.borrow_mut().pop()) {
+            *actions = lent;
+        }
+    }
+}
+
+/// Gives an action list back to this thread's free list.
+pub fn give_back_actions(actions: &mut Vec<Action>) {
+    if actions.capacity() == 0 {
+        return;
+    }
+    let mut actions = std::mem::take(actions);
+    actions.clear();
+    FREE_ACTIONS.with(|free| {
+        let mut free = free.borrow_mut();
+        if free.len() < KEPT_PER_THREAD {
+            free.push(actions);
+        }
+    });
+}
+
+/// Buffers on this thread's free list (for tests and SHOW MEM).
+pub fn free_on_this_thread() -> usize {
+    FREE.with(|free| free.borrow().len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::{Buf, BufMut};
+
+    #[test]
+    fn a_buffer_given_back_is_lent_again_without_allocating() {
+        let mut a = BytesMut::new();
+        lend(&mut a);
+        assert!(a.capacity() >= CHUNK);
+        a.put_slice(&[7; 100]);
+        a.advance(100);
+        let before = free_on_this_thread();
+        let ptr = a.as_ptr();
+        give_back(&mut a);
+        assert_eq!((a.capacity(), free_on_this_thread()), (0, before + 1));
+        let mut b = BytesMut::new();
+        lend(&mut b);
+        assert_eq!(free_on_this_thread(), before);
+        assert!(b.capacity() >= CHUNK && b.is_empty());
+        // The same memory, with the consumed front reclaimed.
+        assert_eq!(b.as_ptr(), unsafe { ptr.sub(100) });
+    }
+
+    #[test]
+    fn a_buffer_holding_bytes_stays_with_its_owner() {
+        let mut a = BytesMut::new();
+        lend(&mut a);
+        a.put_slice(b"half a message");
+        give_back(&mut a);
+        assert_eq!(&a[..], b"half a message");
+    }
+
+    #[test]
+    fn grown_and_small_buffers_are_freed_not_kept() {
+        for capacity in [LARGEST_KEPT * 2, CHUNK / 8] {
+            let mut a = BytesMut::with_capacity(capacity);
+            let before = free_on_this_thread();
+            give_back(&mut a);
+            assert_eq!((a.capacity(), free_on_this_thread()), (0, before));
+        }
+    }
+}
