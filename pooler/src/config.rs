@@ -76,6 +76,9 @@ pub struct PoolerConfig {
     pub client_tls_sslmode: TlsMode,
     pub client_tls_cert_file: Option<PathBuf>,
     pub client_tls_key_file: Option<PathBuf>,
+    /// CA certificates (PEM) client certificates must chain to, for client_tls_sslmode
+    /// verify-ca / verify-full.
+    pub client_tls_ca_file: Option<PathBuf>,
     pub server_tls_sslmode: TlsMode,
     /// CA certificates (PEM) for server_tls_sslmode verify-ca / verify-full.
     pub server_tls_ca_file: Option<PathBuf>,
@@ -83,6 +86,11 @@ pub struct PoolerConfig {
     /// Startup parameters accepted and ignored; any other one the pooler does not track is
     /// refused ("unsupported startup parameter: <name>"), as in PgBouncer.
     pub ignore_startup_parameters: Vec<String>,
+    /// How long SIGTERM/SIGINT wait for transactions in progress before the pooler exits
+    /// anyway (seconds; 0 waits without a bound).
+    pub shutdown_timeout: f64,
+    /// `host:port` of the Prometheus `/metrics` HTTP listener; empty (the default) disables it.
+    pub metrics_listen: String,
     pub databases: BTreeMap<String, DatabaseConfig>,
     pub users: BTreeMap<String, UserConfig>,
 }
@@ -124,10 +132,13 @@ impl Default for PoolerConfig {
             client_tls_sslmode: TlsMode::Disable,
             client_tls_cert_file: None,
             client_tls_key_file: None,
+            client_tls_ca_file: None,
             server_tls_sslmode: TlsMode::Prefer,
             server_tls_ca_file: None,
             max_packet_size: 2_147_483_647,
             ignore_startup_parameters: Vec::new(),
+            shutdown_timeout: 30.0,
+            metrics_listen: String::new(),
             databases: BTreeMap::new(),
             users: BTreeMap::new(),
         }
@@ -197,6 +208,7 @@ impl Validate for PoolerConfig {
             ("client_idle_timeout", self.client_idle_timeout),
             ("client_login_timeout", self.client_login_timeout),
             ("server_check_delay", self.server_check_delay),
+            ("shutdown_timeout", self.shutdown_timeout),
         ] {
             non_negative(key, v)?;
         }
@@ -235,6 +247,21 @@ impl Validate for PoolerConfig {
             if self.client_tls_key_file.is_none() {
                 return Err(Invalid::missing("client_tls_key_file", "required when client_tls_sslmode is not disable"));
             }
+        }
+        if matches!(self.client_tls_sslmode, TlsMode::VerifyCa | TlsMode::VerifyFull)
+            && self.client_tls_ca_file.is_none()
+        {
+            return Err(Invalid::missing(
+                "client_tls_ca_file",
+                "required when client_tls_sslmode is verify-ca or verify-full",
+            ));
+        }
+        if !self.metrics_listen.is_empty() && self.metrics_listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(Invalid::new(
+                "metrics_listen",
+                format!("{:?}", self.metrics_listen),
+                "expected an IP address and port such as \"127.0.0.1:9127\" (empty disables /metrics)",
+            ));
         }
         if matches!(self.server_tls_sslmode, TlsMode::VerifyCa | TlsMode::VerifyFull)
             && self.server_tls_ca_file.is_none()

@@ -24,8 +24,14 @@ pub struct Endpoints {
 
 impl Endpoints {
     pub fn of(stream: &Stream) -> Endpoints {
-        match stream {
-            Stream::Tcp(s) => {
+        let tcp = match stream {
+            Stream::Tcp(s) => Some(s),
+            Stream::TlsClient(s) => Some(s.get_ref().0),
+            Stream::TlsServer(s) => Some(s.get_ref().0),
+            Stream::Unix(_) => None,
+        };
+        match tcp {
+            Some(s) => {
                 let (peer, local) = (s.peer_addr().ok(), s.local_addr().ok());
                 Endpoints {
                     addr: peer.map(|a| a.ip().to_string()).unwrap_or_default(),
@@ -34,7 +40,7 @@ impl Endpoints {
                     local_port: local.map(|a| a.port()).unwrap_or(0),
                 }
             }
-            Stream::Unix(_) => Endpoints { addr: "unix".into(), port: 0, local_addr: "unix".into(), local_port: 0 },
+            None => Endpoints { addr: "unix".into(), port: 0, local_addr: "unix".into(), local_port: 0 },
         }
     }
 }
@@ -43,6 +49,8 @@ fn raw_fd(stream: &Stream) -> RawFd {
     match stream {
         Stream::Tcp(s) => s.as_raw_fd(),
         Stream::Unix(s) => s.as_raw_fd(),
+        Stream::TlsClient(s) => s.get_ref().0.as_raw_fd(),
+        Stream::TlsServer(s) => s.get_ref().0.as_raw_fd(),
     }
 }
 

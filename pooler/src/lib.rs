@@ -17,6 +17,7 @@ pub mod console;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod listener;
+pub mod metrics;
 pub mod pool;
 pub mod protocol;
 pub mod runtime;

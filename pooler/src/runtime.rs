@@ -9,6 +9,7 @@ use crate::listener::{ListenError, Listeners};
 use crate::pool::Registry;
 use crate::shutdown::{self, Shutdown};
 use crate::stats::GlobalStats;
+use crate::tls::{ClientTls, ServerTls};
 use crate::topology::{StaticTopology, Topology};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -22,6 +23,12 @@ pub enum PoolerError {
     Listen(#[from] ListenError),
     #[error(transparent)]
     AuthFile(crate::auth::UserlistError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("cannot install the SIGTERM/SIGINT/SIGQUIT handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("cannot serve /metrics: {0}")]
+    Metrics(std::io::Error),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -31,10 +38,14 @@ pub struct Shared {
     config: RwLock<Arc<PoolerConfig>>,
     topology: RwLock<Arc<dyn Topology>>,
     credentials: RwLock<Arc<Credentials>>,
+    client_tls: RwLock<Arc<ClientTls>>,
+    server_tls: RwLock<Arc<ServerTls>>,
     pub config_path: Option<PathBuf>,
     pub pools: Registry,
     pub cancels: CancelRegistry,
     pub stats: GlobalStats,
+    /// auth_user's connections for auth_query, kept between lookups.
+    pub auth_connections: Arc<crate::server::auth_query::AuthConnections>,
     pub shutdown: Shutdown,
     pub started: Instant,
 }
@@ -42,7 +53,11 @@ pub struct Shared {
 impl Shared {
     pub fn new(config: PoolerConfig, config_path: Option<PathBuf>) -> Result<Shared, PoolerError> {
         let credentials = Credentials::from_config(&config, None).map_err(PoolerError::AuthFile)?;
+        let client_tls = ClientTls::from_config(&config)?;
+        let server_tls = ServerTls::from_config(&config)?;
         Ok(Shared {
+            client_tls: RwLock::new(Arc::new(client_tls)),
+            server_tls: RwLock::new(Arc::new(server_tls)),
             topology: RwLock::new(Arc::new(StaticTopology::from_config(&config))),
             config: RwLock::new(Arc::new(config)),
             credentials: RwLock::new(Arc::new(credentials)),
@@ -50,6 +65,7 @@ impl Shared {
             pools: Registry::default(),
             cancels: CancelRegistry::default(),
             stats: GlobalStats::default(),
+            auth_connections: Default::default(),
             shutdown: Shutdown::default(),
             started: Instant::now(),
         })
@@ -72,10 +88,24 @@ impl Shared {
     /// and checkouts; connected clients stay.
     pub fn reload(&self, config: PoolerConfig) -> Result<(), PoolerError> {
         let credentials = Credentials::from_config(&config, None).map_err(PoolerError::AuthFile)?;
+        let client_tls = ClientTls::from_config(&config)?;
+        let server_tls = ServerTls::from_config(&config)?;
+        *self.client_tls.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(client_tls);
+        *self.server_tls.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(server_tls);
         *self.credentials.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(credentials);
         self.set_topology(Arc::new(StaticTopology::from_config(&config)));
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
         Ok(())
+    }
+
+    /// client_tls_*: the answer to SSLRequest and whether plain-text clients may stay.
+    pub fn client_tls(&self) -> Arc<ClientTls> {
+        self.client_tls.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// server_tls_*: how new server connections are opened.
+    pub fn server_tls(&self) -> Arc<ServerTls> {
+        self.server_tls.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn credentials(&self) -> Arc<Credentials> {
@@ -83,8 +113,8 @@ impl Shared {
     }
 }
 
-/// `pgha pooler`: builds a runtime with one worker per core and serves until SIGTERM (drain)
-/// or SIGINT (now).
+/// `pgha pooler`: builds a runtime with one worker per core and serves until SIGTERM or SIGINT
+/// (drain, bounded by shutdown_timeout) or SIGQUIT (now).
 pub fn main(config: PoolerConfig, config_path: &Path) -> Result<(), PoolerError> {
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -92,19 +122,33 @@ pub fn main(config: PoolerConfig, config_path: &Path) -> Result<(), PoolerError>
         .enable_all()
         .build()
         .map_err(PoolerError::Runtime)?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
+        let mut signals = shutdown::Signals::install().map_err(PoolerError::Signals)?;
         let shared = Arc::new(Shared::new(config, Some(config_path.to_owned()))?);
-        run(shared, shutdown::signal()).await
-    })
+        run(shared, &mut signals).await
+    });
+    // Client tasks still running after the drain are dropped with their sockets.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result
 }
 
-/// Serves until `stop` resolves, then drains.
-pub async fn run(
-    shared: Arc<Shared>,
-    stop: impl std::future::Future<Output = shutdown::Signal>,
-) -> Result<(), PoolerError> {
+/// Where [`run`] learns that it must stop: [`shutdown::Signals`], or a test's channel.
+pub trait StopSource {
+    fn next(&mut self) -> impl std::future::Future<Output = shutdown::Signal> + Send;
+}
+
+impl StopSource for shutdown::Signals {
+    fn next(&mut self) -> impl std::future::Future<Output = shutdown::Signal> + Send {
+        shutdown::Signals::next(self)
+    }
+}
+
+/// Serves until `stop` says so, then drains: no new connections, clients leave at their next
+/// transaction boundary, until none is left, shutdown_timeout passes, or a second signal.
+pub async fn run(shared: Arc<Shared>, stop: &mut impl StopSource) -> Result<(), PoolerError> {
     let config = shared.config();
     let listeners = Listeners::bind(&config.listen_addr, config.listen_port, &config.unix_socket_dir).await?;
+    let metrics = crate::metrics::serve(&config.metrics_listen, shared.clone()).await.map_err(PoolerError::Metrics)?;
     tracing::info!(
         listen = %format!("{}:{}", config.listen_addr, config.listen_port),
         unix_socket_dir = %config.unix_socket_dir,
@@ -112,9 +156,9 @@ pub async fn run(
         "pooler listening"
     );
     let serving = tokio::spawn(listeners.serve(shared.clone()));
-    tokio::pin!(stop);
     let mut signal = tokio::select! {
-        s = &mut stop => s,
+        s = stop.next() => s,
+        // SHUTDOWN on the console.
         s = shared.shutdown.requested() => s,
     };
     if signal == shutdown::Signal::WaitForClients {
@@ -122,7 +166,7 @@ pub async fn run(
         let pool_clients = || shared.pools.all().iter().map(|p| p.stats.clients.load(Ordering::Relaxed)).sum::<u32>();
         while pool_clients() > 0 {
             tokio::select! {
-                s = &mut stop => { signal = s; break; }
+                s = stop.next() => { signal = s; break; }
                 _ = tokio::time::sleep(Duration::from_millis(20)) => {}
             }
         }
@@ -131,14 +175,34 @@ pub async fn run(
     shared.shutdown.begin();
     let _ = serving.await;
     if signal == shutdown::Signal::Graceful {
-        let deadline = Instant::now() + shutdown::DRAIN_TIMEOUT;
-        while shared.stats.client_connections.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let timeout = crate::pool::secs(shared.config().shutdown_timeout);
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let drained = async {
+            while shared.stats.client_connections.load(Ordering::Relaxed) > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let bounded = async {
+            match deadline {
+                Some(d) => tokio::time::timeout_at(d.into(), drained).await.is_ok(),
+                None => {
+                    drained.await;
+                    true
+                }
+            }
+        };
+        tokio::select! {
+            done = bounded => {
+                if !done {
+                    let left = shared.stats.client_connections.load(Ordering::Relaxed);
+                    tracing::warn!(clients = left, "shutdown_timeout: closing clients still in a transaction");
+                }
+            }
+            again = stop.next() => tracing::warn!(signal = ?again, "second signal: closing every client now"),
         }
-        let left = shared.stats.client_connections.load(Ordering::Relaxed);
-        if left > 0 {
-            tracing::warn!(clients = left, "drain timeout: closing clients still in a transaction");
-        }
+    }
+    if let Some(metrics) = metrics {
+        metrics.abort();
     }
     tracing::info!("pooler stopped");
     Ok(())

@@ -1,12 +1,10 @@
-//! Graceful shutdown on SIGTERM: stop accepting, let each client finish its transaction (a
-//! client is told and disconnected at its next transaction boundary), bounded by
-//! [`DRAIN_TIMEOUT`]; SIGINT stops at once, as in PgBouncer.
+//! Graceful shutdown on SIGTERM or SIGINT: stop accepting, let each client finish its
+//! transaction (a client is told and disconnected at its next transaction boundary), bounded by
+//! shutdown_timeout; SIGQUIT, or a second SIGTERM/SIGINT, stops at once. This is PgBouncer
+//! 1.23's SIGINT ("safe shutdown") and SIGQUIT; PgBouncer's SIGTERM waits, unbounded, for
+//! clients to disconnect, which a supervisor's stop timeout would end with SIGKILL.
 
-use std::time::Duration;
 use tokio::sync::watch;
-
-/// How long SIGTERM waits for transactions in progress before exiting anyway.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Shutdown {
     tx: watch::Sender<bool>,
@@ -69,22 +67,37 @@ impl Stopping {
 /// What ended the pooler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
-    /// SIGTERM: drain, then exit.
+    /// SIGTERM or SIGINT: drain, then exit.
     Graceful,
-    /// SIGINT: exit now.
+    /// SIGQUIT (or a second SIGTERM/SIGINT): exit now.
     Immediate,
     /// SHUTDOWN WAIT_FOR_CLIENTS: refuse new clients, exit once the connected ones have left.
     WaitForClients,
 }
 
-/// Waits for SIGTERM or SIGINT; pending forever if handlers cannot be installed.
-pub async fn signal() -> Signal {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => Signal::Graceful,
-        _ = int.recv() => Signal::Immediate,
+/// The process's shutdown signals, installed once: call [`Signals::next`] for each one.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            quit: signal(SignalKind::quit())?,
+        })
+    }
+
+    /// The next SIGTERM/SIGINT (graceful) or SIGQUIT (immediate).
+    pub async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => Signal::Graceful,
+            _ = self.int.recv() => Signal::Graceful,
+            _ = self.quit.recv() => Signal::Immediate,
+        }
     }
 }

@@ -23,6 +23,10 @@ pub struct PoolStats {
     pub clients: AtomicU32,
     /// Clients waiting for a server connection.
     pub clients_waiting: AtomicU32,
+    /// Server connections being opened and logged in.
+    pub servers_login: AtomicU32,
+    /// Idle server connections running server_check_query before being handed out.
+    pub servers_tested: AtomicU32,
     errors: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -50,12 +54,40 @@ impl PoolStats {
     }
 }
 
+/// Counts one connection in a state (a gauge) while it lives.
+pub struct InState<'a>(&'a AtomicU32);
+
+impl<'a> InState<'a> {
+    pub fn enter(gauge: &'a AtomicU32) -> InState<'a> {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        InState(gauge)
+    }
+}
+
+impl Drop for InState<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Process-wide counters.
 #[derive(Default)]
 pub struct GlobalStats {
     /// Client connections open (logging in or logged in), for max_client_conn.
     pub client_connections: AtomicU32,
     pub refused_max_client_conn: AtomicU64,
+    /// Client errors before a pool is known (authentication, TLS), by kind.
+    errors: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl GlobalStats {
+    pub fn count_error(&self, kind: &'static str) {
+        *self.errors.lock().unwrap_or_else(|p| p.into_inner()).entry(kind).or_default() += 1;
+    }
+
+    pub fn errors(&self) -> BTreeMap<&'static str, u64> {
+        self.errors.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! One byte stream to a client or a server, TCP or Unix socket, so the relay loop is written
-//! once for both. Owns nothing but the socket; buffering and framing live in the callers.
+//! One byte stream to a client or a server, TCP, Unix socket or TLS over TCP, so the relay loop
+//! is written once for all. Owns nothing but the socket; buffering and framing live in the
+//! callers, certificates and handshakes in `tls`.
 
 use std::io;
 use std::pin::Pin;
@@ -7,36 +8,98 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
-#[derive(Debug)]
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// A client that asked for TLS (SSLRequest answered 'S').
+    TlsClient(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// A server reached with server_tls_sslmode.
+    TlsServer(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stream::Tcp(s) => f.debug_tuple("Tcp").field(s).finish(),
+            Stream::Unix(s) => f.debug_tuple("Unix").field(s).finish(),
+            Stream::TlsClient(s) => f.debug_tuple("TlsClient").field(s.get_ref().0).finish(),
+            Stream::TlsServer(s) => f.debug_tuple("TlsServer").field(s.get_ref().0).finish(),
+        }
+    }
 }
 
 impl Stream {
-    /// Waits until the socket has bytes (or EOF) without holding a buffer.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::TlsClient(_) | Stream::TlsServer(_))
+    }
+
+    /// `TLSv1.3/TLS_AES_256_GCM_SHA384` as PgBouncer's SHOW CLIENTS/SERVERS print it; empty
+    /// without TLS.
+    pub fn tls_description(&self) -> String {
+        let conn: &rustls::CommonState = match self {
+            Stream::TlsClient(s) => s.get_ref().1,
+            Stream::TlsServer(s) => s.get_ref().1,
+            _ => return String::new(),
+        };
+        let version = conn.protocol_version().and_then(|v| v.as_str()).unwrap_or("TLS");
+        let suite = conn.negotiated_cipher_suite().and_then(|s| s.suite().as_str()).unwrap_or("");
+        let suite = suite.strip_prefix("TLS13_").map_or(suite.to_string(), |s| format!("TLS_{s}"));
+        format!("{}/{suite}", version.replace('_', "."))
+    }
+
+    /// Writes all of `bytes` and, with TLS, flushes: rustls may keep the last records when the
+    /// socket is full, and nothing else would push them out while the relay waits to read.
+    pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.write_all(bytes).await?;
+        if self.is_tls() {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the socket has bytes (or EOF) without holding a buffer. With TLS, call it
+    /// only after `try_read_buf` said `WouldBlock` (decrypted bytes may be buffered otherwise).
     pub async fn readable(&self) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.readable().await,
             Stream::Unix(s) => s.readable().await,
+            Stream::TlsClient(s) => s.get_ref().0.readable().await,
+            Stream::TlsServer(s) => s.get_ref().0.readable().await,
         }
     }
 
     /// Reads what is there now into `buf` without waiting; `WouldBlock` if nothing is.
-    pub fn try_read_buf(&self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
+    pub fn try_read_buf(&mut self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.try_read_buf(buf),
             Stream::Unix(s) => s.try_read_buf(buf),
+            tls => {
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                let mut chunk = [0u8; 4096];
+                let mut read = ReadBuf::new(&mut chunk);
+                match Pin::new(tls).poll_read(&mut cx, &mut read) {
+                    Poll::Ready(Ok(())) => {
+                        buf.extend_from_slice(read.filled());
+                        Ok(read.filled().len())
+                    }
+                    Poll::Ready(Err(e)) => Err(e),
+                    Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+                }
+            }
         }
     }
 
     /// True if the peer closed the socket or sent something unasked (an idle server that
-    /// terminated the session): such a connection must not be handed out.
+    /// terminated the session): such a connection must not be handed out. With TLS any record
+    /// (a close_notify, an alert) counts: an idle server has nothing to say.
     pub fn is_closed_or_dirty(&self) -> bool {
         let mut probe = [0u8; 1];
         let r = match self {
             Stream::Tcp(s) => s.try_read(&mut probe),
             Stream::Unix(s) => s.try_read(&mut probe),
+            Stream::TlsClient(s) => s.get_ref().0.try_read(&mut probe),
+            Stream::TlsServer(s) => s.get_ref().0.try_read(&mut probe),
         };
         !matches!(r, Err(ref e) if e.kind() == io::ErrorKind::WouldBlock)
     }
@@ -47,6 +110,8 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -56,6 +121,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -63,6 +130,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
             Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+            Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -70,6 +139,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -114,7 +114,13 @@ impl ClientTls {
         let missing = |setting| TlsError::Missing { setting, mode_setting: "client_tls_sslmode", mode };
         let cert = config.client_tls_cert_file.as_deref().ok_or_else(|| missing("client_tls_cert_file"))?;
         let key = config.client_tls_key_file.as_deref().ok_or_else(|| missing("client_tls_key_file"))?;
-        let acceptor = acceptor(cert, key)?;
+        let ca = match config.client_tls_sslmode {
+            TlsMode::VerifyCa | TlsMode::VerifyFull => {
+                Some(config.client_tls_ca_file.as_deref().ok_or_else(|| missing("client_tls_ca_file"))?)
+            }
+            _ => None,
+        };
+        let acceptor = acceptor(cert, key, ca)?;
         Ok(ClientTls { mode: config.client_tls_sslmode, acceptor: Some(acceptor) })
     }
 
@@ -163,15 +169,50 @@ impl ClientTls {
     }
 }
 
-fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+/// `ca`: client certificates must chain to it (client_tls_sslmode verify-ca / verify-full).
+impl ClientTls {
+    /// Answers an SSLRequest on a client socket of the listener: 'S' and the handshake over
+    /// TCP when a certificate is configured, 'N' otherwise (and always on the Unix socket, as
+    /// PostgreSQL and PgBouncer do). `pending` as in [`ClientTls::answer_ssl_request`].
+    pub async fn answer_on(
+        &self,
+        stream: crate::stream::Stream,
+        pending: &[u8],
+    ) -> Result<crate::stream::Stream, TlsError> {
+        use crate::stream::Stream;
+        match stream {
+            Stream::Tcp(tcp) if self.acceptor.is_some() => match self.answer_ssl_request(tcp, pending).await? {
+                ClientStream::Tls(tls) => Ok(Stream::TlsClient(tls)),
+                ClientStream::Plain(tcp) => Ok(Stream::Tcp(tcp)),
+            },
+            mut other => {
+                other.write_all(b"N").await.map_err(TlsError::Io)?;
+                Ok(other)
+            }
+        }
+    }
+}
+
+fn acceptor(cert: &Path, key: &Path, ca: Option<&Path>) -> Result<TlsAcceptor, TlsError> {
     let certs = load_certs("client_tls_cert_file", cert)?;
     let key = load_key("client_tls_key_file", key)?;
-    let config = rustls::ServerConfig::builder_with_provider(provider())
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(TlsError::Config)?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(TlsError::BadPair)?;
+        .map_err(TlsError::Config)?;
+    let builder = match ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in load_certs("client_tls_ca_file", ca)? {
+                roots.add(cert).map_err(TlsError::Config)?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder.with_single_cert(certs, key).map_err(TlsError::BadPair)?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -269,6 +310,12 @@ pub struct ServerTls {
     connector: Option<TlsConnector>,
 }
 
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls").field("mode", &self.mode).finish_non_exhaustive()
+    }
+}
+
 impl ServerTls {
     /// From server_tls_sslmode (and server_tls_ca_file for verify-ca / verify-full). `require`
     /// and `prefer` encrypt without checking the certificate, as libpq does; `allow` connects
@@ -339,6 +386,25 @@ impl ServerTls {
             b'N' if self.mode == TlsMode::Prefer => Ok(ServerStream::Plain(stream)),
             b'N' => Err(TlsError::ServerRefusedTls(mode_name(self.mode))),
             other => Err(TlsError::BadServerAnswer(char::from(other))),
+        }
+    }
+}
+
+impl ServerTls {
+    /// [`ServerTls::connect`] on a server socket: TCP may become TLS, a Unix socket stays as it
+    /// is (PostgreSQL offers no TLS there).
+    pub async fn connect_stream(
+        &self,
+        stream: crate::stream::Stream,
+        host: &str,
+    ) -> Result<crate::stream::Stream, TlsError> {
+        use crate::stream::Stream;
+        match stream {
+            Stream::Tcp(tcp) => match self.connect(tcp, host).await? {
+                ServerStream::Tls(tls) => Ok(Stream::TlsServer(tls)),
+                ServerStream::Plain(tcp) => Ok(Stream::Tcp(tcp)),
+            },
+            other => Ok(other),
         }
     }
 }

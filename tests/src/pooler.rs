@@ -34,6 +34,16 @@ impl PoolerProcess {
     /// Starts `pgha pooler` in front of `pg` and waits until it serves a query.
     /// With an auth_type in `settings`, readiness is checked with the superuser's password.
     pub async fn start(pg: &PgInstance, settings: &str) -> anyhow::Result<PoolerProcess> {
+        Self::start_probing(pg, settings, false).await
+    }
+
+    /// Like [`PoolerProcess::start`], with readiness checked over the Unix socket (for settings
+    /// that refuse plain-text TCP clients, such as client_tls_sslmode = "require").
+    pub async fn start_probing_unix(pg: &PgInstance, settings: &str) -> anyhow::Result<PoolerProcess> {
+        Self::start_probing(pg, settings, true).await
+    }
+
+    async fn start_probing(pg: &PgInstance, settings: &str, unix: bool) -> anyhow::Result<PoolerProcess> {
         let dir = ScratchDir::new("pooler", None)?;
         std::fs::write(dir.join("userlist.txt"), format!("\"{SUPERUSER}\" \"{}\"\n", pg.password()))
             .context("writing userlist.txt")?;
@@ -42,7 +52,8 @@ impl PoolerProcess {
         let process = PghaProcess::start("pooler", &["pooler"], &config)?;
         let pooler = PoolerProcess { process, port, dir, password: pg.password().to_owned() };
         wait_for("the pooler to answer SELECT 1", Duration::from_secs(15), || async {
-            let dsn = format!("{} password={}", pooler.dsn("postgres"), pooler.password);
+            let dsn = if unix { pooler.unix_dsn("postgres") } else { pooler.dsn("postgres") };
+            let dsn = format!("{dsn} password={}", pooler.password);
             let client = pooler.connect_dsn(&dsn).await?;
             client.simple_query("select 1").await?;
             Ok(Some(()))
@@ -70,6 +81,11 @@ impl PoolerProcess {
         format!("host=127.0.0.1 port={} user={SUPERUSER} dbname={dbname}", self.port)
     }
 
+    /// DSN over the pooler's Unix socket.
+    pub fn unix_dsn(&self, dbname: &str) -> String {
+        format!("host={} port={} user={SUPERUSER} dbname={dbname}", self.dir.path().display(), self.port)
+    }
+
     pub async fn connect(&self) -> anyhow::Result<Client> {
         self.connect_dsn(&self.dsn("postgres")).await
     }
@@ -84,4 +100,27 @@ impl PoolerProcess {
         });
         Ok(client)
     }
+}
+
+/// `GET <path>` on `addr` over plain HTTP/1.1 (for /metrics); the body, bounded by 5 s.
+pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        let text = String::from_utf8(response).context("the HTTP response is not UTF-8")?;
+        let (head, body) = text.split_once("\r\n\r\n").context("no end of HTTP headers")?;
+        anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
+        anyhow::ensure!(!head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "chunked body");
+        Ok(body.to_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange).await.context("GET timed out")?
+}
+
+/// The value of the sample `name{labels}` (labels exactly as rendered) in a Prometheus text.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }

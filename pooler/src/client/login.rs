@@ -1,12 +1,13 @@
-//! A client's startup phase: SSLRequest and GSSENCRequest answered 'N' (TLS is not offered
-//! yet), CancelRequest forwarded, then the StartupMessage checked against max_client_conn, the
+//! A client's startup phase: SSLRequest answered from client_tls_sslmode ('S' and the TLS
+//! handshake, or 'N'), GSSENCRequest answered 'N', CancelRequest forwarded, then the StartupMessage checked against max_client_conn, the
 //! database list and authentication, and the client welcomed with the server's parameters,
 //! its own BackendKeyData and ReadyForQuery.
 
 use super::send_fatal;
 use crate::admin::{Access, ADMIN_DATABASE};
-use crate::auth::{authenticate_client, CredentialSource, ServerCredential, StoredSecret};
+use crate::auth::{authenticate_client, AuthQuery, CredentialSource, Credentials, ServerCredential, StoredSecret};
 use crate::cancel::{CancelSlot, ClientKey};
+use crate::config::PoolerConfig;
 use crate::connections::{ClientHandle, NewClient};
 use crate::pool::{Pool, PoolKey, PoolSettings};
 use crate::protocol::message::{
@@ -14,6 +15,7 @@ use crate::protocol::message::{
 };
 use crate::protocol::{parse_startup_packet, StartupMessage, StartupPacket, TransactionStatus};
 use crate::runtime::Shared;
+use crate::server::auth_query::AuthQueryOnServer;
 use crate::server::LoginTarget;
 use crate::session::ParamMap;
 use crate::stream::Stream;
@@ -21,7 +23,7 @@ use bytes::{Buf, BytesMut};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 /// A client that passed the startup phase.
 pub(super) struct LoggedIn {
@@ -44,6 +46,12 @@ pub(super) enum Outcome {
 /// Runs the startup phase; None when the connection is done (refused, cancel, gone).
 pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shared) -> Option<Outcome> {
     let startup = read_startup(stream, buf, shared).await?;
+    if matches!(stream, Stream::Tcp(_)) && !shared.client_tls().plain_allowed() {
+        // PgBouncer's words; Unix-socket clients are exempt, as in PgBouncer.
+        shared.stats.count_error("tls_required");
+        let _ = send_fatal(stream, "08P01", "SSL required").await;
+        return None;
+    }
     let config = shared.config();
     let database = startup.database().to_owned();
     let user = startup.user().to_owned();
@@ -58,12 +66,13 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
         let _ = send_fatal(stream, "08P01", &format!("unsupported startup parameter: {name}")).await;
         return None;
     }
-    let credentials = shared.credentials();
+    let credentials = with_auth_query(shared, &config, &database);
     let auth_timeout = crate::pool::secs(config.client_login_timeout).unwrap_or(Duration::from_secs(3600));
     let client_credential =
         match authenticate_client(stream, buf, &user, config.auth_type, &*credentials, auth_timeout).await {
             Ok(credential) => credential,
             Err(e) => {
+                shared.stats.count_error(e.kind());
                 tracing::info!(user, "client authentication failed: {e}");
                 return None;
             }
@@ -75,7 +84,7 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
         };
         let mut out = BytesMut::new();
         write_authentication_ok(&mut out);
-        stream.write_all(&out).await.ok()?;
+        stream.send(&out).await.ok()?;
         let me = register(shared, &startup, stream);
         return Some(Outcome::Console(access, me));
     }
@@ -116,6 +125,7 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
             credential: server_credential,
             user: server_user.clone(),
             connect_timeout: settings.server_connect_timeout,
+            tls: shared.server_tls(),
         };
         (settings, login)
     });
@@ -153,7 +163,7 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
     }
     write_backend_key_data(key.process_id, &key.secret_key, &mut out);
     write_ready_for_query(TransactionStatus::Idle, &mut out);
-    if stream.write_all(&out).await.is_err() {
+    if stream.send(&out).await.is_err() {
         shared.cancels.unregister(key);
         return None;
     }
@@ -184,6 +194,76 @@ fn register(shared: &Shared, startup: &StartupMessage, stream: &Stream) -> Clien
     })
 }
 
+/// The auth file, then (with auth_user set, globally or for the database) auth_query run on
+/// the database's server as auth_user, who logs in with its password from the auth file.
+fn with_auth_query(shared: &Shared, config: &PoolerConfig, database: &str) -> Arc<Credentials> {
+    let credentials = shared.credentials();
+    let auth_user = config.databases.get(database).and_then(|d| d.auth_user.clone()).or(config.auth_user.clone());
+    let (Some(auth_user), false) = (auth_user, database == ADMIN_DATABASE) else {
+        return credentials;
+    };
+    let Some(target) = shared.topology().target(database) else {
+        return credentials;
+    };
+    let secret = credentials.file.as_ref().and_then(|f| f.snapshot().get(&auth_user).cloned());
+    let credential = match secret {
+        Some(StoredSecret::Plain(p)) => ServerCredential::Password(p),
+        Some(StoredSecret::Md5(h)) => ServerCredential::Md5Hash(h),
+        _ => ServerCredential::None,
+    };
+    let timeout = crate::pool::secs(config.server_connect_timeout).unwrap_or(Duration::from_secs(15));
+    let runner = AuthQueryOnServer {
+        connections: shared.auth_connections.clone(),
+        login: LoginTarget {
+            addr: target.server.clone(),
+            dbname: target.dbname.clone(),
+            user: auth_user,
+            credential,
+            connect_timeout: timeout,
+            tls: shared.server_tls(),
+        },
+        timeout,
+    };
+    Arc::new(Credentials {
+        file: credentials.file.clone(),
+        query: Some(Arc::new(AuthQuery::new(config.auth_query.clone(), Arc::new(runner)))),
+    })
+}
+
+/// The first packets: GSSENCRequest is answered 'N', an SSLRequest as client_tls_sslmode says
+/// (the stream becomes TLS after 'S'). Stops at the first other packet, left in `buf` for
+/// [`login`]. None when the connection is done.
+pub(super) async fn negotiate_tls(mut stream: Stream, buf: &mut BytesMut, shared: &Shared) -> Option<Stream> {
+    loop {
+        match parse_startup_packet(buf) {
+            Ok(Some((StartupPacket::GssEncRequest, len))) => {
+                buf.advance(len);
+                stream.send(b"N").await.ok()?;
+            }
+            Ok(Some((StartupPacket::SslRequest, len))) => {
+                buf.advance(len);
+                let pending = std::mem::take(buf);
+                return match shared.client_tls().answer_on(stream, &pending).await {
+                    Ok(stream) => Some(stream),
+                    Err(e) => {
+                        tracing::info!("client TLS negotiation failed: {e}");
+                        None
+                    }
+                };
+            }
+            // Anything else (or a malformed packet) is login's to answer.
+            Ok(Some(_)) | Err(_) => return Some(stream),
+            Ok(None) => {
+                buf.reserve(1024);
+                match stream.read_buf(buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        }
+    }
+}
+
 /// Reads first packets until a StartupMessage; answers SSL/GSS requests and forwards cancels.
 async fn read_startup(stream: &mut Stream, buf: &mut BytesMut, shared: &Shared) -> Option<StartupMessage> {
     loop {
@@ -198,7 +278,7 @@ async fn read_startup(stream: &mut Stream, buf: &mut BytesMut, shared: &Shared) 
                             let _ = send_fatal(stream, "08P01", "received unencrypted data after SSL request").await;
                             return None;
                         }
-                        stream.write_all(b"N").await.ok()?;
+                        stream.send(b"N").await.ok()?;
                     }
                     StartupPacket::Cancel(request) => {
                         let timeout = crate::pool::secs(shared.config().server_connect_timeout)

@@ -11,17 +11,22 @@ use crate::stream::Stream;
 use bytes::BytesMut;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
 
 /// Serves one accepted client connection to its end. Never panics on client input; every
 /// refusal is an ErrorResponse with PostgreSQL's or PgBouncer's SQLSTATE.
-pub async fn serve(mut stream: Stream, shared: Arc<Shared>) {
+pub async fn serve(stream: Stream, shared: Arc<Shared>) {
     shared.stats.client_connections.fetch_add(1, Ordering::Relaxed);
     let _count = ClientCount(shared.clone());
     let login_timeout = crate::pool::secs(shared.config().client_login_timeout);
     let mut buf = BytesMut::new();
-    // Boxed: the startup phase's state (authentication, a first server login) is large and
-    // must not stay in the task of every idle client once it is done.
+    // Boxed: the TLS handshake and the startup phase's state (authentication, a first server
+    // login) are large and must not stay in the task of every idle client once they are done.
+    let negotiate = Box::pin(login::negotiate_tls(stream, &mut buf, &shared));
+    let negotiated = match login_timeout {
+        Some(t) => tokio::time::timeout(t, negotiate).await.ok().flatten(),
+        None => negotiate.await,
+    };
+    let Some(mut stream) = negotiated else { return };
     let login = Box::pin(login::login(&mut stream, &mut buf, &shared));
     let outcome = match login_timeout {
         Some(t) => match tokio::time::timeout(t, login).await {
@@ -55,7 +60,7 @@ pub async fn serve(mut stream: Stream, shared: Arc<Shared>) {
 /// Sends a FATAL ErrorResponse (best effort: the client may be gone).
 pub(crate) async fn send_fatal(stream: &mut Stream, code: &str, message: &str) -> std::io::Result<()> {
     let bytes = ErrorResponse::new(Severity::Fatal, code, message).to_bytes();
-    stream.write_all(&bytes).await
+    stream.send(&bytes).await
 }
 
 struct ClientCount(Arc<Shared>);

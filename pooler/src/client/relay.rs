@@ -179,6 +179,20 @@ impl<'a> Relay<'a> {
         let idle_in_transaction = self.session.transaction_status() != crate::protocol::TransactionStatus::Idle
             && self.session.requests_in_flight() == 0;
         let timeout = self.settings.idle_transaction_timeout.filter(|_| idle_in_transaction);
+        // Session mode keeps the server between transactions: shutdown ends the client there.
+        let between_transactions = self.session.transaction_status() == crate::protocol::TransactionStatus::Idle
+            && self.session.requests_in_flight() == 0;
+        if between_transactions && self.shared.shutdown.is_stopping() {
+            return Event::Shutdown;
+        }
+        let mut stopping = self.shared.shutdown.subscribe();
+        let stop = async move {
+            if between_transactions {
+                stopping.wait().await
+            } else {
+                std::future::pending().await
+            }
+        };
         let server_read = server.stream.read_buf(&mut self.sin);
         let client_read = self.client.read_buf(&mut self.cin);
         match timeout {
@@ -186,12 +200,14 @@ impl<'a> Relay<'a> {
                 biased;
                 r = server_read => Event::Server(r),
                 r = client_read => Event::Client(r),
+                _ = stop => Event::Shutdown,
             },
             Some(t) => tokio::select! {
                 biased;
                 r = server_read => Event::Server(r),
                 r = client_read => Event::Client(r),
                 _ = tokio::time::sleep(t) => Event::IdleTimeout,
+                _ = stop => Event::Shutdown,
             },
         }
     }
@@ -258,7 +274,7 @@ impl<'a> Relay<'a> {
             if let ([Action::Forward(n)], Some(server)) = (self.actions.as_slice(), self.server.as_mut()) {
                 // The common case: whole messages passed on as they came.
                 let n = *n;
-                server.stream.write_all(&self.cin[..n]).await.map_err(|_| server_gone(&self.pool))?;
+                server.stream.send(&self.cin[..n]).await.map_err(|_| server_gone(&self.pool))?;
                 self.cin.advance(n);
                 return Ok(());
             }
@@ -304,7 +320,7 @@ impl<'a> Relay<'a> {
         let mut release = None;
         if let [Action::Forward(n)] = self.actions.as_slice() {
             let n = *n;
-            self.client.write_all(&self.sin[..n]).await.map_err(|_| End::ClientGone)?;
+            self.client.send(&self.sin[..n]).await.map_err(|_| End::ClientGone)?;
             self.bytes_out += n as u64;
             self.sin.advance(n);
             return Ok(());
@@ -338,7 +354,7 @@ impl<'a> Relay<'a> {
         let Some(server) = self.server.as_mut() else {
             return Err(End::fatal("08006", "the pooler had bytes for a server it no longer holds"));
         };
-        server.stream.write_all(&self.sout).await.map_err(|_| server_gone(&self.pool))?;
+        server.stream.send(&self.sout).await.map_err(|_| server_gone(&self.pool))?;
         self.sout.clear();
         Ok(())
     }
@@ -347,7 +363,7 @@ impl<'a> Relay<'a> {
         if self.cout.is_empty() {
             return Ok(());
         }
-        self.client.write_all(&self.cout).await.map_err(|_| End::ClientGone)?;
+        self.client.send(&self.cout).await.map_err(|_| End::ClientGone)?;
         self.bytes_out += self.cout.len() as u64;
         self.cout.clear();
         Ok(())
@@ -464,7 +480,7 @@ impl<'a> Relay<'a> {
                     tracing::info!("closing client: {e}");
                 }
                 let _ = self.flush_client().await;
-                let _ = self.client.write_all(&e.to_error_response()).await;
+                let _ = self.client.send(&e.to_error_response()).await;
             }
         }
         if let Some(conn) = self.server.take() {

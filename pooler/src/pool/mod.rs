@@ -235,7 +235,10 @@ impl Pool {
                 }
                 Grant::Slot => {
                     let login = self.lock().login.clone();
-                    return match ServerConn::connect(&login).await {
+                    let in_login = crate::stats::InState::enter(&self.stats.servers_login);
+                    let connected = ServerConn::connect(&login).await;
+                    drop(in_login);
+                    return match connected {
                         Ok(mut conn) => {
                             let mut st = self.lock();
                             conn.generation = st.generation;
@@ -325,6 +328,7 @@ impl Pool {
         }
         if let Some(settings) = checkout.check_query {
             let timeout = settings.server_connect_timeout;
+            let _tested = crate::stats::InState::enter(&self.stats.servers_tested);
             if let Err(e) = conn.run_query("check_query", &settings.server_check_query, timeout).await {
                 tracing::info!(server = %conn.addr, "closing server connection: {e}");
                 self.close(conn);

@@ -11,7 +11,6 @@ use crate::protocol::ErrorFields;
 use crate::stream::Stream;
 use bytes::BytesMut;
 use postgres_protocol::message::frontend;
-use tokio::io::AsyncWriteExt;
 
 type Login = (Stream, BackendKey, Vec<(String, String)>);
 
@@ -19,7 +18,7 @@ pub(super) async fn login(mut stream: Stream, target: &LoginTarget) -> Result<Lo
     let mut out = BytesMut::new();
     let params = [("user", target.user.as_str()), ("database", target.dbname.as_str())];
     frontend::startup_message(params, &mut out).map_err(|e| ServerError::Protocol(e.to_string()))?;
-    stream.write_all(&out).await?;
+    stream.send(&out).await?;
     let mut buf = BytesMut::new();
     login_to_server(&mut stream, &mut buf, &target.user, &target.credential, target.connect_timeout).await.map_err(
         |e| match e {

@@ -3,6 +3,7 @@
 //! age. Owns connecting, logging in and the pooler's own queries on it (reset and check);
 //! which client uses it is the pool's business.
 
+pub mod auth_query;
 mod login;
 mod wire;
 
@@ -17,7 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UnixStream};
 
 /// A server's cancel key, as its BackendKeyData gave it.
@@ -42,6 +42,8 @@ pub enum ServerError {
     Protocol(String),
     #[error("server connection failed: {0}")]
     Io(#[from] std::io::Error),
+    #[error("server {addr}: {source}")]
+    Tls { addr: String, source: crate::tls::TlsError },
     #[error("server_{what} failed: {code} {message}")]
     Query { what: &'static str, code: String, message: String },
 }
@@ -72,6 +74,8 @@ pub struct LoginTarget {
     pub user: String,
     pub credential: crate::auth::ServerCredential,
     pub connect_timeout: Duration,
+    /// server_tls_sslmode and its certificates.
+    pub tls: Arc<crate::tls::ServerTls>,
 }
 
 pub struct ServerConn {
@@ -112,6 +116,11 @@ impl ServerConn {
 
     async fn connect_inner(target: &LoginTarget) -> Result<ServerConn, ServerError> {
         let stream = open(&target.addr).await?;
+        let stream = target
+            .tls
+            .connect_stream(stream, &target.addr.host)
+            .await
+            .map_err(|source| ServerError::Tls { addr: target.addr.to_string(), source })?;
         let (stream, key, params) = login::login(stream, target).await?;
         let now = Instant::now();
         let state = ServerState::new(ParamMap::from_pairs(params.iter().map(|(k, v)| (k.as_str(), v.as_str()))));
@@ -146,7 +155,7 @@ impl ServerConn {
     async fn run_query_inner(&mut self, what: &'static str, sql: &str) -> Result<(), ServerError> {
         let mut buf = BytesMut::new();
         write_query(sql, &mut buf).map_err(|e| ServerError::Protocol(e.to_string()))?;
-        self.stream.write_all(&buf).await?;
+        self.stream.send(&buf).await?;
         buf.clear();
         let mut failure = None;
         loop {
@@ -182,7 +191,7 @@ impl ServerConn {
     pub async fn terminate(mut self) {
         let mut buf = BytesMut::new();
         write_terminate(&mut buf);
-        let _ = tokio::time::timeout(Duration::from_millis(100), self.stream.write_all(&buf)).await;
+        let _ = tokio::time::timeout(Duration::from_millis(100), self.stream.send(&buf)).await;
     }
 }
 

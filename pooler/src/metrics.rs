@@ -1,0 +1,211 @@
+//! Prometheus `/metrics` over HTTP on metrics_listen (off when empty): per pool the clients
+//! (active, waiting) and servers by state, the wait-time histogram and the totals, plus the
+//! process-wide client counters and errors. Names follow pgbouncer_exporter where it has one
+//! (`pgbouncer_pools_*`, `pgbouncer_stats_*`); the rest are `pgha_pooler_*`. Reads the
+//! counters of `stats` and the pools; counts nothing itself.
+
+use crate::pool::Pool;
+use crate::runtime::Shared;
+use crate::stats::WAIT_BUCKETS;
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Starts the HTTP listener when `listen` is set; the task serves until aborted.
+pub async fn serve(listen: &str, shared: Arc<Shared>) -> std::io::Result<Option<tokio::task::JoinHandle<()>>> {
+    if listen.is_empty() {
+        return Ok(None);
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("metrics_listen = {listen:?}: {e}")))?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let shared = shared.clone();
+            async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], render(&shared)) }
+        }),
+    );
+    tracing::info!(listen, "serving Prometheus metrics on /metrics");
+    Ok(Some(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!("metrics listener stopped: {e}");
+        }
+    })))
+}
+
+/// A label value in the exposition format: backslash, double quote and newline escaped.
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn labels(pool: &Pool) -> String {
+    format!("database=\"{}\",user=\"{}\"", escape(&pool.key.database), escape(&pool.key.user))
+}
+
+/// One metric family: HELP, TYPE, then one sample per pool.
+fn family(out: &mut String, name: &str, kind: &str, help: &str, pools: &[Arc<Pool>], value: impl Fn(&Pool) -> f64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for pool in pools {
+        let _ = writeln!(out, "{name}{{{}}} {}", labels(pool), value(pool));
+    }
+}
+
+/// The whole exposition text.
+pub fn render(shared: &Shared) -> String {
+    let mut pools = shared.pools.all();
+    pools.sort_by(|a, b| (&a.key.database, &a.key.user).cmp(&(&b.key.database, &b.key.user)));
+    let mut out = String::with_capacity(4096);
+    let _ = writeln!(out, "# HELP pgbouncer_up The pooler answers.\n# TYPE pgbouncer_up gauge\npgbouncer_up 1");
+    let stats = &shared.stats;
+    let _ = writeln!(
+        out,
+        "# HELP pgha_pooler_client_connections Client connections open (logging in or logged in).\n\
+         # TYPE pgha_pooler_client_connections gauge\npgha_pooler_client_connections {}",
+        stats.client_connections.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP pgbouncer_config_max_client_connections max_client_conn.\n\
+         # TYPE pgbouncer_config_max_client_connections gauge\npgbouncer_config_max_client_connections {}",
+        shared.config().max_client_conn
+    );
+    let _ = writeln!(
+        out,
+        "# HELP pgha_pooler_client_errors_total Client errors before a pool is chosen, by kind.\n\
+         # TYPE pgha_pooler_client_errors_total counter"
+    );
+    let mut client_errors = stats.errors();
+    *client_errors.entry("max_client_conn").or_default() += stats.refused_max_client_conn.load(Ordering::Relaxed);
+    for (kind, n) in client_errors {
+        let _ = writeln!(out, "pgha_pooler_client_errors_total{{kind=\"{}\"}} {n}", escape(kind));
+    }
+
+    let counts: Vec<_> = pools.iter().map(|p| (p.clone(), p.counts())).collect();
+    let count_of = |pool: &Pool| counts.iter().find(|(p, _)| std::ptr::eq(&**p, pool)).map(|(_, c)| *c);
+    let waiting = |pool: &Pool| count_of(pool).map_or(0, |c| c.3);
+    family(
+        &mut out,
+        "pgbouncer_pools_client_active_connections",
+        "gauge",
+        "Client connections logged in and not waiting for a server connection.",
+        &pools,
+        |p| p.stats.clients.load(Ordering::Relaxed).saturating_sub(waiting(p)) as f64,
+    );
+    family(
+        &mut out,
+        "pgbouncer_pools_client_waiting_connections",
+        "gauge",
+        "Client connections waiting for a server connection.",
+        &pools,
+        |p| waiting(p) as f64,
+    );
+    let login = |p: &Pool| p.stats.servers_login.load(Ordering::Relaxed);
+    let tested = |p: &Pool| p.stats.servers_tested.load(Ordering::Relaxed);
+    family(
+        &mut out,
+        "pgbouncer_pools_server_active_connections",
+        "gauge",
+        "Server connections in use by a client.",
+        &pools,
+        |p| {
+            // The pool counts a connection being opened or tested as checked out.
+            count_of(p).map_or(0, |c| c.1).saturating_sub(login(p) + tested(p)) as f64
+        },
+    );
+    family(
+        &mut out,
+        "pgbouncer_pools_server_idle_connections",
+        "gauge",
+        "Server connections idle in the pool.",
+        &pools,
+        |p| count_of(p).map_or(0, |c| c.2) as f64,
+    );
+    family(
+        &mut out,
+        "pgbouncer_pools_server_testing_connections",
+        "gauge",
+        "Server connections running server_check_query.",
+        &pools,
+        |p| tested(p) as f64,
+    );
+    family(
+        &mut out,
+        "pgbouncer_pools_server_login_connections",
+        "gauge",
+        "Server connections being opened and logged in.",
+        &pools,
+        |p| login(p) as f64,
+    );
+    let counter = |name: &str, help: &str, out: &mut String, value: &dyn Fn(&Pool) -> u64| {
+        family(out, name, "counter", help, &pools, |p| value(p) as f64);
+    };
+    counter("pgbouncer_stats_sql_transactions_pooled_total", "Transactions pooled.", &mut out, &|p| {
+        p.stats.xact_count.load(Ordering::Relaxed)
+    });
+    counter("pgbouncer_stats_queries_pooled_total", "Queries pooled.", &mut out, &|p| {
+        p.stats.query_count.load(Ordering::Relaxed)
+    });
+    counter("pgbouncer_stats_received_bytes_total", "Bytes received from clients.", &mut out, &|p| {
+        p.stats.bytes_received.load(Ordering::Relaxed)
+    });
+    counter("pgbouncer_stats_sent_bytes_total", "Bytes sent to clients.", &mut out, &|p| {
+        p.stats.bytes_sent.load(Ordering::Relaxed)
+    });
+    family(
+        &mut out,
+        "pgbouncer_stats_client_wait_seconds_total",
+        "counter",
+        "Time clients spent waiting for a server connection.",
+        &pools,
+        |p| p.stats.wait_time_us.load(Ordering::Relaxed) as f64 / 1e6,
+    );
+
+    let name = "pgha_pooler_client_wait_seconds";
+    let _ = writeln!(out, "# HELP {name} Time a client waited for a server connection.\n# TYPE {name} histogram");
+    for pool in &pools {
+        let l = labels(pool);
+        let mut cumulative = 0;
+        for (le, n) in WAIT_BUCKETS.iter().zip(pool.stats.wait_buckets()) {
+            cumulative += n;
+            let _ = writeln!(out, "{name}_bucket{{{l},le=\"{le}\"}} {cumulative}");
+        }
+        let count = pool.stats.wait_count.load(Ordering::Relaxed);
+        let sum = pool.stats.wait_time_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{l},le=\"+Inf\"}} {count}\n{name}_sum{{{l}}} {sum}\n{name}_count{{{l}}} {count}"
+        );
+    }
+
+    let name = "pgha_pooler_errors_total";
+    let _ = writeln!(out, "# HELP {name} Errors in a pool, by kind.\n# TYPE {name} counter");
+    for pool in &pools {
+        let l = labels(pool);
+        for (kind, n) in pool.stats.errors() {
+            let _ = writeln!(out, "{name}{{{l},kind=\"{}\"}} {n}", escape(kind));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn an_idle_pooler_renders_the_process_families() {
+        let config = crate::config::PoolerConfig { auth_type: crate::config::AuthType::Trust, ..Default::default() };
+        let shared = Shared::new(config, None).unwrap();
+        shared.stats.count_error("auth_failed");
+        let text = render(&shared);
+        assert!(text.contains("pgbouncer_up 1\n"), "{text}");
+        assert!(text.contains("pgha_pooler_client_errors_total{kind=\"auth_failed\"} 1\n"), "{text}");
+        assert!(text.contains("# TYPE pgha_pooler_client_wait_seconds histogram\n"), "{text}");
+    }
+}

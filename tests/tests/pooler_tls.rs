@@ -1,0 +1,97 @@
+//! TLS on both sides of a real `pgha pooler`: psql with sslmode=require (and verify-full
+//! against the pooler's CA) gets TLS from the pooler, a plain-text client is refused with
+//! PgBouncer's "SSL required" when client_tls_sslmode = require, and the pooler reaches a
+//! PostgreSQL with ssl = on over TLS (verify-full), as PostgreSQL's own pg_stat_ssl shows.
+
+use harness::pooler::PoolerProcess;
+use harness::{PgInstance, PgOptions};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A self-signed certificate for localhost and 127.0.0.1: (cert.pem, key.pem) in `dir`.
+fn certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.key_pair.serialize_pem()).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (cert, key)
+}
+
+/// PostgreSQL 15 with ssl = on and its own certificate; returns the instance and its CA file.
+async fn postgres_with_ssl(dir: &Path) -> (PgInstance, PathBuf) {
+    let mut pg = PgInstance::init("pooler-tls", PgOptions::default().param("ssl", "on")).await.unwrap();
+    let (cert, key) = certificate(dir, "postgres");
+    let data = pg.data_dir();
+    let owner = std::fs::metadata(&data).unwrap();
+    for (from, name) in [(&cert, "server.crt"), (&key, "server.key")] {
+        let path = data.join(name);
+        std::fs::copy(from, &path).unwrap();
+        std::os::unix::fs::chown(&path, Some(owner.uid()), Some(owner.gid())).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    pg.start().await.unwrap();
+    (pg, cert)
+}
+
+/// Runs psql with `conninfo` and `commands` (each one `-c`), bounded by 20 s.
+async fn psql(conninfo: &str, commands: &[&str]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new("psql");
+    cmd.arg(conninfo).args(["-X", "-A", "-t"]).env_remove("PGSSLMODE").kill_on_drop(true);
+    for c in commands {
+        cmd.args(["-c", c]);
+    }
+    tokio::time::timeout(Duration::from_secs(20), cmd.output()).await.expect("psql timed out").expect("running psql")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_with_sslmode_require_gets_tls_from_the_pooler_and_the_pooler_uses_tls_to_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pg, pg_ca) = postgres_with_ssl(dir.path()).await;
+    let (cert, key) = certificate(dir.path(), "pooler");
+    let settings = format!(
+        "client_tls_sslmode = \"require\"\nclient_tls_cert_file = \"{}\"\nclient_tls_key_file = \"{}\"\n\
+         server_tls_sslmode = \"verify-full\"\nserver_tls_ca_file = \"{}\"",
+        cert.display(),
+        key.display(),
+        pg_ca.display()
+    );
+    let pooler = PoolerProcess::start_probing_unix(&pg, &settings).await.unwrap();
+    let port = pooler.port();
+    let ssl_of_server_session = "select ssl from pg_stat_ssl where pid = pg_backend_pid()";
+
+    let out = psql(
+        &format!("host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode=require"),
+        &["\\conninfo", ssl_of_server_session],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "psql failed: {}\n{}", String::from_utf8_lossy(&out.stderr), pooler.log());
+    assert!(stdout.contains("SSL connection (protocol: TLSv1.3"), "client side not TLS: {stdout}");
+    assert!(stdout.trim_end().ends_with("\nt"), "server side not TLS (pg_stat_ssl): {stdout}");
+
+    // The certificate served is the configured one: verify-full against it passes.
+    let out = psql(
+        &format!(
+            "host=localhost hostaddr=127.0.0.1 port={port} user=postgres dbname=postgres sslmode=verify-full sslrootcert={}",
+            cert.display()
+        ),
+        &["select 41 + 1"],
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42", "{}", String::from_utf8_lossy(&out.stderr));
+
+    // A plain-text client is refused with PgBouncer's error.
+    let out =
+        psql(&format!("host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode=disable"), &["select 1"]).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SSL required"), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = pooler.connect().await.err().expect("tokio-postgres without TLS must be refused");
+    let db = err.chain().find_map(|e| e.downcast_ref::<tokio_postgres::Error>()).and_then(|e| e.as_db_error());
+    assert_eq!(db.map(|d| (d.code().code(), d.message())), Some(("08P01", "SSL required")), "{err:#}");
+
+    // The Unix socket stays open to plain-text clients, as in PgBouncer.
+    let unix = pooler.connect_dsn(&pooler.unix_dsn("postgres")).await.unwrap();
+    unix.simple_query("select 1").await.unwrap();
+}
