@@ -336,6 +336,17 @@ mod tests {
     }
 
     #[test]
+    fn metrics_listen_and_client_certificate_settings_are_checked() {
+        let c: PoolerConfig = parse(Path::new("pooler.toml"), "auth_type = \"trust\"\n").unwrap();
+        assert_eq!((c.metrics_listen.as_str(), c.shutdown_timeout), ("", 30.0));
+        assert!(err("auth_type = \"trust\"\nmetrics_listen = \"localhost\"\n")
+            .starts_with("pooler.toml: metrics_listen = \"localhost\": expected an IP address and port"));
+        let verify = "auth_type = \"trust\"\nclient_tls_sslmode = \"verify-ca\"\n\
+                      client_tls_cert_file = \"c.pem\"\nclient_tls_key_file = \"k.pem\"\n";
+        assert!(err(verify).contains("client_tls_ca_file"), "{}", err(verify));
+    }
+
+    #[test]
     fn negative_timeout_is_rejected() {
         assert!(err("auth_type = \"trust\"\nquery_wait_timeout = -1\n")
             .starts_with("pooler.toml: query_wait_timeout = -1: expected"));

@@ -218,7 +218,7 @@ async fn psql_with_sslmode_require() {
 async fn fake_server(answer: u8, c: &Certs) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let accept = acceptor(&c.cert, &c.key).unwrap();
+    let accept = acceptor(&c.cert, &c.key, None).unwrap();
     tokio::spawn(async move {
         let (mut tcp, _) = listener.accept().await.unwrap();
         let mut request = [0u8; 8];
