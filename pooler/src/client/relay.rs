@@ -231,6 +231,14 @@ impl<'a> Relay<'a> {
             };
         }
         self.give_back_buffers();
+        // rustls may already hold decrypted bytes that the socket will never signal again.
+        if self.client.is_tls() {
+            buffers::lend(&mut self.cin);
+            match self.client.try_read_buf(&mut self.cin) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => buffers::give_back(&mut self.cin),
+                read => return Event::Client(read),
+            }
+        }
         loop {
             let readable = self.client.readable();
             let ready = match self.settings.client_idle_timeout {
