@@ -335,3 +335,62 @@ pub async fn health_checks_and_switchover(backend: Backend) {
         ),
     );
 }
+
+/// PostgreSQL killed on the primary, and its restart made impossible (its port taken): after
+/// primary_start_timeout (set to 4 s through PATCH /config) the agent releases the lock and a
+/// replica takes over; once the port is free again the old primary rejoins as a replica.
+pub async fn primary_that_cannot_restart(backend: Backend) {
+    let cluster = PghaCluster::start_on(backend, 3, Timing::default()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let old = healthy(&cluster).await;
+    let api = cluster.nodes[old].api_port;
+    let (code, text) = http(api, "PATCH", "/config", Some(r#"{"primary_start_timeout":4}"#)).await.unwrap();
+    assert_eq!(code, 200, "{text}");
+    let applied = wait_for("primary_start_timeout 4 s applied on the primary", Duration::from_secs(20), || async {
+        Ok(cluster.nodes[old].agent_log().contains("primary_start_timeout=4s").then_some(()))
+    });
+    applied.await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    create_writer_table(&cluster, old).await;
+    let writer = Writer::start(&cluster);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let acked = writer.stop().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log_before = cluster.nodes[old].agent_log();
+    // The agent is held still while PostgreSQL dies and its port is taken, so that it cannot
+    // restart PostgreSQL in between.
+    let agent = nix::unistd::Pid::from_raw(cluster.nodes[old].agent_pgid().expect("the agent runs"));
+    nix::sys::signal::killpg(agent, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let killed = cluster.nodes[old].kill_postgres();
+    let port = cluster.nodes[old].pg_port;
+    let mut blocker = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while blocker.is_none() && Instant::now() < deadline {
+        match std::net::TcpListener::bind(("127.0.0.1", port)) {
+            Ok(l) => blocker = Some(l),
+            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+    nix::sys::signal::killpg(agent, nix::sys::signal::Signal::SIGCONT).unwrap();
+    killed.unwrap_or_else(|e| panic!("{e:#}"));
+    let blocker = blocker.unwrap_or_else(|| panic!("port {port} still in use 10 s after kill -9 of PostgreSQL"));
+    let down_at = Instant::now();
+    let new = another_primary(&cluster, old, 60).await;
+    let took_over_after = down_at.elapsed();
+    let log = cluster.nodes[old].agent_log();
+    assert!(log.contains("restarting it in place"), "no restart was tried:\n{}", cluster.logs());
+    assert!(log.contains("did not come back within primary_start_timeout"), "{}", cluster.logs());
+    assert!(
+        took_over_after >= Duration::from_secs(4),
+        "took over after {took_over_after:?}, before primary_start_timeout"
+    );
+    drop(blocker);
+    let rejoin = rejoined_without_loss(&cluster, old, new, &acked, &log_before).await;
+    report(
+        backend,
+        "primary cannot restart",
+        format!(
+            "{} took over {took_over_after:?} after PostgreSQL died unrestartable (primary_start_timeout 4 s); {}",
+            cluster.nodes[new].name,
+            rejoin_summary(&rejoin)
+        ),
+    );
+}

@@ -50,3 +50,8 @@ async fn stopping_the_primary_agent_releases_the_lock_and_a_replica_takes_over_b
 async fn health_checks_follow_the_roles_and_a_switchover_through_the_api_hands_over_cleanly() {
     scenario::health_checks_and_switchover(ETCD).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_whose_postgres_cannot_restart_fails_over_after_primary_start_timeout() {
+    scenario::primary_that_cannot_restart(ETCD).await;
+}

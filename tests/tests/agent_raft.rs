@@ -52,3 +52,8 @@ async fn stopping_the_primary_agent_and_its_raft_member_releases_the_lock_and_a_
 async fn health_checks_and_a_switchover_on_raft_hand_over_cleanly() {
     scenario::health_checks_and_switchover(RAFT).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_whose_postgres_cannot_restart_on_raft_fails_over_after_primary_start_timeout() {
+    scenario::primary_that_cannot_restart(RAFT).await;
+}
