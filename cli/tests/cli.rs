@@ -129,10 +129,17 @@ fn bad_log_level_is_a_clear_error() {
 
 #[test]
 fn backup_commands_need_a_config_and_say_so() {
-    for args in [&["backup", "list"][..], &["archive-push", "/x"][..], &["archive-get", "a", "b"][..]] {
+    // archive-get exits 126 on anything but "not in the archive" (1), so that recovery stops
+    // instead of ending early; with --soft-errors (what standbys run) it exits 1.
+    for (args, code) in [
+        (&["backup", "list"][..], 1),
+        (&["archive-push", "/x"][..], 1),
+        (&["archive-get", "a", "b"][..], 126),
+        (&["archive-get", "--soft-errors", "a", "b"][..], 1),
+    ] {
         let out = pgha(args);
         let (_, stderr) = text(&out);
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(out.status.code(), Some(code), "{args:?}");
         assert!(stderr.contains("no config file: pass --config FILE"), "{args:?}: {stderr}");
     }
 }
