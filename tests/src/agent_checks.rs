@@ -13,17 +13,17 @@ use std::time::{Duration, Instant};
 /// (an agent trusts a replica for promotion only once it has observed it streaming). Panics with
 /// every agent's log when the cluster does not get there.
 pub async fn healthy(cluster: &PghaCluster) -> usize {
-    let primary = streaming_cluster(cluster).await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let primary = streaming_cluster(cluster, None).await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
     tokio::time::sleep(Duration::from_millis(2500)).await;
     primary
 }
 
-async fn streaming_cluster(cluster: &PghaCluster) -> anyhow::Result<usize> {
+/// One primary and every other node (but `except`, a node that is down) streaming; returns the
+/// primary's index, or says what each node was doing when the wait ends.
+pub async fn streaming_cluster(cluster: &PghaCluster, except: Option<usize>) -> anyhow::Result<usize> {
     wait_for("one primary and every other node streaming", Duration::from_secs(90), || async {
-        let mut primary = None;
-        let mut streaming = 0;
-        let mut seen = Vec::new();
-        for (i, n) in cluster.nodes.iter().enumerate() {
+        let (mut primary, mut streaming, mut seen) = (None, 0, Vec::new());
+        for (i, n) in cluster.nodes.iter().enumerate().filter(|(i, _)| Some(*i) != except) {
             let role = n.role().await;
             match &role {
                 Ok((false, _)) => primary = Some(i),
@@ -32,7 +32,8 @@ async fn streaming_cluster(cluster: &PghaCluster) -> anyhow::Result<usize> {
             }
             seen.push(format!("{}: {:?}", n.name, role.map_err(|e| e.to_string())));
         }
-        match primary.filter(|_| streaming == cluster.nodes.len() - 1) {
+        let wanted = cluster.nodes.len() - 1 - usize::from(except.is_some());
+        match primary.filter(|_| streaming == wanted) {
             Some(p) => Ok(Some(p)),
             None => anyhow::bail!("{}", seen.join("; ")),
         }

@@ -3,28 +3,10 @@
 //! only once the new, longer lease has run out, not after the 6 s the agents started with; a ttl
 //! that breaks `ttl > loop_wait + 2 x retry_timeout` is refused.
 
+use harness::agent_checks::healthy;
 use harness::cluster::{http, PghaCluster, Timing};
 use harness::wait_for;
 use std::time::{Duration, Instant};
-
-/// Waits for one primary and all other nodes streaming, then two ticks for the agents to see it.
-async fn healthy(cluster: &PghaCluster) -> usize {
-    let found = wait_for("one primary and the other nodes streaming", Duration::from_secs(90), || async {
-        let mut primary = None;
-        let mut streaming = 0;
-        for (i, n) in cluster.nodes.iter().enumerate() {
-            match n.role().await {
-                Ok((false, _)) => primary = Some(i),
-                Ok((true, Some(s))) if s == "streaming" => streaming += 1,
-                _ => {}
-            }
-        }
-        Ok(primary.filter(|_| streaming == cluster.nodes.len() - 1))
-    });
-    let primary = found.await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    primary
-}
 
 async fn a_longer_ttl_from_the_dcs_holds_the_lock_of_a_dead_leader_longer(mut cluster: PghaCluster, backend: &str) {
     let old = healthy(&cluster).await;

@@ -3,6 +3,7 @@
 //! the new primary after the primary's node is lost, its replica port serves only replicas, and
 //! the old primary is served as a replica again once it rejoins.
 
+use harness::agent_checks::healthy;
 use harness::cluster::{connect, PghaCluster, Timing, SUPERUSER_PASSWORD};
 use harness::haproxy::{haproxy_bin, Backend, HaProxy};
 use harness::wait_for;
@@ -24,25 +25,6 @@ async fn session(port: u16) -> anyhow::Result<(bool, u16)> {
     )
     .await??;
     Ok((row.try_get(0)?, row.try_get::<_, i32>(1)? as u16))
-}
-
-/// Waits for one primary and all other nodes streaming, then two ticks for the agents to see it.
-async fn healthy(cluster: &PghaCluster) -> usize {
-    let found = wait_for("one primary and two streaming replicas", Duration::from_secs(90), || async {
-        let mut primary = None;
-        let mut streaming = 0;
-        for (i, n) in cluster.nodes.iter().enumerate() {
-            match n.role().await {
-                Ok((false, _)) => primary = Some(i),
-                Ok((true, Some(s))) if s == "streaming" => streaming += 1,
-                _ => {}
-            }
-        }
-        Ok(primary.filter(|_| streaming == cluster.nodes.len() - 1))
-    });
-    let primary = found.await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    primary
 }
 
 /// Connects through the replica port until every port in `expected` has answered, and fails if

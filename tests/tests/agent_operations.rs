@@ -8,30 +8,12 @@ use agent::postgres::binaries::{BinDir, DEFAULT_MAJOR};
 use agent::postgres::os_user::{RunAs, DEFAULT_USER};
 use consensus::dcs::{ClusterKey, Dcs, Expected, KvDcs};
 use consensus::etcd::{EtcdOptions, EtcdStore};
+use harness::agent_checks::healthy;
 use harness::cluster::{connect, http, PghaCluster, Timing};
 use harness::wait_for;
 use std::os::unix::process::CommandExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-/// Waits for one primary and all other nodes streaming, then two ticks for the agents to see it.
-async fn healthy(cluster: &PghaCluster) -> usize {
-    let found = wait_for("one primary and the other nodes streaming", Duration::from_secs(90), || async {
-        let mut primary = None;
-        let mut streaming = 0;
-        for (i, n) in cluster.nodes.iter().enumerate() {
-            match n.role().await {
-                Ok((false, _)) => primary = Some(i),
-                Ok((true, Some(s))) if s == "streaming" => streaming += 1,
-                _ => {}
-            }
-        }
-        Ok(primary.filter(|_| streaming == cluster.nodes.len() - 1))
-    });
-    let primary = found.await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    primary
-}
 
 /// Unix seconds as ISO 8601 in UTC (`2024-05-01T03:00:00+00:00`).
 fn iso8601(unix: u64) -> String {

@@ -4,6 +4,7 @@
 //! had not archived filled in), `backup verify` is clean and a point-in-time restore from the
 //! backup taken before the failover reaches a target on timeline 2 exactly.
 
+use harness::agent_checks::streaming_cluster;
 use harness::backup::{start_restored, BackupRepo};
 use harness::cluster::{connect, PghaCluster, Timing, SUPERUSER_PASSWORD};
 use harness::wait_for;
@@ -21,28 +22,6 @@ async fn value(dsn: &str, sql: &str) -> anyhow::Result<String> {
             _ => None,
         })
         .ok_or_else(|| anyhow::anyhow!("{sql}: no value"))
-}
-
-/// One primary and every other node streaming; returns the primary's index.
-async fn streaming_cluster(cluster: &PghaCluster, except: Option<usize>) -> anyhow::Result<usize> {
-    wait_for("one primary and streaming replicas", Duration::from_secs(90), || async {
-        let (mut primary, mut streaming, mut seen) = (None, 0, Vec::new());
-        for (i, n) in cluster.nodes.iter().enumerate().filter(|(i, _)| Some(*i) != except) {
-            let role = n.role().await;
-            match &role {
-                Ok((false, _)) => primary = Some(i),
-                Ok((true, Some(s))) if s == "streaming" => streaming += 1,
-                _ => {}
-            }
-            seen.push(format!("{}: {:?}", n.name, role.map_err(|e| e.to_string())));
-        }
-        let wanted = cluster.nodes.len() - 1 - usize::from(except.is_some());
-        match primary.filter(|_| streaming == wanted) {
-            Some(p) => Ok(Some(p)),
-            None => anyhow::bail!("{}", seen.join("; ")),
-        }
-    })
-    .await
 }
 
 async fn archived_through(dsn: &str, segment: &str) -> anyhow::Result<()> {
