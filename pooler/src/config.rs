@@ -91,6 +91,9 @@ pub struct PoolerConfig {
     pub shutdown_timeout: f64,
     /// `host:port` of the Prometheus `/metrics` HTTP listener; empty (the default) disables it.
     pub metrics_listen: String,
+    /// Threads that run client and server connections; 0 (the default) takes half the cores,
+    /// at least one. Limits, pools and statistics are shared by all of them. Read at start only.
+    pub worker_threads: u32,
     pub databases: BTreeMap<String, DatabaseConfig>,
     pub users: BTreeMap<String, UserConfig>,
 }
@@ -139,6 +142,7 @@ impl Default for PoolerConfig {
             ignore_startup_parameters: Vec::new(),
             shutdown_timeout: 30.0,
             metrics_listen: String::new(),
+            worker_threads: 0,
             databases: BTreeMap::new(),
             users: BTreeMap::new(),
         }

@@ -62,6 +62,9 @@ fn from_micros(us: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_micros(us)
 }
 
+/// Why clients are closed when the pooler stops (SQLSTATE 57P01, admin_shutdown).
+pub const SHUTTING_DOWN: &str = "the pooler is shutting down";
+
 /// A client's state as SHOW CLIENTS names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -117,7 +120,7 @@ impl ClientEntry {
         self.server.load(Ordering::Relaxed)
     }
     pub fn is_killed(&self) -> bool {
-        self.killed_flag.load(Ordering::Relaxed)
+        self.killed_flag.load(Ordering::SeqCst)
     }
     /// Why the client was killed, if it was.
     pub fn kill_reason(&self) -> Option<&'static str> {
@@ -132,7 +135,9 @@ impl ClientEntry {
     /// its server connection and leaves.
     pub fn kill(&self, reason: &'static str) {
         lock(&self.killed).get_or_insert(reason);
-        self.killed_flag.store(true, Ordering::Relaxed);
+        // SeqCst with the load of `server` in kill_idle_clients and the client's store of it
+        // before it checks this flag (attach_server): one of the two sees the other.
+        self.killed_flag.store(true, Ordering::SeqCst);
         let fd = lock(&self.fd);
         if let Some(fd) = *fd {
             // SAFETY: `fd` stays open while it is in the slot: the owner of the socket clears
@@ -301,6 +306,22 @@ impl Connections {
         victims.len()
     }
 
+    /// Shutdown: kills every client (but the admin console's) that holds no server
+    /// connection, which wakes its idle wait; the others leave at their next transaction
+    /// boundary, where they check the shutdown flag (set before this is called). A client
+    /// that read a query but has no server yet sees the kill before it takes one.
+    pub fn kill_idle_clients(&self) -> usize {
+        let victims: Vec<_> = lock(&self.clients)
+            .values()
+            .filter(|c| c.database != crate::admin::ADMIN_DATABASE && c.server.load(Ordering::SeqCst) == 0)
+            .cloned()
+            .collect();
+        for client in &victims {
+            client.kill(SHUTTING_DOWN);
+        }
+        victims.len()
+    }
+
     pub fn disable(&self, database: &str) {
         lock(&self.disabled).insert(database.to_owned());
     }
@@ -338,7 +359,7 @@ impl ClientHandle {
         entry.state.store(ClientState::Active as u8, Ordering::Relaxed);
         if let Some(server) = server {
             entry.request_time_us.store(unix_micros(SystemTime::now()), Ordering::Relaxed);
-            entry.server.store(server.entry.id, Ordering::Relaxed);
+            entry.server.store(server.entry.id, Ordering::SeqCst);
             server.entry.set_checked_out(Some(entry.id));
         }
     }

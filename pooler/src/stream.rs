@@ -69,11 +69,38 @@ impl Stream {
         }
     }
 
+    /// Readiness to read, as a poll: the waker goes into the socket's own slot, so a future
+    /// built on it holds no waiter node of its own (an idle client's wait stays small).
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Tcp(s) => s.poll_read_ready(cx),
+            Stream::Unix(s) => s.poll_read_ready(cx),
+            Stream::TlsClient(s) => s.get_ref().0.poll_read_ready(cx),
+            Stream::TlsServer(s) => s.get_ref().0.poll_read_ready(cx),
+        }
+    }
+
     /// Reads what is there now into `buf` without waiting; `WouldBlock` if nothing is.
+    ///
+    /// Plain sockets go through `poll_read`, which forgets the socket's readiness after a
+    /// short read: the next read then waits for the next edge instead of costing a `recv`
+    /// that fails with EAGAIN (`try_read_buf` keeps the readiness until a read fails, which
+    /// was one wasted system call per transaction).
     pub fn try_read_buf(&mut self, buf: &mut bytes::BytesMut) -> io::Result<usize> {
         match self {
-            Stream::Tcp(s) => s.try_read_buf(buf),
-            Stream::Unix(s) => s.try_read_buf(buf),
+            Stream::Tcp(_) | Stream::Unix(_) => {
+                use std::future::Future;
+                use tokio::io::AsyncReadExt;
+                if buf.capacity() == buf.len() {
+                    buf.reserve(4096);
+                }
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                let read = std::pin::pin!(self.read_buf(buf));
+                match read.poll(&mut cx) {
+                    Poll::Ready(r) => r,
+                    Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+                }
+            }
             tls => {
                 let mut cx = Context::from_waker(std::task::Waker::noop());
                 let mut chunk = [0u8; 4096];

@@ -11,7 +11,8 @@ use std::time::Duration;
 async fn two_hundred_clients_share_ten_server_connections_with_their_own_statements_and_settings() {
     let mut pg = PgInstance::init("shared", PgOptions::default()).await.unwrap();
     pg.start().await.unwrap();
-    let settings = "pool_mode = \"transaction\"\ndefault_pool_size = 10\nmax_client_conn = 300";
+    // Two worker threads: the pool and its limits are shared across threads.
+    let settings = "pool_mode = \"transaction\"\ndefault_pool_size = 10\nmax_client_conn = 300\nworker_threads = 2";
     let pooler = PoolerProcess::start(&pg, settings).await.unwrap();
     let zones = ["UTC", "Europe/Paris", "Asia/Tokyo", "America/New_York"];
     let mut tasks = Vec::new();

@@ -30,7 +30,9 @@ async fn refused_within_3s(port: u16) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_transaction_in_progress_commit_refuses_new_clients_and_exits_0() {
     let pg = postgres().await;
-    let mut pooler = PoolerProcess::start(&pg, "pool_mode = \"transaction\"\nshutdown_timeout = 20").await.unwrap();
+    // Two worker threads: idle clients are closed from the thread that handles the signal.
+    let settings = "pool_mode = \"transaction\"\nshutdown_timeout = 20\nworker_threads = 2";
+    let mut pooler = PoolerProcess::start(&pg, settings).await.unwrap();
     let port = pooler.port();
     let in_transaction = pooler.connect().await.unwrap();
     let between_transactions = pooler.connect().await.unwrap();

@@ -64,7 +64,7 @@ impl Pool {
                 st.active += 1;
                 drop(st);
                 self.register(&mut conn);
-                self.release(conn);
+                self.release(Box::new(conn));
             }
             Err(e) => {
                 tracing::warn!("min_pool_size: {e}");

@@ -35,7 +35,7 @@ pub enum AcquireError {
 
 /// What a waiting client is handed.
 enum Grant {
-    Conn(ServerConn),
+    Conn(Box<ServerConn>),
     /// Permission to open one more connection (already counted in `total`).
     Slot,
 }
@@ -43,7 +43,10 @@ enum Grant {
 struct PoolState {
     settings: Arc<PoolSettings>,
     login: Arc<LoginTarget>,
-    idle: Vec<ServerConn>,
+    /// Boxed connections: a checkout or release moves a pointer, and a client's relay holds
+    /// 8 bytes for its server connection instead of the connection itself.
+    #[allow(clippy::vec_box)]
+    idle: Vec<Box<ServerConn>>,
     /// Connections open or being opened.
     total: u32,
     /// Connections checked out by clients.
@@ -70,7 +73,7 @@ pub struct Pool {
 
 enum Next {
     /// An idle connection and what must be done before it is handed out.
-    Conn(ServerConn, Checkout),
+    Conn(Box<ServerConn>, Checkout),
     Open,
     Wait(oneshot::Receiver<Grant>, Arc<PoolSettings>),
 }
@@ -169,7 +172,7 @@ impl Pool {
 
     /// An idle connection that needs no check, without waiting: the common checkout on a busy
     /// pool, done without a future (the relay boxes the slow path of [`Pool::acquire`]).
-    pub fn acquire_idle(&self) -> Option<ServerConn> {
+    pub fn acquire_idle(&self) -> Option<Box<ServerConn>> {
         let mut st = self.lock();
         if st.closed || st.paused {
             return None;
@@ -183,7 +186,7 @@ impl Pool {
     }
 
     /// A server connection for a client, waiting at most query_wait_timeout.
-    pub async fn acquire(&self) -> Result<ServerConn, AcquireError> {
+    pub async fn acquire(&self) -> Result<Box<ServerConn>, AcquireError> {
         let start = Instant::now();
         let mut blocked_by_shared_limit = false;
         loop {
@@ -247,7 +250,7 @@ impl Pool {
                             }
                             drop(st);
                             self.register(&mut conn);
-                            Ok(conn)
+                            Ok(Box::new(conn))
                         }
                         Err(e) => {
                             self.stats.count_error("server_login");
@@ -321,7 +324,7 @@ impl Pool {
 
     /// An idle connection about to be handed out: too old, dead, or failing the check query
     /// ones are closed (None).
-    async fn check(&self, mut conn: ServerConn, checkout: Checkout) -> Option<ServerConn> {
+    async fn check(&self, mut conn: Box<ServerConn>, checkout: Checkout) -> Option<Box<ServerConn>> {
         if checkout.expired || (checkout.probe && conn.stream.is_closed_or_dirty()) {
             self.close(conn);
             return None;
@@ -340,7 +343,7 @@ impl Pool {
 
     /// A client is done with `conn` and it is idle and clean: hand it to the next waiting
     /// client, or keep it idle.
-    pub fn release(&self, mut conn: ServerConn) {
+    pub fn release(&self, mut conn: Box<ServerConn>) {
         if let Some(registration) = &conn.registration {
             registration.entry().set_checked_out(None);
         }
@@ -376,7 +379,7 @@ impl Pool {
     }
 
     /// Gives `conn` to the longest-waiting client; back if nobody waits (or paused).
-    fn hand_over(&self, st: &mut PoolState, conn: ServerConn) -> Option<ServerConn> {
+    fn hand_over(&self, st: &mut PoolState, conn: Box<ServerConn>) -> Option<Box<ServerConn>> {
         if st.paused {
             return Some(conn);
         }
@@ -403,7 +406,8 @@ impl Pool {
 
     /// Closes a checked-out connection (its state is unknown, or it is too old) and lets a
     /// waiting client open a new one.
-    pub fn close(&self, conn: ServerConn) {
+    #[allow(clippy::boxed_local)]
+    pub fn close(&self, conn: Box<ServerConn>) {
         tokio::spawn(conn.terminate());
         self.slot_freed(true);
     }
@@ -569,7 +573,8 @@ impl Pool {
         }
     }
 
-    fn close_idle(&self, conn: ServerConn) {
+    #[allow(clippy::boxed_local)]
+    fn close_idle(&self, conn: Box<ServerConn>) {
         tokio::spawn(conn.terminate());
         self.slot_freed(false);
     }
