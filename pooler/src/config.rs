@@ -94,6 +94,8 @@ pub struct PoolerConfig {
     /// Threads that run client and server connections; 0 (the default) takes half the cores,
     /// at least one. Limits, pools and statistics are shared by all of them. Read at start only.
     pub worker_threads: u32,
+    /// Seconds over which SHOW STATS_AVERAGES (and SHOW STATS's avg_ columns) average.
+    pub stats_period: f64,
     pub databases: BTreeMap<String, DatabaseConfig>,
     pub users: BTreeMap<String, UserConfig>,
 }
@@ -143,6 +145,7 @@ impl Default for PoolerConfig {
             shutdown_timeout: 30.0,
             metrics_listen: String::new(),
             worker_threads: 0,
+            stats_period: 60.0,
             databases: BTreeMap::new(),
             users: BTreeMap::new(),
         }
@@ -222,6 +225,9 @@ impl Validate for PoolerConfig {
                 self.min_pool_size,
                 format!("expected at most default_pool_size ({})", self.default_pool_size),
             ));
+        }
+        if self.stats_period < 1.0 {
+            return Err(Invalid::new("stats_period", self.stats_period, "expected at least 1 second"));
         }
         if self.max_client_conn == 0 {
             return Err(Invalid::new("max_client_conn", 0, "expected at least 1"));

@@ -3,9 +3,7 @@
 //! from the connection registry); PAUSE/RESUME, KILL, KILL_CLIENT, RECONNECT, WAIT_CLOSE,
 //! DISABLE/ENABLE, RELOAD and SHUTDOWN act on the pools and the registry.
 
-use crate::admin::rows::{
-    ConfigRow, DatabaseRow, Lists, PoolRow, PoolerState, SocketRow, StatsCounters, StatsRow, UserRow,
-};
+use crate::admin::rows::{ConfigRow, DatabaseRow, Lists, PoolRow, PoolerState, SocketRow, StatsRow, UserRow};
 use crate::admin::{AdminBackend, AdminError, ShutdownMode};
 use crate::pool::{Pool, PoolKey, PoolSettings};
 use crate::runtime::Shared;
@@ -79,21 +77,10 @@ impl AdminBackend for ConsoleBackend {
             .pools
             .all()
             .iter()
-            .map(|pool| {
-                let s = &pool.stats;
-                let xacts = s.xact_count.load(Ordering::Relaxed);
-                StatsRow {
-                    database: pool.key.database.clone(),
-                    totals: StatsCounters {
-                        server_assignment_count: xacts,
-                        xact_count: xacts,
-                        received: s.bytes_received.load(Ordering::Relaxed),
-                        sent: s.bytes_sent.load(Ordering::Relaxed),
-                        wait_time: s.wait_time_us.load(Ordering::Relaxed),
-                        ..Default::default()
-                    },
-                    averages: StatsCounters::default(),
-                }
+            .map(|pool| StatsRow {
+                database: pool.key.database.clone(),
+                totals: pool.stats.totals(),
+                averages: pool.stats.averages(),
             })
             .collect()
     }

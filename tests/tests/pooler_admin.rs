@@ -303,6 +303,34 @@ async fn show_commands_report_traffic_settings_and_state() {
     assert!(state.iter().any(|r| r["key"] == "active" && r["value"] == "yes"), "{state:?}");
 }
 
+/// SHOW STATS_AVERAGES is the last complete stats_period's: transactions and bytes per second,
+/// microseconds per transaction, as PgBouncer reports them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_averages_cover_the_last_stats_period() {
+    let (_pg, pooler) = setup("pool_mode = \"transaction\"\nstats_period = 1").await;
+    let admin = console(&pooler).await;
+    let client = pooler.connect().await.unwrap();
+    // Steady load for longer than two periods, so the last complete period is all load.
+    let started = Instant::now();
+    let mut done = 0u64;
+    while started.elapsed() < Duration::from_millis(2500) {
+        client.simple_query("select pg_sleep(0.002)").await.unwrap();
+        done += 1;
+    }
+    let rate = done as f64 / started.elapsed().as_secs_f64();
+    let averages = show(&admin, "STATS_AVERAGES").await;
+    let a = averages.iter().find(|r| r["database"] == "postgres").unwrap_or_else(|| panic!("{averages:?}"));
+    let num = |key: &str| a[key].parse::<f64>().unwrap_or_else(|_| panic!("{key}: {a:?}"));
+    let xacts = num("xact_count");
+    assert!(xacts >= rate * 0.4 && xacts <= rate * 2.5, "avg xact_count {xacts}, measured {rate:.0}/s: {a:?}");
+    // Each transaction sleeps 2 ms on the server.
+    assert!(num("xact_time") >= 2_000.0, "avg xact_time: {a:?}");
+    assert!(num("bytes_received") > 0.0 && num("bytes_sent") > 0.0, "{a:?}");
+    let stats = show(&admin, "STATS").await;
+    let s = stats.iter().find(|r| r["database"] == "postgres").unwrap_or_else(|| panic!("{stats:?}"));
+    assert!(s["avg_xact_count"].parse::<u64>().unwrap_or(0) > 0, "{s:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_wait_for_clients_refuses_new_clients_and_exits_once_connected_ones_leave() {
     let (_pg, mut pooler) = setup("pool_mode = \"transaction\"").await;

@@ -87,6 +87,7 @@ fn settings(c: &PoolerConfig) -> Vec<(&'static str, Option<String>, bool)> {
         ("max_packet_size", Some(c.max_packet_size.to_string()), true),
         ("ignore_startup_parameters", Some(c.ignore_startup_parameters.join(",")), true),
         ("worker_threads", Some(c.worker_threads.to_string()), false),
+        ("stats_period", Some(secs(c.stats_period)), true),
     ]
 }
 

@@ -69,8 +69,11 @@ pub(super) struct Relay<'a> {
     key: ClientKey,
     cancel: Arc<CancelSlot>,
     stopping: Stopping,
+    /// Bytes since the last transaction's end (added to the pool's totals there).
     bytes_in: u64,
     bytes_out: u64,
+    /// When the attached server connection was checked out (SHOW STATS xact_time).
+    attached_at: Option<std::time::Instant>,
 }
 
 impl<'a> Relay<'a> {
@@ -102,6 +105,7 @@ impl<'a> Relay<'a> {
             stopping: shared.shutdown.subscribe(),
             bytes_in: 0,
             bytes_out: 0,
+            attached_at: None,
         }
     }
 
@@ -485,6 +489,7 @@ impl<'a> Relay<'a> {
             }
         }
         self.cancel.set(Some(conn.cancel.clone()));
+        self.attached_at = Some(std::time::Instant::now());
         self.server = Some(conn);
         self.flush_server().await
     }
@@ -495,7 +500,7 @@ impl<'a> Relay<'a> {
             if let Some(conn) = self.server.take() {
                 self.me.detached();
                 self.cancel.set(None);
-                self.pool.stats.xact_count.fetch_add(1, Ordering::Relaxed);
+                self.count_transaction();
                 tracing::warn!(server = %conn.addr, "server sent bytes after its last answer; closing it");
                 self.sin.clear();
                 self.pool.close(conn);
@@ -511,12 +516,23 @@ impl<'a> Relay<'a> {
         self.me.detached();
         self.cancel.set(None);
         conn.state = Some(state);
-        self.pool.stats.xact_count.fetch_add(1, Ordering::Relaxed);
+        self.count_transaction();
         if self.settings.server_reset_query_always {
             Box::pin(self.reset_and_release(conn)).await;
         } else {
             self.pool.release(conn);
         }
+    }
+
+    /// A transaction ended: its time with the server and the bytes since the last one.
+    fn count_transaction(&mut self) {
+        let stats = &self.pool.stats;
+        stats.xact_count.fetch_add(1, Ordering::Relaxed);
+        if let Some(at) = self.attached_at.take() {
+            stats.xact_time_us.fetch_add(at.elapsed().as_micros() as u64, Ordering::Relaxed);
+        }
+        stats.bytes_received.fetch_add(std::mem::take(&mut self.bytes_in), Ordering::Relaxed);
+        stats.bytes_sent.fetch_add(std::mem::take(&mut self.bytes_out), Ordering::Relaxed);
     }
 
     /// Runs server_reset_query, then pools the connection (or closes it if the query fails).

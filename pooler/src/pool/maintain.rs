@@ -1,5 +1,6 @@
 //! A pool's housekeeping, once a second: close idle connections past server_idle_timeout or
-//! server_lifetime, and open connections up to min_pool_size once the pool has been used.
+//! server_lifetime, open connections up to min_pool_size once the pool has been used, and
+//! roll SHOW STATS_AVERAGES over at the end of each stats_period.
 
 use super::Pool;
 use std::sync::Weak;
@@ -11,6 +12,7 @@ pub(super) async fn run(pool: Weak<Pool>) {
     loop {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
+        pool.stats.roll_averages(Instant::now(), pool.settings().stats_period);
         pool.expire_idle();
         pool.fill_to_minimum().await;
     }

@@ -24,6 +24,8 @@ pub struct PoolSettings {
     pub server_reset_query_always: bool,
     pub idle_transaction_timeout: Option<Duration>,
     pub client_idle_timeout: Option<Duration>,
+    /// Period of SHOW STATS_AVERAGES.
+    pub stats_period: Duration,
 }
 
 /// Seconds as PgBouncer reads them: 0 means off.
@@ -56,6 +58,7 @@ impl PoolSettings {
             server_reset_query_always: config.server_reset_query_always,
             idle_transaction_timeout: secs(config.idle_transaction_timeout),
             client_idle_timeout: secs(config.client_idle_timeout),
+            stats_period: secs(config.stats_period).unwrap_or(Duration::from_secs(60)),
         }
     }
 }
