@@ -64,6 +64,7 @@ impl PoolStats {
         StatsCounters {
             server_assignment_count: xacts,
             xact_count: xacts,
+            query_count: self.query_count.load(Ordering::Relaxed),
             received: self.bytes_received.load(Ordering::Relaxed),
             sent: self.bytes_sent.load(Ordering::Relaxed),
             xact_time: self.xact_time_us.load(Ordering::Relaxed),

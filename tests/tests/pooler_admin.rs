@@ -274,11 +274,16 @@ async fn show_commands_report_traffic_settings_and_state() {
     for i in 0..20 {
         client.simple_query(&format!("select {i}")).await.unwrap();
     }
+    // One transaction of three queries.
+    for query in ["BEGIN", "select 1", "COMMIT"] {
+        client.simple_query(query).await.unwrap();
+    }
     let num =
         |row: &HashMap<String, String>, key: &str| row[key].parse::<u64>().unwrap_or_else(|_| panic!("{key}: {row:?}"));
     let totals = show(&admin, "STATS_TOTALS").await;
     let t = totals.iter().find(|r| r["database"] == "postgres").unwrap_or_else(|| panic!("{totals:?}"));
-    assert!(num(t, "xact_count") >= 20 && num(t, "bytes_received") > 0 && num(t, "bytes_sent") > 0, "{t:?}");
+    assert!(num(t, "xact_count") >= 21 && num(t, "bytes_received") > 0 && num(t, "bytes_sent") > 0, "{t:?}");
+    assert!(num(t, "query_count") >= num(t, "xact_count") + 2, "a query per answered Query: {t:?}");
     let stats = show(&admin, "STATS").await;
     let s = stats.iter().find(|r| r["database"] == "postgres").unwrap_or_else(|| panic!("{stats:?}"));
     assert_eq!(num(s, "total_xact_count"), num(t, "xact_count"));
@@ -326,6 +331,8 @@ async fn stats_averages_cover_the_last_stats_period() {
     // Each transaction sleeps 2 ms on the server.
     assert!(num("xact_time") >= 2_000.0, "avg xact_time: {a:?}");
     assert!(num("bytes_received") > 0.0 && num("bytes_sent") > 0.0, "{a:?}");
+    // One query per transaction here.
+    assert!((num("query_count") - xacts).abs() <= xacts * 0.2 + 1.0, "avg query_count: {a:?}");
     let stats = show(&admin, "STATS").await;
     let s = stats.iter().find(|r| r["database"] == "postgres").unwrap_or_else(|| panic!("{stats:?}"));
     assert!(s["avg_xact_count"].parse::<u64>().unwrap_or(0) > 0, "{s:?}");

@@ -531,6 +531,7 @@ impl<'a> Relay<'a> {
         if let Some(at) = self.attached_at.take() {
             stats.xact_time_us.fetch_add(at.elapsed().as_micros() as u64, Ordering::Relaxed);
         }
+        stats.query_count.fetch_add(self.session.take_queries_answered(), Ordering::Relaxed);
         stats.bytes_received.fetch_add(std::mem::take(&mut self.bytes_in), Ordering::Relaxed);
         stats.bytes_sent.fetch_add(std::mem::take(&mut self.bytes_out), Ordering::Relaxed);
     }
@@ -604,6 +605,7 @@ impl<'a> Relay<'a> {
             }
         }
         let stats = &self.pool.stats;
+        stats.query_count.fetch_add(self.session.take_queries_answered(), Ordering::Relaxed);
         stats.bytes_received.fetch_add(self.bytes_in, Ordering::Relaxed);
         stats.bytes_sent.fetch_add(self.bytes_out, Ordering::Relaxed);
         stats.clients.fetch_sub(1, Ordering::Relaxed);

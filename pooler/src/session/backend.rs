@@ -89,6 +89,7 @@ impl Session {
             Some(Request::Sync | Request::Query | Request::FunctionCall) => {
                 self.pending.pop_front();
                 self.answered_ready = true;
+                self.queries_answered += 1;
                 Route::Forward
             }
             // Nothing awaited: tolerated (PgBouncer does too), it changes nothing in flight.

@@ -145,6 +145,9 @@ pub struct Session {
     release_deferred: bool,
     /// The message just handled was a ReadyForQuery answering a client's Sync or Query.
     answered_ready: bool,
+    /// Queries answered (a simple Query, a Sync, a function call) since last taken, for
+    /// SHOW STATS query_count.
+    queries_answered: u64,
     /// Syncs sent so far: numbers the pipeline segments the server skips as a whole on error.
     segment: u64,
     scratch: BytesMut,
@@ -168,6 +171,7 @@ impl Session {
             copy_in: false,
             release_deferred: false,
             answered_ready: false,
+            queries_answered: 0,
             segment: 0,
             scratch: BytesMut::new(),
         }
@@ -192,6 +196,11 @@ impl Session {
     }
 
     /// Requests sent to the server whose answers have not all arrived.
+    /// Queries answered since the last call (SHOW STATS query_count).
+    pub fn take_queries_answered(&mut self) -> u64 {
+        std::mem::take(&mut self.queries_answered)
+    }
+
     pub fn requests_in_flight(&self) -> usize {
         self.pending.len()
     }
