@@ -1,17 +1,43 @@
 //! Free TCP ports on 127.0.0.1, picked at run time.
 //!
-//! The kernel hands out an unused ephemeral port for a bind to port 0; the socket is closed again
-//! and the number handed to the process that will listen on it. Ports handed out by this test
-//! process are remembered so that two servers of one test never get the same number.
+//! Ports come from below the kernel's ephemeral range (`ip_local_port_range`, usually from
+//! 32768): a port taken from inside it with a bind to port 0 is free only until the process
+//! that should listen on it binds it, and in between any outgoing connection of a test running
+//! alongside (a pooler test opens hundreds) may get it as its local port, so the listener then
+//! fails with "address in use". Below the range nothing is handed out by the kernel; each test
+//! process starts at its own offset (from its pid) and checks that the port binds. Ports handed
+//! out by this test process are remembered so that two servers of one test never get the
+//! same number. If the range starts too low, a bind to port 0 is the fallback.
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, TcpListener};
 use std::sync::Mutex;
 
+/// The lowest port handed out.
+const LOWEST: u32 = 10_000;
+
 static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 
 /// A port on 127.0.0.1 that nothing listens on right now.
 pub fn free_port() -> anyhow::Result<u16> {
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next().and_then(|lo| lo.parse::<u32>().ok()))
+        .unwrap_or(32_768);
+    if ephemeral_start >= LOWEST + 1_000 {
+        let span = ephemeral_start - LOWEST;
+        let start = std::process::id().wrapping_mul(7_919) % span;
+        for i in 0..span.min(2_000) {
+            let port = (LOWEST + (start + i * 13) % span) as u16;
+            if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_err() {
+                continue;
+            }
+            let mut seen = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.get_or_insert_with(HashSet::new).insert(port) {
+                return Ok(port);
+            }
+        }
+    }
     for _ in 0..100 {
         let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port();
         let mut seen = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
