@@ -243,10 +243,8 @@ impl<'a> Relay<'a> {
             if let Err(e) = std::future::poll_fn(|cx| client.poll_read_ready(cx)).await {
                 return Event::Client(Err(e));
             }
-            buffers::lend(&mut self.cin);
-            match self.client.try_read_buf(&mut self.cin) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => buffers::give_back(&mut self.cin),
-                read => return Event::Client(read),
+            if let Some(read) = self.read_now() {
+                return Event::Client(read);
             }
         }
     }
@@ -256,6 +254,12 @@ impl<'a> Relay<'a> {
         if !self.client.is_tls() {
             return None;
         }
+        self.read_now()
+    }
+
+    /// Reads what the client sent into a lent buffer; None (and the buffer given back) if
+    /// nothing is there yet.
+    fn read_now(&mut self) -> Option<std::io::Result<usize>> {
         buffers::lend(&mut self.cin);
         match self.client.try_read_buf(&mut self.cin) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -306,10 +310,8 @@ impl<'a> Relay<'a> {
             if let Err(e) = ready {
                 return Event::Client(Err(e));
             }
-            buffers::lend(&mut self.cin);
-            match self.client.try_read_buf(&mut self.cin) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => buffers::give_back(&mut self.cin),
-                read => return Event::Client(read),
+            if let Some(read) = self.read_now() {
+                return Event::Client(read);
             }
         }
     }
@@ -392,9 +394,10 @@ impl<'a> Relay<'a> {
             if self.sin.len() == n && self.cout.is_empty() && self.sout.is_empty() {
                 if let Some(Action::ReleaseServer(state)) = self.actions.pop() {
                     self.actions.clear();
+                    // Counted before the release, which adds them to this transaction's bytes.
+                    self.bytes_out += n as u64;
                     self.give_back_to_pool(state).await;
                     let sent = self.client.send(&self.sin[..n]).await;
-                    self.bytes_out += n as u64;
                     self.sin.clear();
                     return sent.map_err(|_| End::ClientGone);
                 }
