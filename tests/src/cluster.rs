@@ -8,6 +8,7 @@ use crate::etcd::EtcdCluster;
 use crate::pgha::PghaProcess;
 use crate::relay::FaultRelay;
 use crate::scratch::ScratchDir;
+use crate::wait::wait_for;
 use agent::postgres::os_user::{RunAs, DEFAULT_USER};
 use anyhow::Context;
 use std::collections::BTreeMap;
@@ -363,6 +364,26 @@ retry_timeout = {rt}
             }
         }
         out
+    }
+
+    /// Waits until every other running node has replayed all WAL the primary `primary` has
+    /// written so far (asynchronous replication: a node lost right after a commit may take the
+    /// commit with it, and a test that kills it must first wait for this).
+    pub async fn wait_replicated(&self, primary: usize, timeout: Duration) -> anyhow::Result<()> {
+        let lsn: String = connect(&self.nodes[primary].dsn())
+            .await?
+            .query_one("select pg_current_wal_lsn()::text", &[])
+            .await?
+            .try_get(0)?;
+        for (i, n) in self.nodes.iter().enumerate().filter(|(i, n)| *i != primary && n.agent.is_some()) {
+            wait_for(&format!("node{} to replay {lsn}", i + 1), timeout, || async {
+                let c = connect(&n.dsn()).await?;
+                let row = c.query_one(&format!("select pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn"), &[]).await?;
+                Ok(row.try_get::<_, Option<bool>>(0)?.unwrap_or(false).then_some(()))
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// Every agent's log, for failure messages.

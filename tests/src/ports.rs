@@ -7,7 +7,11 @@
 //! fails with "address in use". Below the range nothing is handed out by the kernel; each test
 //! process starts at its own offset (from its pid) and checks that the port binds. Ports handed
 //! out by this test process are remembered so that two servers of one test never get the
-//! same number. If the range starts too low, a bind to port 0 is the fallback.
+//! same number. Test processes running side by side (nextest runs each test in its own) also
+//! claim each port in a shared directory (`/tmp/pgha-test-ports/<port>`, created exclusively and
+//! holding the claimer's pid; a claim whose process is gone is taken over), so two of them never
+//! get the same port while one of them has not bound it yet. If the range starts too low, a bind
+//! to port 0 is the fallback.
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, TcpListener};
@@ -33,9 +37,11 @@ pub fn free_port() -> anyhow::Result<u16> {
                 continue;
             }
             let mut seen = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
-            if seen.get_or_insert_with(HashSet::new).insert(port) {
-                return Ok(port);
+            if seen.get_or_insert_with(HashSet::new).contains(&port) || !claim(port) {
+                continue;
             }
+            seen.get_or_insert_with(HashSet::new).insert(port);
+            return Ok(port);
         }
     }
     for _ in 0..100 {
@@ -46,4 +52,41 @@ pub fn free_port() -> anyhow::Result<u16> {
         }
     }
     anyhow::bail!("could not find a free port on 127.0.0.1")
+}
+
+/// Where test processes claim ports.
+const CLAIMS: &str = "/tmp/pgha-test-ports";
+
+/// Claims `port` for this process across test processes: false when a live process holds it.
+fn claim(port: u16) -> bool {
+    let dir = std::path::Path::new(CLAIMS);
+    if std::fs::create_dir_all(dir).is_err() {
+        // No shared directory: the bind check alone has to do.
+        return true;
+    }
+    let path = dir.join(port.to_string());
+    let me = std::process::id();
+    for _ in 0..2 {
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(mut file) => {
+                use std::io::Write;
+                return file.write_all(me.to_string().as_bytes()).is_ok();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let holder = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<i32>().ok());
+                match holder {
+                    Some(pid) if pid as u32 == me => return true,
+                    Some(pid) if std::path::Path::new(&format!("/proc/{pid}")).exists() => return false,
+                    // The holder is gone (or the file is half written by a claimer right now:
+                    // then the bind check and the other claimer's own check still stand).
+                    Some(_) => {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    None => return false,
+                }
+            }
+            Err(_) => return true,
+        }
+    }
+    false
 }

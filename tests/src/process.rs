@@ -131,7 +131,10 @@ impl ManagedProcess {
         result
     }
 
-    /// kill -9 of the whole group, then reaps the leader.
+    /// kill -9 of the whole group, reaps the leader, and waits (up to 10 s) until no process of the
+    /// group is left running. The leader exits first; its children (a postmaster's backends, which
+    /// still hold the shared memory segment) may take a moment longer, and a restart in that moment
+    /// fails with "pre-existing shared memory block is still in use".
     pub fn kill_group(&mut self) {
         let _ = killpg(self.pgid(), Signal::SIGCONT);
         let _ = killpg(self.pgid(), Signal::SIGKILL);
@@ -139,6 +142,12 @@ impl ManagedProcess {
             if let Ok(status) = self.child.wait() {
                 self.exited = Some(status);
             }
+        }
+        let pgid = [self.pgid().as_raw()];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !live_processes_in_groups(&pgid).is_empty() && Instant::now() < deadline {
+            let _ = killpg(self.pgid(), Signal::SIGKILL);
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 }

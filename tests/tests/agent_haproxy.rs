@@ -90,6 +90,8 @@ async fn haproxy_with_patroni_style_checks_routes_writes_to_the_new_primary_afte
 
     let writer = connect(&dsn(haproxy.primary_port)).await.unwrap();
     writer.batch_execute("create table routed(id int primary key, port int)").await.unwrap();
+    // Replication is asynchronous: without this the table may die with the node.
+    cluster.wait_replicated(old, Duration::from_secs(30)).await.unwrap();
     cluster.nodes[old].kill_node();
     let killed = Instant::now();
     let new = wait_for("another primary", Duration::from_secs(60), || async {

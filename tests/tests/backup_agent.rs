@@ -76,14 +76,7 @@ async fn the_promoted_replica_continues_the_archive_and_pitr_follows_the_failove
         ))
         .await?;
     }
-    let lsn = value(&dsn, "select pg_current_wal_lsn()::text").await?;
-    for (i, n) in cluster.nodes.iter().enumerate().filter(|(i, _)| *i != old) {
-        wait_for(&format!("node{} to replay {lsn}", i + 1), Duration::from_secs(30), || async {
-            let r = value(&n.dsn(), &format!("select (pg_last_wal_replay_lsn() >= '{lsn}')::text")).await?;
-            Ok((r == "true").then_some(()))
-        })
-        .await?;
-    }
+    cluster.wait_replicated(old, Duration::from_secs(30)).await?;
     let mut cluster = cluster;
     cluster.nodes[old].kill_node();
 
