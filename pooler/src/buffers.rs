@@ -2,7 +2,8 @@
 //! buffer: its relay waits for readiness without one, borrows from this thread's free list when
 //! bytes arrive, and gives everything back once it is idle again, so 10,000 idle clients cost
 //! no buffer memory and a busy one allocates nothing per transaction. The session's action
-//! lists are lent the same way. Owns the free lists only.
+//! lists are lent the same way, and so is the small box that holds a busy relay's output and
+//! server-input buffers (`Io`): an idle relay keeps 8 bytes for them. Owns the free lists only.
 
 use crate::session::Action;
 use bytes::BytesMut;
@@ -20,6 +21,52 @@ const LARGEST_KEPT: usize = 4 * CHUNK;
 thread_local! {
     static FREE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
     static FREE_ACTIONS: RefCell<Vec<Vec<Action>>> = const { RefCell::new(Vec::new()) };
+    // Boxed: a relay holds 8 bytes for its Io, and lending moves a pointer.
+    #[allow(clippy::vec_box)]
+    static FREE_IO: RefCell<Vec<Box<Io>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A busy relay's buffers besides its client input: bytes for the client, from the server and
+/// for the server, and the session's action list. Each buffer is itself lent (`lend`) when
+/// it is first needed.
+#[derive(Default)]
+pub struct Io {
+    pub cout: BytesMut,
+    pub sin: BytesMut,
+    pub sout: BytesMut,
+    pub actions: Vec<Action>,
+}
+
+impl Io {
+    fn is_empty(&self) -> bool {
+        self.cout.is_empty() && self.sin.is_empty() && self.sout.is_empty()
+    }
+}
+
+/// The relay's `Io`, borrowed from this thread's free list if it holds none.
+pub fn io(slot: &mut Option<Box<Io>>) -> &mut Io {
+    slot.get_or_insert_with(|| FREE_IO.with(|free| free.borrow_mut().pop()).unwrap_or_default())
+}
+
+/// Gives the relay's `Io` back, its buffers to the buffer free list, unless one of them still
+/// holds bytes.
+pub fn give_back_io(slot: &mut Option<Box<Io>>) {
+    let Some(io) = slot.as_mut() else { return };
+    if !io.is_empty() {
+        return;
+    }
+    for buf in [&mut io.cout, &mut io.sin, &mut io.sout] {
+        give_back(buf);
+    }
+    give_back_actions(&mut io.actions);
+    if let Some(io) = slot.take() {
+        FREE_IO.with(|free| {
+            let mut free = free.borrow_mut();
+            if free.len() < KEPT_PER_THREAD {
+                free.push(io);
+            }
+        });
+    }
 }
 
 /// Makes `buf` a buffer with room for a read, borrowing one if it holds none.
@@ -104,6 +151,19 @@ mod tests {
         assert!(b.capacity() >= CHUNK && b.is_empty());
         // The same memory, with the consumed front reclaimed.
         assert_eq!(b.as_ptr(), unsafe { ptr.sub(100) });
+    }
+
+    #[test]
+    fn an_io_box_is_reused_and_kept_while_it_holds_bytes() {
+        let mut slot = None;
+        let first: *const Io = io(&mut slot);
+        give_back_io(&mut slot);
+        assert!(slot.is_none());
+        assert_eq!(io(&mut slot) as *const Io, first, "the box was not reused");
+        lend(&mut io(&mut slot).sin);
+        io(&mut slot).sin.put_slice(b"part of an answer");
+        give_back_io(&mut slot);
+        assert_eq!(slot.as_ref().map(|io| &io.sin[..]), Some(&b"part of an answer"[..]));
     }
 
     #[test]

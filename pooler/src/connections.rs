@@ -7,6 +7,7 @@
 use crate::pool::PoolKey;
 use crate::stream::Stream;
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,10 +17,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// (`unix` and port 0 for a Unix socket).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Endpoints {
-    pub addr: String,
-    pub port: u16,
-    pub local_addr: String,
-    pub local_port: u16,
+    /// The peer and local socket addresses; None for a Unix socket.
+    peer: Option<SocketAddr>,
+    local: Option<SocketAddr>,
+    unix: bool,
 }
 
 impl Endpoints {
@@ -31,16 +32,36 @@ impl Endpoints {
             Stream::Unix(_) => None,
         };
         match tcp {
-            Some(s) => {
-                let (peer, local) = (s.peer_addr().ok(), s.local_addr().ok());
-                Endpoints {
-                    addr: peer.map(|a| a.ip().to_string()).unwrap_or_default(),
-                    port: peer.map(|a| a.port()).unwrap_or(0),
-                    local_addr: local.map(|a| a.ip().to_string()).unwrap_or_default(),
-                    local_port: local.map(|a| a.port()).unwrap_or(0),
-                }
-            }
-            None => Endpoints { addr: "unix".into(), port: 0, local_addr: "unix".into(), local_port: 0 },
+            Some(s) => Endpoints { peer: s.peer_addr().ok(), local: s.local_addr().ok(), unix: false },
+            None => Endpoints { peer: None, local: None, unix: true },
+        }
+    }
+
+    /// Asks the socket itself (SHOW CLIENTS: a client's entry keeps no copy).
+    fn of_socket(socket: socket2::SockRef<'_>) -> Endpoints {
+        let (peer, local) = (socket.peer_addr().ok(), socket.local_addr().ok());
+        let unix = local.as_ref().is_some_and(|a| a.domain() == socket2::Domain::UNIX);
+        Endpoints { peer: peer.and_then(|a| a.as_socket()), local: local.and_then(|a| a.as_socket()), unix }
+    }
+
+    /// The peer's IP address as SHOW CLIENTS/SERVERS print it (`unix` for a Unix socket).
+    pub fn addr(&self) -> String {
+        Self::ip(self.peer, self.unix)
+    }
+    pub fn port(&self) -> u16 {
+        self.peer.map_or(0, |a| a.port())
+    }
+    pub fn local_addr(&self) -> String {
+        Self::ip(self.local, self.unix)
+    }
+    pub fn local_port(&self) -> u16 {
+        self.local.map_or(0, |a| a.port())
+    }
+    fn ip(addr: Option<SocketAddr>, unix: bool) -> String {
+        match addr {
+            _ if unix => "unix".into(),
+            Some(a) => a.ip().to_string(),
+            None => String::new(),
         }
     }
 }
@@ -78,12 +99,12 @@ pub enum ClientState {
 /// One logged-in client (or admin console session).
 pub struct ClientEntry {
     pub id: u64,
-    pub database: String,
-    pub user: String,
-    pub endpoints: Endpoints,
+    /// Names shared with the clients that logged in before with the same (`Connections::name`).
+    pub database: Arc<str>,
+    pub user: Arc<str>,
     pub connect_time: SystemTime,
-    pub application_name: String,
-    pub tls: String,
+    pub application_name: Arc<str>,
+    pub tls: Box<str>,
     state: AtomicU8,
     request_time_us: AtomicU64,
     wait_start_us: AtomicU64,
@@ -118,6 +139,14 @@ impl ClientEntry {
     }
     pub fn server(&self) -> u64 {
         self.server.load(Ordering::Relaxed)
+    }
+    /// The socket's addresses, read from the socket while it is open (empty after).
+    pub fn endpoints(&self) -> Endpoints {
+        let fd = lock(&self.fd);
+        let Some(fd) = *fd else { return Endpoints::default() };
+        // SAFETY: `fd` stays open while it is in the slot, which this lock holds (see `kill`).
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        Endpoints::of_socket(socket2::SockRef::from(&borrowed))
     }
     pub fn is_killed(&self) -> bool {
         self.killed_flag.load(Ordering::SeqCst)
@@ -212,6 +241,17 @@ pub struct Connections {
     clients: Mutex<HashMap<u64, Arc<ClientEntry>>>,
     servers: Mutex<HashMap<u64, Arc<ServerEntry>>>,
     disabled: Mutex<HashSet<String>>,
+    /// The last database, user and application name a client registered with: the next
+    /// client with the same names shares these strings instead of allocating its own.
+    last_names: Mutex<[Option<Arc<str>>; 3]>,
+}
+
+/// Which of `Connections::last_names`.
+#[derive(Clone, Copy)]
+enum NameKind {
+    Database = 0,
+    User = 1,
+    ApplicationName = 2,
 }
 
 /// What a client registers with.
@@ -224,18 +264,30 @@ pub struct NewClient<'a> {
 }
 
 impl Connections {
+    /// `name` as a shared string: the one the previous client had if it is the same.
+    fn name(&self, kind: NameKind, name: &str) -> Arc<str> {
+        let mut last = lock(&self.last_names);
+        match &last[kind as usize] {
+            Some(shared) if &**shared == name => shared.clone(),
+            _ => {
+                let fresh: Arc<str> = Arc::from(name);
+                last[kind as usize] = Some(fresh.clone());
+                fresh
+            }
+        }
+    }
+
     /// Registers a client; the handle removes it when dropped. Drop the handle before the
     /// socket is closed (KILL shuts the socket down through the registry).
     pub fn register_client(self: &Arc<Self>, new: NewClient<'_>) -> ClientHandle {
         let now = SystemTime::now();
         let entry = Arc::new(ClientEntry {
             id: new.id,
-            database: new.database.to_owned(),
-            user: new.user.to_owned(),
-            endpoints: Endpoints::of(new.stream),
+            database: self.name(NameKind::Database, new.database),
+            user: self.name(NameKind::User, new.user),
             connect_time: now,
-            application_name: new.application_name.to_owned(),
-            tls: String::new(),
+            application_name: self.name(NameKind::ApplicationName, new.application_name),
+            tls: Box::default(),
             state: AtomicU8::new(ClientState::Active as u8),
             request_time_us: AtomicU64::new(unix_micros(now)),
             wait_start_us: AtomicU64::new(0),
@@ -295,8 +347,8 @@ impl Connections {
         let victims: Vec<_> = lock(&self.clients)
             .values()
             .filter(|c| match database {
-                Some(db) => c.database == db,
-                None => c.database != crate::admin::ADMIN_DATABASE,
+                Some(db) => &*c.database == db,
+                None => &*c.database != crate::admin::ADMIN_DATABASE,
             })
             .cloned()
             .collect();
@@ -313,7 +365,7 @@ impl Connections {
     pub fn kill_idle_clients(&self) -> usize {
         let victims: Vec<_> = lock(&self.clients)
             .values()
-            .filter(|c| c.database != crate::admin::ADMIN_DATABASE && c.server.load(Ordering::SeqCst) == 0)
+            .filter(|c| &*c.database != crate::admin::ADMIN_DATABASE && c.server.load(Ordering::SeqCst) == 0)
             .cloned()
             .collect();
         for client in &victims {
@@ -422,7 +474,7 @@ mod tests {
             stream: &stream,
         });
         let listed = registry.clients();
-        assert_eq!((listed.len(), listed[0].application_name.as_str()), (1, "batch"));
+        assert_eq!((listed.len(), &*listed[0].application_name), (1, "batch"));
         let killer = registry.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -445,7 +497,7 @@ mod tests {
         let mut stream = Stream::Tcp(listener.accept().await.unwrap().0);
         let new = NewClient { id: 9, database: "app", user: "alice", application_name: "", stream: &stream };
         let handle = registry.register_client(new);
-        assert_eq!(handle.entry().endpoints.addr, "127.0.0.1");
+        assert_eq!(handle.entry().endpoints().addr(), "127.0.0.1");
         let killer = registry.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(50)).await;

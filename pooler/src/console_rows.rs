@@ -24,20 +24,21 @@ pub fn close_needed(server: &ServerEntry, generations: &HashMap<PoolKey, u64>) -
 
 pub fn client(c: &ClientEntry) -> SocketRow {
     let wait = c.waiting_for();
+    let endpoints = c.endpoints();
     SocketRow {
         kind: 'C',
-        user: c.user.clone(),
-        database: c.database.clone(),
+        user: c.user.to_string(),
+        database: c.database.to_string(),
         replication: "none".into(),
         state: match c.state() {
             ClientState::Active => "active",
             ClientState::Waiting => "waiting",
         }
         .into(),
-        addr: c.endpoints.addr.clone(),
-        port: c.endpoints.port,
-        local_addr: c.endpoints.local_addr.clone(),
-        local_port: c.endpoints.local_port,
+        addr: endpoints.addr(),
+        port: endpoints.port(),
+        local_addr: endpoints.local_addr(),
+        local_port: endpoints.local_port(),
         connect_time: c.connect_time,
         request_time: c.request_time(),
         wait: wait.as_secs() as u32,
@@ -46,8 +47,8 @@ pub fn client(c: &ClientEntry) -> SocketRow {
         ptr: ptr(c.id),
         link: ptr(c.server()),
         remote_pid: 0,
-        tls: c.tls.clone(),
-        application_name: c.application_name.clone(),
+        tls: c.tls.to_string(),
+        application_name: c.application_name.to_string(),
         prepared_statements: 0,
         id: c.id,
     }
@@ -64,10 +65,10 @@ pub fn server(s: &ServerEntry, generations: &HashMap<PoolKey, u64>) -> SocketRow
             ServerState::Idle => "idle",
         }
         .into(),
-        addr: s.endpoints.addr.clone(),
-        port: s.endpoints.port,
-        local_addr: s.endpoints.local_addr.clone(),
-        local_port: s.endpoints.local_port,
+        addr: s.endpoints.addr(),
+        port: s.endpoints.port(),
+        local_addr: s.endpoints.local_addr(),
+        local_port: s.endpoints.local_port(),
         connect_time: s.connect_time,
         request_time: s.request_time(),
         wait: 0,

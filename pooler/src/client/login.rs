@@ -154,6 +154,7 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
             tracing::debug!(parameter = name.as_str(), "startup parameter in ignore_startup_parameters; ignored");
         }
     }
+    let params = pool.share_params(params);
     let (key, cancel) = shared.cancels.register();
     let mut out = BytesMut::with_capacity(512);
     write_authentication_ok(&mut out);

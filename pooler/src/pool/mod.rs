@@ -15,6 +15,7 @@ use registry::ConnCounter;
 pub use settings::{secs, PoolSettings};
 
 use crate::server::{LoginTarget, ServerConn, ServerError};
+use crate::session::ParamMap;
 use crate::stats::PoolStats;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -54,6 +55,9 @@ struct PoolState {
     waiters: VecDeque<oneshot::Sender<Grant>>,
     /// Server ParameterStatus values of the first login, for client welcomes.
     welcome: Option<Arc<Vec<(String, String)>>>,
+    /// The session parameters of the last client that logged in, shared with the next ones
+    /// that have the same (`share_params`).
+    client_params: Option<ParamMap>,
     /// Bumped by RECONNECT: connections from an older generation are closed on release.
     generation: u64,
     closed: bool,
@@ -97,6 +101,7 @@ impl Pool {
                 active: 0,
                 waiters: VecDeque::new(),
                 welcome: None,
+                client_params: None,
                 generation: 0,
                 closed: false,
                 paused: false,
@@ -148,6 +153,19 @@ impl Pool {
 
     pub fn welcome(&self) -> Option<Arc<Vec<(String, String)>>> {
         self.lock().welcome.clone()
+    }
+
+    /// `params`, or an equal map another client of this pool already holds: clients that log
+    /// in with the same session parameters (nearly all of them) share one copy.
+    pub fn share_params(&self, params: ParamMap) -> ParamMap {
+        let mut st = self.lock();
+        match &st.client_params {
+            Some(shared) if *shared == params => shared.clone(),
+            _ => {
+                st.client_params = Some(params.clone());
+                params
+            }
+        }
     }
 
     /// Room for one more connection under pool_size (+ reserve), max_db_connections and

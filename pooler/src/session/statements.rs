@@ -92,15 +92,22 @@ pub(crate) struct ClientBinding {
     pub(crate) replaced: Option<Arc<Statement>>,
 }
 
-/// The statements one client has prepared, by the client's names.
+/// The statements one client has prepared, by the client's names. The map is allocated with
+/// the first statement: most clients never prepare one, and an idle client keeps 8 bytes here.
 #[derive(Debug, Default)]
 pub(crate) struct ClientStatements {
-    by_name: HashMap<Box<[u8]>, Arc<Statement>>,
+    by_name: Option<Box<ByName>>,
 }
 
+type ByName = HashMap<Box<[u8]>, Arc<Statement>>;
+
 impl ClientStatements {
+    fn map(&mut self) -> &mut ByName {
+        self.by_name.get_or_insert_with(Default::default)
+    }
+
     pub(crate) fn get(&self, name: &[u8]) -> Option<&Arc<Statement>> {
-        self.by_name.get(name)
+        self.by_name.as_ref()?.get(name)
     }
 
     /// Binds `name` to `definition`, replacing an earlier binding (as a re-Parse after a failed
@@ -108,41 +115,42 @@ impl ClientStatements {
     /// never undo a later one of the same name and text.
     pub(crate) fn bind(&mut self, name: &[u8], definition: &[u8]) -> ClientBinding {
         let statement = Arc::new(Statement::new(definition));
-        let replaced = self.by_name.insert(name.into(), statement.clone());
+        let replaced = self.map().insert(name.into(), statement.clone());
         ClientBinding { name: name.into(), statement, replaced }
     }
 
     pub(crate) fn remove(&mut self, name: &[u8]) -> Option<ClientBinding> {
-        self.by_name.remove_entry(name).map(|(name, statement)| ClientBinding { name, statement, replaced: None })
+        let (name, statement) = self.by_name.as_mut()?.remove_entry(name)?;
+        Some(ClientBinding { name, statement, replaced: None })
     }
 
     /// Undoes `binding` if the name still means that statement: the name means again what it
     /// meant before.
     pub(crate) fn unbind(&mut self, binding: ClientBinding) {
-        if !self.by_name.get(&binding.name).is_some_and(|current| Arc::ptr_eq(current, &binding.statement)) {
+        if !self.get(&binding.name).is_some_and(|current| Arc::ptr_eq(current, &binding.statement)) {
             return;
         }
         match binding.replaced {
             Some(previous) => {
-                self.by_name.insert(binding.name, previous);
+                self.map().insert(binding.name, previous);
             }
             None => {
-                self.by_name.remove(&binding.name);
+                self.map().remove(&binding.name);
             }
         }
     }
 
     /// Puts `binding` back unless the name was bound again since.
     pub(crate) fn restore(&mut self, binding: ClientBinding) {
-        self.by_name.entry(binding.name).or_insert(binding.statement);
+        self.map().entry(binding.name).or_insert(binding.statement);
     }
 
     pub(crate) fn clear(&mut self) {
-        self.by_name.clear();
+        self.by_name = None;
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.by_name.len()
+        self.by_name.as_ref().map_or(0, |map| map.len())
     }
 }
 
