@@ -35,6 +35,8 @@ pub struct Io {
     pub sin: BytesMut,
     pub sout: BytesMut,
     pub actions: Vec<Action>,
+    /// When the request now in flight went to the server (SHOW STATS query_time).
+    pub query_started: Option<std::time::Instant>,
 }
 
 impl Io {
@@ -59,6 +61,7 @@ pub fn give_back_io(slot: &mut Option<Box<Io>>) {
         give_back(buf);
     }
     give_back_actions(&mut io.actions);
+    io.query_started = None;
     if let Some(io) = slot.take() {
         FREE_IO.with(|free| {
             let mut free = free.borrow_mut();

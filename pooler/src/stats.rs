@@ -21,6 +21,10 @@ pub struct PoolStats {
     pub wait_count: AtomicU64,
     /// Time transactions held a server connection, from checkout to release.
     pub xact_time_us: AtomicU64,
+    /// Time from a request's going to the server until its last answer (ReadyForQuery).
+    pub query_time_us: AtomicU64,
+    /// Clients that logged in to this pool.
+    pub client_logins: AtomicU64,
     wait_buckets: [AtomicU64; WAIT_BUCKETS.len()],
     /// Client connections logged in to this pool.
     pub clients: AtomicU32,
@@ -68,6 +72,8 @@ impl PoolStats {
             received: self.bytes_received.load(Ordering::Relaxed),
             sent: self.bytes_sent.load(Ordering::Relaxed),
             xact_time: self.xact_time_us.load(Ordering::Relaxed),
+            query_time: self.query_time_us.load(Ordering::Relaxed),
+            client_login_count: self.client_logins.load(Ordering::Relaxed),
             wait_time: self.wait_time_us.load(Ordering::Relaxed),
             ..Default::default()
         }

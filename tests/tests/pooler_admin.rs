@@ -284,6 +284,14 @@ async fn show_commands_report_traffic_settings_and_state() {
     let t = totals.iter().find(|r| r["database"] == "postgres").unwrap_or_else(|| panic!("{totals:?}"));
     assert!(num(t, "xact_count") >= 21 && num(t, "bytes_received") > 0 && num(t, "bytes_sent") > 0, "{t:?}");
     assert!(num(t, "query_count") >= num(t, "xact_count") + 2, "a query per answered Query: {t:?}");
+    assert!(num(t, "query_time") > 0 && num(t, "query_time") <= num(t, "xact_time"), "{t:?}");
+    // One more login to the pool is counted once (console logins are not a pool's).
+    let logins = num(t, "client_login_count");
+    assert!(logins >= 1, "{t:?}");
+    let _another = pooler.connect().await.unwrap();
+    let totals = show(&admin, "STATS_TOTALS").await;
+    let t2 = totals.iter().find(|r| r["database"] == "postgres").unwrap_or_else(|| panic!("{totals:?}"));
+    assert_eq!(num(t2, "client_login_count"), logins + 1, "{t2:?}");
     let stats = show(&admin, "STATS").await;
     let s = stats.iter().find(|r| r["database"] == "postgres").unwrap_or_else(|| panic!("{stats:?}"));
     assert_eq!(num(s, "total_xact_count"), num(t, "xact_count"));
@@ -333,6 +341,13 @@ async fn stats_averages_cover_the_last_stats_period() {
     assert!(num("bytes_received") > 0.0 && num("bytes_sent") > 0.0, "{a:?}");
     // One query per transaction here.
     assert!((num("query_count") - xacts).abs() <= xacts * 0.2 + 1.0, "avg query_count: {a:?}");
+    // Each query takes at least its 2 ms on the server, and no longer than its transaction.
+    assert!(num("query_time") >= 2_000.0 && num("query_time") <= num("xact_time"), "avg query_time: {a:?}");
+    let totals = show(&admin, "STATS_TOTALS").await;
+    let t = totals.iter().find(|r| r["database"] == "postgres").unwrap_or_else(|| panic!("{totals:?}"));
+    let total = |key: &str| t[key].parse::<u64>().unwrap_or_else(|_| panic!("{key}: {t:?}"));
+    assert!(total("query_time") >= done * 2_000, "total query_time for {done} queries of 2 ms: {t:?}");
+    assert!(total("query_time") <= total("xact_time"), "{t:?}");
     let stats = show(&admin, "STATS").await;
     let s = stats.iter().find(|r| r["database"] == "postgres").unwrap_or_else(|| panic!("{stats:?}"));
     assert!(s["avg_xact_count"].parse::<u64>().unwrap_or(0) > 0, "{s:?}");

@@ -52,7 +52,7 @@ async fn psql_with_sslmode_require_gets_tls_from_the_pooler_and_the_pooler_uses_
     let (cert, key) = certificate(dir.path(), "pooler");
     let settings = format!(
         "client_tls_sslmode = \"require\"\nclient_tls_cert_file = \"{}\"\nclient_tls_key_file = \"{}\"\n\
-         server_tls_sslmode = \"verify-full\"\nserver_tls_ca_file = \"{}\"",
+         server_tls_sslmode = \"verify-full\"\nserver_tls_ca_file = \"{}\"\nadmin_users = [\"postgres\"]",
         cert.display(),
         key.display(),
         pg_ca.display()
@@ -81,6 +81,23 @@ async fn psql_with_sslmode_require_gets_tls_from_the_pooler_and_the_pooler_uses_
     )
     .await;
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42", "{}", String::from_utf8_lossy(&out.stderr));
+
+    // SHOW CLIENTS and SHOW SERVERS say which connections use TLS (the console session itself
+    // is a TLS client; the server connections left idle by the sessions above are TLS too).
+    let out = psql(
+        &format!("host=127.0.0.1 port={port} user=postgres dbname=pgbouncer sslmode=require"),
+        &["show clients", "show servers"],
+    )
+    .await;
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<Vec<&str>> = listed.lines().map(|l| l.split('|').collect()).collect();
+    // Column 17 is `tls` in both (PgBouncer's order).
+    let console = rows.iter().find(|r| r.first() == Some(&"C") && r.get(2) == Some(&"pgbouncer"));
+    assert!(console.and_then(|r| r.get(17)).is_some_and(|t| t.starts_with("TLSv1.3/")), "SHOW CLIENTS: {listed}");
+    let servers: Vec<_> = rows.iter().filter(|r| r.first() == Some(&"S")).collect();
+    assert!(!servers.is_empty(), "no server connection listed: {listed}");
+    assert!(servers.iter().all(|r| r.get(17).is_some_and(|t| t.starts_with("TLSv1.3/"))), "SHOW SERVERS: {listed}");
 
     // A plain-text client is refused with PgBouncer's error.
     let out =

@@ -168,6 +168,7 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
         shared.cancels.unregister(key);
         return None;
     }
+    pool.stats.client_logins.fetch_add(1, Ordering::Relaxed);
     let settings = pool.settings();
     let me = register(shared, &startup, stream);
     Some(Outcome::Pool(LoggedIn { pool, settings, params, key, cancel, me }))

@@ -329,6 +329,9 @@ impl<'a> Relay<'a> {
             let io = buffers::io(&mut self.io);
             buffers::lend_actions(&mut io.actions);
             self.session.on_client_input(&self.cin, &mut io.actions).map_err(End::Session)?;
+            if io.query_started.is_none() && self.server.is_some() && self.session.requests_in_flight() > 0 {
+                io.query_started = Some(std::time::Instant::now());
+            }
             let mut need_server = false;
             let mut release = None;
             let mut terminated = false;
@@ -378,6 +381,12 @@ impl<'a> Relay<'a> {
             self.pool.stats.count_error("server_protocol");
             tracing::warn!("closing a server connection that broke protocol: {e}");
             return Err(End::Session(e));
+        }
+        if self.session.requests_in_flight() == 0 {
+            if let Some(started) = io.query_started.take() {
+                let spent = started.elapsed().as_micros() as u64;
+                self.pool.stats.query_time_us.fetch_add(spent, Ordering::Relaxed);
+            }
         }
         let mut release = None;
         if let [Action::Forward(n)] = io.actions.as_slice() {
@@ -495,7 +504,10 @@ impl<'a> Relay<'a> {
             }
         }
         self.cancel.set(Some(conn.cancel.clone()));
-        self.attached_at = Some(std::time::Instant::now());
+        let now = std::time::Instant::now();
+        self.attached_at = Some(now);
+        // The request that needed the server goes to it now.
+        buffers::io(&mut self.io).query_started = Some(now);
         self.server = Some(conn);
         self.flush_server().await
     }
