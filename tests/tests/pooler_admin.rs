@@ -407,3 +407,53 @@ async fn raw_startup(port: u16, params: &[(&str, &str)]) -> Vec<u8> {
     answer.truncate(n);
     answer
 }
+
+/// KILL_CLIENT of a client waiting for a server connection ends it at once (PgBouncer does),
+/// not when a connection frees up, and the pool loses no connection or slot by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_client_ends_a_waiting_client_at_once_and_the_pool_loses_nothing() {
+    let (_pg, pooler) = setup("pool_mode = \"transaction\"\ndefault_pool_size = 1\nquery_wait_timeout = 60").await;
+    let admin = console(&pooler).await;
+    // The pool's only server connection is held by an open transaction.
+    let holder = pooler.connect().await.unwrap();
+    holder.simple_query("BEGIN").await.unwrap();
+    let waiter = pooler.connect_dsn(&format!("{} application_name=waiter", pooler.dsn("postgres"))).await.unwrap();
+    let waiting = tokio::spawn(async move { waiter.simple_query("select 1").await.map(|_| ()) });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let id = loop {
+        let clients = show(&admin, "CLIENTS").await;
+        if let Some(c) = clients.iter().find(|c| c["application_name"] == "waiter" && c["state"] == "waiting") {
+            break c["id"].clone();
+        }
+        assert!(Instant::now() < deadline, "the client never waited: {clients:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+
+    let killed = Instant::now();
+    admin.simple_query(&format!("KILL_CLIENT {id}")).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the waiting client must be dropped at once, not after query_wait_timeout")
+        .expect("task");
+    let err = format!("{:?}", ended.expect_err("the killed client's query must fail")).to_lowercase();
+    assert!(err.contains("admin forced disconnect"), "{err}");
+    assert!(killed.elapsed() < Duration::from_secs(2), "took {:?}", killed.elapsed());
+    let pools = show(&admin, "POOLS").await;
+    let p = pools.iter().find(|p| p["database"] == "postgres").unwrap_or_else(|| panic!("{pools:?}"));
+    assert_eq!((p["cl_waiting"].as_str(), p["sv_active"].as_str()), ("0", "1"), "{p:?}");
+
+    // The holder's connection goes back to the pool and serves the next client: no slot leaked.
+    holder.simple_query("COMMIT").await.unwrap();
+    let next = pooler.connect().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), next.simple_query("select 2"))
+        .await
+        .expect("the pool still has its connection")
+        .unwrap();
+    let pools = show(&admin, "POOLS").await;
+    let p = pools.iter().find(|p| p["database"] == "postgres").unwrap_or_else(|| panic!("{pools:?}"));
+    let servers: u32 = ["sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login"]
+        .iter()
+        .map(|k| p.get(*k).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0))
+        .sum();
+    assert_eq!(servers, 1, "pool_size 1: {p:?}");
+}

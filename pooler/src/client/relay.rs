@@ -473,7 +473,14 @@ impl<'a> Relay<'a> {
                 let stats = &self.pool.stats;
                 stats.clients_waiting.fetch_add(1, Ordering::Relaxed);
                 self.me.waiting();
-                let acquired = Box::pin(self.pool.acquire()).await;
+                // KILL_CLIENT (or shutdown) shuts the socket's read side: that ends the wait.
+                let (client, entry) = (&self.client, self.me.entry());
+                let killed = std::future::poll_fn(|cx| match client.poll_read_ready(cx) {
+                    std::task::Poll::Ready(_) if entry.is_killed() => std::task::Poll::Ready(()),
+                    // Bytes the client sent while it waits stay on the socket until it is served.
+                    _ => std::task::Poll::Pending,
+                });
+                let acquired = Box::pin(self.pool.acquire_unless(killed)).await;
                 stats.clients_waiting.fetch_sub(1, Ordering::Relaxed);
                 acquired
             }
@@ -487,6 +494,8 @@ impl<'a> Relay<'a> {
             Ok(conn) => conn,
             Err(AcquireError::WaitTimeout) => return Err(End::fatal("08P01", "query_wait_timeout")),
             Err(AcquireError::Closed) => return Err(End::fatal("08P01", "the pool was closed (KILL or RELOAD)")),
+            // Killed while waiting: `finish` tells it why.
+            Err(AcquireError::Cancelled) => return Err(End::ClientGone),
             Err(AcquireError::Server(e)) => {
                 return Err(End::Fatal { code: e.sqlstate().to_owned(), message: e.to_string() })
             }

@@ -18,6 +18,7 @@ use crate::server::{LoginTarget, ServerConn, ServerError};
 use crate::session::ParamMap;
 use crate::stats::PoolStats;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -32,6 +33,9 @@ pub enum AcquireError {
     Server(#[from] ServerError),
     #[error("the pool was closed")]
     Closed,
+    /// The caller's `cancelled` future resolved while it waited (its client was killed).
+    #[error("the wait was cancelled")]
+    Cancelled,
 }
 
 /// What a waiting client is handed.
@@ -205,6 +209,14 @@ impl Pool {
 
     /// A server connection for a client, waiting at most query_wait_timeout.
     pub async fn acquire(&self) -> Result<Box<ServerConn>, AcquireError> {
+        self.acquire_unless(std::future::pending()).await
+    }
+
+    /// Like `acquire`, but a wait for a connection ends (`Cancelled`, with no connection or slot
+    /// lost) as soon as `cancelled` resolves: KILL_CLIENT of a waiting client takes effect at
+    /// once, not when a connection frees up.
+    pub async fn acquire_unless<F: Future<Output = ()>>(&self, cancelled: F) -> Result<Box<ServerConn>, AcquireError> {
+        let mut cancelled = std::pin::pin!(cancelled);
         let start = Instant::now();
         let mut blocked_by_shared_limit = false;
         loop {
@@ -242,7 +254,7 @@ impl Pool {
                 },
                 Next::Open => Grant::Slot,
                 Next::Wait(rx, settings) => {
-                    let grant = self.wait(rx, &settings, start).await;
+                    let grant = self.wait(rx, &settings, start, cancelled.as_mut()).await;
                     self.stats.add_wait(start.elapsed());
                     grant?
                 }
@@ -281,11 +293,12 @@ impl Pool {
         }
     }
 
-    async fn wait(
+    async fn wait<F: Future<Output = ()>>(
         &self,
         mut rx: oneshot::Receiver<Grant>,
         settings: &PoolSettings,
         start: Instant,
+        mut cancelled: std::pin::Pin<&mut F>,
     ) -> Result<Grant, AcquireError> {
         let query_deadline = settings.query_wait_timeout.map(|d| start + d);
         let mut reserve_deadline = (settings.reserve_pool > 0).then(|| start + settings.reserve_pool_timeout);
@@ -294,12 +307,23 @@ impl Pool {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let woke = match deadline {
-                None => Some((&mut rx).await),
-                Some(at) => tokio::select! {
-                    r = &mut rx => Some(r),
-                    _ = tokio::time::sleep_until(at.into()) => None,
-                },
+            let deadline = async move {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let woke = tokio::select! {
+                r = &mut rx => Some(r),
+                _ = deadline => None,
+                _ = cancelled.as_mut() => {
+                    // A grant that raced the cancellation goes to the next waiter.
+                    rx.close();
+                    if let Ok(raced) = rx.try_recv() {
+                        self.give_back(raced);
+                    }
+                    return Err(AcquireError::Cancelled);
+                }
             };
             match woke {
                 Some(Ok(grant)) => return Ok(grant),
