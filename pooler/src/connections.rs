@@ -9,8 +9,9 @@ use crate::stream::Stream;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Where a socket's two ends are: PgBouncer's addr/port and local_addr/local_port columns
@@ -29,7 +30,7 @@ impl Endpoints {
             Stream::Tcp(s) => Some(s),
             Stream::TlsClient(s) => Some(s.get_ref().0),
             Stream::TlsServer(s) => Some(s.get_ref().0),
-            Stream::Unix(_) => None,
+            Stream::Unix(_) | Stream::Detached(_) => None,
         };
         match tcp {
             Some(s) => Endpoints { peer: s.peer_addr().ok(), local: s.local_addr().ok(), unix: false },
@@ -70,6 +71,7 @@ fn raw_fd(stream: &Stream) -> RawFd {
     match stream {
         Stream::Tcp(s) => s.as_raw_fd(),
         Stream::Unix(s) => s.as_raw_fd(),
+        Stream::Detached(s) => s.as_ref().map_or(-1, |s| s.as_raw_fd()),
         Stream::TlsClient(s) => s.get_ref().0.as_raw_fd(),
         Stream::TlsServer(s) => s.get_ref().0.as_raw_fd(),
     }
@@ -116,6 +118,13 @@ pub struct ClientEntry {
     /// The client socket while it is open, to wake its task by shutting the read side.
     /// Cleared (under this mutex) before the socket is closed.
     fd: Mutex<Option<RawFd>>,
+    /// Parking (`crate::client::parking`): the tick at which its relay began to wait idle
+    /// (0 while it is busy or parked), whether it has sent anything since it logged in, and
+    /// the request to park with the idle wait's waker.
+    idle_since: AtomicU32,
+    has_been_active: AtomicBool,
+    park_requested: AtomicBool,
+    park_waker: Mutex<Option<Waker>>,
 }
 
 impl ClientEntry {
@@ -140,6 +149,56 @@ impl ClientEntry {
     pub fn server(&self) -> u64 {
         self.server.load(Ordering::Relaxed)
     }
+    /// Its relay waits idle from parking tick `tick` on (at least 1).
+    pub fn idle_from(&self, tick: u32) {
+        self.park_requested.store(false, Ordering::Relaxed);
+        self.idle_since.store(tick.max(1), Ordering::Release);
+    }
+
+    /// Its relay is busy (`active`: the client sent something) or parked (`parking`: its
+    /// task ends, and the waker kept here must not keep the task's memory).
+    pub fn not_idle(&self, active: bool, parking: bool) {
+        self.idle_since.store(0, Ordering::Release);
+        if parking {
+            lock(&self.park_waker).take();
+        }
+        if active && !self.has_been_active.load(Ordering::Relaxed) {
+            self.has_been_active.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The tick since which it waits idle, and whether it ever sent anything after login.
+    pub fn idleness(&self) -> Option<(u32, bool)> {
+        match self.idle_since.load(Ordering::Acquire) {
+            0 => None,
+            tick => Some((tick, self.has_been_active.load(Ordering::Relaxed))),
+        }
+    }
+
+    /// Asks its idle wait to park the relay.
+    pub fn request_park(&self) {
+        self.park_requested.store(true, Ordering::SeqCst);
+        if let Some(waker) = lock(&self.park_waker).take() {
+            waker.wake();
+        }
+    }
+
+    /// For the idle wait: true once parking was requested; otherwise `cx` is woken when it is.
+    pub fn park_wanted(&self, cx: &mut std::task::Context<'_>) -> bool {
+        if self.park_requested.swap(false, Ordering::SeqCst) {
+            return true;
+        }
+        {
+            let mut slot = lock(&self.park_waker);
+            match slot.as_ref() {
+                Some(waker) if waker.will_wake(cx.waker()) => {}
+                _ => *slot = Some(cx.waker().clone()),
+            }
+        }
+        // A request between the first check and the registration found no waker.
+        self.park_requested.swap(false, Ordering::SeqCst)
+    }
+
     /// The socket's addresses, read from the socket while it is open (empty after).
     pub fn endpoints(&self) -> Endpoints {
         let fd = lock(&self.fd);
@@ -295,6 +354,10 @@ impl Connections {
             killed: Mutex::new(None),
             killed_flag: AtomicBool::new(false),
             fd: Mutex::new(Some(raw_fd(new.stream))),
+            idle_since: AtomicU32::new(0),
+            has_been_active: AtomicBool::new(false),
+            park_requested: AtomicBool::new(false),
+            park_waker: Mutex::new(None),
         });
         lock(&self.clients).insert(entry.id, entry.clone());
         ClientHandle { entry, registry: self.clone() }
@@ -336,6 +399,13 @@ impl Connections {
         let mut all: Vec<_> = lock(&self.servers).values().cloned().collect();
         all.sort_by_key(|s| s.id);
         all
+    }
+
+    /// Calls `f` with every client's entry, under the registry's lock (keep `f` short).
+    pub fn for_each_client(&self, mut f: impl FnMut(&ClientEntry)) {
+        for client in lock(&self.clients).values() {
+            f(client);
+        }
     }
 
     pub fn client(&self, id: u64) -> Option<Arc<ClientEntry>> {

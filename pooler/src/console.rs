@@ -159,6 +159,7 @@ impl AdminBackend for ConsoleBackend {
             used_clients: self.shared.stats.client_connections.load(Ordering::Relaxed),
             used_servers: used,
             free_servers: free,
+            parked_clients: self.shared.parking.parked() as u32,
             ..Default::default()
         }
     }

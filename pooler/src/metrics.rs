@@ -66,6 +66,12 @@ pub fn render(shared: &Shared) -> String {
     );
     let _ = writeln!(
         out,
+        "# HELP pgha_pooler_clients_parked Idle client connections parked without a task.\n\
+         # TYPE pgha_pooler_clients_parked gauge\npgha_pooler_clients_parked {}",
+        shared.parking.parked()
+    );
+    let _ = writeln!(
+        out,
         "# HELP pgbouncer_config_max_client_connections max_client_conn.\n\
          # TYPE pgbouncer_config_max_client_connections gauge\npgbouncer_config_max_client_connections {}",
         shared.config().max_client_conn

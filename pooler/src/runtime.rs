@@ -42,6 +42,8 @@ pub struct Shared {
     server_tls: RwLock<Arc<ServerTls>>,
     pub config_path: Option<PathBuf>,
     pub pools: Registry,
+    /// Idle clients parked without a task.
+    pub parking: crate::client::Parking,
     pub cancels: CancelRegistry,
     pub stats: GlobalStats,
     /// auth_user's connections for auth_query, kept between lookups.
@@ -63,6 +65,7 @@ impl Shared {
             credentials: RwLock::new(Arc::new(credentials)),
             config_path,
             pools: Registry::default(),
+            parking: Default::default(),
             cancels: CancelRegistry::default(),
             stats: GlobalStats::default(),
             auth_connections: Default::default(),
@@ -171,6 +174,7 @@ pub async fn run(shared: Arc<Shared>, stop: &mut impl StopSource) -> Result<(), 
         "pooler listening"
     );
     let serving = tokio::spawn(listeners.serve(shared.clone()));
+    let parked = tokio::spawn(crate::client::serve_parked(shared.clone()));
     let mut signal = tokio::select! {
         s = stop.next() => s,
         // SHUTDOWN on the console.
@@ -221,6 +225,7 @@ pub async fn run(shared: Arc<Shared>, stop: &mut impl StopSource) -> Result<(), 
     if let Some(metrics) = metrics {
         metrics.abort();
     }
+    parked.abort();
     tracing::info!("pooler stopped");
     Ok(())
 }

@@ -15,6 +15,30 @@ pub enum Stream {
     TlsClient(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     /// A server reached with server_tls_sslmode.
     TlsServer(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// A parked client's socket, out of the runtime (`crate::client::parking`); no I/O until
+    /// `attach` puts it back. None only for a moment while it changes hands.
+    Detached(Option<Detached>),
+}
+
+/// A plain socket without a tokio registration.
+#[derive(Debug)]
+pub enum Detached {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl Detached {
+    pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            Detached::Tcp(s) => s.as_raw_fd(),
+            Detached::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+fn detached() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the socket is parked")
 }
 
 impl std::fmt::Debug for Stream {
@@ -24,11 +48,39 @@ impl std::fmt::Debug for Stream {
             Stream::Unix(s) => f.debug_tuple("Unix").field(s).finish(),
             Stream::TlsClient(s) => f.debug_tuple("TlsClient").field(s.get_ref().0).finish(),
             Stream::TlsServer(s) => f.debug_tuple("TlsServer").field(s.get_ref().0).finish(),
+            Stream::Detached(s) => f.debug_tuple("Detached").field(s).finish(),
         }
     }
 }
 
 impl Stream {
+    /// Takes a plain socket out of the runtime (its tokio registration is dropped); TLS
+    /// streams are refused (`Unsupported`) and stay as they are.
+    pub fn detach(&mut self) -> io::Result<std::os::fd::RawFd> {
+        if !matches!(self, Stream::Tcp(_) | Stream::Unix(_)) {
+            return Err(io::ErrorKind::Unsupported.into());
+        }
+        let socket = match std::mem::replace(self, Stream::Detached(None)) {
+            Stream::Tcp(s) => Detached::Tcp(s.into_std()?),
+            Stream::Unix(s) => Detached::Unix(s.into_std()?),
+            _ => return Err(detached()),
+        };
+        let fd = socket.as_raw_fd();
+        *self = Stream::Detached(Some(socket));
+        Ok(fd)
+    }
+
+    /// Puts a detached socket back into the runtime (call it on a runtime thread).
+    pub fn attach(&mut self) -> io::Result<()> {
+        let Stream::Detached(socket) = self else { return Ok(()) };
+        *self = match socket.take() {
+            Some(Detached::Tcp(s)) => Stream::Tcp(TcpStream::from_std(s)?),
+            Some(Detached::Unix(s)) => Stream::Unix(UnixStream::from_std(s)?),
+            None => return Err(detached()),
+        };
+        Ok(())
+    }
+
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::TlsClient(_) | Stream::TlsServer(_))
     }
@@ -66,6 +118,7 @@ impl Stream {
             Stream::Unix(s) => s.readable().await,
             Stream::TlsClient(s) => s.get_ref().0.readable().await,
             Stream::TlsServer(s) => s.get_ref().0.readable().await,
+            Stream::Detached(_) => Err(detached()),
         }
     }
 
@@ -77,6 +130,7 @@ impl Stream {
             Stream::Unix(s) => s.poll_read_ready(cx),
             Stream::TlsClient(s) => s.get_ref().0.poll_read_ready(cx),
             Stream::TlsServer(s) => s.get_ref().0.poll_read_ready(cx),
+            Stream::Detached(_) => Poll::Ready(Err(detached())),
         }
     }
 
@@ -101,6 +155,7 @@ impl Stream {
                     Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
                 }
             }
+            Stream::Detached(_) => Err(detached()),
             tls => {
                 let mut cx = Context::from_waker(std::task::Waker::noop());
                 let mut chunk = [0u8; 4096];
@@ -127,6 +182,7 @@ impl Stream {
             Stream::Unix(s) => s.try_read(&mut probe),
             Stream::TlsClient(s) => s.get_ref().0.try_read(&mut probe),
             Stream::TlsServer(s) => s.get_ref().0.try_read(&mut probe),
+            Stream::Detached(_) => return true,
         };
         !matches!(r, Err(ref e) if e.kind() == io::ErrorKind::WouldBlock)
     }
@@ -139,6 +195,7 @@ impl AsyncRead for Stream {
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
             Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Detached(_) => Poll::Ready(Err(detached())),
         }
     }
 }
@@ -150,6 +207,7 @@ impl AsyncWrite for Stream {
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
             Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Detached(_) => Poll::Ready(Err(detached())),
         }
     }
 
@@ -159,6 +217,7 @@ impl AsyncWrite for Stream {
             Stream::Unix(s) => Pin::new(s).poll_flush(cx),
             Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Detached(_) => Poll::Ready(Err(detached())),
         }
     }
 
@@ -168,6 +227,7 @@ impl AsyncWrite for Stream {
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
             Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Detached(_) => Poll::Ready(Err(detached())),
         }
     }
 }

@@ -3,7 +3,10 @@
 //! Owns the client's socket and buffers; server connections are borrowed from its pool.
 
 mod login;
+mod parking;
 mod relay;
+
+pub use parking::{serve as serve_parked, Parking};
 
 use crate::protocol::{ErrorResponse, Severity};
 use crate::runtime::Shared;
@@ -16,17 +19,17 @@ use std::sync::Arc;
 /// refusal is an ErrorResponse with PostgreSQL's or PgBouncer's SQLSTATE.
 pub async fn serve(stream: Stream, shared: Arc<Shared>) {
     shared.stats.client_connections.fetch_add(1, Ordering::Relaxed);
-    let _count = ClientCount(shared.clone());
+    let count = ClientCount(shared.clone());
     // Each phase runs in its own allocation, sized for it: the startup phase (TLS handshake,
     // authentication, a first server login) is freed once it is done, and an idle client's
-    // task keeps only the relay's state.
-    if let Some(rest) = Box::pin(start(stream, &shared)).await {
+    // task keeps only the relay's state (which may park without a task: `parking`).
+    if let Some(rest) = Box::pin(start(stream, &shared, count)).await {
         rest.await;
     }
 }
 
 /// The startup phase, bounded by client_login_timeout; then what the client does next.
-async fn start(stream: Stream, shared: &Arc<Shared>) -> Option<Rest<'_>> {
+async fn start(stream: Stream, shared: &Arc<Shared>, count: ClientCount) -> Option<Rest<'_>> {
     let login_timeout = crate::pool::secs(shared.config().client_login_timeout);
     let mut buf = BytesMut::new();
     let negotiate = login::negotiate_tls(stream, &mut buf, shared);
@@ -46,7 +49,7 @@ async fn start(stream: Stream, shared: &Arc<Shared>) -> Option<Rest<'_>> {
         },
         None => login.await,
     };
-    after_login(shared, stream, buf, outcome)
+    after_login(shared, stream, buf, outcome, count)
 }
 
 type Rest<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
@@ -57,10 +60,16 @@ fn after_login(
     stream: Stream,
     buf: BytesMut,
     outcome: Option<login::Outcome>,
+    count: ClientCount,
 ) -> Option<Rest<'_>> {
     match outcome? {
-        login::Outcome::Pool(logged_in) => Some(Box::pin(relay::Relay::new(shared, stream, buf, logged_in).run())),
-        login::Outcome::Console(access, me) => Some(Box::pin(console(shared, stream, buf, access, me))),
+        login::Outcome::Pool(logged_in) => {
+            Some(Box::pin(relay::Relay::new(shared, stream, buf, logged_in, count).run()))
+        }
+        login::Outcome::Console(access, me) => Some(Box::pin(async move {
+            console(shared, stream, buf, access, me).await;
+            drop(count);
+        })),
     }
 }
 
@@ -89,6 +98,7 @@ pub(crate) async fn send_fatal(stream: &mut Stream, code: &str, message: &str) -
     stream.send(&bytes).await
 }
 
+/// Counts a client in the process-wide client_connections until dropped.
 struct ClientCount(Arc<Shared>);
 
 impl Drop for ClientCount {

@@ -44,12 +44,16 @@ enum Event {
     Server(std::io::Result<usize>),
     IdleTimeout,
     Shutdown,
+    /// Idle long enough: the parking lot asks the relay to give up its task.
+    Park,
 }
 
-pub(super) struct Relay<'a> {
+pub(super) struct Relay {
     /// First field: leaves the registry before `client` closes (KILL shuts the socket down).
     me: ClientHandle,
-    shared: &'a Shared,
+    shared: Arc<Shared>,
+    /// Counts the client in SHOW STATE/metrics until the relay is gone (also while parked).
+    _count: super::ClientCount,
     pool: Arc<Pool>,
     settings: Arc<PoolSettings>,
     client: Stream,
@@ -71,8 +75,14 @@ pub(super) struct Relay<'a> {
     attached_at: Option<std::time::Instant>,
 }
 
-impl<'a> Relay<'a> {
-    pub(super) fn new(shared: &'a Shared, client: Stream, cin: BytesMut, login: LoggedIn) -> Self {
+impl Relay {
+    pub(super) fn new(
+        shared: &Arc<Shared>,
+        client: Stream,
+        cin: BytesMut,
+        login: LoggedIn,
+        count: super::ClientCount,
+    ) -> Self {
         let config = shared.config();
         let session_config = SessionConfig {
             pool_mode: login.settings.pool_mode,
@@ -84,7 +94,8 @@ impl<'a> Relay<'a> {
         buffers::give_back(&mut cin);
         Relay {
             me: login.me,
-            shared,
+            shared: shared.clone(),
+            _count: count,
             pool: login.pool,
             settings: login.settings,
             client,
@@ -103,41 +114,79 @@ impl<'a> Relay<'a> {
     /// Relays until the client leaves, then says goodbye. Not an `async fn`: the state machine
     /// of an `async fn` keeps its by-value arguments twice (the relay's state, 808 bytes, on
     /// top of the 1,344 it needs); an `async move` block uses its capture in place.
+    /// When it has been idle a while it parks (`super::parking`): the task ends and the
+    /// parking lot starts a new one with `run` when the client sends something.
     #[allow(clippy::manual_async_fn)]
-    pub(super) fn run(mut self) -> impl std::future::Future<Output = ()> + Send + 'a {
+    pub(super) fn run(mut self) -> impl std::future::Future<Output = ()> + Send + 'static {
         async move {
-            let end = self.relay().await;
-            // Boxed: once per client, and not part of the future every idle client keeps.
-            Box::pin(self.finish(end)).await;
+            loop {
+                let Some(end) = self.relay().await else {
+                    match super::parking::park(self) {
+                        Ok(()) => return,
+                        Err(back) => {
+                            self = *back;
+                            continue;
+                        }
+                    }
+                };
+                // Boxed: once per client, and not part of the future every idle client keeps.
+                Box::pin(self.finish(end)).await;
+                return;
+            }
         }
     }
 
-    async fn relay(&mut self) -> End {
+    pub(super) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub(super) fn client_mut(&mut self) -> &mut Stream {
+        &mut self.client
+    }
+
+    pub(super) fn client_id(&self) -> u64 {
+        self.me.id()
+    }
+
+    /// The client socket's descriptor while it is detached (parked).
+    pub(super) fn client_fd(&self) -> Option<std::os::fd::RawFd> {
+        match &self.client {
+            Stream::Detached(Some(socket)) => Some(socket.as_raw_fd()),
+            _ => None,
+        }
+    }
+
+    /// Relays until the client leaves (`Some`, why) or has been asked to park while idle
+    /// (`None`).
+    async fn relay(&mut self) -> Option<End> {
         // Bytes that came with the startup packet.
         if !self.cin.is_empty() {
             if let Err(end) = Box::pin(self.busy(None)).await {
-                return end;
+                return Some(end);
             }
         }
         loop {
             if self.shared.shutdown.is_stopping() {
-                return End::fatal("57P01", crate::connections::SHUTTING_DOWN);
+                return Some(End::fatal("57P01", crate::connections::SHUTTING_DOWN));
             }
             match self.next_idle_event().await {
-                Event::Client(Ok(0)) | Event::Client(Err(_)) => return End::ClientGone,
+                Event::Client(Ok(0)) | Event::Client(Err(_)) => return Some(End::ClientGone),
                 Event::Client(Ok(n)) => {
                     // Boxed: a busy client's state (server I/O, checkout) lives on the heap
                     // while it is busy; an idle client's task keeps only the small idle wait.
                     if let Err(end) = Box::pin(self.busy(Some(n))).await {
-                        return end;
+                        return Some(end);
                     }
                 }
                 Event::IdleTimeout => {
                     self.pool.stats.count_error("client_idle_timeout");
-                    return End::fatal("08P01", "client_idle_timeout");
+                    return Some(End::fatal("08P01", "client_idle_timeout"));
                 }
-                Event::Shutdown => return End::fatal("57P01", crate::connections::SHUTTING_DOWN),
-                Event::Server(_) => return End::fatal("08006", "the pooler read from a server it no longer holds"),
+                Event::Shutdown => return Some(End::fatal("57P01", crate::connections::SHUTTING_DOWN)),
+                Event::Park => return None,
+                Event::Server(_) => {
+                    return Some(End::fatal("08006", "the pooler read from a server it no longer holds"))
+                }
             }
         }
     }
@@ -166,6 +215,7 @@ impl<'a> Relay<'a> {
                     return Err(End::fatal("08P01", "idle transaction timeout"));
                 }
                 Event::Shutdown => return Err(End::fatal("57P01", crate::connections::SHUTTING_DOWN)),
+                Event::Park => {}
             }
         }
         Ok(())
@@ -227,15 +277,35 @@ impl<'a> Relay<'a> {
         if let Some(read) = self.try_read_tls() {
             return Event::Client(read);
         }
+        let parkable = !self.client.is_tls() && self.shared.parking.enabled();
+        if parkable {
+            self.me.entry().idle_from(self.shared.parking.tick());
+        }
         loop {
             // Shutdown shuts the read side of every client without a server connection
             // (`Connections::kill_idle_clients`), which wakes this wait: nothing else to
-            // listen for.
-            let client = &self.client;
-            if let Err(e) = std::future::poll_fn(|cx| client.poll_read_ready(cx)).await {
-                return Event::Client(Err(e));
+            // listen for but the parking lot's request.
+            let (client, entry) = (&self.client, self.me.entry());
+            let ready = std::future::poll_fn(|cx| {
+                if parkable && entry.park_wanted(cx) {
+                    return std::task::Poll::Ready(None);
+                }
+                client.poll_read_ready(cx).map(Some)
+            })
+            .await;
+            match ready {
+                None => {
+                    entry.not_idle(false, true);
+                    return Event::Park;
+                }
+                Some(Err(e)) => {
+                    entry.not_idle(false, false);
+                    return Event::Client(Err(e));
+                }
+                Some(Ok(())) => {}
             }
             if let Some(read) = self.read_now() {
+                self.me.entry().not_idle(true, false);
                 return Event::Client(read);
             }
         }
@@ -661,7 +731,7 @@ fn out_buf(buf: &mut BytesMut) -> &mut BytesMut {
 mod tests {
     use super::*;
 
-    fn owned_future_size<'a, Fut>(_: impl FnOnce(Relay<'a>) -> Fut) -> usize {
+    fn owned_future_size<Fut>(_: impl FnOnce(Relay) -> Fut) -> usize {
         std::mem::size_of::<Fut>()
     }
 
