@@ -37,6 +37,9 @@ pub struct Io {
     pub actions: Vec<Action>,
     /// When the request now in flight went to the server (SHOW STATS query_time).
     pub query_started: Option<std::time::Instant>,
+    /// When the attached server connection was checked out (SHOW STATS xact_time); only
+    /// while one is attached, so never when the box goes back.
+    pub attached_at: Option<std::time::Instant>,
 }
 
 impl Io {
@@ -62,6 +65,7 @@ pub fn give_back_io(slot: &mut Option<Box<Io>>) {
     }
     give_back_actions(&mut io.actions);
     io.query_started = None;
+    io.attached_at = None;
     if let Some(io) = slot.take() {
         FREE_IO.with(|free| {
             let mut free = free.borrow_mut();

@@ -104,7 +104,7 @@ pub struct ClientEntry {
     /// Names shared with the clients that logged in before with the same (`Connections::name`).
     pub database: Arc<str>,
     pub user: Arc<str>,
-    pub connect_time: SystemTime,
+    connect_time_us: u64,
     pub application_name: Arc<str>,
     pub tls: Box<str>,
     state: AtomicU8,
@@ -112,9 +112,9 @@ pub struct ClientEntry {
     wait_start_us: AtomicU64,
     /// Id of the server connection it holds, 0 if none.
     server: AtomicU64,
-    /// Set by KILL / KILL_CLIENT: the client is told this and closed, its server closed.
-    killed: Mutex<Option<&'static str>>,
-    killed_flag: AtomicBool,
+    /// Set by KILL / KILL_CLIENT / shutdown (a `KillReason`, 0 if none): the client is told
+    /// why and closed, its server connection closed.
+    killed: AtomicU8,
     /// The client socket while it is open, to wake its task by shutting the read side.
     /// Cleared (under this mutex) before the socket is closed.
     fd: Mutex<Option<RawFd>>,
@@ -175,6 +175,11 @@ impl ClientEntry {
         }
     }
 
+    /// Whether it has sent anything since it logged in.
+    pub fn has_been_active(&self) -> bool {
+        self.has_been_active.load(Ordering::Relaxed)
+    }
+
     /// Asks its idle wait to park the relay.
     pub fn request_park(&self) {
         self.park_requested.store(true, Ordering::SeqCst);
@@ -207,31 +212,62 @@ impl ClientEntry {
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
         Endpoints::of_socket(socket2::SockRef::from(&borrowed))
     }
+    pub fn connect_time(&self) -> SystemTime {
+        from_micros(self.connect_time_us)
+    }
     pub fn is_killed(&self) -> bool {
-        self.killed_flag.load(Ordering::SeqCst)
+        self.killed.load(Ordering::SeqCst) != 0
     }
     /// Why the client was killed, if it was.
     pub fn kill_reason(&self) -> Option<&'static str> {
-        if !self.is_killed() {
-            return None;
-        }
-        *lock(&self.killed)
+        KillReason::from_code(self.killed.load(Ordering::SeqCst)).map(KillReason::message)
     }
 
     /// Marks the client killed and wakes its task: the read side of its socket is shut, so its
     /// next (or pending) read sees end of file; the task then sends `reason` as FATAL, closes
     /// its server connection and leaves.
-    pub fn kill(&self, reason: &'static str) {
-        lock(&self.killed).get_or_insert(reason);
-        // SeqCst with the load of `server` in kill_idle_clients and the client's store of it
-        // before it checks this flag (attach_server): one of the two sees the other.
-        self.killed_flag.store(true, Ordering::SeqCst);
+    pub fn kill(&self, reason: KillReason) {
+        // The first reason stays. SeqCst with the load of `server` in kill_idle_clients and
+        // the client's store of it before it checks this (attach_server): one of the two sees
+        // the other.
+        let _ = self.killed.compare_exchange(0, reason as u8, Ordering::SeqCst, Ordering::SeqCst);
         let fd = lock(&self.fd);
         if let Some(fd) = *fd {
             // SAFETY: `fd` stays open while it is in the slot: the owner of the socket clears
             // the slot under this same mutex (ClientHandle::drop) before closing the socket.
             let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
             let _ = nix_shutdown(borrowed);
+        }
+    }
+}
+
+/// Why a client was killed; its message is what the client is told (FATAL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum KillReason {
+    /// KILL_CLIENT.
+    AdminForced = 1,
+    /// KILL of its database, or RELOAD removed it.
+    DatabaseRemoved = 2,
+    /// SIGTERM or SHUTDOWN: told with SQLSTATE 57P01.
+    ShuttingDown = 3,
+}
+
+impl KillReason {
+    pub fn message(self) -> &'static str {
+        match self {
+            KillReason::AdminForced => "admin forced disconnect",
+            KillReason::DatabaseRemoved => "database removed",
+            KillReason::ShuttingDown => SHUTTING_DOWN,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<KillReason> {
+        match code {
+            1 => Some(KillReason::AdminForced),
+            2 => Some(KillReason::DatabaseRemoved),
+            3 => Some(KillReason::ShuttingDown),
+            _ => None,
         }
     }
 }
@@ -344,15 +380,14 @@ impl Connections {
             id: new.id,
             database: self.name(NameKind::Database, new.database),
             user: self.name(NameKind::User, new.user),
-            connect_time: now,
+            connect_time_us: unix_micros(now),
             application_name: self.name(NameKind::ApplicationName, new.application_name),
             tls: new.stream.tls_description().into_boxed_str(),
             state: AtomicU8::new(ClientState::Active as u8),
             request_time_us: AtomicU64::new(unix_micros(now)),
             wait_start_us: AtomicU64::new(0),
             server: AtomicU64::new(0),
-            killed: Mutex::new(None),
-            killed_flag: AtomicBool::new(false),
+            killed: AtomicU8::new(0),
             fd: Mutex::new(Some(raw_fd(new.stream))),
             idle_since: AtomicU32::new(0),
             has_been_active: AtomicBool::new(false),
@@ -413,7 +448,7 @@ impl Connections {
     }
 
     /// Kills every client of `database` (all but the admin console's if `None`).
-    pub fn kill_clients(&self, database: Option<&str>, reason: &'static str) -> usize {
+    pub fn kill_clients(&self, database: Option<&str>, reason: KillReason) -> usize {
         let victims: Vec<_> = lock(&self.clients)
             .values()
             .filter(|c| match database {
@@ -439,7 +474,7 @@ impl Connections {
             .cloned()
             .collect();
         for client in &victims {
-            client.kill(SHUTTING_DOWN);
+            client.kill(KillReason::ShuttingDown);
         }
         victims.len()
     }
@@ -469,6 +504,9 @@ impl ClientHandle {
     }
     pub fn entry(&self) -> &ClientEntry {
         &self.entry
+    }
+    pub fn entry_arc(&self) -> Arc<ClientEntry> {
+        self.entry.clone()
     }
     /// Waiting for a server connection from now on.
     pub fn waiting(&self) {
@@ -548,7 +586,7 @@ mod tests {
         let killer = registry.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            assert_eq!(killer.kill_clients(Some("app"), "database removed"), 1);
+            assert_eq!(killer.kill_clients(Some("app"), KillReason::DatabaseRemoved), 1);
         });
         let mut buf = [0u8; 16];
         let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.unwrap().unwrap();
@@ -556,7 +594,7 @@ mod tests {
         assert_eq!(handle.entry().kill_reason(), Some("database removed"));
         drop(handle);
         assert!(registry.clients().is_empty());
-        assert_eq!(registry.kill_clients(None, "x"), 0);
+        assert_eq!(registry.kill_clients(None, KillReason::AdminForced), 0);
     }
 
     #[tokio::test]
@@ -571,7 +609,7 @@ mod tests {
         let killer = registry.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            killer.client(9).unwrap().kill("admin forced disconnect");
+            killer.client(9).unwrap().kill(KillReason::AdminForced);
         });
         let mut buf = [0u8; 16];
         let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.unwrap().unwrap();

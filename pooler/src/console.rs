@@ -159,7 +159,6 @@ impl AdminBackend for ConsoleBackend {
             used_clients: self.shared.stats.client_connections.load(Ordering::Relaxed),
             used_servers: used,
             free_servers: free,
-            parked_clients: self.shared.parking.parked() as u32,
             ..Default::default()
         }
     }
@@ -216,7 +215,7 @@ impl AdminBackend for ConsoleBackend {
         for pool in &pools {
             pool.kill();
         }
-        let clients = self.shared.pools.connections.kill_clients(db, "database removed");
+        let clients = self.shared.pools.connections.kill_clients(db, crate::connections::KillReason::DatabaseRemoved);
         tracing::info!(database = db.unwrap_or("(all)"), clients, "KILL command issued");
         Ok(())
     }
@@ -224,7 +223,7 @@ impl AdminBackend for ConsoleBackend {
     async fn kill_client(&self, id: u64) -> Result<(), AdminError> {
         let client = self.shared.pools.connections.client(id).ok_or(AdminError::ClientNotFound)?;
         tracing::info!(id, database = %client.database, user = %client.user, "KILL_CLIENT command issued");
-        client.kill("admin forced disconnect");
+        client.kill(crate::connections::KillReason::AdminForced);
         Ok(())
     }
 

@@ -39,7 +39,7 @@ pub fn client(c: &ClientEntry) -> SocketRow {
         port: endpoints.port(),
         local_addr: endpoints.local_addr(),
         local_port: endpoints.local_port(),
-        connect_time: c.connect_time,
+        connect_time: c.connect_time(),
         request_time: c.request_time(),
         wait: wait.as_secs() as u32,
         wait_us: wait.subsec_micros(),

