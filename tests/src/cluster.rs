@@ -47,6 +47,14 @@ impl Node {
         self.agent.as_ref().map(|a| a.log()).unwrap_or_default()
     }
 
+    /// The last `max` bytes of the log of the PostgreSQL the agent runs (`<data_dir>.run`).
+    pub fn postgres_log_tail(&self, max: usize) -> String {
+        let Ok(bytes) = std::fs::read(self.dir.join("data.run").join("postgresql.log")) else {
+            return String::new();
+        };
+        String::from_utf8_lossy(&bytes[bytes.len().saturating_sub(max)..]).into_owned()
+    }
+
     /// The agent's process group, while it runs.
     pub fn agent_pgid(&self) -> Option<i32> {
         self.agent.as_ref().map(PghaProcess::pgid)
@@ -386,9 +394,21 @@ retry_timeout = {rt}
         Ok(())
     }
 
-    /// Every agent's log, for failure messages.
+    /// Every agent's log and the end of its PostgreSQL's, for failure messages.
     pub fn logs(&self) -> String {
-        self.nodes.iter().map(|n| format!("----- {} -----\n{}", n.name, n.agent_log())).collect::<Vec<_>>().join("\n")
+        self.nodes
+            .iter()
+            .map(|n| {
+                format!(
+                    "----- {} -----\n{}\n----- {} PostgreSQL, last 4 KiB -----\n{}",
+                    n.name,
+                    n.agent_log(),
+                    n.name,
+                    n.postgres_log_tail(4096)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 

@@ -89,7 +89,8 @@ impl Relay {
             limits: crate::protocol::FrameLimits { max_message_len: config.max_packet_size, ..Default::default() },
         };
         login.pool.stats.clients.fetch_add(1, Ordering::Relaxed);
-        if !client.is_tls() {
+        // Who may park: plain sockets whose idle wait has no timer (see `next_idle_event`).
+        if !client.is_tls() && login.settings.client_idle_timeout.is_none() {
             shared.parking.logged_in(login.me.entry_arc());
         }
         let mut cin = cin;
