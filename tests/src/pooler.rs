@@ -124,3 +124,21 @@ pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
 pub fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
+
+/// The rows of an admin console SHOW as name -> value maps, by the RowDescription's column names.
+pub async fn show(admin: &Client, what: &str) -> Vec<std::collections::HashMap<String, String>> {
+    let messages = admin.simple_query(&format!("SHOW {what}")).await.unwrap();
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                r.columns()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (c.name().to_owned(), r.get(i).unwrap_or("").to_owned()))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}

@@ -4,7 +4,7 @@
 //! drop clients, RECONNECT + WAIT_CLOSE replace server connections, DISABLE/ENABLE gate new
 //! clients, SHUTDOWN WAIT_FOR_CLIENTS waits for clients to leave.
 
-use harness::pooler::PoolerProcess;
+use harness::pooler::{show, PoolerProcess};
 use harness::{PgInstance, PgOptions};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -16,24 +16,6 @@ async fn setup(settings: &str) -> (PgInstance, PoolerProcess) {
     let settings = format!("admin_users = [\"postgres\"]\n{settings}");
     let pooler = PoolerProcess::start(&pg, &settings).await.unwrap();
     (pg, pooler)
-}
-
-/// The rows of a SHOW as name -> value maps, by the RowDescription's column names.
-async fn show(admin: &tokio_postgres::Client, what: &str) -> Vec<HashMap<String, String>> {
-    let messages = admin.simple_query(&format!("SHOW {what}")).await.unwrap();
-    messages
-        .iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(
-                r.columns()
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| (c.name().to_owned(), r.get(i).unwrap_or("").to_owned()))
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
 }
 
 async fn admin_error(admin: &tokio_postgres::Client, command: &str) -> String {

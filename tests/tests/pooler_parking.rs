@@ -4,24 +4,11 @@
 //! parameters, its prepared statements, over TCP and the Unix socket); KILL_CLIENT and SIGTERM
 //! reach parked clients; a client that keeps working never parks.
 
-use harness::pooler::{http_get, sample, PoolerProcess};
+use harness::pooler::{http_get, sample, show, PoolerProcess};
 use harness::{PgInstance, PgOptions};
 use nix::sys::signal::Signal;
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio_postgres::SimpleQueryMessage;
-
-async fn show(admin: &tokio_postgres::Client, what: &str) -> Vec<HashMap<String, String>> {
-    let messages = admin.simple_query(&format!("SHOW {what}")).await.unwrap();
-    let mut rows = Vec::new();
-    for m in &messages {
-        if let SimpleQueryMessage::Row(r) = m {
-            let names = r.columns().iter().map(|c| c.name().to_owned());
-            rows.push(names.enumerate().map(|(i, n)| (n, r.get(i).unwrap_or("").to_owned())).collect());
-        }
-    }
-    rows
-}
 
 /// Clients parked now, from /metrics.
 async fn parked(metrics: &str) -> u32 {

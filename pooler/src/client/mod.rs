@@ -63,9 +63,7 @@ fn after_login(
     count: ClientCount,
 ) -> Option<Rest<'_>> {
     match outcome? {
-        login::Outcome::Pool(logged_in) => {
-            Some(Box::pin(relay::Relay::new(shared, stream, buf, logged_in, count).run()))
-        }
+        login::Outcome::Pool(logged_in) => Some(Box::pin(relay::Relay::new(count, stream, buf, logged_in).run())),
         login::Outcome::Console(access, me) => Some(Box::pin(async move {
             console(shared, stream, buf, access, me).await;
             drop(count);

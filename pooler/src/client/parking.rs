@@ -24,7 +24,8 @@ use tokio::io::unix::AsyncFd;
 
 /// How often the sweep over every client looks for idle ones to park.
 const TICK: Duration = Duration::from_millis(250);
-/// Ticks a client that has been active waits idle before it parks (1–1.25 s).
+/// Ticks a client that has been active waits idle before it parks (0.75–1 s: the sweeps come
+/// every `TICK`, and its idle wait began somewhere within the first of them).
 const PARK_AFTER: u32 = 4;
 /// How often the clients that logged in since the last look are checked (a short list).
 const FRESH_TICK: Duration = Duration::from_millis(25);

@@ -74,14 +74,8 @@ pub(super) struct Relay {
 }
 
 impl Relay {
-    pub(super) fn new(
-        shared: &Arc<Shared>,
-        client: Stream,
-        cin: BytesMut,
-        login: LoggedIn,
-        count: super::ClientCount,
-    ) -> Self {
-        debug_assert!(Arc::ptr_eq(shared, &count.0));
+    /// `shared` is the client's count, which holds the pooler's state.
+    pub(super) fn new(shared: super::ClientCount, client: Stream, cin: BytesMut, login: LoggedIn) -> Self {
         let config = shared.config();
         let session_config = SessionConfig {
             pool_mode: login.settings.pool_mode,
@@ -97,7 +91,7 @@ impl Relay {
         buffers::give_back(&mut cin);
         Relay {
             me: login.me,
-            shared: count,
+            shared,
             pool: login.pool,
             settings: login.settings,
             client,
