@@ -3,7 +3,7 @@
 //! that polls every node every 50 ms for two writable primaries, and the check that a former
 //! primary rejoined as a replica of the new one (rewound if needed) without losing a row.
 
-use crate::cluster::{connect, PghaCluster};
+use crate::cluster::{connect, http, PghaCluster};
 use crate::wait::wait_for;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,7 +27,9 @@ pub async fn streaming_cluster(cluster: &PghaCluster, except: Option<usize>) -> 
             let role = n.role().await;
             match &role {
                 Ok((false, _)) => primary = Some(i),
-                Ok((true, Some(s))) if s == "streaming" => streaming += 1,
+                // The agent, not only PostgreSQL, must have seen the stream: an agent trusts its
+                // position for promotion only once its own probe found it streaming.
+                Ok((true, Some(s))) if s == "streaming" && agent_sees_streaming(n.api_port).await => streaming += 1,
                 _ => {}
             }
             seen.push(format!("{}: {:?}", n.name, role.map_err(|e| e.to_string())));
@@ -39,6 +41,11 @@ pub async fn streaming_cluster(cluster: &PghaCluster, except: Option<usize>) -> 
         }
     })
     .await
+}
+
+/// Whether the node's agent says (on its REST API) that its replica streams.
+async fn agent_sees_streaming(api_port: u16) -> bool {
+    matches!(http(api_port, "GET", "/replica?replication_state=streaming", None).await, Ok((200, _)))
 }
 
 /// Waits for a primary other than `old`; panics with every agent's log after `secs`.

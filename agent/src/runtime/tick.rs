@@ -72,9 +72,12 @@ impl Runtime {
                         if p.in_recovery { p.received.unwrap_or(p.position).max(p.position) } else { p.position };
                     if p.receiver_status.as_deref() == Some("streaming") {
                         self.not_streaming_since = None;
-                        if let (Some(tl), Some(lsn)) = (p.received_timeline, p.received) {
-                            self.last_streamed = Some(StreamPoint { timeline: tl, lsn });
-                        }
+                        // A receiver that has not flushed anything new yet still streams from
+                        // this timeline; its replay position stands in for the received one.
+                        self.last_streamed = Some(StreamPoint {
+                            timeline: p.received_timeline.unwrap_or(p.timeline),
+                            lsn: p.received.unwrap_or(p.position).max(p.position),
+                        });
                     } else if p.in_recovery {
                         self.not_streaming_since.get_or_insert(now);
                     } else {
