@@ -43,7 +43,8 @@ pub struct Io {
 }
 
 impl Io {
-    fn is_empty(&self) -> bool {
+    /// No bytes for the client, from the server or for the server.
+    pub fn is_empty(&self) -> bool {
         self.cout.is_empty() && self.sin.is_empty() && self.sout.is_empty()
     }
 }

@@ -10,9 +10,10 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::OnceLock;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Where a socket's two ends are: PgBouncer's addr/port and local_addr/local_port columns
 /// (`unix` and port 0 for a Unix socket).
@@ -79,6 +80,18 @@ fn raw_fd(stream: &Stream) -> RawFd {
 
 fn unix_micros(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+/// The wall-clock time (µs since the epoch) of a monotonic reading the data path took anyway:
+/// a checkout's request_time costs no second clock reading. Anchored at the first call, so a
+/// later step of the wall clock shows in connect_time but not here.
+fn unix_micros_at(at: Instant) -> u64 {
+    static ANCHOR: OnceLock<(Instant, u64)> = OnceLock::new();
+    let (instant, unix) = *ANCHOR.get_or_init(|| (Instant::now(), unix_micros(SystemTime::now())));
+    match at.checked_duration_since(instant) {
+        Some(after) => unix + after.as_micros() as u64,
+        None => unix.saturating_sub(instant.duration_since(at).as_micros() as u64),
+    }
 }
 
 fn from_micros(us: u64) -> SystemTime {
@@ -314,15 +327,16 @@ impl ServerEntry {
     pub fn client(&self) -> u64 {
         self.client.load(Ordering::Relaxed)
     }
-    /// Checked out (by `client`, 0 if by the pooler itself) or back in the pool.
-    pub fn set_checked_out(&self, client: Option<u64>) {
-        self.client.store(client.unwrap_or(0), Ordering::Relaxed);
-        if client.is_some() {
-            self.request_time_us.store(unix_micros(SystemTime::now()), Ordering::Relaxed);
-            self.state.store(ServerState::Active as u8, Ordering::Relaxed);
-        } else {
-            self.state.store(ServerState::Idle as u8, Ordering::Relaxed);
-        }
+    /// Checked out at `at` by `client` (0 if by the pooler itself).
+    pub fn checked_out(&self, client: u64, at: Instant) {
+        self.client.store(client, Ordering::Relaxed);
+        self.request_time_us.store(unix_micros_at(at), Ordering::Relaxed);
+        self.state.store(ServerState::Active as u8, Ordering::Relaxed);
+    }
+    /// Back in the pool.
+    pub fn checked_in(&self) {
+        self.client.store(0, Ordering::Relaxed);
+        self.state.store(ServerState::Idle as u8, Ordering::Relaxed);
     }
 }
 
@@ -513,14 +527,14 @@ impl ClientHandle {
         self.entry.wait_start_us.store(unix_micros(SystemTime::now()), Ordering::Relaxed);
         self.entry.state.store(ClientState::Waiting as u8, Ordering::Relaxed);
     }
-    /// Got server connection `server` (or gave up waiting with `None`).
-    pub fn attached(&self, server: Option<&ServerHandle>) {
+    /// Got server connection `server` at `at` (or gave up waiting with `None`).
+    pub fn attached(&self, server: Option<&ServerHandle>, at: Instant) {
         let entry = &self.entry;
         entry.state.store(ClientState::Active as u8, Ordering::Relaxed);
         if let Some(server) = server {
-            entry.request_time_us.store(unix_micros(SystemTime::now()), Ordering::Relaxed);
+            entry.request_time_us.store(unix_micros_at(at), Ordering::Relaxed);
             entry.server.store(server.entry.id, Ordering::SeqCst);
-            server.entry.set_checked_out(Some(entry.id));
+            server.entry.checked_out(entry.id, at);
         }
     }
     /// Gave its server connection back (the pool marks the server idle).
@@ -631,11 +645,11 @@ mod tests {
         let server = registry.register_server(2, &key(), &server_stream, 4242, 0);
         client.waiting();
         assert_eq!(registry.client(1).unwrap().state(), ClientState::Waiting);
-        client.attached(Some(&server));
+        client.attached(Some(&server), Instant::now());
         assert_eq!((client.entry().state(), client.entry().server()), (ClientState::Active, 2));
         assert_eq!((server.entry().state(), server.entry().client()), (ServerState::Active, 1));
         client.detached();
-        server.entry().set_checked_out(None);
+        server.entry().checked_in();
         assert_eq!((client.entry().server(), server.entry().state()), (0, ServerState::Idle));
         drop(server);
         assert!(registry.servers().is_empty());

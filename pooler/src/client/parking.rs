@@ -31,6 +31,10 @@ const PARK_AFTER: u32 = 4;
 const FRESH_TICK: Duration = Duration::from_millis(25);
 /// Events taken from the epoll set per wake.
 const EVENTS_PER_WAKE: usize = 256;
+/// Clients that may wait between transactions keeping their buffers and their busy state
+/// (`WarmSlot`): a bounded few, so that 10,000 clients each sending a query a second do not
+/// each pin 16 kB of buffers for the second before they park.
+const WARM_CLIENTS: usize = 128;
 
 /// The parked clients of the pooler.
 pub struct Parking {
@@ -47,6 +51,34 @@ pub struct Parking {
     /// Clients that logged in and have not sent anything yet, with whether the last look
     /// found them idle.
     fresh: Mutex<Vec<(Arc<ClientEntry>, bool)>>,
+    /// Warm slots taken (at most `WARM_CLIENTS`).
+    warm: Arc<AtomicUsize>,
+}
+
+/// The right of one busy client to wait for its next transaction as it is, buffers and all,
+/// until it is asked to park: a client sending one transaction after another then neither
+/// gives back nor borrows anything between them. Given back when dropped.
+pub(super) struct WarmSlot(Arc<AtomicUsize>);
+
+impl WarmSlot {
+    /// A slot, if parking runs (a warm client parks when it has been idle a while) and fewer
+    /// than `WARM_CLIENTS` hold one.
+    pub(super) fn take(parking: &Parking) -> Option<WarmSlot> {
+        if !parking.enabled() {
+            return None;
+        }
+        parking
+            .warm
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < WARM_CLIENTS).then_some(n + 1))
+            .ok()
+            .map(|_| WarmSlot(parking.warm.clone()))
+    }
+}
+
+impl Drop for WarmSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Default for Parking {
@@ -64,6 +96,7 @@ impl Default for Parking {
             tick: AtomicU32::new(1),
             serving: AtomicBool::new(false),
             fresh: Mutex::new(Vec::new()),
+            warm: Arc::default(),
         }
     }
 }
@@ -234,5 +267,24 @@ impl AsFd for EpollFd {
     fn as_fd(&self) -> BorrowedFd<'_> {
         // SAFETY: the set outlives this (both live in `Shared`, the set longer).
         unsafe { BorrowedFd::borrow_raw(self.0) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warm_slots_are_bounded_given_back_on_drop_and_none_without_parking() {
+        let parking = Parking::default();
+        assert!(WarmSlot::take(&parking).is_none(), "a slot before parking runs");
+        parking.serving.store(true, Ordering::Release);
+        let mut slots: Vec<WarmSlot> = (0..WARM_CLIENTS).filter_map(|_| WarmSlot::take(&parking)).collect();
+        assert_eq!(slots.len(), WARM_CLIENTS);
+        assert!(WarmSlot::take(&parking).is_none(), "more than {WARM_CLIENTS} warm clients");
+        slots.pop();
+        assert!(WarmSlot::take(&parking).is_some(), "a dropped slot was not given back");
+        drop(slots);
+        assert_eq!(parking.warm.load(Ordering::Relaxed), 0);
     }
 }

@@ -21,6 +21,7 @@ use crate::stream::Stream;
 use bytes::{Buf, BytesMut};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Why the relay stopped.
@@ -37,6 +38,14 @@ impl End {
     fn fatal(code: &str, message: impl Into<String>) -> Self {
         End::Fatal { code: code.to_owned(), message: message.into() }
     }
+}
+
+/// Where a busy client goes once it holds no server connection.
+enum Flow {
+    /// Back to the idle wait.
+    Idle,
+    /// Asked to park (it waited warm, idle for a while).
+    Park,
 }
 
 enum Event {
@@ -152,8 +161,13 @@ impl Relay {
     async fn relay(&mut self) -> Option<End> {
         // Bytes that came with the startup packet.
         if !self.cin.is_empty() {
-            if let Err(end) = Box::pin(self.busy(None)).await {
-                return Some(end);
+            match Box::pin(self.busy(None)).await {
+                Err(end) => return Some(end),
+                Ok(Flow::Park) => {
+                    self.give_back_buffers();
+                    return None;
+                }
+                Ok(Flow::Idle) => {}
             }
         }
         loop {
@@ -165,8 +179,13 @@ impl Relay {
                 Event::Client(Ok(n)) => {
                     // Boxed: a busy client's state (server I/O, checkout) lives on the heap
                     // while it is busy; an idle client's task keeps only the small idle wait.
-                    if let Err(end) = Box::pin(self.busy(Some(n))).await {
-                        return Some(end);
+                    match Box::pin(self.busy(Some(n))).await {
+                        Err(end) => return Some(end),
+                        Ok(Flow::Park) => {
+                            self.give_back_buffers();
+                            return None;
+                        }
+                        Ok(Flow::Idle) => {}
                     }
                 }
                 Event::IdleTimeout => {
@@ -183,11 +202,86 @@ impl Relay {
     }
 
     /// A busy client, from bytes it sent (`read` of them just now) until it holds no server
-    /// connection again (in session mode: until it leaves).
-    async fn busy(&mut self, read: Option<usize>) -> Result<(), End> {
+    /// connection again (in session mode: until it leaves). A client with a warm slot
+    /// (`parking::WarmSlot`) stays here between transactions, buffers and all, until it sends
+    /// the next one or is asked to park.
+    async fn busy(&mut self, read: Option<usize>) -> Result<Flow, End> {
         if let Some(n) = read {
             self.bytes_in += n as u64;
         }
+        let mut warm = None;
+        loop {
+            self.transaction().await?;
+            if !self.may_wait_warm() {
+                return Ok(Flow::Idle);
+            }
+            if warm.is_none() {
+                warm = super::parking::WarmSlot::take(&self.shared.parking);
+                if warm.is_none() {
+                    return Ok(Flow::Idle);
+                }
+            }
+            match self.warm_wait().await {
+                Event::Client(Ok(0)) | Event::Client(Err(_)) => return Err(End::ClientGone),
+                Event::Client(Ok(n)) => self.bytes_in += n as u64,
+                Event::Park => return Ok(Flow::Park),
+                _ => return Ok(Flow::Idle),
+            }
+        }
+    }
+
+    /// Whether the client may wait for its next transaction in `warm_wait`: between
+    /// transactions with nothing buffered, on a socket that could park, with no
+    /// client_idle_timeout to keep, and no shutdown under way.
+    fn may_wait_warm(&self) -> bool {
+        self.server.is_none()
+            && self.cin.is_empty()
+            && self.io.as_ref().is_some_and(|io| io.is_empty())
+            && !self.client.is_tls()
+            && self.settings.client_idle_timeout.is_none()
+            && !self.shared.shutdown.is_stopping()
+    }
+
+    /// The wait between two transactions of a warm client: bytes from it, or a request to
+    /// park (it has been idle about a second), with its buffers kept. KILL and shutdown shut
+    /// the socket's read side, which ends the wait like a client that left.
+    async fn warm_wait(&mut self) -> Event {
+        let entry = self.me.entry();
+        entry.idle_from(self.shared.parking.tick());
+        loop {
+            let client = &self.client;
+            let ready = std::future::poll_fn(|cx| {
+                if entry.park_wanted(cx) {
+                    return std::task::Poll::Ready(None);
+                }
+                client.poll_read_ready(cx).map(Some)
+            })
+            .await;
+            match ready {
+                None => {
+                    entry.not_idle(false, true);
+                    return Event::Park;
+                }
+                Some(Err(e)) => {
+                    entry.not_idle(false, false);
+                    return Event::Client(Err(e));
+                }
+                Some(Ok(())) => {}
+            }
+            buffers::lend(&mut self.cin);
+            match self.client.try_read_buf(&mut self.cin) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                read => {
+                    entry.not_idle(true, false);
+                    return Event::Client(read);
+                }
+            }
+        }
+    }
+
+    /// One transaction (in session mode: the whole session), from the client bytes in `cin`
+    /// until it holds no server connection again.
+    async fn transaction(&mut self) -> Result<(), End> {
         self.on_client_bytes().await?;
         while self.server.is_some() {
             match self.next_busy_event().await {
@@ -386,12 +480,14 @@ impl Relay {
 
     /// Runs the client's bytes through the session until it needs nothing more.
     async fn on_client_bytes(&mut self) -> Result<(), End> {
+        // The one clock reading of this wake (stats, checkout, request_time).
+        let mut now = Instant::now();
         loop {
             let io = buffers::io(&mut self.io);
             buffers::lend_actions(&mut io.actions);
             self.session.on_client_input(&self.cin, &mut io.actions).map_err(End::Session)?;
             if io.query_started.is_none() && self.server.is_some() && self.session.requests_in_flight() > 0 {
-                io.query_started = Some(std::time::Instant::now());
+                io.query_started = Some(now);
             }
             let mut need_server = false;
             let mut release = None;
@@ -421,7 +517,7 @@ impl Relay {
             self.cin.advance(consumed);
             self.flush_server().await?;
             if let Some(state) = release {
-                self.release_server(state).await;
+                self.release_server(state, now).await;
             }
             self.flush_client().await?;
             if terminated {
@@ -430,12 +526,15 @@ impl Relay {
             if !need_server {
                 return Ok(());
             }
-            self.attach_server().await?;
+            // A wait for a connection moves the clock on.
+            now = self.attach_server(now).await?;
         }
     }
 
     /// Runs the server's bytes through the session and passes its answers to the client.
     async fn on_server_bytes(&mut self) -> Result<(), End> {
+        // The one clock reading of this wake (query and transaction times, the release).
+        let now = Instant::now();
         let io = buffers::io(&mut self.io);
         buffers::lend_actions(&mut io.actions);
         if let Err(e) = self.session.on_server_input(&io.sin, &mut io.actions) {
@@ -445,7 +544,7 @@ impl Relay {
         }
         if self.session.requests_in_flight() == 0 {
             if let Some(started) = io.query_started.take() {
-                let spent = started.elapsed().as_micros() as u64;
+                let spent = now.saturating_duration_since(started).as_micros() as u64;
                 self.pool.stats.query_time_us.fetch_add(spent, Ordering::Relaxed);
             }
         }
@@ -467,7 +566,7 @@ impl Relay {
                     io.actions.clear();
                     // Counted before the release, which adds them to this transaction's bytes.
                     self.bytes_out += n as u64;
-                    self.give_back_to_pool(state).await;
+                    self.give_back_to_pool(state, now).await;
                     let io = buffers::io(&mut self.io);
                     let sent = self.client.send(&io.sin[..n]).await;
                     io.sin.clear();
@@ -492,7 +591,7 @@ impl Relay {
         io.sin.advance(consumed);
         self.flush_server().await?;
         if let Some(state) = release {
-            self.release_server(state).await;
+            self.release_server(state, now).await;
         }
         self.flush_client().await
     }
@@ -520,13 +619,15 @@ impl Relay {
     }
 
     /// Checks a server connection out of the pool (waiting at most query_wait_timeout) and
-    /// hands its state to the session, sending the `SET`s that align its parameters.
-    async fn attach_server(&mut self) -> Result<(), End> {
+    /// hands its state to the session, sending the `SET`s that align its parameters. `now`:
+    /// the clock as this wake read it; returns the time of the checkout.
+    async fn attach_server(&mut self, now: Instant) -> Result<Instant, End> {
         if self.me.entry().is_killed() {
             // Bytes that were already queued on the socket when KILL shut its read side.
             return Err(End::ClientGone);
         }
-        let acquired = match self.pool.acquire_idle() {
+        let mut now = now;
+        let acquired = match self.pool.acquire_idle(now) {
             Some(conn) => Ok(conn),
             None => {
                 // Boxed: waiting, opening or checking a connection is the slow path; its state
@@ -543,10 +644,11 @@ impl Relay {
                 });
                 let acquired = Box::pin(self.pool.acquire_unless(killed)).await;
                 stats.clients_waiting.fetch_sub(1, Ordering::Relaxed);
+                now = Instant::now();
                 acquired
             }
         };
-        self.me.attached(acquired.as_ref().ok().and_then(|c| c.registration.as_ref()));
+        self.me.attached(acquired.as_ref().ok().and_then(|c| c.registration.as_ref()), now);
         let mut conn = match acquired {
             Ok(conn) if self.me.entry().is_killed() => {
                 self.pool.close(conn);
@@ -574,22 +676,22 @@ impl Relay {
             }
         }
         self.cancel.set(Some(conn.cancel.clone()));
-        let now = std::time::Instant::now();
         let io = buffers::io(&mut self.io);
         io.attached_at = Some(now);
         // The request that needed the server goes to it now.
         io.query_started = Some(now);
         self.server = Some(conn);
-        self.flush_server().await
+        self.flush_server().await?;
+        Ok(now)
     }
 
     /// The session is done with the server: back to the pool, unless unread bytes remain.
-    async fn release_server(&mut self, state: Box<ServerState>) {
+    async fn release_server(&mut self, state: Box<ServerState>, now: Instant) {
         if !self.server_input_is_empty() {
             if let Some(conn) = self.server.take() {
                 self.me.detached();
                 self.cancel.set(None);
-                self.count_transaction();
+                self.count_transaction(now);
                 tracing::warn!(server = %conn.addr, "server sent bytes after its last answer; closing it");
                 if let Some(io) = self.io.as_mut() {
                     io.sin.clear();
@@ -598,29 +700,30 @@ impl Relay {
             }
             return;
         }
-        self.give_back_to_pool(state).await;
+        self.give_back_to_pool(state, now).await;
     }
 
     /// Pools the attached server connection (every byte it sent has been read).
-    async fn give_back_to_pool(&mut self, state: Box<ServerState>) {
+    async fn give_back_to_pool(&mut self, state: Box<ServerState>, now: Instant) {
         let Some(mut conn) = self.server.take() else { return };
         self.me.detached();
         self.cancel.set(None);
         conn.state = Some(state);
-        self.count_transaction();
+        self.count_transaction(now);
         if self.settings.server_reset_query_always {
             Box::pin(self.reset_and_release(conn)).await;
         } else {
-            self.pool.release(conn);
+            self.pool.release_at(conn, now);
         }
     }
 
-    /// A transaction ended: its time with the server and the bytes since the last one.
-    fn count_transaction(&mut self) {
+    /// A transaction ended (at `now`): its time with the server and the bytes since the last
+    /// one.
+    fn count_transaction(&mut self, now: Instant) {
         let stats = &self.pool.stats;
         stats.xact_count.fetch_add(1, Ordering::Relaxed);
         if let Some(at) = self.io.as_mut().and_then(|io| io.attached_at.take()) {
-            stats.xact_time_us.fetch_add(at.elapsed().as_micros() as u64, Ordering::Relaxed);
+            stats.xact_time_us.fetch_add(now.saturating_duration_since(at).as_micros() as u64, Ordering::Relaxed);
         }
         stats.query_count.fetch_add(self.session.take_queries_answered(), Ordering::Relaxed);
         stats.bytes_received.fetch_add(std::mem::take(&mut self.bytes_in), Ordering::Relaxed);

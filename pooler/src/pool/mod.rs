@@ -194,13 +194,13 @@ impl Pool {
 
     /// An idle connection that needs no check, without waiting: the common checkout on a busy
     /// pool, done without a future (the relay boxes the slow path of [`Pool::acquire`]).
-    pub fn acquire_idle(&self) -> Option<Box<ServerConn>> {
+    pub fn acquire_idle(&self, now: Instant) -> Option<Box<ServerConn>> {
         let mut st = self.lock();
         if st.closed || st.paused {
             return None;
         }
         let conn = st.idle.last()?;
-        if !Checkout::of(conn, &st.settings).is_nothing() {
+        if !Checkout::of(conn, &st.settings, now).is_nothing() {
             return None;
         }
         st.active += 1;
@@ -231,7 +231,7 @@ impl Pool {
                     Next::Wait(rx, st.settings.clone())
                 } else if let Some(conn) = st.idle.pop() {
                     st.active += 1;
-                    let checkout = Checkout::of(&conn, &st.settings);
+                    let checkout = Checkout::of(&conn, &st.settings, Instant::now());
                     Next::Conn(conn, checkout)
                 } else if self.try_open(&mut st, false) {
                     Next::Open
@@ -261,7 +261,7 @@ impl Pool {
             };
             match grant {
                 Grant::Conn(conn) => {
-                    let checkout = Checkout::of(&conn, &self.settings());
+                    let checkout = Checkout::of(&conn, &self.settings(), Instant::now());
                     if let Some(conn) = self.check(conn, checkout).await {
                         return Ok(conn);
                     }
@@ -385,11 +385,15 @@ impl Pool {
 
     /// A client is done with `conn` and it is idle and clean: hand it to the next waiting
     /// client, or keep it idle.
-    pub fn release(&self, mut conn: Box<ServerConn>) {
+    pub fn release(&self, conn: Box<ServerConn>) {
+        self.release_at(conn, Instant::now());
+    }
+
+    /// `release`, with the time the caller read already.
+    pub fn release_at(&self, mut conn: Box<ServerConn>, now: Instant) {
         if let Some(registration) = &conn.registration {
-            registration.entry().set_checked_out(None);
+            registration.entry().checked_in();
         }
-        let now = Instant::now();
         let mut st = self.lock();
         st.active = st.active.saturating_sub(1);
         let expired = st.settings.server_lifetime.is_some_and(|life| now.duration_since(conn.created) >= life);
@@ -638,8 +642,7 @@ impl Checkout {
         !self.expired && !self.probe && self.check_query.is_none()
     }
 
-    fn of(conn: &ServerConn, settings: &Arc<PoolSettings>) -> Checkout {
-        let now = Instant::now();
+    fn of(conn: &ServerConn, settings: &Arc<PoolSettings>, now: Instant) -> Checkout {
         let idle_for = now.duration_since(conn.last_used);
         Checkout {
             expired: settings.server_lifetime.is_some_and(|life| now.duration_since(conn.created) >= life),

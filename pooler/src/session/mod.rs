@@ -274,13 +274,24 @@ impl Session {
 
     /// Attaches a server connection after `NeedServer`. If its parameters differ from the
     /// client's, the `SET`s that align them are queued ahead of the client's messages.
-    pub fn attach_server(&mut self, server: Box<ServerState>, out: &mut Vec<Action>) -> Result<(), SessionError> {
+    pub fn attach_server(&mut self, mut server: Box<ServerState>, out: &mut Vec<Action>) -> Result<(), SessionError> {
         if self.server.is_some() {
             return Err(SessionError::ServerAlreadyAttached);
         }
         self.server_framer.reset();
         self.server_route = Route::Forward;
-        let commands = self.params.set_commands(&server.params);
+        // One shared map: in line without comparing a string. Maps found equal are made one,
+        // so the next checkout of this connection by this client (or any client with these
+        // values) is that cheap too; either side's next change copies it apart.
+        let commands = if self.params.shares_values_with(&server.params) {
+            Vec::new()
+        } else {
+            let commands = self.params.set_commands(&server.params);
+            if commands.is_empty() && self.params == server.params {
+                server.params = self.params.clone();
+            }
+            commands
+        };
         self.server = Some(server);
         if !commands.is_empty() {
             crate::protocol::extended::write_query(&commands.join("; "), &mut self.scratch)?;

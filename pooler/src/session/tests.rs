@@ -258,6 +258,30 @@ fn the_servers_spelling_of_a_value_is_adopted() {
 }
 
 #[test]
+fn a_server_found_in_line_shares_the_clients_values_until_either_changes() {
+    let mut h = Harness::new(transaction_config(), login_params());
+    send(&mut h, &[client::query("SELECT 1")]);
+    h.settle().unwrap();
+    let shares = |h: &Harness| h.pool[0].0.params().shares_values_with(h.session.client_params());
+    assert!(shares(&h), "a server with the client's values was not made to share them");
+
+    // The SET runs on the server, which reports the new value: both sides change, each its
+    // own copy, and the values agree again.
+    send(&mut h, &[client::query("SET TimeZone = 'europe/paris'")]);
+    h.settle().unwrap();
+    assert!(!shares(&h));
+    assert_eq!(h.pool[0].0.params(), h.session.client_params());
+
+    // Equal values: the next checkout sends no SET and shares them again.
+    h.mark();
+    send(&mut h, &[client::query("SELECT 1")]);
+    h.settle().unwrap();
+    assert_eq!(h.new_tags(), "TDCZ");
+    assert_eq!(h.attaches, 3);
+    assert!(shares(&h));
+}
+
+#[test]
 fn a_parameter_the_server_rejects_ends_the_session() {
     let mut params = login_params();
     params.set(TrackedParam::DateStyle, "invalid");
