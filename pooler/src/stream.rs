@@ -101,9 +101,26 @@ impl Stream {
 
     /// Writes all of `bytes` and, with TLS, flushes: rustls may keep the last records when the
     /// socket is full, and nothing else would push them out while the relay waits to read.
+    ///
+    /// A plain socket with room takes the bytes in one `try_write` (the usual case: a message
+    /// or a few), without the write future and its readiness registration; what does not fit
+    /// waits for the socket to drain.
     pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         use tokio::io::AsyncWriteExt;
-        self.write_all(bytes).await?;
+        let written = match self {
+            Stream::Tcp(s) => s.try_write(bytes),
+            Stream::Unix(s) => s.try_write(bytes),
+            _ => Ok(0),
+        };
+        let rest = match written {
+            Ok(n) => &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => bytes,
+            Err(e) => return Err(e),
+        };
+        if rest.is_empty() {
+            return Ok(());
+        }
+        self.write_all(rest).await?;
         if self.is_tls() {
             self.flush().await?;
         }
