@@ -313,7 +313,9 @@ impl Pool {
                     None => std::future::pending().await,
                 }
             };
+            // Biased: the grant first, and no random draw per wake.
             let woke = tokio::select! {
+                biased;
                 r = &mut rx => Some(r),
                 _ = deadline => None,
                 _ = cancelled.as_mut() => {
