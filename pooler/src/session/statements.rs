@@ -28,8 +28,10 @@ impl Statement {
 }
 
 impl PartialEq for Statement {
+    /// The same object (a client's statement found in the map of the server it prepared it
+    /// on) is equal without comparing the query text.
     fn eq(&self, other: &Self) -> bool {
-        self.fingerprint == other.fingerprint && self.definition == other.definition
+        std::ptr::eq(self, other) || (self.fingerprint == other.fingerprint && self.definition == other.definition)
     }
 }
 
@@ -99,7 +101,12 @@ pub(crate) struct ClientStatements {
     by_name: Option<Box<ByName>>,
 }
 
-type ByName = HashMap<Box<[u8]>, Arc<Statement>>;
+/// foldhash (seeded per process and map), not SipHash: a Bind looks a name up in this map and
+/// the statement up in the server's. Names a client chooses land only in its own map; a
+/// server's map is bounded by max_prepared_statements and keyed by a SipHash fingerprint.
+type FastHash = foldhash::fast::RandomState;
+
+type ByName = HashMap<Box<[u8]>, Arc<Statement>, FastHash>;
 
 impl ClientStatements {
     fn map(&mut self) -> &mut ByName {
@@ -167,7 +174,7 @@ struct ServerEntry {
 /// every Parse is answered, so every entry is confirmed.
 #[derive(Debug, Default)]
 pub(crate) struct ServerStatements {
-    by_definition: HashMap<Arc<Statement>, ServerEntry>,
+    by_definition: HashMap<Arc<Statement>, ServerEntry, FastHash>,
     next_id: u64,
     clock: u64,
 }
