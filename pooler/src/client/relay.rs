@@ -246,36 +246,45 @@ impl Relay {
     /// park (it has been idle about a second), with its buffers kept. KILL and shutdown shut
     /// the socket's read side, which ends the wait like a client that left.
     async fn warm_wait(&mut self) -> Event {
-        let entry = self.me.entry();
-        entry.idle_from(self.shared.parking.tick());
+        self.me.entry().idle_from(self.shared.parking.tick());
         loop {
-            let client = &self.client;
-            let ready = std::future::poll_fn(|cx| {
-                if entry.park_wanted(cx) {
-                    return std::task::Poll::Ready(None);
-                }
-                client.poll_read_ready(cx).map(Some)
-            })
-            .await;
-            match ready {
-                None => {
-                    entry.not_idle(false, true);
-                    return Event::Park;
-                }
-                Some(Err(e)) => {
-                    entry.not_idle(false, false);
-                    return Event::Client(Err(e));
-                }
-                Some(Ok(())) => {}
+            if let Err(event) = self.readable_or_park(true).await {
+                return event;
             }
             buffers::lend(&mut self.cin);
             match self.client.try_read_buf(&mut self.cin) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 read => {
-                    entry.not_idle(true, false);
+                    self.me.entry().not_idle(true, false);
                     return Event::Client(read);
                 }
             }
+        }
+    }
+
+    /// The idle waits' common part: until the client's socket is readable (`Ok`), or, if
+    /// `parkable`, the parking lot asks this relay to park (`Event::Park`); a failed socket is
+    /// `Event::Client(Err)`. Shutdown and KILL shut the socket's read side, which makes it
+    /// readable: nothing else to listen for.
+    async fn readable_or_park(&self, parkable: bool) -> Result<(), Event> {
+        let (client, entry) = (&self.client, self.me.entry());
+        let ready = std::future::poll_fn(|cx| {
+            if parkable && entry.park_wanted(cx) {
+                return std::task::Poll::Ready(None);
+            }
+            client.poll_read_ready(cx).map(Some)
+        })
+        .await;
+        match ready {
+            None => {
+                entry.not_idle(false, true);
+                Err(Event::Park)
+            }
+            Some(Err(e)) => {
+                entry.not_idle(false, false);
+                Err(Event::Client(Err(e)))
+            }
+            Some(Ok(())) => Ok(()),
         }
     }
 
@@ -368,26 +377,9 @@ impl Relay {
         }
         loop {
             // Shutdown shuts the read side of every client without a server connection
-            // (`Connections::kill_idle_clients`), which wakes this wait: nothing else to
-            // listen for but the parking lot's request.
-            let (client, entry) = (&self.client, self.me.entry());
-            let ready = std::future::poll_fn(|cx| {
-                if parkable && entry.park_wanted(cx) {
-                    return std::task::Poll::Ready(None);
-                }
-                client.poll_read_ready(cx).map(Some)
-            })
-            .await;
-            match ready {
-                None => {
-                    entry.not_idle(false, true);
-                    return Event::Park;
-                }
-                Some(Err(e)) => {
-                    entry.not_idle(false, false);
-                    return Event::Client(Err(e));
-                }
-                Some(Ok(())) => {}
+            // (`Connections::kill_idle_clients`), which wakes this wait.
+            if let Err(event) = self.readable_or_park(parkable).await {
+                return event;
             }
             if let Some(read) = self.read_now() {
                 self.me.entry().not_idle(true, false);
