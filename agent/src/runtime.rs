@@ -54,7 +54,6 @@ pub struct Runtime {
     refresh_failed: bool,
     following: Option<String>,
     /// Replication slots (and the replication role) known to exist on the local primary.
-    ensured_slots: Option<Vec<String>>,
     /// This tick's probe of the local PostgreSQL.
     last_probe: Option<crate::postgres::control::Probe>,
     last_reason: String,
@@ -95,7 +94,6 @@ impl Runtime {
             lease_valid_until: None,
             refresh_failed: false,
             following: None,
-            ensured_slots: None,
             last_probe: None,
             last_reason: String::new(),
             commands,

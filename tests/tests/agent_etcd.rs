@@ -55,3 +55,39 @@ async fn health_checks_follow_the_roles_and_a_switchover_through_the_api_hands_o
 async fn a_primary_whose_postgres_cannot_restart_fails_over_after_primary_start_timeout() {
     scenario::primary_that_cannot_restart(ETCD).await;
 }
+
+/// The leader checks its members' replication slots against the server every tick: a slot that
+/// disappears from the primary (dropped by hand here; in a CI run it was a slot the new primary
+/// lacked after a failover, which left the rewound old primary unable to stream) is made again,
+/// and its replica streams through it. With the slots remembered as "done" instead, the replica
+/// retried "replication slot does not exist" for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_members_slot_lost_on_the_primary_is_made_again_and_its_replica_streams() {
+    use harness::cluster::{connect, PghaCluster};
+    use harness::wait::wait_for;
+    use std::time::Duration;
+    let cluster = PghaCluster::start_on_etcd(2, Timing::default()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let primary = harness::agent_checks::healthy(&cluster).await;
+    let replica = 1 - primary;
+    let slot = cluster.nodes[replica].name.to_lowercase();
+    let p = connect(&cluster.nodes[primary].dsn()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    // The walsender holds the slot: end it, then drop the slot before the replica reconnects
+    // (it retries every wal_retrieve_retry_interval, 5 s).
+    let dropped = wait_for("the slot dropped", Duration::from_secs(10), || async {
+        p.execute(
+            "select pg_terminate_backend(active_pid) from pg_replication_slots where slot_name = $1 and active_pid is not null",
+            &[&slot],
+        )
+        .await?;
+        Ok(p.execute("select pg_drop_replication_slot($1)", &[&slot]).await.ok().map(|_| ()))
+    });
+    dropped.await.unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
+    let back = wait_for("the slot made again and active", Duration::from_secs(30), || async {
+        let row = p.query_opt("select active from pg_replication_slots where slot_name = $1", &[&slot]).await?;
+        Ok(row.and_then(|r| r.get::<_, bool>(0).then_some(())))
+    });
+    back.await.unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
+    let (in_recovery, status) = cluster.nodes[replica].role().await.unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(in_recovery);
+    assert_eq!(status.as_deref(), Some("streaming"), "{}", cluster.logs());
+}

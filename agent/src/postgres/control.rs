@@ -58,6 +58,9 @@ pub struct Probe {
     pub server_version: u32,
     /// Settings changed in the configuration files that take effect only after a restart.
     pub pending_restart: Vec<String>,
+    /// The physical replication slots this server has (the leader checks its members' every
+    /// tick from here, without a query of its own).
+    pub slots: Vec<String>,
 }
 
 /// Everything needed to run one node's PostgreSQL.
@@ -447,7 +450,8 @@ impl LocalPostgres {
                    pg_last_wal_receive_lsn()::text, \
                    (select status from pg_stat_wal_receiver), (select received_tli::text from pg_stat_wal_receiver), \
                    (select timeline_id::text from pg_control_checkpoint()), \
-                   (select string_agg(name, ',' order by name) from pg_settings where pending_restart)";
+                   (select string_agg(name, ',' order by name) from pg_settings where pending_restart), \
+                   (select string_agg(slot_name, ',' order by slot_name) from pg_replication_slots where slot_type = 'physical')";
         let rows = self.query(sql, timeout).await?;
         let row = rows.into_iter().next().ok_or_else(|| PgError::Query("probe returned no row".into()))?;
         let col = |i: usize| row.get(i).cloned().flatten();
@@ -469,6 +473,7 @@ impl LocalPostgres {
             received_timeline,
             server_version: col(1).and_then(|s| s.parse().ok()).unwrap_or(0),
             pending_restart: col(8).map(|s| s.split(',').map(str::to_string).collect()).unwrap_or_default(),
+            slots: col(9).map(|s| s.split(',').map(str::to_string).collect()).unwrap_or_default(),
         })
     }
 

@@ -43,20 +43,25 @@ impl Runtime {
 
     /// What the leader does every tick: slots for the members, the `status` key.
     pub(super) async fn leader_duties(&mut self) {
-        let mut slots: Vec<String> =
-            self.last_addrs.iter().filter(|a| a.name != self.name).map(|a| slot_name(&a.name)).collect();
-        slots.sort();
-        // Only when the member set changed: this is SQL on the primary, not something for every tick.
-        if self.ensured_slots.as_ref() != Some(&slots) {
-            match self.pg.ensure_roles_and_slots(&slots, self.ha.retry_timeout).await {
-                Ok(()) => self.ensured_slots = Some(slots),
+        // This tick's probe is fresh enough for the status key and says which slots exist.
+        let Some(p) = self.last_probe.clone() else { return };
+        // Every tick against what the server has, not against what was done once: a slot made
+        // while the promotion was still finishing, or dropped by hand, is made (again) at the
+        // next tick, and the member that needs it streams within its retry interval.
+        let missing: Vec<String> = self
+            .last_addrs
+            .iter()
+            .filter(|a| a.name != self.name)
+            .map(|a| slot_name(&a.name))
+            .filter(|slot| !p.slots.contains(slot))
+            .collect();
+        if !p.in_recovery && !missing.is_empty() {
+            match self.pg.ensure_roles_and_slots(&missing, self.ha.retry_timeout).await {
+                Ok(()) => tracing::info!(slots = ?missing, "created the replication slots of members"),
                 Err(e) => tracing::warn!("could not create roles/slots: {e}"),
             }
         }
-        // This tick's probe is fresh enough for the status key.
-        if let Some(p) = self.last_probe.clone() {
-            self.write_leader_status(&p).await;
-        }
+        self.write_leader_status(&p).await;
     }
 
     /// Probes PostgreSQL and publishes the result as the leader status (after promote/bootstrap,

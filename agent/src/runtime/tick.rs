@@ -138,10 +138,6 @@ impl Runtime {
         let (mut local, probe) = self.local_state(&view, now).await;
         let probe = self.apply_dynamic_parameters(probe).await;
         self.last_probe = probe.clone();
-        if !matches!(local.postgres, PgState::Running { role: Role::Primary, .. }) {
-            // Slots must be (re)checked whenever this node becomes primary again.
-            self.ensured_slots = None;
-        }
         let mut decision = decide(&view, &local, &self.ha, now);
         if decision.actions == [Action::ProbePeers] {
             local.peer_probes = Some(self.probe_peers().await);
