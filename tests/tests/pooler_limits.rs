@@ -1,7 +1,9 @@
 //! PgBouncer's limits and timeouts, observed from clients: max_client_conn refuses with
 //! PgBouncer's error, query_wait_timeout ends a client that waited too long for a server
-//! connection, idle_transaction_timeout ends a client idle inside a transaction, and a slot
-//! freed under max_user_connections goes to a client waiting in another pool.
+//! connection, idle_transaction_timeout ends a client idle inside a transaction, a client that
+//! waited reserve_pool_timeout gets a reserve connection (and no more than reserve_pool_size
+//! are opened), and a slot freed under max_user_connections goes to a client waiting in
+//! another pool.
 
 use harness::pooler::PoolerProcess;
 use harness::{PgInstance, PgOptions};
@@ -51,6 +53,43 @@ async fn query_wait_timeout_ends_a_client_that_cannot_get_a_server_connection() 
     // The holder's transaction is unaffected and the pool works once it ends.
     holder.batch_execute("commit").await.unwrap();
     pooler.connect().await.unwrap().simple_query("select 1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_waiting_past_reserve_pool_timeout_gets_a_reserve_connection_and_the_reserve_is_bounded() {
+    let pg = postgres().await;
+    let settings = "pool_mode = \"transaction\"\ndefault_pool_size = 1\nreserve_pool_size = 1\n\
+                    reserve_pool_timeout = 0.5\nquery_wait_timeout = 2";
+    let pooler = PoolerProcess::start(&pg, settings).await.unwrap();
+    let holder = pooler.connect().await.unwrap();
+    holder.batch_execute("begin; select 1").await.unwrap();
+    // The pool's one connection is held: this client waits, then gets the reserve one.
+    let waiter = pooler.connect().await.unwrap();
+    let start = Instant::now();
+    waiter.batch_execute("begin; select 1").await.unwrap();
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_millis(400) && waited < Duration::from_secs(2), "waited {waited:?}");
+    // Pool and reserve are both held now: a third client waits until query_wait_timeout.
+    let third = pooler.connect().await.unwrap();
+    let start = Instant::now();
+    let err = third.simple_query("select 1").await.expect_err("the reserve holds one connection");
+    let waited = start.elapsed();
+    assert_eq!(err.as_db_error().map(|e| e.message()), Some("query_wait_timeout"), "{err:?}");
+    assert!(waited >= Duration::from_millis(1900) && waited < Duration::from_secs(4), "waited {waited:?}");
+    let servers: i64 = pg
+        .connect()
+        .await
+        .unwrap()
+        .query_one(
+            "select count(*) from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(servers, 2, "pool_size 1 + reserve 1");
+    waiter.batch_execute("commit").await.unwrap();
+    holder.batch_execute("commit").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,17 +1,31 @@
-//! A pool's housekeeping, once a second: close idle connections past server_idle_timeout or
-//! server_lifetime, open connections up to min_pool_size once the pool has been used, and
-//! roll SHOW STATS_AVERAGES over at the end of each stats_period.
+//! A pool's housekeeping: every `WAITER_CHECK` the timeouts of waiting clients
+//! (query_wait_timeout, reserve_pool_timeout; `Pool::check_waiters`), and once a second: close
+//! idle connections past server_idle_timeout or server_lifetime, open connections up to
+//! min_pool_size once the pool has been used, and roll SHOW STATS_AVERAGES over at the end of
+//! each stats_period.
 
 use super::Pool;
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
+/// How often waiting clients' timeouts are checked: they fire up to this late (PgBouncer's
+/// janitor runs every third of a second).
+pub(super) const WAITER_CHECK: Duration = Duration::from_millis(250);
+/// Waiter checks per round of the once-a-second housekeeping.
+const CHECKS_PER_SECOND: u32 = 4;
+
 pub(super) async fn run(pool: Weak<Pool>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(WAITER_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut round = 0u32;
     loop {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
+        pool.check_waiters(Instant::now());
+        round = round.wrapping_add(1);
+        if round % CHECKS_PER_SECOND != 1 {
+            continue;
+        }
         pool.stats.roll_averages(Instant::now(), pool.settings().stats_period);
         pool.expire_idle();
         pool.fill_to_minimum().await;

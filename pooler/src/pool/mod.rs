@@ -43,6 +43,27 @@ enum Grant {
     Conn(Box<ServerConn>),
     /// Permission to open one more connection (already counted in `total`).
     Slot,
+    /// query_wait_timeout passed (`Pool::check_waiters`): the wait ends with that error.
+    Expired,
+}
+
+/// A client waiting for a connection, in arrival order. Its timeouts are watched by the pool's
+/// housekeeping (`Pool::check_waiters`, every `maintain::WAITER_CHECK`), as PgBouncer's
+/// janitor does: a wait sets no timer of its own, which on a busy pool is most checkouts.
+struct Waiter {
+    tx: oneshot::Sender<Grant>,
+    /// When the client began to wait (its first attempt, if it waited more than once).
+    since: Instant,
+}
+
+impl Waiter {
+    fn send(self, grant: Grant) -> Result<(), Grant> {
+        self.tx.send(grant)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
 }
 
 struct PoolState {
@@ -56,7 +77,7 @@ struct PoolState {
     total: u32,
     /// Connections checked out by clients.
     active: u32,
-    waiters: VecDeque<oneshot::Sender<Grant>>,
+    waiters: VecDeque<Waiter>,
     /// Server ParameterStatus values of the first login, for client welcomes.
     welcome: Option<Arc<Vec<(String, String)>>>,
     /// The session parameters of the last client that logged in, shared with the next ones
@@ -83,7 +104,7 @@ enum Next {
     /// An idle connection and what must be done before it is handed out.
     Conn(Box<ServerConn>, Checkout),
     Open,
-    Wait(oneshot::Receiver<Grant>, Arc<PoolSettings>),
+    Wait(oneshot::Receiver<Grant>),
 }
 
 impl Pool {
@@ -227,8 +248,8 @@ impl Pool {
                 }
                 if st.paused {
                     let (tx, rx) = oneshot::channel();
-                    st.waiters.push_back(tx);
-                    Next::Wait(rx, st.settings.clone())
+                    st.waiters.push_back(Waiter { tx, since: start });
+                    Next::Wait(rx)
                 } else if let Some(conn) = st.idle.pop() {
                     st.active += 1;
                     let checkout = Checkout::of(&conn, &st.settings, Instant::now());
@@ -237,11 +258,11 @@ impl Pool {
                     Next::Open
                 } else {
                     let (tx, rx) = oneshot::channel();
-                    st.waiters.push_back(tx);
+                    st.waiters.push_back(Waiter { tx, since: start });
                     // Below pool_size: blocked by max_db/user_connections, which an idle
                     // connection of another pool may be holding.
                     blocked_by_shared_limit = st.total < st.settings.pool_size;
-                    Next::Wait(rx, st.settings.clone())
+                    Next::Wait(rx)
                 }
             };
             if std::mem::take(&mut blocked_by_shared_limit) {
@@ -253,8 +274,8 @@ impl Pool {
                     None => continue,
                 },
                 Next::Open => Grant::Slot,
-                Next::Wait(rx, settings) => {
-                    let grant = self.wait(rx, &settings, start, cancelled.as_mut()).await;
+                Next::Wait(rx) => {
+                    let grant = self.wait(rx, cancelled.as_mut()).await;
                     self.stats.add_wait(start.elapsed());
                     grant?
                 }
@@ -265,6 +286,10 @@ impl Pool {
                     if let Some(conn) = self.check(conn, checkout).await {
                         return Ok(conn);
                     }
+                }
+                Grant::Expired => {
+                    self.stats.count_error("query_wait_timeout");
+                    return Err(AcquireError::WaitTimeout);
                 }
                 Grant::Slot => {
                     let login = self.lock().login.clone();
@@ -293,69 +318,70 @@ impl Pool {
         }
     }
 
+    /// Waits for a grant, or until `cancelled`. Timeouts come as grants too (`Expired`, or a
+    /// reserve `Slot`) from `check_waiters`; a closed pool drops the sender.
     async fn wait<F: Future<Output = ()>>(
         &self,
         mut rx: oneshot::Receiver<Grant>,
-        settings: &PoolSettings,
-        start: Instant,
         mut cancelled: std::pin::Pin<&mut F>,
     ) -> Result<Grant, AcquireError> {
-        let query_deadline = settings.query_wait_timeout.map(|d| start + d);
-        let mut reserve_deadline = (settings.reserve_pool > 0).then(|| start + settings.reserve_pool_timeout);
-        loop {
-            let deadline = match (query_deadline, reserve_deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let deadline = async move {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
-            // Biased: the grant first, and no random draw per wake.
-            let woke = tokio::select! {
-                biased;
-                r = &mut rx => Some(r),
-                _ = deadline => None,
-                _ = cancelled.as_mut() => {
-                    // A grant that raced the cancellation goes to the next waiter.
-                    rx.close();
-                    if let Ok(raced) = rx.try_recv() {
-                        self.give_back(raced);
-                    }
-                    return Err(AcquireError::Cancelled);
-                }
-            };
-            match woke {
-                Some(Ok(grant)) => return Ok(grant),
-                Some(Err(_)) => return Err(AcquireError::Closed),
-                None => {}
-            }
-            let now = Instant::now();
-            if reserve_deadline.is_some_and(|at| now >= at) {
-                reserve_deadline = None;
-                let mut st = self.lock();
-                if self.try_open(&mut st, true) {
-                    drop(st);
-                    rx.close();
-                    if let Ok(raced) = rx.try_recv() {
-                        self.give_back(raced);
-                    }
-                    return Ok(Grant::Slot);
-                }
-            }
-            if query_deadline.is_some_and(|at| now >= at) {
+        // Biased: the grant first, and no random draw per wake.
+        tokio::select! {
+            biased;
+            r = &mut rx => r.map_err(|_| AcquireError::Closed),
+            _ = cancelled.as_mut() => {
+                // A grant that raced the cancellation goes to the next waiter.
                 rx.close();
-                return match rx.try_recv() {
-                    Ok(grant) => Ok(grant),
-                    Err(_) => {
-                        self.stats.count_error("query_wait_timeout");
-                        Err(AcquireError::WaitTimeout)
-                    }
-                };
+                if let Ok(raced) = rx.try_recv() {
+                    self.give_back(raced);
+                }
+                Err(AcquireError::Cancelled)
             }
         }
+    }
+
+    /// The pool's janitor for waiting clients (every `maintain::WAITER_CHECK`): the oldest
+    /// waiters past reserve_pool_timeout get a reserve connection while the reserve has room;
+    /// waiters past query_wait_timeout are let go with that error; waiters that left are
+    /// forgotten.
+    pub(super) fn check_waiters(&self, now: Instant) {
+        let mut st = self.lock();
+        if st.waiters.is_empty() {
+            return;
+        }
+        let (query_wait, reserve, reserve_after) =
+            (st.settings.query_wait_timeout, st.settings.reserve_pool, st.settings.reserve_pool_timeout);
+        if reserve > 0 && !st.paused {
+            let mut slot = false;
+            while st.waiters.front().is_some_and(|w| now.saturating_duration_since(w.since) >= reserve_after) {
+                if !slot && !self.try_open(&mut st, true) {
+                    break;
+                }
+                slot = true;
+                if let Some(waiter) = st.waiters.pop_front() {
+                    slot = waiter.send(Grant::Slot).is_err();
+                }
+            }
+            if slot {
+                // Nobody took it: uncount it (`try_open` counted it).
+                st.total -= 1;
+                st.active -= 1;
+                self.db_conns.open.fetch_sub(1, Ordering::Relaxed);
+                self.user_conns.open.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let mut kept = VecDeque::with_capacity(st.waiters.len());
+        for waiter in std::mem::take(&mut st.waiters) {
+            if waiter.is_closed() {
+                continue;
+            }
+            if query_wait.is_some_and(|t| now.saturating_duration_since(waiter.since) >= t) {
+                let _ = waiter.send(Grant::Expired);
+            } else {
+                kept.push_back(waiter);
+            }
+        }
+        st.waiters = kept;
     }
 
     /// A grant obtained but not used goes to the next client.
@@ -363,6 +389,7 @@ impl Pool {
         match grant {
             Grant::Conn(conn) => self.release(conn),
             Grant::Slot => self.slot_freed(true),
+            Grant::Expired => {}
         }
     }
 
@@ -443,7 +470,7 @@ impl Pool {
         }
         match grant {
             Grant::Conn(conn) => Some(conn),
-            Grant::Slot => None,
+            Grant::Slot | Grant::Expired => None,
         }
     }
 
@@ -597,6 +624,7 @@ impl Pool {
             if let Some(unused) = grant {
                 st.active -= 1;
                 match unused {
+                    Grant::Expired => {}
                     Grant::Conn(conn) => st.idle.push(conn),
                     Grant::Slot => {
                         st.total -= 1;
