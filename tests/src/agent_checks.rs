@@ -196,18 +196,33 @@ pub struct Rejoin {
     /// The agent's log line of a pg_rewind run after the fault, if it rewound.
     pub rewound: Option<String>,
     pub timeline: u32,
+    /// Rows acknowledged within `ASYNC_WINDOW` before an abrupt fault that are not on the new
+    /// primary (reported, not a failure: see `ASYNC_WINDOW`).
+    pub lost_in_window: Vec<i64>,
 }
+
+/// With asynchronous replication a commit is acknowledged once it is on the primary's disk; a
+/// kill -9 (or SIGSTOP) of the primary a moment later can take it along before a replica has
+/// received it. On loopback that moment is well under a millisecond, but a CI run did lose the
+/// row acknowledged last before the kill. After an abrupt fault the scenarios therefore accept
+/// the loss of rows acknowledged in this window before it (and report it); every row
+/// acknowledged earlier must be on the new primary. Only synchronous replication (not built)
+/// would close the window.
+pub const ASYNC_WINDOW: Duration = Duration::from_millis(500);
 
 /// Asserts that `old` streams from `new` on `new`'s timeline (so a divergence was rewound), that
 /// every acknowledged row is on `new`, and that `old` holds exactly `new`'s rows. The writer must
 /// have stopped. `log_before` is `old`'s agent log before the fault (to tell a rewind
-/// done for this rejoin from an earlier one).
+/// done for this rejoin from an earlier one). `abrupt`: when an abrupt fault (kill -9, SIGSTOP)
+/// hit the primary: rows acknowledged in the `ASYNC_WINDOW` before it may be missing; without
+/// it (a switchover, a graceful stop) every acknowledged row must be there.
 pub async fn rejoined_without_loss(
     cluster: &PghaCluster,
     old: usize,
     new: usize,
     acked: &[(i64, Instant)],
     log_before: &str,
+    abrupt: Option<Instant>,
 ) -> Rejoin {
     let fail = |e: anyhow::Error| -> ! { panic!("{e}\n{}", cluster.logs()) };
     let new_port = i32::from(cluster.nodes[new].pg_port);
@@ -233,8 +248,11 @@ pub async fn rejoined_without_loss(
         Ok::<Vec<i64>, anyhow::Error>(rows.iter().map(|r| r.get(0)).collect())
     };
     let on_new = rows(new).await.unwrap_or_else(|e| fail(e));
-    let missing: Vec<i64> = acked.iter().map(|(id, _)| *id).filter(|id| on_new.binary_search(id).is_err()).collect();
+    let in_window = |at: Instant| abrupt.is_some_and(|fault| at + ASYNC_WINDOW > fault && at <= fault);
+    let gone = acked.iter().filter(|(id, _)| on_new.binary_search(id).is_err());
+    let missing: Vec<i64> = gone.clone().filter(|(_, at)| !in_window(*at)).map(|(id, _)| *id).collect();
     assert!(missing.is_empty(), "{} of {} acknowledged rows lost: {missing:?}", missing.len(), acked.len());
+    let lost_in_window = gone.filter(|(_, at)| in_window(*at)).map(|(id, _)| *id).collect();
     let what = format!("{} to hold exactly the rows of {}", cluster.nodes[old].name, cluster.nodes[new].name);
     let same = wait_for(&what, Duration::from_secs(20), || async {
         let on_old = rows(old).await?;
@@ -245,5 +263,5 @@ pub async fn rejoined_without_loss(
     let log = cluster.nodes[old].agent_log();
     let after = log.get(log_before.len()..).unwrap_or(&log);
     let rewound = after.lines().find(|l| l.contains("pg_rewind against")).map(|l| l.trim().to_string());
-    Rejoin { rewound, timeline }
+    Rejoin { rewound, timeline, lost_in_window }
 }

@@ -3,10 +3,12 @@
 //! the primary's node, the primary cut off from the DCS, PostgreSQL killed or hung under a live
 //! agent, a replica that never streamed, a graceful stop, health checks and a switchover. Every
 //! scenario in which the primary changes ends with the former primary streaming from the new one
-//! (rewound when the timelines diverged) and no acknowledged row lost.
+//! (rewound when the timelines diverged) and no acknowledged row lost (after a kill -9 or
+//! SIGSTOP of the primary: none acknowledged before the last `ASYNC_WINDOW`, see there).
 
 use crate::agent_checks::{
-    another_primary, create_writer_table, healthy, rejoined_without_loss, streams_again, OverlapChecker, Rejoin, Writer,
+    another_primary, create_writer_table, healthy, rejoined_without_loss, streams_again, OverlapChecker, Rejoin,
+    Writer, ASYNC_WINDOW,
 };
 use crate::cluster::{connect, http, Backend, PghaCluster, Timing};
 use crate::process::assert_no_survivors;
@@ -18,9 +20,16 @@ fn report(backend: Backend, scenario: &str, what: String) {
 }
 
 fn rejoin_summary(r: &Rejoin) -> String {
+    let lost = match r.lost_in_window.len() {
+        0 => String::new(),
+        n => format!(
+            "; {n} row(s) acknowledged less than {:?} before the fault lost (asynchronous replication): {:?}",
+            ASYNC_WINDOW, r.lost_in_window
+        ),
+    };
     match &r.rewound {
-        Some(line) => format!("rejoined on timeline {} after rewinding ({line})", r.timeline),
-        None => format!("rejoined on timeline {} without pg_rewind", r.timeline),
+        Some(line) => format!("rejoined on timeline {} after rewinding ({line}){lost}", r.timeline),
+        None => format!("rejoined on timeline {} without pg_rewind{lost}", r.timeline),
     }
 }
 
@@ -66,13 +75,13 @@ pub async fn node_loss(backend: Backend, timing: Timing) {
     assert_eq!(cluster.primaries().await, vec![new], "exactly one primary after the failover");
 
     cluster.nodes[old].start_agent().unwrap_or_else(|e| panic!("{e:#}"));
-    let rejoin = rejoined_without_loss(&cluster, old, new, &acked, "").await;
+    let rejoin = rejoined_without_loss(&cluster, old, new, &acked, "", Some(killed)).await;
     report(
         backend,
         scenario,
         format!(
             "{timing:?}: {} answered writes {promoted_after:?} after the kill; writer's longest gap {longest_gap:?}; \
-             {} rows acknowledged, none lost; {} {}",
+             {} rows acknowledged, none lost before the last {ASYNC_WINDOW:?}; {} {}",
             cluster.nodes[new].name,
             acked.len(),
             cluster.nodes[old].name,
@@ -121,7 +130,7 @@ pub async fn primary_cut_off_from_the_dcs(backend: Backend) {
     );
 
     cluster.reconnect_to_dcs(old);
-    let rejoin = rejoined_without_loss(&cluster, old, new, &acked, &log_before).await;
+    let rejoin = rejoined_without_loss(&cluster, old, new, &acked, &log_before, None).await;
     checker.assert_never_overlapped().await;
     report(
         backend,
@@ -200,7 +209,7 @@ pub async fn hung_primary_postmaster(backend: Backend) {
     let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(frozen_pid), None).is_err();
     assert!(gone || cluster.nodes[old].postmaster_pid() != Some(frozen_pid), "the hung postmaster still exists");
     assert!(cluster.nodes[old].agent_log().contains("stopped answering probes"), "{}", cluster.logs());
-    let rejoin = rejoined_without_loss(&cluster, old, new, &acked, &log_before).await;
+    let rejoin = rejoined_without_loss(&cluster, old, new, &acked, &log_before, Some(frozen_at)).await;
     checker.assert_never_overlapped().await;
     report(
         backend,
@@ -274,7 +283,7 @@ pub async fn graceful_stop_of_the_primary_agent(backend: Backend) {
         cluster.logs()
     );
     cluster.nodes[old].start_agent().unwrap_or_else(|e| panic!("{e:#}"));
-    let rejoin = rejoined_without_loss(&cluster, old, new, &acked, "").await;
+    let rejoin = rejoined_without_loss(&cluster, old, new, &acked, "", None).await;
     report(
         backend,
         "graceful stop",
@@ -319,7 +328,7 @@ pub async fn health_checks_and_switchover(backend: Backend) {
     let writable_after = started.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let acked = writer.stop().await;
-    let rejoin = rejoined_without_loss(&cluster, old, candidate, &acked, &log_before).await;
+    let rejoin = rejoined_without_loss(&cluster, old, candidate, &acked, &log_before, None).await;
     let (after, _) =
         http(cluster.nodes[candidate].api_port, "GET", "/primary", None).await.unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(after, 200);
@@ -383,7 +392,7 @@ pub async fn primary_that_cannot_restart(backend: Backend) {
         "took over after {took_over_after:?}, before primary_start_timeout"
     );
     drop(blocker);
-    let rejoin = rejoined_without_loss(&cluster, old, new, &acked, &log_before).await;
+    let rejoin = rejoined_without_loss(&cluster, old, new, &acked, &log_before, None).await;
     report(
         backend,
         "primary cannot restart",
