@@ -15,6 +15,20 @@ async fn postgres() -> PgInstance {
     pg
 }
 
+/// The pooler's connections to PostgreSQL (the asking session excepted).
+const SERVER_CONNECTIONS: &str =
+    "select count(*) from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()";
+
+/// `client`'s next query waits for a server connection and ends with query_wait_timeout after
+/// at least `min` and less than `max`.
+async fn ends_with_query_wait_timeout(client: &tokio_postgres::Client, min: Duration, max: Duration) {
+    let start = Instant::now();
+    let err = client.simple_query("select 1").await.expect_err("no server connection is free");
+    let waited = start.elapsed();
+    assert_eq!(err.as_db_error().map(|e| e.message()), Some("query_wait_timeout"), "{err:?}");
+    assert!(waited >= min && waited < max, "waited {waited:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_client_conn_refuses_with_pgbouncers_error_and_others_keep_working() {
     let pg = postgres().await;
@@ -45,11 +59,7 @@ async fn query_wait_timeout_ends_a_client_that_cannot_get_a_server_connection() 
     let holder = pooler.connect().await.unwrap();
     holder.batch_execute("begin; select 1").await.unwrap();
     let waiter = pooler.connect().await.unwrap();
-    let start = Instant::now();
-    let err = waiter.simple_query("select 1").await.expect_err("no server connection is free");
-    let waited = start.elapsed();
-    assert_eq!(err.as_db_error().map(|e| e.message()), Some("query_wait_timeout"), "{err:?}");
-    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(3), "waited {waited:?}");
+    ends_with_query_wait_timeout(&waiter, Duration::from_millis(900), Duration::from_secs(3)).await;
     // The holder's transaction is unaffected and the pool works once it ends.
     holder.batch_execute("commit").await.unwrap();
     pooler.connect().await.unwrap().simple_query("select 1").await.unwrap();
@@ -71,23 +81,9 @@ async fn a_client_waiting_past_reserve_pool_timeout_gets_a_reserve_connection_an
     assert!(waited >= Duration::from_millis(400) && waited < Duration::from_secs(2), "waited {waited:?}");
     // Pool and reserve are both held now: a third client waits until query_wait_timeout.
     let third = pooler.connect().await.unwrap();
-    let start = Instant::now();
-    let err = third.simple_query("select 1").await.expect_err("the reserve holds one connection");
-    let waited = start.elapsed();
-    assert_eq!(err.as_db_error().map(|e| e.message()), Some("query_wait_timeout"), "{err:?}");
-    assert!(waited >= Duration::from_millis(1900) && waited < Duration::from_secs(4), "waited {waited:?}");
-    let servers: i64 = pg
-        .connect()
-        .await
-        .unwrap()
-        .query_one(
-            "select count(*) from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(servers, 2, "pool_size 1 + reserve 1");
+    ends_with_query_wait_timeout(&third, Duration::from_millis(1900), Duration::from_secs(4)).await;
+    let servers = pg.sql_value(SERVER_CONNECTIONS).await.unwrap();
+    assert_eq!(servers.as_deref(), Some("2"), "pool_size 1 + reserve 1");
     waiter.batch_execute("commit").await.unwrap();
     holder.batch_execute("commit").await.unwrap();
 }
@@ -150,10 +146,7 @@ async fn a_client_waiting_under_max_user_connections_gets_the_slot_another_pool_
     // The connection that was closed for the waiter leaves PostgreSQL shortly after.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let open = pg
-            .sql_value("select count(*) from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()")
-            .await
-            .unwrap();
+        let open = pg.sql_value(SERVER_CONNECTIONS).await.unwrap();
         if open.as_deref() == Some("1") {
             break;
         }

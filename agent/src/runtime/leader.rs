@@ -42,9 +42,9 @@ impl Runtime {
     }
 
     /// What the leader does every tick: slots for the members, the `status` key.
-    pub(super) async fn leader_duties(&mut self) {
+    pub(super) async fn leader_duties(&self) {
         // This tick's probe is fresh enough for the status key and says which slots exist.
-        let Some(p) = self.last_probe.clone() else { return };
+        let Some(p) = self.last_probe.as_ref() else { return };
         // Every tick against what the server has, not against what was done once: a slot made
         // while the promotion was still finishing, or dropped by hand, is made (again) at the
         // next tick, and the member that needs it streams within its retry interval.
@@ -61,7 +61,7 @@ impl Runtime {
                 Err(e) => tracing::warn!("could not create roles/slots: {e}"),
             }
         }
-        self.write_leader_status(&p).await;
+        self.write_leader_status(p).await;
     }
 
     /// Probes PostgreSQL and publishes the result as the leader status (after promote/bootstrap,

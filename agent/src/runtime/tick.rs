@@ -73,11 +73,10 @@ impl Runtime {
                     if p.receiver_status.as_deref() == Some("streaming") {
                         self.not_streaming_since = None;
                         // A receiver that has not flushed anything new yet still streams from
-                        // this timeline; its replay position stands in for the received one.
-                        self.last_streamed = Some(StreamPoint {
-                            timeline: p.received_timeline.unwrap_or(p.timeline),
-                            lsn: p.received.unwrap_or(p.position).max(p.position),
-                        });
+                        // this timeline; its replay position stands in for the received one
+                        // (`position`: the furthest of the two).
+                        self.last_streamed =
+                            Some(StreamPoint { timeline: p.received_timeline.unwrap_or(p.timeline), lsn: position });
                     } else if p.in_recovery {
                         self.not_streaming_since.get_or_insert(now);
                     } else {

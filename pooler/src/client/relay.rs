@@ -44,7 +44,7 @@ impl End {
 enum Flow {
     /// Back to the idle wait.
     Idle,
-    /// Asked to park (it waited warm, idle for a while).
+    /// Asked to park (it waited warm, idle for a while); its buffers are given back.
     Park,
 }
 
@@ -163,10 +163,7 @@ impl Relay {
         if !self.cin.is_empty() {
             match Box::pin(self.busy(None)).await {
                 Err(end) => return Some(end),
-                Ok(Flow::Park) => {
-                    self.give_back_buffers();
-                    return None;
-                }
+                Ok(Flow::Park) => return None,
                 Ok(Flow::Idle) => {}
             }
         }
@@ -181,10 +178,7 @@ impl Relay {
                     // while it is busy; an idle client's task keeps only the small idle wait.
                     match Box::pin(self.busy(Some(n))).await {
                         Err(end) => return Some(end),
-                        Ok(Flow::Park) => {
-                            self.give_back_buffers();
-                            return None;
-                        }
+                        Ok(Flow::Park) => return None,
                         Ok(Flow::Idle) => {}
                     }
                 }
@@ -224,7 +218,11 @@ impl Relay {
             match self.warm_wait().await {
                 Event::Client(Ok(0)) | Event::Client(Err(_)) => return Err(End::ClientGone),
                 Event::Client(Ok(n)) => self.bytes_in += n as u64,
-                Event::Park => return Ok(Flow::Park),
+                Event::Park => {
+                    // A parked relay holds no buffer.
+                    self.give_back_buffers();
+                    return Ok(Flow::Park);
+                }
                 _ => return Ok(Flow::Idle),
             }
         }

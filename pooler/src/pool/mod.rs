@@ -152,22 +152,7 @@ impl Pool {
     pub fn update_settings(&self, settings: PoolSettings) {
         let mut st = self.lock();
         st.settings = Arc::new(settings);
-        while !st.paused && !st.waiters.is_empty() && self.try_open(&mut st, false) {
-            let mut granted = false;
-            while let Some(waiter) = st.waiters.pop_front() {
-                if waiter.send(Grant::Slot).is_ok() {
-                    granted = true;
-                    break;
-                }
-            }
-            if !granted {
-                st.total -= 1;
-                st.active -= 1;
-                self.db_conns.open.fetch_sub(1, Ordering::Relaxed);
-                self.user_conns.open.fetch_sub(1, Ordering::Relaxed);
-                break;
-            }
-        }
+        while self.grant_slot(&mut st, false) {}
     }
 
     /// (open, checked out, idle, waiting clients)
@@ -351,23 +336,15 @@ impl Pool {
         }
         let (query_wait, reserve, reserve_after) =
             (st.settings.query_wait_timeout, st.settings.reserve_pool, st.settings.reserve_pool_timeout);
-        if reserve > 0 && !st.paused {
-            let mut slot = false;
-            while st.waiters.front().is_some_and(|w| now.saturating_duration_since(w.since) >= reserve_after) {
-                if !slot && !self.try_open(&mut st, true) {
+        if reserve > 0 {
+            loop {
+                while st.waiters.front().is_some_and(Waiter::is_closed) {
+                    st.waiters.pop_front();
+                }
+                let due = st.waiters.front().is_some_and(|w| now.saturating_duration_since(w.since) >= reserve_after);
+                if !due || !self.grant_slot(&mut st, true) {
                     break;
                 }
-                slot = true;
-                if let Some(waiter) = st.waiters.pop_front() {
-                    slot = waiter.send(Grant::Slot).is_err();
-                }
-            }
-            if slot {
-                // Nobody took it: uncount it (`try_open` counted it).
-                st.total -= 1;
-                st.active -= 1;
-                self.db_conns.open.fetch_sub(1, Ordering::Relaxed);
-                self.user_conns.open.fetch_sub(1, Ordering::Relaxed);
             }
         }
         let mut kept = VecDeque::with_capacity(st.waiters.len());
@@ -498,23 +475,24 @@ impl Pool {
             }
             self.db_conns.open.fetch_sub(1, Ordering::Relaxed);
             self.user_conns.open.fetch_sub(1, Ordering::Relaxed);
-            if self.grant_slot(&mut st) {
+            if self.grant_slot(&mut st, false) {
                 return;
             }
             st.settings.max_db_connections > 0 || st.settings.max_user_connections > 0
         };
         if shared_limit {
             for sibling in self.siblings() {
-                if sibling.grant_slot(&mut sibling.lock()) {
+                if sibling.grant_slot(&mut sibling.lock(), false) {
                     return;
                 }
             }
         }
     }
 
-    /// Gives a waiting client a slot if the limits allow one; false if none was given.
-    fn grant_slot(&self, st: &mut PoolState) -> bool {
-        if st.paused || st.waiters.is_empty() || !self.try_open(st, false) {
+    /// Gives the first waiting client a slot (from the reserve too if `reserve`) if the
+    /// limits allow one; false if none was given.
+    fn grant_slot(&self, st: &mut PoolState, reserve: bool) -> bool {
+        if st.paused || st.waiters.is_empty() || !self.try_open(st, reserve) {
             return false;
         }
         while let Some(waiter) = st.waiters.pop_front() {
@@ -522,12 +500,17 @@ impl Pool {
                 return true;
             }
         }
-        // Nobody was really waiting: undo the count.
-        st.total -= 1;
+        // Nobody was really waiting.
         st.active -= 1;
+        self.uncount_open(st);
+        false
+    }
+
+    /// Undoes the count of a connection `try_open` allowed but that is not opened.
+    fn uncount_open(&self, st: &mut PoolState) {
+        st.total -= 1;
         self.db_conns.open.fetch_sub(1, Ordering::Relaxed);
         self.user_conns.open.fetch_sub(1, Ordering::Relaxed);
-        false
     }
 
     /// The other pools sharing this one's database or user counters.
@@ -626,11 +609,7 @@ impl Pool {
                 match unused {
                     Grant::Expired => {}
                     Grant::Conn(conn) => st.idle.push(conn),
-                    Grant::Slot => {
-                        st.total -= 1;
-                        self.db_conns.open.fetch_sub(1, Ordering::Relaxed);
-                        self.user_conns.open.fetch_sub(1, Ordering::Relaxed);
-                    }
+                    Grant::Slot => self.uncount_open(&mut st),
                 }
                 break;
             }
