@@ -109,7 +109,7 @@ impl CancelRegistry {
             let _ = tokio::io::AsyncReadExt::read_buf(&mut stream, &mut sink).await;
             Ok::<(), crate::server::ServerError>(())
         };
-        match tokio::time::timeout(timeout, forward).await {
+        match crate::clock::timeout(timeout, forward).await {
             Ok(Ok(())) => tracing::debug!(server = %target.addr, "cancel request forwarded"),
             Ok(Err(e)) => tracing::warn!("cannot forward a cancel request: {e}"),
             Err(_) => tracing::warn!(server = %target.addr, "cancel request to the server timed out"),

@@ -194,7 +194,7 @@ impl AdminBackend for ConsoleBackend {
             if start.elapsed() >= PAUSE_TIMEOUT {
                 return Err(AdminError::PauseTimeout { after: PAUSE_TIMEOUT, busy });
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            crate::clock::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -256,7 +256,7 @@ impl AdminBackend for ConsoleBackend {
                      by clients; they close when released"
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            crate::clock::sleep(Duration::from_millis(10)).await;
         }
     }
 

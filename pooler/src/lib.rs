@@ -4,13 +4,15 @@
 //! and messages) and `session` (the per-client state machine for transaction pooling and
 //! prepared statements). I/O parts: `listener` accepts, `client` runs a client's startup and
 //! relay loop, `pool` lends `server` connections, `topology` says where each database lives,
-//! `cancel` routes cancel requests, `stats` counts, `shutdown` drains, `runtime` ties them up.
+//! `cancel` routes cancel requests, `stats` counts, `shutdown` drains, `clock` keeps the timers
+//! off the relaying runtime, `runtime` ties them up.
 
 pub mod admin;
 pub mod auth;
 pub mod buffers;
 pub mod cancel;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod connections;
 pub mod console;

@@ -105,5 +105,5 @@ impl Listeners {
 /// Out of file descriptors and the like: log and back off instead of spinning.
 async fn accept_failed(e: std::io::Error) {
     tracing::warn!("accept failed: {e}");
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    crate::clock::sleep(std::time::Duration::from_millis(50)).await;
 }

@@ -16,9 +16,8 @@ pub async fn serve(listen: &str, shared: Arc<Shared>) -> std::io::Result<Option<
     if listen.is_empty() {
         return Ok(None);
     }
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("metrics_listen = {listen:?}: {e}")))?;
+    let named = |e: std::io::Error| std::io::Error::new(e.kind(), format!("metrics_listen = {listen:?}: {e}"));
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(named)?.into_std().map_err(named)?;
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
@@ -27,7 +26,15 @@ pub async fn serve(listen: &str, shared: Arc<Shared>) -> std::io::Result<Option<
         }),
     );
     tracing::info!(listen, "serving Prometheus metrics on /metrics");
-    Ok(Some(tokio::spawn(async move {
+    // On the housekeeping thread (`crate::clock`): the HTTP library may arm timers.
+    Ok(Some(crate::clock::handle().spawn(async move {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::warn!("metrics listener stopped: {e}");
+                return;
+            }
+        };
         if let Err(e) = axum::serve(listener, app).await {
             tracing::warn!("metrics listener stopped: {e}");
         }

@@ -132,7 +132,9 @@ pub fn main(config: PoolerConfig, config_path: &Path) -> Result<(), PoolerError>
         b.worker_threads(threads);
         b
     };
-    let runtime = builder.enable_all().build().map_err(PoolerError::Runtime)?;
+    // No time driver: the relaying runtime waits for I/O only, timers are on `crate::clock`.
+    crate::clock::init().map_err(PoolerError::Runtime)?;
+    let runtime = builder.enable_io().build().map_err(PoolerError::Runtime)?;
     let result = runtime.block_on(async {
         let mut signals = shutdown::Signals::install().map_err(PoolerError::Signals)?;
         let shared = Arc::new(Shared::new(config, Some(config_path.to_owned()))?);
@@ -186,7 +188,7 @@ pub async fn run(shared: Arc<Shared>, stop: &mut impl StopSource) -> Result<(), 
         while pool_clients() > 0 {
             tokio::select! {
                 s = stop.next() => { signal = s; break; }
-                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                _ = crate::clock::sleep(Duration::from_millis(20)) => {}
             }
         }
     }
@@ -200,12 +202,12 @@ pub async fn run(shared: Arc<Shared>, stop: &mut impl StopSource) -> Result<(), 
         let deadline = timeout.map(|t| Instant::now() + t);
         let drained = async {
             while shared.stats.client_connections.load(Ordering::Relaxed) > 0 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                crate::clock::sleep(Duration::from_millis(20)).await;
             }
         };
         let bounded = async {
             match deadline {
-                Some(d) => tokio::time::timeout_at(d.into(), drained).await.is_ok(),
+                Some(d) => crate::clock::timeout_at(d.into(), drained).await.is_ok(),
                 None => {
                     drained.await;
                     true

@@ -127,7 +127,7 @@ where
     loop {
         let read = wire::read_message(stream, buf, options.max_query_len);
         let message = match options.idle_timeout {
-            Some(limit) => tokio::time::timeout(limit, read).await.map_err(|_| SessionError::Idle(limit))?,
+            Some(limit) => crate::clock::timeout(limit, read).await.map_err(|_| SessionError::Idle(limit))?,
             None => read.await,
         };
         let message = match message {
@@ -166,7 +166,7 @@ where
 }
 
 async fn flush<S: AsyncWrite + Unpin>(stream: &mut S, out: &mut BytesMut, limit: Duration) -> Result<(), SessionError> {
-    let result = tokio::time::timeout(limit, wire::send(stream, out)).await;
+    let result = crate::clock::timeout(limit, wire::send(stream, out)).await;
     out.clear();
     match result {
         Ok(Ok(())) => Ok(()),

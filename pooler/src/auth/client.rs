@@ -90,12 +90,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     C: CredentialSource + ?Sized,
 {
-    match tokio::time::timeout(timeout, run(stream, buf, user, auth_type, credentials)).await {
+    match crate::clock::timeout(timeout, run(stream, buf, user, auth_type, credentials)).await {
         Ok(result) => result,
         Err(_) => {
             let msg = "client_login_timeout: authentication took too long";
             let err = ErrorResponse::new(Severity::Fatal, "08P01", msg).to_bytes();
-            let _ = tokio::time::timeout(Duration::from_secs(1), wire::send(stream, &err)).await;
+            let _ = crate::clock::timeout(Duration::from_secs(1), wire::send(stream, &err)).await;
             Err(ClientAuthError::Timeout(timeout))
         }
     }

@@ -65,7 +65,7 @@ pub async fn login_to_server<S: AsyncRead + AsyncWrite + Unpin>(
     credential: &ServerCredential,
     timeout: Duration,
 ) -> Result<(), ServerLoginError> {
-    match tokio::time::timeout(timeout, run(stream, buf, user, credential)).await {
+    match crate::clock::timeout(timeout, run(stream, buf, user, credential)).await {
         Ok(result) => result,
         Err(_) => Err(ServerLoginError::Timeout(timeout)),
     }

@@ -34,13 +34,13 @@ async fn start(stream: Stream, shared: &Arc<Shared>, count: ClientCount) -> Opti
     let mut buf = BytesMut::new();
     let negotiate = login::negotiate_tls(stream, &mut buf, shared);
     let negotiated = match login_timeout {
-        Some(t) => tokio::time::timeout(t, negotiate).await.ok().flatten(),
+        Some(t) => crate::clock::timeout(t, negotiate).await.ok().flatten(),
         None => negotiate.await,
     };
     let mut stream = negotiated?;
     let login = login::login(&mut stream, &mut buf, shared);
     let outcome = match login_timeout {
-        Some(t) => match tokio::time::timeout(t, login).await {
+        Some(t) => match crate::clock::timeout(t, login).await {
             Ok(outcome) => outcome,
             Err(_) => {
                 let _ = send_fatal(&mut stream, "08P01", "client_login_timeout").await;

@@ -174,10 +174,8 @@ pub async fn serve(shared: Arc<Shared>) {
         }
     };
     parking.serving.store(true, Ordering::Release);
-    let mut sweep = tokio::time::interval(TICK);
-    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut fresh = tokio::time::interval(FRESH_TICK);
-    fresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sweep = crate::clock::interval(TICK);
+    let mut fresh = crate::clock::interval(FRESH_TICK);
     let mut events = vec![EpollEvent::empty(); EVENTS_PER_WAKE];
     loop {
         tokio::select! {

@@ -351,7 +351,7 @@ impl Relay {
                 biased;
                 r = server_read => Event::Server(r),
                 r = client_read => Event::Client(r),
-                _ = tokio::time::sleep(t) => Event::IdleTimeout,
+                _ = crate::clock::sleep(t) => Event::IdleTimeout,
                 _ = stop => Event::Shutdown,
             },
         }
@@ -419,7 +419,7 @@ impl Relay {
             return match self.settings.client_idle_timeout {
                 Some(t) => tokio::select! {
                     r = read => Event::Client(r),
-                    _ = tokio::time::sleep(t) => Event::IdleTimeout,
+                    _ = crate::clock::sleep(t) => Event::IdleTimeout,
                     _ = stopping.wait() => Event::Shutdown,
                 },
                 None => tokio::select! {
@@ -440,7 +440,7 @@ impl Relay {
             let ready = match deadline {
                 Some(at) => tokio::select! {
                     r = readable => r,
-                    _ = tokio::time::sleep_until(at) => return Event::IdleTimeout,
+                    _ = crate::clock::sleep_until(at) => return Event::IdleTimeout,
                     _ = stopping.wait() => return Event::Shutdown,
                 },
                 None => tokio::select! {

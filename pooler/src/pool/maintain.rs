@@ -15,8 +15,7 @@ pub(super) const WAITER_CHECK: Duration = Duration::from_millis(250);
 const CHECKS_PER_SECOND: u32 = 4;
 
 pub(super) async fn run(pool: Weak<Pool>) {
-    let mut tick = tokio::time::interval(WAITER_CHECK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = crate::clock::interval(WAITER_CHECK);
     let mut round = 0u32;
     loop {
         tick.tick().await;

@@ -68,7 +68,7 @@ impl AuthQueryRunner for AuthQueryOnServer {
             self.connections.put(self.key(), conn);
             Ok(answer)
         };
-        match tokio::time::timeout(self.timeout, lookup).await {
+        match crate::clock::timeout(self.timeout, lookup).await {
             Ok(answer) => answer,
             Err(_) => Err(LookupError::Query(format!("no answer within {:?} (server_connect_timeout)", self.timeout))),
         }

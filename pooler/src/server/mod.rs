@@ -108,7 +108,7 @@ impl ServerConn {
     pub async fn connect(target: &LoginTarget) -> Result<ServerConn, ServerError> {
         let addr = target.addr.to_string();
         let secs = target.connect_timeout.as_secs_f64();
-        match tokio::time::timeout(target.connect_timeout, Self::connect_inner(target)).await {
+        match crate::clock::timeout(target.connect_timeout, Self::connect_inner(target)).await {
             Ok(result) => result,
             Err(_) => Err(ServerError::ConnectTimeout { addr, secs }),
         }
@@ -146,7 +146,7 @@ impl ServerConn {
     /// Runs one pooler query (`what` names the setting, e.g. "reset_query") to its
     /// ReadyForQuery, recording reported parameters; the connection must be idle.
     pub async fn run_query(&mut self, what: &'static str, sql: &str, timeout: Duration) -> Result<(), ServerError> {
-        match tokio::time::timeout(timeout, self.run_query_inner(what, sql)).await {
+        match crate::clock::timeout(timeout, self.run_query_inner(what, sql)).await {
             Ok(r) => r,
             Err(_) => Err(ServerError::Protocol(format!("server_{what} did not finish within {timeout:?}"))),
         }
@@ -191,7 +191,7 @@ impl ServerConn {
     pub async fn terminate(mut self) {
         let mut buf = BytesMut::new();
         write_terminate(&mut buf);
-        let _ = tokio::time::timeout(Duration::from_millis(100), self.stream.send(&buf)).await;
+        let _ = crate::clock::timeout(Duration::from_millis(100), self.stream.send(&buf)).await;
     }
 }
 
