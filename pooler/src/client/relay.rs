@@ -19,10 +19,13 @@ use crate::server::ServerConn;
 use crate::session::{Action, ServerState, Session, SessionConfig, SessionError};
 use crate::stream::Stream;
 use bytes::{Buf, BytesMut};
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::io::poll_read_buf;
 
 /// Why the relay stopped.
 enum End {
@@ -244,18 +247,30 @@ impl Relay {
     /// park (it has been idle about a second), with its buffers kept. KILL and shutdown shut
     /// the socket's read side, which ends the wait like a client that left.
     async fn warm_wait(&mut self) -> Event {
-        self.me.entry().idle_from(self.shared.parking.tick());
-        loop {
-            if let Err(event) = self.readable_or_park(true).await {
-                return event;
+        let entry = self.me.entry();
+        entry.idle_from(self.shared.parking.tick());
+        buffers::lend(&mut self.cin);
+        // It holds its buffers: it reads as soon as the socket is ready, in the same poll.
+        let (client, cin) = (&mut self.client, &mut self.cin);
+        let woke = std::future::poll_fn(|cx| {
+            if entry.park_wanted(cx) {
+                return Poll::Ready(None);
             }
-            buffers::lend(&mut self.cin);
-            match self.client.try_read_buf(&mut self.cin) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                read => {
-                    self.me.entry().not_idle(true, false);
-                    return Event::Client(read);
-                }
+            poll_read_buf(Pin::new(&mut *client), cx, cin).map(Some)
+        })
+        .await;
+        match woke {
+            None => {
+                entry.not_idle(false, true);
+                Event::Park
+            }
+            Some(Err(e)) => {
+                entry.not_idle(false, false);
+                Event::Client(Err(e))
+            }
+            Some(read) => {
+                entry.not_idle(true, false);
+                Event::Client(read)
             }
         }
     }
@@ -329,6 +344,21 @@ impl Relay {
             && self.session.requests_in_flight() == 0;
         if between_transactions && self.shared.shutdown.is_stopping() {
             return Event::Shutdown;
+        }
+        if timeout.is_none() && !between_transactions {
+            // The usual wait inside a transaction: one poll of each socket, no timer, no
+            // shutdown listener (and none of `select!`'s bookkeeping).
+            let (server, client, cin, sin) = (&mut server.stream, &mut self.client, &mut self.cin, &mut io.sin);
+            return std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = poll_read_buf(Pin::new(&mut *server), cx, sin) {
+                    return Poll::Ready(Event::Server(r));
+                }
+                if let Poll::Ready(r) = poll_read_buf(Pin::new(&mut *client), cx, cin) {
+                    return Poll::Ready(Event::Client(r));
+                }
+                Poll::Pending
+            })
+            .await;
         }
         // Only a session-mode client between transactions listens for shutdown here.
         let mut stopping = between_transactions.then(|| self.shared.shutdown.subscribe());
