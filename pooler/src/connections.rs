@@ -327,10 +327,11 @@ impl ServerEntry {
     pub fn client(&self) -> u64 {
         self.client.load(Ordering::Relaxed)
     }
-    /// Checked out at `at` by `client` (0 if by the pooler itself).
-    pub fn checked_out(&self, client: u64, at: Instant) {
+    /// Checked out by `client` (0 if by the pooler itself) at `request_time_us` (µs since the
+    /// epoch, the client's request_time).
+    pub fn checked_out(&self, client: u64, request_time_us: u64) {
         self.client.store(client, Ordering::Relaxed);
-        self.request_time_us.store(unix_micros_at(at), Ordering::Relaxed);
+        self.request_time_us.store(request_time_us, Ordering::Relaxed);
         self.state.store(ServerState::Active as u8, Ordering::Relaxed);
     }
     /// Back in the pool.
@@ -532,9 +533,10 @@ impl ClientHandle {
         let entry = &self.entry;
         entry.state.store(ClientState::Active as u8, Ordering::Relaxed);
         if let Some(server) = server {
-            entry.request_time_us.store(unix_micros_at(at), Ordering::Relaxed);
+            let request_time = unix_micros_at(at);
+            entry.request_time_us.store(request_time, Ordering::Relaxed);
             entry.server.store(server.entry.id, Ordering::SeqCst);
-            server.entry.checked_out(entry.id, at);
+            server.entry.checked_out(entry.id, request_time);
         }
     }
     /// Gave its server connection back (the pool marks the server idle).

@@ -154,3 +154,37 @@ async fn a_client_waiting_under_max_user_connections_gets_the_slot_another_pool_
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// server_lifetime: a connection older than it is not handed out again (it is closed at its
+/// release, at the next checkout or by the pool's housekeeping, whichever comes first) and the
+/// next transaction runs on a new one; a younger connection is reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_connection_past_server_lifetime_is_replaced_and_a_younger_one_reused() {
+    let pg = postgres().await;
+    let settings = "pool_mode = \"transaction\"\ndefault_pool_size = 1\nserver_lifetime = 1";
+    let pooler = PoolerProcess::start(&pg, settings).await.unwrap();
+    let client = pooler.connect().await.unwrap();
+    let backend = || async {
+        let rows = client.simple_query("select pg_backend_pid()").await.unwrap();
+        rows.iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let first = backend().await;
+    assert_eq!(backend().await, first, "a connection younger than server_lifetime is reused");
+    // Idle past the lifetime.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let second = backend().await;
+    assert_ne!(second, first, "the connection outlived server_lifetime = 1 s");
+    // Outlives the lifetime during a transaction.
+    let aged = tokio::spawn({
+        let client = pooler.connect().await.unwrap();
+        async move { client.simple_query("select pg_sleep(1.2), pg_backend_pid()").await.map(|_| ()) }
+    });
+    aged.await.unwrap().unwrap();
+    let third = backend().await;
+    assert_ne!(third, second, "the connection that outlived server_lifetime during its transaction was reused");
+}
