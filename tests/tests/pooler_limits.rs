@@ -103,12 +103,7 @@ async fn idle_transaction_timeout_ends_a_client_idle_in_a_transaction_and_frees_
     // The server connection was closed, not pooled mid-transaction: the insert is gone and a
     // new client gets a working connection.
     let other = pooler.connect().await.unwrap();
-    let rows = other.simple_query("select count(*) from t").await.unwrap();
-    let count = rows.iter().find_map(|m| match m {
-        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-        _ => None,
-    });
-    assert_eq!(count.as_deref(), Some("0"));
+    assert_eq!(first_value(&other, "select count(*) from t").await.as_deref(), Some("0"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,15 +159,7 @@ async fn a_server_connection_past_server_lifetime_is_replaced_and_a_younger_one_
     let settings = "pool_mode = \"transaction\"\ndefault_pool_size = 1\nserver_lifetime = 1";
     let pooler = PoolerProcess::start(&pg, settings).await.unwrap();
     let client = pooler.connect().await.unwrap();
-    let backend = || async {
-        let rows = client.simple_query("select pg_backend_pid()").await.unwrap();
-        rows.iter()
-            .find_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-                _ => None,
-            })
-            .unwrap()
-    };
+    let backend = || async { first_value(&client, "select pg_backend_pid()").await.unwrap() };
     let first = backend().await;
     assert_eq!(backend().await, first, "a connection younger than server_lifetime is reused");
     // Idle past the lifetime.
@@ -187,4 +174,13 @@ async fn a_server_connection_past_server_lifetime_is_replaced_and_a_younger_one_
     aged.await.unwrap().unwrap();
     let third = backend().await;
     assert_ne!(third, second, "the connection that outlived server_lifetime during its transaction was reused");
+}
+
+/// The first column of the first row `sql` returns.
+async fn first_value(client: &tokio_postgres::Client, sql: &str) -> Option<String> {
+    let rows = client.simple_query(sql).await.unwrap();
+    rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    })
 }
