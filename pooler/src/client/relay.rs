@@ -502,6 +502,10 @@ impl Relay {
     async fn on_client_bytes(&mut self) -> Result<(), End> {
         // The one clock reading of this wake (stats, checkout, request_time).
         let mut now = Instant::now();
+        if self.session.needs_server_first(&self.cin) {
+            // The session would only ask for one: check it out before the session runs.
+            now = self.attach_server(now).await?;
+        }
         loop {
             let io = buffers::io(&mut self.io);
             buffers::lend_actions(&mut io.actions);

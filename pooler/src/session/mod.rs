@@ -301,6 +301,21 @@ impl Session {
         Ok(())
     }
 
+    /// True if `on_client_input(input)` would ask for a server connection before it did
+    /// anything else, or refuse the input: no server is attached, and `input` starts with a
+    /// whole message that always needs one (a query, or a step of the extended protocol
+    /// other than Sync, Flush and Close). The relay then checks a connection out first and
+    /// runs the session over the message once instead of twice.
+    pub fn needs_server_first(&self, input: &[u8]) -> bool {
+        use crate::protocol::tag::frontend::{BIND, DESCRIBE, EXECUTE, FUNCTION_CALL, PARSE, QUERY};
+        let [tag, l0, l1, l2, l3, ..] = *input else { return false };
+        let whole = (u32::from_be_bytes([l0, l1, l2, l3]) as usize).checked_add(1).is_some_and(|n| input.len() >= n);
+        self.server.is_none()
+            && self.client_framer.at_boundary()
+            && whole
+            && matches!(tag, QUERY | PARSE | BIND | DESCRIBE | EXECUTE | FUNCTION_CALL)
+    }
+
     /// True if the attached server could serve another client now: nothing in flight, no
     /// transaction open, no message half passed in either direction.
     pub fn server_is_reusable(&self) -> bool {

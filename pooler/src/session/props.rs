@@ -5,7 +5,7 @@
 //! before ReadyForQuery 'I' answered everything in flight.
 
 use super::sim::{client, login_params, transaction_config, Harness};
-use super::{SessionConfig, TrackedParam};
+use super::{Action, PoolMode, Session, SessionConfig, TrackedParam};
 use proptest::prelude::*;
 use std::collections::HashMap;
 
@@ -218,6 +218,7 @@ proptest! {
         picks in prop::collection::vec(0usize..4, 0..40),
         max_prepared in 1usize..5,
         own_application_name in any::<bool>(),
+        eager_attach in any::<bool>(),
     ) {
         let program = Program::build(&ops);
         let mut params = login_params();
@@ -227,6 +228,7 @@ proptest! {
         let config = SessionConfig { max_prepared_statements: max_prepared, ..transaction_config() };
         let mut h = Harness::new(config, params);
         h.picks.extend(picks);
+        h.eager_attach = eager_attach;
         let mut sent = 0;
         for step in schedule {
             match step {
@@ -255,6 +257,32 @@ proptest! {
             for name in state.prepared_statement_names() {
                 prop_assert!(server.statements.contains_key(name.as_str().as_bytes()), "{:?} is not on the server", name);
             }
+        }
+    }
+
+    /// `needs_server_first` promises that the session, given the same bytes, would ask for
+    /// a server connection before anything else (or refuse them): the relay relies on it to
+    /// check one out early.
+    #[test]
+    fn a_message_said_to_need_a_server_first_gets_only_a_request_for_one(
+        tag in prop_oneof![Just(b'Q'), Just(b'P'), Just(b'B'), Just(b'D'), Just(b'E'), Just(b'F'), Just(b'S'),
+            Just(b'H'), Just(b'C'), Just(b'X'), Just(b'd'), Just(b'c'), Just(b'p'), any::<u8>()],
+        len in prop_oneof![4u32..64, any::<u32>()],
+        body in prop::collection::vec(any::<u8>(), 0..64),
+        cut in 0usize..80,
+        session_mode in any::<bool>(),
+    ) {
+        let mut input = vec![tag];
+        input.extend_from_slice(&len.to_be_bytes());
+        input.extend_from_slice(&body);
+        input.truncate(cut.max(1));
+        let mode = if session_mode { PoolMode::Session } else { PoolMode::Transaction };
+        let mut session = Session::new(SessionConfig { pool_mode: mode, ..transaction_config() }, login_params());
+        let needs = session.needs_server_first(&input);
+        let mut actions = Vec::new();
+        let result = session.on_client_input(&input, &mut actions);
+        if needs {
+            prop_assert!(result.is_err() || matches!(actions.as_slice(), [Action::NeedServer]), "{:?} {:?}", result, actions);
         }
     }
 }

@@ -351,6 +351,9 @@ pub(super) struct Harness {
     ignored: usize,
     mark: usize,
     actions: Vec<Action>,
+    /// Check a server out before the session runs when it would only ask for one, as the
+    /// relay does (`Session::needs_server_first`); false: only on `NeedServer`.
+    pub(super) eager_attach: bool,
 }
 
 impl Harness {
@@ -371,6 +374,7 @@ impl Harness {
             ignored: 0,
             mark: 0,
             actions: Vec::new(),
+            eager_attach: true,
         }
     }
 
@@ -394,6 +398,10 @@ impl Harness {
     }
 
     pub(super) fn pump_client(&mut self) -> Result<(), SessionError> {
+        // As the relay does (`Session::needs_server_first`).
+        if self.eager_attach && self.session.needs_server_first(&self.client_in) {
+            self.attach()?;
+        }
         loop {
             let mut actions = std::mem::take(&mut self.actions);
             self.session.on_client_input(&self.client_in, &mut actions)?;

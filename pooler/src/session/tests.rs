@@ -572,3 +572,18 @@ fn the_steady_state_allocates_nothing() {
     }
     assert_eq!(allocations::count() - before, 0);
 }
+
+#[test]
+fn a_query_or_an_extended_step_needs_a_server_first_but_a_sync_a_partial_header_or_an_attached_client_does_not() {
+    let mut h = harness();
+    for message in [client::query("SELECT 1"), client::parse("s", "SELECT 1"), client::bind("s"), client::execute()] {
+        assert!(h.session.needs_server_first(&message), "{:?}", message.first().map(|t| *t as char));
+    }
+    assert!(!h.session.needs_server_first(&client::sync()));
+    assert!(!h.session.needs_server_first(&client::flush()));
+    assert!(!h.session.needs_server_first(&client::close_statement("s")));
+    assert!(!h.session.needs_server_first(&client::query("SELECT 1")[..4]));
+    send(&mut h, &[client::query("BEGIN")]);
+    assert!(h.session.has_server());
+    assert!(!h.session.needs_server_first(&client::query("SELECT 1")));
+}
