@@ -246,6 +246,9 @@ impl Session {
         if self.server.is_none() {
             return Err(SessionError::NoServer);
         }
+        // Answers the pooler owes from before these bytes; after that a fake can only come to
+        // the front when a message ends (drained there).
+        self.drain_fakes(out);
         let mut offset = 0;
         loop {
             let buf = input.get(offset..).unwrap_or_default();
@@ -254,7 +257,6 @@ impl Session {
                 Frame::Incomplete { .. } => return Ok(()),
                 Frame::Continue { .. } => Step::Route(self.server_route),
                 Frame::Whole { header, message: chunk } | Frame::Start { header, chunk } => {
-                    self.drain_fakes(out);
                     self.backend_message(header, chunk)?
                 }
             };
