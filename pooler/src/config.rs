@@ -71,7 +71,9 @@ pub struct PoolerConfig {
     pub auth_file: Option<PathBuf>,
     pub auth_user: Option<String>,
     pub auth_query: String,
+    #[serde(deserialize_with = "names")]
     pub admin_users: Vec<String>,
+    #[serde(deserialize_with = "names")]
     pub stats_users: Vec<String>,
     pub client_tls_sslmode: TlsMode,
     pub client_tls_cert_file: Option<PathBuf>,
@@ -85,6 +87,7 @@ pub struct PoolerConfig {
     pub max_packet_size: u32,
     /// Startup parameters accepted and ignored; any other one the pooler does not track is
     /// refused ("unsupported startup parameter: <name>"), as in PgBouncer.
+    #[serde(deserialize_with = "names")]
     pub ignore_startup_parameters: Vec<String>,
     /// How long SIGTERM/SIGINT wait for transactions in progress before the pooler exits
     /// anyway (seconds; 0 waits without a bound).
@@ -303,6 +306,36 @@ impl Validate for PoolerConfig {
     }
 }
 
+/// A list of names as TOML writes it (`["a", "b"]`) or as pgbouncer.ini did (`"a, b"`: split at
+/// commas and blanks), so a copied `admin_users = a, b` line only needs its quotes.
+fn names<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    struct Names;
+    impl<'de> serde::de::Visitor<'de> for Names {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list of names, [\"a\", \"b\"], or one string of comma-separated names")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Vec<String>, E> {
+            Ok(text
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned)
+                .collect())
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+            let mut names = Vec::new();
+            while let Some(name) = seq.next_element::<String>()? {
+                names.push(name);
+            }
+            Ok(names)
+        }
+    }
+    deserializer.deserialize_any(Names)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,6 +357,18 @@ mod tests {
         assert_eq!(c.default_pool_size, 20);
         assert_eq!(c.max_client_conn, 100);
         assert_eq!(c.server_reset_query, "DISCARD ALL");
+    }
+
+    #[test]
+    fn user_lists_are_arrays_or_pgbouncers_comma_separated_strings() {
+        let text = "auth_type = \"trust\"\nadmin_users = \"dba, ops,root\"\nstats_users = [\"prometheus\"]\n\
+                    ignore_startup_parameters = \"extra_float_digits\"\n";
+        let c: PoolerConfig = parse(Path::new("pooler.toml"), text).unwrap();
+        assert_eq!(c.admin_users, ["dba", "ops", "root"]);
+        assert_eq!(c.stats_users, ["prometheus"]);
+        assert_eq!(c.ignore_startup_parameters, ["extra_float_digits"]);
+        let wrong = err("auth_type = \"trust\"\nadmin_users = 5\n");
+        assert!(wrong.contains("admin_users") && wrong.contains("comma-separated names"), "{wrong}");
     }
 
     #[test]
