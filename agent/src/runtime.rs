@@ -53,13 +53,14 @@ pub struct Runtime {
     lease_valid_until: Option<Instant>,
     refresh_failed: bool,
     following: Option<String>,
-    /// Replication slots (and the replication role) known to exist on the local primary.
     /// This tick's probe of the local PostgreSQL.
     last_probe: Option<crate::postgres::control::Probe>,
     last_reason: String,
     commands: tokio::sync::mpsc::Receiver<crate::api::ApiCommand>,
     /// A reinitialize whose clone runs in the background.
     reinit: Option<reinit::ReinitJob>,
+    /// PostgreSQL is being started as a standby (published as state `starting`).
+    starting: bool,
 }
 
 impl Runtime {
@@ -98,6 +99,7 @@ impl Runtime {
             last_reason: String::new(),
             commands,
             reinit: None,
+            starting: false,
         }
     }
 

@@ -91,3 +91,58 @@ async fn a_members_slot_lost_on_the_primary_is_made_again_and_its_replica_stream
     assert!(in_recovery);
     assert_eq!(status.as_deref(), Some("streaming"), "{}", cluster.logs());
 }
+
+/// A rewound old primary needs WAL through its slot on the new primary before PostgreSQL
+/// accepts connections. Here the new primary has no slot for it: it is dropped after the old
+/// primary's member key expired, as in a CI run where the key was gone before the promotion
+/// made the members' slots, and rows are written on the new primary meanwhile, as in that run.
+/// The agent publishes its member key (`starting`) before it waits
+/// for PostgreSQL, the leader makes the slot at its next tick, and the node streams. It used to
+/// wait for connections first, up to 120 s, with no member key for the leader to see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewound_old_primary_without_a_slot_on_the_new_primary_gets_one_and_streams() {
+    use harness::cluster::{connect, http, PghaCluster};
+    use harness::wait::wait_for;
+    use std::time::Duration;
+    let mut cluster = PghaCluster::start_on_etcd(2, Timing::default()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let old = harness::agent_checks::healthy(&cluster).await;
+    let new = 1 - old;
+    let p = connect(&cluster.nodes[old].dsn()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    p.batch_execute("create table diverge (x int)").await.unwrap_or_else(|e| panic!("{e:#}"));
+    cluster.wait_replicated(old, Duration::from_secs(10)).await.unwrap_or_else(|e| panic!("{e:#}"));
+    // The replica receives nothing more: what the old primary writes now forks its timeline.
+    cluster.nodes[new].freeze_postgres(true).unwrap_or_else(|e| panic!("{e:#}"));
+    p.batch_execute("insert into diverge select generate_series(1, 1000)").await.unwrap_or_else(|e| panic!("{e:#}"));
+    cluster.nodes[old].kill_node();
+    cluster.nodes[new].freeze_postgres(false).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(harness::agent_checks::another_primary(&cluster, old, 90).await, new);
+    let (old_name, api) = (cluster.nodes[old].name.clone(), cluster.nodes[new].api_port);
+    let expired = wait_for("the old primary's member key expired", Duration::from_secs(90), || async {
+        let (status, body) = http(api, "GET", "/cluster", None).await?;
+        let listed = body.replace([' ', '\n'], "").contains(&format!("\"name\":\"{old_name}\""));
+        Ok((status == 200 && body.contains("\"members\"") && !listed).then_some(()))
+    });
+    expired.await.unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
+    let q = connect(&cluster.nodes[new].dsn()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    q.execute(
+        "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = $1",
+        &[&old_name.to_lowercase()],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    // Writes on the new primary while the old one rejoins (as the failover tests' writer does):
+    // the WAL pg_rewind copies then ends before the point the rewound node must reach, which
+    // only the stream through its slot brings.
+    let w = connect(&cluster.nodes[new].dsn()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    w.batch_execute("create table during (x int)").await.unwrap_or_else(|e| panic!("{e:#}"));
+    let writer = tokio::spawn(async move {
+        while w.batch_execute("insert into during values (1)").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    cluster.nodes[old].start_agent().unwrap_or_else(|e| panic!("{e:#}"));
+    harness::agent_checks::streams_again(&cluster, old, "the rewound old primary streaming", 40).await;
+    writer.abort();
+    let log = cluster.nodes[old].agent_log();
+    assert!(log.contains("pg_rewind"), "the old primary was not rewound: the test did not fork its timeline\n{log}");
+}

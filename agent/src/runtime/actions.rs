@@ -32,7 +32,7 @@ impl Runtime {
                 }
                 self.pg.write_config(follow.as_deref().map(|a| (a, slot.as_str())), true).map_err(|e| e.to_string())?;
                 self.following = leader.clone();
-                self.pg.start(Duration::from_secs(120)).await.map_err(|e| e.to_string())
+                self.start_standby(view).await
             }
             Action::StartPrimary => {
                 self.pg.write_config(None, false).map_err(|e| e.to_string())?;
@@ -94,7 +94,7 @@ impl Runtime {
                 }
                 self.pg.write_config(follow.as_deref().map(|a| (a, slot.as_str())), true).map_err(|e| e.to_string())?;
                 self.following = leader.clone();
-                self.pg.start(Duration::from_secs(120)).await.map_err(|e| e.to_string())
+                self.start_standby(view).await
             }
             Action::Follow { leader } => {
                 if self.following.as_deref() == Some(leader.as_str()) {
@@ -114,7 +114,7 @@ impl Runtime {
                 self.pg.rewind_from(&addr).await.map_err(|e| e.to_string())?;
                 self.pg.write_config(Some((&addr, &slot)), true).map_err(|e| e.to_string())?;
                 self.following = Some(leader.clone());
-                self.pg.start(Duration::from_secs(120)).await.map_err(|e| e.to_string())
+                self.start_standby(view).await
             }
             Action::ClearFailover { revision } => {
                 let delete = self.dcs.delete(ClusterKey::Failover, Expected::Revision(*revision));
@@ -147,5 +147,20 @@ impl Runtime {
         }
         let state = bytes.get(16..20).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(u32::from_le_bytes);
         matches!(state, Some(1) | Some(6)) && !self.pg.data_dir.join("standby.signal").exists()
+    }
+}
+
+impl Runtime {
+    /// Starts PostgreSQL as a standby, after publishing this member as `starting`. The leader
+    /// makes a member's replication slot when it sees the member's key. A standby that needs
+    /// WAL from that slot before it accepts connections (a rewound old primary) would
+    /// otherwise wait here, up to the start's timeout, without a member key: if its key had
+    /// expired before the failover, the new primary never made its slot and it never streamed.
+    async fn start_standby(&mut self, view: &ClusterView) -> Result<(), String> {
+        self.starting = true;
+        self.publish(view, None, "starting PostgreSQL as a standby").await;
+        let started = self.pg.start(Duration::from_secs(120)).await.map_err(|e| e.to_string());
+        self.starting = false;
+        started
     }
 }

@@ -20,6 +20,7 @@ impl Runtime {
         let state = match (&self.reinit, running) {
             (Some(_), _) => "creating replica",
             (None, true) => "running",
+            (None, false) if self.starting => "starting",
             (None, false) => "stopped",
         };
         let role = match &probe {
