@@ -6,7 +6,7 @@ use crate::protocol::CancelRequest;
 use crate::topology::ServerAddr;
 use bytes::BytesMut;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -19,19 +19,41 @@ pub struct CancelTarget {
     pub secret_key: Vec<u8>,
 }
 
-/// The server connection a client is using, if any.
+/// The server connection a client is using, if any. Written by the client's relay only, at
+/// every checkout and release: the release is one store, and a checkout of the connection the
+/// client had last (its target still here) takes no lock either.
 #[derive(Default)]
 pub struct CancelSlot {
-    current: Mutex<Option<Arc<CancelTarget>>>,
+    /// The target of the connection the client holds, or held last.
+    last: Mutex<Option<Arc<CancelTarget>>>,
+    /// Whether the client holds `last` now.
+    attached: AtomicBool,
+    /// The address of `last`'s target (it stays allocated while `last` holds it).
+    last_addr: AtomicUsize,
 }
 
 impl CancelSlot {
-    pub fn set(&self, target: Option<Arc<CancelTarget>>) {
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = target;
+    /// The client holds the server connection with this target now.
+    pub fn attach(&self, target: &Arc<CancelTarget>) {
+        let addr = Arc::as_ptr(target) as usize;
+        if self.last_addr.load(Ordering::Relaxed) != addr {
+            *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(target.clone());
+            self.last_addr.store(addr, Ordering::Relaxed);
+        }
+        self.attached.store(true, Ordering::Release);
+    }
+
+    /// The client gave its server connection back.
+    pub fn detach(&self) {
+        self.attached.store(false, Ordering::Release);
     }
 
     fn get(&self) -> Option<Arc<CancelTarget>> {
-        self.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.attached.load(Ordering::Acquire) {
+            return None;
+        }
+        last.clone()
     }
 }
 
@@ -114,5 +136,38 @@ impl CancelRegistry {
             Ok(Err(e)) => tracing::warn!("cannot forward a cancel request: {e}"),
             Err(_) => tracing::warn!(server = %target.addr, "cancel request to the server timed out"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(process_id: i32) -> Arc<CancelTarget> {
+        let addr = ServerAddr { host: "127.0.0.1".into(), port: 5432 };
+        Arc::new(CancelTarget { addr, process_id, secret_key: vec![1, 2, 3, 4] })
+    }
+
+    fn held(slot: &CancelSlot) -> Option<i32> {
+        slot.get().map(|t| t.process_id)
+    }
+
+    #[test]
+    fn a_slot_names_the_connection_held_now_and_none_between_checkouts() {
+        let (a, b) = (target(1), target(2));
+        let slot = CancelSlot::default();
+        assert_eq!(held(&slot), None);
+        slot.attach(&a);
+        assert_eq!(held(&slot), Some(1));
+        slot.detach();
+        assert_eq!(held(&slot), None, "a client between transactions cancels nothing");
+        slot.attach(&a);
+        assert_eq!(held(&slot), Some(1), "the same connection again");
+        slot.detach();
+        slot.attach(&b);
+        assert_eq!(held(&slot), Some(2));
+        slot.detach();
+        slot.attach(&a);
+        assert_eq!(held(&slot), Some(1), "back to the first one");
     }
 }

@@ -203,18 +203,28 @@ impl ClientEntry {
 
     /// For the idle wait: true once parking was requested; otherwise `cx` is woken when it is.
     pub fn park_wanted(&self, cx: &mut std::task::Context<'_>) -> bool {
-        if self.park_requested.swap(false, Ordering::SeqCst) {
+        if self.park_requested() {
             return true;
         }
-        {
-            let mut slot = lock(&self.park_waker);
-            match slot.as_ref() {
-                Some(waker) if waker.will_wake(cx.waker()) => {}
-                _ => *slot = Some(cx.waker().clone()),
-            }
-        }
+        self.wake_on_park_request(cx);
         // A request between the first check and the registration found no waker.
-        self.park_requested.swap(false, Ordering::SeqCst)
+        self.park_requested()
+    }
+
+    /// `cx` is woken when parking is requested (the waker stays until then, or until the
+    /// relay parks): a wait polled again needs to register only once.
+    pub fn wake_on_park_request(&self, cx: &mut std::task::Context<'_>) {
+        let mut slot = lock(&self.park_waker);
+        match slot.as_ref() {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            _ => *slot = Some(cx.waker().clone()),
+        }
+    }
+
+    /// Whether parking was requested since the idle wait began (`idle_from`). Checked after
+    /// `wake_on_park_request`: a request either sees the waker or is seen here.
+    pub fn park_requested(&self) -> bool {
+        self.park_requested.load(Ordering::SeqCst)
     }
 
     /// The socket's addresses, read from the socket while it is open (empty after).

@@ -3,9 +3,10 @@
 //! callers, certificates and handshakes in `tls`.
 
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 pub enum Stream {
@@ -29,7 +30,6 @@ pub enum Detached {
 
 impl Detached {
     pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        use std::os::fd::AsRawFd;
         match self {
             Detached::Tcp(s) => s.as_raw_fd(),
             Detached::Unix(s) => s.as_raw_fd(),
@@ -108,8 +108,8 @@ impl Stream {
     pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         use tokio::io::AsyncWriteExt;
         let written = match self {
-            Stream::Tcp(s) => s.try_write(bytes),
-            Stream::Unix(s) => s.try_write(bytes),
+            Stream::Tcp(s) => s.try_io(Interest::WRITABLE, || send_now(s.as_raw_fd(), bytes)),
+            Stream::Unix(s) => s.try_io(Interest::WRITABLE, || send_now(s.as_raw_fd(), bytes)),
             _ => Ok(0),
         };
         let rest = match written {
@@ -202,6 +202,37 @@ impl Stream {
             Stream::Detached(_) => return true,
         };
         !matches!(r, Err(ref e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
+/// send(2) on a non-blocking socket as one system call. Not through the C library's `send`:
+/// that is a cancellation point, which in a process with more than one thread (the pooler has
+/// its timer thread) wraps every call in two more, and tokio's `try_write` adds two layers of
+/// its own on the relay's every message. `try_io` around it keeps tokio's readiness right:
+/// `WouldBlock` clears it, so the next write waits for the socket to drain.
+fn send_now(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `bytes` is valid for reads of `bytes.len()` bytes during the call and the
+        // kernel only reads it; `fd` is the open socket of the stream that called us; no
+        // address is passed (null, 0), as for a connected socket.
+        let sent = unsafe {
+            libc::syscall(
+                libc::SYS_sendto,
+                fd,
+                bytes.as_ptr(),
+                bytes.len(),
+                libc::MSG_NOSIGNAL,
+                std::ptr::null::<libc::sockaddr>(),
+                0 as libc::socklen_t,
+            )
+        };
+        if sent >= 0 {
+            return Ok(sent as usize);
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
     }
 }
 

@@ -80,6 +80,11 @@ pub(super) struct Relay {
     server: Option<Box<ServerConn>>,
     key: ClientKey,
     cancel: Arc<CancelSlot>,
+    /// The busy wait's last poll of the client socket found nothing and left the task's waker
+    /// registered for it (not a Pending from tokio's cooperative budget, which registers
+    /// nothing). Until the client socket is polled again, bytes or a hangup from the client
+    /// wake the task: the first poll of the wait between transactions can skip it.
+    client_read_armed: bool,
     /// Bytes since the last transaction's end (added to the pool's totals there).
     bytes_in: u64,
     bytes_out: u64,
@@ -113,6 +118,7 @@ impl Relay {
             server: None,
             key: login.key,
             cancel: login.cancel,
+            client_read_armed: false,
             bytes_in: 0,
             bytes_out: 0,
         }
@@ -206,6 +212,8 @@ impl Relay {
         if let Some(n) = read {
             self.bytes_in += n as u64;
         }
+        // The idle wait polled the client since any registration the flag speaks of.
+        self.client_read_armed = false;
         let mut warm = None;
         loop {
             self.transaction().await?;
@@ -252,9 +260,22 @@ impl Relay {
         buffers::lend(&mut self.cin);
         // It holds its buffers: it reads as soon as the socket is ready, in the same poll.
         let (client, cin) = (&mut self.client, &mut self.cin);
+        // The task's waker stays registered for a park request until one comes: once per wait.
+        let mut registered = false;
+        // Right after a transaction the client has not answered yet, and the busy wait's
+        // registration for its socket usually still stands: then the first poll need not
+        // look (a wake since then polls the task again, and every later poll reads).
+        let mut skip_read = std::mem::take(&mut self.client_read_armed);
         let woke = std::future::poll_fn(|cx| {
-            if entry.park_wanted(cx) {
+            if !registered {
+                entry.wake_on_park_request(cx);
+                registered = true;
+            }
+            if entry.park_requested() {
                 return Poll::Ready(None);
+            }
+            if std::mem::take(&mut skip_read) {
+                return Poll::Pending;
             }
             poll_read_buf(Pin::new(&mut *client), cx, cin).map(Some)
         })
@@ -349,17 +370,22 @@ impl Relay {
             // The usual wait inside a transaction: one poll of each socket, no timer, no
             // shutdown listener (and none of `select!`'s bookkeeping).
             let (server, client, cin, sin) = (&mut server.stream, &mut self.client, &mut self.cin, &mut io.sin);
+            let armed = &mut self.client_read_armed;
             return std::future::poll_fn(|cx| {
                 if let Poll::Ready(r) = poll_read_buf(Pin::new(&mut *server), cx, sin) {
                     return Poll::Ready(Event::Server(r));
                 }
                 if let Poll::Ready(r) = poll_read_buf(Pin::new(&mut *client), cx, cin) {
+                    *armed = false;
                     return Poll::Ready(Event::Client(r));
                 }
+                // Pending with budget left: the socket had nothing and the waker is registered.
+                *armed = tokio::task::coop::has_budget_remaining();
                 Poll::Pending
             })
             .await;
         }
+        self.client_read_armed = false;
         // Only a session-mode client between transactions listens for shutdown here.
         let mut stopping = between_transactions.then(|| self.shared.shutdown.subscribe());
         let stop = async move {
@@ -590,7 +616,9 @@ impl Relay {
                     io.actions.clear();
                     // Counted before the release, which adds them to this transaction's bytes.
                     self.bytes_out += n as u64;
-                    self.give_back_to_pool(state, now).await;
+                    if let Some(conn) = self.give_back_to_pool(state, now) {
+                        Box::pin(self.reset_and_release(conn)).await;
+                    }
                     let io = buffers::io(&mut self.io);
                     let sent = self.client.send(&io.sin[..n]).await;
                     io.sin.clear();
@@ -646,32 +674,50 @@ impl Relay {
     /// hands its state to the session, sending the `SET`s that align its parameters. `now`:
     /// the clock as this wake read it; returns the time of the checkout.
     async fn attach_server(&mut self, now: Instant) -> Result<Instant, End> {
+        let now = match self.attach_idle(now)? {
+            Some(now) => now,
+            // Boxed: waiting, opening or checking a connection is the slow path; its state
+            // must not be part of every client's future.
+            None => Box::pin(self.attach_after_wait()).await?,
+        };
+        if self.has_output_for_server() {
+            self.flush_server().await?;
+        }
+        Ok(now)
+    }
+
+    /// The usual checkout, with no wait: an idle connection that needs no check is attached
+    /// (`Some`, with the checkout time); `None` if there is none.
+    fn attach_idle(&mut self, now: Instant) -> Result<Option<Instant>, End> {
         if self.me.entry().is_killed() {
             // Bytes that were already queued on the socket when KILL shut its read side.
             return Err(End::ClientGone);
         }
-        let mut now = now;
-        let acquired = match self.pool.acquire_idle(now) {
-            Some(conn) => Ok(conn),
-            None => {
-                // Boxed: waiting, opening or checking a connection is the slow path; its state
-                // must not be part of every client's future.
-                let stats = &self.pool.stats;
-                stats.clients_waiting.fetch_add(1, Ordering::Relaxed);
-                self.me.waiting();
-                // KILL_CLIENT (or shutdown) shuts the socket's read side: that ends the wait.
-                let (client, entry) = (&self.client, self.me.entry());
-                let killed = std::future::poll_fn(|cx| match client.poll_read_ready(cx) {
-                    std::task::Poll::Ready(_) if entry.is_killed() => std::task::Poll::Ready(()),
-                    // Bytes the client sent while it waits stay on the socket until it is served.
-                    _ => std::task::Poll::Pending,
-                });
-                let acquired = Box::pin(self.pool.acquire_unless(killed)).await;
-                stats.clients_waiting.fetch_sub(1, Ordering::Relaxed);
-                now = Instant::now();
-                acquired
-            }
-        };
+        let Some(conn) = self.pool.acquire_idle(now) else { return Ok(None) };
+        self.attach(Ok(conn), now).map(Some)
+    }
+
+    /// Waits for a connection (the pool is exhausted, or the idle one must be checked first).
+    async fn attach_after_wait(&mut self) -> Result<Instant, End> {
+        // The wait below polls the client's socket.
+        self.client_read_armed = false;
+        let stats = &self.pool.stats;
+        stats.clients_waiting.fetch_add(1, Ordering::Relaxed);
+        self.me.waiting();
+        // KILL_CLIENT (or shutdown) shuts the socket's read side: that ends the wait.
+        let (client, entry) = (&self.client, self.me.entry());
+        let killed = std::future::poll_fn(|cx| match client.poll_read_ready(cx) {
+            std::task::Poll::Ready(_) if entry.is_killed() => std::task::Poll::Ready(()),
+            // Bytes the client sent while it waits stay on the socket until it is served.
+            _ => std::task::Poll::Pending,
+        });
+        let acquired = self.pool.acquire_unless(killed).await;
+        stats.clients_waiting.fetch_sub(1, Ordering::Relaxed);
+        self.attach(acquired, Instant::now())
+    }
+
+    /// Gives the checked-out connection (or why there is none) to the session at `now`.
+    fn attach(&mut self, acquired: Result<Box<ServerConn>, AcquireError>, now: Instant) -> Result<Instant, End> {
         self.me.attached(acquired.as_ref().ok().and_then(|c| c.registration.as_ref()), now);
         let mut conn = match acquired {
             Ok(conn) if self.me.entry().is_killed() => {
@@ -699,14 +745,17 @@ impl Relay {
                 out_buf(&mut io.sout).extend_from_slice(&bytes);
             }
         }
-        self.cancel.set(Some(conn.cancel.clone()));
-        let io = buffers::io(&mut self.io);
+        self.cancel.attach(&conn.cancel);
         io.attached_at = Some(now);
         // The request that needed the server goes to it now.
         io.query_started = Some(now);
         self.server = Some(conn);
-        self.flush_server().await?;
         Ok(now)
+    }
+
+    /// Bytes wait in the output buffer for the server.
+    fn has_output_for_server(&self) -> bool {
+        self.io.as_ref().is_some_and(|io| !io.sout.is_empty())
     }
 
     /// The session is done with the server: back to the pool, unless unread bytes remain.
@@ -714,7 +763,7 @@ impl Relay {
         if !self.server_input_is_empty() {
             if let Some(conn) = self.server.take() {
                 self.me.detached();
-                self.cancel.set(None);
+                self.cancel.detach();
                 self.count_transaction(now);
                 tracing::warn!(server = %conn.addr, "server sent bytes after its last answer; closing it");
                 if let Some(io) = self.io.as_mut() {
@@ -724,21 +773,24 @@ impl Relay {
             }
             return;
         }
-        self.give_back_to_pool(state, now).await;
+        if let Some(conn) = self.give_back_to_pool(state, now) {
+            Box::pin(self.reset_and_release(conn)).await;
+        }
     }
 
-    /// Pools the attached server connection (every byte it sent has been read).
-    async fn give_back_to_pool(&mut self, state: Box<ServerState>, now: Instant) {
-        let Some(mut conn) = self.server.take() else { return };
+    /// Pools the attached server connection (every byte it sent has been read), or returns
+    /// it if server_reset_query must run first (`reset_and_release`).
+    fn give_back_to_pool(&mut self, state: Box<ServerState>, now: Instant) -> Option<Box<ServerConn>> {
+        let mut conn = self.server.take()?;
         self.me.detached();
-        self.cancel.set(None);
+        self.cancel.detach();
         conn.state = Some(state);
         self.count_transaction(now);
         if self.settings.server_reset_query_always {
-            Box::pin(self.reset_and_release(conn)).await;
-        } else {
-            self.pool.release_at(conn, now);
+            return Some(conn);
         }
+        self.pool.release_at(conn, now);
+        None
     }
 
     /// A transaction ended (at `now`): its time with the server and the bytes since the last
@@ -802,7 +854,7 @@ impl Relay {
         }
         if let Some(conn) = self.server.take() {
             self.me.detached();
-            self.cancel.set(None);
+            self.cancel.detach();
             let reusable =
                 self.session.server_is_reusable() && self.server_input_is_empty() && !matches!(end, End::Fatal { .. });
             let state = self.session.take_server();

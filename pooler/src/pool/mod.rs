@@ -652,11 +652,12 @@ impl Checkout {
     }
 
     fn of(conn: &ServerConn, settings: &Arc<PoolSettings>, now: Instant) -> Checkout {
-        let idle_for = now.duration_since(conn.last_used);
+        // Additions and comparisons, no subtraction of clock readings (every checkout).
+        let idle_for_at_least = |d: Duration| conn.last_used.checked_add(d).is_some_and(|end| end <= now);
         Checkout {
             expired: settings.server_lifetime.is_some_and(|life| outlived(conn, life, now)),
-            probe: idle_for >= Duration::from_secs(1),
-            check_query: (!settings.server_check_query.is_empty() && idle_for >= settings.server_check_delay)
+            probe: idle_for_at_least(Duration::from_secs(1)),
+            check_query: (!settings.server_check_query.is_empty() && idle_for_at_least(settings.server_check_delay))
                 .then(|| settings.clone()),
         }
     }

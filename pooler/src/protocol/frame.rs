@@ -187,6 +187,26 @@ impl Framer {
         }
     }
 
+    /// At a message boundary: the bytes of the whole messages at the front of `buf` whose
+    /// tags `passes`, up to the first other or incomplete one (0 mid-message). A reader that
+    /// only passes such messages on skips them in one step. A bad length word is the error
+    /// `peek` would return for it.
+    #[inline]
+    pub fn whole_run(&self, buf: &[u8], passes: impl Fn(u8) -> bool) -> Result<usize, FrameError> {
+        if self.remaining > 0 {
+            return Ok(0);
+        }
+        let mut run = 0;
+        while let Some(header) = read_header(buf.get(run..).unwrap_or_default(), &self.limits)? {
+            let end = run + header.total_len();
+            if !passes(header.tag) || end > buf.len() {
+                break;
+            }
+            run = end;
+        }
+        Ok(run)
+    }
+
     /// Records that the bytes of `frame` (as returned by `peek`) were consumed.
     pub fn advance(&mut self, frame: &Frame<'_>) {
         match frame {
@@ -217,6 +237,26 @@ mod tests {
     fn header_needs_five_bytes() {
         let framer = Framer::new(FrameLimits::default());
         assert_eq!(framer.peek(b"Q\0\0", |_| Inspect::Stream), Ok(Frame::Incomplete { needed: 5 }));
+    }
+
+    #[test]
+    fn a_run_of_passing_whole_messages_ends_at_another_tag_or_an_incomplete_one() {
+        let framer = Framer::new(FrameLimits::default());
+        let (d1, d2, c) = (message(b'D', b"row one"), message(b'D', b"2"), message(b'C', b"SELECT 2\0"));
+        let rows = [d1.clone(), d2.clone()].concat();
+        let is_row = |tag| tag == b'D';
+        assert_eq!(framer.whole_run(&[rows.clone(), c.clone()].concat(), is_row), Ok(rows.len()));
+        assert_eq!(framer.whole_run(&[c.clone(), d1.clone()].concat(), is_row), Ok(0), "starts with another tag");
+        assert_eq!(framer.whole_run(&[d1.clone(), d2[..3].to_vec()].concat(), is_row), Ok(d1.len()), "half a row");
+        assert_eq!(framer.whole_run(&rows[..2], is_row), Ok(0), "half a header");
+        let mut bad = d1.clone();
+        bad.extend_from_slice(b"D\0\0\0\x02");
+        assert_eq!(framer.whole_run(&bad, is_row), Err(FrameError::LengthTooShort { tag: b'D', len: 2 }));
+        // Mid-message nothing is a run: the rest of the message comes first.
+        let mut streaming = Framer::new(FrameLimits::default());
+        let start = streaming.peek(&d1[..7], |_| Inspect::Stream).unwrap();
+        streaming.advance(&start);
+        assert_eq!(streaming.whole_run(&rows, is_row), Ok(0));
     }
 
     #[test]

@@ -49,10 +49,11 @@ pub use params::{ParamMap, TrackedParam};
 pub use server::ServerState;
 pub use statements::ServerStatementName;
 
+use crate::protocol::tag::backend::{DATA_ROW, ROW_DESCRIPTION};
 use crate::protocol::tag::{backend_inspect, frontend_inspect};
 use crate::protocol::{Frame, FrameLimits, Framer, TransactionStatus};
 use bytes::{Bytes, BytesMut};
-use pending::PendingQueue;
+use pending::{PendingQueue, Request};
 use statements::ClientStatements;
 
 /// How a session pools and what it tracks.
@@ -252,6 +253,25 @@ impl Session {
         let mut offset = 0;
         loop {
             let buf = input.get(offset..).unwrap_or_default();
+            // The rows of a result (and a RowDescription that answers no Describe) complete
+            // no request and change no state: a run of them passes on in one step.
+            let (describe, setup) = match self.pending.front_request() {
+                Some(Request::Describe) => (true, false),
+                Some(Request::Setup) => (false, true),
+                _ => (false, false),
+            };
+            if !setup {
+                let run = self
+                    .server_framer
+                    .whole_run(buf, |tag| tag == DATA_ROW || (tag == ROW_DESCRIPTION && !describe))
+                    .map_err(SessionError::ServerFrame)?;
+                if run > 0 {
+                    push_input(out, Route::Forward, run);
+                    self.server_route = Route::Forward;
+                    offset += run;
+                    continue;
+                }
+            }
             let frame = self.server_framer.peek(buf, backend_inspect).map_err(SessionError::ServerFrame)?;
             let step = match frame {
                 Frame::Incomplete { .. } => return Ok(()),
@@ -366,6 +386,7 @@ impl Session {
 
     /// Sends the pooler's own answers that are now due, unless a server message is half passed
     /// to the client (an answer must not land inside it).
+    #[inline(always)]
     fn drain_fakes(&mut self, out: &mut Vec<Action>) {
         if !self.server_framer.at_boundary() {
             return;
@@ -384,6 +405,7 @@ impl Session {
 }
 
 /// Turns a step into consumption of the current frame's `len` bytes.
+#[inline(always)]
 fn take_step(step: Step, len: usize, route: &mut Route, out: &mut Vec<Action>) -> Flow {
     match step {
         Step::Route(next) => {
@@ -411,6 +433,7 @@ fn take_step(step: Step, len: usize, route: &mut Route, out: &mut Vec<Action>) -
 }
 
 /// Appends input consumption, merging with the previous action when it is the same kind.
+#[inline(always)]
 fn push_input(out: &mut Vec<Action>, route: Route, n: usize) {
     if n == 0 {
         return;
