@@ -27,7 +27,7 @@ pub fn init(format: LogFormat, level: &str) -> anyhow::Result<()> {
             if !plain_level && !level.contains('=') {
                 anyhow::bail!(bad());
             }
-            EnvFilter::try_new(level).with_context(bad)?
+            EnvFilter::try_new(filter_for_level(level)).with_context(bad)?
         }
     };
     use std::io::IsTerminal;
@@ -39,4 +39,30 @@ pub fn init(format: LogFormat, level: &str) -> anyhow::Result<()> {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
     result.map_err(|e| anyhow::anyhow!("could not set up logging: {e}"))
+}
+
+/// The filter for `--log-level`: at `info` the embedded Raft library's own lines (each vote
+/// request, a dump of its state at every start) are left out, only its warnings and errors
+/// stay; pgha's consensus module says what a DBA needs (a member started, a leader changed).
+/// At `debug` and `trace` everything shows; a filter with `=` is taken as it is.
+fn filter_for_level(level: &str) -> String {
+    if level.eq_ignore_ascii_case("info") {
+        format!("{level},openraft=warn")
+    } else {
+        level.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::filter_for_level;
+
+    #[test]
+    fn info_leaves_out_the_raft_librarys_chatter_and_other_levels_are_taken_as_given() {
+        assert_eq!(filter_for_level("info"), "info,openraft=warn");
+        assert_eq!(filter_for_level("INFO"), "INFO,openraft=warn");
+        for level in ["error", "warn", "debug", "trace", "off", "pgha=debug", "info,openraft=info"] {
+            assert_eq!(filter_for_level(level), level);
+        }
+    }
 }
