@@ -191,7 +191,6 @@ impl Framer {
     /// tags `passes`, up to the first other or incomplete one (0 mid-message). A reader that
     /// only passes such messages on skips them in one step. A bad length word is the error
     /// `peek` would return for it.
-    #[inline]
     pub fn whole_run(&self, buf: &[u8], passes: impl Fn(u8) -> bool) -> Result<usize, FrameError> {
         if self.remaining > 0 {
             return Ok(0);

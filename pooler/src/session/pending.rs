@@ -55,28 +55,23 @@ pub(crate) struct PendingQueue {
 }
 
 impl PendingQueue {
-    #[inline]
     pub(crate) fn push(&mut self, request: Request, reply: Reply) {
         self.queue.push_back(Pending { request, reply });
     }
 
-    #[inline]
     pub(crate) fn front(&self) -> Option<&Pending> {
         self.queue.front()
     }
 
-    #[inline]
     pub(crate) fn front_request(&self) -> Option<&Request> {
         self.queue.front().map(|pending| &pending.request)
     }
 
-    #[inline]
     pub(crate) fn pop_front(&mut self) -> Option<Pending> {
         self.queue.pop_front()
     }
 
     /// Pops a pooler-answered request from the front, returning its answer.
-    #[inline]
     pub(crate) fn pop_fake(&mut self) -> Option<&'static [u8]> {
         match self.queue.front()?.reply {
             Reply::Fake(answer) => {
@@ -87,12 +82,10 @@ impl PendingQueue {
         }
     }
 
-    #[inline]
     pub(crate) fn is_empty(&self) -> bool {
         self.queue.is_empty()
     }
 
-    #[inline]
     pub(crate) fn len(&self) -> usize {
         self.queue.len()
     }
