@@ -111,6 +111,9 @@ pub enum ClientState {
     Waiting = 1,
 }
 
+/// A client entry's socket slot once the socket is closed (no descriptor is negative).
+const NO_SOCKET: RawFd = -1;
+
 /// One logged-in client (or admin console session).
 pub struct ClientEntry {
     pub id: u64,
@@ -129,8 +132,9 @@ pub struct ClientEntry {
     /// why and closed, its server connection closed.
     killed: AtomicU8,
     /// The client socket while it is open, to wake its task by shutting the read side.
-    /// Cleared (under this mutex) before the socket is closed.
-    fd: Mutex<Option<RawFd>>,
+    /// Cleared to `NO_SOCKET` (under this mutex) before the socket is closed. Not an
+    /// `Option`: four bytes less keep the entry in its allocation size class.
+    fd: Mutex<RawFd>,
     /// Parking (`crate::client::parking`): the tick at which its relay began to wait idle
     /// (0 while it is busy or parked), whether it has sent anything since it logged in, and
     /// the request to park with the idle wait's waker.
@@ -138,6 +142,8 @@ pub struct ClientEntry {
     has_been_active: AtomicBool,
     park_requested: AtomicBool,
     park_waker: Mutex<Option<Waker>>,
+    /// Named statements it has prepared, as of its last transaction (SHOW CLIENTS).
+    prepared_statements: AtomicU32,
 }
 
 impl ClientEntry {
@@ -161,6 +167,12 @@ impl ClientEntry {
     }
     pub fn server(&self) -> u64 {
         self.server.load(Ordering::Relaxed)
+    }
+    pub fn prepared_statements(&self) -> u32 {
+        self.prepared_statements.load(Ordering::Relaxed)
+    }
+    pub fn set_prepared_statements(&self, count: usize) {
+        self.prepared_statements.store(u32::try_from(count).unwrap_or(u32::MAX), Ordering::Relaxed);
     }
     /// Its relay waits idle from parking tick `tick` on (at least 1).
     pub fn idle_from(&self, tick: u32) {
@@ -230,7 +242,10 @@ impl ClientEntry {
     /// The socket's addresses, read from the socket while it is open (empty after).
     pub fn endpoints(&self) -> Endpoints {
         let fd = lock(&self.fd);
-        let Some(fd) = *fd else { return Endpoints::default() };
+        if *fd == NO_SOCKET {
+            return Endpoints::default();
+        }
+        let fd = *fd;
         // SAFETY: `fd` stays open while it is in the slot, which this lock holds (see `kill`).
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
         Endpoints::of_socket(socket2::SockRef::from(&borrowed))
@@ -255,7 +270,8 @@ impl ClientEntry {
         // the other.
         let _ = self.killed.compare_exchange(0, reason as u8, Ordering::SeqCst, Ordering::SeqCst);
         let fd = lock(&self.fd);
-        if let Some(fd) = *fd {
+        if *fd != NO_SOCKET {
+            let fd = *fd;
             // SAFETY: `fd` stays open while it is in the slot: the owner of the socket clears
             // the slot under this same mutex (ClientHandle::drop) before closing the socket.
             let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
@@ -321,6 +337,8 @@ pub struct ServerEntry {
     request_time_us: AtomicU64,
     /// Id of the client holding it, 0 if none.
     client: AtomicU64,
+    /// Statements prepared on it under the pooler's names, as of its last release.
+    prepared_statements: AtomicU32,
 }
 
 impl ServerEntry {
@@ -336,6 +354,12 @@ impl ServerEntry {
     }
     pub fn client(&self) -> u64 {
         self.client.load(Ordering::Relaxed)
+    }
+    pub fn prepared_statements(&self) -> u32 {
+        self.prepared_statements.load(Ordering::Relaxed)
+    }
+    pub fn set_prepared_statements(&self, count: usize) {
+        self.prepared_statements.store(u32::try_from(count).unwrap_or(u32::MAX), Ordering::Relaxed);
     }
     /// Checked out by `client` (0 if by the pooler itself) at `request_time_us` (µs since the
     /// epoch, the client's request_time).
@@ -413,11 +437,12 @@ impl Connections {
             wait_start_us: AtomicU64::new(0),
             server: AtomicU64::new(0),
             killed: AtomicU8::new(0),
-            fd: Mutex::new(Some(raw_fd(new.stream))),
+            fd: Mutex::new(raw_fd(new.stream)),
             idle_since: AtomicU32::new(0),
             has_been_active: AtomicBool::new(false),
             park_requested: AtomicBool::new(false),
             park_waker: Mutex::new(None),
+            prepared_statements: AtomicU32::new(0),
         });
         lock(&self.clients).insert(entry.id, entry.clone());
         ClientHandle { entry, registry: self.clone() }
@@ -444,6 +469,7 @@ impl Connections {
             state: AtomicU8::new(ServerState::Idle as u8),
             request_time_us: AtomicU64::new(unix_micros(now)),
             client: AtomicU64::new(0),
+            prepared_statements: AtomicU32::new(0),
         });
         lock(&self.servers).insert(id, entry.clone());
         ServerHandle { entry, registry: Arc::downgrade(self) }
@@ -557,7 +583,7 @@ impl ClientHandle {
 
 impl Drop for ClientHandle {
     fn drop(&mut self) {
-        *lock(&self.entry.fd) = None;
+        *lock(&self.entry.fd) = NO_SOCKET;
         lock(&self.registry.clients).remove(&self.entry.id);
     }
 }

@@ -49,7 +49,7 @@ pub fn client(c: &ClientEntry) -> SocketRow {
         remote_pid: 0,
         tls: c.tls.to_string(),
         application_name: c.application_name.to_string(),
-        prepared_statements: 0,
+        prepared_statements: c.prepared_statements(),
         id: c.id,
     }
 }
@@ -79,7 +79,7 @@ pub fn server(s: &ServerEntry, generations: &HashMap<PoolKey, u64>) -> SocketRow
         remote_pid: s.remote_pid,
         tls: s.tls.clone(),
         application_name: String::new(),
-        prepared_statements: 0,
+        prepared_statements: s.prepared_statements(),
         id: s.id,
     }
 }

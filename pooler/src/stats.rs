@@ -25,6 +25,10 @@ pub struct PoolStats {
     pub query_time_us: AtomicU64,
     /// Clients that logged in to this pool.
     pub client_logins: AtomicU64,
+    /// Named prepared statements: Parses from clients, Parses sent to servers, Binds.
+    pub client_parse_count: AtomicU64,
+    pub server_parse_count: AtomicU64,
+    pub bind_count: AtomicU64,
     wait_buckets: [AtomicU64; WAIT_BUCKETS.len()],
     /// Client connections logged in to this pool.
     pub clients: AtomicU32,
@@ -75,7 +79,9 @@ impl PoolStats {
             query_time: self.query_time_us.load(Ordering::Relaxed),
             client_login_count: self.client_logins.load(Ordering::Relaxed),
             wait_time: self.wait_time_us.load(Ordering::Relaxed),
-            ..Default::default()
+            client_parse_count: self.client_parse_count.load(Ordering::Relaxed),
+            server_parse_count: self.server_parse_count.load(Ordering::Relaxed),
+            bind_count: self.bind_count.load(Ordering::Relaxed),
         }
     }
 
@@ -98,6 +104,16 @@ impl PoolStats {
     /// Averages over the last complete stats_period (zeros before the first one ends).
     pub fn averages(&self) -> StatsCounters {
         self.window.lock().unwrap_or_else(|p| p.into_inner()).averages
+    }
+
+    /// Adds a client's named-statement work (`Session::take_prepared_counts`).
+    pub fn add_prepared(&self, counts: crate::session::PreparedCounts) {
+        if counts.is_zero() {
+            return;
+        }
+        self.client_parse_count.fetch_add(u64::from(counts.client_parse), Ordering::Relaxed);
+        self.server_parse_count.fetch_add(u64::from(counts.server_parse), Ordering::Relaxed);
+        self.bind_count.fetch_add(u64::from(counts.bind), Ordering::Relaxed);
     }
 
     pub fn count_error(&self, kind: &'static str) {

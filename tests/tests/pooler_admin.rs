@@ -335,6 +335,45 @@ async fn stats_averages_cover_the_last_stats_period() {
     assert!(s["avg_xact_count"].parse::<u64>().unwrap_or(0) > 0, "{s:?}");
 }
 
+/// PgBouncer 1.21's prepared-statement figures: SHOW STATS counts the clients' named Parses,
+/// the Parses the pooler sent to servers and the Binds; SHOW CLIENTS and SHOW SERVERS say how
+/// many statements each client and server connection has prepared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statement_counts_show_in_stats_clients_and_servers() {
+    // One server connection: the second client finds the statement already prepared there.
+    let (_pg, pooler) = setup("pool_mode = \"transaction\"\ndefault_pool_size = 1").await;
+    let admin = console(&pooler).await;
+    let a = pooler.connect_dsn(&format!("{} application_name=app_a", pooler.dsn("postgres"))).await.unwrap();
+    let b = pooler.connect_dsn(&format!("{} application_name=app_b", pooler.dsn("postgres"))).await.unwrap();
+    let by_a = a.prepare("select $1::int4 + 1").await.unwrap();
+    let other = a.prepare("select $1::int4 + 2").await.unwrap();
+    for i in 0..3 {
+        let row = a.query_one(&by_a, &[&i]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), i + 1);
+    }
+    let by_b = b.prepare("select $1::int4 + 1").await.unwrap();
+    for i in 0..2 {
+        let row = b.query_one(&by_b, &[&i]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), i + 1);
+    }
+    let stats = show(&admin, "STATS").await;
+    let s = stats.iter().find(|r| r["database"] == "postgres").unwrap_or_else(|| panic!("{stats:?}"));
+    let count = |key: &str| s[key].parse::<u64>().unwrap_or_else(|_| panic!("{key}: {s:?}"));
+    assert_eq!(count("total_client_parse_count"), 3, "{s:?}");
+    assert_eq!(count("total_server_parse_count"), 2, "the second client's Parse is answered by the pooler: {s:?}");
+    assert_eq!(count("total_bind_count"), 5, "{s:?}");
+    let clients = show(&admin, "CLIENTS").await;
+    let prepared = |app: &str| {
+        let row = clients.iter().find(|c| c["application_name"] == app).unwrap_or_else(|| panic!("{clients:?}"));
+        row["prepared_statements"].clone()
+    };
+    assert_eq!((prepared("app_a").as_str(), prepared("app_b").as_str()), ("2", "1"), "{clients:?}");
+    let servers = show(&admin, "SERVERS").await;
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    assert_eq!(servers[0]["prepared_statements"], "2", "{servers:?}");
+    drop(other);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_wait_for_clients_refuses_new_clients_and_exits_once_connected_ones_leave() {
     let (_pg, mut pooler) = setup("pool_mode = \"transaction\"").await;

@@ -142,7 +142,9 @@ impl Frame<'_> {
 #[derive(Debug, Clone)]
 pub struct Framer {
     limits: FrameLimits,
-    remaining: usize,
+    /// Bytes of the current message still to come. u32: a message's length word is one (a
+    /// session holds two framers, and a parked client its session).
+    remaining: u32,
 }
 
 impl Framer {
@@ -166,8 +168,9 @@ impl Framer {
             if buf.is_empty() {
                 return Ok(Frame::Incomplete { needed: 1 });
             }
-            let take = self.remaining.min(buf.len());
-            return Ok(Frame::Continue { chunk: &buf[..take], rest: self.remaining - take });
+            let remaining = self.remaining as usize;
+            let take = remaining.min(buf.len());
+            return Ok(Frame::Continue { chunk: &buf[..take], rest: remaining - take });
         }
         let Some(header) = read_header(buf, &self.limits)? else {
             return Ok(Frame::Incomplete { needed: HEADER_LEN });
@@ -210,8 +213,11 @@ impl Framer {
     pub fn advance(&mut self, frame: &Frame<'_>) {
         match frame {
             Frame::Incomplete { .. } | Frame::Whole { .. } => {}
-            Frame::Start { header, chunk } => self.remaining = header.total_len().saturating_sub(chunk.len()),
-            Frame::Continue { rest, .. } => self.remaining = *rest,
+            // Less than the length word (the chunk holds at least the header), so it fits.
+            Frame::Start { header, chunk } => {
+                self.remaining = u32::try_from(header.total_len().saturating_sub(chunk.len())).unwrap_or(u32::MAX)
+            }
+            Frame::Continue { rest, .. } => self.remaining = u32::try_from(*rest).unwrap_or(u32::MAX),
         }
     }
 

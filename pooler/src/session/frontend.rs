@@ -115,6 +115,7 @@ impl Session {
             return Ok(self.send_and_await(Request::Parse { server_id: None, binding: None }));
         }
         let binding = self.statements.bind(parse.statement, parse.definition);
+        self.prepared.client_parse = self.prepared.client_parse.saturating_add(1);
         let server = self.server.as_mut().ok_or(SessionError::NoServer)?;
         if server.statements.touch(&binding.statement, self.segment).is_some() {
             self.pending.push(Request::Parse { server_id: None, binding: Some(binding) }, Reply::Fake(PARSE_COMPLETE));
@@ -152,6 +153,7 @@ impl Session {
         let name = self.ensure_prepared(&statement)?;
         write_bind_prefix(header, &prefix, name.as_str(), &mut self.scratch)?;
         self.flush_scratch_to_server(out);
+        self.prepared.bind = self.prepared.bind.saturating_add(1);
         self.pending.push(Request::Bind, Reply::Forward);
         Ok(Step::Replace { replaced: bind_params_offset(&prefix) })
     }
@@ -206,13 +208,14 @@ impl Session {
     /// Registers `statement` on the attached server, first closing the least recently used
     /// ones if it is full. The caller writes the Parse after the Closes in the scratch buffer.
     fn prepare_on_server(&mut self, statement: Arc<Statement>) -> Result<u64, SessionError> {
-        let capacity = self.config.max_prepared_statements.max(1);
+        let capacity = self.config.max_prepared_statements.max(1) as usize;
         let server = self.server.as_mut().ok_or(SessionError::NoServer)?;
         while server.statements.len() >= capacity {
             let Some(evicted) = server.statements.evict_least_recently_used() else { break };
             write_close(TargetKind::Statement, ServerStatementName::new(evicted).as_str(), &mut self.scratch)?;
             self.pending.push(Request::Close { restore: None }, Reply::Swallow);
         }
+        self.prepared.server_parse = self.prepared.server_parse.saturating_add(1);
         Ok(server.statements.insert(statement, self.segment))
     }
 }

@@ -62,8 +62,25 @@ pub struct SessionConfig {
     pub pool_mode: PoolMode,
     /// Statements kept prepared per server connection (PgBouncer's `max_prepared_statements`);
     /// 0 turns tracking off and named statements pass through untouched.
-    pub max_prepared_statements: usize,
+    pub max_prepared_statements: u32,
     pub limits: FrameLimits,
+}
+
+/// PgBouncer's prepared-statement counters (counted only for named statements, which the
+/// pooler tracks): Parses from the client, Parses the pooler sent to a server under its own
+/// name (a first prepare, or a re-prepare on a connection that lacks the statement), and
+/// Binds of named statements forwarded. u32: taken at every release of a server connection.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PreparedCounts {
+    pub client_parse: u32,
+    pub server_parse: u32,
+    pub bind: u32,
+}
+
+impl PreparedCounts {
+    pub fn is_zero(&self) -> bool {
+        *self == PreparedCounts::default()
+    }
 }
 
 impl SessionConfig {
@@ -149,6 +166,8 @@ pub struct Session {
     /// Queries answered (a simple Query, a Sync, a function call) since last taken, for
     /// SHOW STATS query_count.
     queries_answered: u64,
+    /// Named statements prepared and bound since last taken, for SHOW STATS.
+    prepared: PreparedCounts,
     /// Syncs sent so far: numbers the pipeline segments the server skips as a whole on error.
     segment: u64,
     scratch: BytesMut,
@@ -173,6 +192,7 @@ impl Session {
             release_deferred: false,
             answered_ready: false,
             queries_answered: 0,
+            prepared: PreparedCounts::default(),
             segment: 0,
             scratch: BytesMut::new(),
         }
@@ -200,6 +220,12 @@ impl Session {
     /// Queries answered since the last call (SHOW STATS query_count).
     pub fn take_queries_answered(&mut self) -> u64 {
         std::mem::take(&mut self.queries_answered)
+    }
+
+    /// Named-statement work since the last call (SHOW STATS client_parse_count,
+    /// server_parse_count, bind_count).
+    pub fn take_prepared_counts(&mut self) -> PreparedCounts {
+        std::mem::take(&mut self.prepared)
     }
 
     pub fn requests_in_flight(&self) -> usize {

@@ -225,7 +225,7 @@ proptest! {
         if own_application_name {
             params.set(TrackedParam::ApplicationName, "app");
         }
-        let config = SessionConfig { max_prepared_statements: max_prepared, ..transaction_config() };
+        let config = SessionConfig { max_prepared_statements: max_prepared as u32, ..transaction_config() };
         let mut h = Harness::new(config, params);
         h.picks.extend(picks);
         h.eager_attach = eager_attach;

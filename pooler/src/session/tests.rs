@@ -134,6 +134,28 @@ fn close_inside_a_pipeline_is_answered_in_order() {
     assert_eq!(h.new_tags(), "2DC3Z");
 }
 
+/// PgBouncer's SHOW STATS counters: client_parse_count counts the client's named Parses,
+/// server_parse_count the Parses the pooler sends (a first prepare, a re-prepare on another
+/// connection), bind_count the Binds of named statements; unnamed ones are not counted.
+#[test]
+fn named_statement_work_is_counted_as_pgbouncer_counts_it() {
+    let mut h = harness();
+    prepare(&mut h, "s1", "SELECT 1");
+    // The same definition under another name: the server has it, the pooler answers.
+    prepare(&mut h, "s2", "SELECT 1");
+    send(&mut h, &[client::bind("s1"), client::execute(), client::sync()]);
+    h.settle().unwrap();
+    // A new server connection lacks the statement: prepared there first.
+    h.picks.push_back(1);
+    send(&mut h, &[client::bind("s2"), client::execute(), client::sync()]);
+    h.settle().unwrap();
+    send(&mut h, &[client::parse("", "SELECT 2"), client::bind(""), client::execute(), client::sync()]);
+    h.settle().unwrap();
+    let counts = h.session.take_prepared_counts();
+    assert_eq!(counts, PreparedCounts { client_parse: 2, server_parse: 2, bind: 2 });
+    assert!(h.session.take_prepared_counts().is_zero(), "taken once");
+}
+
 #[test]
 fn unnamed_statements_and_portals_pass_through_untouched() {
     let mut h = harness();
