@@ -1,7 +1,7 @@
 //! Idle clients park without a task (the real `pgha pooler` before real PostgreSQL 15): clients
 //! that sent nothing since their login park within a fraction of a second, active ones after
 //! about a second idle; a parked client's next query wakes it with its session intact (its
-//! parameters, its prepared statements, over TCP and the Unix socket); KILL_CLIENT and SIGTERM
+//! parameters, its settings, its prepared statements, over TCP and the Unix socket); KILL_CLIENT and SIGTERM
 //! reach parked clients; a client that keeps working never parks.
 
 use harness::pooler::{http_get, sample, show, PoolerProcess};
@@ -63,6 +63,8 @@ async fn idle_clients_park_and_wake_with_their_session_and_kill_and_sigterm_reac
         let client =
             pooler.connect_dsn(&format!("{} application_name=active{i}", pooler.dsn("postgres"))).await.unwrap();
         let statement = client.prepare("select $1::int + 1").await.unwrap();
+        // A setting of its own, which a parked client must keep.
+        client.simple_query(&format!("set timezone = 'Etc/GMT-{}'", i % 12 + 1)).await.unwrap();
         let row = client.query_one(&statement, &[&i]).await.unwrap();
         assert_eq!(row.get::<_, i32>(0), i + 1);
         active.push((client, statement));
@@ -92,6 +94,8 @@ async fn idle_clients_park_and_wake_with_their_session_and_kill_and_sigterm_reac
     for (i, (client, statement)) in active.iter().enumerate() {
         let row = client.query_one(statement, &[&(i as i32 * 10)]).await.unwrap();
         assert_eq!(row.get::<_, i32>(0), i as i32 * 10 + 1);
+        let timezone = value(&client.simple_query("show timezone").await.unwrap());
+        assert_eq!(timezone, format!("Etc/GMT-{}", i % 12 + 1), "client {i}'s setting after parking");
     }
     assert!(parked(metrics).await < 60, "woken clients are still counted as parked");
 

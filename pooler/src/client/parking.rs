@@ -1,7 +1,8 @@
 //! Idle clients without a task: a client that has been idle a while (no server connection, no
 //! bytes buffered, plain TCP or Unix socket) gives up its tokio task and its socket's tokio
 //! registration (half a kilobyte between them) and waits in one epoll set for the whole
-//! pooler, holding only its relay's state. The first byte it sends (or a KILL or shutdown,
+//! pooler, holding only the part of its relay's state that outlives an idle wait
+//! (`relay::ParkedRelay`, about 100 bytes: no buffers, no busy-state). The first byte it sends (or a KILL or shutdown,
 //! which shut its read side) puts it back in the runtime with a new task. Owns that epoll set,
 //! the parked relays and the sweep that decides who parks; the relay decides nothing but
 //! answers a request to park from its idle wait (`ClientEntry::park_wanted`).
@@ -12,7 +13,7 @@
 //! of a busy session never pays the few system calls of parking and waking, and one that sends
 //! its first query right after its login (as nearly all do) never parks in between.
 
-use super::relay::Relay;
+use super::relay::{ParkedRelay, Relay};
 use crate::connections::ClientEntry;
 use crate::runtime::Shared;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -131,29 +132,34 @@ pub(super) fn park(mut relay: Relay) -> Result<(), Box<Relay>> {
     let shared = relay.shared().clone();
     let parking = &shared.parking;
     let Some(epoll) = parking.epoll.as_ref() else { return Err(Box::new(relay)) };
-    let fd = match relay.client_mut().detach() {
-        Ok(fd) => fd,
-        Err(e) => {
-            tracing::debug!("client not parked: {e}");
-            return Err(Box::new(relay));
+    if let Err(e) = relay.client_mut().detach() {
+        tracing::debug!("client not parked: {e}");
+        return Err(Box::new(relay));
+    }
+    let parked = match relay.into_parked() {
+        Ok(parked) => parked,
+        Err(mut relay) => {
+            tracing::debug!("client not parked: it is not at rest");
+            if let Err(e) = relay.client_mut().attach() {
+                tracing::warn!("cannot put a client's socket back into the runtime: {e}");
+            }
+            return Err(relay);
         }
     };
-    let relay = Box::into_raw(Box::new(relay));
+    let fd = parked.fd();
+    let parked = Box::into_raw(Box::new(parked));
     parking.parked.fetch_add(1, Ordering::Relaxed);
-    // SAFETY: the socket is open: the relay owns it and lives (in the set) until `wake`.
+    // SAFETY: the socket is open: the parked relay owns it and lives (in the set) until `wake`.
     let socket = unsafe { BorrowedFd::borrow_raw(fd) };
     let interest = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLONESHOT;
-    // From here the set owns the relay: its event may come at once, on another thread.
-    let added = epoll.add(socket, EpollEvent::new(interest, relay as u64));
+    // From here the set owns the parked relay: its event may come at once, on another thread.
+    let added = epoll.add(socket, EpollEvent::new(interest, parked as u64));
     if let Err(e) = added {
         parking.parked.fetch_sub(1, Ordering::Relaxed);
         // SAFETY: the add failed, so no event carries the pointer: it is still only ours.
-        let mut relay = unsafe { Box::from_raw(relay) };
+        let parked = unsafe { Box::from_raw(parked) };
         tracing::warn!("cannot park an idle client ({e}); it keeps its task");
-        if let Err(e) = relay.client_mut().attach() {
-            tracing::warn!("cannot put a client's socket back into the runtime: {e}");
-        }
-        return Err(relay);
+        return Err(Box::new(parked.wake()));
     }
     Ok(())
 }
@@ -208,17 +214,11 @@ pub async fn serve(shared: Arc<Shared>) {
 fn wake(shared: &Shared, epoll: &Epoll, data: u64) {
     // SAFETY: `data` is the pointer `park` leaked into the set with this socket's event, and
     // the event (EPOLLONESHOT, and the socket leaves the set below) comes once.
-    let mut relay = unsafe { Box::from_raw(data as *mut Relay) };
+    let parked = unsafe { Box::from_raw(data as *mut ParkedRelay) };
     shared.parking.parked.fetch_sub(1, Ordering::Relaxed);
-    if let Some(fd) = relay.client_fd() {
-        // SAFETY: the relay owns the socket and is alive here.
-        let _ = epoll.delete(unsafe { BorrowedFd::borrow_raw(fd) });
-    }
-    if let Err(e) = relay.client_mut().attach() {
-        // The relay's next read fails and it ends like any client whose socket broke.
-        tracing::warn!("cannot put a parked client's socket back into the runtime: {e}");
-    }
-    tokio::spawn(relay.run());
+    // SAFETY: the parked relay owns the socket and is alive here.
+    let _ = epoll.delete(unsafe { BorrowedFd::borrow_raw(parked.fd()) });
+    tokio::spawn(parked.wake().run());
 }
 
 /// One tick: asks every client that has been idle `PARK_AFTER` ticks to park.

@@ -66,6 +66,15 @@ pub struct SessionConfig {
     pub limits: FrameLimits,
 }
 
+/// A session at rest, as a parked client keeps it (`Session::rest`).
+#[derive(Debug)]
+pub struct RestingSession {
+    config: SessionConfig,
+    statements: ClientStatements,
+    params: ParamMap,
+    segment: u64,
+}
+
 /// PgBouncer's prepared-statement counters (counted only for named statements, which the
 /// pooler tracks): Parses from the client, Parses the pooler sent to a server under its own
 /// name (a first prepare, or a re-prepare on a connection that lacks the statement), and
@@ -196,6 +205,38 @@ impl Session {
             segment: 0,
             scratch: BytesMut::new(),
         }
+    }
+
+    /// Whether the session is at rest: no server connection, nothing in flight or half-read,
+    /// outside a transaction, its counters taken. Only then may it `rest`.
+    pub fn is_at_rest(&self) -> bool {
+        self.server.is_none()
+            && self.pending.is_empty()
+            && self.client_framer.at_boundary()
+            && self.server_framer.at_boundary()
+            && self.transaction == TransactionStatus::Idle
+            && !self.skip_until_sync
+            && !self.copy_in
+            && !self.release_deferred
+            && self.queries_answered == 0
+            && self.prepared.is_zero()
+            && self.scratch.is_empty()
+    }
+
+    /// The session in its smallest form, for a client that parks (`client::parking`): what
+    /// outlives an idle wait (configuration, the client's statements and parameters, the
+    /// pipeline segment count). Call it on a session `is_at_rest`: the rest is dropped.
+    pub fn rest(self) -> RestingSession {
+        RestingSession { config: self.config, statements: self.statements, params: self.params, segment: self.segment }
+    }
+
+    /// The session of a parked client that is back.
+    pub fn wake(resting: RestingSession) -> Session {
+        let RestingSession { config, statements, params, segment } = resting;
+        let mut session = Session::new(config, params);
+        session.statements = statements;
+        session.segment = segment;
+        session
     }
 
     pub fn config(&self) -> &SessionConfig {
