@@ -2,7 +2,7 @@
 //! absent from the auth file logs in through `pgha pooler` with its password (looked up in
 //! pg_shadow through auth_user's connection), a wrong password and an unknown user both get
 //! PostgreSQL's 28P01 "password authentication failed", and a password change takes effect at
-//! the next login.
+//! the next login; with auth_type = md5 an md5-stored role logs in with md5.
 
 use harness::pooler::PoolerProcess;
 use harness::{PgInstance, PgOptions};
@@ -50,4 +50,50 @@ async fn a_scram_user_missing_from_the_auth_file_logs_in_through_auth_query() {
     // A role that may not log in with a password (NULL in pg_shadow) is refused the same way.
     pg.sql("CREATE ROLE dan LOGIN").await.unwrap();
     assert_eq!(login_error(&pooler, "dan", "x").await.0, "28P01");
+}
+
+/// PgBouncer's auth_type = md5 with auth_query: a role whose pg_shadow entry is an md5 hash
+/// is asked for md5 and logs in (the pooler checks the client's answer against the hash), a
+/// wrong password gets 28P01, and a role stored as SCRAM is asked for SCRAM, as PgBouncer does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_md5_user_logs_in_through_auth_query_and_a_scram_one_still_with_scram() {
+    let mut pg = PgInstance::init("pooler-authq-md5", PgOptions::default()).await.unwrap();
+    pg.start().await.unwrap();
+    // A server that still has md5 passwords says `md5` in pg_hba.conf (which answers a role
+    // stored as SCRAM with SCRAM): with `scram-sha-256` an md5-stored role cannot log in at all.
+    let hba = pg.data_dir().join("pg_hba.conf");
+    let text = std::fs::read_to_string(&hba).unwrap();
+    assert!(text.contains("scram-sha-256"), "{text}");
+    std::fs::write(&hba, text.replace("scram-sha-256", "md5")).unwrap();
+    pg.sql("SELECT pg_reload_conf()").await.unwrap();
+    pg.sql("SET password_encryption = 'md5'; CREATE ROLE erin LOGIN PASSWORD 'erin-secret'").await.unwrap();
+    let stored = pg.sql_value("SELECT passwd FROM pg_shadow WHERE usename = 'erin'").await.unwrap();
+    assert!(stored.unwrap_or_default().starts_with("md5"), "the test needs an md5 hash");
+    pg.sql("CREATE ROLE frank LOGIN PASSWORD 'frank-secret'").await.unwrap();
+    let settings = "auth_type = \"md5\"\nauth_user = \"postgres\"\npool_mode = \"transaction\"";
+    let pooler = PoolerProcess::start(&pg, settings).await.unwrap();
+
+    assert_eq!(current_user(&pooler, "erin", "erin-secret").await.unwrap(), "erin");
+    let wrong = login_error(&pooler, "erin", "not-her-password").await;
+    assert_eq!(wrong, ("28P01".to_owned(), "password authentication failed for user \"erin\"".to_owned()));
+    assert_eq!(current_user(&pooler, "frank", "frank-secret").await.unwrap(), "frank");
+    assert_eq!(login_error(&pooler, "frank", "wrong").await.0, "28P01");
+    // What each is asked for: AuthenticationMD5Password (5), AuthenticationSASL (10).
+    assert_eq!(auth_request(&pooler, "erin").await, 5);
+    assert_eq!(auth_request(&pooler, "frank").await, 10);
+}
+
+/// The authentication request code the pooler answers a startup packet for `user` with.
+async fn auth_request(pooler: &PoolerProcess, user: &str) -> i32 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", pooler.port())).await.unwrap();
+    let params = format!("user\0{user}\0database\0postgres\0\0");
+    let mut startup = ((8 + params.len()) as i32).to_be_bytes().to_vec();
+    startup.extend_from_slice(&196608i32.to_be_bytes());
+    startup.extend_from_slice(params.as_bytes());
+    stream.write_all(&startup).await.unwrap();
+    let mut header = [0u8; 9];
+    stream.read_exact(&mut header).await.unwrap();
+    assert_eq!(header[0], b'R', "expected an authentication request, got {header:?}");
+    i32::from_be_bytes([header[5], header[6], header[7], header[8]])
 }
