@@ -296,7 +296,7 @@ impl AdminBackend for ConsoleBackend {
                 user.and_then(|u| u.pool_mode),
                 user.and_then(|u| u.max_user_connections),
             );
-            pool.update_settings(settings);
+            pool.update_settings(settings, &target.dbname, self.shared.server_tls());
         }
         tracing::info!("RELOAD: configuration re-read from {}", path.display());
         Ok(())

@@ -112,3 +112,39 @@ async fn psql_with_sslmode_require_gets_tls_from_the_pooler_and_the_pooler_uses_
     let unix = pooler.connect_dsn(&pooler.unix_dsn("postgres")).await.unwrap();
     unix.simple_query("select 1").await.unwrap();
 }
+
+/// RELOAD applies changed server_tls_* settings to the pool's new server connections (a DBA
+/// turning TLS on toward PostgreSQL, or rotating its CA): after RELOAD and RECONNECT the same
+/// client's next transaction runs on a TLS connection, without the client reconnecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_changed_server_tls_settings_to_new_server_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pg, pg_ca) = postgres_with_ssl(dir.path()).await;
+    let settings = "pool_mode = \"transaction\"\nserver_tls_sslmode = \"disable\"\nadmin_users = [\"postgres\"]";
+    let mut pooler = PoolerProcess::start(&pg, settings).await.unwrap();
+    let admin = pooler.connect_dsn(&pooler.dsn("pgbouncer")).await.unwrap();
+    let client = pooler.connect().await.unwrap();
+    let ssl = |messages: Vec<tokio_postgres::SimpleQueryMessage>| {
+        messages.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        })
+    };
+    let ssl_of_server_session = "select ssl::text from pg_stat_ssl where pid = pg_backend_pid()";
+    assert_eq!(ssl(client.simple_query(ssl_of_server_session).await.unwrap()).as_deref(), Some("false"));
+
+    let path = pooler.process().config_path().clone();
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "server_tls_sslmode = \"disable\"",
+        &format!("server_tls_sslmode = \"verify-full\"\nserver_tls_ca_file = \"{}\"", pg_ca.display()),
+    );
+    std::fs::write(&path, text).unwrap();
+    admin.simple_query("RELOAD").await.unwrap();
+    admin.simple_query("RECONNECT").await.unwrap();
+    assert_eq!(
+        ssl(client.simple_query(ssl_of_server_session).await.unwrap()).as_deref(),
+        Some("true"),
+        "the server connection after RELOAD is not TLS:\n{}",
+        pooler.log()
+    );
+}

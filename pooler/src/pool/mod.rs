@@ -149,10 +149,23 @@ impl Pool {
     }
 
     /// RELOAD: new limits apply to the next checkout; a larger pool lets waiters open more.
-    pub fn update_settings(&self, settings: PoolSettings) {
+    /// New server connections are opened as the reloaded configuration says (database name,
+    /// server_connect_timeout, server_tls_*: a rotated CA or client certificate); the open
+    /// ones stay until they close (RECONNECT closes them at their next release).
+    pub fn update_settings(&self, settings: PoolSettings, dbname: &str, tls: Arc<crate::tls::ServerTls>) {
         let mut st = self.lock();
+        let mut login = LoginTarget::clone(&st.login);
+        login.dbname = dbname.to_owned();
+        login.connect_timeout = settings.server_connect_timeout;
+        login.tls = tls;
+        st.login = Arc::new(login);
         st.settings = Arc::new(settings);
         while self.grant_slot(&mut st, false) {}
+    }
+
+    /// How new server connections of this pool log in (what RELOAD last set).
+    pub fn login_target(&self) -> Arc<LoginTarget> {
+        self.lock().login.clone()
     }
 
     /// (open, checked out, idle, waiting clients)
