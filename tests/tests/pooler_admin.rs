@@ -298,6 +298,27 @@ async fn show_commands_report_traffic_settings_and_state() {
     assert!(state.iter().any(|r| r["key"] == "active" && r["value"] == "yes"), "{state:?}");
 }
 
+/// A RELOAD reaches clients that are already connected, at their next transaction boundary
+/// (PgBouncer's timeouts are global and apply at once): idle_transaction_timeout set by RELOAD
+/// ends a connected client's transaction left idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_reaches_connected_clients_at_their_next_transaction() {
+    let (_pg, mut pooler) = setup("pool_mode = \"transaction\"").await;
+    let admin = console(&pooler).await;
+    let client = pooler.connect().await.unwrap();
+    client.simple_query("select 1").await.unwrap();
+    let path = pooler.process().config_path().clone();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("idle_transaction_timeout = 1\n{text}")).unwrap();
+    admin.simple_query("RELOAD").await.unwrap();
+    client.simple_query("begin").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let err = client.simple_query("select 1").await.expect_err("idle in transaction past the reloaded timeout");
+    // The FATAL may reach the idle connection before the query does: then it is closed.
+    let message = err.as_db_error().map(|e| e.message().to_owned());
+    assert!(message.as_deref() == Some("idle transaction timeout") || client.is_closed(), "{err:?}");
+}
+
 /// SHOW STATS_AVERAGES is the last complete stats_period's: transactions and bytes per second,
 /// microseconds per transaction, as PgBouncer reports them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

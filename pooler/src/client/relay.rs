@@ -252,6 +252,7 @@ impl Relay {
             if self.shared.shutdown.is_stopping() {
                 return Some(End::fatal("57P01", crate::connections::SHUTTING_DOWN));
             }
+            self.follow_reload();
             match self.next_idle_event().await {
                 Event::Client(Ok(0)) | Event::Client(Err(_)) => return Some(End::ClientGone),
                 Event::Client(Ok(n)) => {
@@ -288,6 +289,7 @@ impl Relay {
         self.client_read_armed = false;
         let mut warm = None;
         loop {
+            self.follow_reload();
             self.transaction().await?;
             if !self.may_wait_warm() {
                 return Ok(Flow::Idle);
@@ -308,6 +310,15 @@ impl Relay {
                 }
                 _ => return Ok(Flow::Idle),
             }
+        }
+    }
+
+    /// Between transactions: settings a RELOAD changed since the client logged in take effect
+    /// for it now (timeouts, server_reset_query, pool_mode), as in PgBouncer.
+    fn follow_reload(&mut self) {
+        if self.pool.settings_changed_since(&self.settings) {
+            self.settings = self.pool.settings();
+            self.session.set_pool_mode(self.settings.pool_mode);
         }
     }
 

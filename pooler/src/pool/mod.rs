@@ -19,7 +19,7 @@ use crate::session::ParamMap;
 use crate::stats::PoolStats;
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -93,6 +93,9 @@ struct PoolState {
 pub struct Pool {
     pub key: PoolKey,
     state: Mutex<PoolState>,
+    /// The address of the settings now in force (`PoolState::settings`), to compare with a
+    /// client's copy without the lock (`settings_changed_since`); never dereferenced.
+    settings_at: AtomicUsize,
     pub stats: PoolStats,
     db_conns: Arc<ConnCounter>,
     user_conns: Arc<ConnCounter>,
@@ -116,10 +119,12 @@ impl Pool {
         user_conns: Arc<ConnCounter>,
         connections: Arc<Connections>,
     ) -> Self {
+        let settings = Arc::new(settings);
         Pool {
             key,
+            settings_at: AtomicUsize::new(Arc::as_ptr(&settings) as usize),
             state: Mutex::new(PoolState {
-                settings: Arc::new(settings),
+                settings,
                 login: Arc::new(login),
                 idle: Vec::new(),
                 total: 0,
@@ -160,7 +165,14 @@ impl Pool {
         login.tls = tls;
         st.login = Arc::new(login);
         st.settings = Arc::new(settings);
+        self.settings_at.store(Arc::as_ptr(&st.settings) as usize, Ordering::Relaxed);
         while self.grant_slot(&mut st, false) {}
+    }
+
+    /// Whether RELOAD replaced the settings since `mine` was taken (one load, no lock). The
+    /// holder of `mine` keeps it alive, so a new settings object cannot have its address.
+    pub fn settings_changed_since(&self, mine: &Arc<PoolSettings>) -> bool {
+        self.settings_at.load(Ordering::Relaxed) != Arc::as_ptr(mine) as usize
     }
 
     /// How new server connections of this pool log in (what RELOAD last set).

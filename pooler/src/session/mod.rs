@@ -243,6 +243,14 @@ impl Session {
         &self.config
     }
 
+    /// A reloaded pool_mode, taken between server connections only (a session-mode client
+    /// keeps its server connection, and so its mode, until it leaves).
+    pub fn set_pool_mode(&mut self, mode: PoolMode) {
+        if self.server.is_none() {
+            self.config.pool_mode = mode;
+        }
+    }
+
     /// The transaction status of the last ReadyForQuery the client got.
     pub fn transaction_status(&self) -> TransactionStatus {
         self.transaction
