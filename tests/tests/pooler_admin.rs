@@ -319,6 +319,33 @@ async fn reload_reaches_connected_clients_at_their_next_transaction() {
     assert!(message.as_deref() == Some("idle transaction timeout") || client.is_closed(), "{err:?}");
 }
 
+/// In session mode each transaction is counted when it ends, as in PgBouncer: SHOW STATS moves
+/// while a long-lived session works, not only when it disconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_transactions_are_counted_while_the_session_lasts() {
+    let (_pg, pooler) = setup("pool_mode = \"session\"").await;
+    let admin = console(&pooler).await;
+    let client = pooler.connect().await.unwrap();
+    // What came before (the harness's readiness probe was a session of its own).
+    let totals = |rows: Vec<HashMap<String, String>>| {
+        let t = rows.into_iter().find(|r| r["database"] == "postgres").expect("a postgres row");
+        let n = |key: &str| t[key].parse::<u64>().unwrap_or_else(|_| panic!("{key}: {t:?}"));
+        (n("xact_count"), n("query_count"), n("xact_time"), n("bytes_received"))
+    };
+    let before = totals(show(&admin, "STATS_TOTALS").await);
+    for i in 0..5 {
+        client.simple_query(&format!("select {i}")).await.unwrap();
+    }
+    client.batch_execute("begin; select pg_sleep(0.05); commit").await.unwrap();
+    let after = totals(show(&admin, "STATS_TOTALS").await);
+    // Five single-query transactions and one of three statements in one simple Query.
+    assert_eq!(after.0 - before.0, 6, "xact_count {before:?} -> {after:?}");
+    assert_eq!(after.1 - before.1, 6, "query_count {before:?} -> {after:?}");
+    assert!(after.2 - before.2 >= 50_000, "xact_time with a 50 ms sleep: {before:?} -> {after:?}");
+    assert!(after.3 > before.3, "bytes_received {before:?} -> {after:?}");
+    drop(client);
+}
+
 /// SHOW STATS_AVERAGES is the last complete stats_period's: transactions and bytes per second,
 /// microseconds per transaction, as PgBouncer reports them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -621,6 +621,8 @@ impl Relay {
             self.session.on_client_input(&self.cin, &mut io.actions).map_err(End::Session)?;
             if io.query_started.is_none() && self.server.is_some() && self.session.requests_in_flight() > 0 {
                 io.query_started = Some(now);
+                // In session mode the connection stays attached: a transaction starts here.
+                io.attached_at.get_or_insert(now);
             }
             let mut need_server = false;
             let mut release = None;
@@ -680,7 +682,15 @@ impl Relay {
                 let spent = now.saturating_duration_since(started).as_micros() as u64;
                 self.pool.stats.query_time_us.fetch_add(spent, Ordering::Relaxed);
             }
+            // Session mode keeps the connection between transactions: each one is counted
+            // when it ends, as PgBouncer does, not when the client leaves.
+            if self.settings.pool_mode == PoolMode::Session
+                && self.session.transaction_status() == crate::protocol::TransactionStatus::Idle
+            {
+                self.count_transaction(now);
+            }
         }
+        let io = buffers::io(&mut self.io);
         let mut release = None;
         if let [Action::Forward(n)] = io.actions.as_slice() {
             let n = *n;
@@ -883,8 +893,10 @@ impl Relay {
     /// one.
     fn count_transaction(&mut self, now: Instant) {
         let stats = &self.pool.stats;
-        stats.xact_count.fetch_add(1, Ordering::Relaxed);
+        // A checkout is a transaction in transaction mode; in session mode the connection is
+        // released at the end of the session, and its transactions were counted one by one.
         if let Some(at) = self.io.as_mut().and_then(|io| io.attached_at.take()) {
+            stats.xact_count.fetch_add(1, Ordering::Relaxed);
             stats.xact_time_us.fetch_add(now.saturating_duration_since(at).as_micros() as u64, Ordering::Relaxed);
         }
         stats.query_count.fetch_add(self.session.take_queries_answered(), Ordering::Relaxed);
