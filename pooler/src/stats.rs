@@ -13,6 +13,9 @@ pub const WAIT_BUCKETS: [f64; 10] = [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0
 
 #[derive(Default)]
 pub struct PoolStats {
+    /// Server connections handed to clients (a transaction's in transaction mode, a
+    /// session's in session mode).
+    pub assignments: AtomicU64,
     pub xact_count: AtomicU64,
     pub query_count: AtomicU64,
     pub bytes_received: AtomicU64,
@@ -66,11 +69,11 @@ impl PoolStats {
         std::array::from_fn(|i| self.wait_buckets[i].load(Ordering::Relaxed))
     }
 
-    /// The totals SHOW STATS reports (every server assignment is a transaction's checkout).
+    /// The totals SHOW STATS reports.
     pub fn totals(&self) -> StatsCounters {
         let xacts = self.xact_count.load(Ordering::Relaxed);
         StatsCounters {
-            server_assignment_count: xacts,
+            server_assignment_count: self.assignments.load(Ordering::Relaxed),
             xact_count: xacts,
             query_count: self.query_count.load(Ordering::Relaxed),
             received: self.bytes_received.load(Ordering::Relaxed),

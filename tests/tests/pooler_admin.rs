@@ -330,7 +330,7 @@ async fn session_mode_transactions_are_counted_while_the_session_lasts() {
     let totals = |rows: Vec<HashMap<String, String>>| {
         let t = rows.into_iter().find(|r| r["database"] == "postgres").expect("a postgres row");
         let n = |key: &str| t[key].parse::<u64>().unwrap_or_else(|_| panic!("{key}: {t:?}"));
-        (n("xact_count"), n("query_count"), n("xact_time"), n("bytes_received"))
+        (n("xact_count"), n("query_count"), n("xact_time"), n("bytes_received"), n("server_assignment_count"))
     };
     let before = totals(show(&admin, "STATS_TOTALS").await);
     for i in 0..5 {
@@ -343,6 +343,8 @@ async fn session_mode_transactions_are_counted_while_the_session_lasts() {
     assert_eq!(after.1 - before.1, 6, "query_count {before:?} -> {after:?}");
     assert!(after.2 - before.2 >= 50_000, "xact_time with a 50 ms sleep: {before:?} -> {after:?}");
     assert!(after.3 > before.3, "bytes_received {before:?} -> {after:?}");
+    // One server connection assigned to the session, at its first query.
+    assert_eq!(after.4 - before.4, 1, "server_assignment_count {before:?} -> {after:?}");
     drop(client);
 }
 

@@ -839,6 +839,7 @@ impl Relay {
             }
         }
         self.cancel.attach(&conn.cancel);
+        self.pool.stats.assignments.fetch_add(1, Ordering::Relaxed);
         io.attached_at = Some(now);
         // The request that needed the server goes to it now.
         io.query_started = Some(now);
