@@ -321,6 +321,8 @@ fn nix_shutdown(fd: BorrowedFd<'_>) -> std::io::Result<()> {
 pub enum ServerState {
     Idle = 0,
     Active = 1,
+    /// Running server_check_query before it is handed out.
+    Tested = 2,
 }
 
 /// One open server connection.
@@ -343,11 +345,15 @@ pub struct ServerEntry {
 
 impl ServerEntry {
     pub fn state(&self) -> ServerState {
-        if self.state.load(Ordering::Relaxed) == ServerState::Active as u8 {
-            ServerState::Active
-        } else {
-            ServerState::Idle
+        match self.state.load(Ordering::Relaxed) {
+            1 => ServerState::Active,
+            2 => ServerState::Tested,
+            _ => ServerState::Idle,
         }
+    }
+    /// Its server_check_query runs now.
+    pub fn testing(&self) {
+        self.state.store(ServerState::Tested as u8, Ordering::Relaxed);
     }
     pub fn request_time(&self) -> SystemTime {
         from_micros(self.request_time_us.load(Ordering::Relaxed))

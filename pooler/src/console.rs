@@ -58,13 +58,18 @@ impl AdminBackend for ConsoleBackend {
             .map(|pool| {
                 let (_total, active, idle, waiting) = pool.counts();
                 let clients = pool.stats.clients.load(Ordering::Relaxed);
+                let login = pool.stats.servers_login.load(Ordering::Relaxed);
+                let tested = pool.stats.servers_tested.load(Ordering::Relaxed);
                 PoolRow {
                     database: pool.key.database.clone(),
                     user: pool.key.user.clone(),
                     cl_active: clients.saturating_sub(waiting),
                     cl_waiting: waiting,
-                    sv_active: active,
+                    // The pool counts a connection being opened or tested as checked out.
+                    sv_active: active.saturating_sub(login + tested),
                     sv_idle: idle,
+                    sv_tested: tested,
+                    sv_login: login,
                     pool_mode: mode_name(pool.settings().pool_mode),
                     ..Default::default()
                 }

@@ -1,5 +1,5 @@
 //! SHOW CLIENTS and SHOW SERVERS rows from the connection registry's entries, in PgBouncer's
-//! terms: `ptr`/`link` as hex ids, client states active/waiting, server states active/idle,
+//! terms: `ptr`/`link` as hex ids, client states active/waiting, server states active/idle/tested,
 //! close_needed for server connections older than their pool's last RECONNECT or KILL.
 
 use crate::admin::rows::SocketRow;
@@ -63,6 +63,7 @@ pub fn server(s: &ServerEntry, generations: &HashMap<PoolKey, u64>) -> SocketRow
         state: match s.state() {
             ServerState::Active => "active",
             ServerState::Idle => "idle",
+            ServerState::Tested => "tested",
         }
         .into(),
         addr: s.endpoints.addr(),

@@ -348,6 +348,34 @@ async fn session_mode_transactions_are_counted_while_the_session_lasts() {
     drop(client);
 }
 
+/// A server connection running server_check_query before it is handed out shows as `tested`
+/// in SHOW SERVERS (and in SHOW POOLS' sv_tested), then as active with its client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_connection_being_checked_shows_as_tested() {
+    let settings = "pool_mode = \"transaction\"\nserver_check_delay = 0\nserver_check_query = \"select pg_sleep(1)\"";
+    let (_pg, pooler) = setup(settings).await;
+    let admin = console(&pooler).await;
+    let client = pooler.connect().await.unwrap();
+    client.simple_query("select 1").await.unwrap();
+    // The next checkout checks the idle connection first (for a second).
+    let query = tokio::spawn(async move { client.simple_query("select 2").await.map(|_| ()) });
+    let started = Instant::now();
+    let tested = loop {
+        let servers = show(&admin, "SERVERS").await;
+        if let Some(row) = servers.iter().find(|r| r["state"] == "tested") {
+            break row.clone();
+        }
+        assert!(started.elapsed() < Duration::from_millis(900), "no server shown as tested: {servers:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(tested["link"], "", "a connection under test has no client yet: {tested:?}");
+    let pools = show(&admin, "POOLS").await;
+    // Tested, not active: the two states do not overlap, as in PgBouncer.
+    let pool = pools.iter().find(|p| p["database"] == "postgres").unwrap_or_else(|| panic!("{pools:?}"));
+    assert_eq!((pool["sv_tested"].as_str(), pool["sv_active"].as_str()), ("1", "0"), "{pools:?}");
+    query.await.unwrap().unwrap();
+}
+
 /// SHOW STATS_AVERAGES is the last complete stats_period's: transactions and bytes per second,
 /// microseconds per transaction, as PgBouncer reports them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -405,6 +405,9 @@ impl Pool {
         if let Some(settings) = checkout.check_query {
             let timeout = settings.server_connect_timeout;
             let _tested = crate::stats::InState::enter(&self.stats.servers_tested);
+            if let Some(registration) = &conn.registration {
+                registration.entry().testing();
+            }
             if let Err(e) = conn.run_query("check_query", &settings.server_check_query, timeout).await {
                 tracing::info!(server = %conn.addr, "closing server connection: {e}");
                 self.close(conn);
