@@ -122,3 +122,65 @@ async fn scram_clients_log_in_with_the_auth_file_password_and_a_wrong_one_gets_2
     let err = pooler.connect_dsn(&bad).await.err().map(|e| format!("{e:#}")).unwrap_or_default();
     assert!(err.contains("28P01") || err.contains("password authentication failed"), "{err}");
 }
+
+/// The ParameterStatus messages of a raw login (trusted): name -> value, up to ReadyForQuery.
+async fn welcome(pooler: &PoolerProcess, params: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", pooler.port())).await.unwrap();
+    let mut body = 196608i32.to_be_bytes().to_vec();
+    for (name, value) in [("user", "postgres"), ("database", "postgres")].iter().chain(params) {
+        body.extend_from_slice(name.as_bytes());
+        body.push(0);
+        body.extend_from_slice(value.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    packet.extend_from_slice(&body);
+    stream.write_all(&packet).await.unwrap();
+    let mut reported = std::collections::HashMap::new();
+    loop {
+        let mut header = [0u8; 5];
+        stream.read_exact(&mut header).await.unwrap();
+        let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        let mut body = vec![0u8; len - 4];
+        stream.read_exact(&mut body).await.unwrap();
+        match header[0] {
+            b'S' => {
+                let mut parts = body.split(|&b| b == 0).map(|s| String::from_utf8_lossy(s).into_owned());
+                let (name, value) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+                reported.insert(name, value);
+            }
+            b'Z' => return reported,
+            b'E' => panic!("login refused: {}", String::from_utf8_lossy(&body)),
+            _ => {}
+        }
+    }
+}
+
+/// Each client is welcomed with its own tracked parameters (application_name, TimeZone, ...)
+/// and the server's other values, also when the welcome encoded for the parameters most clients
+/// share is reused, and after a client with other parameters came in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_client_is_welcomed_with_its_own_parameters() {
+    let pg = postgres().await;
+    let pooler = PoolerProcess::start(&pg, "pool_mode = \"transaction\"").await.unwrap();
+    let logins: [&[(&str, &str)]; 5] = [
+        &[("application_name", "a")],
+        &[("application_name", "b")],
+        &[("application_name", "a")],
+        &[("application_name", "c"), ("TimeZone", "Asia/Tokyo")],
+        &[("application_name", "a")],
+    ];
+    for params in logins {
+        let reported = welcome(&pooler, params).await;
+        for (name, value) in params {
+            assert_eq!(reported.get(*name).map(String::as_str), Some(*value), "{params:?}: {reported:?}");
+        }
+        if !params.iter().any(|(name, _)| *name == "TimeZone") {
+            assert_ne!(reported.get("TimeZone").map(String::as_str), Some("Asia/Tokyo"), "{reported:?}");
+        }
+        assert!(reported.get("server_version").is_some_and(|v| v.starts_with("15")), "{reported:?}");
+        assert_eq!(reported.get("client_encoding").map(String::as_str), Some("UTF8"), "{reported:?}");
+    }
+}

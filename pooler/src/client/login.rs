@@ -10,9 +10,7 @@ use crate::cancel::{CancelSlot, ClientKey};
 use crate::config::PoolerConfig;
 use crate::connections::{ClientHandle, NewClient};
 use crate::pool::{Pool, PoolKey, PoolSettings};
-use crate::protocol::message::{
-    write_authentication_ok, write_backend_key_data, write_parameter_status, write_ready_for_query,
-};
+use crate::protocol::message::{write_authentication_ok, write_backend_key_data, write_ready_for_query};
 use crate::protocol::{parse_startup_packet, StartupMessage, StartupPacket, TransactionStatus};
 use crate::runtime::Shared;
 use crate::server::auth_query::AuthQueryOnServer;
@@ -148,20 +146,21 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
             }
         },
     };
-    let mut params = ParamMap::from_pairs(welcome.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    for (name, value) in &startup.params {
-        if !params.set_by_name(name, value) && !matches!(name.as_str(), "user" | "database") {
-            tracing::debug!(parameter = name.as_str(), "startup parameter in ignore_startup_parameters; ignored");
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        for (name, _) in &startup.params {
+            if crate::session::TrackedParam::from_name(name).is_none() && !matches!(name.as_str(), "user" | "database")
+            {
+                tracing::debug!(parameter = name.as_str(), "startup parameter in ignore_startup_parameters; ignored");
+            }
         }
     }
-    let params = pool.share_params(params);
+    // The server's values, the client's own where it sent them.
+    let pairs = welcome.iter().chain(startup.params.iter()).map(|(k, v)| (k.as_str(), v.as_str()));
+    let params = pool.share_values(&ParamMap::values_of(pairs));
     let (key, cancel) = shared.cancels.register();
     let mut out = BytesMut::with_capacity(512);
     write_authentication_ok(&mut out);
-    for (name, value) in welcome.iter() {
-        let value = crate::session::TrackedParam::from_name(name).and_then(|p| params.get(p)).unwrap_or(value);
-        write_parameter_status(name, value, &mut out);
-    }
+    out.extend_from_slice(&pool.welcome_messages(&params, &welcome));
     write_backend_key_data(key.process_id, &key.secret_key, &mut out);
     write_ready_for_query(TransactionStatus::Idle, &mut out);
     if stream.send(&out).await.is_err() {

@@ -53,7 +53,7 @@ impl TrackedParam {
 ///
 /// Copy on write: clones share one allocation until one of them changes a value, and the
 /// pool hands clients that logged in with the same values one shared map
-/// (`Pool::share_params`). An idle client costs 8 bytes here instead of six strings.
+/// (`Pool::share_values`). An idle client costs 8 bytes here instead of six strings.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ParamMap {
     values: Arc<[Option<Box<str>>; 6]>,
@@ -72,6 +72,28 @@ impl ParamMap {
             map.set_by_name(name, value);
         }
         map
+    }
+
+    /// The values name/value pairs give (later pairs win; untracked names are ignored), as
+    /// borrowed strings: what a login compares with the map other clients share before it
+    /// builds one (`Pool::share_values`).
+    pub fn values_of<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> [Option<&'a str>; 6] {
+        let mut values = [None; 6];
+        for (name, value) in pairs {
+            if let Some(param) = TrackedParam::from_name(name) {
+                values[param.index()] = Some(value);
+            }
+        }
+        values
+    }
+
+    /// Whether this map holds exactly `values`.
+    pub fn has_values(&self, values: &[Option<&str>; 6]) -> bool {
+        TrackedParam::ALL.into_iter().all(|param| self.get(param) == values[param.index()])
+    }
+
+    pub fn from_values(values: &[Option<&str>; 6]) -> Self {
+        ParamMap { values: Arc::new(std::array::from_fn(|i| values[i].map(Box::from))) }
     }
 
     pub fn get(&self, param: TrackedParam) -> Option<&str> {
@@ -132,6 +154,20 @@ impl ParamMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_of_pairs_are_what_a_map_built_from_them_holds() {
+        let pairs =
+            [("TimeZone", "UTC"), ("server_version", "15"), ("datestyle", "ISO, MDY"), ("TimeZone", "Asia/Tokyo")];
+        let values = ParamMap::values_of(pairs);
+        let built = ParamMap::from_pairs(pairs);
+        assert!(built.has_values(&values));
+        assert_eq!(ParamMap::from_values(&values), built);
+        assert_eq!(built.get(TrackedParam::TimeZone), Some("Asia/Tokyo"), "the later pair wins");
+        let mut other = values;
+        other[TrackedParam::ApplicationName.index()] = Some("app");
+        assert!(!built.has_values(&other));
+    }
 
     #[test]
     fn names_are_case_insensitive() {
