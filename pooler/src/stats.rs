@@ -111,12 +111,17 @@ impl PoolStats {
 
     /// Adds a client's named-statement work (`Session::take_prepared_counts`).
     pub fn add_prepared(&self, counts: crate::session::PreparedCounts) {
-        if counts.is_zero() {
-            return;
+        // One atomic add per counter that moved: a driver that caches its statements binds
+        // in every transaction but parses only at its first.
+        for (counter, n) in [
+            (&self.client_parse_count, counts.client_parse),
+            (&self.server_parse_count, counts.server_parse),
+            (&self.bind_count, counts.bind),
+        ] {
+            if n > 0 {
+                counter.fetch_add(u64::from(n), Ordering::Relaxed);
+            }
         }
-        self.client_parse_count.fetch_add(u64::from(counts.client_parse), Ordering::Relaxed);
-        self.server_parse_count.fetch_add(u64::from(counts.server_parse), Ordering::Relaxed);
-        self.bind_count.fetch_add(u64::from(counts.bind), Ordering::Relaxed);
     }
 
     pub fn count_error(&self, kind: &'static str) {
