@@ -165,6 +165,38 @@ pub fn render(shared: &Shared) -> String {
     counter("pgbouncer_stats_sent_bytes_total", "Bytes sent to clients.", &mut out, &|p| {
         p.stats.bytes_sent.load(Ordering::Relaxed)
     });
+    counter(
+        "pgbouncer_stats_client_parses_total",
+        "Prepared statement Parse messages received from clients.",
+        &mut out,
+        &|p| p.stats.client_parse_count.load(Ordering::Relaxed),
+    );
+    counter(
+        "pgbouncer_stats_server_parses_total",
+        "Prepared statement Parse messages sent to PostgreSQL.",
+        &mut out,
+        &|p| p.stats.server_parse_count.load(Ordering::Relaxed),
+    );
+    counter(
+        "pgbouncer_stats_binds_total",
+        "Prepared statements readied for execution with a Bind message.",
+        &mut out,
+        &|p| p.stats.bind_count.load(Ordering::Relaxed),
+    );
+    for (name, help, micros) in [
+        (
+            "pgbouncer_stats_queries_duration_seconds_total",
+            "Time spent executing queries on PostgreSQL.",
+            &(|p: &Pool| p.stats.query_time_us.load(Ordering::Relaxed)) as &dyn Fn(&Pool) -> u64,
+        ),
+        (
+            "pgbouncer_stats_server_in_transaction_seconds_total",
+            "Time server connections spent in transactions of clients.",
+            &|p: &Pool| p.stats.xact_time_us.load(Ordering::Relaxed),
+        ),
+    ] {
+        family(&mut out, name, "counter", help, &pools, |p| micros(p) as f64 / 1e6);
+    }
     family(
         &mut out,
         "pgbouncer_stats_client_wait_seconds_total",

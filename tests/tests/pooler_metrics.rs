@@ -64,6 +64,23 @@ async fn metrics_show_a_waiting_client_then_its_wait_and_the_totals() {
     let wait_sum = sample(&text, &series("pgha_pooler_client_wait_seconds_sum")).unwrap();
     assert!(wait_sum >= 0.25, "wait sum {wait_sum}");
     assert!(sample(&text, &series("pgbouncer_stats_received_bytes_total")).unwrap() > 0.0, "{text}");
+    // The holder's transaction lasted the ~300 ms the waiter waited.
+    let in_transaction = sample(&text, &series("pgbouncer_stats_server_in_transaction_seconds_total")).unwrap();
+    assert!(in_transaction >= 0.25, "server_in_transaction_seconds {in_transaction}: {text}");
+    let in_queries = sample(&text, &series("pgbouncer_stats_queries_duration_seconds_total")).unwrap();
+    assert!(in_queries > 0.0 && in_queries <= in_transaction, "queries_duration_seconds {in_queries}: {text}");
+
+    // Named prepared statements: one Parse from the client, one sent to the server, two Binds.
+    let client = pooler.connect().await.unwrap();
+    let statement = client.prepare("select $1::int4").await.unwrap();
+    for i in 0..2 {
+        client.query_one(&statement, &[&i]).await.unwrap();
+    }
+    let text = http_get(&addr, "/metrics").await.unwrap();
+    let count = |name: &str| sample(&text, &series(name)).unwrap_or_else(|| panic!("{name} missing: {text}"));
+    assert_eq!(count("pgbouncer_stats_client_parses_total"), 1.0, "{text}");
+    assert_eq!(count("pgbouncer_stats_server_parses_total"), 1.0, "{text}");
+    assert_eq!(count("pgbouncer_stats_binds_total"), 2.0, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
