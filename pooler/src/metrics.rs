@@ -183,27 +183,27 @@ pub fn render(shared: &Shared) -> String {
         &mut out,
         &|p| p.stats.bind_count.load(Ordering::Relaxed),
     );
-    for (name, help, micros) in [
-        (
-            "pgbouncer_stats_queries_duration_seconds_total",
-            "Time spent executing queries on PostgreSQL.",
-            &(|p: &Pool| p.stats.query_time_us.load(Ordering::Relaxed)) as &dyn Fn(&Pool) -> u64,
-        ),
-        (
-            "pgbouncer_stats_server_in_transaction_seconds_total",
-            "Time server connections spent in transactions of clients.",
-            &|p: &Pool| p.stats.xact_time_us.load(Ordering::Relaxed),
-        ),
-    ] {
-        family(&mut out, name, "counter", help, &pools, |p| micros(p) as f64 / 1e6);
-    }
-    family(
+    // Times the pool counts in microseconds, exported in seconds.
+    let seconds = |name: &str, help: &str, out: &mut String, micros: &dyn Fn(&Pool) -> u64| {
+        family(out, name, "counter", help, &pools, |p| micros(p) as f64 / 1e6);
+    };
+    seconds(
+        "pgbouncer_stats_queries_duration_seconds_total",
+        "Time spent executing queries on PostgreSQL.",
         &mut out,
+        &|p| p.stats.query_time_us.load(Ordering::Relaxed),
+    );
+    seconds(
+        "pgbouncer_stats_server_in_transaction_seconds_total",
+        "Time server connections spent in transactions of clients.",
+        &mut out,
+        &|p| p.stats.xact_time_us.load(Ordering::Relaxed),
+    );
+    seconds(
         "pgbouncer_stats_client_wait_seconds_total",
-        "counter",
         "Time clients spent waiting for a server connection.",
-        &pools,
-        |p| p.stats.wait_time_us.load(Ordering::Relaxed) as f64 / 1e6,
+        &mut out,
+        &|p| p.stats.wait_time_us.load(Ordering::Relaxed),
     );
 
     let name = "pgha_pooler_client_wait_seconds";

@@ -319,6 +319,38 @@ async fn reload_reaches_connected_clients_at_their_next_transaction() {
     assert!(message.as_deref() == Some("idle transaction timeout") || client.is_closed(), "{err:?}");
 }
 
+/// A session-mode client keeps its mode after a RELOAD to transaction mode: its session
+/// settings are reset (DISCARD ALL) when it leaves, not handed to the next client, and its
+/// transactions are still counted as they end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_mode_client_keeps_its_mode_across_a_reload() {
+    let (_pg, mut pooler) = setup("pool_mode = \"session\"\ndefault_pool_size = 1").await;
+    let admin = console(&pooler).await;
+    let held = pooler.connect().await.unwrap();
+    held.simple_query("set work_mem = '7MB'").await.unwrap();
+    let path = pooler.process().config_path().clone();
+    let text =
+        std::fs::read_to_string(&path).unwrap().replace("pool_mode = \"session\"", "pool_mode = \"transaction\"");
+    std::fs::write(&path, text).unwrap();
+    admin.simple_query("RELOAD").await.unwrap();
+    let xacts = |rows: Vec<HashMap<String, String>>| {
+        let t = rows.into_iter().find(|r| r["database"] == "postgres").expect("a postgres row");
+        t["xact_count"].parse::<u64>().unwrap_or_else(|_| panic!("{t:?}"))
+    };
+    let before = xacts(show(&admin, "STATS_TOTALS").await);
+    held.simple_query("select 1").await.unwrap();
+    assert_eq!(xacts(show(&admin, "STATS_TOTALS").await) - before, 1, "the session's transaction is counted");
+    drop(held);
+    // The only server connection, after the session that changed work_mem on it.
+    let next = pooler.connect().await.unwrap();
+    let rows = next.simple_query("show work_mem").await.unwrap();
+    let work_mem = rows.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(work_mem.as_deref(), Some("4MB"), "the session's setting leaked to the next client");
+}
+
 /// In session mode each transaction is counted when it ends, as in PgBouncer: SHOW STATS moves
 /// while a long-lived session works, not only when it disconnects.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -217,11 +217,7 @@ impl Relay {
         if !idle {
             return Err(Box::new(self));
         }
-        let stats = &self.pool.stats;
-        stats.query_count.fetch_add(self.session.take_queries_answered(), Ordering::Relaxed);
-        stats.add_prepared(self.session.take_prepared_counts());
-        stats.bytes_received.fetch_add(std::mem::take(&mut self.bytes_in), Ordering::Relaxed);
-        stats.bytes_sent.fetch_add(std::mem::take(&mut self.bytes_out), Ordering::Relaxed);
+        self.flush_counts();
         if !self.session.is_at_rest() {
             return Err(Box::new(self));
         }
@@ -684,7 +680,7 @@ impl Relay {
             }
             // Session mode keeps the connection between transactions: each one is counted
             // when it ends, as PgBouncer does, not when the client leaves.
-            if self.settings.pool_mode == PoolMode::Session
+            if self.session.config().pool_mode == PoolMode::Session
                 && self.session.transaction_status() == crate::protocol::TransactionStatus::Idle
             {
                 self.count_transaction(now);
@@ -900,17 +896,19 @@ impl Relay {
             stats.xact_count.fetch_add(1, Ordering::Relaxed);
             stats.xact_time_us.fetch_add(now.saturating_duration_since(at).as_micros() as u64, Ordering::Relaxed);
         }
+        self.flush_counts();
+        // How many statements the client has prepared now (SHOW CLIENTS).
+        self.me.entry().set_prepared_statements(self.session.prepared_statements());
+    }
+
+    /// Adds what was counted since the last flush to the pool's totals: queries answered,
+    /// bytes each way, named-statement work.
+    fn flush_counts(&mut self) {
+        let stats = &self.pool.stats;
         stats.query_count.fetch_add(self.session.take_queries_answered(), Ordering::Relaxed);
         stats.bytes_received.fetch_add(std::mem::take(&mut self.bytes_in), Ordering::Relaxed);
         stats.bytes_sent.fetch_add(std::mem::take(&mut self.bytes_out), Ordering::Relaxed);
-        self.count_prepared();
-    }
-
-    /// Named-statement work since the last count (the pool's totals), and how many statements
-    /// the client has prepared now (SHOW CLIENTS).
-    fn count_prepared(&mut self) {
-        self.pool.stats.add_prepared(self.session.take_prepared_counts());
-        self.me.entry().set_prepared_statements(self.session.prepared_statements());
+        stats.add_prepared(self.session.take_prepared_counts());
     }
 
     /// Runs server_reset_query, then pools the connection (or closes it if the query fails).
@@ -972,7 +970,8 @@ impl Relay {
                 (true, Some(state)) => {
                     let mut conn = conn;
                     conn.state = Some(state);
-                    if self.settings.pool_mode == PoolMode::Session || self.settings.server_reset_query_always {
+                    // The session's mode: a RELOAD does not change it under a held connection.
+                    if self.session.config().pool_mode == PoolMode::Session || self.settings.server_reset_query_always {
                         Box::pin(self.reset_and_release(conn)).await;
                     } else {
                         self.pool.release(conn);
@@ -984,12 +983,8 @@ impl Relay {
                 }
             }
         }
-        let stats = &self.pool.stats;
-        stats.query_count.fetch_add(self.session.take_queries_answered(), Ordering::Relaxed);
-        stats.bytes_received.fetch_add(self.bytes_in, Ordering::Relaxed);
-        stats.bytes_sent.fetch_add(self.bytes_out, Ordering::Relaxed);
-        stats.add_prepared(self.session.take_prepared_counts());
-        stats.clients.fetch_sub(1, Ordering::Relaxed);
+        self.flush_counts();
+        self.pool.stats.clients.fetch_sub(1, Ordering::Relaxed);
         self.shared.cancels.unregister(self.key);
         let _ = self.client.shutdown().await;
         self.give_back_buffers();

@@ -186,11 +186,6 @@ impl Pool {
         self.settings_at.load(Ordering::Relaxed) != Arc::as_ptr(mine) as usize
     }
 
-    /// How new server connections of this pool log in (what RELOAD last set).
-    pub fn login_target(&self) -> Arc<LoginTarget> {
-        self.lock().login.clone()
-    }
-
     /// (open, checked out, idle, waiting clients)
     pub fn counts(&self) -> (u32, u32, u32, u32) {
         let st = self.lock();
@@ -203,7 +198,7 @@ impl Pool {
 
     /// The ParameterStatus messages that welcome a client whose session parameters are
     /// `params`: the server's `welcome` values, the tracked ones as the client asked for them.
-    /// Encoded once for the parameters most clients share (`share_params`), not at every
+    /// Encoded once for the parameters most clients share (`share_values`), not at every
     /// login (a new connection per transaction spent about 4,000 instructions on them).
     pub fn welcome_messages(&self, params: &ParamMap, welcome: &Arc<Vec<(String, String)>>) -> bytes::Bytes {
         if let Some(wire) = &self.lock().welcome_wire {
