@@ -102,6 +102,22 @@ impl PoolerProcess {
     }
 }
 
+/// A protocol 3.0 StartupMessage with `params` (name, value), for tests that speak to the
+/// pooler below what tokio-postgres lets them send.
+pub fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = 196_608u32.to_be_bytes().to_vec();
+    for (name, value) in params {
+        body.extend_from_slice(name.as_bytes());
+        body.push(0);
+        body.extend_from_slice(value.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    packet.extend_from_slice(&body);
+    packet
+}
+
 /// `GET <path>` on `addr` over plain HTTP/1.1 (for /metrics); the body, bounded by 5 s.
 pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -521,16 +521,7 @@ async fn unknown_startup_parameters_are_refused_unless_in_ignore_startup_paramet
 /// Sends a StartupMessage and returns the first bytes of the answer.
 async fn raw_startup(port: u16, params: &[(&str, &str)]) -> Vec<u8> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut body = 196_608u32.to_be_bytes().to_vec();
-    for (k, v) in params {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    packet.extend_from_slice(&body);
+    let packet = harness::pooler::startup_packet(params);
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     stream.write_all(&packet).await.unwrap();
     let mut answer = vec![0u8; 512];

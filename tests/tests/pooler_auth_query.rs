@@ -87,10 +87,7 @@ async fn an_md5_user_logs_in_through_auth_query_and_a_scram_one_still_with_scram
 async fn auth_request(pooler: &PoolerProcess, user: &str) -> i32 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", pooler.port())).await.unwrap();
-    let params = format!("user\0{user}\0database\0postgres\0\0");
-    let mut startup = ((8 + params.len()) as i32).to_be_bytes().to_vec();
-    startup.extend_from_slice(&196608i32.to_be_bytes());
-    startup.extend_from_slice(params.as_bytes());
+    let startup = harness::pooler::startup_packet(&[("user", user), ("database", "postgres")]);
     stream.write_all(&startup).await.unwrap();
     let mut header = [0u8; 9];
     stream.read_exact(&mut header).await.unwrap();

@@ -127,17 +127,9 @@ async fn scram_clients_log_in_with_the_auth_file_password_and_a_wrong_one_gets_2
 async fn welcome(pooler: &PoolerProcess, params: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", pooler.port())).await.unwrap();
-    let mut body = 196608i32.to_be_bytes().to_vec();
-    for (name, value) in [("user", "postgres"), ("database", "postgres")].iter().chain(params) {
-        body.extend_from_slice(name.as_bytes());
-        body.push(0);
-        body.extend_from_slice(value.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-    packet.extend_from_slice(&body);
-    stream.write_all(&packet).await.unwrap();
+    let mut all = vec![("user", "postgres"), ("database", "postgres")];
+    all.extend_from_slice(params);
+    stream.write_all(&harness::pooler::startup_packet(&all)).await.unwrap();
     let mut reported = std::collections::HashMap::new();
     loop {
         let mut header = [0u8; 5];
