@@ -96,6 +96,7 @@ pub fn view_from_dcs(dcs: &DcsView, now: i64) -> (ClusterView, Vec<MemberAddress
         }
     }
     view.paused = dcs.dynamic_config().pause();
+    view.retain_slots = dcs.status.as_ref().and_then(|s| s.value.retain_slots.clone()).unwrap_or_default();
     (view, addresses)
 }
 

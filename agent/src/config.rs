@@ -57,6 +57,8 @@ pub struct HaTiming {
     pub maximum_lag_on_failover: u64,
     /// How long a crashed primary may take to restart in place before the lock is given up.
     pub primary_start_timeout: f64,
+    /// Seconds the primary keeps the slot of a member that left the DCS (0: drop at once).
+    pub member_slots_ttl: f64,
 }
 
 impl Default for HaTiming {
@@ -67,6 +69,7 @@ impl Default for HaTiming {
             retry_timeout: 2.0,
             maximum_lag_on_failover: 1 << 20,
             primary_start_timeout: 20.0,
+            member_slots_ttl: 1800.0,
         }
     }
 }
@@ -80,6 +83,7 @@ impl HaTiming {
             retry_timeout: d(self.retry_timeout),
             maximum_lag_on_failover: self.maximum_lag_on_failover,
             primary_start_timeout: d(self.primary_start_timeout),
+            member_slots_ttl: d(self.member_slots_ttl),
         }
     }
 }

@@ -39,7 +39,7 @@ pub fn seconds(config: &DynamicConfig, key: &str) -> Result<Option<f64>, String>
 }
 
 /// The HA settings in effect: the agent file's `[ha]`, overridden by the DCS where it sets ttl,
-/// loop_wait, retry_timeout, maximum_lag_on_failover or primary_start_timeout. A new ttl is the
+/// loop_wait, retry_timeout, maximum_lag_on_failover, primary_start_timeout or member_slots_ttl. A new ttl is the
 /// length of the leader and member leases from the next refresh on (as in Patroni). An unsafe or
 /// unreadable combination is refused as a whole (Err says why) and the caller keeps what it runs.
 pub fn effective_ha(base: &HaConfig, config: &DynamicConfig) -> Result<HaConfig, String> {
@@ -56,6 +56,11 @@ pub fn effective_ha(base: &HaConfig, config: &DynamicConfig) -> Result<HaConfig,
     if let Some(v) = seconds(config, "primary_start_timeout")? {
         ha.primary_start_timeout = Duration::from_secs_f64(v);
     }
+    if let Some(v) = config.get("member_slots_ttl").filter(|v| !v.is_null()) {
+        ha.member_slots_ttl = duration_with_unit(v).ok_or(format!(
+            "member_slots_ttl = {v} is not a duration (seconds, or a number with ms, s, min, h or d)"
+        ))?;
+    }
     if let Some(v) = config.get("maximum_lag_on_failover") {
         ha.maximum_lag_on_failover = v
             .as_u64()
@@ -64,6 +69,30 @@ pub fn effective_ha(base: &HaConfig, config: &DynamicConfig) -> Result<HaConfig,
     }
     check_timing(ha.ttl.as_secs_f64(), ha.loop_wait.as_secs_f64(), ha.retry_timeout.as_secs_f64())?;
     Ok(ha)
+}
+
+/// A duration as Patroni takes it: a number of seconds, or a string of a number with an optional
+/// unit (`ms`, `s`, `min`, `h`, `d`), e.g. `"30min"`. Zero is allowed; negative is not.
+pub fn duration_with_unit(v: &Value) -> Option<Duration> {
+    let seconds = match v {
+        Value::Number(n) => n.as_f64()?,
+        Value::String(s) => {
+            let s = s.trim();
+            let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+            let (number, unit) = s.split_at(split);
+            let factor = match unit.trim() {
+                "ms" => 0.001,
+                "" | "s" => 1.0,
+                "min" => 60.0,
+                "h" => 3600.0,
+                "d" => 86400.0,
+                _ => return None,
+            };
+            number.parse::<f64>().ok()? * factor
+        }
+        _ => return None,
+    };
+    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
 }
 
 /// A parameter value as it goes into pgha.conf: strings quoted, booleans on/off.
@@ -109,6 +138,23 @@ mod tests {
 
     fn config(v: Value) -> DynamicConfig {
         DynamicConfig::parse(v.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn member_slots_ttl_takes_seconds_or_patroni_units_and_zero() {
+        let base = HaConfig::default();
+        assert_eq!(base.member_slots_ttl, Duration::from_secs(1800));
+        let ttl = |v: Value| effective_ha(&base, &config(json!({ "member_slots_ttl": v }))).map(|h| h.member_slots_ttl);
+        assert_eq!(ttl(json!(90)), Ok(Duration::from_secs(90)));
+        assert_eq!(ttl(json!("30min")), Ok(Duration::from_secs(1800)));
+        assert_eq!(ttl(json!("2h")), Ok(Duration::from_secs(7200)));
+        assert_eq!(ttl(json!("1.5 s")), Ok(Duration::from_millis(1500)));
+        assert_eq!(ttl(json!("500ms")), Ok(Duration::from_millis(500)));
+        assert_eq!(ttl(json!(0)), Ok(Duration::ZERO));
+        for bad in [json!(-1), json!("soon"), json!("10 weeks"), json!(true), json!("")] {
+            let err = ttl(bad.clone()).unwrap_err();
+            assert!(err.contains("member_slots_ttl"), "{bad}: {err}");
+        }
     }
 
     #[test]

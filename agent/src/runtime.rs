@@ -61,6 +61,8 @@ pub struct Runtime {
     reinit: Option<reinit::ReinitJob>,
     /// PostgreSQL is being started as a standby (published as state `starting`).
     starting: bool,
+    /// As leader: the members' slots, and since when a departed member's has been kept.
+    member_slots: crate::ha::member_slots::MemberSlots,
 }
 
 impl Runtime {
@@ -100,6 +102,7 @@ impl Runtime {
             commands,
             reinit: None,
             starting: false,
+            member_slots: Default::default(),
         }
     }
 

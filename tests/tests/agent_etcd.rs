@@ -146,3 +146,60 @@ async fn a_rewound_old_primary_without_a_slot_on_the_new_primary_gets_one_and_st
     let log = cluster.nodes[old].agent_log();
     assert!(log.contains("pg_rewind"), "the old primary was not rewound: the test did not fork its timeline\n{log}");
 }
+
+/// A member that leaves the cluster must not hold WAL on the primary for good through its slot
+/// (a decommissioned node would fill the primary's disk). With `member_slots_ttl` set to 4 s
+/// in the DCS: when the stopped replica's member key expires its slot is still there, it is
+/// dropped after the ttl, a slot the cluster did not make stays, and the member coming back
+/// gets a slot again and streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_departed_members_slot_is_dropped_after_member_slots_ttl_and_made_again_when_it_returns() {
+    use harness::cluster::{connect, http, PghaCluster};
+    use harness::wait::wait_for;
+    use std::time::Duration;
+    let mut cluster = PghaCluster::start_on_etcd(2, Timing::default()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let primary = harness::agent_checks::healthy(&cluster).await;
+    let replica = 1 - primary;
+    let api = cluster.nodes[primary].api_port;
+    let (code, text) = http(api, "PATCH", "/config", Some(r#"{"member_slots_ttl": "4s"}"#)).await.unwrap();
+    assert_eq!(code, 200, "{text}");
+    let slot = cluster.nodes[replica].name.to_lowercase();
+    let p = connect(&cluster.nodes[primary].dsn()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    p.batch_execute("select pg_create_physical_replication_slot('made_by_hand', true)")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let has = |name: String| {
+        let p = &p;
+        async move {
+            let row = p.query_opt("select 1 from pg_replication_slots where slot_name = $1", &[&name]).await?;
+            anyhow::Ok(row.is_some())
+        }
+    };
+    assert!(has(slot.clone()).await.unwrap(), "the replica streams through its slot");
+
+    cluster.nodes[replica].stop_agent().await.unwrap_or_else(|e| panic!("{e:#}"));
+    let name = cluster.nodes[replica].name.clone();
+    let expired = wait_for("the stopped replica's member key expired", Duration::from_secs(60), || async {
+        let (status, body) = http(api, "GET", "/cluster", None).await?;
+        let listed = body.replace([' ', '\n'], "").contains(&format!("\"name\":\"{name}\""));
+        Ok((status == 200 && body.contains("\"members\"") && !listed).then_some(()))
+    });
+    expired.await.unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
+    assert!(has(slot.clone()).await.unwrap(), "dropped before member_slots_ttl\n{}", cluster.logs());
+    let dropped = wait_for("the departed member's slot dropped", Duration::from_secs(30), || async {
+        Ok((!has(slot.clone()).await?).then_some(()))
+    });
+    dropped.await.unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
+    assert!(has("made_by_hand".into()).await.unwrap(), "a slot the cluster did not make was dropped");
+    let log = cluster.nodes[primary].agent_log();
+    assert!(log.contains("dropped the replication slot of a member"), "{log}");
+
+    cluster.nodes[replica].start_agent().unwrap_or_else(|e| panic!("{e:#}"));
+    harness::agent_checks::streams_again(&cluster, replica, "the returning member streaming", 60).await;
+    assert!(has(slot.clone()).await.unwrap(), "the returning member has no slot");
+    let active = p
+        .query_one("select active from pg_replication_slots where slot_name = $1", &[&slot])
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(active.get::<_, bool>(0), "the returning member does not stream through its slot\n{}", cluster.logs());
+}

@@ -4,6 +4,7 @@
 
 mod decide;
 mod lsn;
+pub mod member_slots;
 mod view;
 
 pub use decide::{decide, Action, Decision};

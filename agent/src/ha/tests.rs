@@ -31,6 +31,7 @@ fn view(leader: Option<&str>) -> ClusterView {
         leader_lsn: Some(Lsn(1000)),
         failover: None,
         paused: false,
+        retain_slots: vec![],
     }
 }
 
@@ -343,6 +344,7 @@ prop_compose! {
             leader_lsn: leader_lsn.map(Lsn),
             failover: None,
             paused,
+            retain_slots: vec![],
         };
         let local = LocalState {
             name: "n1".into(),

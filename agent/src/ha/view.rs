@@ -67,6 +67,8 @@ pub struct ClusterView {
     pub failover: Option<FailoverRequest>,
     /// Maintenance mode: no automatic failover.
     pub paused: bool,
+    /// The members' slots the last leader kept (`retain_slots` of the `status` key).
+    pub retain_slots: Vec<String>,
 }
 
 impl ClusterView {
@@ -138,6 +140,9 @@ pub struct HaConfig {
     pub retry_timeout: Duration,
     pub maximum_lag_on_failover: u64,
     pub primary_start_timeout: Duration,
+    /// How long the primary keeps the replication slot of a member gone from the DCS before
+    /// dropping it (Patroni 4's name and default, 30 minutes; 0: at the next tick).
+    pub member_slots_ttl: Duration,
 }
 
 impl Default for HaConfig {
@@ -148,6 +153,7 @@ impl Default for HaConfig {
             retry_timeout: Duration::from_secs(2),
             maximum_lag_on_failover: 1 << 20,
             primary_start_timeout: Duration::from_secs(20),
+            member_slots_ttl: Duration::from_secs(1800),
         }
     }
 }

@@ -477,16 +477,31 @@ impl LocalPostgres {
         })
     }
 
-    /// Promotes the standby and waits for the promotion to finish.
-    pub async fn promote(&self, timeout: Duration) -> Result<(), PgError> {
-        let secs = timeout.as_secs().max(1);
-        let rows = self.query(&format!("select pg_promote(true, {secs})"), timeout + Duration::from_secs(1)).await?;
+    /// Promotes the standby, waiting up to `wait` (whole seconds, at least one) for the promotion
+    /// to finish. Ok(false): still promoting when the wait ended (PostgreSQL goes on; asking
+    /// again waits again). The caller bounds the wait by its leader lease, which it must go
+    /// on refreshing while a slow promotion runs.
+    pub async fn promote(&self, wait: Duration) -> Result<bool, PgError> {
+        let secs = wait.as_secs().max(1);
+        let rows = self.query(&format!("select pg_promote(true, {secs})"), Duration::from_secs(secs + 2)).await?;
         match rows.first().and_then(|r| r.first()).cloned().flatten().as_deref() {
             Some("t") => {}
+            Some("f") => return Ok(false),
             other => return Err(PgError::Query(format!("pg_promote returned {other:?}"))),
         }
-        // Publish the new timeline in pg_control at once, so the old primary can be rewound.
-        self.query("CHECKPOINT", Duration::from_secs(60)).await.map(|_| ())
+        // Publish the new timeline in pg_control soon, so the old primary can be rewound; in the
+        // background, because a checkpoint on a loaded machine can outlast the lease.
+        match self.connect(Duration::from_secs(5)).await {
+            Ok(client) => {
+                tokio::spawn(async move {
+                    if let Err(e) = client.simple_query("CHECKPOINT").await {
+                        tracing::warn!("the checkpoint after the promotion failed: {e}");
+                    }
+                });
+            }
+            Err(e) => tracing::warn!("cannot connect for the checkpoint after the promotion: {e}"),
+        }
+        Ok(true)
     }
 
     /// Creates the replication user and a physical slot for each member (on the primary).
@@ -504,6 +519,23 @@ impl LocalPostgres {
             ));
         }
         self.query(&sql, timeout).await.map(|_| ())
+    }
+
+    /// Drops a physical slot if no walsender holds it. Ok(false): it is active (or gone).
+    pub async fn drop_inactive_slot(&self, slot: &str, timeout: Duration) -> Result<bool, PgError> {
+        if !crate::ha::member_slots::is_slot_name(slot) {
+            return Err(PgError::Query(format!("{slot:?} is not a slot name pgha makes")));
+        }
+        let rows = self
+            .query(
+                &format!(
+                    "select count(pg_drop_replication_slot(slot_name)) from pg_replication_slots \
+                     where slot_name = '{slot}' and slot_type = 'physical' and not active"
+                ),
+                timeout,
+            )
+            .await?;
+        Ok(rows.first().and_then(|r| r.first()).cloned().flatten().as_deref() == Some("1"))
     }
 }
 

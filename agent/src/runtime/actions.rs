@@ -57,7 +57,13 @@ impl Runtime {
                 }
             }
             Action::Promote => {
-                self.pg.promote(Duration::from_secs(60)).await.map_err(|e| e.to_string())?;
+                // Wait for the promotion only while the lease leaves time to refresh it: a slow
+                // promotion on a loaded machine must not cost the lock (the next tick asks again).
+                let wait = self.until_last_decision().min(Duration::from_secs(60));
+                if !self.pg.promote(wait).await.map_err(|e| e.to_string())? {
+                    tracing::info!("promotion still running after {wait:?}; checking again at the next tick");
+                    return Ok(());
+                }
                 self.following = None;
                 tracing::info!("promoted to primary");
                 if view.failover.is_some() {

@@ -41,27 +41,54 @@ impl Runtime {
         }
     }
 
-    /// What the leader does every tick: slots for the members, the `status` key.
-    pub(super) async fn leader_duties(&self) {
+    /// What the leader does every tick: slots for the members (made when missing, a departed
+    /// member's dropped after member_slots_ttl), the `status` key.
+    pub(super) async fn leader_duties(&mut self) {
         // This tick's probe is fresh enough for the status key and says which slots exist.
-        let Some(p) = self.last_probe.as_ref() else { return };
-        // Every tick against what the server has, not against what was done once: a slot made
-        // while the promotion was still finishing, or dropped by hand, is made (again) at the
-        // next tick, and the member that needs it streams within its retry interval.
-        let missing: Vec<String> = self
-            .last_addrs
-            .iter()
-            .filter(|a| a.name != self.name)
-            .map(|a| slot_name(&a.name))
-            .filter(|slot| !p.slots.contains(slot))
-            .collect();
-        if !p.in_recovery && !missing.is_empty() {
-            match self.pg.ensure_roles_and_slots(&missing, self.ha.retry_timeout).await {
-                Ok(()) => tracing::info!(slots = ?missing, "created the replication slots of members"),
+        let Some(p) = self.last_probe.clone() else { return };
+        if !p.in_recovery {
+            self.keep_member_slots(&p).await;
+        }
+        self.write_leader_status(&p).await;
+    }
+
+    /// Every tick against what the server has, not against what was done once: a slot made
+    /// while the promotion was still finishing, or dropped by hand, is made (again) at the next
+    /// tick, and the member that needs it streams within its retry interval.
+    async fn keep_member_slots(&mut self, p: &crate::postgres::control::Probe) {
+        let members: Vec<String> = self.last_addrs.iter().map(|a| slot_name(&a.name)).collect();
+        let plan = self.member_slots.plan(
+            &members,
+            &slot_name(&self.name),
+            &p.slots,
+            &self.last_view.retain_slots,
+            Instant::now(),
+            self.ha.member_slots_ttl,
+            // Not leading for a ttl: what happened meanwhile is unknown.
+            self.ha.ttl,
+        );
+        if !plan.create.is_empty() {
+            match self.pg.ensure_roles_and_slots(&plan.create, self.ha.retry_timeout).await {
+                Ok(()) => tracing::info!(slots = ?plan.create, "created the replication slots of members"),
                 Err(e) => tracing::warn!("could not create roles/slots: {e}"),
             }
         }
-        self.write_leader_status(p).await;
+        for slot in plan.drop {
+            match self.pg.drop_inactive_slot(&slot, self.ha.retry_timeout).await {
+                Ok(true) => {
+                    tracing::info!(
+                        slot,
+                        member_slots_ttl = ?self.ha.member_slots_ttl,
+                        "dropped the replication slot of a member gone from the cluster for member_slots_ttl"
+                    );
+                    self.member_slots.dropped(&slot);
+                }
+                Ok(false) => {
+                    tracing::info!(slot, "a departed member's slot is still in use; dropping it when released")
+                }
+                Err(e) => tracing::warn!(slot, "could not drop a departed member's slot: {e}"),
+            }
+        }
     }
 
     /// Probes PostgreSQL and publishes the result as the leader status (after promote/bootstrap,
@@ -76,7 +103,14 @@ impl Runtime {
         if p.in_recovery {
             return;
         }
-        let value = serde_json::json!({ "optime": p.position.0, "timeline": p.timeline });
+        // Right after a promotion this node has not planned yet: it passes on what the last
+        // leader retained, so no departed member's slot is forgotten.
+        let retain = if self.member_slots.leading(Instant::now(), self.ha.ttl) {
+            self.member_slots.retained()
+        } else {
+            self.last_view.retain_slots.iter().filter(|n| crate::ha::member_slots::is_slot_name(n)).cloned().collect()
+        };
+        let value = serde_json::json!({ "optime": p.position.0, "timeline": p.timeline, "retain_slots": retain });
         let bytes = serde_json::to_vec(&value).unwrap_or_default();
         if let Err(e) = self.dcs.write(ClusterKey::Status, &bytes, Expected::Any).await {
             tracing::warn!("could not write the status key: {e}");
