@@ -9,7 +9,7 @@ use crate::pool::{Pool, PoolKey, PoolSettings};
 use crate::runtime::Shared;
 use crate::shutdown::Signal;
 use async_trait::async_trait;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,6 +57,7 @@ impl AdminBackend for ConsoleBackend {
             .iter()
             .map(|pool| {
                 let (_total, active, idle, waiting) = pool.counts();
+                let used = (pool.used_servers(Instant::now()).len() as u32).min(idle);
                 let clients = pool.stats.clients.load(Ordering::Relaxed);
                 let login = pool.stats.servers_login.load(Ordering::Relaxed);
                 let tested = pool.stats.servers_tested.load(Ordering::Relaxed);
@@ -67,7 +68,8 @@ impl AdminBackend for ConsoleBackend {
                     cl_waiting: waiting,
                     // The pool counts a connection being opened or tested as checked out.
                     sv_active: active.saturating_sub(login + tested),
-                    sv_idle: idle,
+                    sv_idle: idle - used,
+                    sv_used: used,
                     sv_tested: tested,
                     sv_login: login,
                     pool_mode: mode_name(pool.settings().pool_mode),
@@ -93,7 +95,9 @@ impl AdminBackend for ConsoleBackend {
     async fn servers(&self) -> Vec<SocketRow> {
         let generations: HashMap<PoolKey, u64> =
             self.shared.pools.all().iter().map(|p| (p.key.clone(), p.generation())).collect();
-        self.shared.pools.connections.servers().iter().map(|s| socket_rows::server(s, &generations)).collect()
+        let now = Instant::now();
+        let used: HashSet<u64> = self.shared.pools.all().iter().flat_map(|p| p.used_servers(now)).collect();
+        self.shared.pools.connections.servers().iter().map(|s| socket_rows::server(s, &generations, &used)).collect()
     }
 
     async fn clients(&self) -> Vec<SocketRow> {

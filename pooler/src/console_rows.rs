@@ -5,7 +5,7 @@
 use crate::admin::rows::SocketRow;
 use crate::connections::{ClientEntry, ClientState, ServerEntry, ServerState};
 use crate::pool::PoolKey;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// PgBouncer prints a socket's address as `ptr`; ours is its id in the same hex form.
 fn ptr(id: u64) -> String {
@@ -54,7 +54,8 @@ pub fn client(c: &ClientEntry) -> SocketRow {
     }
 }
 
-pub fn server(s: &ServerEntry, generations: &HashMap<PoolKey, u64>) -> SocketRow {
+/// `used`: the ids of idle connections past server_check_delay ([`crate::pool::Pool::used_servers`]).
+pub fn server(s: &ServerEntry, generations: &HashMap<PoolKey, u64>, used: &HashSet<u64>) -> SocketRow {
     SocketRow {
         kind: 'S',
         user: s.key.user.clone(),
@@ -62,6 +63,7 @@ pub fn server(s: &ServerEntry, generations: &HashMap<PoolKey, u64>) -> SocketRow
         replication: "none".into(),
         state: match s.state() {
             ServerState::Active => "active",
+            ServerState::Idle if used.contains(&s.id) => "used",
             ServerState::Idle => "idle",
             ServerState::Tested => "tested",
         }

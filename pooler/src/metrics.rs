@@ -126,13 +126,24 @@ pub fn render(shared: &Shared) -> String {
             count_of(p).map_or(0, |c| c.1).saturating_sub(login(p) + tested(p)) as f64
         },
     );
+    let now = std::time::Instant::now();
+    let used: Vec<usize> = pools.iter().map(|p| p.used_servers(now).len()).collect();
+    let used_of = |p: &Pool| pools.iter().position(|q| std::ptr::eq(Arc::as_ptr(q), p)).map_or(0, |i| used[i]);
     family(
         &mut out,
         "pgbouncer_pools_server_idle_connections",
         "gauge",
         "Server connections idle in the pool.",
         &pools,
-        |p| count_of(p).map_or(0, |c| c.2) as f64,
+        |p| (count_of(p).map_or(0, |c| c.2 as usize)).saturating_sub(used_of(p)) as f64,
+    );
+    family(
+        &mut out,
+        "pgbouncer_pools_server_used_connections",
+        "gauge",
+        "Server connections idle past server_check_delay, to run server_check_query before reuse.",
+        &pools,
+        |p| used_of(p) as f64,
     );
     family(
         &mut out,

@@ -408,6 +408,42 @@ async fn a_server_connection_being_checked_shows_as_tested() {
     query.await.unwrap().unwrap();
 }
 
+/// A connection idle past server_check_delay waits for server_check_query before its next
+/// client: PgBouncer shows it as `used` (SHOW SERVERS) and counts it in `sv_used`, not
+/// `sv_idle` (SHOW POOLS); once a client has had it, it is `idle` again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_connection_idle_past_server_check_delay_shows_as_used() {
+    let settings = "pool_mode = \"transaction\"\nserver_check_delay = 1";
+    let (_pg, pooler) = setup(settings).await;
+    let admin = console(&pooler).await;
+    let client = pooler.connect().await.unwrap();
+    let pool_counts = |pools: Vec<HashMap<String, String>>| {
+        let pool = pools.iter().find(|p| p["database"] == "postgres").unwrap_or_else(|| panic!("{pools:?}"));
+        (pool["sv_idle"].clone(), pool["sv_used"].clone())
+    };
+    let server_states = |servers: Vec<HashMap<String, String>>| {
+        servers.iter().filter(|r| r["database"] == "postgres").map(|r| r["state"].clone()).collect::<Vec<_>>()
+    };
+    client.simple_query("select 1").await.unwrap();
+    let released = Instant::now();
+    let (pools, servers) = (show(&admin, "POOLS").await, show(&admin, "SERVERS").await);
+    if released.elapsed() < Duration::from_millis(900) {
+        assert_eq!(pool_counts(pools), ("1".into(), "0".into()));
+        assert_eq!(server_states(servers), ["idle"]);
+    }
+    tokio::time::sleep(Duration::from_millis(1100).saturating_sub(released.elapsed())).await;
+    assert_eq!(pool_counts(show(&admin, "POOLS").await), ("0".into(), "1".into()));
+    assert_eq!(server_states(show(&admin, "SERVERS").await), ["used"]);
+    // The next client's checkout runs the check query; released again, it is idle.
+    client.simple_query("select 2").await.unwrap();
+    let released = Instant::now();
+    let (pools, servers) = (show(&admin, "POOLS").await, show(&admin, "SERVERS").await);
+    if released.elapsed() < Duration::from_millis(900) {
+        assert_eq!(pool_counts(pools), ("1".into(), "0".into()));
+        assert_eq!(server_states(servers), ["idle"]);
+    }
+}
+
 /// SHOW STATS_AVERAGES is the last complete stats_period's: transactions and bytes per second,
 /// microseconds per transaction, as PgBouncer reports them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

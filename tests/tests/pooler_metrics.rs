@@ -91,3 +91,25 @@ async fn metrics_listener_is_off_by_default() {
     let log = pooler.log();
     assert!(!log.contains("serving Prometheus metrics"), "{log}");
 }
+
+/// A server connection idle past server_check_delay is `used`, not idle, on /metrics too
+/// (pgbouncer_exporter's pgbouncer_pools_server_used_connections).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_idle_past_server_check_delay_is_counted_as_used() {
+    let mut pg = PgInstance::init("pooler-metrics-used", PgOptions::default()).await.unwrap();
+    pg.start().await.unwrap();
+    let addr = format!("127.0.0.1:{}", harness::ports::free_port().unwrap());
+    let settings = format!("pool_mode = \"transaction\"\nserver_check_delay = 1\nmetrics_listen = \"{addr}\"");
+    let pooler = PoolerProcess::start(&pg, &settings).await.unwrap();
+    let series = |name: &str| format!("{name}{{{POOL}}}");
+    let client = pooler.connect().await.unwrap();
+    client.simple_query("select 1").await.unwrap();
+    let text = scrape_until(&addr, &series("pgbouncer_pools_server_used_connections"), 1.0).await;
+    assert_eq!(sample(&text, &series("pgbouncer_pools_server_used_connections")), Some(1.0), "{text}");
+    assert_eq!(sample(&text, &series("pgbouncer_pools_server_idle_connections")), Some(0.0), "{text}");
+    client.simple_query("select 2").await.unwrap();
+    let text = http_get(&addr, "/metrics").await.unwrap();
+    let idle = sample(&text, &series("pgbouncer_pools_server_idle_connections"));
+    let used = sample(&text, &series("pgbouncer_pools_server_used_connections"));
+    assert_eq!(idle.zip(used).map(|(i, u)| i + u), Some(1.0), "{text}");
+}

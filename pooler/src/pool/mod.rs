@@ -192,6 +192,22 @@ impl Pool {
         (st.total, st.active, st.idle.len() as u32, st.waiters.iter().filter(|w| !w.is_closed()).count() as u32)
     }
 
+    /// Idle connections that must run server_check_query before their next client, being idle
+    /// past server_check_delay (PgBouncer's `used` state): the ids of their SHOW SERVERS rows.
+    /// Read from the idle list when asked, so the release path keeps no extra time.
+    pub fn used_servers(&self, now: Instant) -> Vec<u64> {
+        let st = self.lock();
+        if st.settings.server_check_query.is_empty() {
+            return Vec::new();
+        }
+        let delay = st.settings.server_check_delay;
+        st.idle
+            .iter()
+            .filter(|c| c.last_used.checked_add(delay).is_some_and(|end| end <= now))
+            .filter_map(|c| c.registration.as_ref().map(|r| r.entry().id))
+            .collect()
+    }
+
     pub fn welcome(&self) -> Option<Arc<Vec<(String, String)>>> {
         self.lock().welcome.clone()
     }
