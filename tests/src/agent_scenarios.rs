@@ -329,6 +329,15 @@ pub async fn health_checks_and_switchover(backend: Backend) {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let acked = writer.stop().await;
     let rejoin = rejoined_without_loss(&cluster, old, candidate, &acked, &log_before, None).await;
+    // The old primary's slots for its members went with its role: on a replica an inactive
+    // slot would keep its WAL for good.
+    let old_dsn = cluster.nodes[old].dsn();
+    let slots_gone = wait_for("the old primary's member slots dropped", Duration::from_secs(15), || async {
+        let client = connect(&old_dsn).await?;
+        let row = client.query_one("select count(*) from pg_replication_slots", &[]).await?;
+        Ok((row.get::<_, i64>(0) == 0).then_some(()))
+    });
+    slots_gone.await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
     let (after, _) =
         http(cluster.nodes[candidate].api_port, "GET", "/primary", None).await.unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(after, 200);

@@ -91,6 +91,28 @@ impl Runtime {
         }
     }
 
+    /// On a replica: the members' slots it made while it was the primary (PostgreSQL keeps them
+    /// through a demotion and pg_rewind). Nothing streams through a slot on a replica, and an
+    /// inactive slot keeps the replica's WAL from its `restart_lsn` on: after a switchover the
+    /// old primary's disk would fill. Only the cluster's member slots go; others stay.
+    pub(super) async fn drop_slots_kept_from_leading(&self, p: &crate::postgres::control::Probe) {
+        let ours = |slot: &String| {
+            self.last_addrs.iter().any(|a| &slot_name(&a.name) == slot) || self.last_view.retain_slots.contains(slot)
+        };
+        for slot in p.slots.iter().filter(|s| ours(s)) {
+            match self.pg.drop_inactive_slot(slot, self.ha.retry_timeout).await {
+                Ok(true) => tracing::info!(
+                    slot,
+                    "dropped a member's slot kept from this node's time as primary (it held WAL here)"
+                ),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(slot, "could not drop a member's slot kept from this node's time as primary: {e}")
+                }
+            }
+        }
+    }
+
     /// Probes PostgreSQL and publishes the result as the leader status (after promote/bootstrap,
     /// when the tick's probe predates the new timeline).
     pub(super) async fn publish_leader_status(&self) {

@@ -149,6 +149,14 @@ impl Runtime {
                 break;
             }
         }
+        // A replica, by this tick's probe, that did not just take the lead.
+        let leading = view.leader.as_deref() == Some(self.name.as_str())
+            || decision.actions.iter().any(|a| matches!(a, Action::AcquireLock | Action::Promote));
+        if let Some(p) = probe.as_ref().filter(|p| p.in_recovery) {
+            if !leading {
+                self.drop_slots_kept_from_leading(p).await;
+            }
+        }
         self.publish(&view, probe, &decision.reason).await;
     }
 
