@@ -91,10 +91,11 @@ impl Runtime {
         }
     }
 
-    /// On a replica: the members' slots it made while it was the primary (PostgreSQL keeps them
-    /// through a demotion and pg_rewind). Nothing streams through a slot on a replica, and an
-    /// inactive slot keeps the replica's WAL from its `restart_lsn` on: after a switchover the
-    /// old primary's disk would fill. Only the cluster's member slots go; others stay.
+    /// On a replica of another leader: the members' slots it made while it was the primary
+    /// (PostgreSQL keeps them through a demotion and pg_rewind). With a leader the members
+    /// stream from it, and an inactive slot here keeps this node's WAL from its `restart_lsn`
+    /// on: after a switchover the old primary's disk would fill. Only the cluster's member
+    /// slots go, and only inactive ones; others stay.
     pub(super) async fn drop_slots_kept_from_leading(&self, p: &crate::postgres::control::Probe) {
         let ours = |slot: &String| {
             self.last_addrs.iter().any(|a| &slot_name(&a.name) == slot) || self.last_view.retain_slots.contains(slot)

@@ -149,11 +149,13 @@ impl Runtime {
                 break;
             }
         }
-        // A replica, by this tick's probe, that did not just take the lead.
-        let leading = view.leader.as_deref() == Some(self.name.as_str())
-            || decision.actions.iter().any(|a| matches!(a, Action::AcquireLock | Action::Promote));
+        // A replica, by this tick's probe, of another node's leadership, that did not just take
+        // the lead. Without a leader the slots stay: the other members stream through them from
+        // this node (as a cascading standby) until one of them may be promoted.
+        let follows_a_leader = view.leader.as_deref().is_some_and(|l| l != self.name)
+            && !decision.actions.iter().any(|a| matches!(a, Action::AcquireLock | Action::Promote));
         if let Some(p) = probe.as_ref().filter(|p| p.in_recovery) {
-            if !leading {
+            if follows_a_leader {
                 self.drop_slots_kept_from_leading(p).await;
             }
         }
