@@ -56,22 +56,18 @@ impl AdminBackend for ConsoleBackend {
             .all()
             .iter()
             .map(|pool| {
-                let (_total, active, idle, waiting) = pool.counts();
-                let used = (pool.used_servers(Instant::now()).len() as u32).min(idle);
+                let sv = pool.server_states(Instant::now());
                 let clients = pool.stats.clients.load(Ordering::Relaxed);
-                let login = pool.stats.servers_login.load(Ordering::Relaxed);
-                let tested = pool.stats.servers_tested.load(Ordering::Relaxed);
                 PoolRow {
                     database: pool.key.database.clone(),
                     user: pool.key.user.clone(),
-                    cl_active: clients.saturating_sub(waiting),
-                    cl_waiting: waiting,
-                    // The pool counts a connection being opened or tested as checked out.
-                    sv_active: active.saturating_sub(login + tested),
-                    sv_idle: idle - used,
-                    sv_used: used,
-                    sv_tested: tested,
-                    sv_login: login,
+                    cl_active: clients.saturating_sub(sv.waiting),
+                    cl_waiting: sv.waiting,
+                    sv_active: sv.active,
+                    sv_idle: sv.idle,
+                    sv_used: sv.used,
+                    sv_tested: sv.tested,
+                    sv_login: sv.login,
                     pool_mode: mode_name(pool.settings().pool_mode),
                     ..Default::default()
                 }

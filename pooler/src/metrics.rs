@@ -4,7 +4,7 @@
 //! (`pgbouncer_pools_*`, `pgbouncer_stats_*`); the rest are `pgha_pooler_*`. Reads the
 //! counters of `stats` and the pools; counts nothing itself.
 
-use crate::pool::Pool;
+use crate::pool::{Pool, ServerStates};
 use crate::runtime::Shared;
 use crate::stats::WAIT_BUCKETS;
 use std::fmt::Write;
@@ -94,73 +94,37 @@ pub fn render(shared: &Shared) -> String {
         let _ = writeln!(out, "pgha_pooler_client_errors_total{{kind=\"{}\"}} {n}", escape(kind));
     }
 
-    let counts: Vec<_> = pools.iter().map(|p| (p.clone(), p.counts())).collect();
-    let count_of = |pool: &Pool| counts.iter().find(|(p, _)| std::ptr::eq(&**p, pool)).map(|(_, c)| *c);
-    let waiting = |pool: &Pool| count_of(pool).map_or(0, |c| c.3);
+    let now = std::time::Instant::now();
+    let states: Vec<_> = pools.iter().map(|p| (p.clone(), p.server_states(now))).collect();
+    let sv =
+        |pool: &Pool| states.iter().find(|(p, _)| std::ptr::eq(&**p, pool)).map_or_else(Default::default, |(_, s)| *s);
     family(
         &mut out,
         "pgbouncer_pools_client_active_connections",
         "gauge",
         "Client connections logged in and not waiting for a server connection.",
         &pools,
-        |p| p.stats.clients.load(Ordering::Relaxed).saturating_sub(waiting(p)) as f64,
+        |p| p.stats.clients.load(Ordering::Relaxed).saturating_sub(sv(p).waiting) as f64,
     );
-    family(
-        &mut out,
-        "pgbouncer_pools_client_waiting_connections",
-        "gauge",
-        "Client connections waiting for a server connection.",
-        &pools,
-        |p| waiting(p) as f64,
-    );
-    let login = |p: &Pool| p.stats.servers_login.load(Ordering::Relaxed);
-    let tested = |p: &Pool| p.stats.servers_tested.load(Ordering::Relaxed);
-    family(
-        &mut out,
-        "pgbouncer_pools_server_active_connections",
-        "gauge",
-        "Server connections in use by a client.",
-        &pools,
-        |p| {
-            // The pool counts a connection being opened or tested as checked out.
-            count_of(p).map_or(0, |c| c.1).saturating_sub(login(p) + tested(p)) as f64
-        },
-    );
-    let now = std::time::Instant::now();
-    let used: Vec<usize> = pools.iter().map(|p| p.used_servers(now).len()).collect();
-    let used_of = |p: &Pool| pools.iter().position(|q| std::ptr::eq(Arc::as_ptr(q), p)).map_or(0, |i| used[i]);
-    family(
-        &mut out,
-        "pgbouncer_pools_server_idle_connections",
-        "gauge",
-        "Server connections idle in the pool.",
-        &pools,
-        |p| (count_of(p).map_or(0, |c| c.2 as usize)).saturating_sub(used_of(p)) as f64,
-    );
-    family(
-        &mut out,
-        "pgbouncer_pools_server_used_connections",
-        "gauge",
-        "Server connections idle past server_check_delay, to run server_check_query before reuse.",
-        &pools,
-        |p| used_of(p) as f64,
-    );
-    family(
-        &mut out,
-        "pgbouncer_pools_server_testing_connections",
-        "gauge",
-        "Server connections running server_check_query.",
-        &pools,
-        |p| tested(p) as f64,
-    );
-    family(
-        &mut out,
-        "pgbouncer_pools_server_login_connections",
-        "gauge",
-        "Server connections being opened and logged in.",
-        &pools,
-        |p| login(p) as f64,
-    );
+    // (name, help, which count)
+    type Gauge = (&'static str, &'static str, fn(&ServerStates) -> u32);
+    let gauges: [Gauge; 6] = [
+        ("pgbouncer_pools_client_waiting_connections", "Client connections waiting for a server connection.", |s| {
+            s.waiting
+        }),
+        ("pgbouncer_pools_server_active_connections", "Server connections in use by a client.", |s| s.active),
+        ("pgbouncer_pools_server_idle_connections", "Server connections idle in the pool.", |s| s.idle),
+        (
+            "pgbouncer_pools_server_used_connections",
+            "Server connections idle past server_check_delay, to run server_check_query before reuse.",
+            |s| s.used,
+        ),
+        ("pgbouncer_pools_server_testing_connections", "Server connections running server_check_query.", |s| s.tested),
+        ("pgbouncer_pools_server_login_connections", "Server connections being opened and logged in.", |s| s.login),
+    ];
+    for (name, help, value) in gauges {
+        family(&mut out, name, "gauge", help, &pools, |p| value(&sv(p)) as f64);
+    }
     let counter = |name: &str, help: &str, out: &mut String, value: &dyn Fn(&Pool) -> u64| {
         family(out, name, "counter", help, &pools, |p| value(p) as f64);
     };

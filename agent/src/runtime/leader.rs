@@ -84,7 +84,7 @@ impl Runtime {
                     self.member_slots.dropped(&slot);
                 }
                 Ok(false) => {
-                    tracing::info!(slot, "a departed member's slot is still in use; dropping it when released")
+                    tracing::debug!(slot, "a departed member's slot is still in use; dropping it when released")
                 }
                 Err(e) => tracing::warn!(slot, "could not drop a departed member's slot: {e}"),
             }

@@ -100,6 +100,20 @@ struct WelcomeWire {
     messages: bytes::Bytes,
 }
 
+/// A pool's server connections by state (PgBouncer's sv_*), and its waiting clients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerStates {
+    pub active: u32,
+    pub idle: u32,
+    /// Idle past server_check_delay: checked before reuse.
+    pub used: u32,
+    /// Running server_check_query.
+    pub tested: u32,
+    /// Being opened and logged in.
+    pub login: u32,
+    pub waiting: u32,
+}
+
 pub struct Pool {
     pub key: PoolKey,
     state: Mutex<PoolState>,
@@ -192,18 +206,32 @@ impl Pool {
         (st.total, st.active, st.idle.len() as u32, st.waiters.iter().filter(|w| !w.is_closed()).count() as u32)
     }
 
-    /// Idle connections that must run server_check_query before their next client, being idle
-    /// past server_check_delay (PgBouncer's `used` state): the ids of their SHOW SERVERS rows.
-    /// Read from the idle list when asked, so the release path keeps no extra time.
+    /// The server connections by PgBouncer's states and the waiting clients, as SHOW POOLS and
+    /// /metrics report them.
+    pub fn server_states(&self, now: Instant) -> ServerStates {
+        let (_total, checked_out, idle, waiting) = self.counts();
+        let used = self.used_servers(now).len() as u32;
+        let login = self.stats.servers_login.load(Ordering::Relaxed);
+        let tested = self.stats.servers_tested.load(Ordering::Relaxed);
+        ServerStates {
+            // The pool counts a connection being opened or tested as checked out.
+            active: checked_out.saturating_sub(login + tested),
+            idle: idle.saturating_sub(used),
+            used: used.min(idle),
+            tested,
+            login,
+            waiting,
+        }
+    }
+
+    /// Idle connections that must run server_check_query before their next client (PgBouncer's
+    /// `used` state): the ids of their SHOW SERVERS rows. Read from the idle list when asked,
+    /// so the release path keeps no extra time.
     pub fn used_servers(&self, now: Instant) -> Vec<u64> {
         let st = self.lock();
-        if st.settings.server_check_query.is_empty() {
-            return Vec::new();
-        }
-        let delay = st.settings.server_check_delay;
         st.idle
             .iter()
-            .filter(|c| c.last_used.checked_add(delay).is_some_and(|end| end <= now))
+            .filter(|c| needs_check_query(c, &st.settings, now))
             .filter_map(|c| c.registration.as_ref().map(|r| r.entry().id))
             .collect()
     }
@@ -723,15 +751,24 @@ impl Checkout {
     }
 
     fn of(conn: &ServerConn, settings: &Arc<PoolSettings>, now: Instant) -> Checkout {
-        // Additions and comparisons, no subtraction of clock readings (every checkout).
-        let idle_for_at_least = |d: Duration| conn.last_used.checked_add(d).is_some_and(|end| end <= now);
         Checkout {
             expired: settings.server_lifetime.is_some_and(|life| outlived(conn, life, now)),
-            probe: idle_for_at_least(Duration::from_secs(1)),
-            check_query: (!settings.server_check_query.is_empty() && idle_for_at_least(settings.server_check_delay))
-                .then(|| settings.clone()),
+            probe: idle_for_at_least(conn, Duration::from_secs(1), now),
+            check_query: needs_check_query(conn, settings, now).then(|| settings.clone()),
         }
     }
+}
+
+/// Whether `conn` has been idle for `d` at `now` (an addition and a comparison, no subtraction
+/// of clock readings: every checkout).
+fn idle_for_at_least(conn: &ServerConn, d: Duration, now: Instant) -> bool {
+    conn.last_used.checked_add(d).is_some_and(|end| end <= now)
+}
+
+/// Idle past server_check_delay with a server_check_query set: the next checkout runs the
+/// query first (PgBouncer's `used` state).
+fn needs_check_query(conn: &ServerConn, settings: &PoolSettings, now: Instant) -> bool {
+    !settings.server_check_query.is_empty() && idle_for_at_least(conn, settings.server_check_delay, now)
 }
 
 /// Whether `conn` is older than server_lifetime `life` at `now` (an addition and a comparison:
