@@ -124,7 +124,8 @@ impl CancelRegistry {
             return;
         };
         let forward = async {
-            let mut stream = crate::server::open(&target.addr).await?;
+            // Short-lived and bounded by `timeout`: no keepalive needed.
+            let mut stream = crate::server::open(&target.addr, &crate::tcp::TcpOptions::default()).await?;
             let mut buf = BytesMut::new();
             CancelRequest { process_id: target.process_id, secret_key: target.secret_key.clone() }.encode(&mut buf);
             stream.write_all(&buf).await?;

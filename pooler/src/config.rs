@@ -99,6 +99,18 @@ pub struct PoolerConfig {
     pub worker_threads: u32,
     /// Seconds over which SHOW STATS_AVERAGES (and SHOW STATS's avg_ columns) average.
     pub stats_period: f64,
+    /// SO_KEEPALIVE on client and server TCP sockets, with the system's timings unless the
+    /// three below are set (Linux: 7200 s idle, 75 s apart, 9 probes).
+    pub tcp_keepalive: bool,
+    /// Seconds a connection is idle before the first keepalive probe; 0: the system's.
+    pub tcp_keepidle: u32,
+    /// Seconds between keepalive probes; 0: the system's.
+    pub tcp_keepintvl: u32,
+    /// Unanswered probes before the connection is dropped; 0: the system's.
+    pub tcp_keepcnt: u32,
+    /// TCP_USER_TIMEOUT in milliseconds: how long sent data may stay unacknowledged before the
+    /// kernel drops the connection (a server host that vanished mid-query); 0: the system's.
+    pub tcp_user_timeout: u32,
     pub databases: BTreeMap<String, DatabaseConfig>,
     pub users: BTreeMap<String, UserConfig>,
 }
@@ -149,6 +161,11 @@ impl Default for PoolerConfig {
             metrics_listen: String::new(),
             worker_threads: 0,
             stats_period: 60.0,
+            tcp_keepalive: true,
+            tcp_keepidle: 0,
+            tcp_keepintvl: 0,
+            tcp_keepcnt: 0,
+            tcp_user_timeout: 0,
             databases: BTreeMap::new(),
             users: BTreeMap::new(),
         }
@@ -231,6 +248,23 @@ impl Validate for PoolerConfig {
         }
         if self.stats_period < 1.0 {
             return Err(Invalid::new("stats_period", self.stats_period, "expected at least 1 second"));
+        }
+        // Linux refuses larger values (MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL, MAX_TCP_KEEPCNT).
+        for (key, v, max, unit) in [
+            ("tcp_keepidle", self.tcp_keepidle, 32_767, "seconds"),
+            ("tcp_keepintvl", self.tcp_keepintvl, 32_767, "seconds"),
+            ("tcp_keepcnt", self.tcp_keepcnt, 127, "probes"),
+        ] {
+            if v > max {
+                return Err(Invalid::new(key, v, format!("expected at most {max} {unit} (0: the system's default)")));
+            }
+        }
+        if !self.tcp_keepalive && (self.tcp_keepidle, self.tcp_keepintvl, self.tcp_keepcnt) != (0, 0, 0) {
+            return Err(Invalid::new(
+                "tcp_keepalive",
+                "false",
+                "tcp_keepidle, tcp_keepintvl and tcp_keepcnt only apply with tcp_keepalive = true",
+            ));
         }
         if self.max_client_conn == 0 {
             return Err(Invalid::new("max_client_conn", 0, "expected at least 1"));
@@ -399,6 +433,22 @@ mod tests {
         let verify = "auth_type = \"trust\"\nclient_tls_sslmode = \"verify-ca\"\n\
                       client_tls_cert_file = \"c.pem\"\nclient_tls_key_file = \"k.pem\"\n";
         assert!(err(verify).contains("client_tls_ca_file"), "{}", err(verify));
+    }
+
+    #[test]
+    fn tcp_settings_default_to_keepalive_and_are_bounded_as_linux_bounds_them() {
+        let c: PoolerConfig = parse(Path::new("pooler.toml"), "auth_type = \"trust\"\n").unwrap();
+        assert_eq!(
+            (c.tcp_keepalive, c.tcp_keepidle, c.tcp_keepintvl, c.tcp_keepcnt, c.tcp_user_timeout),
+            (true, 0, 0, 0, 0)
+        );
+        assert_eq!(
+            err("auth_type = \"trust\"\ntcp_keepcnt = 200\n"),
+            "pooler.toml: tcp_keepcnt = 200: expected at most 127 probes (0: the system's default)"
+        );
+        assert!(err("auth_type = \"trust\"\ntcp_keepidle = 40000\n").contains("at most 32767 seconds"));
+        assert!(err("auth_type = \"trust\"\ntcp_keepalive = false\ntcp_keepidle = 30\n")
+            .contains("only apply with tcp_keepalive = true"));
     }
 
     #[test]

@@ -28,5 +28,6 @@ pub mod session;
 pub mod shutdown;
 pub mod stats;
 pub mod stream;
+pub mod tcp;
 pub mod tls;
 pub mod topology;

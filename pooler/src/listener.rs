@@ -64,8 +64,12 @@ impl Listeners {
                         _ = stopping.wait() => return,
                     };
                     match accepted {
-                        Ok((stream, _peer)) => {
+                        Ok((stream, peer)) => {
                             let _ = stream.set_nodelay(true);
+                            let options = crate::tcp::TcpOptions::from_config(&shared.config());
+                            if let Err(e) = options.apply(socket2::SockRef::from(&stream)) {
+                                tracing::warn!(%peer, "cannot set tcp_keepalive/tcp_user_timeout on a client socket: {e}");
+                            }
                             tokio::spawn(client::serve(Stream::Tcp(stream), shared.clone()));
                         }
                         Err(e) => accept_failed(e).await,

@@ -158,3 +158,42 @@ pub async fn show(admin: &Client, what: &str) -> Vec<std::collections::HashMap<S
         })
         .collect()
 }
+
+/// A TCP socket of another process, duplicated into this one (`pidfd_getfd`) so its options
+/// can be read as that process set them. Dropping it closes only the duplicate.
+pub struct ForeignSocket {
+    pub local: std::net::SocketAddr,
+    pub peer: std::net::SocketAddr,
+    pub socket: socket2::Socket,
+}
+
+/// The connected TCP sockets of process `pid` (needs the right to ptrace it: root, or the same
+/// user with ptrace_scope 0).
+pub fn tcp_sockets_of(pid: i32) -> anyhow::Result<Vec<ForeignSocket>> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain system calls on integers; the descriptors they return are new and owned
+    // by the `OwnedFd`/`Socket` built from them right away.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    anyhow::ensure!(pidfd >= 0, "pidfd_open({pid}): {}", std::io::Error::last_os_error());
+    let pidfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(pidfd as i32) };
+    let mut sockets = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).context("listing the process's descriptors")? {
+        let entry = entry?;
+        let is_socket = std::fs::read_link(entry.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:"));
+        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        if !is_socket {
+            continue;
+        }
+        let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, std::os::fd::AsRawFd::as_raw_fd(&pidfd), fd, 0) };
+        if dup < 0 {
+            // Closed since the listing.
+            continue;
+        }
+        let socket = unsafe { socket2::Socket::from_raw_fd(dup as i32) };
+        let (Ok(local), Ok(peer)) = (socket.local_addr(), socket.peer_addr()) else { continue };
+        if let (Some(local), Some(peer)) = (local.as_socket(), peer.as_socket()) {
+            sockets.push(ForeignSocket { local, peer, socket });
+        }
+    }
+    Ok(sockets)
+}

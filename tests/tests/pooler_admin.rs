@@ -615,3 +615,69 @@ async fn kill_client_ends_a_waiting_client_at_once_and_the_pool_loses_nothing() 
         .sum();
     assert_eq!(servers, 1, "pool_size 1: {p:?}");
 }
+
+/// tcp_keepalive, tcp_keepidle, tcp_keepintvl, tcp_keepcnt and tcp_user_timeout are set on the
+/// pooler's real sockets toward clients and toward PostgreSQL (read back from the pooler's own
+/// descriptors), and RELOAD changes them for new connections: clients at once, server
+/// connections once RECONNECT has replaced the old ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_keepalive_settings_reach_client_and_server_sockets_and_reload_changes_them() {
+    use harness::pooler::tcp_sockets_of;
+    let (pg, mut pooler) = setup(
+        "pool_mode = \"transaction\"\ntcp_keepidle = 37\ntcp_keepintvl = 11\ntcp_keepcnt = 4\ntcp_user_timeout = 2500",
+    )
+    .await;
+    let client = pooler.connect().await.unwrap();
+    client.simple_query("select 1").await.unwrap();
+    let pid = pooler.process().process().pid().as_raw();
+    let (pooler_port, pg_port) = (pooler.port(), pg.port());
+    // (keepalive on, idle s, interval s, probes, user timeout ms) of the pooler's client-side
+    // and server-side sockets.
+    let options = |s: &socket2::Socket| {
+        (
+            s.keepalive().unwrap(),
+            s.tcp_keepalive_time().unwrap().as_secs(),
+            s.tcp_keepalive_interval().unwrap().as_secs(),
+            s.tcp_keepalive_retries().unwrap(),
+            s.tcp_user_timeout().unwrap().map(|d| d.as_millis()),
+        )
+    };
+    let sides = || {
+        let sockets = tcp_sockets_of(pid).unwrap();
+        let clients: Vec<_> =
+            sockets.iter().filter(|s| s.local.port() == pooler_port).map(|s| options(&s.socket)).collect();
+        let servers: Vec<_> = sockets.iter().filter(|s| s.peer.port() == pg_port).map(|s| options(&s.socket)).collect();
+        (clients, servers)
+    };
+    let (clients, servers) = sides();
+    assert!(!clients.is_empty() && !servers.is_empty(), "client sockets {clients:?}, server sockets {servers:?}");
+    let set = (true, 37, 11, 4, Some(2500));
+    assert!(clients.iter().all(|o| *o == set), "client sockets: {clients:?}");
+    assert!(servers.iter().all(|o| *o == set), "server sockets: {servers:?}");
+
+    let path = pooler.process().config_path().clone();
+    let text = std::fs::read_to_string(&path).unwrap().replace("tcp_keepidle = 37", "tcp_keepidle = 45");
+    let text = text.replace("tcp_user_timeout = 2500", "tcp_user_timeout = 900");
+    std::fs::write(&path, text).unwrap();
+    let admin = console(&pooler).await;
+    admin.simple_query("RELOAD").await.unwrap();
+    admin.simple_query("RECONNECT").await.unwrap();
+    // RECONNECT closes the idle server connections; the next query opens a new one.
+    client.simple_query("select 2").await.unwrap();
+    let newer = pooler.connect().await.unwrap();
+    newer.simple_query("select 3").await.unwrap();
+    let reloaded = (true, 45, 11, 4, Some(900));
+    let (clients, _) = sides();
+    assert!(clients.contains(&reloaded), "a client that came after RELOAD: {clients:?}");
+    assert!(clients.contains(&set), "the client from before RELOAD keeps its socket: {clients:?}");
+    // The replaced server connections close in the background (a Terminate first).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, servers) = sides();
+        if !servers.is_empty() && servers.iter().all(|o| *o == reloaded) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "server sockets after RELOAD and RECONNECT: {servers:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

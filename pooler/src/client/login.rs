@@ -123,6 +123,7 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
             credential: server_credential,
             user: server_user.clone(),
             connect_timeout: settings.server_connect_timeout,
+            tcp: settings.tcp,
             tls: shared.server_tls(),
         };
         (settings, login)
@@ -221,6 +222,7 @@ fn with_auth_query(shared: &Shared, config: &PoolerConfig, database: &str) -> Ar
             user: auth_user,
             credential,
             connect_timeout: timeout,
+            tcp: crate::tcp::TcpOptions::from_config(config),
             tls: shared.server_tls(),
         },
         timeout,

@@ -180,13 +180,14 @@ impl Pool {
 
     /// RELOAD: new limits apply to the next checkout; a larger pool lets waiters open more.
     /// New server connections are opened as the reloaded configuration says (database name,
-    /// server_connect_timeout, server_tls_*: a rotated CA or client certificate); the open
+    /// server_connect_timeout, server_tls_*: a rotated CA or client certificate, tcp_*); the open
     /// ones stay until they close (RECONNECT closes them at their next release).
     pub fn update_settings(&self, settings: PoolSettings, dbname: &str, tls: Arc<crate::tls::ServerTls>) {
         let mut st = self.lock();
         let mut login = LoginTarget::clone(&st.login);
         login.dbname = dbname.to_owned();
         login.connect_timeout = settings.server_connect_timeout;
+        login.tcp = settings.tcp;
         login.tls = tls;
         st.login = Arc::new(login);
         st.settings = Arc::new(settings);

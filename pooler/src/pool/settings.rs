@@ -26,6 +26,8 @@ pub struct PoolSettings {
     pub client_idle_timeout: Option<Duration>,
     /// Period of SHOW STATS_AVERAGES.
     pub stats_period: Duration,
+    /// tcp_keepalive and friends, for new server connections.
+    pub tcp: crate::tcp::TcpOptions,
 }
 
 /// Seconds as PgBouncer reads them: 0 means off.
@@ -59,6 +61,7 @@ impl PoolSettings {
             idle_transaction_timeout: secs(config.idle_transaction_timeout),
             client_idle_timeout: secs(config.client_idle_timeout),
             stats_period: secs(config.stats_period).unwrap_or(Duration::from_secs(60)),
+            tcp: crate::tcp::TcpOptions::from_config(config),
         }
     }
 }

@@ -74,6 +74,8 @@ pub struct LoginTarget {
     pub user: String,
     pub credential: crate::auth::ServerCredential,
     pub connect_timeout: Duration,
+    /// tcp_keepalive, tcp_user_timeout, ...
+    pub tcp: crate::tcp::TcpOptions,
     /// server_tls_sslmode and its certificates.
     pub tls: Arc<crate::tls::ServerTls>,
 }
@@ -115,7 +117,7 @@ impl ServerConn {
     }
 
     async fn connect_inner(target: &LoginTarget) -> Result<ServerConn, ServerError> {
-        let stream = open(&target.addr).await?;
+        let stream = open(&target.addr, &target.tcp).await?;
         let stream = target
             .tls
             .connect_stream(stream, &target.addr.host)
@@ -195,14 +197,15 @@ impl ServerConn {
     }
 }
 
-/// Opens a socket to a server: TCP with TCP_NODELAY, or its Unix socket.
-pub async fn open(addr: &ServerAddr) -> Result<Stream, ServerError> {
+/// Opens a socket to a server: TCP with TCP_NODELAY and the tcp_* settings, or its Unix socket.
+pub async fn open(addr: &ServerAddr, tcp: &crate::tcp::TcpOptions) -> Result<Stream, ServerError> {
     let err = |source| ServerError::Connect { addr: addr.to_string(), source };
     if addr.is_unix() {
         Ok(Stream::Unix(UnixStream::connect(addr.unix_path()).await.map_err(err)?))
     } else {
         let stream = TcpStream::connect((addr.host.as_str(), addr.port)).await.map_err(err)?;
         stream.set_nodelay(true).map_err(err)?;
+        tcp.apply(socket2::SockRef::from(&stream)).map_err(err)?;
         Ok(Stream::Tcp(stream))
     }
 }

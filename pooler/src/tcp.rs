@@ -1,0 +1,115 @@
+//! The TCP options PgBouncer sets on every client and server socket: keepalive
+//! (tcp_keepalive, tcp_keepidle, tcp_keepintvl, tcp_keepcnt) and TCP_USER_TIMEOUT
+//! (tcp_user_timeout). They are what notices a peer that vanished without closing: a server
+//! host that lost power mid-query, a client behind a NAT that forgot the connection.
+
+use crate::config::PoolerConfig;
+use socket2::{SockRef, TcpKeepalive};
+use std::io;
+use std::time::Duration;
+
+/// The settings, read once per new socket. `None`: leave the system's default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TcpOptions {
+    pub keepalive: bool,
+    pub keepidle: Option<Duration>,
+    pub keepintvl: Option<Duration>,
+    pub keepcnt: Option<u32>,
+    pub user_timeout: Option<Duration>,
+}
+
+impl TcpOptions {
+    pub fn from_config(c: &PoolerConfig) -> TcpOptions {
+        let secs = |s: u32| (s > 0).then(|| Duration::from_secs(s.into()));
+        TcpOptions {
+            keepalive: c.tcp_keepalive,
+            keepidle: secs(c.tcp_keepidle),
+            keepintvl: secs(c.tcp_keepintvl),
+            keepcnt: (c.tcp_keepcnt > 0).then_some(c.tcp_keepcnt),
+            user_timeout: (c.tcp_user_timeout > 0).then(|| Duration::from_millis(c.tcp_user_timeout.into())),
+        }
+    }
+
+    /// Sets the options on a connected TCP socket (not on Unix sockets, which have none).
+    pub fn apply(&self, socket: SockRef<'_>) -> io::Result<()> {
+        if self.keepalive {
+            let mut params = TcpKeepalive::new();
+            if let Some(idle) = self.keepidle {
+                params = params.with_time(idle);
+            }
+            if let Some(interval) = self.keepintvl {
+                params = params.with_interval(interval);
+            }
+            if let Some(count) = self.keepcnt {
+                params = params.with_retries(count);
+            }
+            // SO_KEEPALIVE, then only the timings that are set.
+            socket.set_tcp_keepalive(&params)?;
+        }
+        if let Some(timeout) = self.user_timeout {
+            socket.set_tcp_user_timeout(Some(timeout))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+
+    fn connected() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (client, server)
+    }
+
+    #[test]
+    fn defaults_turn_keepalive_on_with_the_systems_timings() {
+        let options = TcpOptions::from_config(&PoolerConfig::default());
+        assert_eq!(options, TcpOptions { keepalive: true, ..Default::default() });
+        let (socket, _peer) = connected();
+        let before = SockRef::from(&socket);
+        let (idle, interval, count) = (
+            before.tcp_keepalive_time().unwrap(),
+            before.tcp_keepalive_interval().unwrap(),
+            before.tcp_keepalive_retries().unwrap(),
+        );
+        assert!(!before.keepalive().unwrap());
+        options.apply(SockRef::from(&socket)).unwrap();
+        let after = SockRef::from(&socket);
+        assert!(after.keepalive().unwrap());
+        assert_eq!(after.tcp_keepalive_time().unwrap(), idle);
+        assert_eq!(after.tcp_keepalive_interval().unwrap(), interval);
+        assert_eq!(after.tcp_keepalive_retries().unwrap(), count);
+        assert_eq!(after.tcp_user_timeout().unwrap(), None);
+    }
+
+    #[test]
+    fn set_timings_and_user_timeout_reach_the_socket() {
+        let config = PoolerConfig {
+            tcp_keepidle: 37,
+            tcp_keepintvl: 11,
+            tcp_keepcnt: 4,
+            tcp_user_timeout: 2500,
+            ..Default::default()
+        };
+        let (socket, _peer) = connected();
+        TcpOptions::from_config(&config).apply(SockRef::from(&socket)).unwrap();
+        let s = SockRef::from(&socket);
+        assert!(s.keepalive().unwrap());
+        assert_eq!(s.tcp_keepalive_time().unwrap(), Duration::from_secs(37));
+        assert_eq!(s.tcp_keepalive_interval().unwrap(), Duration::from_secs(11));
+        assert_eq!(s.tcp_keepalive_retries().unwrap(), 4);
+        assert_eq!(s.tcp_user_timeout().unwrap(), Some(Duration::from_millis(2500)));
+    }
+
+    #[test]
+    fn keepalive_off_leaves_the_socket_alone() {
+        let config = PoolerConfig { tcp_keepalive: false, ..Default::default() };
+        let (socket, _peer) = connected();
+        TcpOptions::from_config(&config).apply(SockRef::from(&socket)).unwrap();
+        assert!(!SockRef::from(&socket).keepalive().unwrap());
+    }
+}
