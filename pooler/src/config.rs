@@ -81,9 +81,18 @@ pub struct PoolerConfig {
     /// CA certificates (PEM) client certificates must chain to, for client_tls_sslmode
     /// verify-ca / verify-full.
     pub client_tls_ca_file: Option<PathBuf>,
+    /// TLS versions offered to clients: `secure` (the default), `all`, `legacy`, or a list
+    /// such as `"tlsv1.3"` (rustls speaks 1.2 and 1.3 only).
+    pub client_tls_protocols: String,
     pub server_tls_sslmode: TlsMode,
     /// CA certificates (PEM) for server_tls_sslmode verify-ca / verify-full.
     pub server_tls_ca_file: Option<PathBuf>,
+    /// A client certificate (PEM, with its chain) and key the pooler shows to servers that
+    /// ask for one (PostgreSQL's `cert` authentication, `clientcert=verify-full`).
+    pub server_tls_cert_file: Option<PathBuf>,
+    pub server_tls_key_file: Option<PathBuf>,
+    /// TLS versions used toward servers, as client_tls_protocols.
+    pub server_tls_protocols: String,
     pub max_packet_size: u32,
     /// Startup parameters accepted and ignored; any other one the pooler does not track is
     /// refused ("unsupported startup parameter: <name>"), as in PgBouncer.
@@ -153,8 +162,12 @@ impl Default for PoolerConfig {
             client_tls_cert_file: None,
             client_tls_key_file: None,
             client_tls_ca_file: None,
+            client_tls_protocols: "secure".into(),
             server_tls_sslmode: TlsMode::Prefer,
             server_tls_ca_file: None,
+            server_tls_cert_file: None,
+            server_tls_key_file: None,
+            server_tls_protocols: "secure".into(),
             max_packet_size: 2_147_483_647,
             ignore_startup_parameters: Vec::new(),
             shutdown_timeout: 30.0,
@@ -317,6 +330,24 @@ impl Validate for PoolerConfig {
                 "server_tls_ca_file",
                 "required when server_tls_sslmode is verify-ca or verify-full",
             ));
+        }
+        if self.server_tls_cert_file.is_some() != self.server_tls_key_file.is_some() {
+            let (missing, given) = if self.server_tls_cert_file.is_none() {
+                ("server_tls_cert_file", "server_tls_key_file")
+            } else {
+                ("server_tls_key_file", "server_tls_cert_file")
+            };
+            return Err(Invalid::missing(
+                missing,
+                format!("required with {given}: the certificate and its key go together"),
+            ));
+        }
+        for (key, text) in
+            [("client_tls_protocols", &self.client_tls_protocols), ("server_tls_protocols", &self.server_tls_protocols)]
+        {
+            if let Err(why) = crate::tls::protocol_versions(text) {
+                return Err(Invalid::new(key, format!("{text:?}"), why));
+            }
         }
         for (name, db) in &self.databases {
             if let (Some(min), Some(size)) = (db.min_pool_size, db.pool_size) {

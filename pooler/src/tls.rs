@@ -30,6 +30,8 @@ pub enum TlsError {
     Missing { setting: &'static str, mode_setting: &'static str, mode: &'static str },
     #[error("client_tls_cert_file and client_tls_key_file do not make a usable pair: {0}")]
     BadPair(rustls::Error),
+    #[error("server_tls_cert_file and server_tls_key_file do not make a usable pair: {0}")]
+    BadClientPair(rustls::Error),
     #[error("TLS configuration: {0}")]
     Config(rustls::Error),
     #[error("client sent data after its SSLRequest before the TLS handshake (refused: it could be injected)")]
@@ -48,6 +50,47 @@ pub enum TlsError {
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// client_tls_protocols / server_tls_protocols as PgBouncer spells them: `secure` (TLS 1.2 and
+/// 1.3), `all` and `legacy` (every version), or a list of `tlsv1.0` ... `tlsv1.3` separated by
+/// commas, colons or blanks. rustls has no TLS 1.0 or 1.1: they are dropped from a list, and a
+/// list of nothing else is an error rather than a pooler that cannot talk TLS.
+pub fn protocol_versions(text: &str) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, String> {
+    let (mut v12, mut v13) = (false, false);
+    let mut any = false;
+    for word in text.split(|c: char| c == ',' || c == ':' || c.is_whitespace()).filter(|w| !w.is_empty()) {
+        any = true;
+        match word.to_ascii_lowercase().as_str() {
+            "secure" | "all" | "legacy" => (v12, v13) = (true, true),
+            "tlsv1.2" => v12 = true,
+            "tlsv1.3" => v13 = true,
+            "tlsv1.0" | "tlsv1.1" => {}
+            other => {
+                return Err(format!(
+                    "unknown TLS protocol {other:?}: expected secure, all, legacy or a list of tlsv1.2, tlsv1.3"
+                ))
+            }
+        }
+    }
+    if !any {
+        return Err("expected secure, all, legacy or a list of tlsv1.2, tlsv1.3".into());
+    }
+    let mut versions = Vec::new();
+    if v13 {
+        versions.push(&rustls::version::TLS13);
+    }
+    if v12 {
+        versions.push(&rustls::version::TLS12);
+    }
+    if versions.is_empty() {
+        return Err("TLS 1.0 and 1.1 are not available (rustls speaks TLS 1.2 and 1.3): add tlsv1.2 or tlsv1.3".into());
+    }
+    Ok(versions)
+}
+
+fn versions_of(setting: &'static str, text: &str) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, TlsError> {
+    protocol_versions(text).map_err(|why| TlsError::Config(rustls::Error::General(format!("{setting}: {why}"))))
 }
 
 fn mode_name(mode: TlsMode) -> &'static str {
@@ -120,7 +163,8 @@ impl ClientTls {
             }
             _ => None,
         };
-        let acceptor = acceptor(cert, key, ca)?;
+        let versions = versions_of("client_tls_protocols", &config.client_tls_protocols)?;
+        let acceptor = acceptor(cert, key, ca, &versions)?;
         Ok(ClientTls { mode: config.client_tls_sslmode, acceptor: Some(acceptor) })
     }
 
@@ -193,11 +237,16 @@ impl ClientTls {
     }
 }
 
-fn acceptor(cert: &Path, key: &Path, ca: Option<&Path>) -> Result<TlsAcceptor, TlsError> {
+fn acceptor(
+    cert: &Path,
+    key: &Path,
+    ca: Option<&Path>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<TlsAcceptor, TlsError> {
     let certs = load_certs("client_tls_cert_file", cert)?;
     let key = load_key("client_tls_key_file", key)?;
     let builder = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .map_err(TlsError::Config)?;
     let builder = match ca {
         None => builder.with_no_client_auth(),
@@ -322,15 +371,15 @@ impl ServerTls {
     /// in plain text.
     pub fn from_config(config: &PoolerConfig) -> Result<ServerTls, TlsError> {
         let mode = config.server_tls_sslmode;
+        let versions = versions_of("server_tls_protocols", &config.server_tls_protocols)?;
         let builder = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(&versions)
             .map_err(TlsError::Config)?;
-        let client_config = match mode {
+        let builder = match mode {
             TlsMode::Disable | TlsMode::Allow => return Ok(ServerTls { mode, connector: None }),
-            TlsMode::Prefer | TlsMode::Require => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Unverified(provider())))
-                .with_no_client_auth(),
+            TlsMode::Prefer | TlsMode::Require => {
+                builder.dangerous().with_custom_certificate_verifier(Arc::new(Unverified(provider())))
+            }
             TlsMode::VerifyCa | TlsMode::VerifyFull => {
                 let ca = config.server_tls_ca_file.as_deref().ok_or(TlsError::Missing {
                     setting: "server_tls_ca_file",
@@ -343,16 +392,37 @@ impl ServerTls {
                 }
                 let roots = Arc::new(roots);
                 if mode == TlsMode::VerifyFull {
-                    builder.with_root_certificates(roots).with_no_client_auth()
+                    builder.with_root_certificates(roots)
                 } else {
                     let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider())
                         .build()
                         .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
-                    builder
-                        .dangerous()
-                        .with_custom_certificate_verifier(Arc::new(ChainOnly(inner)))
-                        .with_no_client_auth()
+                    builder.dangerous().with_custom_certificate_verifier(Arc::new(ChainOnly(inner)))
                 }
+            }
+        };
+        // server_tls_cert_file / server_tls_key_file: shown to servers that ask for a
+        // certificate (PostgreSQL asks when it has ssl_ca_file).
+        let client_config = match (&config.server_tls_cert_file, &config.server_tls_key_file) {
+            (Some(cert), Some(key)) => {
+                let certs = load_certs("server_tls_cert_file", cert)?;
+                let key = load_key("server_tls_key_file", key)?;
+                builder.with_client_auth_cert(certs, key).map_err(TlsError::BadClientPair)?
+            }
+            (None, None) => builder.with_no_client_auth(),
+            (Some(_), None) => {
+                return Err(TlsError::Missing {
+                    setting: "server_tls_key_file",
+                    mode_setting: "server_tls_cert_file",
+                    mode: "set",
+                })
+            }
+            (None, Some(_)) => {
+                return Err(TlsError::Missing {
+                    setting: "server_tls_cert_file",
+                    mode_setting: "server_tls_key_file",
+                    mode: "set",
+                })
             }
         };
         Ok(ServerTls { mode, connector: Some(TlsConnector::from(Arc::new(client_config))) })

@@ -218,7 +218,7 @@ async fn psql_with_sslmode_require() {
 async fn fake_server(answer: u8, c: &Certs) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let accept = acceptor(&c.cert, &c.key, None).unwrap();
+    let accept = acceptor(&c.cert, &c.key, None, rustls::DEFAULT_VERSIONS).unwrap();
     tokio::spawn(async move {
         let (mut tcp, _) = listener.accept().await.unwrap();
         let mut request = [0u8; 8];
@@ -290,4 +290,41 @@ async fn server_connector_in_every_mode() {
         theirs.read_to_end(&mut seen).await.unwrap();
         assert!(seen.is_empty(), "{mode:?} sent {seen:?}");
     }
+}
+
+#[test]
+fn tls_protocols_are_read_as_pgbouncer_spells_them() {
+    let names = |text: &str| {
+        protocol_versions(text).map(|v| v.iter().map(|p| format!("{:?}", p.version)).collect::<Vec<_>>().join(","))
+    };
+    assert_eq!(names("secure").unwrap(), "TLSv1_3,TLSv1_2");
+    assert_eq!(names("all").unwrap(), "TLSv1_3,TLSv1_2");
+    assert_eq!(names("legacy").unwrap(), "TLSv1_3,TLSv1_2");
+    assert_eq!(names("tlsv1.3").unwrap(), "TLSv1_3");
+    assert_eq!(names("TLSv1.1, tlsv1.2").unwrap(), "TLSv1_2");
+    assert_eq!(names("tlsv1.2:tlsv1.3").unwrap(), "TLSv1_3,TLSv1_2");
+    assert!(names("tlsv1.0,tlsv1.1").unwrap_err().contains("TLS 1.0 and 1.1 are not available"));
+    assert!(names("tls1.3").unwrap_err().contains("unknown TLS protocol \"tls1.3\""));
+    assert!(names("").is_err());
+}
+
+#[test]
+fn a_server_client_certificate_needs_its_key() {
+    let c = certs();
+    let only_cert = PoolerConfig { server_tls_cert_file: Some(c.cert.clone()), ..Default::default() };
+    let e = ServerTls::from_config(&only_cert).unwrap_err().to_string();
+    assert!(e.contains("server_tls_key_file"), "{e}");
+    let both = PoolerConfig {
+        server_tls_cert_file: Some(c.cert.clone()),
+        server_tls_key_file: Some(c.key.clone()),
+        server_tls_sslmode: TlsMode::Require,
+        ..Default::default()
+    };
+    ServerTls::from_config(&both).unwrap();
+    let other = rcgen::generate_simple_self_signed(vec!["x".to_string()]).unwrap();
+    let other_key = c.dir.path().join("other-client.key");
+    std::fs::write(&other_key, other.key_pair.serialize_pem()).unwrap();
+    let mismatched = PoolerConfig { server_tls_key_file: Some(other_key), ..both };
+    let e = ServerTls::from_config(&mismatched).unwrap_err().to_string();
+    assert!(e.starts_with("server_tls_cert_file and server_tls_key_file do not make a usable pair"), "{e}");
 }

@@ -148,3 +148,120 @@ async fn reload_applies_changed_server_tls_settings_to_new_server_connections() 
         pooler.log()
     );
 }
+
+/// client_tls_protocols limits what clients may negotiate: with "tlsv1.2" psql gets TLS 1.2,
+/// and a psql that insists on TLS 1.3 is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_tls_protocols_limits_the_versions_clients_get() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pg = PgInstance::init("pooler-tls-versions", PgOptions::default()).await.unwrap();
+    pg.start().await.unwrap();
+    let (cert, key) = certificate(dir.path(), "pooler");
+    let settings = format!(
+        "client_tls_sslmode = \"require\"\nclient_tls_cert_file = \"{}\"\nclient_tls_key_file = \"{}\"\n\
+         client_tls_protocols = \"tlsv1.2\"",
+        cert.display(),
+        key.display(),
+    );
+    let pooler = PoolerProcess::start_probing_unix(&pg, &settings).await.unwrap();
+    let conninfo = format!("host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=require", pooler.port());
+    let out = psql(&conninfo, &["\\conninfo"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), pooler.log());
+    assert!(stdout.contains("SSL connection (protocol: TLSv1.2"), "{stdout}");
+    let out = psql(&format!("{conninfo} ssl_min_protocol_version=TLSv1.3"), &["select 1"]).await;
+    assert!(!out.status.success(), "a TLS 1.3-only client got in: {}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// A CA and a client certificate it signed for `user` (CN), in `dir`: (ca.crt, user.crt,
+/// user.key).
+fn client_certificate(dir: &Path, user: &str) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "pgha test client CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, user);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let signed = params.signed_by(&key, &ca_cert, &ca_key).unwrap();
+    let paths = (dir.join("client-ca.crt"), dir.join(format!("{user}.crt")), dir.join(format!("{user}.key")));
+    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+    std::fs::write(&paths.1, signed.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    std::fs::set_permissions(&paths.2, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (paths.0, paths.1, paths.2)
+}
+
+/// server_tls_cert_file / server_tls_key_file log the pooler in with PostgreSQL's `cert`
+/// authentication (no password), and server_tls_protocols sets the version toward the server;
+/// without the certificate the same PostgreSQL refuses the pooler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pooler_logs_in_to_postgres_with_its_client_certificate_and_chosen_tls_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = client_certificate(dir.path(), "postgres");
+    let mut pg = PgInstance::init("pooler-tls-cert", PgOptions::default().param("ssl", "on")).await.unwrap();
+    let (server_cert, server_key) = certificate(dir.path(), "postgres-server");
+    let data = pg.data_dir();
+    let owner = std::fs::metadata(&data).unwrap();
+    for (from, name) in [(&server_cert, "server.crt"), (&server_key, "server.key"), (&ca, "client-ca.crt")] {
+        let path = data.join(name);
+        std::fs::copy(from, &path).unwrap();
+        std::os::unix::fs::chown(&path, Some(owner.uid()), Some(owner.gid())).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let conf = data.join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str("ssl_ca_file = 'client-ca.crt'\n");
+    std::fs::write(&conf, text).unwrap();
+    // TCP logins need a certificate whose CN is the user; the Unix socket stays trusted.
+    let hba = data.join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(&hba, format!("local all all trust\nhostssl all all 127.0.0.1/32 cert\n{rules}")).unwrap();
+    pg.start().await.unwrap();
+
+    let settings = format!(
+        "server_tls_sslmode = \"require\"\nserver_tls_cert_file = \"{}\"\nserver_tls_key_file = \"{}\"\n\
+         server_tls_protocols = \"tlsv1.2\"",
+        cert.display(),
+        key.display(),
+    );
+    let pooler = PoolerProcess::start(&pg, &settings).await.unwrap();
+    let client = pooler.connect().await.unwrap();
+    let rows = client
+        .simple_query("select version || ' ' || client_dn from pg_stat_ssl where pid = pg_backend_pid()")
+        .await
+        .unwrap();
+    let seen = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(seen.as_deref(), Some("TLSv1.2 /CN=postgres"), "{}", pooler.log());
+
+    // The same PostgreSQL refuses a pooler without the certificate.
+    let port = harness::ports::free_port().unwrap();
+    std::fs::write(dir.path().join("userlist.txt"), "").unwrap();
+    let without = harness::pooler::pooler_config(
+        &pg,
+        port,
+        dir.path(),
+        "server_tls_sslmode = \"require\"\nauth_type = \"trust\"",
+    );
+    let process = harness::PghaProcess::start("pooler-no-cert", &["pooler"], &without).unwrap();
+    let dsn = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=5");
+    let refused = harness::wait_for("the pooler without a certificate to answer", Duration::from_secs(15), || async {
+        match tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await {
+            Ok(_) => panic!("connected without a certificate"),
+            Err(e) => match e.as_db_error() {
+                Some(db) => Ok(Some(db.message().to_owned())),
+                // Not listening yet.
+                None => Err(anyhow::anyhow!("{e}")),
+            },
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", process.log()));
+    assert!(refused.contains("certificate"), "refused with: {refused}\n{}", process.log());
+}

@@ -82,8 +82,12 @@ fn settings(c: &PoolerConfig) -> Vec<(&'static str, Option<String>, bool)> {
         ("client_tls_sslmode", Some(tls_mode(c.client_tls_sslmode)), true),
         ("client_tls_cert_file", path(&c.client_tls_cert_file), true),
         ("client_tls_key_file", path(&c.client_tls_key_file), true),
+        ("client_tls_protocols", Some(c.client_tls_protocols.clone()), true),
         ("server_tls_sslmode", Some(tls_mode(c.server_tls_sslmode)), true),
         ("server_tls_ca_file", path(&c.server_tls_ca_file), true),
+        ("server_tls_cert_file", path(&c.server_tls_cert_file), true),
+        ("server_tls_key_file", path(&c.server_tls_key_file), true),
+        ("server_tls_protocols", Some(c.server_tls_protocols.clone()), true),
         ("max_packet_size", Some(c.max_packet_size.to_string()), true),
         ("ignore_startup_parameters", Some(c.ignore_startup_parameters.join(",")), true),
         ("worker_threads", Some(c.worker_threads.to_string()), false),
@@ -122,9 +126,13 @@ mod tests {
         for row in &defaults {
             let value = match row.key.as_str() {
                 "admin_users" | "stats_users" | "ignore_startup_parameters" => "[]".to_string(),
-                "auth_file" | "client_tls_cert_file" | "client_tls_key_file" | "server_tls_ca_file" | "auth_user" => {
-                    "\"x\"".to_string()
-                }
+                "auth_file"
+                | "client_tls_cert_file"
+                | "client_tls_key_file"
+                | "server_tls_ca_file"
+                | "auth_user"
+                | "server_tls_cert_file"
+                | "server_tls_key_file" => "\"x\"".to_string(),
                 _ => continue,
             };
             text.push_str(&format!("{} = {value}\n", row.key));
