@@ -117,6 +117,10 @@ pub struct PoolerConfig {
     pub tcp_keepintvl: u32,
     /// Unanswered probes before the connection is dropped; 0: the system's.
     pub tcp_keepcnt: u32,
+    /// Log each client login and each new server connection (at info), as PgBouncer does.
+    pub log_connections: bool,
+    /// Log each closed client and server connection with why it closed (at info).
+    pub log_disconnections: bool,
     /// TCP_USER_TIMEOUT in milliseconds: how long sent data may stay unacknowledged before the
     /// kernel drops the connection (a server host that vanished mid-query); 0: the system's.
     pub tcp_user_timeout: u32,
@@ -174,6 +178,8 @@ impl Default for PoolerConfig {
             metrics_listen: String::new(),
             worker_threads: 0,
             stats_period: 60.0,
+            log_connections: true,
+            log_disconnections: true,
             tcp_keepalive: true,
             tcp_keepidle: 0,
             tcp_keepintvl: 0,

@@ -681,3 +681,49 @@ async fn tcp_keepalive_settings_reach_client_and_server_sockets_and_reload_chang
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// log_connections / log_disconnections (on by default, as in PgBouncer): a client's login and
+/// its close with the reason, a new server connection and its close by RECONNECT, each one
+/// line in the pooler's log; with both off, none of these lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_and_disconnections_are_logged_with_their_reasons() {
+    let (_pg, pooler) = setup("pool_mode = \"transaction\"").await;
+    let admin = console(&pooler).await;
+    let client = pooler.connect().await.unwrap();
+    client.simple_query("select 1").await.unwrap();
+    drop(client);
+    admin.simple_query("RECONNECT").await.unwrap();
+    let lines = |log: &str, what: &str| log.lines().filter(|l| l.contains(what)).map(str::to_owned).collect::<Vec<_>>();
+    logged(&pooler, "client login", &["database=postgres", "user=postgres", "client=127.0.0.1:", "tls=no"]).await;
+    logged(&pooler, "client login", &["database=pgbouncer"]).await;
+    logged(&pooler, "closing client: client close request", &["database=postgres", "age_s="]).await;
+    logged(&pooler, "new server connection", &["database=postgres", "user=postgres"]).await;
+    logged(&pooler, "closing server connection: RECONNECT", &["database=postgres"]).await;
+    drop(admin);
+    drop(pooler);
+
+    let (_pg, pooler) = setup("pool_mode = \"transaction\"\nlog_connections = false\nlog_disconnections = false").await;
+    let client = pooler.connect().await.unwrap();
+    client.simple_query("select 1").await.unwrap();
+    drop(client);
+    let admin = console(&pooler).await;
+    admin.simple_query("RECONNECT").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = pooler.log();
+    for what in ["client login", "closing client", "new server connection", "closing server connection"] {
+        assert!(lines(&log, what).is_empty(), "{what:?} logged with log_connections/log_disconnections off:\n{log}");
+    }
+}
+
+/// Waits (5 s at most) for a line of the pooler's log with `what` and every one of `also`.
+async fn logged(pooler: &PoolerProcess, what: &str, also: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = pooler.log();
+        if log.lines().any(|l| l.contains(what) && also.iter().all(|a| l.contains(a))) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no {what:?} line with {also:?} in the log:\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

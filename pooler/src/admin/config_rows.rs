@@ -92,6 +92,8 @@ fn settings(c: &PoolerConfig) -> Vec<(&'static str, Option<String>, bool)> {
         ("ignore_startup_parameters", Some(c.ignore_startup_parameters.join(",")), true),
         ("worker_threads", Some(c.worker_threads.to_string()), false),
         ("stats_period", Some(secs(c.stats_period)), true),
+        ("log_connections", Some(u8::from(c.log_connections).to_string()), true),
+        ("log_disconnections", Some(u8::from(c.log_disconnections).to_string()), true),
         ("tcp_keepalive", Some(u8::from(c.tcp_keepalive).to_string()), true),
         ("tcp_keepidle", Some(c.tcp_keepidle.to_string()), true),
         ("tcp_keepintvl", Some(c.tcp_keepintvl.to_string()), true),

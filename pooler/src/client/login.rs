@@ -83,7 +83,7 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
         let mut out = BytesMut::new();
         write_authentication_ok(&mut out);
         stream.send(&out).await.ok()?;
-        let me = register(shared, &startup, stream);
+        let me = register(shared, &startup, stream, config.log_connections);
         return Some(Outcome::Console(access, me));
     }
     let Some(target) = shared.topology().target(&database) else {
@@ -170,7 +170,7 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
     }
     pool.stats.client_logins.fetch_add(1, Ordering::Relaxed);
     let settings = pool.settings();
-    let me = register(shared, &startup, stream);
+    let me = register(shared, &startup, stream, config.log_connections);
     Some(Outcome::Pool(LoggedIn { pool, settings, params, key, cancel, me }))
 }
 
@@ -186,14 +186,18 @@ pub(crate) fn unsupported_parameter<'a>(startup: &'a StartupMessage, ignored: &[
     })
 }
 
-fn register(shared: &Shared, startup: &StartupMessage, stream: &Stream) -> ClientHandle {
-    shared.pools.connections.register_client(NewClient {
+fn register(shared: &Shared, startup: &StartupMessage, stream: &Stream, log: bool) -> ClientHandle {
+    let me = shared.pools.connections.register_client(NewClient {
         id: crate::server::next_id(),
         database: startup.database(),
         user: startup.user(),
         application_name: startup.param("application_name").unwrap_or_default(),
         stream,
-    })
+    });
+    if log {
+        super::log_client_login(me.entry());
+    }
+    me
 }
 
 /// The auth file, then (with auth_user set, globally or for the database) auth_query run on

@@ -83,11 +83,50 @@ async fn console(
         idle_timeout: crate::pool::secs(shared.config().client_idle_timeout),
         ..Default::default()
     };
-    if let Err(e) = crate::admin::serve_admin(&mut stream, &mut buf, access, &backend, options).await {
-        tracing::info!("admin console session ended: {e}");
+    let ended = crate::admin::serve_admin(&mut stream, &mut buf, access, &backend, options).await;
+    if shared.config().log_disconnections {
+        let reason = match &ended {
+            Ok(()) => "client close request".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        log_client_closed(me.entry(), &reason);
     }
     // Out of the registry before the socket closes.
     drop(me);
+}
+
+/// log_connections: a client logged in (pool or console).
+fn log_client_login(entry: &crate::connections::ClientEntry) {
+    // The address costs two system calls: only when the line is written.
+    if !tracing::enabled!(tracing::Level::INFO) {
+        return;
+    }
+    let at = entry.endpoints();
+    tracing::info!(
+        id = entry.id,
+        database = %entry.database,
+        user = %entry.user,
+        client = %format_args!("{}:{}", at.addr(), at.port()),
+        tls = %if entry.tls.is_empty() { "no" } else { &*entry.tls },
+        "client login"
+    );
+}
+
+/// log_disconnections: a client is closed, and why ("client close request" when it left).
+pub(crate) fn log_client_closed(entry: &crate::connections::ClientEntry, reason: &str) {
+    if !tracing::enabled!(tracing::Level::INFO) {
+        return;
+    }
+    let at = entry.endpoints();
+    let age = entry.connect_time().elapsed().unwrap_or_default().as_secs();
+    tracing::info!(
+        id = entry.id,
+        database = %entry.database,
+        user = %entry.user,
+        client = %format_args!("{}:{}", at.addr(), at.port()),
+        age_s = age,
+        "closing client: {reason}"
+    );
 }
 
 /// Sends a FATAL ErrorResponse (best effort: the client may be gone).

@@ -810,7 +810,7 @@ impl Relay {
         self.me.attached(acquired.as_ref().ok().and_then(|c| c.registration.as_ref()), now);
         let mut conn = match acquired {
             Ok(conn) if self.me.entry().is_killed() => {
-                self.pool.close(conn);
+                self.pool.close(conn, "its client was killed while waiting for it");
                 return Err(End::ClientGone);
             }
             Ok(conn) => conn,
@@ -826,7 +826,7 @@ impl Relay {
         let io = buffers::io(&mut self.io);
         buffers::lend_actions(&mut io.actions);
         if let Err(e) = self.session.attach_server(state, &mut io.actions) {
-            self.pool.close(conn);
+            self.pool.close(conn, &format!("the client's session could not take it over: {e}"));
             return Err(End::Session(e));
         }
         for action in io.actions.drain(..) {
@@ -859,7 +859,7 @@ impl Relay {
                 if let Some(io) = self.io.as_mut() {
                     io.sin.clear();
                 }
-                self.pool.close(conn);
+                self.pool.close(conn, "it sent bytes after its last answer");
             }
             return;
         }
@@ -930,10 +930,7 @@ impl Relay {
                 }
                 self.pool.release(conn);
             }
-            Err(e) => {
-                tracing::info!("closing server connection: {e}");
-                self.pool.close(conn);
-            }
+            Err(e) => self.pool.close(conn, &format!("server_reset_query failed: {e}")),
         }
     }
 
@@ -977,13 +974,21 @@ impl Relay {
                         self.pool.release(conn);
                     }
                 }
-                _ => {
-                    tracing::debug!(server = %conn.addr, "client left mid-request; closing its server connection");
-                    self.pool.close(conn);
-                }
+                _ => match &end {
+                    End::Fatal { message, .. } => self.pool.close(conn, &format!("its client was closed: {message}")),
+                    _ => self.pool.close(conn, "its client left mid-request"),
+                },
             }
         }
         self.flush_counts();
+        if self.settings.log_disconnections {
+            let reason = match &end {
+                End::ClientGone => std::borrow::Cow::Borrowed("client close request"),
+                End::Fatal { message, .. } => std::borrow::Cow::Borrowed(message.as_str()),
+                End::Session(e) => std::borrow::Cow::Owned(e.to_string()),
+            };
+            super::log_client_closed(self.me.entry(), &reason);
+        }
         self.pool.stats.clients.fetch_sub(1, Ordering::Relaxed);
         self.shared.cancels.unregister(self.key);
         let _ = self.client.shutdown().await;

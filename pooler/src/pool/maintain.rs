@@ -54,8 +54,7 @@ impl Pool {
             expired
         };
         for conn in expired {
-            tracing::debug!(server = %conn.addr, "closing idle server connection (server_idle_timeout/server_lifetime)");
-            self.close_idle(conn);
+            self.close_idle(conn, "server_idle_timeout or server_lifetime");
         }
     }
 

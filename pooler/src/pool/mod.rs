@@ -470,8 +470,12 @@ impl Pool {
     /// An idle connection about to be handed out: too old, dead, or failing the check query
     /// ones are closed (None).
     async fn check(&self, mut conn: Box<ServerConn>, checkout: Checkout) -> Option<Box<ServerConn>> {
-        if checkout.expired || (checkout.probe && conn.stream.is_closed_or_dirty()) {
-            self.close(conn);
+        if checkout.expired {
+            self.close(conn, "server_lifetime");
+            return None;
+        }
+        if checkout.probe && conn.stream.is_closed_or_dirty() {
+            self.close(conn, "the server closed the connection while it was idle");
             return None;
         }
         if let Some(settings) = checkout.check_query {
@@ -481,8 +485,7 @@ impl Pool {
                 registration.entry().testing();
             }
             if let Err(e) = conn.run_query("check_query", &settings.server_check_query, timeout).await {
-                tracing::info!(server = %conn.addr, "closing server connection: {e}");
-                self.close(conn);
+                self.close(conn, &format!("server_check_query failed: {e}"));
                 return None;
             }
         }
@@ -504,9 +507,16 @@ impl Pool {
         st.active = st.active.saturating_sub(1);
         let expired = st.settings.server_lifetime.is_some_and(|life| outlived(&conn, life, now));
         if st.closed || expired || conn.generation < st.generation {
+            let reason = if st.closed {
+                "its pool was closed"
+            } else if expired {
+                "server_lifetime"
+            } else {
+                "RECONNECT, KILL or a server change"
+            };
             st.active += 1;
             drop(st);
-            self.close(conn);
+            self.close(conn, reason);
             return;
         }
         conn.last_used = now;
@@ -521,7 +531,7 @@ impl Pool {
         drop(st);
         if self.siblings().iter().any(|s| s.has_waiters()) {
             self.lock().active += 1;
-            self.close(conn);
+            self.close(conn, "its slot went to another pool's client (max_db_connections/max_user_connections)");
         } else {
             let mut st = self.lock();
             if let Some(conn) = self.hand_over(&mut st, conn) {
@@ -558,10 +568,25 @@ impl Pool {
 
     /// Closes a checked-out connection (its state is unknown, or it is too old) and lets a
     /// waiting client open a new one.
+    /// `reason` goes to the log (log_disconnections).
     #[allow(clippy::boxed_local)]
-    pub fn close(&self, conn: Box<ServerConn>) {
+    pub fn close(&self, conn: Box<ServerConn>, reason: &str) {
+        self.log_close(&conn, reason);
         tokio::spawn(conn.terminate());
         self.slot_freed(true);
+    }
+
+    fn log_close(&self, conn: &ServerConn, reason: &str) {
+        if self.settings().log_disconnections {
+            tracing::info!(
+                id = conn.id,
+                server = %conn.addr,
+                database = %self.key.database,
+                user = %self.key.user,
+                age_s = conn.created.elapsed().as_secs(),
+                "closing server connection: {reason}"
+            );
+        }
     }
 
     /// One connection fewer (checked out if `active`); the freed slot goes to a waiter of
@@ -632,9 +657,10 @@ impl Pool {
         for sibling in self.siblings() {
             let idle = sibling.lock().idle.pop();
             if let Some(conn) = idle {
-                tracing::debug!(database = %sibling.key.database, user = %sibling.key.user,
-                    "closing an idle server connection for a client waiting under max_db/user_connections");
-                sibling.close_idle(conn);
+                sibling.close_idle(
+                    conn,
+                    "its slot went to another pool's client (max_db_connections/max_user_connections)",
+                );
                 return;
             }
         }
@@ -642,6 +668,9 @@ impl Pool {
 
     /// Registers a new server connection for SHOW SERVERS.
     fn register(&self, conn: &mut ServerConn) {
+        if self.settings().log_connections {
+            tracing::info!(id = conn.id, server = %conn.addr, database = %self.key.database, user = %self.key.user, "new server connection");
+        }
         let registration =
             self.connections.register_server(conn.id, &self.key, &conn.stream, conn.key.process_id, conn.generation);
         conn.registration = Some(registration);
@@ -664,7 +693,7 @@ impl Pool {
         };
         drop(waiters);
         for conn in idle {
-            self.close_idle(conn);
+            self.close_idle(conn, "KILL");
         }
     }
 
@@ -724,12 +753,13 @@ impl Pool {
             std::mem::take(&mut st.idle)
         };
         for conn in idle {
-            self.close_idle(conn);
+            self.close_idle(conn, "RECONNECT");
         }
     }
 
     #[allow(clippy::boxed_local)]
-    fn close_idle(&self, conn: Box<ServerConn>) {
+    fn close_idle(&self, conn: Box<ServerConn>, reason: &str) {
+        self.log_close(&conn, reason);
         tokio::spawn(conn.terminate());
         self.slot_freed(false);
     }

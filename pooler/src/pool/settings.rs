@@ -28,6 +28,8 @@ pub struct PoolSettings {
     pub stats_period: Duration,
     /// tcp_keepalive and friends, for new server connections.
     pub tcp: crate::tcp::TcpOptions,
+    pub log_connections: bool,
+    pub log_disconnections: bool,
 }
 
 /// Seconds as PgBouncer reads them: 0 means off.
@@ -62,6 +64,8 @@ impl PoolSettings {
             client_idle_timeout: secs(config.client_idle_timeout),
             stats_period: secs(config.stats_period).unwrap_or(Duration::from_secs(60)),
             tcp: crate::tcp::TcpOptions::from_config(config),
+            log_connections: config.log_connections,
+            log_disconnections: config.log_disconnections,
         }
     }
 }
