@@ -39,6 +39,15 @@ impl Endpoints {
         }
     }
 
+    /// A server not connected yet: its address as configured (no local end yet).
+    pub fn of_target(addr: &crate::topology::ServerAddr) -> Endpoints {
+        if addr.is_unix() {
+            return Endpoints { peer: None, local: None, unix: true };
+        }
+        let peer = addr.host.parse::<std::net::IpAddr>().ok().map(|ip| SocketAddr::new(ip, addr.port));
+        Endpoints { peer, local: None, unix: false }
+    }
+
     /// Asks the socket itself (SHOW CLIENTS: a client's entry keeps no copy).
     fn of_socket(socket: socket2::SockRef<'_>) -> Endpoints {
         let (peer, local) = (socket.peer_addr().ok(), socket.local_addr().ok());
@@ -323,6 +332,8 @@ pub enum ServerState {
     Active = 1,
     /// Running server_check_query before it is handed out.
     Tested = 2,
+    /// Connecting and logging in (PgBouncer's `new`).
+    New = 3,
 }
 
 /// One open server connection.
@@ -348,6 +359,7 @@ impl ServerEntry {
         match self.state.load(Ordering::Relaxed) {
             1 => ServerState::Active,
             2 => ServerState::Tested,
+            3 => ServerState::New,
             _ => ServerState::Idle,
         }
     }
@@ -473,6 +485,33 @@ impl Connections {
             tls: stream.tls_description(),
             generation,
             state: AtomicU8::new(ServerState::Idle as u8),
+            request_time_us: AtomicU64::new(unix_micros(now)),
+            client: AtomicU64::new(0),
+            prepared_statements: AtomicU32::new(0),
+        });
+        lock(&self.servers).insert(id, entry.clone());
+        ServerHandle { entry, registry: Arc::downgrade(self) }
+    }
+
+    /// Registers a server connection being opened to `addr` (state `new`, no socket yet);
+    /// the handle removes the row when dropped, once the login is over either way.
+    pub fn register_login(
+        self: &Arc<Self>,
+        id: u64,
+        key: &PoolKey,
+        addr: &crate::topology::ServerAddr,
+        generation: u64,
+    ) -> ServerHandle {
+        let now = SystemTime::now();
+        let entry = Arc::new(ServerEntry {
+            id,
+            key: key.clone(),
+            endpoints: Endpoints::of_target(addr),
+            connect_time: now,
+            remote_pid: 0,
+            tls: String::new(),
+            generation,
+            state: AtomicU8::new(ServerState::New as u8),
             request_time_us: AtomicU64::new(unix_micros(now)),
             client: AtomicU64::new(0),
             prepared_statements: AtomicU32::new(0),

@@ -66,6 +66,7 @@ pub fn server(s: &ServerEntry, generations: &HashMap<PoolKey, u64>, used: &HashS
             ServerState::Idle if used.contains(&s.id) => "used",
             ServerState::Idle => "idle",
             ServerState::Tested => "tested",
+            ServerState::New => "new",
         }
         .into(),
         addr: s.endpoints.addr(),

@@ -727,3 +727,45 @@ async fn logged(pooler: &PoolerProcess, what: &str, also: &[&str]) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A server connection still logging in shows in SHOW SERVERS as `new` (PgBouncer's state),
+/// with the server's address, and in SHOW POOLS as `sv_login`; the row goes when the login
+/// ends (here: server_connect_timeout against a server that never answers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_connection_logging_in_shows_as_new() {
+    // Accepts and never answers: the pooler's login to it hangs until server_connect_timeout.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            sockets.push(socket);
+        }
+    });
+    let (_pg, pooler) = setup(&format!(
+        "server_connect_timeout = 3\n[databases.silent]\nhost = \"127.0.0.1\"\nport = {silent_port}\ndbname = \"postgres\""
+    ))
+    .await;
+    let admin = console(&pooler).await;
+    let dsn = pooler.dsn("silent");
+    let waiting = tokio::spawn(async move { tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await.map(|_| ()) });
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let row = loop {
+        let servers = show(&admin, "SERVERS").await;
+        if let Some(row) = servers.into_iter().find(|r| r["database"] == "silent") {
+            break row;
+        }
+        assert!(Instant::now() < deadline, "no SHOW SERVERS row for the connection logging in");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(row["state"], "new", "{row:?}");
+    assert_eq!((row["addr"].as_str(), row["port"].parse::<u16>().unwrap()), ("127.0.0.1", silent_port), "{row:?}");
+    let pools = show(&admin, "POOLS").await;
+    let pool = pools.iter().find(|r| r["database"] == "silent").unwrap_or_else(|| panic!("{pools:?}"));
+    assert_eq!(pool["sv_login"], "1", "{pool:?}");
+    let refused = tokio::time::timeout(Duration::from_secs(10), waiting).await.unwrap().unwrap();
+    assert!(refused.is_err(), "the client of a server that never answers got in");
+    let servers = show(&admin, "SERVERS").await;
+    assert!(servers.iter().all(|r| r["database"] != "silent"), "the row stayed after the login failed: {servers:?}");
+    held.abort();
+}

@@ -71,7 +71,7 @@ impl Pool {
             st.active -= 1;
             st.login.clone()
         };
-        match crate::server::ServerConn::connect(&login).await {
+        match self.connect_new(&login).await {
             Ok(mut conn) => {
                 let mut st = self.lock();
                 conn.generation = st.generation;

@@ -375,9 +375,7 @@ impl Pool {
                 }
                 Grant::Slot => {
                     let login = self.lock().login.clone();
-                    let in_login = crate::stats::InState::enter(&self.stats.servers_login);
-                    let connected = ServerConn::connect(&login).await;
-                    drop(in_login);
+                    let connected = self.connect_new(&login).await;
                     return match connected {
                         Ok(mut conn) => {
                             let mut st = self.lock();
@@ -664,6 +662,17 @@ impl Pool {
                 return;
             }
         }
+    }
+
+    /// Opens and logs in a server connection, counted in SHOW POOLS `sv_login` and shown in
+    /// SHOW SERVERS as `new` until the login is over (the row keeps its id once open).
+    pub(crate) async fn connect_new(&self, login: &LoginTarget) -> Result<ServerConn, crate::server::ServerError> {
+        let id = crate::server::next_id();
+        let _row = self.connections.register_login(id, &self.key, &login.addr, self.generation());
+        let _in_login = crate::stats::InState::enter(&self.stats.servers_login);
+        let mut conn = ServerConn::connect(login).await?;
+        conn.id = id;
+        Ok(conn)
     }
 
     /// Registers a new server connection for SHOW SERVERS.
