@@ -810,7 +810,10 @@ impl Relay {
         self.me.attached(acquired.as_ref().ok().and_then(|c| c.registration.as_ref()), now);
         let mut conn = match acquired {
             Ok(conn) if self.me.entry().is_killed() => {
-                self.pool.close(conn, "its client was killed while waiting for it");
+                // Granted as the KILL came: unused and clean, so it goes back (a KILL of the
+                // whole pool raised its generation, and the release closes it then).
+                self.me.detached();
+                self.pool.release(conn);
                 return Err(End::ClientGone);
             }
             Ok(conn) => conn,
