@@ -45,6 +45,12 @@ pub struct PoolerConfig {
     pub listen_port: u16,
     /// Directory for the Unix socket `.s.PGSQL.<listen_port>`; empty disables it.
     pub unix_socket_dir: String,
+    /// The Unix socket's permissions, octal as in PgBouncer (`"0777"`: any local user may
+    /// connect, and then authenticate); a TOML integer such as `0o770` works too.
+    #[serde(deserialize_with = "octal_mode")]
+    pub unix_socket_mode: u32,
+    /// Group that owns the Unix socket (with a mode such as `"0770"`, who may connect).
+    pub unix_socket_group: Option<String>,
     pub pool_mode: PoolMode,
     pub default_pool_size: u32,
     pub min_pool_size: u32,
@@ -134,6 +140,8 @@ impl Default for PoolerConfig {
             listen_addr: "127.0.0.1".into(),
             listen_port: 6432,
             unix_socket_dir: "/tmp".into(),
+            unix_socket_mode: 0o777,
+            unix_socket_group: None,
             pool_mode: PoolMode::Session,
             default_pool_size: 20,
             min_pool_size: 0,
@@ -285,6 +293,13 @@ impl Validate for PoolerConfig {
                 "tcp_keepidle, tcp_keepintvl and tcp_keepcnt only apply with tcp_keepalive = true",
             ));
         }
+        if self.unix_socket_mode > 0o7777 {
+            return Err(Invalid::new(
+                "unix_socket_mode",
+                format!("{:o}", self.unix_socket_mode),
+                "expected an octal mode such as \"0777\" or \"0770\"",
+            ));
+        }
         if self.max_client_conn == 0 {
             return Err(Invalid::new("max_client_conn", 0, "expected at least 1"));
         }
@@ -375,6 +390,34 @@ impl Validate for PoolerConfig {
         }
         Ok(())
     }
+}
+
+/// A file mode as pgbouncer.ini writes it, a string of octal digits (`"0777"`, `"770"`), or a
+/// TOML integer (`0o770`, taken as it is).
+fn octal_mode<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    struct Mode;
+    impl serde::de::Visitor<'_> for Mode {
+        type Value = u32;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an octal file mode such as \"0777\" or 0o770")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<u32, E> {
+            let digits = text.trim().trim_start_matches("0o");
+            u32::from_str_radix(digits, 8)
+                .map_err(|_| E::custom(format!("{text:?} is not an octal file mode such as \"0777\" or \"0770\"")))
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u32, E> {
+            u32::try_from(v).map_err(|_| E::custom(format!("{v} is not a file mode")))
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u32, E> {
+            u32::try_from(v).map_err(|_| E::custom(format!("{v} is not a file mode")))
+        }
+    }
+    deserializer.deserialize_any(Mode)
 }
 
 /// A list of names as TOML writes it (`["a", "b"]`) or as pgbouncer.ini did (`"a, b"`: split at
@@ -486,6 +529,21 @@ mod tests {
         assert!(err("auth_type = \"trust\"\ntcp_keepidle = 40000\n").contains("at most 32767 seconds"));
         assert!(err("auth_type = \"trust\"\ntcp_keepalive = false\ntcp_keepidle = 30\n")
             .contains("only apply with tcp_keepalive = true"));
+    }
+
+    #[test]
+    fn unix_socket_mode_is_octal_as_in_pgbouncer_ini() {
+        let mode = |line: &str| {
+            parse::<PoolerConfig>(Path::new("pooler.toml"), &format!("auth_type = \"trust\"\n{line}\n"))
+                .map(|c| c.unix_socket_mode)
+        };
+        assert_eq!(mode("").unwrap(), 0o777);
+        assert_eq!(mode("unix_socket_mode = \"0770\"").unwrap(), 0o770);
+        assert_eq!(mode("unix_socket_mode = \"700\"").unwrap(), 0o700);
+        assert_eq!(mode("unix_socket_mode = 0o750").unwrap(), 0o750);
+        let bad = err("auth_type = \"trust\"\nunix_socket_mode = \"rwx\"\n");
+        assert!(bad.contains("unix_socket_mode") && bad.contains("not an octal file mode"), "{bad}");
+        assert!(err("auth_type = \"trust\"\nunix_socket_mode = \"17777\"\n").contains("expected an octal mode"));
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub enum ListenError {
     Tcp { addr: String, source: std::io::Error },
     #[error("cannot create Unix socket {path}: {source} (check unix_socket_dir exists and is writable)")]
     Unix { path: PathBuf, source: std::io::Error },
+    #[error("Unix socket {path}: cannot apply {setting}: {why}")]
+    UnixSetting { path: PathBuf, setting: &'static str, why: String },
 }
 
 pub struct Listeners {
@@ -24,7 +26,10 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    pub async fn bind(listen_addr: &str, port: u16, unix_socket_dir: &str) -> Result<Listeners, ListenError> {
+    /// Binds listen_addr:listen_port and the Unix socket in unix_socket_dir, with
+    /// unix_socket_mode and unix_socket_group.
+    pub async fn bind(config: &crate::config::PoolerConfig) -> Result<Listeners, ListenError> {
+        let (listen_addr, port, unix_socket_dir) = (&config.listen_addr, config.listen_port, &config.unix_socket_dir);
         let mut tcp = Vec::new();
         for addr in listen_addr.split(',').map(str::trim).filter(|a| !a.is_empty()) {
             let host = if addr == "*" { "0.0.0.0" } else { addr };
@@ -41,6 +46,7 @@ impl Listeners {
             let _ = std::fs::remove_file(&path);
             let listener =
                 UnixListener::bind(&path).map_err(|source| ListenError::Unix { path: path.clone(), source })?;
+            socket_permissions(&path, config.unix_socket_mode, config.unix_socket_group.as_deref())?;
             Some((listener, path))
         };
         Ok(Listeners { tcp, unix })
@@ -104,6 +110,23 @@ impl Listeners {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+/// unix_socket_group, then unix_socket_mode, on the socket file.
+fn socket_permissions(path: &std::path::Path, mode: u32, group: Option<&str>) -> Result<(), ListenError> {
+    use std::os::unix::fs::PermissionsExt;
+    let failed = |setting, why: String| ListenError::UnixSetting { path: path.to_path_buf(), setting, why };
+    if let Some(name) = group {
+        let gid = match nix::unistd::Group::from_name(name) {
+            Ok(Some(group)) => group.gid,
+            Ok(None) => return Err(failed("unix_socket_group", format!("no group named {name:?} on this machine"))),
+            Err(e) => return Err(failed("unix_socket_group", format!("cannot look up group {name:?}: {e}"))),
+        };
+        nix::unistd::chown(path, None, Some(gid))
+            .map_err(|e| failed("unix_socket_group", format!("cannot give the socket to group {name:?}: {e}")))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| failed("unix_socket_mode", format!("cannot set mode {mode:04o}: {e}")))
 }
 
 /// Out of file descriptors and the like: log and back off instead of spinning.

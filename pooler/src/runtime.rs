@@ -167,7 +167,7 @@ impl StopSource for shutdown::Signals {
 /// transaction boundary, until none is left, shutdown_timeout passes, or a second signal.
 pub async fn run(shared: Arc<Shared>, stop: &mut impl StopSource) -> Result<(), PoolerError> {
     let config = shared.config();
-    let listeners = Listeners::bind(&config.listen_addr, config.listen_port, &config.unix_socket_dir).await?;
+    let listeners = Listeners::bind(&config).await?;
     let metrics = crate::metrics::serve(&config.metrics_listen, shared.clone()).await.map_err(PoolerError::Metrics)?;
     tracing::info!(
         listen = %format!("{}:{}", config.listen_addr, config.listen_port),

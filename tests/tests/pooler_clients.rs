@@ -176,3 +176,35 @@ async fn each_client_is_welcomed_with_its_own_parameters() {
         assert_eq!(reported.get("client_encoding").map(String::as_str), Some("UTF8"), "{reported:?}");
     }
 }
+
+/// The Unix socket gets unix_socket_mode (PgBouncer's default 0777: any local user may
+/// connect, then authenticate) and, when set, unix_socket_group; a group that does not exist
+/// stops the pooler with a message naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unix_socket_gets_unix_socket_mode_and_group() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let pg = postgres().await;
+    let socket = |pooler: &PoolerProcess| pooler.socket_dir().join(format!(".s.PGSQL.{}", pooler.port()));
+    let pooler = PoolerProcess::start(&pg, "").await.unwrap();
+    let meta = std::fs::metadata(socket(&pooler)).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o777);
+    drop(pooler);
+
+    let group = nix::unistd::Group::from_name("pgha").unwrap().expect("the harness's pgha group");
+    let pooler = PoolerProcess::start(&pg, "unix_socket_mode = \"0770\"\nunix_socket_group = \"pgha\"").await.unwrap();
+    let meta = std::fs::metadata(socket(&pooler)).unwrap();
+    assert_eq!((meta.permissions().mode() & 0o7777, meta.gid()), (0o770, group.gid.as_raw()));
+    let client = pooler.connect_dsn(&pooler.unix_dsn("postgres")).await.unwrap();
+    client.simple_query("select 1").await.unwrap();
+    drop(pooler);
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("userlist.txt"), "").unwrap();
+    let port = harness::ports::free_port().unwrap();
+    let config = harness::pooler::pooler_config(&pg, port, dir.path(), "unix_socket_group = \"no-such-group-pgha\"");
+    let mut failing = harness::PghaProcess::start("pooler-bad-group", &["pooler"], &config).unwrap();
+    let status = failing.process().wait_exit(Duration::from_secs(10)).await.unwrap();
+    let log = failing.log();
+    assert!(!status.success(), "a pooler with a missing unix_socket_group started:\n{log}");
+    assert!(log.contains("unix_socket_group") && log.contains("no group named"), "{log}");
+}

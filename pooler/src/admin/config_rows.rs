@@ -51,6 +51,8 @@ fn settings(c: &PoolerConfig) -> Vec<(&'static str, Option<String>, bool)> {
         ("listen_addr", Some(c.listen_addr.clone()), false),
         ("listen_port", Some(c.listen_port.to_string()), false),
         ("unix_socket_dir", Some(c.unix_socket_dir.clone()), false),
+        ("unix_socket_mode", Some(format!("{:04o}", c.unix_socket_mode)), false),
+        ("unix_socket_group", c.unix_socket_group.clone(), false),
         ("pool_mode", Some(pool_mode(c.pool_mode)), true),
         ("default_pool_size", Some(c.default_pool_size.to_string()), true),
         ("min_pool_size", Some(c.min_pool_size.to_string()), true),
@@ -134,7 +136,8 @@ mod tests {
                 | "server_tls_ca_file"
                 | "auth_user"
                 | "server_tls_cert_file"
-                | "server_tls_key_file" => "\"x\"".to_string(),
+                | "server_tls_key_file"
+                | "unix_socket_group" => "\"x\"".to_string(),
                 _ => continue,
             };
             text.push_str(&format!("{} = {value}\n", row.key));
