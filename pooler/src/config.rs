@@ -3,11 +3,11 @@
 //! Durations are seconds, as in PgBouncer.
 
 use consensus::config_file::{Invalid, Validate};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PoolMode {
     Session,
@@ -15,7 +15,7 @@ pub enum PoolMode {
     Statement,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum AuthType {
     #[serde(rename = "trust")]
     Trust,
@@ -27,7 +27,7 @@ pub enum AuthType {
     ScramSha256,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TlsMode {
     Disable,
@@ -38,7 +38,7 @@ pub enum TlsMode {
     VerifyFull,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolerConfig {
     pub listen_addr: String,
@@ -200,7 +200,7 @@ impl Default for PoolerConfig {
 }
 
 /// One `[databases.<name>]` entry: where clients of database `<name>` are sent.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     pub host: String,
@@ -227,7 +227,7 @@ pub struct DatabaseConfig {
 }
 
 /// One `[users.<name>]` entry: per-user overrides.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     #[serde(default)]

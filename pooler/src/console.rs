@@ -286,10 +286,82 @@ impl AdminBackend for ConsoleBackend {
                 return Err(AdminError::ReloadFailed);
             }
         };
-        self.shared.reload(config).map_err(|e| {
+        self.apply(config).map_err(|e| {
             tracing::warn!("RELOAD: {e}");
             AdminError::ReloadFailed
         })?;
+        tracing::info!("RELOAD: configuration re-read from {}", path.display());
+        Ok(())
+    }
+
+    /// SET key = value: the running configuration with one setting changed, applied as RELOAD
+    /// applies a file (checked the same way; pooler.toml itself is not written, so the next
+    /// RELOAD or restart goes back to the file, as in PgBouncer).
+    async fn set(&self, key: &str, value: &str) -> Result<(), AdminError> {
+        match crate::admin::config_rows::changeable(key) {
+            None => return Err(AdminError::SetFailed(format!("unknown parameter: {key}"))),
+            Some(false) => {
+                return Err(AdminError::SetFailed(format!(
+                    "{key} cannot be changed while the pooler runs (edit pooler.toml and restart)"
+                )))
+            }
+            Some(true) => {}
+        }
+        let running = toml::Table::try_from(&*self.shared.config())
+            .map_err(|e| AdminError::SetFailed(format!("cannot copy the running configuration: {e}")))?;
+        let mut first_error = None;
+        for candidate in set_values(value) {
+            let mut table = running.clone();
+            table.insert(key.to_owned(), candidate);
+            let text = toml::to_string(&table)
+                .map_err(|e| AdminError::SetFailed(format!("cannot copy the running configuration: {e}")))?;
+            match consensus::config_file::parse::<crate::config::PoolerConfig>(std::path::Path::new("SET"), &text) {
+                Ok(config) => {
+                    self.apply(config).map_err(|e| AdminError::SetFailed(e.to_string()))?;
+                    tracing::info!("SET {key} = {value}");
+                    return Ok(());
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let why = first_error.map(|e| e.to_string()).unwrap_or_default();
+        Err(AdminError::SetFailed(why.strip_prefix("SET: ").unwrap_or(&why).to_owned()))
+    }
+
+    async fn shutdown(&self, mode: ShutdownMode) -> Result<(), AdminError> {
+        match mode {
+            ShutdownMode::Immediate => std::process::exit(0),
+            ShutdownMode::WaitForClients => self.shared.shutdown.request(Signal::WaitForClients),
+            ShutdownMode::WaitForServers => self.shared.shutdown.request(Signal::Graceful),
+        }
+        Ok(())
+    }
+}
+
+/// What SET's value may mean, most literal first: a TOML value as typed (`30`, `2.5`, `true`,
+/// `"x"`), a pgbouncer.ini boolean (`0`/`1`, `on`/`off`, `yes`/`no`), then the text as a
+/// string (`select 1`, `tlsv1.3`). The first the setting accepts is taken.
+fn set_values(value: &str) -> Vec<toml::Value> {
+    let mut values = Vec::new();
+    if let Some(v) = format!("v = {value}").parse::<toml::Table>().ok().and_then(|mut t| t.remove("v")) {
+        values.push(v);
+    }
+    match value.to_ascii_lowercase().as_str() {
+        "1" | "on" | "yes" | "true" => values.push(toml::Value::Boolean(true)),
+        "0" | "off" | "no" | "false" => values.push(toml::Value::Boolean(false)),
+        _ => {}
+    }
+    values.push(toml::Value::String(value.to_owned()));
+    values
+}
+
+impl ConsoleBackend {
+    /// A new configuration takes effect: credentials, TLS and the server list for new clients,
+    /// pool settings for every pool (connected clients at their next transaction).
+    fn apply(&self, config: crate::config::PoolerConfig) -> Result<(), crate::runtime::PoolerError> {
+        self.shared.reload(config)?;
         let config = self.shared.config();
         let topology = self.shared.topology();
         for pool in self.shared.pools.all() {
@@ -302,16 +374,6 @@ impl AdminBackend for ConsoleBackend {
                 user.and_then(|u| u.max_user_connections),
             );
             pool.update_settings(settings, &target.dbname, self.shared.server_tls());
-        }
-        tracing::info!("RELOAD: configuration re-read from {}", path.display());
-        Ok(())
-    }
-
-    async fn shutdown(&self, mode: ShutdownMode) -> Result<(), AdminError> {
-        match mode {
-            ShutdownMode::Immediate => std::process::exit(0),
-            ShutdownMode::WaitForClients => self.shared.shutdown.request(Signal::WaitForClients),
-            ShutdownMode::WaitForServers => self.shared.shutdown.request(Signal::Graceful),
         }
         Ok(())
     }

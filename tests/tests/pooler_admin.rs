@@ -769,3 +769,46 @@ async fn a_server_connection_logging_in_shows_as_new() {
     assert!(servers.iter().all(|r| r["database"] != "silent"), "the row stayed after the login failed: {servers:?}");
     held.abort();
 }
+
+/// SET key = value changes the running configuration as RELOAD would (checked the same way),
+/// without touching pooler.toml: the pool size takes effect for waiting clients, SHOW CONFIG
+/// shows it, pgbouncer.ini's 0/1 booleans work, and unknown, read-only or malformed settings
+/// are refused with what is wrong. RELOAD goes back to the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_changes_the_running_configuration_and_reload_goes_back_to_the_file() {
+    let (_pg, pooler) = setup("pool_mode = \"transaction\"\ndefault_pool_size = 1\nquery_wait_timeout = 30").await;
+    let admin = console(&pooler).await;
+    let config = |rows: Vec<HashMap<String, String>>, key: &str| {
+        rows.into_iter().find(|r| r["key"] == key).map(|r| r["value"].clone()).unwrap_or_default()
+    };
+    let a = pooler.connect().await.unwrap();
+    let b = pooler.connect().await.unwrap();
+    a.batch_execute("begin; select 1").await.unwrap();
+    let waiting = tokio::spawn(async move {
+        b.simple_query("select 2").await.unwrap();
+        b
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "pool_size 1 should make the second client wait");
+    admin.simple_query("SET default_pool_size = 3").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("SET let the waiting client in").unwrap();
+    assert_eq!(config(show(&admin, "CONFIG").await, "default_pool_size"), "3");
+    a.batch_execute("commit").await.unwrap();
+
+    admin.simple_query("SET log_connections = 0").await.unwrap();
+    assert_eq!(config(show(&admin, "CONFIG").await, "log_connections"), "0");
+    admin.simple_query("set server_check_query to 'select 2'").await.unwrap();
+    assert_eq!(config(show(&admin, "CONFIG").await, "server_check_query"), "select 2");
+
+    assert!(admin_error(&admin, "SET no_such_setting = 1").await.contains("unknown parameter: no_such_setting"));
+    assert!(admin_error(&admin, "SET listen_port = 7000").await.contains("cannot be changed while the pooler runs"));
+    let bad = admin_error(&admin, "SET default_pool_size = many").await;
+    assert!(bad.contains("default_pool_size"), "{bad}");
+    let bad = admin_error(&admin, "SET tcp_keepcnt = 500").await;
+    assert!(bad.contains("at most 127"), "{bad}");
+    assert_eq!(config(show(&admin, "CONFIG").await, "tcp_keepcnt"), "0", "a refused SET changed nothing");
+
+    admin.simple_query("RELOAD").await.unwrap();
+    assert_eq!(config(show(&admin, "CONFIG").await, "default_pool_size"), "1");
+    assert_eq!(config(show(&admin, "CONFIG").await, "log_connections"), "1");
+}

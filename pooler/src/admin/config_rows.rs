@@ -104,6 +104,11 @@ fn settings(c: &PoolerConfig) -> Vec<(&'static str, Option<String>, bool)> {
     ]
 }
 
+/// Whether `key` is a setting, and whether it can change without a restart (SET, RELOAD).
+pub fn changeable(key: &str) -> Option<bool> {
+    settings(&PoolerConfig::default()).into_iter().find(|(k, _, _)| *k == key).map(|(_, _, changeable)| changeable)
+}
+
 /// SHOW CONFIG for `current`, sorted by key like PgBouncer's.
 pub fn config_rows(current: &PoolerConfig) -> Vec<ConfigRow> {
     let defaults = settings(&PoolerConfig::default());
