@@ -25,6 +25,9 @@ pub enum AuthType {
     Md5,
     #[serde(rename = "scram-sha-256")]
     ScramSha256,
+    /// The method comes from auth_hba_file, line by line (pg_hba.conf's format).
+    #[serde(rename = "hba")]
+    Hba,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -75,6 +78,8 @@ pub struct PoolerConfig {
     pub server_check_delay: f64,
     pub auth_type: AuthType,
     pub auth_file: Option<PathBuf>,
+    /// pg_hba.conf-style rules for auth_type = "hba" (re-read on RELOAD).
+    pub auth_hba_file: Option<PathBuf>,
     pub auth_user: Option<String>,
     pub auth_query: String,
     #[serde(deserialize_with = "names")]
@@ -166,6 +171,7 @@ impl Default for PoolerConfig {
             server_check_delay: 30.0,
             auth_type: AuthType::ScramSha256,
             auth_file: None,
+            auth_hba_file: None,
             auth_user: None,
             auth_query: "SELECT usename, passwd FROM pg_shadow WHERE usename=$1".into(),
             admin_users: Vec::new(),
@@ -306,7 +312,13 @@ impl Validate for PoolerConfig {
         if self.max_packet_size < 1024 {
             return Err(Invalid::new("max_packet_size", self.max_packet_size, "expected at least 1024 bytes"));
         }
-        if self.auth_type != AuthType::Trust && self.auth_file.is_none() && self.auth_user.is_none() {
+        if self.auth_type == AuthType::Hba && self.auth_hba_file.is_none() {
+            return Err(Invalid::missing("auth_hba_file", "required when auth_type is hba"));
+        }
+        if !matches!(self.auth_type, AuthType::Trust | AuthType::Hba)
+            && self.auth_file.is_none()
+            && self.auth_user.is_none()
+        {
             let v = match self.auth_type {
                 AuthType::Md5 => "\"md5\"",
                 AuthType::Plain => "\"plain\"",
@@ -544,6 +556,14 @@ mod tests {
         let bad = err("auth_type = \"trust\"\nunix_socket_mode = \"rwx\"\n");
         assert!(bad.contains("unix_socket_mode") && bad.contains("not an octal file mode"), "{bad}");
         assert!(err("auth_type = \"trust\"\nunix_socket_mode = \"17777\"\n").contains("expected an octal mode"));
+    }
+
+    #[test]
+    fn auth_type_hba_needs_its_file_and_no_password_source() {
+        assert_eq!(err("auth_type = \"hba\"\n"), "pooler.toml: auth_hba_file: required when auth_type is hba");
+        let c: PoolerConfig =
+            parse(Path::new("pooler.toml"), "auth_type = \"hba\"\nauth_hba_file = \"/etc/pgha/hba.conf\"\n").unwrap();
+        assert_eq!(c.auth_type, AuthType::Hba);
     }
 
     #[test]

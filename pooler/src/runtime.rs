@@ -24,6 +24,8 @@ pub enum PoolerError {
     #[error(transparent)]
     AuthFile(crate::auth::UserlistError),
     #[error(transparent)]
+    HbaFile(#[from] crate::auth::hba::HbaError),
+    #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
     #[error("cannot install the SIGTERM/SIGINT/SIGQUIT handlers: {0}")]
     Signals(std::io::Error),
@@ -38,6 +40,8 @@ pub struct Shared {
     config: RwLock<Arc<PoolerConfig>>,
     topology: RwLock<Arc<dyn Topology>>,
     credentials: RwLock<Arc<Credentials>>,
+    /// auth_hba_file's rules when auth_type = "hba".
+    hba: RwLock<Option<Arc<crate::auth::hba::HbaRules>>>,
     client_tls: RwLock<Arc<ClientTls>>,
     server_tls: RwLock<Arc<ServerTls>>,
     pub config_path: Option<PathBuf>,
@@ -57,7 +61,9 @@ impl Shared {
         let credentials = Credentials::from_config(&config, None).map_err(PoolerError::AuthFile)?;
         let client_tls = ClientTls::from_config(&config)?;
         let server_tls = ServerTls::from_config(&config)?;
+        let hba = load_hba(&config)?;
         Ok(Shared {
+            hba: RwLock::new(hba),
             client_tls: RwLock::new(Arc::new(client_tls)),
             server_tls: RwLock::new(Arc::new(server_tls)),
             topology: RwLock::new(Arc::new(StaticTopology::from_config(&config))),
@@ -93,6 +99,8 @@ impl Shared {
         let credentials = Credentials::from_config(&config, None).map_err(PoolerError::AuthFile)?;
         let client_tls = ClientTls::from_config(&config)?;
         let server_tls = ServerTls::from_config(&config)?;
+        let hba = load_hba(&config)?;
+        *self.hba.write().unwrap_or_else(|p| p.into_inner()) = hba;
         *self.client_tls.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(client_tls);
         *self.server_tls.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(server_tls);
         *self.credentials.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(credentials);
@@ -111,8 +119,21 @@ impl Shared {
         self.server_tls.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// auth_hba_file's rules (None unless auth_type = "hba").
+    pub fn hba(&self) -> Option<Arc<crate::auth::hba::HbaRules>> {
+        self.hba.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     pub fn credentials(&self) -> Arc<Credentials> {
         self.credentials.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// auth_hba_file, read when auth_type = "hba" (a broken file stops the start or the RELOAD).
+fn load_hba(config: &PoolerConfig) -> Result<Option<Arc<crate::auth::hba::HbaRules>>, PoolerError> {
+    match (&config.auth_type, &config.auth_hba_file) {
+        (crate::config::AuthType::Hba, Some(path)) => Ok(Some(Arc::new(crate::auth::hba::HbaRules::load(path)?))),
+        _ => Ok(None),
     }
 }
 

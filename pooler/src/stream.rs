@@ -81,6 +81,25 @@ impl Stream {
         Ok(())
     }
 
+    /// The client's IP address (TCP and TLS); None for a Unix socket.
+    pub fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        let tcp = match self {
+            Stream::Tcp(s) => s,
+            Stream::TlsClient(s) => s.get_ref().0,
+            Stream::TlsServer(s) => s.get_ref().0,
+            _ => return None,
+        };
+        tcp.peer_addr().ok().map(|a| a.ip())
+    }
+
+    /// The operating-system user of the process at the other end of a Unix socket
+    /// (SO_PEERCRED); None for TCP or when it cannot be told.
+    pub fn peer_user(&self) -> Option<String> {
+        let Stream::Unix(s) = self else { return None };
+        let uid = s.peer_cred().ok()?.uid();
+        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map(|u| u.name)
+    }
+
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::TlsClient(_) | Stream::TlsServer(_))
     }

@@ -94,3 +94,86 @@ async fn auth_request(pooler: &PoolerProcess, user: &str) -> i32 {
     assert_eq!(header[0], b'R', "expected an authentication request, got {header:?}");
     i32::from_be_bytes([header[5], header[6], header[7], header[8]])
 }
+
+/// auth_type = "hba": auth_hba_file decides per connection, as pg_hba.conf does. Over TCP
+/// the superuser logs in with SCRAM (a wrong password gets 28P01) and bob is rejected by his
+/// line; on the Unix socket `peer` lets in the operating-system user the test runs as and
+/// refuses another name; a TCP client without a matching line gets "no pg_hba.conf entry".
+/// RELOAD re-reads the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_hba_file_picks_the_method_per_connection_and_reload_rereads_it() {
+    let mut pg = PgInstance::init("pooler-hba", PgOptions::default()).await.unwrap();
+    pg.start().await.unwrap();
+    let me = nix::unistd::User::from_uid(nix::unistd::getuid()).unwrap().expect("the test's own user").name;
+    let dir = tempfile::tempdir().unwrap();
+    let hba = dir.path().join("hba.conf");
+    let rules = format!(
+        "local all {me} peer\nlocal all postgres peer\nhost all bob 127.0.0.1/32 reject\n\
+         host postgres,peerdb,pgbouncer all 127.0.0.1/32 scram-sha-256\n"
+    );
+    std::fs::write(&hba, &rules).unwrap();
+    // peerdb logs in to PostgreSQL as the superuser whoever the client is.
+    let settings = format!(
+        "auth_type = \"hba\"\nauth_hba_file = \"{}\"\nadmin_users = [\"postgres\"]\n\
+         [databases.peerdb]\nhost = \"127.0.0.1\"\nport = {}\ndbname = \"postgres\"\nuser = \"postgres\"",
+        hba.display(),
+        pg.port()
+    );
+    let mut pooler = PoolerProcess::start(&pg, &settings).await.unwrap();
+    let port = pooler.port();
+    let db_error = |err: anyhow::Error| {
+        let db = err.chain().find_map(|e| e.downcast_ref::<tokio_postgres::Error>()).and_then(|e| e.as_db_error());
+        let db = db.unwrap_or_else(|| panic!("expected an ErrorResponse, got {err:#}"));
+        (db.code().code().to_owned(), db.message().to_owned())
+    };
+
+    assert_eq!(current_user(&pooler, "postgres", pg.password()).await.unwrap(), "postgres");
+    assert_eq!(login_error(&pooler, "postgres", "wrong").await.0, "28P01");
+    assert_eq!(
+        login_error(&pooler, "bob", "x").await,
+        (
+            "28000".into(),
+            "pg_hba.conf rejects connection for host \"127.0.0.1\", user \"bob\", database \"postgres\", no encryption"
+                .into()
+        )
+    );
+    let other_db = format!("host=127.0.0.1 port={port} user=carol password=x dbname=reports");
+    let (code, message) = db_error(refused_with(pooler.connect_dsn(&other_db).await, "no line for reports"));
+    assert_eq!(
+        (
+            code.as_str(),
+            message.starts_with("no pg_hba.conf entry for host \"127.0.0.1\", user \"carol\", database \"reports\"")
+        ),
+        ("28000", true),
+        "{message}"
+    );
+
+    let socket = pooler.socket_dir().display().to_string();
+    let peer = pooler.connect_dsn(&format!("host={socket} port={port} user={me} dbname=peerdb")).await.unwrap();
+    let row = peer.query_one("SELECT current_user::text", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "postgres");
+    if me != "postgres" {
+        let refused = pooler.connect_dsn(&format!("host={socket} port={port} user=postgres dbname=peerdb")).await;
+        assert_eq!(
+            db_error(refused_with(refused, "peer must refuse another user")),
+            ("28000".into(), "Peer authentication failed for user \"postgres\"".into())
+        );
+    }
+
+    // RELOAD re-reads the rules: the superuser is now rejected over TCP.
+    let admin = pooler
+        .connect_dsn(&format!("host=127.0.0.1 port={port} user=postgres password={} dbname=pgbouncer", pg.password()))
+        .await
+        .unwrap();
+    std::fs::write(&hba, format!("host all postgres 127.0.0.1/32 reject\n{rules}")).unwrap();
+    admin.simple_query("RELOAD").await.unwrap();
+    assert_eq!(login_error(&pooler, "postgres", pg.password()).await.0, "28000", "{}", pooler.process().log());
+}
+
+/// The error of a login that must fail.
+fn refused_with<T>(result: anyhow::Result<T>, why: &str) -> anyhow::Error {
+    match result {
+        Ok(_) => panic!("{why}"),
+        Err(e) => e,
+    }
+}

@@ -28,6 +28,7 @@ fn auth_type(a: AuthType) -> String {
         AuthType::Plain => "plain",
         AuthType::Md5 => "md5",
         AuthType::ScramSha256 => "scram-sha-256",
+        AuthType::Hba => "hba",
     }
     .into()
 }
@@ -77,6 +78,7 @@ fn settings(c: &PoolerConfig) -> Vec<(&'static str, Option<String>, bool)> {
         ("server_check_delay", Some(secs(c.server_check_delay)), true),
         ("auth_type", Some(auth_type(c.auth_type)), true),
         ("auth_file", path(&c.auth_file), true),
+        ("auth_hba_file", path(&c.auth_hba_file), true),
         ("auth_user", c.auth_user.clone(), true),
         ("auth_query", Some(c.auth_query.clone()), true),
         ("admin_users", Some(c.admin_users.join(",")), true),
@@ -142,7 +144,8 @@ mod tests {
                 | "auth_user"
                 | "server_tls_cert_file"
                 | "server_tls_key_file"
-                | "unix_socket_group" => "\"x\"".to_string(),
+                | "unix_socket_group"
+                | "auth_hba_file" => "\"x\"".to_string(),
                 _ => continue,
             };
             text.push_str(&format!("{} = {value}\n", row.key));

@@ -176,7 +176,8 @@ fn choose(auth_type: AuthType, secret: Option<&StoredSecret>) -> Method {
         AuthType::Md5 if matches!(secret, Some(StoredSecret::Scram(_))) => Method::Scram,
         AuthType::Md5 => Method::Md5,
         AuthType::Plain => Method::Plain,
-        AuthType::ScramSha256 | AuthType::Trust => Method::Scram,
+        // Hba is decided per connection before this (`hba::HbaRules::decide`).
+        AuthType::ScramSha256 | AuthType::Trust | AuthType::Hba => Method::Scram,
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod credentials;
+pub mod hba;
 pub mod scram;
 pub mod secret;
 pub mod server;

@@ -7,7 +7,7 @@ use super::send_fatal;
 use crate::admin::{Access, ADMIN_DATABASE};
 use crate::auth::{authenticate_client, AuthQuery, CredentialSource, Credentials, ServerCredential, StoredSecret};
 use crate::cancel::{CancelSlot, ClientKey};
-use crate::config::PoolerConfig;
+use crate::config::{AuthType, PoolerConfig};
 use crate::connections::{ClientHandle, NewClient};
 use crate::pool::{Pool, PoolKey, PoolSettings};
 use crate::protocol::message::{write_authentication_ok, write_backend_key_data, write_ready_for_query};
@@ -66,15 +66,19 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
     }
     let credentials = with_auth_query(shared, &config, &database);
     let auth_timeout = crate::pool::secs(config.client_login_timeout).unwrap_or(Duration::from_secs(3600));
-    let client_credential =
-        match authenticate_client(stream, buf, &user, config.auth_type, &*credentials, auth_timeout).await {
-            Ok(credential) => credential,
-            Err(e) => {
-                shared.stats.count_error(e.kind());
-                tracing::info!(user, "client authentication failed: {e}");
-                return None;
-            }
-        };
+    let auth_type = match config.auth_type {
+        AuthType::Hba => hba_method(stream, shared, &database, &user).await?,
+        other => other,
+    };
+    let client_credential = match authenticate_client(stream, buf, &user, auth_type, &*credentials, auth_timeout).await
+    {
+        Ok(credential) => credential,
+        Err(e) => {
+            shared.stats.count_error(e.kind());
+            tracing::info!(user, "client authentication failed: {e}");
+            return None;
+        }
+    };
     if database == ADMIN_DATABASE {
         let Some(access) = Access::for_user(&config.admin_users, &config.stats_users, &user) else {
             let _ = send_fatal(stream, "28000", "not allowed").await;
@@ -172,6 +176,58 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
     let settings = pool.settings();
     let me = register(shared, &startup, stream, config.log_connections);
     Some(Outcome::Pool(LoggedIn { pool, settings, params, key, cancel, me }))
+}
+
+/// auth_type = "hba": the method auth_hba_file gives this connection, as an auth_type for the
+/// exchange. `reject` (or no matching line) and a failed `peer` check are answered here with
+/// PostgreSQL's words (SQLSTATE 28000) and end the login (None).
+async fn hba_method(stream: &mut Stream, shared: &Shared, database: &str, user: &str) -> Option<AuthType> {
+    use crate::auth::hba::{Connection, HbaMethod};
+    let Some(rules) = shared.hba() else {
+        shared.stats.count_error("auth_failed");
+        let _ = send_fatal(stream, "28000", "auth_type is hba but no auth_hba_file is loaded").await;
+        return None;
+    };
+    let unix = matches!(stream, Stream::Unix(_));
+    let addr = stream.peer_ip();
+    let tls = stream.is_tls();
+    let decision = rules.decide(&Connection { unix, tls, addr, database, user });
+    let host = addr.map_or_else(|| "[local]".to_owned(), |a| a.to_string());
+    let encryption = if tls { "SSL encryption" } else { "no encryption" };
+    match decision.method {
+        HbaMethod::Trust => Some(AuthType::Trust),
+        HbaMethod::Md5 => Some(AuthType::Md5),
+        HbaMethod::Password => Some(AuthType::Plain),
+        HbaMethod::ScramSha256 => Some(AuthType::ScramSha256),
+        HbaMethod::Reject => {
+            let message = match decision.line {
+                Some(_) => format!(
+                    "pg_hba.conf rejects connection for host \"{host}\", user \"{user}\", database \"{database}\", {encryption}"
+                ),
+                None => format!(
+                    "no pg_hba.conf entry for host \"{host}\", user \"{user}\", database \"{database}\", {encryption}"
+                ),
+            };
+            tracing::info!(user, database, client = %host, "login refused: {message}");
+            shared.stats.count_error("auth_failed");
+            let _ = send_fatal(stream, "28000", &message).await;
+            None
+        }
+        HbaMethod::Peer => {
+            let os_user = stream.peer_user();
+            if os_user.as_deref() == Some(user) {
+                return Some(AuthType::Trust);
+            }
+            let why = match os_user {
+                Some(os) => format!("Peer authentication failed for user \"{user}\" (the client runs as {os:?})"),
+                None => format!("Peer authentication failed for user \"{user}\" (cannot tell who the client is)"),
+            };
+            tracing::info!(user, database, client = %host, "login refused: {why}");
+            shared.stats.count_error("auth_failed");
+            let _ = send_fatal(stream, "28000", &format!("Peer authentication failed for user \"{user}\"")).await;
+            None
+        }
+    }
 }
 
 /// The first startup parameter the pooler neither tracks nor is told to ignore
