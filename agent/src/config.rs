@@ -218,6 +218,11 @@ pub struct RaftConfig {
     /// starts an election (and refuses to vote for another while it still hears one).
     #[serde(default = "default_raft_election_timeout_ms")]
     pub election_timeout_ms: u64,
+    /// This node joins a running Raft group (a node added to a cluster): its member waits to
+    /// be added and the agent asks the group to make it a voter. `peers` lists the running
+    /// members it reaches first.
+    #[serde(default)]
+    pub join: bool,
 }
 
 fn default_raft_heartbeat_ms() -> u64 {

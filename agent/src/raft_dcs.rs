@@ -47,6 +47,13 @@ pub fn validate(name: &str, r: &RaftConfig) -> Result<(), Invalid> {
         }
         _ => {}
     }
+    if r.join && !r.peers.keys().any(|p| p != name) {
+        return Err(Invalid::new(
+            "dcs.raft.join",
+            "true",
+            "a joining member needs the running members under [dcs.raft.peers] to reach the group",
+        ));
+    }
     if r.heartbeat_ms == 0 || r.heartbeat_ms * 3 > r.election_timeout_ms {
         return Err(Invalid::new(
             "dcs.raft.heartbeat_ms",
@@ -75,8 +82,16 @@ fn resolve_secret(r: &RaftConfig) -> Result<SharedSecret, String> {
     SharedSecret::new(text).map_err(|e| format!("dcs.raft: {e}"))
 }
 
+/// This node's member, the DCS client that prefers it, and a second client for the REST API's
+/// group status and membership changes.
+pub struct Started {
+    pub member: RaftMember,
+    pub store: RaftStore,
+    pub admin: RaftStore,
+}
+
 /// Starts this node's member and a client that prefers it. `op_timeout` bounds each DCS request.
-pub async fn start(name: &str, r: &RaftConfig, op_timeout: Duration) -> Result<(RaftMember, RaftStore), String> {
+pub async fn start(name: &str, r: &RaftConfig, op_timeout: Duration) -> Result<Started, String> {
     let secret = resolve_secret(r)?;
     let peers = all_members(name, r);
     let n = peers.len();
@@ -95,16 +110,47 @@ pub async fn start(name: &str, r: &RaftConfig, op_timeout: Duration) -> Result<(
             election_max: Duration::from_millis(r.election_timeout_ms + r.election_timeout_ms / 4),
         },
         op_timeout,
+        join: r.join,
     };
     let member = RaftMember::start(config).await.map_err(|e| e.to_string())?;
+    if r.join {
+        let others: Vec<String> = peers.iter().filter(|(n, _)| n.as_str() != name).map(|(_, a)| a.clone()).collect();
+        let options = RaftStoreOptions { op_timeout, ..RaftStoreOptions::default() };
+        let group = RaftStore::new(others, secret.clone(), options).map_err(|e| e.to_string())?;
+        let (name, addr) = (name.to_string(), peers.get(name).cloned().unwrap_or_else(|| r.listen.to_string()));
+        tokio::spawn(join_group(group, name, addr));
+    }
     // Our own member first (reached on loopback when listening on every address), then the others.
     let local = member.local_addr();
     let local = if local.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], local.port())) } else { local };
     let mut addrs = vec![local.to_string()];
     addrs.extend(peers.iter().filter(|(n, _)| n.as_str() != name).map(|(_, a)| a.clone()));
     let options = RaftStoreOptions { op_timeout, ..RaftStoreOptions::default() };
-    let store = RaftStore::new(addrs, secret, options).map_err(|e| e.to_string())?;
-    Ok((member, store))
+    let store = RaftStore::new(addrs.clone(), secret.clone(), options.clone()).map_err(|e| e.to_string())?;
+    let admin = RaftStore::new(addrs, secret, options).map_err(|e| e.to_string())?;
+    Ok(Started { member, store, admin })
+}
+
+/// `dcs.raft.join`: asks the running group, until it has, to make this member a voter (a
+/// learner first, caught up by the Raft leader). Safe to repeat: a voter is left as it is.
+async fn join_group(group: RaftStore, name: String, addr: String) {
+    let mut attempt = 0u32;
+    loop {
+        match group.join(&name, &addr).await {
+            Ok(status) => {
+                tracing::info!(member = %name, voters = %status.voters.join(","), "raft: this member is a voter of the group");
+                return;
+            }
+            Err(e) => {
+                attempt += 1;
+                // The first failures are expected while the group has no leader or is busy.
+                if attempt % 5 == 1 {
+                    tracing::warn!(member = %name, "raft: not in the group yet ({e}); asking again");
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
 }
 
 /// The config file of `pgha dcs-member`: a Raft member without PostgreSQL.
@@ -139,7 +185,7 @@ pub async fn run_member(
     config: DcsMemberConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
-    let (member, _store) = start(&config.name, &config.raft, Duration::from_secs_f64(config.op_timeout)).await?;
+    let Started { member, .. } = start(&config.name, &config.raft, Duration::from_secs_f64(config.op_timeout)).await?;
     shutdown.await;
     member.shutdown().await;
     Ok(())

@@ -27,6 +27,7 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
     let ha = config.ha.to_ha_config();
     // The built-in DCS member runs for as long as the agent does.
     let mut raft_member = None;
+    let mut raft_admin = None;
     let dcs: Arc<dyn Dcs> = match config.dcs.backend {
         DcsBackend::Etcd => {
             let endpoints = config.dcs.etcd.as_ref().map(|e| e.endpoints.clone()).unwrap_or_default();
@@ -38,9 +39,11 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
             let Some(raft) = config.dcs.raft.as_ref() else {
                 return Err(ServiceError::Setup("backend = \"raft\" needs a [dcs.raft] section".into()));
             };
-            let (member, store) =
+            let started =
                 crate::raft_dcs::start(&config.name, raft, ha.retry_timeout).await.map_err(ServiceError::Setup)?;
-            raft_member = Some(member);
+            let store = started.store;
+            raft_admin = Some(Arc::new(started.admin));
+            raft_member = Some(started.member);
             Arc::new(KvDcs::new(Arc::new(store), &config.namespace, &config.scope, &config.name, ha.ttl))
         }
     };
@@ -93,7 +96,7 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
         (Some(u), Some(p)) => Some(BasicAuth::new(u.clone(), p.clone())),
         _ => None,
     };
-    let api_state = ApiState::new(status_rx, dcs.clone(), commands_tx).with_auth(auth);
+    let api_state = ApiState::new(status_rx, dcs.clone(), commands_tx).with_auth(auth).with_raft(raft_admin);
     let (api_stop_tx, api_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let api = tokio::spawn(crate::api::serve(listener, api_state, async move {
         let _ = api_stop_rx.await;

@@ -71,6 +71,12 @@ pub struct CtlArgs {
     /// REST API URL of any agent of the cluster.
     #[arg(long, env = "PGHA_API", default_value = "http://127.0.0.1:8008")]
     pub api: String,
+    /// User for the REST API's changing endpoints (the agents' [api] username).
+    #[arg(long, env = "PGHA_API_USERNAME")]
+    pub username: Option<String>,
+    /// Password for the REST API's changing endpoints.
+    #[arg(long, env = "PGHA_API_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
     #[command(subcommand)]
     pub verb: CtlVerb,
 }
@@ -116,11 +122,18 @@ pub enum CtlVerb {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
-    /// Restore the whole cluster to a point in time (agents stop, the primary is restored and promoted, standbys re-clone).
+    /// Restore the whole cluster to a point in time (not built yet: restore one node with `pgha backup restore`, re-clone the others).
     RestoreCluster {
         /// Target time, e.g. "2026-11-23 14:03:27+00".
         #[arg(long)]
         target_time: String,
+    },
+    /// Show the built-in Raft group: its leader, term, voters and learners.
+    RaftStatus,
+    /// Take a node gone for good out of the built-in Raft group (it stops counting toward the quorum).
+    RaftRemove {
+        /// The member's name.
+        member: String,
     },
 }
 
@@ -276,7 +289,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             pooler::runtime::main(config, &args.config)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Ctl(_) => Ok(not_built("ctl", "cluster operations (they need the agent's REST API)")),
+        Command::Ctl(args) => crate::ctl::run(args),
         Command::Backup(args) => crate::backup_cmd::run(args),
         Command::ArchivePush(args) => crate::backup_cmd::archive_push(args),
         Command::ArchiveGet(args) => crate::backup_cmd::archive_get(args),
@@ -310,12 +323,4 @@ where
 {
     // The error already names the file, the key and what is allowed.
     Ok(consensus::config_file::load(path)?)
-}
-
-fn not_built(command: &str, what: &str) -> ExitCode {
-    eprintln!(
-        "pgha {command}: not built yet: this version of pgha does not include {what}. Nothing was started. \
-         See the status table in README.md."
-    );
-    ExitCode::from(EXIT_NOT_BUILT)
 }

@@ -3,6 +3,7 @@
 
 mod backup_cmd;
 mod commands;
+mod ctl;
 mod demo;
 mod logging;
 

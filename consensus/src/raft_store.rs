@@ -8,7 +8,7 @@
 
 use crate::kv::{KvError, KvStore, LeaseId, RangeResponse, Revision, Txn, TxnResponse, WatchEvent, WatchReceiver};
 use crate::raft::{ClientApiConnection, ClientCallError, NetworkConfig, SharedSecret};
-use crate::raft_member::protocol::{ClientError, Envelope, Reply, Request};
+use crate::raft_member::protocol::{ClientError, Envelope, MemberStatus, Reply, Request};
 use async_trait::async_trait;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -80,6 +80,36 @@ impl RaftStore {
     pub async fn request(&self, request: Request) -> Result<Reply, KvError> {
         self.members.call(request, Retry::OnlyIfNotApplied).await
     }
+
+    /// Makes member `name`, reached at `addr`, a voter of the group this store reaches (give it
+    /// the group's other members): a learner first (the Raft leader waits until it has caught
+    /// up), then a voter beside the current ones. Nothing changes if it is a voter already, so
+    /// it can be called again after any failure. Returns the leader's view of the group.
+    pub async fn join(&self, name: &str, addr: &str) -> Result<MemberStatus, KvError> {
+        let status = |reply: Reply| match reply {
+            Reply::Status(s) => Ok(s),
+            Reply::Failed(e) => Err(KvError::Rejected(e.to_string())),
+            other => Err(KvError::Rejected(format!("unexpected reply {other:?}"))),
+        };
+        let now = status(self.request(Request::Status).await?)?;
+        if now.voters.iter().any(|v| v == name) {
+            return Ok(now);
+        }
+        if !now.learners.iter().any(|l| l == name) {
+            status(self.request(Request::AddLearner { name: name.to_string(), addr: addr.to_string() }).await?)?;
+        }
+        status(self.request(Request::AddVoter { name: name.to_string() }).await?)
+    }
+
+    /// Takes member `name` out of the group (the node is gone for good): it stops counting
+    /// towards the quorum. The last voter cannot be removed.
+    pub async fn remove(&self, name: &str) -> Result<MemberStatus, KvError> {
+        match self.request(Request::RemoveMember { name: name.to_string() }).await? {
+            Reply::Status(s) => Ok(s),
+            Reply::Failed(e) => Err(KvError::Rejected(e.to_string())),
+            other => Err(KvError::Rejected(format!("unexpected reply {other:?}"))),
+        }
+    }
 }
 
 impl Members {
@@ -118,9 +148,10 @@ impl Members {
     async fn call(&self, request: Request, retry: Retry) -> Result<Reply, KvError> {
         let extra = match &request {
             Request::Watch { wait, .. } => *wait,
-            Request::AddLearner { .. } | Request::ChangeMembership { .. } | Request::RemoveMember { .. } => {
-                self.options.op_timeout * 15
-            }
+            Request::AddLearner { .. }
+            | Request::AddVoter { .. }
+            | Request::ChangeMembership { .. }
+            | Request::RemoveMember { .. } => self.options.op_timeout * 15,
             _ => Duration::ZERO,
         };
         let json = serde_json::to_value(Envelope { forwarded: false, request })

@@ -167,6 +167,9 @@ pub struct PghaCluster {
     pub backend: Backend,
     /// Raft only: (from, to) -> the relay member `from` reaches member `to` through.
     raft_links: BTreeMap<(usize, usize), FaultRelay>,
+    /// Raft only: each member's own listening port.
+    raft_ports: Vec<u16>,
+    timing: Timing,
 }
 
 /// HA timing for a test cluster (seconds).
@@ -243,6 +246,7 @@ impl PghaCluster {
         let mut cluster = Self::configure(size, timing, None, &dcs_section)?;
         cluster.backend = Backend::Raft;
         cluster.raft_links = raft_links;
+        cluster.raft_ports = raft_ports;
         cluster.start_all()?;
         Ok(cluster)
     }
@@ -298,14 +302,35 @@ impl PghaCluster {
     ) -> anyhow::Result<PghaCluster> {
         let mut relays = relays.unwrap_or_default().into_iter();
         let scope = format!("test{}", std::process::id());
-        let owner = RunAs::for_postgres(DEFAULT_USER)?;
         let mut nodes = Vec::new();
         for i in 1..=size {
+            nodes.push(Self::node(i, &scope, timing, relays.next().flatten(), dcs_section)?);
+        }
+        Ok(PghaCluster {
+            nodes,
+            etcd: None,
+            scope,
+            backend: Backend::Etcd,
+            raft_links: BTreeMap::new(),
+            raft_ports: Vec::new(),
+            timing,
+        })
+    }
+
+    /// Node `i` (1-based) of cluster `scope`: its scratch dir, ports and agent config.
+    fn node(
+        i: usize,
+        scope: &str,
+        timing: Timing,
+        dcs_relay: Option<FaultRelay>,
+        dcs_section: &dyn Fn(usize, &ScratchDir) -> String,
+    ) -> anyhow::Result<Node> {
+        let owner = RunAs::for_postgres(DEFAULT_USER)?;
+        {
             let name = format!("node{i}");
             let dir = ScratchDir::new(&name, owner)?;
             let pg_port = crate::ports::free_port()?;
             let api_port = crate::ports::free_port()?;
-            let dcs_relay = relays.next().flatten();
             let dcs = dcs_section(i - 1, &dir);
             let config = format!(
                 r#"name = "{name}"
@@ -328,9 +353,32 @@ retry_timeout = {rt}
                 lw = timing.loop_wait,
                 rt = timing.retry_timeout,
             );
-            nodes.push(Node { name, dcs_relay, pg_port, api_port, agent: None, config, dir });
+            Ok(Node { name, dcs_relay, pg_port, api_port, agent: None, config, dir })
         }
-        Ok(PghaCluster { nodes, etcd: None, scope, backend: Backend::Etcd, raft_links: BTreeMap::new() })
+    }
+
+    /// Raft only: adds node N+1 and starts its agent with `dcs.raft.join = true`, its member
+    /// reaching the running members directly (no fault relays). Returns its index.
+    pub fn add_raft_node(&mut self) -> anyhow::Result<usize> {
+        anyhow::ensure!(self.backend == Backend::Raft, "add_raft_node needs a cluster on the built-in Raft");
+        let port = crate::ports::free_port()?;
+        let others: Vec<String> =
+            self.raft_ports.iter().enumerate().map(|(j, p)| format!("node{} = \"127.0.0.1:{p}\"", j + 1)).collect();
+        let i = self.nodes.len() + 1;
+        let dcs_section = |_: usize, dir: &ScratchDir| {
+            format!(
+                "[dcs]\nbackend = \"raft\"\n[dcs.raft]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{data}\"\n\
+                 peers = {{ {peers} }}\nsecret = \"{secret}\"\njoin = true\n",
+                data = dir.join("raft").display(),
+                peers = others.join(", "),
+                secret = crate::raft::RAFT_SECRET,
+            )
+        };
+        let mut node = Self::node(i, &self.scope, self.timing, None, &dcs_section)?;
+        node.start_agent()?;
+        self.nodes.push(node);
+        self.raft_ports.push(port);
+        Ok(i - 1)
     }
 
     /// Cuts node `i`'s agent off from the DCS while its PostgreSQL stays reachable: on etcd its

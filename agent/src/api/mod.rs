@@ -11,6 +11,7 @@ mod cluster;
 mod config;
 mod health;
 mod metrics;
+mod raft;
 mod status_doc;
 #[cfg(test)]
 mod tests;
@@ -61,6 +62,8 @@ pub struct ApiState {
     /// How long POST /switchover and /failover wait for the new leader before answering
     /// "status unknown" (Patroni waits 2 x max(10 s, loop_wait)).
     pub switchover_wait: Duration,
+    /// The built-in Raft group (GET /raft, DELETE /raft/members/<name>); None on etcd.
+    pub raft: Option<Arc<consensus::raft_store::RaftStore>>,
 }
 
 impl ApiState {
@@ -73,7 +76,13 @@ impl ApiState {
             commands,
             dcs_timeout: Duration::from_secs(5),
             switchover_wait: Duration::from_secs(30),
+            raft: None,
         }
+    }
+
+    pub fn with_raft(mut self, raft: Option<Arc<consensus::raft_store::RaftStore>>) -> ApiState {
+        self.raft = raft;
+        self
     }
 
     pub fn with_auth(mut self, auth: Option<BasicAuth>) -> ApiState {
@@ -188,6 +197,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/restart", post(actions::post_restart).delete(actions::delete_restart))
         .route("/reload", post(actions::post_reload))
         .route("/reinitialize", post(actions::post_reinitialize))
+        .route("/raft", get(raft::get_raft))
+        .route("/raft/members/{name}", axum::routing::delete(raft::delete_member))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_auth))
         .layer(middleware::from_fn(move |req: Request, next: Next| bounded(timeout, req, next)))

@@ -203,7 +203,10 @@ fn running(
                 );
                 return d;
             }
-            if req.leader.as_deref() == Some(me) {
+            // A switchover names this leader; a failover names only the candidate, and the leader
+            // hands over to it all the same (Patroni's manual failover from a healthy leader).
+            let failover_to_other = req.leader.is_none() && req.candidate.as_deref().is_some_and(|c| c != me);
+            if req.leader.as_deref() == Some(me) || failover_to_other {
                 if let Some(c) = req.candidate.as_deref().filter(|c| *c != me) {
                     if view.member(c).is_some_and(|m| m.running && m.role == Role::Replica) {
                         return act(

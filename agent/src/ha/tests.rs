@@ -233,6 +233,24 @@ fn switchover_hands_the_lock_to_a_running_candidate_only() {
     assert!(decide(&v, &primary("n1", now), &cfg(), now).actions.is_empty());
 }
 
+#[test]
+fn a_failover_to_a_candidate_makes_a_healthy_leader_hand_over_too() {
+    let now = Instant::now();
+    let mut v = view(Some("n1"));
+    let failover =
+        |candidate: &str| FailoverRequest { candidate: Some(candidate.into()), ..FailoverRequest::default() };
+    v.failover = Some(failover("n2"));
+    let d = decide(&v, &primary("n1", now), &cfg(), now);
+    assert_eq!(d.actions, vec![Action::Demote { leader: Some("n2".into()) }, Action::ReleaseLock]);
+    // Not to a member that is not a running replica, and a switchover naming another leader is
+    // not this leader's.
+    v.failover = Some(failover("ghost"));
+    assert!(decide(&v, &primary("n1", now), &cfg(), now).actions.is_empty());
+    v.failover = Some(switchover("n3", "n2", None));
+    let d = decide(&v, &primary("n1", now), &cfg(), now);
+    assert!(!d.actions.iter().any(|a| matches!(a, Action::Demote { .. } | Action::ReleaseLock)), "{d:?}");
+}
+
 fn switchover(leader: &str, candidate: &str, late_by: Option<Duration>) -> FailoverRequest {
     FailoverRequest {
         leader: Some(leader.into()),

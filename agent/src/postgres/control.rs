@@ -61,6 +61,8 @@ pub struct Probe {
     /// The physical replication slots this server has (the leader checks its members' every
     /// tick from here, without a query of its own).
     pub slots: Vec<String>,
+    /// pg_postmaster_start_time() as Patroni prints it (`2026-12-05 11:35:00.123 UTC`).
+    pub postmaster_start_time: Option<String>,
 }
 
 /// Everything needed to run one node's PostgreSQL.
@@ -451,7 +453,8 @@ impl LocalPostgres {
                    (select status from pg_stat_wal_receiver), (select received_tli::text from pg_stat_wal_receiver), \
                    (select timeline_id::text from pg_control_checkpoint()), \
                    (select string_agg(name, ',' order by name) from pg_settings where pending_restart), \
-                   (select string_agg(slot_name, ',' order by slot_name) from pg_replication_slots where slot_type = 'physical')";
+                   (select string_agg(slot_name, ',' order by slot_name) from pg_replication_slots where slot_type = 'physical'), \
+                   to_char(pg_postmaster_start_time(), 'YYYY-MM-DD HH24:MI:SS.MS TZ')";
         let rows = self.query(sql, timeout).await?;
         let row = rows.into_iter().next().ok_or_else(|| PgError::Query("probe returned no row".into()))?;
         let col = |i: usize| row.get(i).cloned().flatten();
@@ -474,6 +477,7 @@ impl LocalPostgres {
             server_version: col(1).and_then(|s| s.parse().ok()).unwrap_or(0),
             pending_restart: col(8).map(|s| s.split(',').map(str::to_string).collect()).unwrap_or_default(),
             slots: col(9).map(|s| s.split(',').map(str::to_string).collect()).unwrap_or_default(),
+            postmaster_start_time: col(10),
         })
     }
 

@@ -73,6 +73,7 @@ impl Runtime {
             s.pg_running = running;
             s.state = PgRunState(state.into());
             s.server_version = probe.as_ref().map(|p| p.server_version);
+            s.postmaster_start_time = probe.as_ref().and_then(|p| p.postmaster_start_time.clone());
             s.system_identifier = sysid;
             s.timeline = probe.as_ref().map(|p| p.timeline);
             s.wal_position = probe.as_ref().filter(|p| !p.in_recovery).map(|p| p.position);

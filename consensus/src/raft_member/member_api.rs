@@ -203,6 +203,10 @@ impl MemberApi {
                 let node = MemberNode { name: name.clone(), addr: addr.clone() };
                 self.membership_change(self.raft.add_learner(node_id(name), node, true)).await
             }
+            Request::AddVoter { name } => {
+                let add = openraft::ChangeMembers::AddVoterIds(BTreeSet::from([node_id(name)]));
+                self.membership_change(self.raft.change_membership(add, false)).await
+            }
             Request::ChangeMembership { voters } => {
                 let ids: BTreeSet<u64> = voters.iter().map(|n| node_id(n)).collect();
                 self.membership_change(self.raft.change_membership(ids, false)).await
@@ -210,17 +214,29 @@ impl MemberApi {
             Request::RemoveMember { name } => {
                 let id = node_id(name);
                 let metrics = self.raft.metrics().borrow().clone();
+                if metrics.membership_config.membership().get_node(&id).is_none() {
+                    let known = self.status();
+                    let mut names = known.voters.clone();
+                    names.extend(known.learners);
+                    return failed(ClientError::Rejected(format!(
+                        "{name} is not a member of the Raft group (members: {})",
+                        names.join(", ")
+                    )));
+                }
                 let voters: BTreeSet<u64> =
                     metrics.membership_config.membership().voter_ids().filter(|v| *v != id).collect();
                 if voters.is_empty() {
                     return failed(ClientError::Rejected("cannot remove the last voter".into()));
                 }
-                let change = async {
-                    self.raft.change_membership(voters, false).await?;
+                let is_voter = metrics.membership_config.membership().voter_ids().any(|v| v == id);
+                if is_voter {
+                    // retain = false: a voter left out is removed from the group, not kept as a
+                    // learner (a leader that removes itself steps down once it is committed).
+                    self.membership_change(self.raft.change_membership(voters, false)).await
+                } else {
                     let gone = openraft::ChangeMembers::RemoveNodes(BTreeSet::from([id]));
-                    self.raft.change_membership(gone, false).await
-                };
-                self.membership_change(change).await
+                    self.membership_change(self.raft.change_membership(gone, false)).await
+                }
             }
             Request::Watch { .. } | Request::Status => failed(ClientError::Rejected("served locally".into())),
         }

@@ -64,6 +64,9 @@ pub struct RaftMemberConfig {
     pub timing: RaftTiming,
     /// Bound on one Raft write or read barrier.
     pub op_timeout: Duration,
+    /// A member joining a running group: it does not propose an initial membership and waits
+    /// for the group to add it (`RaftStore::join`).
+    pub join: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +149,9 @@ impl RaftMember {
         // Every member of a fresh group proposes the same initial membership (identical log entry
         // at index 0, so it does not matter who goes first); a member with a log skips this.
         let initialized = raft.is_initialized().await.map_err(|e| RaftMemberError::Start(e.to_string()))?;
-        if !initialized {
+        if !initialized && config.join {
+            tracing::info!(member = %config.name, "raft: waiting to be added to the running group");
+        } else if !initialized {
             match raft.initialize(initial_nodes(&config.peers)).await {
                 Ok(()) => {
                     tracing::info!(member = %config.name, peers = config.peers.len(), "raft: initialized a new group")

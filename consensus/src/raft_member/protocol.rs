@@ -45,6 +45,10 @@ pub enum Request {
         name: String,
         addr: String,
     },
+    /// Makes a member already known (a learner) a voter too, keeping the other voters.
+    AddVoter {
+        name: String,
+    },
     /// Makes exactly these members (by name, each already known) the voters.
     ChangeMembership {
         voters: Vec<String>,

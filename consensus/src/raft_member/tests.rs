@@ -38,6 +38,17 @@ impl Group {
     }
 
     async fn restart(&mut self, name: &str) {
+        self.start_member(name, false).await;
+    }
+
+    /// A new member that joins the running group (`join`): listed in `peers` from now on.
+    async fn add(&mut self, name: &str) {
+        self.peers.insert(name.to_string(), free_addr());
+        self.dirs.insert(name.to_string(), tempfile::tempdir().unwrap());
+        self.start_member(name, true).await;
+    }
+
+    async fn start_member(&mut self, name: &str, join: bool) {
         let config = RaftMemberConfig {
             name: name.to_string(),
             listen: self.peers[name].clone(),
@@ -46,6 +57,7 @@ impl Group {
             secret: secret(),
             timing: RaftTiming::default(),
             op_timeout: Duration::from_secs(2),
+            join,
         };
         self.members.insert(name.to_string(), Some(RaftMember::start(config).await.unwrap()));
     }
@@ -137,4 +149,77 @@ async fn members_serve_the_dcs_from_any_member_and_survive_leader_loss() {
     for name in group.peers.keys().cloned().collect::<Vec<_>>() {
         group.stop(&name).await;
     }
+}
+
+/// A fourth member joins a running group (`join`: it proposes no membership of its own): after
+/// `RaftStore::join` it is a voter, has every earlier write, and counts in the quorum. Once the
+/// Raft leader has removed itself and one more original member is stopped, the last original
+/// and m4 are two of the three voters: writes go on only because m4 votes. Joining again
+/// changes nothing; the stopped member can be removed by the others, and removing the last
+/// voter is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_joins_a_running_group_as_a_voter_and_a_member_can_be_removed() {
+    let mut group = Group::start(3).await;
+    wait_for_leader(&group).await;
+    let store = group.store(&["m1", "m2", "m3"]);
+    let dcs = KvDcs::new(Arc::new(store), "/service", "t", "a", Duration::from_secs(3));
+    dcs.write(ClusterKey::Config, b"before", Expected::Any).await.unwrap();
+
+    group.add("m4").await;
+    // Waiting to be added: it leads nothing and counts in no quorum.
+    let m4 = group.members["m4"].as_ref().unwrap().status();
+    assert!(m4.voters.is_empty(), "{m4:?}");
+    let others = group.store(&["m1", "m2", "m3"]);
+    let joined = others.join("m4", &group.peers["m4"]).await.unwrap();
+    assert_eq!(sorted(joined.voters), ["m1", "m2", "m3", "m4"]);
+    assert_eq!(sorted(others.join("m4", &group.peers["m4"]).await.unwrap().voters), ["m1", "m2", "m3", "m4"]);
+    // m4 has the write from before it joined.
+    let only_m4 = group.store(&["m4"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match only_m4.range_prefix("/service/t/").await {
+            Ok(r) if r.kvs.iter().any(|kv| kv.key.ends_with("config") && kv.value == b"before") => break,
+            other => assert!(Instant::now() < deadline, "m4 did not catch up: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The Raft leader removes itself (it steps down once the change is committed); then one
+    // more original member stops. The two left are a quorum of three only because m4 votes.
+    let leader = wait_for_leader(&group).await;
+    let mut originals: Vec<String> =
+        ["m1", "m2", "m3"].iter().map(|n| n.to_string()).filter(|n| *n != leader).collect();
+    let after = others.remove(&leader).await.unwrap();
+    let mut expected = originals.clone();
+    expected.push("m4".into());
+    assert_eq!(sorted(after.voters), sorted(expected));
+    group.stop(&leader).await;
+    let stopped = originals.remove(0);
+    let alive = originals.remove(0);
+    group.stop(&stopped).await;
+    let survivors = KvDcs::new(Arc::new(group.store(&[&alive, "m4"])), "/service", "t", "b", Duration::from_secs(3));
+    let lost = Instant::now();
+    loop {
+        if survivors.write(ClusterKey::Status, b"after", Expected::Any).await.is_ok() {
+            break;
+        }
+        assert!(lost.elapsed() < Duration::from_secs(10), "{alive} and m4 are not a quorum of {stopped}, {alive}, m4");
+    }
+    // A node gone for good is removed while it is down: the others need only agree among
+    // themselves (both the old and the new voters have a quorum of live members).
+    let last = group.store(&[&alive, "m4"]);
+    assert_eq!(sorted(last.remove(&stopped).await.unwrap().voters), sorted(vec![alive.clone(), "m4".into()]));
+    survivors.write(ClusterKey::Status, b"two left", Expected::Any).await.unwrap();
+    assert_eq!(last.remove(&alive).await.unwrap().voters, ["m4"]);
+    let only = group.store(&["m4"]);
+    let refused = only.remove("m4").await;
+    assert!(matches!(&refused, Err(crate::kv::KvError::Rejected(m)) if m.contains("last voter")), "{refused:?}");
+    for name in group.peers.keys().cloned().collect::<Vec<_>>() {
+        group.stop(&name).await;
+    }
+}
+
+fn sorted(mut names: Vec<String>) -> Vec<String> {
+    names.sort();
+    names
 }

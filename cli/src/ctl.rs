@@ -1,0 +1,327 @@
+//! `pgha ctl`: what a DBA types, as a client of the agents' Patroni-compatible REST API (any
+//! agent for cluster-wide verbs, the member's own agent for restart and reinit). Each verb is
+//! one or a few HTTP calls; the API's own message is printed when it refuses.
+
+use crate::commands::{CtlArgs, CtlVerb};
+use anyhow::{bail, Context};
+use serde_json::{json, Map, Value};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// Runs one ctl verb.
+pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let api = Api::new(&args.api, args.username.clone(), args.password.clone())?;
+        match args.verb {
+            CtlVerb::List => list(&api).await,
+            CtlVerb::Switchover { candidate, scheduled } => switchover(&api, candidate, scheduled).await,
+            CtlVerb::Failover { candidate } => {
+                let (_, body) =
+                    api.send("POST", &api.url("/failover"), Some(json!({ "candidate": candidate }))).await?;
+                println!("{}", body.trim());
+                Ok(ExitCode::SUCCESS)
+            }
+            CtlVerb::Restart { member } => restart(&api, member).await,
+            CtlVerb::Reinit { member } => {
+                let target = member_api(&api, &member).await?;
+                let (_, body) = api.send("POST", &format!("{target}/reinitialize"), Some(json!({}))).await?;
+                println!("{member}: {}", body.trim());
+                Ok(ExitCode::SUCCESS)
+            }
+            CtlVerb::Pause => pause(&api, true).await,
+            CtlVerb::Resume => pause(&api, false).await,
+            CtlVerb::ShowConfig => {
+                let config = api.get_json("/config").await?;
+                println!("{}", serde_json::to_string_pretty(&config)?);
+                Ok(ExitCode::SUCCESS)
+            }
+            CtlVerb::EditConfig { set } => edit_config(&api, &set).await,
+            CtlVerb::RestoreCluster { .. } => {
+                eprintln!(
+                    "pgha ctl restore-cluster: not built yet. Restore a node with `pgha backup restore --to-dir ... \
+                     --target-time ...` and re-clone the others (docs/operations.md, point-in-time recovery)."
+                );
+                Ok(ExitCode::from(crate::commands::EXIT_NOT_BUILT))
+            }
+            CtlVerb::RaftStatus => {
+                let status = api.get_json("/raft").await?;
+                print_raft(&status);
+                Ok(ExitCode::SUCCESS)
+            }
+            CtlVerb::RaftRemove { member } => {
+                let (_, body) = api.send("DELETE", &api.url(&format!("/raft/members/{member}")), None).await?;
+                let status: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                println!("{member} is no longer a member of the Raft group");
+                print_raft(&status);
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    })
+}
+
+/// The REST API of one agent, with the credentials for its mutating endpoints.
+struct Api {
+    base: String,
+    client: reqwest::Client,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+impl Api {
+    fn new(base: &str, username: Option<String>, password: Option<String>) -> anyhow::Result<Api> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Api { base: base.trim_end_matches('/').to_string(), client, username, password })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
+        let (_, body) = self.send("GET", &self.url(path), None).await?;
+        serde_json::from_str(&body).with_context(|| format!("{} did not answer JSON: {body}", self.url(path)))
+    }
+
+    /// One request; a non-2xx answer is an error carrying the API's message.
+    async fn send(&self, method: &str, url: &str, body: Option<Value>) -> anyhow::Result<(u16, String)> {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).context("HTTP method")?;
+        let mut request = self.client.request(method.clone(), url);
+        if let Some(user) = &self.username {
+            request = request.basic_auth(user, self.password.as_deref());
+        }
+        if let Some(body) = body {
+            request = request.header("content-type", "application/json").body(body.to_string());
+        }
+        let response = request.send().await.with_context(|| {
+            format!("cannot reach the agent's REST API at {url}: is the agent running? (--api or PGHA_API)")
+        })?;
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        match status {
+            200..=299 => Ok((status, text)),
+            401 => bail!(
+                "{method} {url}: the REST API wants credentials: pass --username and --password \
+                 (PGHA_API_USERNAME, PGHA_API_PASSWORD), as in the agents' [api] section"
+            ),
+            _ => bail!("{method} {url}: {status}: {}", text.trim()),
+        }
+    }
+}
+
+fn members(cluster: &Value) -> Vec<&Map<String, Value>> {
+    cluster["members"].as_array().map(|m| m.iter().filter_map(Value::as_object).collect()).unwrap_or_default()
+}
+
+fn text<'a>(m: &'a Map<String, Value>, key: &str) -> &'a str {
+    m.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+/// Like `patronictl list`: one row per member, the leader first.
+async fn list(api: &Api) -> anyhow::Result<ExitCode> {
+    let cluster = api.get_json("/cluster").await?;
+    let mut rows = vec![["Member", "Host", "Role", "State", "TL", "Lag in MB"].map(String::from).to_vec()];
+    let mut all = members(&cluster);
+    all.sort_by_key(|m| (text(m, "role") != "leader", text(m, "name").to_string()));
+    for m in all {
+        let host = match m.get("port").and_then(Value::as_u64) {
+            Some(port) => format!("{}:{port}", text(m, "host")),
+            None => text(m, "host").to_string(),
+        };
+        let role = match text(m, "role") {
+            "leader" => "Leader",
+            "sync_standby" => "Sync Standby",
+            _ => "Replica",
+        };
+        let lag = match m.get("lag") {
+            Some(Value::Number(n)) => format!("{}", n.as_u64().unwrap_or(0) / (1024 * 1024)),
+            Some(Value::String(s)) => s.clone(),
+            _ => String::new(),
+        };
+        let tl = m.get("timeline").and_then(Value::as_u64).map(|t| t.to_string()).unwrap_or_default();
+        rows.push(vec![text(m, "name").into(), host, role.into(), text(m, "state").into(), tl, lag]);
+    }
+    println!("Cluster: {}", cluster["scope"].as_str().unwrap_or("?"));
+    print_table(&rows);
+    if cluster["pause"].as_bool() == Some(true) {
+        println!("Maintenance mode: on (automatic failover is paused; `pgha ctl resume` ends it)");
+    }
+    if let Some(s) = cluster.get("scheduled_switchover") {
+        println!(
+            "Switchover scheduled at {} from {} to {}",
+            s["at"].as_str().unwrap_or("?"),
+            s["from"].as_str().unwrap_or("the leader"),
+            s["to"].as_str().unwrap_or("the healthiest standby")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_table(rows: &[Vec<String>]) {
+    let widths: Vec<usize> = (0..rows[0].len()).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+    for row in rows {
+        let line: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+async fn switchover(api: &Api, candidate: Option<String>, scheduled: Option<String>) -> anyhow::Result<ExitCode> {
+    let cluster = api.get_json("/cluster").await?;
+    let Some(leader) = members(&cluster).into_iter().find(|m| text(m, "role") == "leader").map(|m| text(m, "name"))
+    else {
+        bail!("the cluster has no leader now: a switchover needs one (use `pgha ctl failover --candidate`)");
+    };
+    let mut body = json!({ "leader": leader });
+    if let Some(c) = candidate {
+        body["candidate"] = json!(c);
+    }
+    if let Some(at) = scheduled {
+        body["scheduled_at"] = json!(at);
+    }
+    let (_, answer) = api.send("POST", &api.url("/switchover"), Some(body)).await?;
+    println!("{}", answer.trim());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The REST API URL a member's own agent publishes.
+async fn member_api(api: &Api, name: &str) -> anyhow::Result<String> {
+    let cluster = api.get_json("/cluster").await?;
+    let all = members(&cluster);
+    let Some(m) = all.iter().find(|m| text(m, "name") == name) else {
+        let names: Vec<&str> = all.iter().map(|m| text(m, "name")).collect();
+        bail!("{name} is not a member of the cluster (members: {})", names.join(", "));
+    };
+    let url = text(m, "api_url");
+    if url.is_empty() {
+        bail!("{name} publishes no REST API URL");
+    }
+    Ok(url.trim_end_matches('/').trim_end_matches("/patroni").to_string())
+}
+
+/// Restarts one member, or every member one at a time (replicas first, the leader last), each
+/// time waiting until its PostgreSQL runs again.
+async fn restart(api: &Api, member: Option<String>) -> anyhow::Result<ExitCode> {
+    let cluster = api.get_json("/cluster").await?;
+    let names: Vec<String> = match member {
+        Some(m) => vec![m],
+        None => {
+            let mut all = members(&cluster);
+            all.sort_by_key(|m| (text(m, "role") == "leader", text(m, "name").to_string()));
+            all.iter().map(|m| text(m, "name").to_string()).collect()
+        }
+    };
+    for name in names {
+        let target = member_api(api, &name).await?;
+        let before = api.send("GET", &format!("{target}/patroni"), None).await?.1;
+        let started_before = serde_json::from_str::<Value>(&before)?["postmaster_start_time"].clone();
+        let (_, answer) = api.send("POST", &format!("{target}/restart"), Some(json!({}))).await?;
+        println!("{name}: {}", answer.trim());
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if let Ok((_, doc)) = api.send("GET", &format!("{target}/patroni"), None).await {
+                let doc: Value = serde_json::from_str(&doc).unwrap_or(Value::Null);
+                if doc["state"] == "running" && doc["postmaster_start_time"] != started_before {
+                    println!("{name}: running again");
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("{name} did not run again within 5 minutes; see its agent's log");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn pause(api: &Api, on: bool) -> anyhow::Result<ExitCode> {
+    api.send("PATCH", &api.url("/config"), Some(json!({ "pause": on }))).await?;
+    println!("{}", if on { "Maintenance mode on: automatic failover is paused" } else { "Maintenance mode off" });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--set a.b.c=value` pairs as one JSON merge patch: values are JSON when they parse as JSON
+/// (numbers, true/false, null to remove a key), strings otherwise.
+pub(crate) fn config_patch(pairs: &[String]) -> anyhow::Result<Value> {
+    let mut patch = Value::Object(Map::new());
+    for pair in pairs {
+        let Some((key, value)) = pair.split_once('=') else {
+            bail!("--set {pair:?}: expected KEY=VALUE, e.g. ttl=30 or postgresql.parameters.work_mem=64MB");
+        };
+        let value = serde_json::from_str(value.trim()).unwrap_or_else(|_| Value::String(value.to_string()));
+        let path: Vec<&str> = key.trim().split('.').collect();
+        if path.iter().any(|p| p.is_empty()) {
+            bail!("--set {pair:?}: empty part in the key");
+        }
+        let mut at = &mut patch;
+        for part in &path[..path.len() - 1] {
+            let object = at.as_object_mut().context("conflicting keys")?;
+            at = object.entry(part.to_string()).or_insert_with(|| Value::Object(Map::new()));
+            if !at.is_object() {
+                bail!("--set {pair:?}: {part} is set to a value and used as a section");
+            }
+        }
+        let object = at.as_object_mut().context("conflicting keys")?;
+        object.insert(path[path.len() - 1].to_string(), value);
+    }
+    Ok(patch)
+}
+
+async fn edit_config(api: &Api, set: &[String]) -> anyhow::Result<ExitCode> {
+    if set.is_empty() {
+        bail!("nothing to change: give --set KEY=VALUE (repeatable)");
+    }
+    let patch = config_patch(set)?;
+    let (_, body) = api.send("PATCH", &api.url("/config"), Some(patch)).await?;
+    let config: Value = serde_json::from_str(&body).unwrap_or(Value::String(body));
+    println!("{}", serde_json::to_string_pretty(&config)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_raft(status: &Value) {
+    let list = |key: &str| {
+        status[key]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default()
+    };
+    println!("Raft leader: {}  term: {}", status["leader"].as_str().unwrap_or("none"), status["term"]);
+    println!("Voters: {}", list("voters"));
+    let learners = list("learners");
+    if !learners.is_empty() {
+        println!("Learners (catching up): {learners}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_pairs_become_one_nested_patch_with_json_values() {
+        let patch = config_patch(&[
+            "ttl=30".into(),
+            "postgresql.parameters.work_mem=64MB".into(),
+            "postgresql.parameters.max_connections=200".into(),
+            "pause=false".into(),
+            "master_start_timeout=null".into(),
+        ])
+        .unwrap();
+        assert_eq!(
+            patch,
+            json!({
+                "ttl": 30,
+                "postgresql": { "parameters": { "work_mem": "64MB", "max_connections": 200 } },
+                "pause": false,
+                "master_start_timeout": null
+            })
+        );
+        assert!(config_patch(&["ttl".into()]).unwrap_err().to_string().contains("expected KEY=VALUE"));
+        assert!(config_patch(&["a=1".into(), "a.b=2".into()]).unwrap_err().to_string().contains("used as a section"));
+        assert!(config_patch(&["a..b=1".into()]).unwrap_err().to_string().contains("empty part"));
+    }
+}

@@ -1,0 +1,131 @@
+//! `pgha ctl` against real clusters of real agents: list, pause/resume, show/edit-config,
+//! switchover, failover, restart and reinit on etcd; on the built-in Raft, a fourth node joins
+//! the group as a voter (`dcs.raft.join`), streams as a replica, shows in `list` and
+//! `raft-status`, and is taken out again with `raft-remove`.
+
+use harness::agent_checks::{another_primary, healthy, streams_again};
+use harness::cluster::{PghaCluster, Timing};
+use harness::{run_pgha, wait_for};
+use std::time::Duration;
+
+/// Runs `pgha ctl --api <api> <args>`; (success, stdout + stderr).
+async fn ctl(api_port: u16, args: &[&str]) -> (bool, String) {
+    let api = format!("http://127.0.0.1:{api_port}");
+    let mut all = vec!["ctl", "--api", api.as_str()];
+    all.extend_from_slice(args);
+    let out = run_pgha(&all, Duration::from_secs(120)).await.unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+async fn ctl_ok(cluster: &PghaCluster, api_port: u16, args: &[&str]) -> String {
+    let (ok, text) = ctl(api_port, args).await;
+    assert!(ok, "pgha ctl {args:?} failed:\n{text}\n{}", cluster.logs());
+    text
+}
+
+/// The `list` row of member `name`, split into its columns.
+fn row(list: &str, name: &str) -> Vec<String> {
+    list.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("no row for {name} in:\n{list}"))
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A replica's row: role Replica, PostgreSQL running or streaming, on the leader's timeline.
+fn assert_replica_row(list: &str, name: &str) {
+    let columns = row(list, name);
+    assert_eq!(columns[2], "Replica", "{list}");
+    assert!(matches!(columns[3].as_str(), "running" | "streaming"), "{list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_operates_a_cluster() {
+    let cluster = PghaCluster::start_on_etcd(2, Timing::default()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let primary = healthy(&cluster).await;
+    let replica = 1 - primary;
+    let (p, r) = (cluster.nodes[primary].name.clone(), cluster.nodes[replica].name.clone());
+    let api = cluster.nodes[replica].api_port;
+
+    let list = ctl_ok(&cluster, api, &["list"]).await;
+    assert!(list.starts_with(&format!("Cluster: {}", cluster.scope)), "{list}");
+    assert_eq!(row(&list, &p)[2], "Leader", "{list}");
+    assert_replica_row(&list, &r);
+
+    ctl_ok(&cluster, api, &["pause"]).await;
+    assert!(ctl_ok(&cluster, api, &["list"]).await.contains("Maintenance mode: on"));
+    ctl_ok(&cluster, api, &["resume"]).await;
+    assert!(!ctl_ok(&cluster, api, &["list"]).await.contains("Maintenance mode"));
+
+    let edited = ctl_ok(&cluster, api, &["edit-config", "--set", "postgresql.parameters.work_mem=8MB"]).await;
+    assert!(edited.contains("\"work_mem\": \"8MB\""), "{edited}");
+    let shown = ctl_ok(&cluster, api, &["show-config"]).await;
+    assert!(shown.contains("\"work_mem\": \"8MB\""), "{shown}");
+    let (ok, bad) = ctl(api, &["edit-config", "--set", "nokey"]).await;
+    assert!(!ok && bad.contains("expected KEY=VALUE"), "{bad}");
+
+    // Restart the replica: its postmaster starts again and it streams again.
+    let restarted = ctl_ok(&cluster, api, &["restart", &r]).await;
+    assert!(restarted.contains(&format!("{r}: running again")), "{restarted}");
+    streams_again(&cluster, replica, "the restarted replica streaming", 60).await;
+
+    // Switchover to the replica, then fail over back.
+    let answer = ctl_ok(&cluster, api, &["switchover", "--candidate", &r]).await;
+    assert!(answer.to_lowercase().contains("switched over"), "{answer}");
+    assert_eq!(another_primary(&cluster, primary, 60).await, replica);
+    streams_again(&cluster, primary, "the old primary streaming from the new one", 90).await;
+    let answer = ctl_ok(&cluster, api, &["failover", "--candidate", &p]).await;
+    assert!(
+        answer.to_lowercase().contains("failed over") || answer.to_lowercase().contains("switched over"),
+        "{answer}"
+    );
+    assert_eq!(another_primary(&cluster, replica, 60).await, primary);
+
+    // Reinit the replica: a fresh clone that streams again.
+    streams_again(&cluster, replica, "the replica streaming before reinit", 90).await;
+    let answer = ctl_ok(&cluster, api, &["reinit", &r]).await;
+    assert!(answer.starts_with(&format!("{r}: ")), "{answer}");
+    streams_again(&cluster, replica, "the reinitialized replica streaming", 120).await;
+
+    // Errors say what is wrong.
+    let (ok, text) = ctl(api, &["restart", "nosuchnode"]).await;
+    assert!(!ok && text.contains("nosuchnode is not a member of the cluster"), "{text}");
+    let (ok, text) = ctl(api, &["raft-status"]).await;
+    assert!(!ok && text.contains("etcd"), "{text}");
+    let (ok, text) = ctl(1, &["list"]).await;
+    assert!(!ok && text.contains("cannot reach the agent's REST API"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_the_raft_group_and_is_removed_with_ctl() {
+    let mut cluster = PghaCluster::start_on_raft(3, Timing::default()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    healthy(&cluster).await;
+    let api = cluster.nodes[0].api_port;
+    let status = ctl_ok(&cluster, api, &["raft-status"]).await;
+    assert!(status.contains("Voters: node"), "{status}");
+
+    let added = cluster.add_raft_node().unwrap_or_else(|e| panic!("{e:#}"));
+    wait_for("node4 to be a voter of the Raft group", Duration::from_secs(60), || async {
+        let (ok, text) = ctl(api, &["raft-status"]).await;
+        let voters = text.lines().find(|l| l.starts_with("Voters: ")).unwrap_or("").to_string();
+        Ok((ok && voters.split(", ").count() == 4 && voters.contains("node4")).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
+    streams_again(&cluster, added, "node4 streaming from the primary", 120).await;
+    let list = ctl_ok(&cluster, api, &["list"]).await;
+    assert_replica_row(&list, "node4");
+
+    // node4 goes away for good: the others take it out of the quorum.
+    cluster.nodes[added].stop_agent().await.unwrap();
+    let removed = ctl_ok(&cluster, api, &["raft-remove", "node4"]).await;
+    assert!(removed.contains("node4 is no longer a member"), "{removed}");
+    let status = ctl_ok(&cluster, api, &["raft-status"]).await;
+    let voters = status.lines().find(|l| l.starts_with("Voters: ")).unwrap_or("");
+    assert!(voters.split(", ").count() == 3 && !voters.contains("node4"), "{status}");
+    // The last voters cannot all go: removing down to none is refused by the group.
+    let (ok, text) = ctl(api, &["raft-remove", "nosuch"]).await;
+    assert!(!ok, "removing an unknown member succeeded: {text}");
+}
