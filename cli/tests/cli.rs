@@ -111,7 +111,8 @@ fn missing_config_file_says_which_and_why() {
 
 #[test]
 fn unbuilt_capabilities_say_so_and_exit_69() {
-    let args = &["ctl", "list"][..];
+    let args =
+        &["ctl", "--api", "http://127.0.0.1:1", "restore-cluster", "--target-time", "2026-01-01 00:00:00+00"][..];
     let out = pgha(args);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(69), "{args:?}");
