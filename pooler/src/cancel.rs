@@ -71,7 +71,7 @@ type KeyEntry = ([u8; 4], Arc<CancelSlot>);
 
 pub struct CancelRegistry {
     next: AtomicI32,
-    clients: Mutex<HashMap<i32, KeyEntry>>,
+    clients: Mutex<HashMap<i32, KeyEntry, foldhash::fast::RandomState>>,
 }
 
 impl Default for CancelRegistry {
@@ -80,7 +80,7 @@ impl Default for CancelRegistry {
         let _ = getrandom::fill(&mut seed);
         CancelRegistry {
             next: AtomicI32::new(i32::from_be_bytes(seed) & 0x3fff_ffff),
-            clients: Mutex::new(HashMap::new()),
+            clients: Mutex::new(HashMap::default()),
         }
     }
 }

@@ -400,8 +400,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Every live client and server connection, and the databases DISABLE closed to new clients.
 #[derive(Default)]
 pub struct Connections {
-    clients: Mutex<HashMap<u64, Arc<ClientEntry>>>,
-    servers: Mutex<HashMap<u64, Arc<ServerEntry>>>,
+    clients: Mutex<HashMap<u64, Arc<ClientEntry>, foldhash::fast::RandomState>>,
+    servers: Mutex<HashMap<u64, Arc<ServerEntry>, foldhash::fast::RandomState>>,
     disabled: Mutex<HashSet<String>>,
     /// The last database, user and application name a client registered with: the next
     /// client with the same names shares these strings instead of allocating its own.

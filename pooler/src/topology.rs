@@ -63,7 +63,7 @@ pub trait Topology: Send + Sync {
 /// The `[databases]` entries of pooler.toml; a `*` entry serves any other database name.
 #[derive(Debug, Default)]
 pub struct StaticTopology {
-    entries: HashMap<String, Arc<DatabaseTarget>>,
+    entries: HashMap<String, Arc<DatabaseTarget>, foldhash::fast::RandomState>,
     fallback: Option<DatabaseTarget>,
 }
 

@@ -16,7 +16,7 @@ pub const MAX_PASSWORD: usize = 65531;
 /// Users and their stored passwords, as read from one auth file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Userlist {
-    users: HashMap<String, StoredSecret>,
+    users: HashMap<String, StoredSecret, foldhash::fast::RandomState>,
 }
 
 /// What is wrong with one line of an auth file.
@@ -52,7 +52,7 @@ pub enum UserlistError {
 impl Userlist {
     /// Parses the text of an auth file. `path` only names the file in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Userlist, UserlistError> {
-        let mut users = HashMap::new();
+        let mut users = HashMap::default();
         for (index, line) in text.lines().enumerate() {
             let at = |error| UserlistError::Line { path: path.to_path_buf(), line: index + 1, error };
             match parse_line(line).map_err(at)? {

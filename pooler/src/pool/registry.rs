@@ -33,11 +33,11 @@ impl ConnCounter {
     }
 }
 
-type Counters = HashMap<String, Arc<ConnCounter>>;
+type Counters = HashMap<String, Arc<ConnCounter>, foldhash::fast::RandomState>;
 
 #[derive(Default)]
 pub struct Registry {
-    pools: RwLock<HashMap<PoolKey, Arc<Pool>>>,
+    pools: RwLock<HashMap<PoolKey, Arc<Pool>, foldhash::fast::RandomState>>,
     /// Open connections per database and per user.
     counters: Mutex<(Counters, Counters)>,
     /// Live client and server connections (SHOW CLIENTS/SERVERS, KILL).
