@@ -82,12 +82,11 @@ fn resolve_secret(r: &RaftConfig) -> Result<SharedSecret, String> {
     SharedSecret::new(text).map_err(|e| format!("dcs.raft: {e}"))
 }
 
-/// This node's member, the DCS client that prefers it, and a second client for the REST API's
-/// group status and membership changes.
+/// This node's member and the client that prefers it (the DCS, and the REST API's group
+/// status and membership changes).
 pub struct Started {
     pub member: RaftMember,
     pub store: RaftStore,
-    pub admin: RaftStore,
 }
 
 /// Starts this node's member and a client that prefers it. `op_timeout` bounds each DCS request.
@@ -126,9 +125,8 @@ pub async fn start(name: &str, r: &RaftConfig, op_timeout: Duration) -> Result<S
     let mut addrs = vec![local.to_string()];
     addrs.extend(peers.iter().filter(|(n, _)| n.as_str() != name).map(|(_, a)| a.clone()));
     let options = RaftStoreOptions { op_timeout, ..RaftStoreOptions::default() };
-    let store = RaftStore::new(addrs.clone(), secret.clone(), options.clone()).map_err(|e| e.to_string())?;
-    let admin = RaftStore::new(addrs, secret, options).map_err(|e| e.to_string())?;
-    Ok(Started { member, store, admin })
+    let store = RaftStore::new(addrs, secret, options).map_err(|e| e.to_string())?;
+    Ok(Started { member, store })
 }
 
 /// `dcs.raft.join`: asks the running group, until it has, to make this member a voter (a

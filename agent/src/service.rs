@@ -41,10 +41,10 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
             };
             let started =
                 crate::raft_dcs::start(&config.name, raft, ha.retry_timeout).await.map_err(ServiceError::Setup)?;
-            let store = started.store;
-            raft_admin = Some(Arc::new(started.admin));
+            let store = Arc::new(started.store);
+            raft_admin = Some(store.clone());
             raft_member = Some(started.member);
-            Arc::new(KvDcs::new(Arc::new(store), &config.namespace, &config.scope, &config.name, ha.ttl))
+            Arc::new(KvDcs::new(store, &config.namespace, &config.scope, &config.name, ha.ttl))
         }
     };
     let bin = BinDir::locate(config.postgresql.bin_dir.as_deref(), DEFAULT_MAJOR).map_err(setup("PostgreSQL"))?;

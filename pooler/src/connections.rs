@@ -475,22 +475,8 @@ impl Connections {
         remote_pid: i32,
         generation: u64,
     ) -> ServerHandle {
-        let now = SystemTime::now();
-        let entry = Arc::new(ServerEntry {
-            id,
-            key: key.clone(),
-            endpoints: Endpoints::of(stream),
-            connect_time: now,
-            remote_pid,
-            tls: stream.tls_description(),
-            generation,
-            state: AtomicU8::new(ServerState::Idle as u8),
-            request_time_us: AtomicU64::new(unix_micros(now)),
-            client: AtomicU64::new(0),
-            prepared_statements: AtomicU32::new(0),
-        });
-        lock(&self.servers).insert(id, entry.clone());
-        ServerHandle { entry, registry: Arc::downgrade(self) }
+        let (endpoints, tls) = (Endpoints::of(stream), stream.tls_description());
+        self.insert_server(id, key, endpoints, remote_pid, tls, generation, ServerState::Idle)
     }
 
     /// Registers a server connection being opened to `addr` (state `new`, no socket yet);
@@ -502,16 +488,30 @@ impl Connections {
         addr: &crate::topology::ServerAddr,
         generation: u64,
     ) -> ServerHandle {
+        self.insert_server(id, key, Endpoints::of_target(addr), 0, String::new(), generation, ServerState::New)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn insert_server(
+        self: &Arc<Self>,
+        id: u64,
+        key: &PoolKey,
+        endpoints: Endpoints,
+        remote_pid: i32,
+        tls: String,
+        generation: u64,
+        state: ServerState,
+    ) -> ServerHandle {
         let now = SystemTime::now();
         let entry = Arc::new(ServerEntry {
             id,
             key: key.clone(),
-            endpoints: Endpoints::of_target(addr),
+            endpoints,
             connect_time: now,
-            remote_pid: 0,
-            tls: String::new(),
+            remote_pid,
+            tls,
             generation,
-            state: AtomicU8::new(ServerState::New as u8),
+            state: AtomicU8::new(state as u8),
             request_time_us: AtomicU64::new(unix_micros(now)),
             client: AtomicU64::new(0),
             prepared_statements: AtomicU32::new(0),
