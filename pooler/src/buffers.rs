@@ -87,6 +87,23 @@ pub fn lend(buf: &mut BytesMut) {
     }
 }
 
+/// Makes `buf` a buffer with room for a login's first packets: one from the free list if it
+/// holds any (the relay gives it back once the client is logged in), else a small one of its
+/// own (a burst of logins does not take a chunk each).
+pub fn lend_for_login(buf: &mut BytesMut) {
+    if buf.capacity() == 0 {
+        if let Some(free) = FREE.with(|free| free.borrow_mut().pop()) {
+            *buf = free;
+        }
+    }
+    if buf.capacity() - buf.len() < LOGIN_READ {
+        buf.reserve(LOGIN_READ);
+    }
+}
+
+/// The room a login's read needs at least (startup packets are small).
+const LOGIN_READ: usize = 1024;
+
 /// Gives an empty buffer back to this thread's free list; a buffer that still holds bytes is
 /// kept by its owner.
 pub fn give_back(buf: &mut BytesMut) {

@@ -10,7 +10,8 @@
 use std::future::Future;
 use std::sync::OnceLock;
 use std::time::Duration;
-use tokio::time::{Instant, Interval, Sleep, Timeout};
+pub use tokio::time::Sleep;
+use tokio::time::{Instant, Interval, Timeout};
 
 static HANDLE: OnceLock<tokio::runtime::Handle> = OnceLock::new();
 

@@ -62,12 +62,17 @@ impl Listeners {
         let mut tasks = Vec::new();
         for listener in self.tcp {
             let shared = shared.clone();
+            // Accepted below the runtime (`accept_client`): tokio's listener registers each
+            // socket as it accepts it, before the pooler could read the client's first packet.
             tasks.push(tokio::spawn(async move {
                 let mut stopping = shared.shutdown.subscribe();
+                // One wait for the whole loop, not a new one per connection.
+                let mut stop = std::pin::pin!(stopping.wait());
                 loop {
                     let accepted = tokio::select! {
-                        a = listener.accept() => a,
-                        _ = stopping.wait() => return,
+                        biased;
+                        _ = &mut stop => return,
+                        a = std::future::poll_fn(|cx| listener.poll_accept(cx)) => a,
                     };
                     match accepted {
                         Ok((stream, peer)) => {
@@ -89,10 +94,12 @@ impl Listeners {
             let shared = shared.clone();
             tasks.push(tokio::spawn(async move {
                 let mut stopping = shared.shutdown.subscribe();
+                let mut stop = std::pin::pin!(stopping.wait());
                 loop {
                     let accepted = tokio::select! {
-                        a = listener.accept() => a,
-                        _ = stopping.wait() => return,
+                        biased;
+                        _ = &mut stop => return,
+                        a = std::future::poll_fn(|cx| listener.poll_accept(cx)) => a,
                     };
                     match accepted {
                         Ok((stream, _)) => {

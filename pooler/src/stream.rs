@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 pub enum Stream {
@@ -121,14 +121,18 @@ impl Stream {
     /// Writes all of `bytes` and, with TLS, flushes: rustls may keep the last records when the
     /// socket is full, and nothing else would push them out while the relay waits to read.
     ///
-    /// A plain socket with room takes the bytes in one `try_write` (the usual case: a message
+    /// A plain socket with room takes the bytes in one system call (the usual case: a message
     /// or a few), without the write future and its readiness registration; what does not fit
-    /// waits for the socket to drain.
+    /// waits for the socket to drain. Straight to the socket, not through tokio's `try_io`: a
+    /// socket the runtime has not yet seen writable (a client accepted a moment ago,
+    /// `listener::accept_client`) has room all the same, and `try_io` would send nothing and
+    /// wait for the event. When there is no room, the wait's own failed write clears tokio's
+    /// readiness.
     pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         use tokio::io::AsyncWriteExt;
         let written = match self {
-            Stream::Tcp(s) => s.try_io(Interest::WRITABLE, || send_now(s.as_raw_fd(), bytes)),
-            Stream::Unix(s) => s.try_io(Interest::WRITABLE, || send_now(s.as_raw_fd(), bytes)),
+            Stream::Tcp(s) => send_now(s.as_raw_fd(), bytes),
+            Stream::Unix(s) => send_now(s.as_raw_fd(), bytes),
             _ => Ok(0),
         };
         let rest = match written {

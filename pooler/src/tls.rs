@@ -215,6 +215,12 @@ impl ClientTls {
 
 /// `ca`: client certificates must chain to it (client_tls_sslmode verify-ca / verify-full).
 impl ClientTls {
+    /// Whether an SSLRequest on `stream` is answered 'S' and a handshake (a certificate is
+    /// configured and the client came over TCP); otherwise the answer is 'N'.
+    pub fn handshakes_on(&self, stream: &crate::stream::Stream) -> bool {
+        self.acceptor.is_some() && matches!(stream, crate::stream::Stream::Tcp(_))
+    }
+
     /// Answers an SSLRequest on a client socket of the listener: 'S' and the handshake over
     /// TCP when a certificate is configured, 'N' otherwise (and always on the Unix socket, as
     /// PostgreSQL and PgBouncer do). `pending` as in [`ClientTls::answer_ssl_request`].

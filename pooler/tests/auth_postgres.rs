@@ -21,10 +21,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// Connects to `pg` as `user`, logs in with `credential` and runs `SELECT current_user`.
 async fn server_login(pg: &PgInstance, user: &str, credential: &ServerCredential) -> Result<String, ServerLoginError> {
     let mut stream = TcpStream::connect(("127.0.0.1", pg.port())).await.expect("PostgreSQL accepts TCP");
-    let startup = StartupMessage {
-        protocol_minor: 0,
-        params: vec![("user".into(), user.into()), ("database".into(), "postgres".into())],
-    };
+    let startup = StartupMessage::new(0, [("user", user), ("database", "postgres")]).unwrap();
     let mut out = BytesMut::new();
     startup.encode(&mut out).unwrap();
     stream.write_all(&out).await.unwrap();

@@ -38,10 +38,7 @@ async fn ssl_of_session(pg: &PgInstance, ca: &std::path::Path, mode: TlsMode, ho
     let tls = ServerTls::from_config(&config)?;
     let tcp = TcpStream::connect(("127.0.0.1", pg.port())).await.unwrap();
     let mut stream = tls.connect(tcp, host).await?;
-    let startup = StartupMessage {
-        protocol_minor: 0,
-        params: vec![("user".into(), "alice".into()), ("database".into(), "postgres".into())],
-    };
+    let startup = StartupMessage::new(0, [("user", "alice"), ("database", "postgres")]).unwrap();
     let mut out = BytesMut::new();
     startup.encode(&mut out).unwrap();
     stream.write_all(&out).await.unwrap();

@@ -90,7 +90,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     C: CredentialSource + ?Sized,
 {
-    match crate::clock::timeout(timeout, run(stream, buf, user, auth_type, credentials)).await {
+    match crate::clock::timeout(timeout, authenticate(stream, buf, user, auth_type, credentials)).await {
         Ok(result) => result,
         Err(_) => {
             let msg = "client_login_timeout: authentication took too long";
@@ -101,7 +101,8 @@ where
     }
 }
 
-async fn run<S, C>(
+/// `authenticate_client` without its own timeout, for a caller that bounds the whole login.
+pub async fn authenticate<S, C>(
     stream: &mut S,
     buf: &mut BytesMut,
     user: &str,

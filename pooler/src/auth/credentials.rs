@@ -104,6 +104,14 @@ impl Credentials {
     }
 }
 
+impl Credentials {
+    /// The user's password from the auth file, without waiting: what a `trust` login passes
+    /// on to the server when the file lists the user.
+    pub fn in_file(&self, user: &str) -> Option<StoredSecret> {
+        self.file.as_ref().and_then(|file| file.snapshot().get(user).cloned())
+    }
+}
+
 #[async_trait]
 impl CredentialSource for Credentials {
     async fn lookup(&self, user: &str) -> Result<Option<StoredSecret>, LookupError> {

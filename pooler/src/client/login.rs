@@ -5,18 +5,19 @@
 
 use super::send_fatal;
 use crate::admin::{Access, ADMIN_DATABASE};
-use crate::auth::{authenticate_client, AuthQuery, CredentialSource, Credentials, ServerCredential, StoredSecret};
+use crate::auth::{authenticate, AuthQuery, CredentialSource, Credentials, ServerCredential, StoredSecret};
 use crate::cancel::{CancelSlot, ClientKey};
 use crate::config::{AuthType, PoolerConfig};
 use crate::connections::{ClientHandle, NewClient};
-use crate::pool::{Pool, PoolKey, PoolSettings};
+use crate::pool::{Pool, PoolKeyRef, PoolSettings, Welcome};
 use crate::protocol::message::{write_authentication_ok, write_backend_key_data, write_ready_for_query};
 use crate::protocol::{parse_startup_packet, StartupMessage, StartupPacket, TransactionStatus};
 use crate::runtime::Shared;
 use crate::server::auth_query::AuthQueryOnServer;
 use crate::server::LoginTarget;
-use crate::session::ParamMap;
+use crate::session::{ParamMap, TrackedParam};
 use crate::stream::Stream;
+use crate::topology::DatabaseTarget;
 use bytes::{Buf, BytesMut};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -42,6 +43,11 @@ pub(super) enum Outcome {
 }
 
 /// Runs the startup phase; None when the connection is done (refused, cancel, gone).
+///
+/// Everything rare (a TLS handshake, a cancel, a password exchange, hba, the console, a
+/// pool's first server login, a forced user's lookup) runs in its own allocation: this
+/// future stays small, and a login that needs none of it copies little (a new connection
+/// per transaction moved kilobytes of futures when they were inline).
 pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shared) -> Option<Outcome> {
     let startup = read_startup(stream, buf, shared).await?;
     if matches!(stream, Stream::Tcp(_)) && !shared.client_tls().plain_allowed() {
@@ -51,50 +57,45 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
         return None;
     }
     let config = shared.config();
-    let database = startup.database().to_owned();
-    let user = startup.user().to_owned();
+    let (database, user) = (startup.database(), startup.user());
     let clients = shared.stats.client_connections.load(Ordering::Relaxed);
-    if clients > config.max_client_conn && database != "pgbouncer" {
+    if clients > config.max_client_conn && database != ADMIN_DATABASE {
         shared.stats.refused_max_client_conn.fetch_add(1, Ordering::Relaxed);
         let _ = send_fatal(stream, "08P01", "no more connections allowed (max_client_conn)").await;
         return None;
     }
-    if let Some(name) = unsupported_parameter(&startup, &config.ignore_startup_parameters) {
-        tracing::info!(user, database, parameter = name, "refusing client: unsupported startup parameter");
-        let _ = send_fatal(stream, "08P01", &format!("unsupported startup parameter: {name}")).await;
-        return None;
-    }
-    let credentials = with_auth_query(shared, &config, &database);
-    let auth_timeout = crate::pool::secs(config.client_login_timeout).unwrap_or(Duration::from_secs(3600));
-    let auth_type = match config.auth_type {
-        AuthType::Hba => hba_method(stream, shared, &database, &user).await?,
-        other => other,
-    };
-    let client_credential = match authenticate_client(stream, buf, &user, auth_type, &*credentials, auth_timeout).await
-    {
-        Ok(credential) => credential,
-        Err(e) => {
-            shared.stats.count_error(e.kind());
-            tracing::info!(user, "client authentication failed: {e}");
+    let asked = match session_values(&startup, &config.ignore_startup_parameters) {
+        Ok(asked) => asked,
+        Err(name) => {
+            tracing::info!(user, database, parameter = name, "refusing client: unsupported startup parameter");
+            let _ = send_fatal(stream, "08P01", &format!("unsupported startup parameter: {name}")).await;
             return None;
         }
     };
+    let credentials = with_auth_query(shared, &config, database);
+    let auth_type = match config.auth_type {
+        AuthType::Hba => Box::pin(hba_method(stream, shared, database, user)).await?,
+        other => other,
+    };
+    let client_credential = match trusted(auth_type, &credentials, user) {
+        Some(credential) => credential,
+        None => match Box::pin(authenticate(stream, buf, user, auth_type, &*credentials)).await {
+            Ok(credential) => credential,
+            Err(e) => {
+                shared.stats.count_error(e.kind());
+                tracing::info!(user, "client authentication failed: {e}");
+                return None;
+            }
+        },
+    };
     if database == ADMIN_DATABASE {
-        let Some(access) = Access::for_user(&config.admin_users, &config.stats_users, &user) else {
-            let _ = send_fatal(stream, "28000", "not allowed").await;
-            return None;
-        };
-        let mut out = BytesMut::new();
-        write_authentication_ok(&mut out);
-        stream.send(&out).await.ok()?;
-        let me = register(shared, &startup, stream, config.log_connections);
-        return Some(Outcome::Console(access, me));
+        return Box::pin(console_login(stream, shared, &config, &startup)).await;
     }
-    let Some(target) = shared.topology().target(&database) else {
+    let Some(target) = shared.topology().target(database) else {
         let _ = send_fatal(stream, "3D000", &format!("no such database: {database}")).await;
         return None;
     };
-    if shared.pools.connections.is_disabled(&database) {
+    if shared.pools.connections.is_disabled(database) {
         let _ = send_fatal(stream, "08P01", &format!("database does not allow connections: {database}")).await;
         return None;
     }
@@ -102,70 +103,19 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
         let _ = send_fatal(stream, "57P03", "the pooler is shutting down (SHUTDOWN WAIT_FOR_CLIENTS)").await;
         return None;
     }
-    let server_user = target.user.clone().unwrap_or_else(|| user.clone());
-    let user_config = config.users.get(&user);
-    let server_credential = match &target.user {
-        // A forced user logs in with its own stored password.
-        Some(forced) => match credentials.lookup(forced).await {
-            Ok(Some(StoredSecret::Plain(p))) => ServerCredential::Password(p),
-            Ok(Some(StoredSecret::Md5(h))) => ServerCredential::Md5Hash(h),
-            _ => ServerCredential::None,
-        },
-        None => client_credential,
+    let key = PoolKeyRef { server: &target.server, database, user };
+    let pool = match shared.pools.find(key) {
+        Some(pool) => pool,
+        None => Box::pin(new_pool(shared, &config, &credentials, &target, key, client_credential)).await,
     };
-    let key = PoolKey { server: target.server.clone(), database: database.clone(), user: user.clone() };
-    let pool = shared.pools.get_or_create(&key, || {
-        let settings = PoolSettings::new(
-            &config,
-            &target,
-            user_config.and_then(|u| u.pool_mode),
-            user_config.and_then(|u| u.max_user_connections),
-        );
-        let login = LoginTarget {
-            addr: target.server.clone(),
-            dbname: target.dbname.clone(),
-            credential: server_credential,
-            user: server_user.clone(),
-            connect_timeout: settings.server_connect_timeout,
-            tcp: settings.tcp,
-            tls: shared.server_tls(),
-        };
-        (settings, login)
-    });
-    let welcome = match pool.welcome() {
+    let welcome = match pool.welcome_for(asked) {
         Some(welcome) => welcome,
-        None => match pool.acquire().await {
-            Ok(conn) => {
-                let welcome = conn.login_params.clone();
-                pool.release(conn);
-                welcome
-            }
-            Err(e) => {
-                tracing::warn!(database, user, "login refused: no server connection: {e}");
-                let (code, message) = match &e {
-                    crate::pool::AcquireError::Server(s) => (s.sqlstate().to_owned(), s.to_string()),
-                    other => ("08006".to_owned(), other.to_string()),
-                };
-                let _ = send_fatal(stream, &code, &message).await;
-                return None;
-            }
-        },
+        None => Box::pin(first_welcome(stream, &pool, &startup, asked)).await?,
     };
-    if tracing::enabled!(tracing::Level::DEBUG) {
-        for (name, _) in &startup.params {
-            if crate::session::TrackedParam::from_name(name).is_none() && !matches!(name.as_str(), "user" | "database")
-            {
-                tracing::debug!(parameter = name.as_str(), "startup parameter in ignore_startup_parameters; ignored");
-            }
-        }
-    }
-    // The server's values, the client's own where it sent them.
-    let pairs = welcome.iter().chain(startup.params.iter()).map(|(k, v)| (k.as_str(), v.as_str()));
-    let params = pool.share_values(&ParamMap::values_of(pairs));
     let (key, cancel) = shared.cancels.register();
-    let mut out = BytesMut::with_capacity(512);
+    let mut out = BytesMut::with_capacity(welcome.messages.len() + 64);
     write_authentication_ok(&mut out);
-    out.extend_from_slice(&pool.welcome_messages(&params, &welcome));
+    out.extend_from_slice(&welcome.messages);
     write_backend_key_data(key.process_id, &key.secret_key, &mut out);
     write_ready_for_query(TransactionStatus::Idle, &mut out);
     if stream.send(&out).await.is_err() {
@@ -173,9 +123,123 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
         return None;
     }
     pool.stats.client_logins.fetch_add(1, Ordering::Relaxed);
-    let settings = pool.settings();
-    let me = register(shared, &startup, stream, config.log_connections);
+    let application_name = asked[TrackedParam::ApplicationName.index()].unwrap_or_default();
+    let me = register(shared, &startup, application_name, stream, config.log_connections);
+    let (params, settings) = (welcome.params, welcome.settings);
     Some(Outcome::Pool(LoggedIn { pool, settings, params, key, cancel, me }))
+}
+
+/// The credential a `trust` login passes on to the server, when it is known without waiting:
+/// the auth file's password, or none when there is no auth_query to ask. None otherwise (the
+/// exchange, or auth_query's lookup, must run).
+fn trusted(auth_type: AuthType, credentials: &Credentials, user: &str) -> Option<ServerCredential> {
+    if auth_type != AuthType::Trust {
+        return None;
+    }
+    match credentials.in_file(user) {
+        Some(secret) => Some(server_credential(Some(secret))),
+        None if credentials.query.is_none() => Some(ServerCredential::None),
+        None => None,
+    }
+}
+
+/// A stored password as what logs in to a server (a SCRAM verifier cannot).
+fn server_credential(secret: Option<StoredSecret>) -> ServerCredential {
+    match secret {
+        Some(StoredSecret::Plain(p)) => ServerCredential::Password(p),
+        Some(StoredSecret::Md5(h)) => ServerCredential::Md5Hash(h),
+        _ => ServerCredential::None,
+    }
+}
+
+/// A console login (database `pgbouncer`): admin_users and stats_users only.
+async fn console_login(
+    stream: &mut Stream,
+    shared: &Shared,
+    config: &PoolerConfig,
+    startup: &StartupMessage,
+) -> Option<Outcome> {
+    let Some(access) = Access::for_user(&config.admin_users, &config.stats_users, startup.user()) else {
+        let _ = send_fatal(stream, "28000", "not allowed").await;
+        return None;
+    };
+    let mut out = BytesMut::new();
+    write_authentication_ok(&mut out);
+    stream.send(&out).await.ok()?;
+    let me = register(
+        shared,
+        startup,
+        startup.param("application_name").unwrap_or_default(),
+        stream,
+        config.log_connections,
+    );
+    Some(Outcome::Console(access, me))
+}
+
+/// The pool of `key`, created with the settings and server login its first client gives. A
+/// forced user (`user =` in the database's entry) logs in to the server with its own stored
+/// password, other users with the one their client logged in with.
+async fn new_pool(
+    shared: &Shared,
+    config: &PoolerConfig,
+    credentials: &Credentials,
+    target: &DatabaseTarget,
+    key: PoolKeyRef<'_>,
+    client_credential: ServerCredential,
+) -> Arc<Pool> {
+    let server_credential = match &target.user {
+        Some(forced) => server_credential(credentials.lookup(forced).await.ok().flatten()),
+        None => client_credential,
+    };
+    let user_config = config.users.get(key.user);
+    shared.pools.get_or_create(key, || {
+        let settings = PoolSettings::new(
+            config,
+            target,
+            user_config.and_then(|u| u.pool_mode),
+            user_config.and_then(|u| u.max_user_connections),
+        );
+        let login = LoginTarget {
+            addr: target.server.clone(),
+            dbname: target.dbname.clone(),
+            credential: server_credential,
+            user: target.user.clone().unwrap_or_else(|| key.user.to_owned()),
+            connect_timeout: settings.server_connect_timeout,
+            tcp: settings.tcp,
+            tls: shared.server_tls(),
+        };
+        (settings, login)
+    })
+}
+
+/// A pool no server connection has logged in to yet: one logs in now (its ParameterStatus
+/// values welcome the pool's clients) and goes back to the pool. A failure is the client's
+/// FATAL.
+async fn first_welcome(
+    stream: &mut Stream,
+    pool: &Pool,
+    startup: &StartupMessage,
+    asked: [Option<&str>; 6],
+) -> Option<Welcome> {
+    match pool.acquire().await {
+        Ok(conn) => pool.release(conn),
+        Err(e) => {
+            let (database, user) = (startup.database(), startup.user());
+            tracing::warn!(database, user, "login refused: no server connection: {e}");
+            let (code, message) = match &e {
+                crate::pool::AcquireError::Server(s) => (s.sqlstate().to_owned(), s.to_string()),
+                other => ("08006".to_owned(), other.to_string()),
+            };
+            let _ = send_fatal(stream, &code, &message).await;
+            return None;
+        }
+    }
+    let welcome = pool.welcome_for(asked);
+    if welcome.is_none() {
+        // Not expected: the connection that just logged in recorded its parameters.
+        let _ = send_fatal(stream, "08006", "the server's parameters are not known yet; try again").await;
+    }
+    welcome
 }
 
 /// auth_type = "hba": the method auth_hba_file gives this connection, as an auth_type for the
@@ -230,24 +294,40 @@ async fn hba_method(stream: &mut Stream, shared: &Shared, database: &str, user: 
     }
 }
 
-/// The first startup parameter the pooler neither tracks nor is told to ignore
-/// (ignore_startup_parameters), as PgBouncer refuses it. `user`, `database`, `options`
-/// and protocol options (`_pq_.*`) are always accepted.
-pub(crate) fn unsupported_parameter<'a>(startup: &'a StartupMessage, ignored: &[String]) -> Option<&'a str> {
-    startup.params.iter().map(|(name, _)| name.as_str()).find(|name| {
-        !matches!(*name, "user" | "database" | "options")
-            && !name.starts_with("_pq_.")
-            && crate::session::TrackedParam::from_name(name).is_none()
-            && !ignored.iter().any(|i| i.eq_ignore_ascii_case(name))
-    })
+/// The tracked session parameters a client sent (`ParamMap::values_of`: later ones win), or
+/// the first parameter the pooler neither tracks nor is told to ignore
+/// (ignore_startup_parameters), as PgBouncer refuses it. `user`, `database`, `options` and
+/// protocol options (`_pq_.*`) are always accepted.
+pub(crate) fn session_values<'a>(
+    startup: &'a StartupMessage,
+    ignored: &[String],
+) -> Result<[Option<&'a str>; 6], &'a str> {
+    let mut values = [None; 6];
+    for (name, value) in startup.params() {
+        if let Some(param) = TrackedParam::from_name(name) {
+            values[param.index()] = Some(value);
+        } else if matches!(name, "user" | "database" | "options") || name.starts_with("_pq_.") {
+        } else if ignored.iter().any(|i| i.eq_ignore_ascii_case(name)) {
+            tracing::debug!(parameter = name, "startup parameter in ignore_startup_parameters; ignored");
+        } else {
+            return Err(name);
+        }
+    }
+    Ok(values)
 }
 
-fn register(shared: &Shared, startup: &StartupMessage, stream: &Stream, log: bool) -> ClientHandle {
+fn register(
+    shared: &Shared,
+    startup: &StartupMessage,
+    application_name: &str,
+    stream: &Stream,
+    log: bool,
+) -> ClientHandle {
     let me = shared.pools.connections.register_client(NewClient {
         id: crate::server::next_id(),
         database: startup.database(),
         user: startup.user(),
-        application_name: startup.param("application_name").unwrap_or_default(),
+        application_name,
         stream,
     });
     if log {
@@ -294,32 +374,42 @@ fn with_auth_query(shared: &Shared, config: &PoolerConfig, database: &str) -> Ar
 }
 
 /// The first packets: GSSENCRequest is answered 'N', an SSLRequest as client_tls_sslmode says
-/// (the stream becomes TLS after 'S'). Stops at the first other packet, left in `buf` for
-/// [`login`]. None when the connection is done.
-pub(super) async fn negotiate_tls(mut stream: Stream, buf: &mut BytesMut, shared: &Shared) -> Option<Stream> {
+/// ('S' and the handshake, after which `stream` is the TLS stream, or 'N'). Stops at the first
+/// other packet, left in `buf` for [`login`]. False when the connection is done.
+pub(super) async fn negotiate_tls(stream: &mut Stream, buf: &mut BytesMut, shared: &Shared) -> bool {
     loop {
         match parse_startup_packet(buf) {
             Ok(Some((StartupPacket::GssEncRequest, len))) => {
                 buf.advance(len);
-                stream.send(b"N").await.ok()?;
+                if stream.send(b"N").await.is_err() {
+                    return false;
+                }
             }
             Ok(Some((StartupPacket::SslRequest, len))) => {
                 buf.advance(len);
+                let tls = shared.client_tls();
+                if !tls.handshakes_on(stream) {
+                    return stream.send(b"N").await.is_ok();
+                }
                 let pending = std::mem::take(buf);
-                return match shared.client_tls().answer_on(stream, &pending).await {
-                    Ok(stream) => Some(stream),
+                let plain = std::mem::replace(stream, Stream::Detached(None));
+                return match Box::pin(tls.answer_on(plain, &pending)).await {
+                    Ok(upgraded) => {
+                        *stream = upgraded;
+                        true
+                    }
                     Err(e) => {
                         tracing::info!("client TLS negotiation failed: {e}");
-                        None
+                        false
                     }
                 };
             }
             // Anything else (or a malformed packet) is login's to answer.
-            Ok(Some(_)) | Err(_) => return Some(stream),
+            Ok(Some(_)) | Err(_) => return true,
             Ok(None) => {
-                buf.reserve(1024);
+                crate::buffers::lend_for_login(buf);
                 match stream.read_buf(buf).await {
-                    Ok(0) | Err(_) => return None,
+                    Ok(0) | Err(_) => return false,
                     Ok(_) => {}
                 }
             }
@@ -346,14 +436,14 @@ async fn read_startup(stream: &mut Stream, buf: &mut BytesMut, shared: &Shared) 
                     StartupPacket::Cancel(request) => {
                         let timeout = crate::pool::secs(shared.config().server_connect_timeout)
                             .unwrap_or(std::time::Duration::from_secs(15));
-                        shared.cancels.cancel(&request, timeout).await;
+                        Box::pin(shared.cancels.cancel(&request, timeout)).await;
                         return None;
                     }
                     StartupPacket::Startup(message) => return Some(message),
                 }
             }
             Ok(None) => {
-                buf.reserve(1024);
+                crate::buffers::lend_for_login(buf);
                 match stream.read_buf(buf).await {
                     Ok(0) | Err(_) => return None,
                     Ok(_) => {}
@@ -369,23 +459,42 @@ async fn read_startup(stream: &mut Stream, buf: &mut BytesMut, shared: &Shared) 
 
 #[cfg(test)]
 mod tests {
-    use super::unsupported_parameter;
+    use super::session_values;
     use crate::protocol::StartupMessage;
+    use crate::session::{ParamMap, TrackedParam};
 
     fn startup(names: &[&str]) -> StartupMessage {
-        StartupMessage { protocol_minor: 0, params: names.iter().map(|n| (n.to_string(), "x".to_string())).collect() }
+        StartupMessage::new(0, names.iter().map(|n| (*n, "x"))).expect("valid parameters")
+    }
+
+    fn unsupported<'a>(startup: &'a StartupMessage, ignored: &[String]) -> Option<&'a str> {
+        session_values(startup, ignored).err()
     }
 
     #[test]
     fn unknown_startup_parameters_are_refused_unless_ignored() {
         let ignored = vec!["extra_float_digits".to_string()];
         let known = ["user", "database", "application_name", "DateStyle", "client_encoding", "options", "_pq_.x"];
-        assert_eq!(unsupported_parameter(&startup(&known), &[]), None);
-        assert_eq!(unsupported_parameter(&startup(&["user", "extra_float_digits"]), &[]), Some("extra_float_digits"));
-        assert_eq!(unsupported_parameter(&startup(&["user", "EXTRA_FLOAT_DIGITS"]), &ignored), None);
+        assert_eq!(unsupported(&startup(&known), &[]), None);
+        assert_eq!(unsupported(&startup(&["user", "extra_float_digits"]), &[]), Some("extra_float_digits"));
+        assert_eq!(unsupported(&startup(&["user", "EXTRA_FLOAT_DIGITS"]), &ignored), None);
         assert_eq!(
-            unsupported_parameter(&startup(&["user", "extra_float_digits", "search_path"]), &ignored),
+            unsupported(&startup(&["user", "extra_float_digits", "search_path"]), &ignored),
             Some("search_path")
         );
+    }
+
+    #[test]
+    fn the_tracked_values_are_those_a_map_built_from_the_parameters_holds() {
+        let message = StartupMessage::new(
+            0,
+            [("user", "u"), ("TimeZone", "UTC"), ("application_name", "a"), ("timezone", "Europe/Paris")],
+        )
+        .expect("valid parameters");
+        let values = session_values(&message, &[]).expect("all accepted");
+        assert_eq!(values, ParamMap::values_of(message.params()));
+        assert_eq!(values[TrackedParam::TimeZone.index()], Some("Europe/Paris"));
+        assert_eq!(values[TrackedParam::ApplicationName.index()], Some("a"));
+        assert_eq!(values[TrackedParam::DateStyle.index()], None);
     }
 }

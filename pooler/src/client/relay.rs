@@ -994,7 +994,13 @@ impl Relay {
         }
         self.pool.stats.clients.fetch_sub(1, Ordering::Relaxed);
         self.shared.cancels.unregister(self.key);
-        let _ = self.client.shutdown().await;
+        // After an error the pooler sent, shut the write side first: bytes the client sent
+        // that were never read would otherwise make the close a reset, which can discard the
+        // error before the client reads it. TLS streams always send close_notify. A client
+        // that left needs neither: the close sends the FIN (one system call less per client).
+        if !matches!(end, End::ClientGone) || self.client.is_tls() {
+            let _ = self.client.shutdown().await;
+        }
         self.give_back_buffers();
     }
 }

@@ -8,7 +8,7 @@ mod maintain;
 mod registry;
 mod settings;
 
-pub use registry::{PoolKey, Registry};
+pub use registry::{PoolKey, PoolKeyRef, Registry};
 
 use crate::connections::Connections;
 use registry::ConnCounter;
@@ -81,9 +81,9 @@ struct PoolState {
     /// Server ParameterStatus values of the first login, for client welcomes.
     welcome: Option<Arc<Vec<(String, String)>>>,
     /// The session parameters of the last client that logged in, shared with the next ones
-    /// that have the same (`share_values`).
-    client_params: Option<ParamMap>,
-    /// The last welcome encoded (`welcome_messages`).
+    /// that have the same (`welcome_for`).
+    client_params: Option<ClientParams>,
+    /// The last welcome encoded (`welcome_for`).
     welcome_wire: Option<WelcomeWire>,
     /// Bumped by RECONNECT: connections from an older generation are closed on release.
     generation: u64,
@@ -92,8 +92,24 @@ struct PoolState {
     paused: bool,
 }
 
+/// The tracked parameters the last client to log in sent, and the session parameters they
+/// gave it: the next client that sends the same gets the same map without a look at the
+/// server's values.
+struct ClientParams {
+    asked: [Option<Box<str>>; 6],
+    params: ParamMap,
+}
+
+/// What a logging-in client takes from its pool (`Pool::welcome_for`).
+pub struct Welcome {
+    pub params: ParamMap,
+    /// ParameterStatus messages, one per server parameter.
+    pub messages: bytes::Bytes,
+    pub settings: Arc<PoolSettings>,
+}
+
 /// ParameterStatus messages for a client welcome, with what they were made from (held, so
-/// that the pointer comparisons in `welcome_messages` cannot meet a reused address).
+/// that the pointer comparisons in `welcome_for` cannot meet a reused address).
 struct WelcomeWire {
     params: ParamMap,
     welcome: Arc<Vec<(String, String)>>,
@@ -237,42 +253,53 @@ impl Pool {
             .collect()
     }
 
-    pub fn welcome(&self) -> Option<Arc<Vec<(String, String)>>> {
-        self.lock().welcome.clone()
-    }
-
-    /// The ParameterStatus messages that welcome a client whose session parameters are
-    /// `params`: the server's `welcome` values, the tracked ones as the client asked for them.
-    /// Encoded once for the parameters most clients share (`share_values`), not at every
-    /// login (a new connection per transaction spent about 4,000 instructions on them).
-    pub fn welcome_messages(&self, params: &ParamMap, welcome: &Arc<Vec<(String, String)>>) -> bytes::Bytes {
-        if let Some(wire) = &self.lock().welcome_wire {
-            if wire.params.shares_values_with(params) && Arc::ptr_eq(&wire.welcome, welcome) {
-                return wire.messages.clone();
-            }
-        }
-        let mut out = bytes::BytesMut::with_capacity(512);
-        for (name, value) in welcome.iter() {
-            let value = crate::session::TrackedParam::from_name(name).and_then(|p| params.get(p)).unwrap_or(value);
-            crate::protocol::message::write_parameter_status(name, value, &mut out);
-        }
-        let messages = out.freeze();
-        let wire = WelcomeWire { params: params.clone(), welcome: welcome.clone(), messages: messages.clone() };
-        self.lock().welcome_wire = Some(wire);
-        messages
-    }
-
-    /// The session parameters of a client that logs in with `values` (`ParamMap::values_of`):
-    /// the map the last client with the same values got (nearly all clients of a pool log in
-    /// with the same, and share one copy), or a new one that the next may share.
-    pub fn share_values(&self, values: &[Option<&str>; 6]) -> ParamMap {
+    /// What a client logging in with `asked` (the tracked parameters of its startup packet,
+    /// `ParamMap::values_of`) gets from the pool, under one lock: its session parameters (the
+    /// server's values, its own where it sent them), the ParameterStatus messages that welcome it, and the settings in force. None
+    /// until a first server connection has logged in (`acquire` records its parameters).
+    ///
+    /// Clients of a pool nearly all log in with the same values: they share one `ParamMap`
+    /// (an idle client costs 8 bytes for it), and the messages are encoded once for them, not
+    /// at every login (a new connection per transaction spent about 4,000 instructions on them).
+    pub fn welcome_for(&self, asked: [Option<&str>; 6]) -> Option<Welcome> {
         let mut st = self.lock();
-        if let Some(shared) = st.client_params.as_ref().filter(|shared| shared.has_values(values)) {
-            return shared.clone();
-        }
-        let params = ParamMap::from_values(values);
-        st.client_params = Some(params.clone());
-        params
+        let welcome = st.welcome.clone()?;
+        let params = match &st.client_params {
+            Some(last) if last.asked.iter().map(Option::as_deref).eq(asked) => last.params.clone(),
+            _ => {
+                let mut values = ParamMap::values_of(welcome.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                for (value, asked) in values.iter_mut().zip(asked) {
+                    if asked.is_some() {
+                        *value = asked;
+                    }
+                }
+                let params = match &st.client_params {
+                    Some(last) if last.params.has_values(&values) => last.params.clone(),
+                    _ => ParamMap::from_values(&values),
+                };
+                st.client_params =
+                    Some(ClientParams { asked: asked.map(|v| v.map(Box::from)), params: params.clone() });
+                params
+            }
+        };
+        let messages = match &st.welcome_wire {
+            Some(wire) if wire.params.shares_values_with(&params) && Arc::ptr_eq(&wire.welcome, &welcome) => {
+                wire.messages.clone()
+            }
+            _ => {
+                let mut out = bytes::BytesMut::with_capacity(512);
+                for (name, value) in welcome.iter() {
+                    let value =
+                        crate::session::TrackedParam::from_name(name).and_then(|p| params.get(p)).unwrap_or(value);
+                    crate::protocol::message::write_parameter_status(name, value, &mut out);
+                }
+                let messages = out.freeze();
+                let wire = WelcomeWire { params: params.clone(), welcome, messages: messages.clone() };
+                st.welcome_wire = Some(wire);
+                messages
+            }
+        };
+        Some(Welcome { params, messages, settings: st.settings.clone() })
     }
 
     /// Room for one more connection under pool_size (+ reserve), max_db_connections and

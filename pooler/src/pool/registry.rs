@@ -6,7 +6,7 @@ use super::{maintain, Pool, PoolSettings};
 use crate::connections::Connections;
 use crate::server::LoginTarget;
 use crate::topology::ServerAddr;
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
@@ -17,6 +17,27 @@ pub struct PoolKey {
     pub database: String,
     /// The client's user name.
     pub user: String,
+}
+
+/// A pool's key as a login has it, borrowed: finding the pool copies no string. Hashes as
+/// the `PoolKey` it equals (`&str` hashes as `String`).
+#[derive(Debug, Clone, Copy, Hash)]
+pub struct PoolKeyRef<'a> {
+    pub server: &'a ServerAddr,
+    pub database: &'a str,
+    pub user: &'a str,
+}
+
+impl PoolKeyRef<'_> {
+    fn to_key(self) -> PoolKey {
+        PoolKey { server: self.server.clone(), database: self.database.to_owned(), user: self.user.to_owned() }
+    }
+}
+
+impl hashbrown::Equivalent<PoolKey> for PoolKeyRef<'_> {
+    fn equivalent(&self, key: &PoolKey) -> bool {
+        *self.server == key.server && self.database == key.database && self.user == key.user
+    }
 }
 
 /// Open server connections of one database or one user over all its pools, and those pools,
@@ -45,19 +66,29 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// The pool for `key`, if a client has logged in to it.
+    pub fn find(&self, key: PoolKeyRef<'_>) -> Option<Arc<Pool>> {
+        self.pools.read().unwrap_or_else(|p| p.into_inner()).get(&key).cloned()
+    }
+
     /// The pool for `key`, created (with its maintenance task) on first use.
-    pub fn get_or_create(&self, key: &PoolKey, settings: impl FnOnce() -> (PoolSettings, LoginTarget)) -> Arc<Pool> {
-        if let Some(pool) = self.pools.read().unwrap_or_else(|p| p.into_inner()).get(key) {
+    pub fn get_or_create(
+        &self,
+        key: PoolKeyRef<'_>,
+        settings: impl FnOnce() -> (PoolSettings, LoginTarget),
+    ) -> Arc<Pool> {
+        if let Some(pool) = self.pools.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return pool.clone();
         }
         let mut pools = self.pools.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(pool) = pools.get(key) {
+        if let Some(pool) = pools.get(&key) {
             return pool.clone();
         }
+        let key = key.to_key();
         let (db, user) = {
             let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-            let db = counters.0.entry(key.database.clone()).or_default().clone();
-            let user = counters.1.entry(key.user.clone()).or_default().clone();
+            let db = counters.0.entry_ref(key.database.as_str()).or_default().clone();
+            let user = counters.1.entry_ref(key.user.as_str()).or_default().clone();
             (db, user)
         };
         let (settings, login) = settings();

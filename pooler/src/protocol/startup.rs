@@ -30,30 +30,76 @@ pub struct StartupMessage {
     /// Minor protocol version the client asked for; above 0 the caller may answer with
     /// NegotiateProtocolVersion.
     pub protocol_minor: u16,
-    /// Parameters in the order sent, `user` among them; `_pq_.` protocol options included.
-    pub params: Vec<(String, String)>,
+    /// The parameters as they came, `name\0value\0` pairs without the list's final NUL:
+    /// one allocation per login instead of two strings per parameter. Valid UTF-8 with an
+    /// even number of NUL-terminated fields (checked by `parse_startup` and `new`).
+    params: Box<str>,
+    /// Where the values of `user` and `database` are in `params` (the first of each), found
+    /// once: a login asks for them several times.
+    user: (u16, u16),
+    database: Option<(u16, u16)>,
 }
 
 impl StartupMessage {
+    /// A message with `params` (for logging in to a server, and tests). A name or value with
+    /// a NUL byte, or an empty name (the list's terminator), is refused.
+    pub fn new<'a>(
+        protocol_minor: u16,
+        params: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<StartupMessage, StartupError> {
+        let mut list = Vec::new();
+        for (name, value) in params {
+            if name.is_empty() || name.contains('\0') || value.contains('\0') {
+                return Err(StartupError::Malformed("a startup parameter is empty or contains a NUL byte"));
+            }
+            for field in [name, value] {
+                list.extend_from_slice(field.as_bytes());
+                list.push(0);
+            }
+        }
+        list.push(0);
+        if list.len() > MAX_STARTUP_PACKET_LEN as usize {
+            return Err(StartupError::Malformed("startup parameters longer than a startup packet may be"));
+        }
+        parse_params(protocol_minor, &list)
+    }
+
+    /// Parameters in the order sent, `user` among them; `_pq_.` protocol options included.
+    pub fn params(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        let mut rest: &str = &self.params;
+        std::iter::from_fn(move || {
+            let (name, after) = split_at_nul(rest)?;
+            let (value, after) = split_at_nul(after).unwrap_or((after, ""));
+            rest = after;
+            Some((name, value))
+        })
+    }
+
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
+        self.params().find(|(key, _)| *key == name).map(|(_, value)| value)
+    }
+
+    fn slice(&self, (from, to): (u16, u16)) -> &str {
+        self.params.get(from as usize..to as usize).unwrap_or_default()
     }
 
     /// The user name; parsing guarantees it is present.
     pub fn user(&self) -> &str {
-        self.param("user").unwrap_or_default()
+        self.slice(self.user)
     }
 
     /// The database, which defaults to the user name as in PostgreSQL.
     pub fn database(&self) -> &str {
-        self.param("database").filter(|db| !db.is_empty()).unwrap_or_else(|| self.user())
+        match self.database.map(|at| self.slice(at)) {
+            Some(database) if !database.is_empty() => database,
+            _ => self.user(),
+        }
     }
 
     /// Writes a protocol 3.0 StartupMessage toward a server (postgres-protocol's encoder).
     pub fn encode(&self, buf: &mut BytesMut) -> Result<(), StartupError> {
         let start = buf.len();
-        let params = self.params.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-        postgres_protocol::message::frontend::startup_message(params, buf).map_err(|_| {
+        postgres_protocol::message::frontend::startup_message(self.params(), buf).map_err(|_| {
             buf.truncate(start);
             StartupError::Malformed("a startup parameter contains a NUL byte")
         })
@@ -152,34 +198,52 @@ fn parse_cancel(rest: &[u8]) -> Result<CancelRequest, StartupError> {
     Ok(CancelRequest { process_id: i32::from_be_bytes([a, b, c, d]), secret_key: key.to_vec() })
 }
 
-fn parse_startup(protocol_minor: u16, mut rest: &[u8]) -> Result<StartupMessage, StartupError> {
-    let mut params = Vec::new();
-    loop {
-        let (key, after) = cstr(rest)?;
-        if key.is_empty() {
-            if !after.is_empty() {
-                return Err(StartupError::Malformed("bytes after the parameter list's terminator"));
-            }
-            break;
-        }
-        let (value, after) = cstr(after)?;
-        params.push((utf8(key)?, utf8(value)?));
-        rest = after;
-    }
-    let message = StartupMessage { protocol_minor, params };
-    if message.param("user").filter(|user| !user.is_empty()).is_none() {
+fn parse_startup(protocol_minor: u16, rest: &[u8]) -> Result<StartupMessage, StartupError> {
+    let message = parse_params(protocol_minor, rest)?;
+    if message.user().is_empty() {
         return Err(StartupError::MissingUser);
     }
     Ok(message)
 }
 
-fn cstr(buf: &[u8]) -> Result<(&[u8], &[u8]), StartupError> {
-    let end = buf.iter().position(|&b| b == 0).ok_or(StartupError::Malformed("parameter not NUL-terminated"))?;
-    Ok((&buf[..end], &buf[end + 1..]))
+/// `name\0value\0 ... \0` (at most `MAX_STARTUP_PACKET_LEN` bytes): the structure, where the
+/// first `user` and `database` values are, in one pass; then UTF-8 once over the whole list.
+fn parse_params(protocol_minor: u16, list: &[u8]) -> Result<StartupMessage, StartupError> {
+    let (mut at, mut user, mut database) = (0, None, None);
+    let end = loop {
+        let name_end = nul_after(list, at)?;
+        if name_end == at {
+            if name_end + 1 != list.len() {
+                return Err(StartupError::Malformed("bytes after the parameter list's terminator"));
+            }
+            break at;
+        }
+        let value_end = nul_after(list, name_end + 1)?;
+        let value = Some((name_end as u16 + 1, value_end as u16));
+        match &list[at..name_end] {
+            b"user" if user.is_none() => user = value,
+            b"database" if database.is_none() => database = value,
+            _ => {}
+        }
+        at = value_end + 1;
+    };
+    let text =
+        std::str::from_utf8(&list[..end]).map_err(|_| StartupError::Malformed("parameter is not valid UTF-8"))?;
+    Ok(StartupMessage { protocol_minor, params: text.into(), user: user.unwrap_or_default(), database })
 }
 
-fn utf8(bytes: &[u8]) -> Result<String, StartupError> {
-    String::from_utf8(bytes.to_vec()).map_err(|_| StartupError::Malformed("parameter is not valid UTF-8"))
+/// The text before the first NUL and the text after it.
+fn split_at_nul(text: &str) -> Option<(&str, &str)> {
+    let at = memchr::memchr(0, text.as_bytes())?;
+    Some((text.get(..at)?, text.get(at + 1..)?))
+}
+
+/// The index of the first NUL at or after `from`.
+fn nul_after(buf: &[u8], from: usize) -> Result<usize, StartupError> {
+    buf.get(from..)
+        .and_then(|tail| memchr::memchr(0, tail))
+        .map(|i| from + i)
+        .ok_or(StartupError::Malformed("parameter not NUL-terminated"))
 }
 
 #[cfg(test)]
@@ -195,10 +259,7 @@ mod tests {
 
     #[test]
     fn startup_message_round_trips_through_postgres_protocol_encoder() {
-        let message = StartupMessage {
-            protocol_minor: 0,
-            params: vec![("user".into(), "app".into()), ("database".into(), "shop".into())],
-        };
+        let message = StartupMessage::new(0, [("user", "app"), ("database", "shop")]).unwrap();
         let mut buf = BytesMut::new();
         message.encode(&mut buf).unwrap();
         let (parsed, used) = parse_startup_packet(&buf).unwrap().unwrap();
@@ -280,5 +341,36 @@ mod tests {
         let Some((StartupPacket::Startup(m), _)) = parse_startup_packet(&p).unwrap() else { panic!() };
         assert_eq!(m.protocol_minor, 2);
         assert_eq!(m.param("_pq_.x"), Some("y"));
+        assert_eq!(m.params().collect::<Vec<_>>(), [("user", "bob"), ("_pq_.x", "y")]);
+    }
+
+    #[test]
+    fn empty_values_and_names_with_nul_bytes() {
+        let p = packet(PROTOCOL_VERSION_3_0, b"user\0bob\0options\0\0application_name\0a\0\0");
+        let Some((StartupPacket::Startup(m), _)) = parse_startup_packet(&p).unwrap() else { panic!() };
+        assert_eq!(m.params().collect::<Vec<_>>(), [("user", "bob"), ("options", ""), ("application_name", "a")]);
+        assert_eq!(m.param("options"), Some(""));
+        assert!(StartupMessage::new(0, [("us\0er", "x")]).is_err());
+        assert!(StartupMessage::new(0, [("user", "x\0")]).is_err());
+        assert!(StartupMessage::new(0, [("", "x")]).is_err());
+    }
+
+    proptest::proptest! {
+        /// Any parameter list survives encode and parse unchanged, in order.
+        #[test]
+        fn parameter_lists_round_trip(
+            params in proptest::collection::vec(("[a-zA-Z_.]{1,12}", "[^\u{0}]{0,12}"), 0..8),
+        ) {
+            let mut all = vec![("user".to_string(), "u".to_string())];
+            all.extend(params);
+            let message = StartupMessage::new(0, all.iter().map(|(k, v)| (k.as_str(), v.as_str()))).unwrap();
+            let mut buf = BytesMut::new();
+            message.encode(&mut buf).unwrap();
+            let (parsed, used) = parse_startup_packet(&buf).unwrap().unwrap();
+            proptest::prop_assert_eq!(used, buf.len());
+            let StartupPacket::Startup(parsed) = parsed else { panic!("a startup message") };
+            let got: Vec<(String, String)> = parsed.params().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+            proptest::prop_assert_eq!(got, all);
+        }
     }
 }

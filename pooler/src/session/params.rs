@@ -41,10 +41,22 @@ impl TrackedParam {
 
     /// Parameter names are case-insensitive, as in PostgreSQL (`datestyle` in a startup packet).
     pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|param| param.name().eq_ignore_ascii_case(name))
+        // The six names have six different lengths: one comparison at most (a login looks up
+        // every startup parameter and every parameter of the server's welcome).
+        let candidate = match name.len() {
+            15 => TrackedParam::ClientEncoding,
+            9 => TrackedParam::DateStyle,
+            8 => TrackedParam::TimeZone,
+            13 => TrackedParam::IntervalStyle,
+            27 => TrackedParam::StandardConformingStrings,
+            16 => TrackedParam::ApplicationName,
+            _ => return None,
+        };
+        candidate.name().eq_ignore_ascii_case(name).then_some(candidate)
     }
 
-    fn index(self) -> usize {
+    /// Its place in a `[_; 6]` of values (`ParamMap::values_of`).
+    pub fn index(self) -> usize {
         self as usize
     }
 }
@@ -174,6 +186,13 @@ mod tests {
         assert_eq!(TrackedParam::from_name("datestyle"), Some(TrackedParam::DateStyle));
         assert_eq!(TrackedParam::from_name("TIMEZONE"), Some(TrackedParam::TimeZone));
         assert_eq!(TrackedParam::from_name("search_path"), None);
+        for param in TrackedParam::ALL {
+            assert_eq!(TrackedParam::from_name(param.name()), Some(param));
+            assert_eq!(TrackedParam::from_name(&param.name().to_uppercase()), Some(param));
+            let mut other = param.name().to_owned();
+            other.replace_range(..1, "x");
+            assert_eq!(TrackedParam::from_name(&other), None, "{other}");
+        }
     }
 
     #[test]
