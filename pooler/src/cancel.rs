@@ -71,7 +71,42 @@ type KeyEntry = ([u8; 4], Arc<CancelSlot>);
 
 pub struct CancelRegistry {
     next: AtomicI32,
-    clients: Mutex<HashMap<i32, KeyEntry, foldhash::fast::RandomState>>,
+    clients: Mutex<Clients>,
+}
+
+/// The keys given out, and OS randomness not yet used for one.
+#[derive(Default)]
+struct Clients {
+    keys: HashMap<i32, KeyEntry, foldhash::fast::RandomState>,
+    random: RandomBytes,
+}
+
+/// Bytes from the OS's random source, drawn 256 at a time: a secret key is 4 of them, so a
+/// login costs no `getrandom` system call of its own (PgBouncer makes one per client). Each
+/// byte is handed out once.
+struct RandomBytes {
+    bytes: [u8; 256],
+    used: usize,
+}
+
+impl Default for RandomBytes {
+    fn default() -> Self {
+        RandomBytes { bytes: [0; 256], used: 256 }
+    }
+}
+
+impl RandomBytes {
+    /// Four unused random bytes; None if the OS has no randomness to give.
+    fn take4(&mut self) -> Option<[u8; 4]> {
+        if self.used + 4 > self.bytes.len() {
+            getrandom::fill(&mut self.bytes).ok()?;
+            self.used = 0;
+        }
+        let mut four = [0; 4];
+        four.copy_from_slice(&self.bytes[self.used..self.used + 4]);
+        self.used += 4;
+        Some(four)
+    }
 }
 
 impl Default for CancelRegistry {
@@ -80,7 +115,7 @@ impl Default for CancelRegistry {
         let _ = getrandom::fill(&mut seed);
         CancelRegistry {
             next: AtomicI32::new(i32::from_be_bytes(seed) & 0x3fff_ffff),
-            clients: Mutex::new(HashMap::default()),
+            clients: Mutex::new(Clients::default()),
         }
     }
 }
@@ -88,13 +123,11 @@ impl Default for CancelRegistry {
 impl CancelRegistry {
     /// A fresh key for a new client and the slot its relay keeps current.
     pub fn register(&self) -> (ClientKey, Arc<CancelSlot>) {
-        let mut secret_key = [0u8; 4];
-        if getrandom::fill(&mut secret_key).is_err() {
-            // No OS randomness: a key nobody can guess is impossible, so none can cancel.
-            secret_key = [0; 4];
-        }
         let slot = Arc::new(CancelSlot::default());
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let Clients { keys: clients, random } = &mut *guard;
+        // No OS randomness: a key nobody can guess is impossible, so none can cancel.
+        let secret_key = random.take4().unwrap_or([0; 4]);
         let process_id = loop {
             let id = self.next.fetch_add(1, Ordering::Relaxed) & 0x7fff_ffff;
             if id != 0 && !clients.contains_key(&id) {
@@ -106,7 +139,7 @@ impl CancelRegistry {
     }
 
     pub fn unregister(&self, key: ClientKey) {
-        self.clients.lock().unwrap_or_else(|p| p.into_inner()).remove(&key.process_id);
+        self.clients.lock().unwrap_or_else(|p| p.into_inner()).keys.remove(&key.process_id);
     }
 
     /// Forwards a client's cancel to the server that client is using; unknown keys and idle
@@ -114,7 +147,7 @@ impl CancelRegistry {
     pub async fn cancel(&self, request: &CancelRequest, timeout: Duration) {
         let target = {
             let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-            match clients.get(&request.process_id) {
+            match clients.keys.get(&request.process_id) {
                 Some((secret, slot)) if secret.as_slice() == request.secret_key.as_slice() => slot.get(),
                 _ => None,
             }
@@ -161,6 +194,23 @@ mod tests {
     #[test]
     fn a_slot_is_a_lock_and_one_word() {
         assert!(std::mem::size_of::<CancelSlot>() <= 24, "{} bytes", std::mem::size_of::<CancelSlot>());
+    }
+
+    /// Keys come 64 to a draw from the OS: over several draws they are all different (32
+    /// random bits each: a repeat among 300 has odds of about 1 in 100,000) and unregistered
+    /// ones are gone.
+    #[test]
+    fn secret_keys_are_random_across_draws_and_unregistering_forgets_them() {
+        let registry = CancelRegistry::default();
+        let keys: Vec<ClientKey> = (0..300).map(|_| registry.register().0).collect();
+        let secrets: std::collections::HashSet<[u8; 4]> = keys.iter().map(|k| k.secret_key).collect();
+        assert_eq!(secrets.len(), keys.len(), "a secret key was handed out twice");
+        let ids: std::collections::HashSet<i32> = keys.iter().map(|k| k.process_id).collect();
+        assert_eq!(ids.len(), keys.len());
+        for key in &keys {
+            registry.unregister(*key);
+        }
+        assert!(registry.clients.lock().unwrap().keys.is_empty());
     }
 
     #[test]

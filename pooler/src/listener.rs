@@ -5,6 +5,7 @@
 use crate::client;
 use crate::runtime::Shared;
 use crate::stream::Stream;
+use crate::tcp::TcpOptions;
 use std::path::PathBuf;
 use std::sync::Arc;
 use thiserror::Error;
@@ -68,6 +69,7 @@ impl Listeners {
                 let mut stopping = shared.shutdown.subscribe();
                 // One wait for the whole loop, not a new one per connection.
                 let mut stop = std::pin::pin!(stopping.wait());
+                let mut inherited = set_listener_options(&listener, TcpOptions::from_config(&shared.config()));
                 loop {
                     let accepted = tokio::select! {
                         biased;
@@ -76,10 +78,16 @@ impl Listeners {
                     };
                     match accepted {
                         Ok((stream, peer)) => {
-                            let _ = stream.set_nodelay(true);
-                            let options = crate::tcp::TcpOptions::from_config(&shared.config());
-                            if let Err(e) = options.apply(socket2::SockRef::from(&stream)) {
-                                tracing::warn!(%peer, "cannot set tcp_keepalive/tcp_user_timeout on a client socket: {e}");
+                            // TCP_NODELAY and the tcp_* options come from the listener (Linux
+                            // copies them into accepted sockets); after a RELOAD changed them,
+                            // the listener gets the new ones, and so does this socket, which
+                            // was accepted with the old.
+                            let wanted = TcpOptions::from_config(&shared.config());
+                            if inherited != Some(wanted) {
+                                inherited = set_listener_options(&listener, wanted);
+                                if let Err(e) = wanted.apply_to_listener(socket2::SockRef::from(&stream)) {
+                                    tracing::warn!(%peer, "cannot set tcp_keepalive/tcp_user_timeout on a client socket: {e}");
+                                }
                             }
                             tokio::spawn(client::serve(Stream::Tcp(stream), shared.clone()));
                         }
@@ -115,6 +123,19 @@ impl Listeners {
         }
         if let Some(path) = unix_path {
             let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// The options accepted sockets will inherit, set on the listener: `Some` of them if they
+/// are set, None if not (each accepted socket then gets them itself, as before the listener
+/// could).
+fn set_listener_options(listener: &TcpListener, options: TcpOptions) -> Option<TcpOptions> {
+    match options.apply_to_listener(socket2::SockRef::from(listener)) {
+        Ok(()) => Some(options),
+        Err(e) => {
+            tracing::warn!("cannot set TCP_NODELAY/tcp_keepalive/tcp_user_timeout on the listening socket: {e}");
+            None
         }
     }
 }

@@ -53,6 +53,54 @@ impl TcpOptions {
     }
 }
 
+impl TcpOptions {
+    /// Sets every option on a listening socket, the system's default where a setting leaves
+    /// it (a RELOAD may have set it before), with TCP_NODELAY. Linux copies them all into each
+    /// connection the listener accepts: client sockets need no system call of their own.
+    pub fn apply_to_listener(&self, socket: SockRef<'_>) -> io::Result<()> {
+        let system = SystemKeepalive::get();
+        socket.set_tcp_nodelay(true)?;
+        socket.set_keepalive(self.keepalive)?;
+        socket.set_tcp_keepalive(
+            &TcpKeepalive::new()
+                .with_time(self.keepidle.unwrap_or(system.idle))
+                .with_interval(self.keepintvl.unwrap_or(system.interval))
+                .with_retries(self.keepcnt.unwrap_or(system.count)),
+        )?;
+        // set_tcp_keepalive turned SO_KEEPALIVE on: as asked.
+        socket.set_keepalive(self.keepalive)?;
+        socket.set_tcp_user_timeout(self.user_timeout)
+    }
+}
+
+/// The kernel's keepalive timings for sockets that set none (net.ipv4.tcp_keepalive_*), read
+/// once; Linux's own defaults if they cannot be read.
+#[derive(Debug, Clone, Copy)]
+struct SystemKeepalive {
+    idle: Duration,
+    interval: Duration,
+    count: u32,
+}
+
+impl SystemKeepalive {
+    fn get() -> SystemKeepalive {
+        static SYSTEM: std::sync::OnceLock<SystemKeepalive> = std::sync::OnceLock::new();
+        *SYSTEM.get_or_init(|| {
+            let read = |name: &str, default: u32| {
+                std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u32>().ok())
+                    .unwrap_or(default)
+            };
+            SystemKeepalive {
+                idle: Duration::from_secs(read("tcp_keepalive_time", 7200).into()),
+                interval: Duration::from_secs(read("tcp_keepalive_intvl", 75).into()),
+                count: read("tcp_keepalive_probes", 9),
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +151,48 @@ mod tests {
         assert_eq!(s.tcp_keepalive_interval().unwrap(), Duration::from_secs(11));
         assert_eq!(s.tcp_keepalive_retries().unwrap(), 4);
         assert_eq!(s.tcp_user_timeout().unwrap(), Some(Duration::from_millis(2500)));
+    }
+
+    /// What `apply_to_listener` sets, an accepted connection has; a second call with the
+    /// defaults puts back the system's timings and turns keepalive and the timeout off.
+    #[test]
+    fn accepted_sockets_inherit_the_listeners_options_and_a_change_back_resets_them() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let accept = || {
+            let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            listener.accept().unwrap().0
+        };
+        let plain = accept();
+        let system = SockRef::from(&plain);
+        let (idle, interval, count) = (
+            system.tcp_keepalive_time().unwrap(),
+            system.tcp_keepalive_interval().unwrap(),
+            system.tcp_keepalive_retries().unwrap(),
+        );
+        let set = TcpOptions {
+            keepalive: true,
+            keepidle: Some(Duration::from_secs(37)),
+            keepintvl: Some(Duration::from_secs(11)),
+            keepcnt: Some(4),
+            user_timeout: Some(Duration::from_millis(2500)),
+        };
+        set.apply_to_listener(SockRef::from(&listener)).unwrap();
+        let socket = accept();
+        let s = SockRef::from(&socket);
+        assert!(s.tcp_nodelay().unwrap());
+        assert!(s.keepalive().unwrap());
+        assert_eq!(s.tcp_keepalive_time().unwrap(), Duration::from_secs(37));
+        assert_eq!(s.tcp_keepalive_interval().unwrap(), Duration::from_secs(11));
+        assert_eq!(s.tcp_keepalive_retries().unwrap(), 4);
+        assert_eq!(s.tcp_user_timeout().unwrap(), Some(Duration::from_millis(2500)));
+        TcpOptions { keepalive: false, ..Default::default() }.apply_to_listener(SockRef::from(&listener)).unwrap();
+        let socket = accept();
+        let s = SockRef::from(&socket);
+        assert!(!s.keepalive().unwrap());
+        assert_eq!(s.tcp_keepalive_time().unwrap(), idle);
+        assert_eq!(s.tcp_keepalive_interval().unwrap(), interval);
+        assert_eq!(s.tcp_keepalive_retries().unwrap(), count);
+        assert_eq!(s.tcp_user_timeout().unwrap(), None);
     }
 
     #[test]
