@@ -100,6 +100,19 @@ pub fn view_from_dcs(dcs: &DcsView, now: i64) -> (ClusterView, Vec<MemberAddress
     (view, addresses)
 }
 
+/// What a running replica reports besides its position, as Patroni 4 does in its member key:
+/// `/cluster` (and `pgha ctl list`) show the replica `streaming` and its receive and replay
+/// lag from them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplicaProgress {
+    /// pg_last_wal_receive_lsn(): none before the WAL receiver has received anything.
+    pub receive_lsn: Option<Lsn>,
+    /// pg_last_wal_replay_lsn().
+    pub replay_lsn: Lsn,
+    /// The WAL receiver streams (pg_stat_wal_receiver.status).
+    pub streaming: bool,
+}
+
 /// The `members/<name>` value, with Patroni's field names.
 #[allow(clippy::too_many_arguments)]
 pub fn member_value(
@@ -111,8 +124,12 @@ pub fn member_value(
     timeline: Option<u32>,
     pending_restart: bool,
     tags: &crate::config::TagsConfig,
+    replica: Option<ReplicaProgress>,
 ) -> Vec<u8> {
     MemberValue {
+        receive_lsn: replica.and_then(|r| r.receive_lsn).map(|l| l.0),
+        replay_lsn: replica.map(|r| r.replay_lsn.0),
+        replication_state: replica.filter(|r| r.streaming).map(|_| "streaming".to_string()),
         conn_url: Some(format!("postgres://{conn_addr}/postgres")),
         api_url: Some(format!("http://{api_addr}/patroni")),
         state: Some(state.to_string()),
@@ -218,7 +235,15 @@ mod tests {
             Some(2),
             false,
             &tags,
+            Some(ReplicaProgress { receive_lsn: Some(Lsn(80)), replay_lsn: Lsn(77), streaming: true }),
         );
+        let member: MemberValue = serde_json::from_slice(&value).unwrap();
+        assert_eq!((member.receive_lsn, member.replay_lsn), (Some(80), Some(77)));
+        assert_eq!(member.replication_state.as_deref(), Some("streaming"));
+        let primary =
+            member_value("127.0.0.1:5432", "127.0.0.1:8008", "running", "primary", None, None, false, &tags, None);
+        let primary: MemberValue = serde_json::from_slice(&primary).unwrap();
+        assert_eq!((primary.receive_lsn, primary.replay_lsn, primary.replication_state), (None, None, None));
         let snap = ClusterSnapshot { revision: 1, keys: vec![kv("members/n2", std::str::from_utf8(&value).unwrap())] };
         let (view, addrs) = view_from_snapshot(&snap);
         assert_eq!(view.members[0].wal_position, Some(Lsn(77)));

@@ -4,7 +4,7 @@
 //! `raft-status`, and is taken out again with `raft-remove`.
 
 use harness::agent_checks::{another_primary, healthy, streams_again};
-use harness::cluster::{PghaCluster, Timing};
+use harness::cluster::{http, PghaCluster, Timing};
 use harness::{run_pgha, wait_for};
 use std::time::Duration;
 
@@ -53,6 +53,23 @@ async fn ctl_operates_a_cluster() {
     assert!(list.starts_with(&format!("Cluster: {}", cluster.scope)), "{list}");
     assert_eq!(row(&list, &p)[2], "Leader", "{list}");
     assert_replica_row(&list, &r);
+    // A streaming replica says so, as under Patroni 4: its member key carries
+    // replication_state, receive_lsn and replay_lsn.
+    let streaming = wait_for("the replica to show as streaming in ctl list", Duration::from_secs(30), || async {
+        let (ok, text) = ctl(api, &["list"]).await;
+        Ok((ok && row(&text, &r)[3] == "streaming").then_some(text))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
+    assert_replica_row(&streaming, &r);
+    // The replica (the only one) has its receive and replay positions in /cluster, where
+    // they were "unknown" before its member key carried them.
+    let (status, body) = http(api, "GET", "/cluster", None).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    for key in ["receive_lsn", "replay_lsn"] {
+        assert!(body.contains(&format!("\"{key}\":\"")), "no {key} in {body}");
+        assert!(!body.contains(&format!("\"{key}\":\"unknown\"")), "{key} unknown in {body}");
+    }
 
     ctl_ok(&cluster, api, &["pause"]).await;
     assert!(ctl_ok(&cluster, api, &["list"]).await.contains("Maintenance mode: on"));

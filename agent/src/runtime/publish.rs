@@ -2,7 +2,7 @@
 //! REST API serves.
 
 use super::Runtime;
-use crate::cluster_view::member_value;
+use crate::cluster_view::{member_value, ReplicaProgress};
 use crate::ha::ClusterView;
 use crate::status::{NodeRole, PgRunState, Tags};
 use consensus::dcs::DcsError;
@@ -45,6 +45,11 @@ impl Runtime {
                 probe.as_ref().map(|p| p.timeline),
                 probe.as_ref().is_some_and(|p| !p.pending_restart.is_empty()),
                 &self.tags,
+                probe.as_ref().filter(|p| p.in_recovery).map(|p| ReplicaProgress {
+                    receive_lsn: p.received,
+                    replay_lsn: p.position,
+                    streaming: p.receiver_status.as_deref() == Some("streaming"),
+                }),
             );
             if let Err(e) = tokio::time::timeout(self.dcs_budget(), self.dcs.touch_member(&value))
                 .await
