@@ -9,7 +9,7 @@ use super::types::{node_id, MemberNode, TypeConfig};
 use super::watch_hub::Poll;
 use crate::keyspace::{ApplyError, Command, LeaseClockError, Outcome};
 use crate::raft::{ClientApi, ClientApiConnection, ClientCallError, NetworkConfig, SharedSecret};
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::Raft;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -42,6 +42,13 @@ enum Local {
     Done(Reply),
     Forward(ForwardError),
 }
+
+/// What a membership change returns.
+type MembershipResult =
+    Result<openraft::raft::ClientWriteResponse<TypeConfig>, RaftError<u64, ClientWriteError<u64, MemberNode>>>;
+
+/// The pause before a join's step is tried again after a refusal for a change in progress.
+const JOIN_RETRY: Duration = Duration::from_millis(50);
 
 fn unavailable(e: impl std::fmt::Display) -> Local {
     Local::Done(Reply::Failed(ClientError::Unavailable(e.to_string())))
@@ -134,17 +141,40 @@ impl MemberApi {
         }
     }
 
-    async fn membership_change(
-        &self,
-        change: impl std::future::Future<
-            Output = Result<
-                openraft::raft::ClientWriteResponse<TypeConfig>,
-                RaftError<u64, ClientWriteError<u64, MemberNode>>,
-            >,
-        >,
-    ) -> Local {
+    async fn membership_change(&self, change: impl std::future::Future<Output = MembershipResult>) -> Local {
         // Adding a learner waits for it to catch up: allow more than one op timeout.
-        match tokio::time::timeout(self.op_timeout * 15, change).await {
+        let outcome = tokio::time::timeout(self.op_timeout * 15, change).await;
+        self.membership_outcome(outcome)
+    }
+
+    /// A join's step (add a learner, make it a voter): both leave the group as they found it
+    /// when repeated. openraft refuses a change while the previous one is not committed yet
+    /// (another join, or the first entries of a leader just elected); the leader tries again
+    /// until it can or the time is up, instead of failing the join.
+    async fn join_step<F, Fut>(&self, change: F) -> Local
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = MembershipResult>,
+    {
+        let deadline = Instant::now() + self.op_timeout * 15;
+        loop {
+            let outcome = tokio::time::timeout_at(deadline, change()).await;
+            let busy = matches!(
+                outcome,
+                Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::InProgress(_)
+                ))))
+            );
+            if busy && Instant::now() + JOIN_RETRY < deadline {
+                tokio::time::sleep(JOIN_RETRY).await;
+                continue;
+            }
+            return self.membership_outcome(outcome);
+        }
+    }
+
+    fn membership_outcome(&self, outcome: Result<MembershipResult, tokio::time::error::Elapsed>) -> Local {
+        match outcome {
             Ok(Ok(_)) => Local::Done(Reply::Status(self.status())),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Local::Forward(f),
             Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
@@ -201,11 +231,11 @@ impl MemberApi {
             }
             Request::AddLearner { name, addr } => {
                 let node = MemberNode { name: name.clone(), addr: addr.clone() };
-                self.membership_change(self.raft.add_learner(node_id(name), node, true)).await
+                self.join_step(|| self.raft.add_learner(node_id(name), node.clone(), true)).await
             }
             Request::AddVoter { name } => {
-                let add = openraft::ChangeMembers::AddVoterIds(BTreeSet::from([node_id(name)]));
-                self.membership_change(self.raft.change_membership(add, false)).await
+                let add = || openraft::ChangeMembers::AddVoterIds(BTreeSet::from([node_id(name)]));
+                self.join_step(|| self.raft.change_membership(add(), false)).await
             }
             Request::ChangeMembership { voters } => {
                 let ids: BTreeSet<u64> = voters.iter().map(|n| node_id(n)).collect();
