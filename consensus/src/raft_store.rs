@@ -86,11 +86,6 @@ impl RaftStore {
     /// up), then a voter beside the current ones. Nothing changes if it is a voter already, so
     /// it can be called again after any failure. Returns the leader's view of the group.
     pub async fn join(&self, name: &str, addr: &str) -> Result<MemberStatus, KvError> {
-        let status = |reply: Reply| match reply {
-            Reply::Status(s) => Ok(s),
-            Reply::Failed(e) => Err(KvError::Rejected(e.to_string())),
-            other => Err(KvError::Rejected(format!("unexpected reply {other:?}"))),
-        };
         let now = status(self.request(Request::Status).await?)?;
         if now.voters.iter().any(|v| v == name) {
             return Ok(now);
@@ -104,11 +99,16 @@ impl RaftStore {
     /// Takes member `name` out of the group (the node is gone for good): it stops counting
     /// towards the quorum. The last voter cannot be removed.
     pub async fn remove(&self, name: &str) -> Result<MemberStatus, KvError> {
-        match self.request(Request::RemoveMember { name: name.to_string() }).await? {
-            Reply::Status(s) => Ok(s),
-            Reply::Failed(e) => Err(KvError::Rejected(e.to_string())),
-            other => Err(KvError::Rejected(format!("unexpected reply {other:?}"))),
-        }
+        status(self.request(Request::RemoveMember { name: name.to_string() }).await?)
+    }
+}
+
+/// The group's status a membership request answers with; its refusal as an error.
+fn status(reply: Reply) -> Result<MemberStatus, KvError> {
+    match reply {
+        Reply::Status(s) => Ok(s),
+        Reply::Failed(e) => Err(KvError::Rejected(e.to_string())),
+        other => Err(KvError::Rejected(format!("unexpected reply {other:?}"))),
     }
 }
 

@@ -63,8 +63,6 @@ impl Listeners {
         let mut tasks = Vec::new();
         for listener in self.tcp {
             let shared = shared.clone();
-            // Accepted below the runtime (`accept_client`): tokio's listener registers each
-            // socket as it accepts it, before the pooler could read the client's first packet.
             tasks.push(tokio::spawn(async move {
                 let mut stopping = shared.shutdown.subscribe();
                 // One wait for the whole loop, not a new one per connection.
@@ -85,7 +83,7 @@ impl Listeners {
                             let wanted = TcpOptions::from_config(&shared.config());
                             if inherited != Some(wanted) {
                                 inherited = set_listener_options(&listener, wanted);
-                                if let Err(e) = wanted.apply_to_listener(socket2::SockRef::from(&stream)) {
+                                if let Err(e) = wanted.apply_all(socket2::SockRef::from(&stream)) {
                                     tracing::warn!(%peer, "cannot set tcp_keepalive/tcp_user_timeout on a client socket: {e}");
                                 }
                             }
@@ -131,7 +129,7 @@ impl Listeners {
 /// are set, None if not (each accepted socket then gets them itself, as before the listener
 /// could).
 fn set_listener_options(listener: &TcpListener, options: TcpOptions) -> Option<TcpOptions> {
-    match options.apply_to_listener(socket2::SockRef::from(listener)) {
+    match options.apply_all(socket2::SockRef::from(listener)) {
         Ok(()) => Some(options),
         Err(e) => {
             tracing::warn!("cannot set TCP_NODELAY/tcp_keepalive/tcp_user_timeout on the listening socket: {e}");

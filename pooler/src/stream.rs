@@ -124,10 +124,9 @@ impl Stream {
     /// A plain socket with room takes the bytes in one system call (the usual case: a message
     /// or a few), without the write future and its readiness registration; what does not fit
     /// waits for the socket to drain. Straight to the socket, not through tokio's `try_io`: a
-    /// socket the runtime has not yet seen writable (a client accepted a moment ago,
-    /// `listener::accept_client`) has room all the same, and `try_io` would send nothing and
-    /// wait for the event. When there is no room, the wait's own failed write clears tokio's
-    /// readiness.
+    /// socket the runtime has not yet seen writable (a client accepted a moment ago) has room
+    /// all the same, and `try_io` would send nothing and wait for the event. When there is no
+    /// room, the wait's own failed write clears tokio's readiness.
     pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         use tokio::io::AsyncWriteExt;
         let written = match self {

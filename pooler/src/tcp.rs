@@ -51,23 +51,20 @@ impl TcpOptions {
         }
         Ok(())
     }
-}
 
-impl TcpOptions {
-    /// Sets every option on a listening socket, the system's default where a setting leaves
-    /// it (a RELOAD may have set it before), with TCP_NODELAY. Linux copies them all into each
-    /// connection the listener accepts: client sockets need no system call of their own.
-    pub fn apply_to_listener(&self, socket: SockRef<'_>) -> io::Result<()> {
+    /// Sets every option with TCP_NODELAY, the system's default where a setting leaves it (a
+    /// RELOAD may have set it before). On a listening socket: Linux copies them all into each
+    /// connection it accepts, so client sockets need no system call of their own.
+    pub fn apply_all(&self, socket: SockRef<'_>) -> io::Result<()> {
         let system = SystemKeepalive::get();
         socket.set_tcp_nodelay(true)?;
-        socket.set_keepalive(self.keepalive)?;
         socket.set_tcp_keepalive(
             &TcpKeepalive::new()
                 .with_time(self.keepidle.unwrap_or(system.idle))
                 .with_interval(self.keepintvl.unwrap_or(system.interval))
                 .with_retries(self.keepcnt.unwrap_or(system.count)),
         )?;
-        // set_tcp_keepalive turned SO_KEEPALIVE on: as asked.
+        // set_tcp_keepalive turns SO_KEEPALIVE on: then as asked.
         socket.set_keepalive(self.keepalive)?;
         socket.set_tcp_user_timeout(self.user_timeout)
     }
@@ -153,7 +150,7 @@ mod tests {
         assert_eq!(s.tcp_user_timeout().unwrap(), Some(Duration::from_millis(2500)));
     }
 
-    /// What `apply_to_listener` sets, an accepted connection has; a second call with the
+    /// What `apply_all` sets, an accepted connection has; a second call with the
     /// defaults puts back the system's timings and turns keepalive and the timeout off.
     #[test]
     fn accepted_sockets_inherit_the_listeners_options_and_a_change_back_resets_them() {
@@ -176,7 +173,7 @@ mod tests {
             keepcnt: Some(4),
             user_timeout: Some(Duration::from_millis(2500)),
         };
-        set.apply_to_listener(SockRef::from(&listener)).unwrap();
+        set.apply_all(SockRef::from(&listener)).unwrap();
         let socket = accept();
         let s = SockRef::from(&socket);
         assert!(s.tcp_nodelay().unwrap());
@@ -185,7 +182,7 @@ mod tests {
         assert_eq!(s.tcp_keepalive_interval().unwrap(), Duration::from_secs(11));
         assert_eq!(s.tcp_keepalive_retries().unwrap(), 4);
         assert_eq!(s.tcp_user_timeout().unwrap(), Some(Duration::from_millis(2500)));
-        TcpOptions { keepalive: false, ..Default::default() }.apply_to_listener(SockRef::from(&listener)).unwrap();
+        TcpOptions { keepalive: false, ..Default::default() }.apply_all(SockRef::from(&listener)).unwrap();
         let socket = accept();
         let s = SockRef::from(&socket);
         assert!(!s.keepalive().unwrap());

@@ -213,36 +213,25 @@ impl ClientTls {
     }
 }
 
-/// `ca`: client certificates must chain to it (client_tls_sslmode verify-ca / verify-full).
 impl ClientTls {
-    /// Whether an SSLRequest on `stream` is answered 'S' and a handshake (a certificate is
-    /// configured and the client came over TCP); otherwise the answer is 'N'.
-    pub fn handshakes_on(&self, stream: &crate::stream::Stream) -> bool {
-        self.acceptor.is_some() && matches!(stream, crate::stream::Stream::Tcp(_))
-    }
-
-    /// Answers an SSLRequest on a client socket of the listener: 'S' and the handshake over
-    /// TCP when a certificate is configured, 'N' otherwise (and always on the Unix socket, as
-    /// PostgreSQL and PgBouncer do). `pending` as in [`ClientTls::answer_ssl_request`].
-    pub async fn answer_on(
+    /// Answers a TCP client's SSLRequest when `ssl_answer` is `Accept`: 'S' and the handshake
+    /// (a Unix-socket client always gets 'N', as from PostgreSQL and PgBouncer: the caller
+    /// answers that). `pending` as in [`ClientTls::answer_ssl_request`].
+    pub async fn handshake(
         &self,
-        stream: crate::stream::Stream,
+        tcp: tokio::net::TcpStream,
         pending: &[u8],
     ) -> Result<crate::stream::Stream, TlsError> {
         use crate::stream::Stream;
-        match stream {
-            Stream::Tcp(tcp) if self.acceptor.is_some() => match self.answer_ssl_request(tcp, pending).await? {
-                ClientStream::Tls(tls) => Ok(Stream::TlsClient(tls)),
-                ClientStream::Plain(tcp) => Ok(Stream::Tcp(tcp)),
-            },
-            mut other => {
-                other.write_all(b"N").await.map_err(TlsError::Io)?;
-                Ok(other)
-            }
-        }
+        Ok(match self.answer_ssl_request(tcp, pending).await? {
+            ClientStream::Tls(tls) => Stream::TlsClient(tls),
+            ClientStream::Plain(tcp) => Stream::Tcp(tcp),
+        })
     }
 }
 
+/// The TLS acceptor for clients. `ca`: client certificates must chain to it
+/// (client_tls_sslmode verify-ca / verify-full).
 fn acceptor(
     cert: &Path,
     key: &Path,

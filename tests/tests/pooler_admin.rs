@@ -54,6 +54,26 @@ where
     }
 }
 
+/// With default_pool_size = 1: client `a` holds the one server connection in an open
+/// transaction, and a second client's query waits for it (checked after `settle`). Returns
+/// `a` and the waiting client's task, which ends with that client once its query ran.
+async fn one_client_waiting(
+    pooler: &PoolerProcess,
+    settle: Duration,
+) -> (tokio_postgres::Client, tokio::task::JoinHandle<tokio_postgres::Client>) {
+    let a = pooler.connect().await.unwrap();
+    let b = pooler.connect().await.unwrap();
+    a.batch_execute("begin; select 1").await.unwrap();
+    // b waits: the single server connection is in a's transaction.
+    let waiting = tokio::spawn(async move {
+        b.simple_query("select 2").await.unwrap();
+        b
+    });
+    tokio::time::sleep(settle).await;
+    assert!(!waiting.is_finished(), "pool_size 1 should make the second client wait");
+    (a, waiting)
+}
+
 async fn console(pooler: &PoolerProcess) -> tokio_postgres::Client {
     pooler.connect_dsn(&pooler.dsn("pgbouncer")).await.unwrap()
 }
@@ -96,16 +116,7 @@ async fn pause_holds_new_queries_and_resume_releases_them() {
 async fn reload_applies_a_changed_pool_size_without_dropping_clients() {
     let (pg, mut pooler) = setup("pool_mode = \"transaction\"\ndefault_pool_size = 1\nquery_wait_timeout = 30").await;
     let admin = console(&pooler).await;
-    let a = pooler.connect().await.unwrap();
-    let b = pooler.connect().await.unwrap();
-    a.batch_execute("begin; select 1").await.unwrap();
-    // b waits: the single server connection is in a's transaction.
-    let waiting = tokio::spawn(async move {
-        b.simple_query("select 2").await.unwrap();
-        b
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!waiting.is_finished(), "pool_size 1 should make the second client wait");
+    let (a, waiting) = one_client_waiting(&pooler, Duration::from_millis(500)).await;
     let path = pooler.process().config_path().clone();
     let text = std::fs::read_to_string(&path).unwrap().replace("default_pool_size = 1", "default_pool_size = 3");
     std::fs::write(&path, text).unwrap();
@@ -781,15 +792,7 @@ async fn set_changes_the_running_configuration_and_reload_goes_back_to_the_file(
     let config = |rows: Vec<HashMap<String, String>>, key: &str| {
         rows.into_iter().find(|r| r["key"] == key).map(|r| r["value"].clone()).unwrap_or_default()
     };
-    let a = pooler.connect().await.unwrap();
-    let b = pooler.connect().await.unwrap();
-    a.batch_execute("begin; select 1").await.unwrap();
-    let waiting = tokio::spawn(async move {
-        b.simple_query("select 2").await.unwrap();
-        b
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!waiting.is_finished(), "pool_size 1 should make the second client wait");
+    let (a, waiting) = one_client_waiting(&pooler, Duration::from_millis(300)).await;
     admin.simple_query("SET default_pool_size = 3").await.unwrap();
     tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("SET let the waiting client in").unwrap();
     assert_eq!(config(show(&admin, "CONFIG").await, "default_pool_size"), "3");

@@ -137,15 +137,7 @@ async fn members_serve_the_dcs_from_any_member_and_survive_leader_loss() {
 
     // The old leader restarts on its disk and catches up: a read through it alone sees everything.
     group.restart(&leader).await;
-    let only_old = group.store(&[&leader]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match only_old.range_prefix("/service/t/").await {
-            Ok(r) if r.kvs.iter().any(|kv| kv.key.ends_with("status") && kv.value == b"after") => break,
-            _ => assert!(Instant::now() < deadline, "restarted member did not catch up"),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    caught_up(&group.store(&[&leader]), "status", b"after", "the restarted member").await;
     for name in group.peers.keys().cloned().collect::<Vec<_>>() {
         group.stop(&name).await;
     }
@@ -174,15 +166,7 @@ async fn a_member_joins_a_running_group_as_a_voter_and_a_member_can_be_removed()
     assert_eq!(sorted(joined.voters), ["m1", "m2", "m3", "m4"]);
     assert_eq!(sorted(others.join("m4", &group.peers["m4"]).await.unwrap().voters), ["m1", "m2", "m3", "m4"]);
     // m4 has the write from before it joined.
-    let only_m4 = group.store(&["m4"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match only_m4.range_prefix("/service/t/").await {
-            Ok(r) if r.kvs.iter().any(|kv| kv.key.ends_with("config") && kv.value == b"before") => break,
-            other => assert!(Instant::now() < deadline, "m4 did not catch up: {other:?}"),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    caught_up(&group.store(&["m4"]), "config", b"before", "m4").await;
 
     // The Raft leader removes itself (it steps down once the change is committed); then one
     // more original member stops. The two left are a quorum of three only because m4 votes.
@@ -216,6 +200,19 @@ async fn a_member_joins_a_running_group_as_a_voter_and_a_member_can_be_removed()
     assert!(matches!(&refused, Err(crate::kv::KvError::Rejected(m)) if m.contains("last voter")), "{refused:?}");
     for name in group.peers.keys().cloned().collect::<Vec<_>>() {
         group.stop(&name).await;
+    }
+}
+
+/// Waits (10 s at most) until a read through `store` sees the key ending in `key` with
+/// `value`: the member it reaches has caught up with the group.
+async fn caught_up(store: &RaftStore, key: &str, value: &[u8], who: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match store.range_prefix("/service/t/").await {
+            Ok(r) if r.kvs.iter().any(|kv| kv.key.ends_with(key) && kv.value == value) => return,
+            other => assert!(Instant::now() < deadline, "{who} did not catch up: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

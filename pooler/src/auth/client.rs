@@ -31,6 +31,18 @@ pub enum ServerCredential {
     ScramKeys(ScramKeys),
 }
 
+impl ServerCredential {
+    /// A stored password as what logs in to a server: the password or its md5 hash; nothing
+    /// from a SCRAM verifier (it cannot answer a server's challenge) or an unknown user.
+    pub fn from_stored(secret: Option<StoredSecret>) -> ServerCredential {
+        match secret {
+            Some(StoredSecret::Plain(p)) => ServerCredential::Password(p),
+            Some(StoredSecret::Md5(h)) => ServerCredential::Md5Hash(h),
+            _ => ServerCredential::None,
+        }
+    }
+}
+
 impl std::fmt::Debug for ServerCredential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -114,11 +126,7 @@ where
     C: CredentialSource + ?Sized,
 {
     if auth_type == AuthType::Trust {
-        return Ok(match credentials.lookup(user).await {
-            Ok(Some(StoredSecret::Plain(p))) => ServerCredential::Password(p),
-            Ok(Some(StoredSecret::Md5(h))) => ServerCredential::Md5Hash(h),
-            _ => ServerCredential::None,
-        });
+        return Ok(ServerCredential::from_stored(credentials.lookup(user).await.ok().flatten()));
     }
     let secret = match credentials.lookup(user).await {
         Ok(secret) => secret,

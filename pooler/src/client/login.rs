@@ -5,7 +5,7 @@
 
 use super::send_fatal;
 use crate::admin::{Access, ADMIN_DATABASE};
-use crate::auth::{authenticate, AuthQuery, CredentialSource, Credentials, ServerCredential, StoredSecret};
+use crate::auth::{authenticate, AuthQuery, CredentialSource, Credentials, ServerCredential};
 use crate::cancel::{CancelSlot, ClientKey};
 use crate::config::{AuthType, PoolerConfig};
 use crate::connections::{ClientHandle, NewClient};
@@ -17,6 +17,7 @@ use crate::server::auth_query::AuthQueryOnServer;
 use crate::server::LoginTarget;
 use crate::session::{ParamMap, TrackedParam};
 use crate::stream::Stream;
+use crate::tls::SslAnswer;
 use crate::topology::DatabaseTarget;
 use bytes::{Buf, BytesMut};
 use std::sync::atomic::Ordering;
@@ -137,18 +138,9 @@ fn trusted(auth_type: AuthType, credentials: &Credentials, user: &str) -> Option
         return None;
     }
     match credentials.in_file(user) {
-        Some(secret) => Some(server_credential(Some(secret))),
+        Some(secret) => Some(ServerCredential::from_stored(Some(secret))),
         None if credentials.query.is_none() => Some(ServerCredential::None),
         None => None,
-    }
-}
-
-/// A stored password as what logs in to a server (a SCRAM verifier cannot).
-fn server_credential(secret: Option<StoredSecret>) -> ServerCredential {
-    match secret {
-        Some(StoredSecret::Plain(p)) => ServerCredential::Password(p),
-        Some(StoredSecret::Md5(h)) => ServerCredential::Md5Hash(h),
-        _ => ServerCredential::None,
     }
 }
 
@@ -188,7 +180,7 @@ async fn new_pool(
     client_credential: ServerCredential,
 ) -> Arc<Pool> {
     let server_credential = match &target.user {
-        Some(forced) => server_credential(credentials.lookup(forced).await.ok().flatten()),
+        Some(forced) => ServerCredential::from_stored(credentials.lookup(forced).await.ok().flatten()),
         None => client_credential,
     };
     let user_config = config.users.get(key.user);
@@ -340,19 +332,15 @@ fn register(
 /// the database's server as auth_user, who logs in with its password from the auth file.
 fn with_auth_query(shared: &Shared, config: &PoolerConfig, database: &str) -> Arc<Credentials> {
     let credentials = shared.credentials();
-    let auth_user = config.databases.get(database).and_then(|d| d.auth_user.clone()).or(config.auth_user.clone());
+    let auth_user =
+        config.databases.get(database).and_then(|d| d.auth_user.clone()).or_else(|| config.auth_user.clone());
     let (Some(auth_user), false) = (auth_user, database == ADMIN_DATABASE) else {
         return credentials;
     };
     let Some(target) = shared.topology().target(database) else {
         return credentials;
     };
-    let secret = credentials.file.as_ref().and_then(|f| f.snapshot().get(&auth_user).cloned());
-    let credential = match secret {
-        Some(StoredSecret::Plain(p)) => ServerCredential::Password(p),
-        Some(StoredSecret::Md5(h)) => ServerCredential::Md5Hash(h),
-        _ => ServerCredential::None,
-    };
+    let credential = ServerCredential::from_stored(credentials.in_file(&auth_user));
     let timeout = crate::pool::secs(config.server_connect_timeout).unwrap_or(Duration::from_secs(15));
     let runner = AuthQueryOnServer {
         connections: shared.auth_connections.clone(),
@@ -388,12 +376,15 @@ pub(super) async fn negotiate_tls(stream: &mut Stream, buf: &mut BytesMut, share
             Ok(Some((StartupPacket::SslRequest, len))) => {
                 buf.advance(len);
                 let tls = shared.client_tls();
-                if !tls.handshakes_on(stream) {
-                    return stream.send(b"N").await.is_ok();
-                }
+                let tcp = match std::mem::replace(stream, Stream::Detached(None)) {
+                    Stream::Tcp(tcp) if tls.ssl_answer() == SslAnswer::Accept => tcp,
+                    other => {
+                        *stream = other;
+                        return stream.send(b"N").await.is_ok();
+                    }
+                };
                 let pending = std::mem::take(buf);
-                let plain = std::mem::replace(stream, Stream::Detached(None));
-                return match Box::pin(tls.answer_on(plain, &pending)).await {
+                return match Box::pin(tls.handshake(tcp, &pending)).await {
                     Ok(upgraded) => {
                         *stream = upgraded;
                         true

@@ -255,8 +255,9 @@ impl Pool {
 
     /// What a client logging in with `asked` (the tracked parameters of its startup packet,
     /// `ParamMap::values_of`) gets from the pool, under one lock: its session parameters (the
-    /// server's values, its own where it sent them), the ParameterStatus messages that welcome it, and the settings in force. None
-    /// until a first server connection has logged in (`acquire` records its parameters).
+    /// server's values, its own where it sent them), the ParameterStatus messages that welcome
+    /// it, and the settings in force. None until a first server connection has logged in
+    /// (`acquire` records its parameters).
     ///
     /// Clients of a pool nearly all log in with the same values: they share one `ParamMap`
     /// (an idle client costs 8 bytes for it), and the messages are encoded once for them, not
