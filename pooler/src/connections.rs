@@ -126,7 +126,7 @@ const NO_SOCKET: RawFd = -1;
 /// One logged-in client (or admin console session).
 pub struct ClientEntry {
     pub id: u64,
-    /// Names shared with the clients that logged in before with the same (`Connections::name`).
+    /// Names shared with the other clients of its pool (`PoolKey`).
     pub database: Arc<str>,
     pub user: Arc<str>,
     connect_time_us: u64,
@@ -403,37 +403,30 @@ pub struct Connections {
     clients: Mutex<HashMap<u64, Arc<ClientEntry>, foldhash::fast::RandomState>>,
     servers: Mutex<HashMap<u64, Arc<ServerEntry>, foldhash::fast::RandomState>>,
     disabled: Mutex<HashSet<String>>,
-    /// The last database, user and application name a client registered with: the next
-    /// client with the same names shares these strings instead of allocating its own.
-    last_names: Mutex<[Option<Arc<str>>; 3]>,
+    /// The last application name a client registered with: the next client with the same
+    /// one shares this string instead of allocating its own.
+    last_application_name: Mutex<Option<Arc<str>>>,
 }
 
-/// Which of `Connections::last_names`.
-#[derive(Clone, Copy)]
-enum NameKind {
-    Database = 0,
-    User = 1,
-    ApplicationName = 2,
-}
-
-/// What a client registers with.
+/// What a client registers with. The database and user names are its pool's
+/// (`PoolKey`), shared by all its clients.
 pub struct NewClient<'a> {
     pub id: u64,
-    pub database: &'a str,
-    pub user: &'a str,
+    pub database: Arc<str>,
+    pub user: Arc<str>,
     pub application_name: &'a str,
     pub stream: &'a Stream,
 }
 
 impl Connections {
     /// `name` as a shared string: the one the previous client had if it is the same.
-    fn name(&self, kind: NameKind, name: &str) -> Arc<str> {
-        let mut last = lock(&self.last_names);
-        match &last[kind as usize] {
+    fn application_name(&self, name: &str) -> Arc<str> {
+        let mut last = lock(&self.last_application_name);
+        match &*last {
             Some(shared) if &**shared == name => shared.clone(),
             _ => {
                 let fresh: Arc<str> = Arc::from(name);
-                last[kind as usize] = Some(fresh.clone());
+                *last = Some(fresh.clone());
                 fresh
             }
         }
@@ -442,16 +435,16 @@ impl Connections {
     /// Registers a client; the handle removes it when dropped. Drop the handle before the
     /// socket is closed (KILL shuts the socket down through the registry).
     pub fn register_client(self: &Arc<Self>, new: NewClient<'_>) -> ClientHandle {
-        let now = SystemTime::now();
+        let now = unix_micros(SystemTime::now());
         let entry = Arc::new(ClientEntry {
             id: new.id,
-            database: self.name(NameKind::Database, new.database),
-            user: self.name(NameKind::User, new.user),
-            connect_time_us: unix_micros(now),
-            application_name: self.name(NameKind::ApplicationName, new.application_name),
+            database: new.database,
+            user: new.user,
+            connect_time_us: now,
+            application_name: self.application_name(new.application_name),
             tls: new.stream.tls_description().into_boxed_str(),
             state: AtomicU8::new(ClientState::Active as u8),
-            request_time_us: AtomicU64::new(unix_micros(now)),
+            request_time_us: AtomicU64::new(now),
             wait_start_us: AtomicU64::new(0),
             server: AtomicU64::new(0),
             killed: AtomicU8::new(0),
@@ -673,8 +666,8 @@ mod tests {
         let mut stream = Stream::Unix(ours);
         let handle = registry.register_client(NewClient {
             id: 7,
-            database: "app",
-            user: "alice",
+            database: "app".into(),
+            user: "alice".into(),
             application_name: "batch",
             stream: &stream,
         });
@@ -700,7 +693,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let _peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let mut stream = Stream::Tcp(listener.accept().await.unwrap().0);
-        let new = NewClient { id: 9, database: "app", user: "alice", application_name: "", stream: &stream };
+        let new = NewClient { id: 9, database: "app".into(), user: "alice".into(), application_name: "", stream: &stream };
         let handle = registry.register_client(new);
         assert_eq!(handle.entry().endpoints().addr(), "127.0.0.1");
         let killer = registry.clone();
@@ -720,8 +713,8 @@ mod tests {
         let (client_stream, server_stream) = (Stream::Unix(a), Stream::Unix(b));
         let client = registry.register_client(NewClient {
             id: 1,
-            database: "app",
-            user: "alice",
+            database: "app".into(),
+            user: "alice".into(),
             application_name: "",
             stream: &client_stream,
         });

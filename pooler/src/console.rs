@@ -44,7 +44,7 @@ impl ConsoleBackend {
                 return Err(AdminError::NoSuchDatabase(db.to_owned()));
             }
         }
-        Ok(self.shared.pools.all().into_iter().filter(|p| db.is_none_or(|d| p.key.database == d)).collect())
+        Ok(self.shared.pools.all().into_iter().filter(|p| db.is_none_or(|d| &*p.key.database == d)).collect())
     }
 }
 
@@ -59,8 +59,8 @@ impl AdminBackend for ConsoleBackend {
                 let sv = pool.server_states(Instant::now());
                 let clients = pool.stats.clients.load(Ordering::Relaxed);
                 PoolRow {
-                    database: pool.key.database.clone(),
-                    user: pool.key.user.clone(),
+                    database: pool.key.database.to_string(),
+                    user: pool.key.user.to_string(),
                     cl_active: clients.saturating_sub(sv.waiting),
                     cl_waiting: sv.waiting,
                     sv_active: sv.active,
@@ -81,7 +81,7 @@ impl AdminBackend for ConsoleBackend {
             .all()
             .iter()
             .map(|pool| StatsRow {
-                database: pool.key.database.clone(),
+                database: pool.key.database.to_string(),
                 totals: pool.stats.totals(),
                 averages: pool.stats.averages(),
             })
@@ -108,7 +108,7 @@ impl AdminBackend for ConsoleBackend {
             .databases()
             .iter()
             .map(|t| {
-                let mine: Vec<_> = pools.iter().filter(|p| p.key.database == t.name).collect();
+                let mine: Vec<_> = pools.iter().filter(|p| *p.key.database == *t.name).collect();
                 DatabaseRow {
                     name: t.name.clone(),
                     host: Some(t.server.host.clone()),
@@ -249,7 +249,7 @@ impl AdminBackend for ConsoleBackend {
                 .connections
                 .servers()
                 .iter()
-                .filter(|s| db.is_none_or(|d| s.key.database == d))
+                .filter(|s| db.is_none_or(|d| &*s.key.database == d))
                 .filter(|s| socket_rows::close_needed(s, &generations))
                 .count();
             if pending == 0 {
@@ -366,7 +366,7 @@ impl ConsoleBackend {
         let topology = self.shared.topology();
         for pool in self.shared.pools.all() {
             let Some(target) = topology.target(&pool.key.database) else { continue };
-            let user = config.users.get(&pool.key.user);
+            let user = config.users.get(&*pool.key.user);
             let settings = PoolSettings::new(
                 &config,
                 &target,

@@ -58,8 +58,8 @@ pub fn client(c: &ClientEntry) -> SocketRow {
 pub fn server(s: &ServerEntry, generations: &HashMap<PoolKey, u64>, used: &HashSet<u64>) -> SocketRow {
     SocketRow {
         kind: 'S',
-        user: s.key.user.clone(),
-        database: s.key.database.clone(),
+        user: s.key.user.to_string(),
+        database: s.key.database.to_string(),
         replication: "none".into(),
         state: match s.state() {
             ServerState::Active => "active",

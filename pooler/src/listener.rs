@@ -58,23 +58,16 @@ impl Listeners {
         self.tcp.first().and_then(|l| l.local_addr().ok()).map(|a| a.port())
     }
 
-    /// Accepts until shutdown begins; the Unix socket file is removed on return.
+    /// Accepts until shutdown begins; the listening sockets are closed and the Unix socket file
+    /// removed on return.
     pub async fn serve(self, shared: Arc<Shared>) {
         let mut tasks = Vec::new();
         for listener in self.tcp {
             let shared = shared.clone();
             tasks.push(tokio::spawn(async move {
-                let mut stopping = shared.shutdown.subscribe();
-                // One wait for the whole loop, not a new one per connection.
-                let mut stop = std::pin::pin!(stopping.wait());
                 let mut inherited = set_listener_options(&listener, TcpOptions::from_config(&shared.config()));
                 loop {
-                    let accepted = tokio::select! {
-                        biased;
-                        _ = &mut stop => return,
-                        a = std::future::poll_fn(|cx| listener.poll_accept(cx)) => a,
-                    };
-                    match accepted {
+                    match std::future::poll_fn(|cx| listener.poll_accept(cx)).await {
                         Ok((stream, peer)) => {
                             // TCP_NODELAY and the tcp_* options come from the listener (Linux
                             // copies them into accepted sockets); after a RELOAD changed them,
@@ -99,15 +92,8 @@ impl Listeners {
             unix_path = Some(path);
             let shared = shared.clone();
             tasks.push(tokio::spawn(async move {
-                let mut stopping = shared.shutdown.subscribe();
-                let mut stop = std::pin::pin!(stopping.wait());
                 loop {
-                    let accepted = tokio::select! {
-                        biased;
-                        _ = &mut stop => return,
-                        a = std::future::poll_fn(|cx| listener.poll_accept(cx)) => a,
-                    };
-                    match accepted {
+                    match std::future::poll_fn(|cx| listener.poll_accept(cx)).await {
                         Ok((stream, _)) => {
                             tokio::spawn(client::serve(Stream::Unix(stream), shared.clone()));
                         }
@@ -115,6 +101,13 @@ impl Listeners {
                     }
                 }
             }));
+        }
+        // The accept loops end when shutdown begins: stopped from here, they need no shutdown
+        // listener of their own (one looked at every accepted connection; its lock cost more
+        // than the accept). A stopped loop closes its listener.
+        shared.shutdown.subscribe().wait().await;
+        for task in &tasks {
+            task.abort();
         }
         for task in tasks {
             let _ = task.await;

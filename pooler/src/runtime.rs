@@ -54,6 +54,8 @@ pub struct Shared {
     pub auth_connections: Arc<crate::server::auth_query::AuthConnections>,
     pub shutdown: Shutdown,
     pub started: Instant,
+    /// client_login_timeout of the logins in progress.
+    pub login_deadlines: crate::client::LoginDeadlines,
 }
 
 impl Shared {
@@ -77,11 +79,17 @@ impl Shared {
             auth_connections: Default::default(),
             shutdown: Shutdown::default(),
             started: Instant::now(),
+            login_deadlines: Default::default(),
         })
     }
 
     pub fn config(&self) -> Arc<PoolerConfig> {
         self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// client_login_timeout (None when 0), read without taking a copy of the configuration.
+    pub fn login_timeout(&self) -> Option<std::time::Duration> {
+        crate::pool::secs(self.config.read().unwrap_or_else(|p| p.into_inner()).client_login_timeout)
     }
 
     pub fn topology(&self) -> Arc<dyn Topology> {

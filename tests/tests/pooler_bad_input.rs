@@ -144,3 +144,39 @@ async fn a_client_stalled_in_half_a_message_holds_only_its_own_server_which_is_c
     a.batch_execute("commit").await.unwrap();
     b.batch_execute("commit").await.unwrap();
 }
+
+/// client_login_timeout: a client that stalls in its startup phase (silent after connecting,
+/// or half a StartupMessage after its SSLRequest was answered) is closed once the timeout
+/// has passed, with PgBouncer's FATAL once TLS negotiation is behind it, while a client that
+/// logs in meanwhile and stays is not touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_stall_in_their_login_are_closed_after_client_login_timeout() {
+    let mut pg = PgInstance::init("login-timeout", PgOptions::default()).await.unwrap();
+    pg.start().await.unwrap();
+    let pooler = PoolerProcess::start(&pg, "client_login_timeout = 0.6").await.unwrap();
+    let port = pooler.port();
+    let started = std::time::Instant::now();
+    let mut silent = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut halfway = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    halfway.write_all(&packet(8, &[4, 0xd2, 0x16, 0x2f])).await.unwrap();
+    let mut answer_n = [0u8; 1];
+    halfway.read_exact(&mut answer_n).await.unwrap();
+    assert_eq!(&answer_n, b"N");
+    let full = startup(&[("user", "postgres"), ("database", "postgres")]);
+    halfway.write_all(&full[..full.len() / 2]).await.unwrap();
+    let good = pooler.connect().await.unwrap();
+
+    let (error, got) = answer(&mut halfway).await;
+    let took = started.elapsed();
+    assert!(error, "no ErrorResponse before the close: {got:?}");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("client_login_timeout") && text.contains("08P01"), "{text}");
+    assert!(took >= Duration::from_millis(600), "closed after {took:?}, before the timeout");
+    assert!(took < Duration::from_secs(3), "closed only after {took:?}");
+    let (_, got) = answer(&mut silent).await;
+    assert!(got.is_empty(), "a client that sent nothing got {got:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // Logged in before the others timed out, and still served well after.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    good.simple_query("select 1").await.unwrap();
+}

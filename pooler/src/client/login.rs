@@ -9,7 +9,7 @@ use crate::auth::{authenticate, AuthQuery, CredentialSource, Credentials, Server
 use crate::cancel::{CancelSlot, ClientKey};
 use crate::config::{AuthType, PoolerConfig};
 use crate::connections::{ClientHandle, NewClient};
-use crate::pool::{Pool, PoolKeyRef, PoolSettings, Welcome};
+use crate::pool::{Pool, PoolKey, PoolKeyRef, PoolSettings, Welcome};
 use crate::protocol::message::{write_authentication_ok, write_backend_key_data, write_ready_for_query};
 use crate::protocol::{parse_startup_packet, StartupMessage, StartupPacket, TransactionStatus};
 use crate::runtime::Shared;
@@ -125,7 +125,7 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
     }
     pool.stats.client_logins.fetch_add(1, Ordering::Relaxed);
     let application_name = asked[TrackedParam::ApplicationName.index()].unwrap_or_default();
-    let me = register(shared, &startup, application_name, stream, config.log_connections);
+    let me = register(shared, names_of(&pool.key), application_name, stream, config.log_connections);
     let (params, settings) = (welcome.params, welcome.settings);
     Some(Outcome::Pool(LoggedIn { pool, settings, params, key, cancel, me }))
 }
@@ -158,13 +158,8 @@ async fn console_login(
     let mut out = BytesMut::new();
     write_authentication_ok(&mut out);
     stream.send(&out).await.ok()?;
-    let me = register(
-        shared,
-        startup,
-        startup.param("application_name").unwrap_or_default(),
-        stream,
-        config.log_connections,
-    );
+    let names = (startup.database().into(), startup.user().into());
+    let me = register(shared, names, startup.param("application_name").unwrap_or_default(), stream, config.log_connections);
     Some(Outcome::Console(access, me))
 }
 
@@ -308,17 +303,22 @@ pub(crate) fn session_values<'a>(
     Ok(values)
 }
 
+/// A pool's database and user names, shared with its clients' entries.
+fn names_of(key: &PoolKey) -> (Arc<str>, Arc<str>) {
+    (key.database.clone(), key.user.clone())
+}
+
 fn register(
     shared: &Shared,
-    startup: &StartupMessage,
+    (database, user): (Arc<str>, Arc<str>),
     application_name: &str,
     stream: &Stream,
     log: bool,
 ) -> ClientHandle {
     let me = shared.pools.connections.register_client(NewClient {
         id: crate::server::next_id(),
-        database: startup.database(),
-        user: startup.user(),
+        database,
+        user,
         application_name,
         stream,
     });

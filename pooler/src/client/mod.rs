@@ -2,10 +2,12 @@
 //! CancelRequest, StartupMessage, limits and login) in `login`, then the relay loop in `relay`.
 //! Owns the client's socket and buffers; server connections are borrowed from its pool.
 
+mod deadline;
 mod login;
 mod parking;
 mod relay;
 
+pub use deadline::LoginDeadlines;
 pub use parking::{serve as serve_parked, Parking};
 
 use crate::protocol::{ErrorResponse, Severity};
@@ -36,19 +38,19 @@ pub async fn serve(stream: Stream, shared: Arc<Shared>) {
 /// client does next.
 async fn start(mut stream: Stream, shared: &Arc<Shared>, count: ClientCount) -> Option<Rest<'_>> {
     let mut buf = BytesMut::new();
-    let deadline = crate::pool::secs(shared.config().client_login_timeout).map(crate::clock::sleep);
-    let mut deadline = std::pin::pin!(deadline);
+    let deadline = shared.login_timeout().map(|timeout| shared.login_deadlines.start(timeout));
     let negotiated = {
         let negotiate = std::pin::pin!(login::negotiate_tls(&mut stream, &mut buf, shared));
-        within(deadline.as_mut(), negotiate).await
+        within(deadline.as_ref(), negotiate).await
     };
     if negotiated != Some(true) {
         return None;
     }
     let logged_in = {
         let login = std::pin::pin!(login::login(&mut stream, &mut buf, shared));
-        within(deadline.as_mut(), login).await
+        within(deadline.as_ref(), login).await
     };
+    drop(deadline);
     let outcome = match logged_in {
         Some(outcome) => outcome,
         None => {
@@ -61,14 +63,14 @@ async fn start(mut stream: Stream, shared: &Arc<Shared>, count: ClientCount) -> 
 
 /// `work` to its end, unless `deadline` (if any) passes first: then None.
 fn within<'a, F: Future>(
-    mut deadline: Pin<&'a mut Option<crate::clock::Sleep>>,
+    deadline: Option<&'a deadline::LoginDeadline>,
     mut work: Pin<&'a mut F>,
 ) -> impl Future<Output = Option<F::Output>> + 'a {
     std::future::poll_fn(move |cx| {
         if let Poll::Ready(out) = work.as_mut().poll(cx) {
             return Poll::Ready(Some(out));
         }
-        match deadline.as_mut().as_pin_mut().map(|sleep| sleep.poll(cx)) {
+        match deadline.map(|deadline| deadline.poll_expired(cx)) {
             Some(Poll::Ready(())) => Poll::Ready(None),
             _ => Poll::Pending,
         }

@@ -13,10 +13,10 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     pub server: ServerAddr,
-    /// The client-facing database name.
-    pub database: String,
-    /// The client's user name.
-    pub user: String,
+    /// The client-facing database name (shared with the entries of the pool's clients).
+    pub database: Arc<str>,
+    /// The client's user name (shared likewise).
+    pub user: Arc<str>,
 }
 
 /// A pool's key as a login has it, borrowed: finding the pool copies no string. Hashes as
@@ -30,13 +30,13 @@ pub struct PoolKeyRef<'a> {
 
 impl PoolKeyRef<'_> {
     fn to_key(self) -> PoolKey {
-        PoolKey { server: self.server.clone(), database: self.database.to_owned(), user: self.user.to_owned() }
+        PoolKey { server: self.server.clone(), database: self.database.into(), user: self.user.into() }
     }
 }
 
 impl hashbrown::Equivalent<PoolKey> for PoolKeyRef<'_> {
     fn equivalent(&self, key: &PoolKey) -> bool {
-        *self.server == key.server && self.database == key.database && self.user == key.user
+        *self.server == key.server && self.database == &*key.database && self.user == &*key.user
     }
 }
 
@@ -87,8 +87,8 @@ impl Registry {
         let key = key.to_key();
         let (db, user) = {
             let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-            let db = counters.0.entry_ref(key.database.as_str()).or_default().clone();
-            let user = counters.1.entry_ref(key.user.as_str()).or_default().clone();
+            let db = counters.0.entry_ref(&*key.database).or_default().clone();
+            let user = counters.1.entry_ref(&*key.user).or_default().clone();
             (db, user)
         };
         let (settings, login) = settings();

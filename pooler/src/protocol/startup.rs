@@ -234,16 +234,22 @@ fn parse_params(protocol_minor: u16, list: &[u8]) -> Result<StartupMessage, Star
 
 /// The text before the first NUL and the text after it.
 fn split_at_nul(text: &str) -> Option<(&str, &str)> {
-    let at = memchr::memchr(0, text.as_bytes())?;
+    let at = first_nul(text.as_bytes())?;
     Some((text.get(..at)?, text.get(at + 1..)?))
 }
 
 /// The index of the first NUL at or after `from`.
 fn nul_after(buf: &[u8], from: usize) -> Result<usize, StartupError> {
     buf.get(from..)
-        .and_then(|tail| memchr::memchr(0, tail))
+        .and_then(first_nul)
         .map(|i| from + i)
         .ok_or(StartupError::Malformed("parameter not NUL-terminated"))
+}
+
+/// The first NUL byte of `bytes`. A plain loop: names and values are a few bytes long, where
+/// a vectorised search costs more in its set-up than it saves (a login looks for a dozen).
+fn first_nul(bytes: &[u8]) -> Option<usize> {
+    bytes.iter().position(|&b| b == 0)
 }
 
 #[cfg(test)]
