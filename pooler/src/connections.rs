@@ -693,7 +693,8 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let _peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let mut stream = Stream::Tcp(listener.accept().await.unwrap().0);
-        let new = NewClient { id: 9, database: "app".into(), user: "alice".into(), application_name: "", stream: &stream };
+        let new =
+            NewClient { id: 9, database: "app".into(), user: "alice".into(), application_name: "", stream: &stream };
         let handle = registry.register_client(new);
         assert_eq!(handle.entry().endpoints().addr(), "127.0.0.1");
         let killer = registry.clone();

@@ -159,7 +159,8 @@ async fn console_login(
     write_authentication_ok(&mut out);
     stream.send(&out).await.ok()?;
     let names = (startup.database().into(), startup.user().into());
-    let me = register(shared, names, startup.param("application_name").unwrap_or_default(), stream, config.log_connections);
+    let me =
+        register(shared, names, startup.param("application_name").unwrap_or_default(), stream, config.log_connections);
     Some(Outcome::Console(access, me))
 }
 

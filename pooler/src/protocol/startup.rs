@@ -240,10 +240,7 @@ fn split_at_nul(text: &str) -> Option<(&str, &str)> {
 
 /// The index of the first NUL at or after `from`.
 fn nul_after(buf: &[u8], from: usize) -> Result<usize, StartupError> {
-    buf.get(from..)
-        .and_then(first_nul)
-        .map(|i| from + i)
-        .ok_or(StartupError::Malformed("parameter not NUL-terminated"))
+    buf.get(from..).and_then(first_nul).map(|i| from + i).ok_or(StartupError::Malformed("parameter not NUL-terminated"))
 }
 
 /// The first NUL byte of `bytes`. A plain loop: names and values are a few bytes long, where
