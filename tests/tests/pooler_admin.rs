@@ -565,6 +565,42 @@ async fn unknown_startup_parameters_are_refused_unless_in_ignore_startup_paramet
     }
 }
 
+/// PGOPTIONS through the pooler: `-c` settings of tracked parameters are the client's own on
+/// whatever server connection it lands on (two clients share one here), a setting the pooler
+/// could not keep for the client is refused with PgBouncer's words instead of being dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn options_settings_follow_their_client_or_are_refused() {
+    let (_pg, pooler) = setup("pool_mode = \"transaction\"\ndefault_pool_size = 1").await;
+    let with_options = format!("{} options='-c DateStyle=SQL,\\\\ DMY --TimeZone=Asia/Tokyo'", pooler.dsn("postgres"));
+    let a = pooler.connect_dsn(&with_options).await.unwrap();
+    let b = pooler.connect().await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(setting(&a, "DateStyle").await, "SQL, DMY");
+        assert_eq!(setting(&a, "TimeZone").await, "Asia/Tokyo");
+        assert_ne!(setting(&b, "DateStyle").await, "SQL, DMY", "b got a's DateStyle from the shared connection");
+        assert_ne!(setting(&b, "TimeZone").await, "Asia/Tokyo");
+    }
+    let refused = pooler
+        .connect_dsn(&format!("{} options='-c statement_timeout=5s'", pooler.dsn("postgres")))
+        .await
+        .expect_err("a setting the pooler cannot keep is refused");
+    assert!(
+        format!("{refused:?}").contains("unsupported startup parameter in options: statement_timeout"),
+        "{refused:?}"
+    );
+}
+
+/// `SHOW what` on `client`.
+async fn setting(client: &tokio_postgres::Client, what: &str) -> String {
+    let rows = client.simple_query(&format!("SHOW {what}")).await.unwrap();
+    rows.iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .unwrap()
+}
+
 /// Sends a StartupMessage and returns the first bytes of the answer.
 async fn raw_startup(port: u16, params: &[(&str, &str)]) -> Vec<u8> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

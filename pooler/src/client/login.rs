@@ -11,7 +11,9 @@ use crate::config::{AuthType, PoolerConfig};
 use crate::connections::{ClientHandle, NewClient};
 use crate::pool::{Pool, PoolKey, PoolKeyRef, PoolSettings, Welcome};
 use crate::protocol::message::{write_authentication_ok, write_backend_key_data, write_ready_for_query};
-use crate::protocol::{parse_startup_packet, StartupMessage, StartupPacket, TransactionStatus};
+use crate::protocol::{
+    option_settings, parse_startup_packet, OptionsError, StartupMessage, StartupPacket, TransactionStatus,
+};
 use crate::runtime::Shared;
 use crate::server::auth_query::AuthQueryOnServer;
 use crate::server::LoginTarget;
@@ -20,6 +22,7 @@ use crate::stream::Stream;
 use crate::tls::SslAnswer;
 use crate::topology::DatabaseTarget;
 use bytes::{Buf, BytesMut};
+use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,14 +68,16 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
         let _ = send_fatal(stream, "08P01", "no more connections allowed (max_client_conn)").await;
         return None;
     }
-    let asked = match session_values(&startup, &config.ignore_startup_parameters) {
+    let asked_values = match session_values(&startup, &config.ignore_startup_parameters) {
         Ok(asked) => asked,
-        Err(name) => {
-            tracing::info!(user, database, parameter = name, "refusing client: unsupported startup parameter");
-            let _ = send_fatal(stream, "08P01", &format!("unsupported startup parameter: {name}")).await;
+        Err(refusal) => {
+            let message = refusal.to_string();
+            tracing::info!(user, database, "refusing client: {message}");
+            let _ = send_fatal(stream, "08P01", &message).await;
             return None;
         }
     };
+    let asked: [Option<&str>; 6] = std::array::from_fn(|i| asked_values[i].as_deref());
     let credentials = with_auth_query(shared, &config, database);
     let auth_type = match config.auth_type {
         AuthType::Hba => Box::pin(hba_method(stream, shared, database, user)).await?,
@@ -283,25 +288,69 @@ async fn hba_method(stream: &mut Stream, shared: &Shared, database: &str, user: 
 }
 
 /// The tracked session parameters a client sent (`ParamMap::values_of`: later ones win), or
-/// the first parameter the pooler neither tracks nor is told to ignore
-/// (ignore_startup_parameters), as PgBouncer refuses it. `user`, `database`, `options` and
-/// protocol options (`_pq_.*`) are always accepted.
+/// why it is refused: the first parameter the pooler neither tracks nor is told to ignore
+/// (ignore_startup_parameters), as PgBouncer refuses it. `user`, `database` and protocol
+/// options (`_pq_.*`) are always accepted. `options` (`PGOPTIONS`) is read as PgBouncer 1.20
+/// and later read it: its `-c name=value` settings of tracked parameters count as if sent as
+/// parameters (a parameter sent on its own wins, as in PostgreSQL), ignored ones are
+/// dropped, any other is refused rather than lost; `options` in ignore_startup_parameters
+/// drops it whole.
 pub(crate) fn session_values<'a>(
     startup: &'a StartupMessage,
     ignored: &[String],
-) -> Result<[Option<&'a str>; 6], &'a str> {
-    let mut values = [None; 6];
+) -> Result<[Option<Cow<'a, str>>; 6], Refusal<'a>> {
+    let is_ignored = |name: &str| ignored.iter().any(|i| i.eq_ignore_ascii_case(name));
+    let mut values: [Option<Cow<'a, str>>; 6] = Default::default();
+    let mut options = None;
     for (name, value) in startup.params() {
         if let Some(param) = TrackedParam::from_name(name) {
-            values[param.index()] = Some(value);
-        } else if matches!(name, "user" | "database" | "options") || name.starts_with("_pq_.") {
-        } else if ignored.iter().any(|i| i.eq_ignore_ascii_case(name)) {
+            values[param.index()] = Some(Cow::Borrowed(value));
+        } else if matches!(name, "user" | "database") || name.starts_with("_pq_.") {
+        } else if is_ignored(name) {
             tracing::debug!(parameter = name, "startup parameter in ignore_startup_parameters; ignored");
+        } else if name == "options" {
+            options = Some(value);
         } else {
-            return Err(name);
+            return Err(Refusal::Parameter(name));
+        }
+    }
+    let Some(options) = options else {
+        return Ok(values);
+    };
+    let mut from_options: [Option<Cow<'a, str>>; 6] = Default::default();
+    for (name, value) in option_settings(options).map_err(Refusal::Options)? {
+        match TrackedParam::from_name(&name) {
+            Some(param) => from_options[param.index()] = Some(value),
+            None if is_ignored(&name) => {
+                tracing::debug!(parameter = %name, "setting in options is in ignore_startup_parameters; ignored");
+            }
+            None => return Err(Refusal::InOptions(name.into_owned())),
+        }
+    }
+    for (value, from_options) in values.iter_mut().zip(from_options) {
+        if value.is_none() {
+            *value = from_options;
         }
     }
     Ok(values)
+}
+
+/// Why a client's startup parameters are refused (FATAL 08P01, PgBouncer's words).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Refusal<'a> {
+    Parameter(&'a str),
+    Options(OptionsError),
+    InOptions(String),
+}
+
+impl std::fmt::Display for Refusal<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Parameter(name) => write!(f, "unsupported startup parameter: {name}"),
+            Refusal::Options(e) => write!(f, "{e}"),
+            Refusal::InOptions(name) => write!(f, "unsupported startup parameter in options: {name}"),
+        }
+    }
 }
 
 /// A pool's database and user names, shared with its clients' entries.
@@ -451,28 +500,37 @@ async fn read_startup(stream: &mut Stream, buf: &mut BytesMut, shared: &Shared) 
 
 #[cfg(test)]
 mod tests {
-    use super::session_values;
-    use crate::protocol::StartupMessage;
+    use super::{session_values, Refusal};
+    use crate::protocol::{OptionsError, StartupMessage};
     use crate::session::{ParamMap, TrackedParam};
 
     fn startup(names: &[&str]) -> StartupMessage {
         StartupMessage::new(0, names.iter().map(|n| (*n, "x"))).expect("valid parameters")
     }
 
-    fn unsupported<'a>(startup: &'a StartupMessage, ignored: &[String]) -> Option<&'a str> {
+    fn unsupported<'a>(startup: &'a StartupMessage, ignored: &[String]) -> Option<Refusal<'a>> {
         session_values(startup, ignored).err()
+    }
+
+    /// The values as `&str`, as a login hands them to its pool.
+    fn asked(message: &StartupMessage, ignored: &[String]) -> [Option<String>; 6] {
+        let values = session_values(message, ignored).expect("accepted");
+        values.map(|v| v.map(|v| v.into_owned()))
     }
 
     #[test]
     fn unknown_startup_parameters_are_refused_unless_ignored() {
         let ignored = vec!["extra_float_digits".to_string()];
-        let known = ["user", "database", "application_name", "DateStyle", "client_encoding", "options", "_pq_.x"];
+        let known = ["user", "database", "application_name", "DateStyle", "client_encoding", "_pq_.x"];
         assert_eq!(unsupported(&startup(&known), &[]), None);
-        assert_eq!(unsupported(&startup(&["user", "extra_float_digits"]), &[]), Some("extra_float_digits"));
+        assert_eq!(
+            unsupported(&startup(&["user", "extra_float_digits"]), &[]),
+            Some(Refusal::Parameter("extra_float_digits"))
+        );
         assert_eq!(unsupported(&startup(&["user", "EXTRA_FLOAT_DIGITS"]), &ignored), None);
         assert_eq!(
             unsupported(&startup(&["user", "extra_float_digits", "search_path"]), &ignored),
-            Some("search_path")
+            Some(Refusal::Parameter("search_path"))
         );
     }
 
@@ -484,9 +542,41 @@ mod tests {
         )
         .expect("valid parameters");
         let values = session_values(&message, &[]).expect("all accepted");
-        assert_eq!(values, ParamMap::values_of(message.params()));
-        assert_eq!(values[TrackedParam::TimeZone.index()], Some("Europe/Paris"));
-        assert_eq!(values[TrackedParam::ApplicationName.index()], Some("a"));
-        assert_eq!(values[TrackedParam::DateStyle.index()], None);
+        let borrowed: [Option<&str>; 6] = std::array::from_fn(|i| values[i].as_deref());
+        assert_eq!(borrowed, ParamMap::values_of(message.params()));
+        assert_eq!(borrowed[TrackedParam::TimeZone.index()], Some("Europe/Paris"));
+        assert_eq!(borrowed[TrackedParam::ApplicationName.index()], Some("a"));
+        assert_eq!(borrowed[TrackedParam::DateStyle.index()], None);
+    }
+
+    /// PGOPTIONS: tracked settings count, a parameter sent on its own wins over the same one
+    /// in options, ignored ones are dropped, others refused (not silently lost).
+    #[test]
+    fn options_settings_of_tracked_parameters_count_and_others_are_refused() {
+        let with_options = |options: &str| {
+            StartupMessage::new(0, [("user", "u"), ("options", options), ("TimeZone", "UTC")]).expect("valid")
+        };
+        let message = with_options("-c DateStyle=SQL,\\ DMY --TimeZone=Asia/Tokyo -c application_name=x");
+        let values = asked(&message, &[]);
+        assert_eq!(values[TrackedParam::DateStyle.index()].as_deref(), Some("SQL, DMY"));
+        assert_eq!(
+            values[TrackedParam::TimeZone.index()].as_deref(),
+            Some("UTC"),
+            "the parameter sent on its own wins"
+        );
+        assert_eq!(values[TrackedParam::ApplicationName.index()].as_deref(), Some("x"));
+
+        let message = with_options("-c statement_timeout=5s");
+        assert_eq!(unsupported(&message, &[]), Some(Refusal::InOptions("statement_timeout".into())));
+        assert_eq!(
+            unsupported(&message, &[]).map(|r| r.to_string()).as_deref(),
+            Some("unsupported startup parameter in options: statement_timeout")
+        );
+        let ignore_it = vec!["statement_timeout".to_string()];
+        assert_eq!(unsupported(&message, &ignore_it), None);
+        let ignore_options = vec!["options".to_string()];
+        assert_eq!(unsupported(&with_options("-B 100"), &ignore_options), None, "options ignored whole");
+        assert_eq!(unsupported(&with_options("-B 100"), &[]), Some(Refusal::Options(OptionsError::Syntax)));
+        assert_eq!(unsupported(&with_options(""), &[]), None);
     }
 }

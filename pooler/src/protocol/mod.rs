@@ -24,7 +24,9 @@ pub mod tag;
 
 pub use frame::{Frame, FrameError, FrameLimits, Framer, Header, Inspect, HEADER_LEN};
 pub use message::{ErrorFields, ErrorResponse, MessageError, Severity, TransactionStatus};
-pub use startup::{parse_startup_packet, CancelRequest, StartupError, StartupMessage, StartupPacket};
+pub use startup::{
+    option_settings, parse_startup_packet, CancelRequest, OptionsError, StartupError, StartupMessage, StartupPacket,
+};
 
 #[cfg(test)]
 mod framing_props;

@@ -3,6 +3,7 @@
 //! encoding of what the pooler sends to servers; it does not negotiate TLS or authenticate.
 
 use bytes::{BufMut, BytesMut};
+use std::borrow::Cow;
 use thiserror::Error;
 
 /// PostgreSQL's `MAX_STARTUP_PACKET_LENGTH`: larger first packets are refused.
@@ -104,6 +105,89 @@ impl StartupMessage {
             StartupError::Malformed("a startup parameter contains a NUL byte")
         })
     }
+}
+
+/// The settings of a StartupMessage's `options` parameter (PostgreSQL's command-line
+/// switches, as `PGOPTIONS` sends them): words split at whitespace, a backslash taking the next
+/// character as it is, each setting `-c name=value`, `-cname=value` or `--name=value`, with `-`
+/// in names read as `_` (PostgreSQL's `pg_split_opts` and `ParseLongOption`). Other switches
+/// are refused: the pooler could not apply them to every server connection a client uses.
+pub fn option_settings(options: &str) -> Result<Vec<(Cow<'_, str>, Cow<'_, str>)>, OptionsError> {
+    let words = split_option_words(options);
+    let mut settings = Vec::new();
+    let mut words = words.into_iter();
+    while let Some(word) = words.next() {
+        let setting = if word == "-c" {
+            words.next().ok_or(OptionsError::Syntax)?
+        } else if let Some(rest) = strip_prefix_cow(&word, "--").or_else(|| strip_prefix_cow(&word, "-c")) {
+            rest
+        } else {
+            return Err(OptionsError::Syntax);
+        };
+        let Some(eq) = setting.find('=') else {
+            return Err(OptionsError::NoValue(setting.into_owned()));
+        };
+        if eq == 0 {
+            return Err(OptionsError::Syntax);
+        }
+        let (name, value) = match setting {
+            Cow::Borrowed(s) => (Cow::Borrowed(&s[..eq]), Cow::Borrowed(&s[eq + 1..])),
+            Cow::Owned(s) => (Cow::Owned(s[..eq].to_owned()), Cow::Owned(s[eq + 1..].to_owned())),
+        };
+        let name = if name.contains('-') { Cow::Owned(name.replace('-', "_")) } else { name };
+        settings.push((name, value));
+    }
+    Ok(settings)
+}
+
+/// `word` without `prefix`, borrowed where `word` is.
+fn strip_prefix_cow<'a>(word: &Cow<'a, str>, prefix: &str) -> Option<Cow<'a, str>> {
+    match word {
+        Cow::Borrowed(s) => s.strip_prefix(prefix).map(Cow::Borrowed),
+        Cow::Owned(s) => s.strip_prefix(prefix).map(|rest| Cow::Owned(rest.to_owned())),
+    }
+}
+
+/// `pg_split_opts`: words separated by whitespace; a backslash takes the next character
+/// literally (then the word is a copy without the backslashes).
+fn split_option_words(options: &str) -> Vec<Cow<'_, str>> {
+    let mut words = Vec::new();
+    let mut rest = options.trim_start();
+    while !rest.is_empty() {
+        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        if !rest[..end].contains('\\') {
+            words.push(Cow::Borrowed(&rest[..end]));
+            rest = rest[end..].trim_start();
+            continue;
+        }
+        let mut word = String::new();
+        let mut chars = rest.char_indices();
+        let mut consumed = rest.len();
+        while let Some((i, c)) = chars.next() {
+            if c == '\\' {
+                if let Some((_, next)) = chars.next() {
+                    word.push(next);
+                }
+            } else if c.is_whitespace() {
+                consumed = i;
+                break;
+            } else {
+                word.push(c);
+            }
+        }
+        words.push(Cow::Owned(word));
+        rest = rest[consumed..].trim_start();
+    }
+    words
+}
+
+/// Why an `options` startup parameter is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum OptionsError {
+    #[error("unsupported options startup parameter: only '-c option=value' and '--option=value' are allowed")]
+    Syntax,
+    #[error("options startup parameter: setting \"{0}\" has no value")]
+    NoValue(String),
 }
 
 /// A CancelRequest: the target backend's process id and secret key.
@@ -375,7 +459,46 @@ mod tests {
         assert!(StartupMessage::new(0, [("", "x")]).is_err());
     }
 
+    fn settings(options: &str) -> Result<Vec<(String, String)>, OptionsError> {
+        option_settings(options).map(|all| all.into_iter().map(|(n, v)| (n.into_owned(), v.into_owned())).collect())
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn options_settings_in_the_three_spellings_with_escapes() {
+        assert_eq!(settings(""), Ok(vec![]));
+        assert_eq!(settings("  "), Ok(vec![]));
+        assert_eq!(
+            settings("-c DateStyle=SQL,\\ DMY -cTimeZone=UTC --application-name=a=b"),
+            Ok(pairs(&[("DateStyle", "SQL, DMY"), ("TimeZone", "UTC"), ("application_name", "a=b")]))
+        );
+        assert_eq!(settings("-c search_path=a\\\\b"), Ok(pairs(&[("search_path", "a\\b")])));
+        assert_eq!(settings("-c x="), Ok(pairs(&[("x", "")])));
+    }
+
+    #[test]
+    fn options_other_than_settings_are_refused() {
+        for bad in ["-B 100", "-c", "-c=", "-c =x", "--=x", "x=y", "-d 5"] {
+            assert_eq!(settings(bad), Err(OptionsError::Syntax), "{bad}");
+        }
+        assert_eq!(settings("-c statement_timeout"), Err(OptionsError::NoValue("statement_timeout".into())));
+    }
+
     proptest::proptest! {
+        /// Settings written as PGOPTIONS would carry them (spaces and backslashes escaped)
+        /// come back as they were.
+        #[test]
+        fn escaped_option_settings_round_trip(
+            list in proptest::collection::vec(("[a-z_]{1,10}", "[ a-zA-Z0-9,\\\\=._-]{0,12}"), 0..5),
+        ) {
+            let escape = |v: &str| v.replace('\\', "\\\\").replace(' ', "\\ ");
+            let options: Vec<String> = list.iter().map(|(n, v)| format!("-c {n}={}", escape(v))).collect();
+            proptest::prop_assert_eq!(settings(&options.join(" ")), Ok(list));
+        }
+
         /// The word-at-a-time search finds what a byte loop finds.
         #[test]
         fn the_first_nul_is_found_at_any_place(
