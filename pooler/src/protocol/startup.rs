@@ -107,12 +107,16 @@ impl StartupMessage {
     }
 }
 
+/// A setting from `options`: its name (`-` read as `_`) and value, borrowed unless escapes
+/// had to be taken out.
+pub type OptionSetting<'a> = (Cow<'a, str>, Cow<'a, str>);
+
 /// The settings of a StartupMessage's `options` parameter (PostgreSQL's command-line
 /// switches, as `PGOPTIONS` sends them): words split at whitespace, a backslash taking the next
 /// character as it is, each setting `-c name=value`, `-cname=value` or `--name=value`, with `-`
 /// in names read as `_` (PostgreSQL's `pg_split_opts` and `ParseLongOption`). Other switches
 /// are refused: the pooler could not apply them to every server connection a client uses.
-pub fn option_settings(options: &str) -> Result<Vec<(Cow<'_, str>, Cow<'_, str>)>, OptionsError> {
+pub fn option_settings(options: &str) -> Result<Vec<OptionSetting<'_>>, OptionsError> {
     let words = split_option_words(options);
     let mut settings = Vec::new();
     let mut words = words.into_iter();
