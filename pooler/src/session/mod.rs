@@ -377,6 +377,10 @@ impl Session {
         }
         self.server_framer.reset();
         self.server_route = Route::Forward;
+        if !self.pending.has_room() {
+            // Nothing is pending without a server: the connection's spare queue will do.
+            std::mem::swap(&mut self.pending, &mut server.spare_pending);
+        }
         // One shared map: in line without comparing a string. Maps found equal are made one,
         // so the next checkout of this connection by this client (or any client with these
         // values) is that cheap too; either side's next change copies it apart.
@@ -433,7 +437,9 @@ impl Session {
         self.skip_until_sync = false;
         self.release_deferred = false;
         self.server_framer.reset();
-        self.server.take()
+        let mut server = self.server.take()?;
+        lend_queue(&mut self.pending, &mut server);
+        Some(server)
     }
 
     /// Releases the server if the client's last request is fully answered and idle.
@@ -450,11 +456,12 @@ impl Session {
             self.release_deferred = true;
             return false;
         }
-        let Some(server) = self.server.take() else {
+        let Some(mut server) = self.server.take() else {
             return false;
         };
         self.server_framer.reset();
         self.server_route = Route::Forward;
+        lend_queue(&mut self.pending, &mut server);
         out.push(Action::ReleaseServer(server));
         true
     }
@@ -517,5 +524,13 @@ fn push_input(out: &mut Vec<Action>, route: Route, n: usize) {
         (Some(Action::Forward(m)), Route::Forward) | (Some(Action::Discard(m)), Route::Discard) => *m += n,
         (_, Route::Forward) => out.push(Action::Forward(n)),
         (_, Route::Discard) => out.push(Action::Discard(n)),
+    }
+}
+
+/// A session letting go of `server` leaves its (empty) queue's allocation with the connection
+/// if the connection carries none.
+fn lend_queue(pending: &mut PendingQueue, server: &mut ServerState) {
+    if pending.is_empty() && pending.has_room() && !server.spare_pending.has_room() {
+        std::mem::swap(pending, &mut server.spare_pending);
     }
 }

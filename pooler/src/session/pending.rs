@@ -131,4 +131,9 @@ impl PendingQueue {
     pub(crate) fn clear(&mut self) {
         self.queue.clear();
     }
+
+    /// Whether the queue holds an allocation (an empty one can be handed on, `Session`).
+    pub(crate) fn has_room(&self) -> bool {
+        self.queue.capacity() > 0
+    }
 }

@@ -9,12 +9,16 @@ use super::statements::{ServerStatementName, ServerStatements};
 pub struct ServerState {
     pub(crate) statements: ServerStatements,
     pub(crate) params: ParamMap,
+    /// An empty queue of pending requests whose allocation the connection carries from client
+    /// to client: a session takes it when it attaches and leaves one when it lets go, so a new
+    /// client's first query allocates no queue.
+    pub(crate) spare_pending: super::pending::PendingQueue,
 }
 
 impl ServerState {
     /// State of a freshly logged-in connection, with the ParameterStatus values it reported.
     pub fn new(params: ParamMap) -> Self {
-        ServerState { statements: ServerStatements::default(), params }
+        ServerState { statements: ServerStatements::default(), params, spare_pending: Default::default() }
     }
 
     pub fn params(&self) -> &ParamMap {

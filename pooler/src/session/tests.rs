@@ -609,3 +609,23 @@ fn a_query_or_an_extended_step_needs_a_server_first_but_a_sync_a_partial_header_
     assert!(h.session.has_server());
     assert!(!h.session.needs_server_first(&client::query("SELECT 1")));
 }
+
+/// The queue of pending requests travels with the server connection: a new client's first
+/// query takes the queue the connection's previous client left with it, allocating none.
+#[test]
+fn a_new_client_takes_the_pending_queue_its_server_connection_carries() {
+    let mut h = harness();
+    send(&mut h, &[client::query("SELECT 1")]);
+    h.settle().unwrap();
+    assert_eq!(h.pool.len(), 1);
+    assert!(h.pool[0].0.spare_pending.has_room(), "the released connection carries no queue");
+    // A new client (a new session) on the same pool.
+    h.session = Session::new(transaction_config(), login_params());
+    assert!(!h.session.pending.has_room());
+    send(&mut h, &[client::query("SELECT 2")]);
+    assert!(h.session.has_server());
+    assert!(h.session.pending.has_room(), "the session did not take the connection's queue");
+    h.settle().unwrap();
+    assert_eq!(h.new_tags(), "TDCZTDCZ");
+    assert!(h.pool[0].0.spare_pending.has_room());
+}
