@@ -1,6 +1,7 @@
 //! One entry point that feeds arbitrary bytes to every parser a client can reach: the startup
-//! packet, the framer (cut into arbitrary reads, each inspection policy), the extended-protocol
-//! and authentication messages, the SCRAM server, the admin command parser, the auth file and
+//! packet (and the session values and `options` settings a login reads from it), the framer
+//! (cut into arbitrary reads, each inspection policy), the extended-protocol and
+//! authentication messages, the SCRAM server, the admin command parser, the auth file and
 //! stored secrets. Used by the proptest byte fuzzer (pooler/tests/fuzz_client_input.rs) and by
 //! `cargo fuzz` (pooler/fuzz). It panics only when an invariant breaks.
 
@@ -14,7 +15,7 @@ use crate::protocol::frame::{body, Frame, FrameLimits, Framer, Inspect, HEADER_L
 use crate::protocol::message::{
     parse_command_tag, parse_ready_for_query, BackendKeyData, ErrorFields, ParameterStatus,
 };
-use crate::protocol::parse_startup_packet;
+use crate::protocol::{option_settings, parse_startup_packet, StartupPacket};
 use bytes::BytesMut;
 
 /// What one run allocated at most for a message buffer, to check against the limit.
@@ -35,7 +36,18 @@ pub fn client_input(data: &[u8]) -> FuzzReport {
     let read_size = 1 + usize::from(config.get(1).copied().unwrap_or(7) % 97);
     let limits = FrameLimits { max_message_len, max_inspected_len };
 
-    let _ = parse_startup_packet(data);
+    if let Ok(Some((StartupPacket::Startup(message), _))) = parse_startup_packet(data) {
+        // The session values a login takes from it, `options` read or ignored whole.
+        for ignored in [&[][..], &["options".to_owned(), "search_path".to_owned()][..]] {
+            let _ = crate::client::session_values(&message, ignored);
+        }
+    }
+    let text = String::from_utf8_lossy(data);
+    if let Ok(settings) = option_settings(&text) {
+        for (name, _) in settings {
+            assert!(!name.is_empty() && !name.contains('-'), "a setting name read from options: {name:?}");
+        }
+    }
     let mut largest = 0;
     for policy in [Inspect::Stream, Inspect::Whole, Inspect::Prefix] {
         largest = largest.max(frame_all(data, limits, read_size, |tag| match tag {
@@ -44,7 +56,6 @@ pub fn client_input(data: &[u8]) -> FuzzReport {
             _ => policy,
         }));
     }
-    let text = String::from_utf8_lossy(data);
     let _ = command::parse(&text);
     let _ = Userlist::parse(std::path::Path::new("fuzz"), &text);
     let _ = StoredSecret::parse(&text);

@@ -66,7 +66,15 @@ fn message() -> impl Strategy<Value = Vec<u8>> {
 /// A startup packet, SSLRequest or CancelRequest with arbitrary parameters.
 fn startup() -> impl Strategy<Value = Vec<u8>> {
     let code = prop::sample::select(vec![196_608u32, 80_877_102, 80_877_103, 80_877_104, 196_609, 0]);
-    let params = prop::collection::vec(("[a-z_]{0,12}", "\\PC{0,20}"), 0..6);
+    // Arbitrary names and values, and the ones a login reads: the tracked parameters, and
+    // `options` with PGOPTIONS-shaped settings (escapes, the three spellings, broken ones).
+    let known = prop::sample::select(vec!["user", "database", "options", "DateStyle", "application_name"]);
+    let name = prop_oneof![2 => "[a-z_]{0,12}", 1 => known.prop_map(str::to_owned)];
+    let value = prop_oneof![
+        2 => "\\PC{0,20}",
+        1 => "((-c ?|--|-)[a-zA-Z_=-]{0,10}=?[a-zA-Z0-9 ,=\\\\-]{0,12} ?){0,3}",
+    ];
+    let params = prop::collection::vec((name, value), 0..6);
     (code, params, any::<bool>()).prop_map(|(code, params, terminate)| {
         let mut body = code.to_be_bytes().to_vec();
         for (k, v) in params {
@@ -89,6 +97,7 @@ fn input() -> impl Strategy<Value = Vec<u8>> {
     let text = prop_oneof![
         "\\PC{0,120}",
         "(?i)(show|pause|resume|kill|set|reload|shutdown|wait_close|select) [a-z_\"';= ]{0,40}",
+        "((-c ?|--|-)[a-zA-Z_=-]{0,10}=?[a-zA-Z0-9 ,=\\\\-]{0,12} ?){0,4}",
         "\"[^\"\n]{0,10}\" \"[^\n]{0,40}\"\n",
         "(n|y|p=tls-unique),(a=x)?,n=,r=[!-~]{0,30}(,c=biws,r=[!-~]{0,40},p=[A-Za-z0-9+/=]{0,50})?",
     ]

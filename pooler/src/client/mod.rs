@@ -8,6 +8,7 @@ mod parking;
 mod relay;
 
 pub use deadline::LoginDeadlines;
+pub(crate) use login::session_values;
 pub use parking::{serve as serve_parked, Parking};
 
 use crate::protocol::{ErrorResponse, Severity};
