@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::admin::resultset::{text, write_command_complete, write_data_row, write_row_description, Cell};
-use crate::auth::{authenticate_client, userlist::Userlist};
+use crate::auth::{authenticate, userlist::Userlist};
 use crate::config::AuthType;
 use crate::protocol::message::{write_authentication_ok, write_ready_for_query};
 use crate::protocol::{parse_startup_packet, StartupPacket, TransactionStatus};
@@ -122,9 +122,7 @@ async fn serve_one(listener: TcpListener, tls: ClientTls) -> String {
     };
     let users = Userlist::parse(Path::new("userlist.txt"), "\"app\" \"app-pw\"\n").unwrap();
     let creds = FixedUsers(users);
-    authenticate_client(&mut stream, &mut buf, startup.user(), AuthType::ScramSha256, &creds, Duration::from_secs(10))
-        .await
-        .unwrap();
+    authenticate(&mut stream, &mut buf, startup.user(), AuthType::ScramSha256, &creds).await.unwrap();
     let mut out = BytesMut::new();
     write_authentication_ok(&mut out);
     write_ready_for_query(TransactionStatus::Idle, &mut out);

@@ -6,7 +6,7 @@
 use bytes::BytesMut;
 use harness::{PgInstance, PgOptions};
 use pooler::auth::{
-    authenticate_client, login_to_server, AuthQuery, Credentials, ServerCredential, ServerLoginError, StoredSecret,
+    authenticate, login_to_server, AuthQuery, Credentials, ServerCredential, ServerLoginError, StoredSecret,
 };
 use pooler::config::{AuthType, PoolerConfig};
 use pooler::protocol::message::{write_authentication_ok, write_ready_for_query};
@@ -74,8 +74,7 @@ async fn pooler_side(
         }
         assert!(stream.read_buf(&mut buf).await.unwrap() > 0);
     };
-    let result =
-        authenticate_client(&mut stream, &mut buf, startup.user(), AuthType::ScramSha256, &creds, TIMEOUT).await;
+    let result = authenticate(&mut stream, &mut buf, startup.user(), AuthType::ScramSha256, &creds).await;
     if result.is_ok() {
         let mut out = BytesMut::new();
         write_authentication_ok(&mut out);

@@ -146,14 +146,16 @@ async fn a_client_stalled_in_half_a_message_holds_only_its_own_server_which_is_c
 }
 
 /// client_login_timeout: a client that stalls in its startup phase (silent after connecting,
-/// or half a StartupMessage after its SSLRequest was answered) is closed once the timeout
-/// has passed, with PgBouncer's FATAL once TLS negotiation is behind it, while a client that
-/// logs in meanwhile and stays is not touched.
+/// half a StartupMessage after its SSLRequest was answered, or no answer to the SCRAM request)
+/// is closed once the timeout has passed, with PgBouncer's FATAL once TLS negotiation is
+/// behind it, and counted on /metrics; a client that logs in meanwhile and stays is not touched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_stall_in_their_login_are_closed_after_client_login_timeout() {
     let mut pg = PgInstance::init("login-timeout", PgOptions::default()).await.unwrap();
     pg.start().await.unwrap();
-    let pooler = PoolerProcess::start(&pg, "client_login_timeout = 0.6").await.unwrap();
+    let metrics = format!("127.0.0.1:{}", harness::ports::free_port().unwrap());
+    let settings = format!("auth_type = \"scram-sha-256\"\nclient_login_timeout = 0.6\nmetrics_listen = \"{metrics}\"");
+    let pooler = PoolerProcess::start(&pg, &settings).await.unwrap();
     let port = pooler.port();
     let started = std::time::Instant::now();
     let mut silent = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
@@ -164,18 +166,29 @@ async fn clients_that_stall_in_their_login_are_closed_after_client_login_timeout
     assert_eq!(&answer_n, b"N");
     let full = startup(&[("user", "postgres"), ("database", "postgres")]);
     halfway.write_all(&full[..full.len() / 2]).await.unwrap();
-    let good = pooler.connect().await.unwrap();
+    // Sends its StartupMessage, gets the SCRAM request, never answers it.
+    let mut mid_auth = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    mid_auth.write_all(&full).await.unwrap();
+    let mut request = [0u8; 1];
+    mid_auth.read_exact(&mut request).await.unwrap();
+    assert_eq!(&request, b"R", "no authentication request");
+    let good = pooler.connect_dsn(&format!("{} password={}", pooler.dsn("postgres"), pg.password())).await.unwrap();
 
-    let (error, got) = answer(&mut halfway).await;
-    let took = started.elapsed();
-    assert!(error, "no ErrorResponse before the close: {got:?}");
-    let text = String::from_utf8_lossy(&got);
-    assert!(text.contains("client_login_timeout") && text.contains("08P01"), "{text}");
-    assert!(took >= Duration::from_millis(600), "closed after {took:?}, before the timeout");
-    assert!(took < Duration::from_secs(3), "closed only after {took:?}");
+    for stalled in [&mut halfway, &mut mid_auth] {
+        let (error, got) = answer(stalled).await;
+        let took = started.elapsed();
+        assert!(error, "no ErrorResponse before the close: {got:?}");
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.contains("client_login_timeout") && text.contains("08P01"), "{text}");
+        assert!(took >= Duration::from_millis(600), "closed after {took:?}, before the timeout");
+        assert!(took < Duration::from_secs(3), "closed only after {took:?}");
+    }
     let (_, got) = answer(&mut silent).await;
     assert!(got.is_empty(), "a client that sent nothing got {got:?}");
     assert!(started.elapsed() < Duration::from_secs(3));
+    let scraped = harness::pooler::http_get(&metrics, "/metrics").await.unwrap();
+    let timeouts = harness::pooler::sample(&scraped, "pgha_pooler_client_errors_total{kind=\"client_login_timeout\"}");
+    assert_eq!(timeouts, Some(3.0), "{scraped}");
     // Logged in before the others timed out, and still served well after.
     tokio::time::sleep(Duration::from_millis(700)).await;
     good.simple_query("select 1").await.unwrap();

@@ -11,7 +11,6 @@ use super::wire::{self, code, ReadError, MAX_AUTH_MESSAGE_LEN};
 use crate::config::AuthType;
 use crate::protocol::{ErrorResponse, Severity};
 use bytes::BytesMut;
-use std::time::Duration;
 use subtle::ConstantTimeEq;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -66,8 +65,6 @@ pub enum ClientAuthError {
     ChannelBinding(String),
     #[error("password lookup for user {user:?} failed: {error}")]
     Lookup { user: String, error: LookupError },
-    #[error("client did not finish authentication within {0:?}")]
-    Timeout(Duration),
     #[error(transparent)]
     Read(#[from] ReadError),
 }
@@ -80,40 +77,16 @@ impl ClientAuthError {
             ClientAuthError::Protocol(_) => "auth_protocol",
             ClientAuthError::ChannelBinding(_) => "auth_channel_binding",
             ClientAuthError::Lookup { .. } => "auth_lookup",
-            ClientAuthError::Timeout(_) => "auth_timeout",
             ClientAuthError::Read(_) => "auth_io",
         }
     }
 }
 
 /// Authenticates `user` on `stream`. `buf` holds bytes already read past the StartupMessage
-/// and keeps any read past the last authentication message. The whole exchange is bounded by
-/// `timeout` (client_login_timeout). On success nothing has been sent after the method's last
-/// message: the caller sends AuthenticationOk, ParameterStatus, BackendKeyData, ReadyForQuery.
-pub async fn authenticate_client<S, C>(
-    stream: &mut S,
-    buf: &mut BytesMut,
-    user: &str,
-    auth_type: AuthType,
-    credentials: &C,
-    timeout: Duration,
-) -> Result<ServerCredential, ClientAuthError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-    C: CredentialSource + ?Sized,
-{
-    match crate::clock::timeout(timeout, authenticate(stream, buf, user, auth_type, credentials)).await {
-        Ok(result) => result,
-        Err(_) => {
-            let msg = "client_login_timeout: authentication took too long";
-            let err = ErrorResponse::new(Severity::Fatal, "08P01", msg).to_bytes();
-            let _ = crate::clock::timeout(Duration::from_secs(1), wire::send(stream, &err)).await;
-            Err(ClientAuthError::Timeout(timeout))
-        }
-    }
-}
-
-/// `authenticate_client` without its own timeout, for a caller that bounds the whole login.
+/// and keeps any read past the last authentication message. Unbounded: the caller bounds the
+/// whole login (client_login_timeout). On success nothing has been sent after the method's
+/// last message: the caller sends AuthenticationOk, ParameterStatus, BackendKeyData,
+/// ReadyForQuery.
 pub async fn authenticate<S, C>(
     stream: &mut S,
     buf: &mut BytesMut,

@@ -12,7 +12,7 @@ pub mod server;
 pub mod userlist;
 pub mod wire;
 
-pub use client::{authenticate, authenticate_client, ClientAuthError, ServerCredential};
+pub use client::{authenticate, ClientAuthError, ServerCredential};
 pub use credentials::{AuthQuery, AuthQueryRunner, CredentialSource, Credentials, LookupError};
 pub use scram::{ScramKeys, ScramServer};
 pub use secret::{ScramVerifier, SecretError, StoredSecret};

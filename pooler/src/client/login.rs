@@ -320,11 +320,11 @@ pub(crate) fn session_values<'a>(
     let mut from_options: [Option<Cow<'a, str>>; 6] = Default::default();
     for (name, value) in option_settings(options).map_err(Refusal::Options)? {
         match TrackedParam::from_name(&name) {
-            Some(param) => from_options[param.index()] = Some(value),
+            Some(param) => from_options[param.index()] = Some(Cow::Owned(value)),
             None if is_ignored(&name) => {
                 tracing::debug!(parameter = %name, "setting in options is in ignore_startup_parameters; ignored");
             }
-            None => return Err(Refusal::InOptions(name.into_owned())),
+            None => return Err(Refusal::InOptions(name)),
         }
     }
     for (value, from_options) in values.iter_mut().zip(from_options) {

@@ -34,9 +34,9 @@ pub async fn serve(stream: Stream, shared: Arc<Shared>) {
     }
 }
 
-/// The startup phase, bounded as a whole by client_login_timeout (one timer: TLS
+/// The startup phase, bounded as a whole by client_login_timeout (one deadline: TLS
 /// negotiation, the startup packet, authentication and a first server login); then what the
-/// client does next.
+/// client does next. A login that runs out of time counts as a `client_login_timeout` error.
 async fn start(mut stream: Stream, shared: &Arc<Shared>, count: ClientCount) -> Option<Rest<'_>> {
     let mut buf = BytesMut::new();
     let deadline = shared.login_timeout().map(|timeout| shared.login_deadlines.start(timeout));
@@ -44,8 +44,13 @@ async fn start(mut stream: Stream, shared: &Arc<Shared>, count: ClientCount) -> 
         let negotiate = std::pin::pin!(login::negotiate_tls(&mut stream, &mut buf, shared));
         within(deadline.as_ref(), negotiate).await
     };
-    if negotiated != Some(true) {
-        return None;
+    match negotiated {
+        Some(true) => {}
+        Some(false) => return None,
+        None => {
+            shared.stats.count_error("client_login_timeout");
+            return None;
+        }
     }
     let logged_in = {
         let login = std::pin::pin!(login::login(&mut stream, &mut buf, shared));
@@ -55,6 +60,7 @@ async fn start(mut stream: Stream, shared: &Arc<Shared>, count: ClientCount) -> 
     let outcome = match logged_in {
         Some(outcome) => outcome,
         None => {
+            shared.stats.count_error("client_login_timeout");
             let _ = send_fatal(&mut stream, "08P01", "client_login_timeout").await;
             return None;
         }

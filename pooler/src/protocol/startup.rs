@@ -3,7 +3,6 @@
 //! encoding of what the pooler sends to servers; it does not negotiate TLS or authenticate.
 
 use bytes::{BufMut, BytesMut};
-use std::borrow::Cow;
 use thiserror::Error;
 
 /// PostgreSQL's `MAX_STARTUP_PACKET_LENGTH`: larger first packets are refused.
@@ -107,80 +106,54 @@ impl StartupMessage {
     }
 }
 
-/// A setting from `options`: its name (`-` read as `_`) and value, borrowed unless escapes
-/// had to be taken out.
-pub type OptionSetting<'a> = (Cow<'a, str>, Cow<'a, str>);
-
 /// The settings of a StartupMessage's `options` parameter (PostgreSQL's command-line
-/// switches, as `PGOPTIONS` sends them): words split at whitespace, a backslash taking the next
-/// character as it is, each setting `-c name=value`, `-cname=value` or `--name=value`, with `-`
-/// in names read as `_` (PostgreSQL's `pg_split_opts` and `ParseLongOption`). Other switches
-/// are refused: the pooler could not apply them to every server connection a client uses.
-pub fn option_settings(options: &str) -> Result<Vec<OptionSetting<'_>>, OptionsError> {
-    let words = split_option_words(options);
+/// switches, as `PGOPTIONS` sends them), as (name, value): words split at whitespace, a
+/// backslash taking the next character as it is, each setting `-c name=value`, `-cname=value`
+/// or `--name=value`, with `-` in names read as `_` (PostgreSQL's `pg_split_opts` and
+/// `ParseLongOption`). Other switches are refused: the pooler could not apply them to every
+/// server connection a client uses.
+pub fn option_settings(options: &str) -> Result<Vec<(String, String)>, OptionsError> {
     let mut settings = Vec::new();
-    let mut words = words.into_iter();
+    let mut words = split_option_words(options).into_iter();
     while let Some(word) = words.next() {
         let setting = if word == "-c" {
             words.next().ok_or(OptionsError::Syntax)?
-        } else if let Some(rest) = strip_prefix_cow(&word, "--").or_else(|| strip_prefix_cow(&word, "-c")) {
-            rest
+        } else if let Some(rest) = word.strip_prefix("--").or_else(|| word.strip_prefix("-c")) {
+            rest.to_owned()
         } else {
             return Err(OptionsError::Syntax);
         };
-        let Some(eq) = setting.find('=') else {
-            return Err(OptionsError::NoValue(setting.into_owned()));
+        let Some((name, value)) = setting.split_once('=') else {
+            return Err(OptionsError::NoValue(setting));
         };
-        if eq == 0 {
+        if name.is_empty() {
             return Err(OptionsError::Syntax);
         }
-        let (name, value) = match setting {
-            Cow::Borrowed(s) => (Cow::Borrowed(&s[..eq]), Cow::Borrowed(&s[eq + 1..])),
-            Cow::Owned(s) => (Cow::Owned(s[..eq].to_owned()), Cow::Owned(s[eq + 1..].to_owned())),
-        };
-        let name = if name.contains('-') { Cow::Owned(name.replace('-', "_")) } else { name };
-        settings.push((name, value));
+        settings.push((name.replace('-', "_"), value.to_owned()));
     }
     Ok(settings)
 }
 
-/// `word` without `prefix`, borrowed where `word` is.
-fn strip_prefix_cow<'a>(word: &Cow<'a, str>, prefix: &str) -> Option<Cow<'a, str>> {
-    match word {
-        Cow::Borrowed(s) => s.strip_prefix(prefix).map(Cow::Borrowed),
-        Cow::Owned(s) => s.strip_prefix(prefix).map(|rest| Cow::Owned(rest.to_owned())),
-    }
-}
-
 /// `pg_split_opts`: words separated by whitespace; a backslash takes the next character
-/// literally (then the word is a copy without the backslashes).
-fn split_option_words(options: &str) -> Vec<Cow<'_, str>> {
-    let mut words = Vec::new();
-    let mut rest = options.trim_start();
-    while !rest.is_empty() {
-        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
-        if !rest[..end].contains('\\') {
-            words.push(Cow::Borrowed(&rest[..end]));
-            rest = rest[end..].trim_start();
+/// literally.
+fn split_option_words(options: &str) -> Vec<String> {
+    let (mut words, mut word, mut in_word) = (Vec::new(), String::new(), false);
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        if c.is_whitespace() {
+            if std::mem::take(&mut in_word) {
+                words.push(std::mem::take(&mut word));
+            }
             continue;
         }
-        let mut word = String::new();
-        let mut chars = rest.char_indices();
-        let mut consumed = rest.len();
-        while let Some((i, c)) = chars.next() {
-            if c == '\\' {
-                if let Some((_, next)) = chars.next() {
-                    word.push(next);
-                }
-            } else if c.is_whitespace() {
-                consumed = i;
-                break;
-            } else {
-                word.push(c);
-            }
+        in_word = true;
+        match c {
+            '\\' => word.extend(chars.next()),
+            c => word.push(c),
         }
-        words.push(Cow::Owned(word));
-        rest = rest[consumed..].trim_start();
+    }
+    if in_word {
+        words.push(word);
     }
     words
 }
@@ -463,32 +436,28 @@ mod tests {
         assert!(StartupMessage::new(0, [("", "x")]).is_err());
     }
 
-    fn settings(options: &str) -> Result<Vec<(String, String)>, OptionsError> {
-        option_settings(options).map(|all| all.into_iter().map(|(n, v)| (n.into_owned(), v.into_owned())).collect())
-    }
-
     fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
         list.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
     }
 
     #[test]
     fn options_settings_in_the_three_spellings_with_escapes() {
-        assert_eq!(settings(""), Ok(vec![]));
-        assert_eq!(settings("  "), Ok(vec![]));
+        assert_eq!(option_settings(""), Ok(vec![]));
+        assert_eq!(option_settings("  "), Ok(vec![]));
         assert_eq!(
-            settings("-c DateStyle=SQL,\\ DMY -cTimeZone=UTC --application-name=a=b"),
+            option_settings("-c DateStyle=SQL,\\ DMY -cTimeZone=UTC --application-name=a=b"),
             Ok(pairs(&[("DateStyle", "SQL, DMY"), ("TimeZone", "UTC"), ("application_name", "a=b")]))
         );
-        assert_eq!(settings("-c search_path=a\\\\b"), Ok(pairs(&[("search_path", "a\\b")])));
-        assert_eq!(settings("-c x="), Ok(pairs(&[("x", "")])));
+        assert_eq!(option_settings("-c search_path=a\\\\b"), Ok(pairs(&[("search_path", "a\\b")])));
+        assert_eq!(option_settings("-c x="), Ok(pairs(&[("x", "")])));
     }
 
     #[test]
     fn options_other_than_settings_are_refused() {
         for bad in ["-B 100", "-c", "-c=", "-c =x", "--=x", "x=y", "-d 5"] {
-            assert_eq!(settings(bad), Err(OptionsError::Syntax), "{bad}");
+            assert_eq!(option_settings(bad), Err(OptionsError::Syntax), "{bad}");
         }
-        assert_eq!(settings("-c statement_timeout"), Err(OptionsError::NoValue("statement_timeout".into())));
+        assert_eq!(option_settings("-c statement_timeout"), Err(OptionsError::NoValue("statement_timeout".into())));
     }
 
     proptest::proptest! {
@@ -500,7 +469,7 @@ mod tests {
         ) {
             let escape = |v: &str| v.replace('\\', "\\\\").replace(' ', "\\ ");
             let options: Vec<String> = list.iter().map(|(n, v)| format!("-c {n}={}", escape(v))).collect();
-            proptest::prop_assert_eq!(settings(&options.join(" ")), Ok(list));
+            proptest::prop_assert_eq!(option_settings(&options.join(" ")), Ok(list));
         }
 
         /// The word-at-a-time search finds what a byte loop finds.
