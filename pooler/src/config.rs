@@ -135,6 +135,15 @@ pub struct PoolerConfig {
     /// TCP_USER_TIMEOUT in milliseconds: how long sent data may stay unacknowledged before the
     /// kernel drops the connection (a server host that vanished mid-query); 0: the system's.
     pub tcp_user_timeout: u32,
+    /// TCP_DEFER_ACCEPT on the TCP listeners, in seconds (0: off): the kernel hands a new
+    /// connection to the pooler once its first bytes have come, or after this long. On by
+    /// default (1 s), as in PgBouncer on Linux. Read at start only.
+    pub tcp_defer_accept: u32,
+    /// A client that ends with Terminate and has already closed its side of the TCP
+    /// connection is closed with a reset (RST) instead of the FIN handshake: its host keeps no
+    /// TIME_WAIT entry for the connection, and both sides do less work. false: close as
+    /// PgBouncer does.
+    pub client_close_reset: bool,
     pub databases: BTreeMap<String, DatabaseConfig>,
     pub users: BTreeMap<String, UserConfig>,
 }
@@ -199,6 +208,8 @@ impl Default for PoolerConfig {
             tcp_keepintvl: 0,
             tcp_keepcnt: 0,
             tcp_user_timeout: 0,
+            tcp_defer_accept: 1,
+            client_close_reset: true,
             databases: BTreeMap::new(),
             users: BTreeMap::new(),
         }

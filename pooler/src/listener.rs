@@ -37,6 +37,11 @@ impl Listeners {
             let listener = TcpListener::bind((host, port))
                 .await
                 .map_err(|source| ListenError::Tcp { addr: format!("{host}:{port}"), source })?;
+            if config.tcp_defer_accept > 0 {
+                if let Err(e) = crate::tcp::set_defer_accept(&listener, config.tcp_defer_accept) {
+                    tracing::warn!("cannot set TCP_DEFER_ACCEPT on {host}:{port} (tcp_defer_accept): {e}");
+                }
+            }
             tcp.push(listener);
         }
         let unix = if unix_socket_dir.is_empty() {
@@ -152,4 +157,44 @@ fn socket_permissions(path: &std::path::Path, mode: u32, group: Option<&str>) ->
 async fn accept_failed(e: std::io::Error) {
     tracing::warn!("accept failed: {e}");
     crate::clock::sleep(std::time::Duration::from_millis(50)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defer_accept_of(listener: &TcpListener) -> libc::c_int {
+        use std::os::fd::AsRawFd;
+        let mut value: libc::c_int = -1;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: a live socket and an option buffer of the length given.
+        let rc = unsafe {
+            libc::getsockopt(
+                listener.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_DEFER_ACCEPT,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        value
+    }
+
+    #[tokio::test]
+    async fn tcp_listeners_defer_accept_as_tcp_defer_accept_says() {
+        for (seconds, on) in [(1, true), (10, true), (0, false)] {
+            let config = crate::config::PoolerConfig {
+                listen_port: 0,
+                unix_socket_dir: String::new(),
+                tcp_defer_accept: seconds,
+                ..Default::default()
+            };
+            let listeners = Listeners::bind(&config).await.unwrap();
+            // Linux keeps it as SYN-ACK retransmissions and reads it back in seconds, rounded.
+            let set = defer_accept_of(&listeners.tcp[0]);
+            assert_eq!(set > 0, on, "tcp_defer_accept = {seconds}: the listener has {set}");
+        }
+        assert_eq!(crate::config::PoolerConfig::default().tcp_defer_accept, 1, "PgBouncer's default on Linux");
+    }
 }

@@ -149,6 +149,23 @@ impl Stream {
         Ok(())
     }
 
+    /// After a client's Terminate: if its FIN has come in too (it closed, or shut down its
+    /// writing side), the socket is set to close with a reset (SO_LINGER 0) and true is
+    /// returned. A client that still has its side open is left to the FIN handshake: it may
+    /// be waiting for the pooler to close first. Looks at the readiness the runtime already
+    /// holds; no system call unless the reset is set.
+    pub fn reset_on_close_if_peer_closed(&self) -> bool {
+        let Stream::Tcp(s) = self else { return false };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let ready = std::pin::pin!(s.ready(tokio::io::Interest::READABLE));
+        match std::future::Future::poll(ready, &mut cx) {
+            Poll::Ready(Ok(r)) if r.is_read_closed() => {
+                socket2::SockRef::from(s).set_linger(Some(std::time::Duration::ZERO)).is_ok()
+            }
+            _ => false,
+        }
+    }
+
     /// Waits until the socket has bytes (or EOF) without holding a buffer. With TLS, call it
     /// only after `try_read_buf` said `WouldBlock` (decrypted bytes may be buffered otherwise).
     pub async fn readable(&self) -> io::Result<()> {

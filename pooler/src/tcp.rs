@@ -70,6 +70,28 @@ impl TcpOptions {
     }
 }
 
+/// TCP_DEFER_ACCEPT (tcp_defer_accept) on a listening socket: accept() sees a connection
+/// once its first bytes are in, or after about `seconds`.
+pub fn set_defer_accept(listener: &impl std::os::fd::AsRawFd, seconds: u32) -> io::Result<()> {
+    let value = libc::c_int::try_from(seconds).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the descriptor is a live socket borrowed for the call, and the option value is
+    // a c_int of the length given.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// The kernel's keepalive timings for sockets that set none (net.ipv4.tcp_keepalive_*), read
 /// once; Linux's own defaults if they cannot be read.
 #[derive(Debug, Clone, Copy)]

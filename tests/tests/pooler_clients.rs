@@ -208,3 +208,69 @@ async fn the_unix_socket_gets_unix_socket_mode_and_group() {
     assert!(!status.success(), "a pooler with a missing unix_socket_group started:\n{log}");
     assert!(log.contains("unix_socket_group") && log.contains("no group named"), "{log}");
 }
+
+/// Logs in over plain TCP with a raw StartupMessage and reads up to ReadyForQuery.
+async fn raw_login(port: u16) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(&harness::pooler::startup_packet(&[("user", "postgres"), ("database", "postgres")])).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(6).any(|w| w == b"Z\0\0\0\x05I") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed during login");
+        got.extend_from_slice(&buf[..n]);
+    }
+    s
+}
+
+/// How the pooler ended a connection after `client` said Terminate: "reset" (RST), "fin"
+/// (end of stream) or what it sent. With `and_close`, the Terminate and the client's FIN go
+/// out in one segment (corked), so the pooler sees both in one wake, as it does from libpq.
+async fn ending_after_terminate(mut client: tokio::net::TcpStream, and_close: bool) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    socket2::SockRef::from(&client).set_tcp_cork(true).unwrap();
+    client.write_all(b"X\0\0\0\x04").await.unwrap();
+    let socket = socket2::SockRef::from(&client);
+    if and_close {
+        socket.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    socket.set_tcp_cork(false).unwrap();
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(Duration::from_secs(5), client.read(&mut buf)).await {
+        Err(_) => "nothing within 5 s".into(),
+        Ok(Ok(0)) => "fin".into(),
+        Ok(Ok(n)) => format!("bytes {:?}", &buf[..n]),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => "reset".into(),
+        Ok(Err(e)) => format!("error {e}"),
+    }
+}
+
+/// client_close_reset (on by default): a client that said Terminate and closed its side gets
+/// a reset, so its host keeps no TIME_WAIT entry; one that said Terminate and keeps its side
+/// open gets the FIN handshake (it may be waiting for the pooler to close first). With the
+/// setting off, both get a FIN, as from PgBouncer. tokio-postgres, which shuts its side down
+/// after Terminate, sees its connection end without an error either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_terminates_and_closes_is_reset_and_one_that_stays_gets_a_fin() {
+    let pg = postgres().await;
+    for (setting, closed_client_gets) in [("", "reset"), ("client_close_reset = false", "fin")] {
+        let pooler = PoolerProcess::start(&pg, &format!("pool_mode = \"transaction\"\n{setting}")).await.unwrap();
+        for _ in 0..3 {
+            let ending = ending_after_terminate(raw_login(pooler.port()).await, true).await;
+            assert_eq!(ending, closed_client_gets, "Terminate and FIN, with {setting:?}");
+            let ending = ending_after_terminate(raw_login(pooler.port()).await, false).await;
+            assert_eq!(ending, "fin", "Terminate alone, with {setting:?}");
+        }
+        let dsn = format!("{} password={}", pooler.dsn("postgres"), pg.password());
+        for _ in 0..50 {
+            let (client, connection) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await.unwrap();
+            let connection = tokio::spawn(connection);
+            let row = client.query_one("select 1 + 1", &[]).await.unwrap();
+            assert_eq!(row.get::<_, i32>(0), 2);
+            drop(client);
+            let ended = tokio::time::timeout(Duration::from_secs(5), connection).await.unwrap().unwrap();
+            assert!(ended.is_ok(), "tokio-postgres saw its connection end with {ended:?}, with {setting:?}");
+        }
+    }
+}

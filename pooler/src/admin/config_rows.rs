@@ -103,6 +103,8 @@ fn settings(c: &PoolerConfig) -> Vec<(&'static str, Option<String>, bool)> {
         ("tcp_keepintvl", Some(c.tcp_keepintvl.to_string()), true),
         ("tcp_keepcnt", Some(c.tcp_keepcnt.to_string()), true),
         ("tcp_user_timeout", Some(c.tcp_user_timeout.to_string()), true),
+        ("tcp_defer_accept", Some(c.tcp_defer_accept.to_string()), false),
+        ("client_close_reset", Some(u8::from(c.client_close_reset).to_string()), true),
     ]
 }
 

@@ -652,6 +652,9 @@ impl Relay {
             }
             self.flush_client().await?;
             if terminated {
+                if self.settings.client_close_reset {
+                    self.client.reset_on_close_if_peer_closed();
+                }
                 return Err(End::ClientGone);
             }
             if !need_server {

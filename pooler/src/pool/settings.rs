@@ -30,6 +30,8 @@ pub struct PoolSettings {
     pub tcp: crate::tcp::TcpOptions,
     pub log_connections: bool,
     pub log_disconnections: bool,
+    /// client_close_reset: a reset, not a FIN, for a client that said Terminate and closed.
+    pub client_close_reset: bool,
 }
 
 /// Seconds as PgBouncer reads them: 0 means off.
@@ -65,6 +67,7 @@ impl PoolSettings {
             stats_period: secs(config.stats_period).unwrap_or(Duration::from_secs(60)),
             tcp: crate::tcp::TcpOptions::from_config(config),
             log_connections: config.log_connections,
+            client_close_reset: config.client_close_reset,
             log_disconnections: config.log_disconnections,
         }
     }
