@@ -630,6 +630,19 @@ impl Relay {
                 self.cin.advance(n);
                 return Ok(());
             }
+            if let ([Action::ToServer(head), Action::Discard(skip), Action::Forward(n)], Some(server)) =
+                (io.actions.as_slice(), self.server.as_mut())
+            {
+                // A Bind of a named statement: its rewritten head instead of the client's, then
+                // the rest as it came.
+                let (skip, n) = (*skip, *n);
+                let rest = &self.cin[skip..skip + n];
+                server.stream.send_pair(head, rest).await.map_err(|_| server_gone(&self.pool))?;
+                self.cin.advance(skip + n);
+                // Lets the session's scratch buffer take its bytes back.
+                io.actions.clear();
+                return Ok(());
+            }
             let mut consumed = 0;
             for action in io.actions.drain(..) {
                 match action {

@@ -90,16 +90,18 @@ impl<'a> BindPrefix<'a> {
 pub fn write_bind_prefix(
     original: Header,
     prefix: &BindPrefix<'_>,
-    statement: &str,
+    statement: &[u8],
     buf: &mut BytesMut,
 ) -> Result<(), EncodeError> {
     let len = i64::from(original.len) - prefix.statement.len() as i64 + statement.len() as i64;
     let len = i32::try_from(len).map_err(|_| EncodeError::TooLong)?;
+    // One reservation for the whole prefix; the puts below then only copy.
+    buf.reserve(1 + 4 + prefix.portal.len() + 1 + statement.len() + 1);
     buf.put_u8(frontend::BIND);
     buf.put_i32(len);
     buf.put_slice(prefix.portal);
     buf.put_u8(0);
-    buf.put_slice(statement.as_bytes());
+    buf.put_slice(statement);
     buf.put_u8(0);
     Ok(())
 }
@@ -240,7 +242,7 @@ mod tests {
         let prefix = BindPrefix::parse(body(&original)).unwrap();
         assert_eq!((prefix.portal, prefix.statement), (&b"portal"[..], &b"s1"[..]));
         let mut rewritten = BytesMut::new();
-        write_bind_prefix(header, &prefix, "PGHA_12", &mut rewritten).unwrap();
+        write_bind_prefix(header, &prefix, b"PGHA_12", &mut rewritten).unwrap();
         rewritten.extend_from_slice(&original[bind_params_offset(&prefix)..]);
         let mut expected = BytesMut::new();
         pg_frontend::bind(

@@ -163,6 +163,7 @@ impl Framer {
 
     /// Looks at the front of `buf` (which starts where the last advanced frame ended) without
     /// consuming anything. `inspect` says, per tag, how much of a message is needed.
+    #[inline(always)]
     pub fn peek<'a>(&self, buf: &'a [u8], inspect: impl Fn(u8) -> Inspect) -> Result<Frame<'a>, FrameError> {
         if self.remaining > 0 {
             if buf.is_empty() {

@@ -149,9 +149,8 @@ impl Session {
         if prefix.statement.is_empty() {
             return Ok(self.send_and_await(Request::Bind));
         }
-        let statement = self.client_statement(prefix.statement)?;
-        let name = self.ensure_prepared(&statement)?;
-        write_bind_prefix(header, &prefix, name.as_str(), &mut self.scratch)?;
+        let name = self.ensure_prepared_by_client_name(prefix.statement)?;
+        write_bind_prefix(header, &prefix, name.as_bytes(), &mut self.scratch)?;
         self.flush_scratch_to_server(out);
         self.prepared.bind = self.prepared.bind.saturating_add(1);
         self.pending.push(Request::Bind, Reply::Forward);
@@ -191,12 +190,26 @@ impl Session {
             .ok_or_else(|| SessionError::UnknownStatement { name: String::from_utf8_lossy(name).into_owned() })
     }
 
+    /// The server-side name of the client's statement `name`, as `ensure_prepared`; when the
+    /// server has it (every execution but the first on a connection) without taking a
+    /// reference to the statement.
+    fn ensure_prepared_by_client_name(&mut self, name: &[u8]) -> Result<ServerStatementName, SessionError> {
+        let known = self.statements.get(name);
+        if let (Some(statement), Some(server)) = (known, self.server.as_mut()) {
+            if let Some(server_name) = server.statements.touch(statement, self.segment) {
+                return Ok(server_name);
+            }
+        }
+        let statement = self.client_statement(name)?;
+        self.ensure_prepared(&statement)
+    }
+
     /// The server-side name of `statement`, queueing a Parse first if the attached server
     /// does not have it (its completion is swallowed: the client did not ask for it).
     fn ensure_prepared(&mut self, statement: &Arc<Statement>) -> Result<ServerStatementName, SessionError> {
         let server = self.server.as_mut().ok_or(SessionError::NoServer)?;
-        if let Some(id) = server.statements.touch(statement, self.segment) {
-            return Ok(ServerStatementName::new(id));
+        if let Some(name) = server.statements.touch(statement, self.segment) {
+            return Ok(name);
         }
         let id = self.prepare_on_server(statement.clone())?;
         let name = ServerStatementName::new(id);

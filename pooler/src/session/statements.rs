@@ -74,7 +74,11 @@ impl ServerStatementName {
 
     pub fn as_str(&self) -> &str {
         // Only ASCII was written.
-        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or(Self::PREFIX)
+        std::str::from_utf8(self.as_bytes()).unwrap_or(Self::PREFIX)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
     }
 }
 
@@ -164,6 +168,8 @@ impl ClientStatements {
 #[derive(Debug)]
 struct ServerEntry {
     id: u64,
+    /// `PGHA_<id>`, built once: a Bind writes it on every execution.
+    name: ServerStatementName,
     last_used: u64,
     /// Set while the Parse that prepares it is unanswered: the Sync segment it was sent in.
     unconfirmed_in: Option<u64>,
@@ -183,7 +189,7 @@ impl ServerStatements {
     /// The id under which the server has `statement`, marking it used. A statement whose Parse
     /// is unanswered counts only within the Sync `segment` it was sent in: if that Parse fails
     /// or is skipped, the server skips the rest of the segment too, but not later segments.
-    pub(crate) fn touch(&mut self, statement: &Statement, segment: u64) -> Option<u64> {
+    pub(crate) fn touch(&mut self, statement: &Statement, segment: u64) -> Option<ServerStatementName> {
         self.clock += 1;
         let clock = self.clock;
         let entry = self.by_definition.get_mut(statement)?;
@@ -191,7 +197,7 @@ impl ServerStatements {
             return None;
         }
         entry.last_used = clock;
-        Some(entry.id)
+        Some(entry.name)
     }
 
     /// Records that a Parse of `statement` is being sent in Sync `segment`; returns its new id.
@@ -201,7 +207,12 @@ impl ServerStatements {
         self.next_id += 1;
         self.clock += 1;
         let id = self.next_id;
-        let entry = ServerEntry { id, last_used: self.clock, unconfirmed_in: Some(segment) };
+        let entry = ServerEntry {
+            id,
+            name: ServerStatementName::new(id),
+            last_used: self.clock,
+            unconfirmed_in: Some(segment),
+        };
         self.by_definition.insert(statement, entry);
         id
     }
@@ -258,14 +269,14 @@ mod tests {
         let a = Arc::new(Statement::new(b"select 1\0\0\0"));
         let b = Statement::new(b"select 1\0\0\0");
         let id = server.insert(a, 0);
-        assert_eq!(server.touch(&b, 0), Some(id));
+        assert_eq!(server.touch(&b, 0), Some(ServerStatementName::new(id)));
         assert_eq!(server.touch(&Statement::new(b"select 2\0\0\0"), 0), None);
         // Same text, different parameter types: a different statement.
         assert_eq!(server.touch(&Statement::new(b"select $1\0\0\x01\0\0\0\x17"), 0), None);
         // Unconfirmed: not relied on from a later Sync segment; confirmed: from any.
         assert_eq!(server.touch(&b, 1), None);
         server.confirm(id);
-        assert_eq!(server.touch(&b, 1), Some(id));
+        assert_eq!(server.touch(&b, 1), Some(ServerStatementName::new(id)));
     }
 
     #[test]
