@@ -630,17 +630,15 @@ impl Relay {
                 self.cin.advance(n);
                 return Ok(());
             }
-            if let ([Action::ToServer(head), Action::Discard(skip), Action::Forward(n)], Some(server)) =
+            if let ([Action::BindHead(head), Action::Discard(skip), Action::Forward(n)], Some(server)) =
                 (io.actions.as_slice(), self.server.as_mut())
             {
-                // A Bind of a named statement: its rewritten head instead of the client's, then
-                // the rest as it came.
+                // A Bind of a named statement (and what follows it): its rewritten head instead
+                // of the client's, then the rest as it came.
                 let (skip, n) = (*skip, *n);
                 let rest = &self.cin[skip..skip + n];
-                server.stream.send_pair(head, rest).await.map_err(|_| server_gone(&self.pool))?;
+                server.stream.send_pair(head.as_bytes(), rest).await.map_err(|_| server_gone(&self.pool))?;
                 self.cin.advance(skip + n);
-                // Lets the session's scratch buffer take its bytes back.
-                io.actions.clear();
                 return Ok(());
             }
             let mut consumed = 0;
@@ -652,6 +650,7 @@ impl Relay {
                     }
                     Action::Discard(n) => consumed += n,
                     Action::ToServer(bytes) => out_buf(&mut io.sout).extend_from_slice(&bytes),
+                    Action::BindHead(head) => out_buf(&mut io.sout).extend_from_slice(head.as_bytes()),
                     Action::ToClient(bytes) => out_buf(&mut io.cout).extend_from_slice(&bytes),
                     Action::NeedServer => need_server = true,
                     Action::ReleaseServer(state) => release = Some(state),
@@ -741,6 +740,7 @@ impl Relay {
                 Action::Discard(n) => consumed += n,
                 Action::ToClient(bytes) => out_buf(&mut io.cout).extend_from_slice(&bytes),
                 Action::ToServer(bytes) => out_buf(&mut io.sout).extend_from_slice(&bytes),
+                Action::BindHead(head) => out_buf(&mut io.sout).extend_from_slice(head.as_bytes()),
                 Action::ReleaseServer(state) => release = Some(state),
                 Action::NeedServer | Action::ClientTerminated => {}
             }

@@ -106,6 +106,49 @@ pub fn write_bind_prefix(
     Ok(())
 }
 
+/// A rewritten Bind's type, length and names, held inline: the usual one (an unnamed portal and
+/// our statement name) takes a few dozen bytes, and a Bind per execution then allocates and
+/// shares no buffer.
+#[derive(Clone, Copy)]
+pub struct BindHead {
+    bytes: [u8; Self::CAPACITY],
+    len: u8,
+}
+
+impl BindHead {
+    const CAPACITY: usize = 46;
+
+    /// The head of `original`'s Bind with `statement` as its statement name, as
+    /// `write_bind_prefix` writes it; None if it does not fit inline (a long portal name).
+    pub fn new(original: Header, prefix: &BindPrefix<'_>, statement: &[u8]) -> Result<Option<Self>, EncodeError> {
+        let len = i64::from(original.len) - prefix.statement.len() as i64 + statement.len() as i64;
+        let len = i32::try_from(len).map_err(|_| EncodeError::TooLong)?;
+        let size = 1 + 4 + prefix.portal.len() + 1 + statement.len() + 1;
+        if size > Self::CAPACITY {
+            return Ok(None);
+        }
+        let mut bytes = [0u8; Self::CAPACITY];
+        bytes[0] = frontend::BIND;
+        bytes[1..5].copy_from_slice(&len.to_be_bytes());
+        let portal_end = 5 + prefix.portal.len();
+        bytes[5..portal_end].copy_from_slice(prefix.portal);
+        // bytes[portal_end] stays 0: the portal's NUL.
+        bytes[portal_end + 1..portal_end + 1 + statement.len()].copy_from_slice(statement);
+        // ... and the statement's, the last byte.
+        Ok(Some(BindHead { bytes, len: size as u8 }))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl std::fmt::Debug for BindHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("BindHead").field(&String::from_utf8_lossy(self.as_bytes())).finish()
+    }
+}
+
 /// What a Describe or Close names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetKind {
@@ -260,6 +303,31 @@ mod tests {
         .map_err(|_| ())
         .unwrap();
         assert_eq!(rewritten, expected);
+    }
+
+    proptest::proptest! {
+        /// The inline head is byte for byte what `write_bind_prefix` writes, when it fits.
+        #[test]
+        fn bind_head_is_the_written_prefix(
+            portal in proptest::collection::vec(1u8..=255, 0..40),
+            client in proptest::collection::vec(1u8..=255, 1..64),
+            server in proptest::collection::vec(1u8..=255, 1..30),
+            params in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let mut body = portal.clone();
+            body.push(0);
+            body.extend_from_slice(&client);
+            body.push(0);
+            body.extend_from_slice(&params);
+            let header = Header { tag: frontend::BIND, len: (4 + body.len()) as u32 };
+            let prefix = BindPrefix::parse(&body).unwrap();
+            let mut written = BytesMut::new();
+            write_bind_prefix(header, &prefix, &server, &mut written).unwrap();
+            match BindHead::new(header, &prefix, &server).unwrap() {
+                Some(head) => proptest::prop_assert_eq!(head.as_bytes(), &written[..]),
+                None => proptest::prop_assert!(written.len() > 46, "{} bytes fit inline", written.len()),
+            }
+        }
     }
 
     #[test]

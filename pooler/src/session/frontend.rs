@@ -6,8 +6,8 @@ use super::pending::{Reply, Request};
 use super::statements::{ServerStatementName, Statement};
 use super::{Action, PoolMode, Route, Session, SessionError, Step};
 use crate::protocol::extended::{
-    bind_params_offset, write_bind_prefix, write_close, write_describe, write_parse, BindPrefix, ParseMessage, Target,
-    TargetKind,
+    bind_params_offset, write_bind_prefix, write_close, write_describe, write_parse, BindHead, BindPrefix,
+    ParseMessage, Target, TargetKind,
 };
 use crate::protocol::message::{CLOSE_COMPLETE, PARSE_COMPLETE, READY_FOR_QUERY_IDLE};
 use crate::protocol::tag::frontend::*;
@@ -150,8 +150,15 @@ impl Session {
             return Ok(self.send_and_await(Request::Bind));
         }
         let name = self.ensure_prepared_by_client_name(prefix.statement)?;
-        write_bind_prefix(header, &prefix, name.as_bytes(), &mut self.scratch)?;
-        self.flush_scratch_to_server(out);
+        // The server has the statement (every execution but the first on a connection): the
+        // head alone, inline. Else it follows the Parse in the scratch buffer.
+        match BindHead::new(header, &prefix, name.as_bytes())? {
+            Some(head) if self.scratch.is_empty() => out.push(Action::BindHead(head)),
+            _ => {
+                write_bind_prefix(header, &prefix, name.as_bytes(), &mut self.scratch)?;
+                self.flush_scratch_to_server(out);
+            }
+        }
         self.prepared.bind = self.prepared.bind.saturating_add(1);
         self.pending.push(Request::Bind, Reply::Forward);
         Ok(Step::Replace { replaced: bind_params_offset(&prefix) })

@@ -109,6 +109,9 @@ pub enum Action {
     Discard(usize),
     /// Bytes the pooler wrote for the server.
     ToServer(Bytes),
+    /// The rewritten head of a Bind, for the server (the rest of the Bind follows as
+    /// `Discard` of the client's head and `Forward` of its parameters).
+    BindHead(crate::protocol::extended::BindHead),
     /// Bytes the pooler wrote for the client.
     ToClient(Bytes),
     /// The next client message needs a server connection: attach one and call again with the

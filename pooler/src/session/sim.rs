@@ -476,6 +476,9 @@ impl Harness {
     fn apply_common(&mut self, action: Action) {
         match action {
             Action::ToServer(bytes) => self.server.as_mut().expect("bytes for an attached server").receive(&bytes),
+            Action::BindHead(head) => {
+                self.server.as_mut().expect("bytes for an attached server").receive(head.as_bytes())
+            }
             Action::ToClient(bytes) => self.to_client.extend_from_slice(&bytes),
             Action::ReleaseServer(state) => self.release(state),
             Action::ClientTerminated => self.terminated = true,
