@@ -216,11 +216,23 @@ impl PgInstance {
         Ok(())
     }
 
-    /// kill -9 of the postmaster and all its children at once, like a node losing power.
+    /// kill -9 of the postmaster and all its children at once, like a node losing power; returns
+    /// once none of them is left. PostgreSQL's children leave the postmaster's process group
+    /// (each calls setsid), so the group's kill alone leaves them to notice the postmaster's
+    /// death in their own time, still attached to the shared memory a restart would then
+    /// refuse ("pre-existing shared memory block is still in use"). The postmaster is stopped
+    /// first, so that it forks no child between the look at its children and the kill.
     pub fn kill9(&mut self) {
-        if let Some(p) = self.process.as_mut() {
-            p.kill_group();
+        let Some(p) = self.process.as_mut() else { return };
+        let postmaster = p.pid().as_raw();
+        let _ = nix::sys::signal::kill(p.pid(), Signal::SIGSTOP);
+        crate::process::wait_until_stopped(postmaster, Duration::from_secs(5));
+        let children = crate::process::children_of(postmaster);
+        for &child in &children {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), Signal::SIGKILL);
         }
+        p.kill_group();
+        crate::process::wait_gone(&children, Duration::from_secs(10));
     }
 
     /// Freezes every process of the instance (a hung postmaster).

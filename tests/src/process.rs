@@ -199,6 +199,45 @@ pub fn live_processes_in_groups(pgids: &[i32]) -> Vec<(i32, String)> {
     found
 }
 
+/// The state letter of `pid` in /proc (R, S, T, Z, ...), None if it is gone.
+fn state_of(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
+}
+
+/// Waits (blocking, at most `timeout`) until `pid` is stopped by a signal, or gone.
+pub fn wait_until_stopped(pid: i32, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !matches!(state_of(pid), None | Some('T') | Some('Z') | Some('X')) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The processes whose parent is `pid`.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+        .filter(|&child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat")).ok().is_some_and(|stat| {
+                // After the command name: state, then the parent's pid.
+                stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok())
+                    == Some(pid)
+            })
+        })
+        .collect()
+}
+
+/// Waits (blocking, at most `timeout`) until none of `pids` is alive (gone or a zombie: a
+/// zombie holds no memory, shared or not).
+pub fn wait_gone(pids: &[i32], timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while pids.iter().any(|&pid| !matches!(state_of(pid), None | Some('Z') | Some('X'))) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 /// Waits up to `timeout` for every process of the given groups to be gone, else fails naming them.
 pub async fn assert_no_survivors(pgids: &[i32], timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;

@@ -63,7 +63,18 @@ async fn stopped_and_killed_instances_restart_and_a_frozen_one_stops_answering()
     pg.start().await.unwrap();
     pg.sql("create table k(v int); insert into k values (42)").await.unwrap();
 
+    let postmaster = pg.pgid().unwrap();
+    let children = harness::process::children_of(postmaster);
+    assert!(children.len() >= 4, "checkpointer, writers, launcher: {children:?}");
     pg.kill9();
+    // Its children too (they leave the postmaster's process group): none is left attached to
+    // the shared memory the restart below creates again.
+    let alive: Vec<i32> = children
+        .iter()
+        .copied()
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z ")))
+        .collect();
+    assert!(alive.is_empty(), "children of the killed postmaster still running: {alive:?}");
     assert!(pg.connect().await.is_err(), "a killed instance must refuse connections");
     pg.start().await.unwrap(); // crash recovery
     assert_eq!(pg.sql_value("select v from k").await.unwrap().as_deref(), Some("42"));
