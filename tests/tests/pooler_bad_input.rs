@@ -149,6 +149,9 @@ async fn a_client_stalled_in_half_a_message_holds_only_its_own_server_which_is_c
 /// half a StartupMessage after its SSLRequest was answered, or no answer to the SCRAM request)
 /// is closed once the timeout has passed, with PgBouncer's FATAL once TLS negotiation is
 /// behind it, and counted on /metrics; a client that logs in meanwhile and stays is not touched.
+/// The silent client reaches the pooler about a second after it connects (tcp_defer_accept =
+/// 1, the default: the kernel hands a connection over with its first bytes, or when it
+/// resends its SYN-ACK after that long), and its timeout counts from there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_stall_in_their_login_are_closed_after_client_login_timeout() {
     let mut pg = PgInstance::init("login-timeout", PgOptions::default()).await.unwrap();
