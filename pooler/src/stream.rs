@@ -150,19 +150,18 @@ impl Stream {
     }
 
     /// After a client's Terminate: if its FIN has come in too (it closed, or shut down its
-    /// writing side), the socket is set to close with a reset (SO_LINGER 0) and true is
-    /// returned. A client that still has its side open is left to the FIN handshake: it may
+    /// writing side), the socket is set to close with a reset (SO_LINGER 0). A client that still has its side open is left to the FIN handshake: it may
     /// be waiting for the pooler to close first. Looks at the readiness the runtime already
     /// holds; no system call unless the reset is set.
-    pub fn reset_on_close_if_peer_closed(&self) -> bool {
-        let Stream::Tcp(s) = self else { return false };
+    pub fn reset_on_close_if_peer_closed(&self) {
+        let Stream::Tcp(s) = self else { return };
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let ready = std::pin::pin!(s.ready(tokio::io::Interest::READABLE));
-        match std::future::Future::poll(ready, &mut cx) {
-            Poll::Ready(Ok(r)) if r.is_read_closed() => {
-                socket2::SockRef::from(s).set_linger(Some(std::time::Duration::ZERO)).is_ok()
+        if let Poll::Ready(Ok(r)) = std::future::Future::poll(ready, &mut cx) {
+            if r.is_read_closed() {
+                // If it cannot be set, the close is the usual FIN handshake.
+                let _ = socket2::SockRef::from(s).set_linger(Some(std::time::Duration::ZERO));
             }
-            _ => false,
         }
     }
 
@@ -283,11 +282,11 @@ fn send_pair_now(fd: RawFd, first: &[u8], second: &[u8]) -> io::Result<usize> {
     message.msg_iov = parts.as_mut_ptr();
     message.msg_iovlen = parts.len() as _;
     loop {
+        // Straight to the system call, as `send_now`: libc's wrapper adds cancellation
+        // bookkeeping on every call.
         // SAFETY: the two iovecs point at `first` and `second`, valid for reads of their
         // lengths during the call, and the kernel only reads them and `message`; `fd` is the
         // open socket of the stream that called us.
-        // Straight to the system call, as `send_now`: libc's wrapper adds cancellation
-        // bookkeeping on every call.
         let sent = unsafe { libc::syscall(libc::SYS_sendmsg, fd, &message as *const libc::msghdr, libc::MSG_NOSIGNAL) };
         if sent >= 0 {
             return Ok(sent as usize);

@@ -118,6 +118,25 @@ pub fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
     packet
 }
 
+/// Logs in as `postgres` to database `postgres` over plain TCP with a raw StartupMessage (a
+/// trusting pooler) and reads up to the first ReadyForQuery, within 5 s: a socket for tests
+/// that then speak the protocol themselves.
+pub async fn raw_login(port: u16) -> anyhow::Result<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(&startup_packet(&[("user", "postgres"), ("database", "postgres")])).await?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(6).any(|w| w == b"Z\0\0\0\x05I") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .context("no ReadyForQuery within 5 s")??;
+        anyhow::ensure!(n > 0, "closed during login: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    Ok(s)
+}
+
 /// `GET <path>` on `addr` over plain HTTP/1.1 (for /metrics); the body, bounded by 5 s.
 pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

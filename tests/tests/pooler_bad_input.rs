@@ -50,19 +50,6 @@ async fn answer(stream: &mut TcpStream) -> (bool, Vec<u8>) {
     (got.contains(&b'E'), got)
 }
 
-async fn logged_in(port: u16) -> TcpStream {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    s.write_all(&startup(&[("user", "postgres"), ("database", "postgres")])).await.unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !got.windows(6).any(|w| w == b"Z\0\0\0\x05I") {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
-        assert!(n > 0, "closed during login");
-        got.extend_from_slice(&buf[..n]);
-    }
-    s
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_kinds_of_malformed_input_are_refused_while_others_keep_working() {
     let mut pg = PgInstance::init("bad-input", PgOptions::default()).await.unwrap();
@@ -108,7 +95,7 @@ async fn twenty_kinds_of_malformed_input_are_refused_while_others_keep_working()
         ("Close with a bad kind", message(b'C', b"Zname\0")),
     ];
     for (what, bytes) in after_login {
-        let mut s = logged_in(port).await;
+        let mut s = harness::pooler::raw_login(port).await.unwrap();
         let _ = s.write_all(&bytes).await;
         let (error, got) = answer(&mut s).await;
         assert!(error, "{what}: expected an ErrorResponse, got {got:?}");
@@ -123,7 +110,7 @@ async fn a_client_stalled_in_half_a_message_holds_only_its_own_server_which_is_c
     pg.start().await.unwrap();
     let settings = "pool_mode = \"transaction\"\ndefault_pool_size = 2";
     let pooler = PoolerProcess::start(&pg, settings).await.unwrap();
-    let mut stalled = logged_in(pooler.port()).await;
+    let mut stalled = harness::pooler::raw_login(pooler.port()).await.unwrap();
     // A Query announcing 100 bytes of which only 10 arrive.
     let mut half = raw(b'Q', 104, b"select 1 ");
     half.truncate(5 + 10);

@@ -209,21 +209,6 @@ async fn the_unix_socket_gets_unix_socket_mode_and_group() {
     assert!(log.contains("unix_socket_group") && log.contains("no group named"), "{log}");
 }
 
-/// Logs in over plain TCP with a raw StartupMessage and reads up to ReadyForQuery.
-async fn raw_login(port: u16) -> tokio::net::TcpStream {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    s.write_all(&harness::pooler::startup_packet(&[("user", "postgres"), ("database", "postgres")])).await.unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !got.windows(6).any(|w| w == b"Z\0\0\0\x05I") {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
-        assert!(n > 0, "closed during login");
-        got.extend_from_slice(&buf[..n]);
-    }
-    s
-}
-
 /// How the pooler ended a connection after `client` said Terminate: "reset" (RST), "fin"
 /// (end of stream) or what it sent. With `and_close`, the Terminate and the client's FIN go
 /// out in one segment (corked), so the pooler sees both in one wake, as it does from libpq.
@@ -257,9 +242,9 @@ async fn a_client_that_terminates_and_closes_is_reset_and_one_that_stays_gets_a_
     for (setting, closed_client_gets) in [("", "reset"), ("client_close_reset = false", "fin")] {
         let pooler = PoolerProcess::start(&pg, &format!("pool_mode = \"transaction\"\n{setting}")).await.unwrap();
         for _ in 0..3 {
-            let ending = ending_after_terminate(raw_login(pooler.port()).await, true).await;
+            let ending = ending_after_terminate(harness::pooler::raw_login(pooler.port()).await.unwrap(), true).await;
             assert_eq!(ending, closed_client_gets, "Terminate and FIN, with {setting:?}");
-            let ending = ending_after_terminate(raw_login(pooler.port()).await, false).await;
+            let ending = ending_after_terminate(harness::pooler::raw_login(pooler.port()).await.unwrap(), false).await;
             assert_eq!(ending, "fin", "Terminate alone, with {setting:?}");
         }
         let dsn = format!("{} password={}", pooler.dsn("postgres"), pg.password());

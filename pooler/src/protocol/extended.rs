@@ -93,17 +93,32 @@ pub fn write_bind_prefix(
     statement: &[u8],
     buf: &mut BytesMut,
 ) -> Result<(), EncodeError> {
+    let len = bind_len(original, prefix, statement)?;
+    // One reservation for the whole prefix; the puts then only copy.
+    buf.reserve(bind_head_size(prefix, statement));
+    put_bind_head(len, prefix, statement, buf);
+    Ok(())
+}
+
+/// The length field of `original`'s Bind once its statement name is `statement`.
+fn bind_len(original: Header, prefix: &BindPrefix<'_>, statement: &[u8]) -> Result<i32, EncodeError> {
     let len = i64::from(original.len) - prefix.statement.len() as i64 + statement.len() as i64;
-    let len = i32::try_from(len).map_err(|_| EncodeError::TooLong)?;
-    // One reservation for the whole prefix; the puts below then only copy.
-    buf.reserve(1 + 4 + prefix.portal.len() + 1 + statement.len() + 1);
+    i32::try_from(len).map_err(|_| EncodeError::TooLong)
+}
+
+/// Bytes of a Bind's type, length and names.
+fn bind_head_size(prefix: &BindPrefix<'_>, statement: &[u8]) -> usize {
+    1 + 4 + prefix.portal.len() + 1 + statement.len() + 1
+}
+
+#[inline(always)]
+fn put_bind_head(len: i32, prefix: &BindPrefix<'_>, statement: &[u8], buf: &mut impl BufMut) {
     buf.put_u8(frontend::BIND);
     buf.put_i32(len);
     buf.put_slice(prefix.portal);
     buf.put_u8(0);
     buf.put_slice(statement);
     buf.put_u8(0);
-    Ok(())
 }
 
 /// A rewritten Bind's type, length and names, held inline: the usual one (an unnamed portal and
@@ -120,21 +135,15 @@ impl BindHead {
 
     /// The head of `original`'s Bind with `statement` as its statement name, as
     /// `write_bind_prefix` writes it; None if it does not fit inline (a long portal name).
+    #[inline]
     pub fn new(original: Header, prefix: &BindPrefix<'_>, statement: &[u8]) -> Result<Option<Self>, EncodeError> {
-        let len = i64::from(original.len) - prefix.statement.len() as i64 + statement.len() as i64;
-        let len = i32::try_from(len).map_err(|_| EncodeError::TooLong)?;
-        let size = 1 + 4 + prefix.portal.len() + 1 + statement.len() + 1;
+        let len = bind_len(original, prefix, statement)?;
+        let size = bind_head_size(prefix, statement);
         if size > Self::CAPACITY {
             return Ok(None);
         }
         let mut bytes = [0u8; Self::CAPACITY];
-        bytes[0] = frontend::BIND;
-        bytes[1..5].copy_from_slice(&len.to_be_bytes());
-        let portal_end = 5 + prefix.portal.len();
-        bytes[5..portal_end].copy_from_slice(prefix.portal);
-        // bytes[portal_end] stays 0: the portal's NUL.
-        bytes[portal_end + 1..portal_end + 1 + statement.len()].copy_from_slice(statement);
-        // ... and the statement's, the last byte.
+        put_bind_head(len, prefix, statement, &mut &mut bytes[..]);
         Ok(Some(BindHead { bytes, len: size as u8 }))
     }
 

@@ -149,12 +149,13 @@ impl Session {
         if prefix.statement.is_empty() {
             return Ok(self.send_and_await(Request::Bind));
         }
-        let name = self.ensure_prepared_by_client_name(prefix.statement)?;
+        let name = self.ensure_prepared(prefix.statement)?;
         // The server has the statement (every execution but the first on a connection): the
         // head alone, inline. Else it follows the Parse in the scratch buffer.
-        match BindHead::new(header, &prefix, name.as_bytes())? {
-            Some(head) if self.scratch.is_empty() => out.push(Action::BindHead(head)),
-            _ => {
+        let inline = if self.scratch.is_empty() { BindHead::new(header, &prefix, name.as_bytes())? } else { None };
+        match inline {
+            Some(head) => out.push(Action::BindHead(head)),
+            None => {
                 write_bind_prefix(header, &prefix, name.as_bytes(), &mut self.scratch)?;
                 self.flush_scratch_to_server(out);
             }
@@ -169,8 +170,7 @@ impl Session {
         if target.kind == TargetKind::Portal || target.name.is_empty() {
             return Ok(self.send_and_await(Request::Describe));
         }
-        let statement = self.client_statement(target.name)?;
-        let name = self.ensure_prepared(&statement)?;
+        let name = self.ensure_prepared(target.name)?;
         write_describe(TargetKind::Statement, name.as_str(), &mut self.scratch)?;
         self.flush_scratch_to_server(out);
         self.pending.push(Request::Describe, Reply::Forward);
@@ -190,39 +190,24 @@ impl Session {
         Ok(Step::Route(Route::Discard))
     }
 
-    fn client_statement(&self, name: &[u8]) -> Result<Arc<Statement>, SessionError> {
-        self.statements
-            .get(name)
-            .cloned()
-            .ok_or_else(|| SessionError::UnknownStatement { name: String::from_utf8_lossy(name).into_owned() })
-    }
-
-    /// The server-side name of the client's statement `name`, as `ensure_prepared`; when the
-    /// server has it (every execution but the first on a connection) without taking a
-    /// reference to the statement.
-    fn ensure_prepared_by_client_name(&mut self, name: &[u8]) -> Result<ServerStatementName, SessionError> {
-        let known = self.statements.get(name);
-        if let (Some(statement), Some(server)) = (known, self.server.as_mut()) {
-            if let Some(server_name) = server.statements.touch(statement, self.segment) {
-                return Ok(server_name);
-            }
-        }
-        let statement = self.client_statement(name)?;
-        self.ensure_prepared(&statement)
-    }
-
-    /// The server-side name of `statement`, queueing a Parse first if the attached server
-    /// does not have it (its completion is swallowed: the client did not ask for it).
-    fn ensure_prepared(&mut self, statement: &Arc<Statement>) -> Result<ServerStatementName, SessionError> {
+    /// The server-side name of the client's statement `name`, queueing a Parse first if the
+    /// attached server does not have it (its completion is swallowed: the client did not ask
+    /// for it). When the server has it (every execution but the first on a connection) no
+    /// reference to the statement is taken.
+    fn ensure_prepared(&mut self, name: &[u8]) -> Result<ServerStatementName, SessionError> {
+        let Some(statement) = self.statements.get(name) else {
+            return Err(SessionError::UnknownStatement { name: String::from_utf8_lossy(name).into_owned() });
+        };
         let server = self.server.as_mut().ok_or(SessionError::NoServer)?;
-        if let Some(name) = server.statements.touch(statement, self.segment) {
-            return Ok(name);
+        if let Some(server_name) = server.statements.touch(statement, self.segment) {
+            return Ok(server_name);
         }
+        let statement = statement.clone();
         let id = self.prepare_on_server(statement.clone())?;
-        let name = ServerStatementName::new(id);
-        write_parse(name.as_str(), statement.definition(), &mut self.scratch)?;
+        let server_name = ServerStatementName::new(id);
+        write_parse(server_name.as_str(), statement.definition(), &mut self.scratch)?;
         self.pending.push(Request::Parse { server_id: Some(id), binding: None }, Reply::Swallow);
-        Ok(name)
+        Ok(server_name)
     }
 
     /// Registers `statement` on the attached server, first closing the least recently used
