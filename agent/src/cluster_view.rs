@@ -117,7 +117,7 @@ pub struct ReplicaProgress {
 #[allow(clippy::too_many_arguments)]
 pub fn member_value(
     conn_addr: &str,
-    api_addr: &str,
+    api_base: &str,
     state: &str,
     role: &str,
     position: Option<Lsn>,
@@ -131,7 +131,7 @@ pub fn member_value(
         replay_lsn: replica.map(|r| r.replay_lsn.0),
         replication_state: replica.filter(|r| r.streaming).map(|_| "streaming".to_string()),
         conn_url: Some(format!("postgres://{conn_addr}/postgres")),
-        api_url: Some(format!("http://{api_addr}/patroni")),
+        api_url: Some(format!("{api_base}/patroni")),
         state: Some(state.to_string()),
         role: Some(MemberRole::from(role.to_string())),
         version: Some(concat!("pgha ", env!("CARGO_PKG_VERSION")).to_string()),
@@ -228,7 +228,7 @@ mod tests {
         let tags = crate::config::TagsConfig { nofailover: true, ..Default::default() };
         let value = member_value(
             "127.0.0.1:5433",
-            "127.0.0.1:8009",
+            "https://127.0.0.1:8009",
             "running",
             "replica",
             Some(Lsn(77)),
@@ -240,8 +240,18 @@ mod tests {
         let member: MemberValue = serde_json::from_slice(&value).unwrap();
         assert_eq!((member.receive_lsn, member.replay_lsn), (Some(80), Some(77)));
         assert_eq!(member.replication_state.as_deref(), Some("streaming"));
-        let primary =
-            member_value("127.0.0.1:5432", "127.0.0.1:8008", "running", "primary", None, None, false, &tags, None);
+        assert_eq!(member.api_url.as_deref(), Some("https://127.0.0.1:8009/patroni"));
+        let primary = member_value(
+            "127.0.0.1:5432",
+            "http://127.0.0.1:8008",
+            "running",
+            "primary",
+            None,
+            None,
+            false,
+            &tags,
+            None,
+        );
         let primary: MemberValue = serde_json::from_slice(&primary).unwrap();
         assert_eq!((primary.receive_lsn, primary.replay_lsn, primary.replication_state), (None, None, None));
         let snap = ClusterSnapshot { revision: 1, keys: vec![kv("members/n2", std::str::from_utf8(&value).unwrap())] };

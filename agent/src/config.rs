@@ -162,11 +162,90 @@ pub struct ApiConfig {
     pub username: Option<String>,
     #[serde(default)]
     pub password: Option<String>,
+    /// HTTPS: the certificate chain (PEM) the API presents (Patroni's `restapi.certfile`). With
+    /// `keyfile`, the API speaks HTTPS only.
+    #[serde(default)]
+    pub certfile: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[serde(default)]
+    pub keyfile: Option<PathBuf>,
+    /// CA (PEM) that client certificates must chain to (Patroni's `restapi.cafile`).
+    #[serde(default)]
+    pub cafile: Option<PathBuf>,
+    /// Client certificates: `none`, `optional` (asked for; the endpoints that change things
+    /// need one), `required` (no connection without one). Patroni's `restapi.verify_client`.
+    #[serde(default)]
+    pub verify_client: VerifyClient,
+}
+
+/// Which API clients must show a certificate signed by `api.cafile`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyClient {
+    #[default]
+    None,
+    /// Asked for at every connection; POST, PUT, PATCH and DELETE are refused without one.
+    Optional,
+    /// The TLS handshake fails without one.
+    Required,
+}
+
+impl ApiConfig {
+    /// True when the API serves HTTPS.
+    pub fn tls(&self) -> bool {
+        self.certfile.is_some()
+    }
+
+    /// `http://` or `https://` and the listen address: the base of the member's `api_url`.
+    pub fn base_url(&self) -> String {
+        let scheme = if self.tls() { "https" } else { "http" };
+        format!("{scheme}://{}", self.listen)
+    }
+
+    fn validate(&self) -> Result<(), Invalid> {
+        match (&self.certfile, &self.keyfile) {
+            (Some(_), None) => return Err(Invalid::missing("api.keyfile", "api.certfile is set: set the key too")),
+            (None, Some(_)) => {
+                return Err(Invalid::missing("api.certfile", "api.keyfile is set: set the certificate too"))
+            }
+            _ => {}
+        }
+        if self.verify_client != VerifyClient::None {
+            if !self.tls() {
+                return Err(Invalid::missing(
+                    "api.certfile",
+                    "api.verify_client needs HTTPS: set api.certfile and api.keyfile",
+                ));
+            }
+            if self.cafile.is_none() {
+                return Err(Invalid::missing(
+                    "api.cafile",
+                    "api.verify_client needs the CA that client certificates chain to",
+                ));
+            }
+        }
+        if self.cafile.is_some() && self.verify_client == VerifyClient::None {
+            return Err(Invalid::new(
+                "api.verify_client",
+                "none",
+                "api.cafile is set: expected optional or required (or remove api.cafile)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: default_api_listen(), username: None, password: None }
+        ApiConfig {
+            listen: default_api_listen(),
+            username: None,
+            password: None,
+            certfile: None,
+            keyfile: None,
+            cafile: None,
+            verify_client: VerifyClient::None,
+        }
     }
 }
 
@@ -296,6 +375,7 @@ impl Validate for AgentConfig {
                 ));
             }
         }
+        self.api.validate()?;
         let ha = self.ha.to_ha_config();
         for (key, v) in
             [("ha.ttl", self.ha.ttl), ("ha.loop_wait", self.ha.loop_wait), ("ha.retry_timeout", self.ha.retry_timeout)]
@@ -424,6 +504,44 @@ secret = "0123456789abcdef0123"
         let e = err(&GOOD.replace("0123456789abcdef0123", "short"));
         assert!(e.starts_with("agent.toml: dcs.raft.secret = <redacted>: the secret is 5 bytes long"), "{e}");
         assert!(!e.contains("short"));
+    }
+
+    #[test]
+    fn api_tls_settings_come_as_a_whole() {
+        let api = |lines: &str| format!("{GOOD}[api]\n{lines}");
+        let c: AgentConfig =
+            parse(Path::new("agent.toml"), &api("certfile = \"/c.pem\"\nkeyfile = \"/k.pem\"\n")).unwrap();
+        assert_eq!(c.api.base_url(), "https://127.0.0.1:8008");
+        assert_eq!(c.api.verify_client, VerifyClient::None);
+        let c: AgentConfig = parse(Path::new("agent.toml"), GOOD).unwrap();
+        assert_eq!(c.api.base_url(), "http://127.0.0.1:8008");
+        assert_eq!(
+            err(&api("certfile = \"/c.pem\"\n")),
+            "agent.toml: api.keyfile: api.certfile is set: set the key too"
+        );
+        assert_eq!(
+            err(&api("keyfile = \"/k.pem\"\n")),
+            "agent.toml: api.certfile: api.keyfile is set: set the certificate too"
+        );
+        assert_eq!(
+            err(&api("verify_client = \"required\"\ncafile = \"/ca.pem\"\n")),
+            "agent.toml: api.certfile: api.verify_client needs HTTPS: set api.certfile and api.keyfile"
+        );
+        let tls = "certfile = \"/c.pem\"\nkeyfile = \"/k.pem\"\n";
+        assert_eq!(
+            err(&api(&format!("{tls}verify_client = \"optional\"\n"))),
+            "agent.toml: api.cafile: api.verify_client needs the CA that client certificates chain to"
+        );
+        assert_eq!(
+            err(&api(&format!("{tls}cafile = \"/ca.pem\"\n"))),
+            "agent.toml: api.verify_client = none: api.cafile is set: expected optional or required (or remove api.cafile)"
+        );
+        assert!(err(&api(&format!("{tls}verify_client = \"sometimes\"\n")))
+            .contains("expected one of none, optional, required"));
+        let c: AgentConfig =
+            parse(Path::new("agent.toml"), &api(&format!("{tls}cafile = \"/ca.pem\"\nverify_client = \"required\"\n")))
+                .unwrap();
+        assert_eq!(c.api.verify_client, VerifyClient::Required);
     }
 
     #[test]

@@ -96,9 +96,13 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
         (Some(u), Some(p)) => Some(BasicAuth::new(u.clone(), p.clone())),
         _ => None,
     };
-    let api_state = ApiState::new(status_rx, dcs.clone(), commands_tx).with_auth(auth).with_raft(raft_admin);
+    let tls = crate::api::ApiTls::from_config(&config.api).map_err(setup("REST API TLS"))?;
+    let api_state = ApiState::new(status_rx, dcs.clone(), commands_tx)
+        .with_auth(auth)
+        .with_raft(raft_admin)
+        .with_client_certificates_for_changes(config.api.verify_client == crate::config::VerifyClient::Optional);
     let (api_stop_tx, api_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let api = tokio::spawn(crate::api::serve(listener, api_state, async move {
+    let api = tokio::spawn(crate::api::serve(listener, tls, api_state, async move {
         let _ = api_stop_rx.await;
     }));
     tracing::info!(member = %config.name, scope = %config.scope, "agent starting");

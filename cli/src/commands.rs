@@ -77,6 +77,16 @@ pub struct CtlArgs {
     /// Password for the REST API's changing endpoints.
     #[arg(long, env = "PGHA_API_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
+    /// HTTPS: the CA (PEM) that signed the agents' API certificates (their api.certfile); the
+    /// system's CAs when omitted.
+    #[arg(long, env = "PGHA_API_CACERT")]
+    pub cacert: Option<PathBuf>,
+    /// HTTPS: client certificate (PEM) for agents with api.verify_client set; needs --key.
+    #[arg(long, env = "PGHA_API_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "PGHA_API_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
     #[command(subcommand)]
     pub verb: CtlVerb,
 }

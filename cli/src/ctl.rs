@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let api = Api::new(&args.api, args.username.clone(), args.password.clone())?;
+        let api = Api::new(&args)?;
         match args.verb {
             CtlVerb::List => list(&api).await,
             CtlVerb::Switchover { candidate, scheduled } => switchover(&api, candidate, scheduled).await,
@@ -69,13 +69,34 @@ struct Api {
 }
 
 impl Api {
-    fn new(base: &str, username: Option<String>, password: Option<String>) -> anyhow::Result<Api> {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .context("building the HTTP client")?;
-        Ok(Api { base: base.trim_end_matches('/').to_string(), client, username, password })
+    fn new(args: &CtlArgs) -> anyhow::Result<Api> {
+        let mut builder =
+            reqwest::Client::builder().timeout(Duration::from_secs(60)).connect_timeout(Duration::from_secs(5));
+        if let Some(path) = &args.cacert {
+            let pem = std::fs::read(path).with_context(|| format!("--cacert: cannot read {}", path.display()))?;
+            let cas = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("--cacert: {} is not a PEM certificate bundle", path.display()))?;
+            if cas.is_empty() {
+                bail!("--cacert: {} holds no certificate in PEM form", path.display());
+            }
+            builder = builder.tls_certs_only(cas);
+        }
+        if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+            let mut pem = std::fs::read(cert).with_context(|| format!("--cert: cannot read {}", cert.display()))?;
+            pem.push(b'\n');
+            pem.extend(std::fs::read(key).with_context(|| format!("--key: cannot read {}", key.display()))?);
+            let identity = reqwest::Identity::from_pem(&pem).with_context(|| {
+                format!("--cert/--key: {} and {} are not a PEM certificate and its key", cert.display(), key.display())
+            })?;
+            builder = builder.identity(identity);
+        }
+        let client = builder.build().context("building the HTTP client")?;
+        Ok(Api {
+            base: args.api.trim_end_matches('/').to_string(),
+            client,
+            username: args.username.clone(),
+            password: args.password.clone(),
+        })
     }
 
     fn url(&self, path: &str) -> String {
@@ -97,9 +118,7 @@ impl Api {
         if let Some(body) = body {
             request = request.header("content-type", "application/json").body(body.to_string());
         }
-        let response = request.send().await.with_context(|| {
-            format!("cannot reach the agent's REST API at {url}: is the agent running? (--api or PGHA_API)")
-        })?;
+        let response = request.send().await.map_err(|e| unreachable(url, &e))?;
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
         match status {
@@ -111,6 +130,29 @@ impl Api {
             _ => bail!("{method} {url}: {status}: {}", text.trim()),
         }
     }
+}
+
+/// Why a request got no answer, with what to check: TLS problems are named as such.
+fn unreachable(url: &str, e: &reqwest::Error) -> anyhow::Error {
+    let mut chain = format!("{e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        chain.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    let lower = chain.to_lowercase();
+    let hint = if lower.contains("certificate") || lower.contains("unknownissuer") {
+        "the agent's HTTPS certificate is not trusted: pass its CA with --cacert (PGHA_API_CACERT)"
+    } else if lower.contains("handshake") || lower.contains("alert") {
+        "the TLS handshake failed: if the agents set api.verify_client, pass --cert and --key"
+    } else if url.starts_with("http://")
+        && ["invalid http version", "connection closed", "reset"].iter().any(|s| lower.contains(s))
+    {
+        "the agent closed the connection: if it serves HTTPS (api.certfile), use an https:// URL"
+    } else {
+        "is the agent running? (--api or PGHA_API)"
+    };
+    anyhow::anyhow!("cannot reach the agent's REST API at {url}: {hint} ({chain})")
 }
 
 fn members(cluster: &Value) -> Vec<&Map<String, Value>> {

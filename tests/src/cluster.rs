@@ -123,6 +123,11 @@ impl Node {
         self.config = self.config.replacen("[api]\n", &format!("{line}\n[api]\n"), 1);
     }
 
+    /// Adds `line` (TOML) to the `[api]` section of the agent's config, for its next start.
+    pub fn add_api_setting(&mut self, line: &str) {
+        self.config = self.config.replacen("[api]\n", &format!("[api]\n{line}\n"), 1);
+    }
+
     /// Starts the agent again on the same data directory and config.
     pub fn start_agent(&mut self) -> anyhow::Result<()> {
         self.agent = Some(PghaProcess::start(&self.name, &["agent"], &self.config)?);
@@ -205,7 +210,14 @@ impl PghaCluster {
         Ok(cluster)
     }
 
-    fn start_all(&mut self) -> anyhow::Result<()> {
+    /// Like `start_on_etcd`, with the agents not started yet: change their configs, then
+    /// [`PghaCluster::start_all`].
+    pub async fn prepare_on_etcd(size: usize, timing: Timing) -> anyhow::Result<PghaCluster> {
+        Self::start_agents(size, timing, false, "").await
+    }
+
+    /// Starts every node's agent.
+    pub fn start_all(&mut self) -> anyhow::Result<()> {
         for n in &mut self.nodes {
             n.start_agent()?;
         }

@@ -1,7 +1,8 @@
 //! `pgha ctl` against real clusters of real agents: list, pause/resume, show/edit-config,
 //! switchover, failover, restart and reinit on etcd; on the built-in Raft, a fourth node joins
 //! the group as a voter (`dcs.raft.join`), streams as a replica, shows in `list` and
-//! `raft-status`, and is taken out again with `raft-remove`.
+//! `raft-status`, and is taken out again with `raft-remove`. Over HTTPS, ctl trusts the agents'
+//! CA and shows its client certificate where the agents ask for one.
 
 use harness::agent_checks::{another_primary, healthy, streams_again};
 use harness::cluster::{http, PghaCluster, Timing};
@@ -112,7 +113,7 @@ async fn ctl_operates_a_cluster() {
     let (ok, text) = ctl(api, &["raft-status"]).await;
     assert!(!ok && text.contains("etcd"), "{text}");
     let (ok, text) = ctl(1, &["list"]).await;
-    assert!(!ok && text.contains("cannot reach the agent's REST API"), "{text}");
+    assert!(!ok && text.contains("if it serves HTTPS (api.certfile), use an https:// URL"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,4 +146,91 @@ async fn a_node_joins_the_raft_group_and_is_removed_with_ctl() {
     // The last voters cannot all go: removing down to none is refused by the group.
     let (ok, text) = ctl(api, &["raft-remove", "nosuch"]).await;
     assert!(!ok, "removing an unknown member succeeded: {text}");
+}
+
+/// A CA, the agent's API certificate for 127.0.0.1 and a client certificate, signed by the CA,
+/// written to `dir`: (ca, api cert, api key, client cert, client key).
+fn api_pki(dir: &std::path::Path) -> [std::path::PathBuf; 5] {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "pgha test API CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let signed = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(names).unwrap();
+        params.extended_key_usages = vec![usage];
+        (params.signed_by(&key, &ca_cert, &ca_key).unwrap().pem(), key.serialize_pem())
+    };
+    let (api_cert, api_key) = signed(vec!["127.0.0.1".into()], ExtendedKeyUsagePurpose::ServerAuth);
+    let (client_cert, client_key) = signed(vec!["dba".into()], ExtendedKeyUsagePurpose::ClientAuth);
+    let files = ["ca.crt", "api.crt", "api.key", "dba.crt", "dba.key"].map(|f| dir.join(f));
+    for (path, pem) in files.iter().zip([ca_cert.pem(), api_cert, api_key, client_cert, client_key]) {
+        std::fs::write(path, pem).unwrap();
+    }
+    // The agent runs as the PostgreSQL user and reads its certificate and key.
+    for path in &files {
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    }
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    files
+}
+
+/// An agent serving its API over HTTPS with `verify_client = optional` and credentials: `ctl
+/// list` works with `--cacert` and is refused without it (or over plain HTTP) with a message that
+/// says what to pass; `ctl restart` needs the client certificate as well as the credentials,
+/// and reaches the member through the `https://` api_url it publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_reaches_agents_over_https_with_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let [ca, api_cert, api_key, cert, key] = api_pki(dir.path());
+    let mut cluster = PghaCluster::prepare_on_etcd(1, Timing::default()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    cluster.nodes[0].add_api_setting(&format!(
+        "certfile = \"{}\"\nkeyfile = \"{}\"\ncafile = \"{}\"\nverify_client = \"optional\"\n\
+         username = \"admin\"\npassword = \"s3cret\"",
+        api_cert.display(),
+        api_key.display(),
+        ca.display()
+    ));
+    cluster.start_all().unwrap();
+    healthy(&cluster).await;
+    let node = cluster.nodes[0].name.clone();
+    let https = format!("https://127.0.0.1:{}", cluster.nodes[0].api_port);
+    let run = |args: Vec<String>| async move {
+        let mut all = vec!["ctl".to_string()];
+        all.extend(args);
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let out = run_pgha(&all, Duration::from_secs(120)).await.unwrap();
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut v = vec!["--api".to_string(), https.clone(), "--cacert".into(), ca.display().to_string()];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+
+    let (ok, list) = run(args(&["list"])).await;
+    assert!(ok, "{list}\n{}", cluster.logs());
+    assert_eq!(row(&list, &node)[2], "Leader", "{list}");
+
+    let (ok, text) = run(vec!["--api".into(), https.clone(), "list".into()]).await;
+    assert!(!ok && text.contains("pass its CA with --cacert"), "{text}");
+    let (ok, text) = run(vec!["--api".into(), https.replace("https://", "http://"), "list".into()]).await;
+    assert!(!ok && text.contains("if it serves HTTPS (api.certfile), use an https:// URL"), "{text}");
+
+    let credentials = ["--username", "admin", "--password", "s3cret"];
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let certificate = ["--cert", cert.as_str(), "--key", key.as_str()];
+    let restart = ["restart", node.as_str()];
+    let (ok, text) = run(args(&[&credentials[..], &restart].concat())).await;
+    assert!(!ok && text.contains("403") && text.contains("--cert and --key"), "{text}");
+    let (ok, text) = run(args(&[&certificate[..], &restart].concat())).await;
+    assert!(!ok && text.contains("wants credentials"), "a restart without credentials: {text}");
+    // Through the api_url the member publishes: an http:// one would get no answer.
+    let (ok, text) = run(args(&[&credentials[..], &certificate, &restart].concat())).await;
+    assert!(ok && text.contains(&format!("{node}: running again")), "{text}\n{}", cluster.logs());
 }

@@ -1,9 +1,10 @@
 //! HTTP Basic authentication for the endpoints that change things (POST, PUT, PATCH, DELETE), as
 //! Patroni's `restapi.authentication`. Credentials are compared in constant time and never logged;
-//! reads (GET, HEAD, OPTIONS) stay open for load balancers and monitoring.
+//! reads (GET, HEAD, OPTIONS) stay open for load balancers and monitoring. With
+//! `api.verify_client = optional` those endpoints also need a client certificate (Patroni's rule).
 
-use super::ApiState;
-use axum::extract::{Request, State};
+use super::{ApiPeer, ApiState};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -51,10 +52,22 @@ impl BasicAuth {
     }
 }
 
-/// Refuses mutating requests without the right credentials (401 with `WWW-Authenticate`).
+/// Refuses mutating requests without the right credentials (401 with `WWW-Authenticate`), or
+/// without a client certificate where `verify_client = optional` asks for one (403).
 pub(crate) async fn require_auth(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    let open = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    let Some(auth) = state.auth.as_ref().filter(|_| !open) else {
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return next.run(req).await;
+    }
+    if state.changes_need_client_certificate {
+        let shown = req.extensions().get::<ConnectInfo<ApiPeer>>().is_some_and(|peer| peer.0.client_certificate);
+        if !shown {
+            let message = "forbidden: this endpoint needs a client certificate signed by the agents' api.cafile \
+                           (api.verify_client = optional); pgha ctl takes it with --cert and --key";
+            tracing::warn!(method = %req.method(), path = req.uri().path(), "REST API request refused: {message}");
+            return (StatusCode::FORBIDDEN, message).into_response();
+        }
+    }
+    let Some(auth) = state.auth.as_ref() else {
         return next.run(req).await;
     };
     let message = match req.headers().get(header::AUTHORIZATION) {

@@ -1,6 +1,7 @@
 //! The agent's Patroni-compatible REST API: health checks for load balancers and probes, the node
 //! and cluster status documents, `/metrics`, and the endpoints that change things (dynamic config,
-//! switchover, failover, restart, reload, reinitialize) behind HTTP Basic auth.
+//! switchover, failover, restart, reload, reinitialize) behind HTTP Basic auth, over HTTP or HTTPS
+//! (with client certificates if asked).
 //!
 //! It reads the runtime's published `NodeStatus` and the DCS, and never touches PostgreSQL: actions
 //! on the local node are handed to the runtime as `ApiCommand`s. Health checks never wait on the DCS.
@@ -16,9 +17,11 @@ mod status_doc;
 #[cfg(test)]
 mod tests;
 pub(crate) mod timestamp;
+mod tls;
 
 pub use auth::BasicAuth;
 pub use health::parse_size;
+pub use tls::{ApiPeer, ApiTls, ApiTlsError};
 
 use crate::status::NodeStatus;
 use axum::extract::Request;
@@ -64,6 +67,8 @@ pub struct ApiState {
     pub switchover_wait: Duration,
     /// The built-in Raft group (GET /raft, DELETE /raft/members/<name>); None on etcd.
     pub raft: Option<Arc<consensus::raft_store::RaftStore>>,
+    /// `api.verify_client = optional`: POST, PUT, PATCH and DELETE need a client certificate.
+    pub changes_need_client_certificate: bool,
 }
 
 impl ApiState {
@@ -77,7 +82,13 @@ impl ApiState {
             dcs_timeout: Duration::from_secs(5),
             switchover_wait: Duration::from_secs(30),
             raft: None,
+            changes_need_client_certificate: false,
         }
+    }
+
+    pub fn with_client_certificates_for_changes(mut self, needed: bool) -> ApiState {
+        self.changes_need_client_certificate = needed;
+        self
     }
 
     pub fn with_raft(mut self, raft: Option<Arc<consensus::raft_store::RaftStore>>) -> ApiState {
@@ -213,14 +224,26 @@ async fn bounded(limit: Duration, req: Request, next: Next) -> Response {
     }
 }
 
-/// Serves the API on `listener` until `shutdown` resolves, then finishes the requests in flight.
+/// Serves the API on `listener` (HTTPS when `tls` is given) until `shutdown` resolves, then
+/// finishes the requests in flight.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    tls: Option<ApiTls>,
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, auth = state.auth.is_some(), "REST API listening");
+        tracing::info!(
+            %addr,
+            https = tls.is_some(),
+            auth = state.auth.is_some(),
+            client_certificate_for_changes = state.changes_need_client_certificate,
+            "REST API listening"
+        );
     }
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    let app = router(state).into_make_service_with_connect_info::<ApiPeer>();
+    match tls {
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
+        Some(tls) => axum::serve(tls::TlsListener::new(listener, tls)?, app).with_graceful_shutdown(shutdown).await,
+    }
 }

@@ -1,6 +1,7 @@
 //! The API driven through its real router without a DCS: every health endpoint for every kind of
 //! node and every method HAProxy or a probe may use, authentication, bad input, the command queue,
-//! and one round trip through `serve` on a real socket. DCS-backed endpoints are tested against
+//! and round trips through `serve` on a real socket, over HTTP and over HTTPS with and without
+//! client certificates. DCS-backed endpoints are tested against
 //! real etcd in `agent/tests/api_dcs.rs`.
 
 use super::*;
@@ -403,7 +404,7 @@ async fn serve_answers_haproxy_options_checks_on_a_real_socket_and_shuts_down() 
     let (tx, _rx) = mpsc::channel(1);
     let state = ApiState::new(status_rx, Arc::new(DownDcs), tx);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, state, async move {
+    let server = tokio::spawn(serve(listener, None, state, async move {
         let _ = stop_rx.await;
     }));
     let status_line = |path: &'static str| async move {
@@ -421,4 +422,159 @@ async fn serve_answers_haproxy_options_checks_on_a_real_socket_and_shuts_down() 
     assert_eq!(status_line("/replica").await, "HTTP/1.1 503 Service Unavailable");
     stop_tx.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap().unwrap();
+}
+
+/// A CA, and a server certificate (127.0.0.1) and a client certificate it signed, as PEM files.
+struct Pki {
+    ca: std::path::PathBuf,
+    server_cert: std::path::PathBuf,
+    server_key: std::path::PathBuf,
+    client_identity: Vec<u8>,
+    ca_pem: Vec<u8>,
+}
+
+fn pki(dir: &std::path::Path) -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "pgha test API CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let signed = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(names).unwrap();
+        params.extended_key_usages = vec![usage];
+        (params.signed_by(&key, &ca_cert, &ca_key).unwrap().pem(), key.serialize_pem())
+    };
+    let (server_pem, server_key_pem) = signed(vec!["127.0.0.1".into()], ExtendedKeyUsagePurpose::ServerAuth);
+    let (client_pem, client_key_pem) = signed(vec!["ctl".into()], ExtendedKeyUsagePurpose::ClientAuth);
+    let p = Pki {
+        ca: dir.join("ca.crt"),
+        server_cert: dir.join("api.crt"),
+        server_key: dir.join("api.key"),
+        client_identity: format!("{client_pem}{client_key_pem}").into_bytes(),
+        ca_pem: ca_cert.pem().into_bytes(),
+    };
+    std::fs::write(&p.ca, &p.ca_pem).unwrap();
+    std::fs::write(&p.server_cert, server_pem).unwrap();
+    std::fs::write(&p.server_key, server_key_pem).unwrap();
+    p
+}
+
+/// An HTTPS client that trusts only the test CA, with the client certificate if `identity`.
+fn https_client(p: &Pki, identity: bool) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&p.ca_pem).unwrap()])
+        .timeout(Duration::from_secs(10));
+    if identity {
+        builder = builder.identity(reqwest::Identity::from_pem(&p.client_identity).unwrap());
+    }
+    builder.build().unwrap()
+}
+
+/// `serve` over HTTPS with `verify_client`; the sender stops it.
+async fn serve_https(
+    p: &Pki,
+    verify_client: crate::config::VerifyClient,
+    auth: Option<BasicAuth>,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+    mpsc::Receiver<ApiCommand>,
+) {
+    let api = crate::config::ApiConfig {
+        certfile: Some(p.server_cert.clone()),
+        keyfile: Some(p.server_key.clone()),
+        cafile: (verify_client != crate::config::VerifyClient::None).then(|| p.ca.clone()),
+        verify_client,
+        ..Default::default()
+    };
+    let tls = ApiTls::from_config(&api).unwrap();
+    assert!(tls.is_some());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_status_tx, status_rx) = watch::channel(node(Node::ReplicaStreaming));
+    let (tx, rx) = mpsc::channel(4);
+    let state = ApiState::new(status_rx, Arc::new(DownDcs), tx)
+        .with_auth(auth)
+        .with_client_certificates_for_changes(verify_client == crate::config::VerifyClient::Optional);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, tls, state, async move {
+        let _ = stop_rx.await;
+    }));
+    (addr, stop_tx, server, rx)
+}
+
+#[tokio::test]
+async fn https_serves_clients_that_trust_its_ca_and_refuses_plain_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pki(dir.path());
+    let (addr, stop, server, _commands) = serve_https(&p, crate::config::VerifyClient::None, None).await;
+    let url = format!("https://127.0.0.1:{}/replica", addr.port());
+    let answer = https_client(&p, false).get(&url).send().await.unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    // A client that does not trust the CA, and a plain HTTP request, get nothing.
+    let untrusting = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let err = untrusting.get(&url).send().await.unwrap_err();
+    assert!(format!("{err:?}").to_lowercase().contains("certificate"), "{err:?}");
+    let plain = https_client(&p, false).get(format!("http://127.0.0.1:{}/replica", addr.port())).send().await;
+    assert!(plain.is_err(), "plain HTTP answered: {plain:?}");
+    // A client that never starts its handshake holds up no one else.
+    let _silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert_eq!(https_client(&p, false).get(&url).send().await.unwrap().status().as_u16(), 200);
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn verify_client_required_refuses_a_client_without_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pki(dir.path());
+    let (addr, stop, server, _commands) = serve_https(&p, crate::config::VerifyClient::Required, None).await;
+    let url = format!("https://127.0.0.1:{}/replica", addr.port());
+    assert!(https_client(&p, false).get(&url).send().await.is_err(), "a client without a certificate got an answer");
+    assert_eq!(https_client(&p, true).get(&url).send().await.unwrap().status().as_u16(), 200);
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn verify_client_optional_keeps_reads_open_and_changes_need_a_certificate_and_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pki(dir.path());
+    let auth = Some(BasicAuth::new("admin", "s3cret"));
+    let (addr, stop, server, mut commands) = serve_https(&p, crate::config::VerifyClient::Optional, auth).await;
+    let base = format!("https://127.0.0.1:{}", addr.port());
+    let (anonymous, with_cert) = (https_client(&p, false), https_client(&p, true));
+    assert_eq!(anonymous.get(format!("{base}/replica")).send().await.unwrap().status().as_u16(), 200);
+    let refused = anonymous.post(format!("{base}/reload")).basic_auth("admin", Some("s3cret")).send().await.unwrap();
+    assert_eq!(refused.status().as_u16(), 403);
+    assert!(refused.text().await.unwrap().contains("needs a client certificate"));
+    // The certificate does not replace the credentials.
+    assert_eq!(with_cert.post(format!("{base}/reload")).send().await.unwrap().status().as_u16(), 401);
+    assert!(commands.try_recv().is_err(), "a refused request reached the runtime");
+    let accepted = with_cert.post(format!("{base}/reload")).basic_auth("admin", Some("s3cret")).send().await.unwrap();
+    assert_eq!(accepted.status().as_u16(), 202);
+    assert!(matches!(commands.try_recv(), Ok(ApiCommand::Reload)));
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap().unwrap();
+}
+
+#[test]
+fn unreadable_or_empty_tls_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pki(dir.path());
+    let api = |cert: &std::path::Path, key: &std::path::Path| crate::config::ApiConfig {
+        certfile: Some(cert.to_path_buf()),
+        keyfile: Some(key.to_path_buf()),
+        ..Default::default()
+    };
+    let missing = dir.path().join("nope.crt");
+    let e = ApiTls::from_config(&api(&missing, &p.server_key)).unwrap_err().to_string();
+    assert!(e.starts_with(&format!("api.certfile: cannot read {}", missing.display())), "{e}");
+    let e = ApiTls::from_config(&api(&p.server_cert, &p.server_cert)).unwrap_err().to_string();
+    assert_eq!(e, format!("api.keyfile: {} holds no private key in PEM form", p.server_cert.display()));
+    let e = ApiTls::from_config(&api(&p.server_key, &p.server_key)).unwrap_err().to_string();
+    assert_eq!(e, format!("api.certfile: {} holds no certificate in PEM form", p.server_key.display()));
 }

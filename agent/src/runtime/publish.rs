@@ -38,7 +38,7 @@ impl Runtime {
         if view.reachable {
             let value = member_value(
                 &self.conn_addr,
-                &self.api_addr,
+                &self.api_base,
                 state,
                 role.as_str(),
                 position,
