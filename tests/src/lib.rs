@@ -12,6 +12,7 @@ pub mod etcd;
 pub mod haproxy;
 pub mod patroni;
 pub mod pgha;
+pub mod pki;
 pub mod pooler;
 pub mod ports;
 pub mod postgres;

@@ -113,7 +113,10 @@ async fn ctl_operates_a_cluster() {
     let (ok, text) = ctl(api, &["raft-status"]).await;
     assert!(!ok && text.contains("etcd"), "{text}");
     let (ok, text) = ctl(1, &["list"]).await;
-    assert!(!ok && text.contains("if it serves HTTPS (api.certfile), use an https:// URL"), "{text}");
+    assert!(
+        !ok && text.contains("cannot reach the agent's REST API") && text.contains("is the agent running"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,35 +151,6 @@ async fn a_node_joins_the_raft_group_and_is_removed_with_ctl() {
     assert!(!ok, "removing an unknown member succeeded: {text}");
 }
 
-/// A CA, the agent's API certificate for 127.0.0.1 and a client certificate, signed by the CA,
-/// written to `dir`: (ca, api cert, api key, client cert, client key).
-fn api_pki(dir: &std::path::Path) -> [std::path::PathBuf; 5] {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(DnType::CommonName, "pgha test API CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let signed = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(names).unwrap();
-        params.extended_key_usages = vec![usage];
-        (params.signed_by(&key, &ca_cert, &ca_key).unwrap().pem(), key.serialize_pem())
-    };
-    let (api_cert, api_key) = signed(vec!["127.0.0.1".into()], ExtendedKeyUsagePurpose::ServerAuth);
-    let (client_cert, client_key) = signed(vec!["dba".into()], ExtendedKeyUsagePurpose::ClientAuth);
-    let files = ["ca.crt", "api.crt", "api.key", "dba.crt", "dba.key"].map(|f| dir.join(f));
-    for (path, pem) in files.iter().zip([ca_cert.pem(), api_cert, api_key, client_cert, client_key]) {
-        std::fs::write(path, pem).unwrap();
-    }
-    // The agent runs as the PostgreSQL user and reads its certificate and key.
-    for path in &files {
-        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    }
-    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    files
-}
-
 /// An agent serving its API over HTTPS with `verify_client = optional` and credentials: `ctl
 /// list` works with `--cacert` and is refused without it (or over plain HTTP) with a message that
 /// says what to pass; `ctl restart` needs the client certificate as well as the credentials,
@@ -184,7 +158,8 @@ fn api_pki(dir: &std::path::Path) -> [std::path::PathBuf; 5] {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctl_reaches_agents_over_https_with_client_certificates() {
     let dir = tempfile::tempdir().unwrap();
-    let [ca, api_cert, api_key, cert, key] = api_pki(dir.path());
+    let pki = harness::pki::TestPki::create(dir.path(), "dba").unwrap();
+    let (ca, api_cert, api_key) = (&pki.ca, &pki.server_cert, &pki.server_key);
     let mut cluster = PghaCluster::prepare_on_etcd(1, Timing::default()).await.unwrap_or_else(|e| panic!("{e:#}"));
     cluster.nodes[0].add_api_setting(&format!(
         "certfile = \"{}\"\nkeyfile = \"{}\"\ncafile = \"{}\"\nverify_client = \"optional\"\n\
@@ -223,7 +198,7 @@ async fn ctl_reaches_agents_over_https_with_client_certificates() {
     assert!(!ok && text.contains("if it serves HTTPS (api.certfile), use an https:// URL"), "{text}");
 
     let credentials = ["--username", "admin", "--password", "s3cret"];
-    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let (cert, key) = (pki.client_cert.display().to_string(), pki.client_key.display().to_string());
     let certificate = ["--cert", cert.as_str(), "--key", key.as_str()];
     let restart = ["restart", node.as_str()];
     let (ok, text) = run(args(&[&credentials[..], &restart].concat())).await;

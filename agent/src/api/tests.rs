@@ -424,50 +424,19 @@ async fn serve_answers_haproxy_options_checks_on_a_real_socket_and_shuts_down() 
     tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap().unwrap();
 }
 
-/// A CA, and a server certificate (127.0.0.1) and a client certificate it signed, as PEM files.
-struct Pki {
-    ca: std::path::PathBuf,
-    server_cert: std::path::PathBuf,
-    server_key: std::path::PathBuf,
-    client_identity: Vec<u8>,
-    ca_pem: Vec<u8>,
-}
+use harness::pki::TestPki as Pki;
 
 fn pki(dir: &std::path::Path) -> Pki {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(DnType::CommonName, "pgha test API CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let signed = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(names).unwrap();
-        params.extended_key_usages = vec![usage];
-        (params.signed_by(&key, &ca_cert, &ca_key).unwrap().pem(), key.serialize_pem())
-    };
-    let (server_pem, server_key_pem) = signed(vec!["127.0.0.1".into()], ExtendedKeyUsagePurpose::ServerAuth);
-    let (client_pem, client_key_pem) = signed(vec!["ctl".into()], ExtendedKeyUsagePurpose::ClientAuth);
-    let p = Pki {
-        ca: dir.join("ca.crt"),
-        server_cert: dir.join("api.crt"),
-        server_key: dir.join("api.key"),
-        client_identity: format!("{client_pem}{client_key_pem}").into_bytes(),
-        ca_pem: ca_cert.pem().into_bytes(),
-    };
-    std::fs::write(&p.ca, &p.ca_pem).unwrap();
-    std::fs::write(&p.server_cert, server_pem).unwrap();
-    std::fs::write(&p.server_key, server_key_pem).unwrap();
-    p
+    Pki::create(dir, "ctl").unwrap()
 }
 
 /// An HTTPS client that trusts only the test CA, with the client certificate if `identity`.
 fn https_client(p: &Pki, identity: bool) -> reqwest::Client {
     let mut builder = reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(&p.ca_pem).unwrap()])
+        .tls_certs_only([reqwest::Certificate::from_pem(p.ca_pem.as_bytes()).unwrap()])
         .timeout(Duration::from_secs(10));
     if identity {
-        builder = builder.identity(reqwest::Identity::from_pem(&p.client_identity).unwrap());
+        builder = builder.identity(reqwest::Identity::from_pem(p.client_identity_pem.as_bytes()).unwrap());
     }
     builder.build().unwrap()
 }
