@@ -29,6 +29,89 @@ pub struct AgentConfig {
     /// WAL archiving into a `pgha backup` repository, when set.
     #[serde(default)]
     pub backup: Option<BackupSection>,
+    /// How the first member makes a new cluster's data directory.
+    #[serde(default)]
+    pub bootstrap: BootstrapSection,
+}
+
+/// `[bootstrap]`: how the member that wins the `initialize` race of a new cluster makes its data
+/// directory: `initdb`, or `restore` from a `pgha backup` repository to a point in time (Patroni's
+/// custom bootstrap with a backup tool). The other members then clone it as usual.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapSection {
+    #[serde(default)]
+    pub method: BootstrapMethod,
+    /// The backup config (TOML with `[repository]`) to restore from; `[backup] config` when
+    /// absent. Readable by the PostgreSQL OS user.
+    #[serde(default)]
+    pub backup_config: Option<PathBuf>,
+    /// Recovery target, at most one; none replays all archived WAL.
+    #[serde(default)]
+    pub target_time: Option<String>,
+    #[serde(default)]
+    pub target_lsn: Option<String>,
+    #[serde(default)]
+    pub target_xid: Option<u64>,
+    #[serde(default)]
+    pub target_name: Option<String>,
+    /// Stop as soon as the backup is consistent.
+    #[serde(default)]
+    pub immediate: bool,
+    /// The backup to restore (a label from `pgha backup list`); the newest that ended before the
+    /// target when absent.
+    #[serde(default)]
+    pub set: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootstrapMethod {
+    #[default]
+    Initdb,
+    Restore,
+}
+
+impl AgentConfig {
+    /// The backup config a `restore` bootstrap reads.
+    pub fn bootstrap_backup_config(&self) -> Option<&std::path::Path> {
+        self.bootstrap.backup_config.as_deref().or(self.backup.as_ref().map(|b| b.config.as_path()))
+    }
+}
+
+impl BootstrapSection {
+    /// `pgha backup restore`'s target arguments.
+    pub fn target_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        let mut add = |flag: &str, value: Option<String>| {
+            if let Some(v) = value {
+                args.push(flag.to_string());
+                args.push(v);
+            }
+        };
+        add("--target-time", self.target_time.clone());
+        add("--target-lsn", self.target_lsn.clone());
+        add("--target-xid", self.target_xid.map(|x| x.to_string()));
+        add("--target-name", self.target_name.clone());
+        add("--set", self.set.clone());
+        if self.immediate {
+            args.push("--immediate".into());
+        }
+        args
+    }
+
+    fn targets(&self) -> usize {
+        [
+            self.target_time.is_some(),
+            self.target_lsn.is_some(),
+            self.target_xid.is_some(),
+            self.target_name.is_some(),
+            self.immediate,
+        ]
+        .into_iter()
+        .filter(|t| *t)
+        .count()
+    }
 }
 
 /// `[backup]`: the repository config file `pgha backup` and `pgha archive-push/get` read. With it
@@ -376,6 +459,33 @@ impl Validate for AgentConfig {
             }
         }
         self.api.validate()?;
+        let bootstrap = &self.bootstrap;
+        let chosen = bootstrap.targets() > 0 || bootstrap.set.is_some() || bootstrap.backup_config.is_some();
+        match bootstrap.method {
+            BootstrapMethod::Initdb if chosen => {
+                return Err(Invalid::new(
+                    "bootstrap.method",
+                    "initdb",
+                    "a backup or recovery target is set: expected method = \"restore\"",
+                ))
+            }
+            BootstrapMethod::Initdb => {}
+            BootstrapMethod::Restore => {
+                if self.bootstrap_backup_config().is_none() {
+                    return Err(Invalid::missing(
+                        "bootstrap.backup_config",
+                        "method = \"restore\" needs the backup config to restore from (or a [backup] section)",
+                    ));
+                }
+                if bootstrap.targets() > 1 {
+                    return Err(Invalid::new(
+                        "bootstrap",
+                        "several targets",
+                        "at most one of target_time, target_lsn, target_xid, target_name, immediate",
+                    ));
+                }
+            }
+        }
         let ha = self.ha.to_ha_config();
         for (key, v) in
             [("ha.ttl", self.ha.ttl), ("ha.loop_wait", self.ha.loop_wait), ("ha.retry_timeout", self.ha.retry_timeout)]
@@ -542,6 +652,39 @@ secret = "0123456789abcdef0123"
             parse(Path::new("agent.toml"), &api(&format!("{tls}cafile = \"/ca.pem\"\nverify_client = \"required\"\n")))
                 .unwrap();
         assert_eq!(c.api.verify_client, VerifyClient::Required);
+    }
+
+    #[test]
+    fn bootstrap_from_a_backup_is_checked_as_a_whole() {
+        let c: AgentConfig = parse(Path::new("agent.toml"), GOOD).unwrap();
+        assert_eq!(c.bootstrap.method, BootstrapMethod::Initdb);
+        let with = |lines: &str| format!("{GOOD}[bootstrap]\n{lines}");
+        let c: AgentConfig = parse(
+            Path::new("agent.toml"),
+            &with("method = \"restore\"\nbackup_config = \"/b.toml\"\ntarget_time = \"2026-05-01 14:03:27+00\"\nset = \"L1\"\n"),
+        )
+        .unwrap();
+        assert_eq!(c.bootstrap_backup_config(), Some(Path::new("/b.toml")));
+        assert_eq!(c.bootstrap.target_args(), ["--target-time", "2026-05-01 14:03:27+00", "--set", "L1"]);
+        assert_eq!(
+            err(&with("method = \"restore\"\n")),
+            "agent.toml: bootstrap.backup_config: method = \"restore\" needs the backup config to restore from (or a [backup] section)"
+        );
+        assert_eq!(
+            err(&with("backup_config = \"/b.toml\"\nimmediate = true\n")),
+            "agent.toml: bootstrap.method = initdb: a backup or recovery target is set: expected method = \"restore\""
+        );
+        assert!(err(&with("method = \"restore\"\nbackup_config = \"/b\"\nimmediate = true\ntarget_xid = 5\n"))
+            .contains("at most one of target_time"));
+        assert!(err(&with("method = \"pg_basebackup\"\n")).contains("expected one of initdb, restore"));
+        // [backup] config serves as the source too.
+        let c: AgentConfig = parse(
+            Path::new("agent.toml"),
+            &format!("{GOOD}[backup]\nconfig = \"/a.toml\"\n[bootstrap]\nmethod = \"restore\"\nimmediate = true\n"),
+        )
+        .unwrap();
+        assert_eq!(c.bootstrap_backup_config(), Some(Path::new("/a.toml")));
+        assert_eq!(c.bootstrap.target_args(), ["--immediate"]);
     }
 
     #[test]

@@ -63,6 +63,9 @@ pub struct Runtime {
     starting: bool,
     /// As leader: the members' slots, and since when a departed member's has been kept.
     member_slots: crate::ha::member_slots::MemberSlots,
+    /// `[bootstrap]`, and the backup config a `restore` bootstrap reads.
+    bootstrap: crate::config::BootstrapSection,
+    bootstrap_backup_config: Option<std::path::PathBuf>,
 }
 
 impl Runtime {
@@ -103,6 +106,8 @@ impl Runtime {
             reinit: None,
             starting: false,
             member_slots: Default::default(),
+            bootstrap: config.bootstrap.clone(),
+            bootstrap_backup_config: config.bootstrap_backup_config().map(std::path::Path::to_path_buf),
         }
     }
 

@@ -132,7 +132,7 @@ pub enum CtlVerb {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
-    /// Restore the whole cluster to a point in time (not built yet: restore one node with `pgha backup restore`, re-clone the others).
+    /// Restore the whole cluster to a point in time (not built yet: bootstrap it from a backup with [bootstrap] method = "restore").
     RestoreCluster {
         /// Target time, e.g. "2026-11-23 14:03:27+00".
         #[arg(long)]

@@ -39,8 +39,9 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
             CtlVerb::EditConfig { set } => edit_config(&api, &set).await,
             CtlVerb::RestoreCluster { .. } => {
                 eprintln!(
-                    "pgha ctl restore-cluster: not built yet. Restore a node with `pgha backup restore --to-dir ... \
-                     --target-time ...` and re-clone the others (docs/operations.md, point-in-time recovery)."
+                    "pgha ctl restore-cluster: not built yet. Bootstrap the cluster from a backup instead: stop the \
+                     agents, set [bootstrap] method = \"restore\" and target_time (docs/operations.md, restoring the \
+                     whole cluster to a point in time)."
                 );
                 Ok(ExitCode::from(crate::commands::EXIT_NOT_BUILT))
             }

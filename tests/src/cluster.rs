@@ -128,6 +128,16 @@ impl Node {
         self.config = self.config.replacen("[api]\n", &format!("[api]\n{line}\n"), 1);
     }
 
+    /// Appends `section` (a whole TOML table, e.g. `[bootstrap]` and its keys) to the agent's
+    /// config, for its next start.
+    pub fn add_section(&mut self, section: &str) {
+        if !self.config.ends_with('\n') {
+            self.config.push('\n');
+        }
+        self.config.push_str(section);
+        self.config.push('\n');
+    }
+
     /// Starts the agent again on the same data directory and config.
     pub fn start_agent(&mut self) -> anyhow::Result<()> {
         self.agent = Some(PghaProcess::start(&self.name, &["agent"], &self.config)?);

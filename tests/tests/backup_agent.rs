@@ -2,12 +2,14 @@
 //! archives, and after the primary's node is lost (kill -9 of agent and PostgreSQL) the promoted
 //! replica archives on timeline 2 (history file included, older-timeline segments its dead primary
 //! had not archived filled in), `backup verify` is clean and a point-in-time restore from the
-//! backup taken before the failover reaches a target on timeline 2 exactly.
+//! backup taken before the failover reaches a target on timeline 2 exactly. A new cluster with
+//! `[bootstrap] method = "restore"` starts from a backup at a point in time: its first member
+//! restores and promotes, the other clones it, and the restore's recovery target is gone.
 
 use harness::agent_checks::streaming_cluster;
 use harness::backup::{start_restored, BackupRepo};
 use harness::cluster::{connect, PghaCluster, Timing, SUPERUSER_PASSWORD};
-use harness::wait_for;
+use harness::{wait_for, PgInstance, PgOptions};
 use std::time::{Duration, Instant};
 
 const TABLE_MD5: &str =
@@ -106,5 +108,72 @@ async fn the_promoted_replica_continues_the_archive_and_pitr_follows_the_failove
     let tl = restored.sql_value("select timeline_id::text from pg_control_checkpoint()").await?;
     assert_eq!(tl.as_deref(), Some("3"), "the restore must branch off timeline 2");
     eprintln!("backup_agent: {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_cluster_bootstraps_from_a_backup_at_a_point_in_time() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let repo = BackupRepo::local()?;
+    // The agents' max_connections (40): a restored server must not have fewer than its source.
+    let options = PgOptions::default().param("max_connections", "40");
+    let mut source = PgInstance::init("bootstrap-source", repo.archiving(options)?).await?;
+    repo.attach(&source, None)?;
+    source.start().await?;
+    source.sql("create table t(id int primary key, v text); insert into t select g, 'before backup' from generate_series(1, 100) g").await?;
+    let out = repo.ok(&["backup", "create"]).await?;
+    assert!(out.contains("complete"), "{out}");
+    // The restored cluster has the roles and passwords of the target, and the harness logs in to
+    // its nodes with SUPERUSER_PASSWORD: set it on the source, then go on in the same session.
+    let c = source.connect().await?;
+    let one = |rows: Vec<tokio_postgres::SimpleQueryMessage>| {
+        rows.iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .unwrap_or_default()
+    };
+    c.batch_execute(&format!(
+        "alter role postgres password '{SUPERUSER_PASSWORD}'; \
+         insert into t select g, 'before the target' from generate_series(200, 299) g"
+    ))
+    .await?;
+    let expected = one(c.simple_query(TABLE_MD5).await?);
+    let target = one(c.simple_query("select clock_timestamp()::text").await?);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.batch_execute("insert into t select g, 'after the target' from generate_series(900, 999) g").await?;
+    let seg = one(c.simple_query("select pg_walfile_name(pg_switch_wal())").await?);
+    wait_for("the switched segment to be archived", Duration::from_secs(60), || async {
+        let last = one(c.simple_query("select coalesce(last_archived_wal, '') from pg_stat_archiver").await?);
+        Ok((last >= seg).then_some(()))
+    })
+    .await?;
+
+    let mut cluster = PghaCluster::prepare_on_etcd(2, Timing::default()).await?;
+    for n in &mut cluster.nodes {
+        n.add_section(&format!(
+            "[bootstrap]\nmethod = \"restore\"\nbackup_config = \"{}\"\ntarget_time = \"{target}\"",
+            repo.config.display()
+        ));
+    }
+    cluster.start_all()?;
+    let primary = streaming_cluster(&cluster, None).await.map_err(|e| anyhow::anyhow!("{e}\n{}", cluster.logs()))?;
+    let replica = 1 - primary;
+    let p = cluster.nodes[primary].dsn();
+    assert_eq!(value(&p, TABLE_MD5).await?, expected, "the primary is not at the target");
+    assert_eq!(value(&p, "select timeline_id::text from pg_control_checkpoint()").await?, "2");
+    // No recovery target is left behind: not in the primary's files (its running server keeps
+    // the values it started with; they only act in recovery), so not in its clone either.
+    let auto = std::fs::read_to_string(cluster.nodes[primary].data_dir().join("postgresql.auto.conf"))?;
+    assert!(!auto.contains("recovery_target_time =") && !auto.contains("restore_command"), "{auto}");
+    let r = cluster.nodes[replica].dsn();
+    assert_eq!(value(&r, "select current_setting('recovery_target_time')").await?, "", "{}", cluster.logs());
+    connect(&p).await?.batch_execute("insert into t values (5000, 'written on the new cluster')").await?;
+    cluster.wait_replicated(primary, Duration::from_secs(30)).await?;
+    assert_eq!(value(&r, TABLE_MD5).await?, value(&p, TABLE_MD5).await?);
+    let log = cluster.nodes[primary].agent_log();
+    assert!(log.contains("restoring the data directory from a backup"), "{log}");
+    eprintln!("bootstrap from backup: {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }

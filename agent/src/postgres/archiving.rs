@@ -8,7 +8,7 @@ use backup::commands::{archive_command, conf_string, restore_command, OnReposito
 use std::path::{Path, PathBuf};
 
 /// The running pgha binary (after an in-place upgrade, the file now at the same path).
-fn this_binary() -> Result<PathBuf, String> {
+pub(crate) fn this_binary() -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot locate the running pgha binary: {e}"))?;
     let text = exe.display().to_string();
     Ok(match text.strip_suffix(" (deleted)") {

@@ -25,6 +25,19 @@ pub enum PgError {
     Query(String),
 }
 
+/// What `pgha backup restore` writes to postgresql.auto.conf for its recovery, and a promoted
+/// restore leaves behind (restore_command goes too: the agent's own, if any, is in pgha.conf).
+const RECOVERY_TARGET_SETTINGS: [&str; 8] = [
+    "recovery_target",
+    "recovery_target_time",
+    "recovery_target_lsn",
+    "recovery_target_xid",
+    "recovery_target_name",
+    "recovery_target_action",
+    "recovery_target_inclusive",
+    "restore_command",
+];
+
 /// A login PostgreSQL user and its password.
 #[derive(Clone)]
 pub struct Credentials {
@@ -139,6 +152,57 @@ impl LocalPostgres {
     /// Whether the data directory holds a cluster.
     pub fn has_data(&self) -> bool {
         self.data_dir.join("PG_VERSION").is_file()
+    }
+
+    /// Makes the data directory with `pgha backup restore` (this binary, as the PostgreSQL OS
+    /// user) from the repository of `backup_config`, to the target in `target_args`; the restore
+    /// writes the recovery settings and recovery.signal.
+    pub async fn restore_from_backup(
+        &self,
+        pgha: &Path,
+        backup_config: &Path,
+        target_args: &[String],
+    ) -> Result<(), PgError> {
+        self.prepare_dirs()?;
+        let mut cmd = Command::new(pgha);
+        if let Some(owner) = self.run_as {
+            cmd.uid(owner.uid.as_raw()).gid(owner.gid.as_raw());
+        }
+        cmd.env("LC_ALL", "C").current_dir(&self.run_dir).stdin(Stdio::null());
+        cmd.arg("backup").arg("--config").arg(backup_config).arg("restore").arg("--to-dir").arg(&self.data_dir);
+        cmd.args(target_args);
+        run_program("pgha backup restore", cmd, Duration::from_secs(24 * 3600)).await.map(|_| ())
+    }
+
+    /// After a restore: waits until recovery reached its target and PostgreSQL promoted itself,
+    /// then removes the restore's recovery target settings (a later standby of this data
+    /// directory, or of a clone of it, must not stop at that target).
+    pub async fn finish_point_in_time_recovery(&mut self, timeout: Duration) -> Result<(), PgError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if !self.is_running() {
+                return Err(PgError::Program {
+                    program: "postgres (point-in-time recovery)".into(),
+                    detail: self.log_tail(),
+                });
+            }
+            let rows = self.query("select pg_is_in_recovery()::text", Duration::from_secs(5)).await;
+            if let Ok(rows) = rows {
+                if rows.first().and_then(|r| r.first()).cloned().flatten().as_deref() == Some("false") {
+                    break;
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(PgError::Timeout { what: "finish recovery".into(), timeout, log: self.log_tail() });
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        // One statement per query: ALTER SYSTEM refuses to run inside the implicit transaction of
+        // a multi-statement query.
+        for setting in RECOVERY_TARGET_SETTINGS {
+            self.query(&format!("alter system reset {setting}"), Duration::from_secs(30)).await?;
+        }
+        self.query("select pg_reload_conf()", Duration::from_secs(30)).await.map(|_| ())
     }
 
     /// Removes the (stopped) data directory: the first half of an explicit reinitialize.
@@ -429,7 +493,12 @@ impl LocalPostgres {
     pub async fn query(&self, sql: &str, timeout: Duration) -> Result<Vec<Vec<Option<String>>>, PgError> {
         let fut = async {
             let client = self.connect(timeout).await?;
-            let msgs = client.simple_query(sql).await.map_err(|e| PgError::Query(e.to_string()))?;
+            let msgs = client.simple_query(sql).await.map_err(|e| {
+                PgError::Query(match e.as_db_error() {
+                    Some(db) => format!("{}: {}", db.code().code(), db.message()),
+                    None => e.to_string(),
+                })
+            })?;
             Ok::<_, PgError>(
                 msgs.into_iter()
                     .filter_map(|m| match m {
