@@ -269,13 +269,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agent(args) => {
             let config: agent::config::AgentConfig = load(&args.config)?;
             if args.validate_config {
+                // The certificate and key are read as the agent would read them at start.
+                agent::api::ApiTls::from_config(&config.api)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
                 println!(
-                    "{}: OK: member {} of cluster {} ({:?} DCS), PostgreSQL data in {}",
+                    "{}: OK: member {} of cluster {} ({:?} DCS), PostgreSQL data in {}, REST API {}",
                     args.config.display(),
                     config.name,
                     config.scope,
                     config.dcs.backend,
-                    config.postgresql.data_dir.display()
+                    config.postgresql.data_dir.display(),
+                    config.api.base_url()
                 );
                 return Ok(ExitCode::SUCCESS);
             }

@@ -99,6 +99,17 @@ fn validate_config_accepts_a_good_file_and_starts_nothing() {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("OK: member n1 of cluster main (Etcd DCS)"), "{stdout}");
+    assert!(stdout.contains("REST API http://127.0.0.1:8008"), "{stdout}");
+    // The API's certificate and key are read as at start: a missing one is named.
+    let with_tls = std::fs::read_to_string(&file).unwrap().replace(
+        "[dcs]",
+        &format!("[api]\ncertfile = \"{0}/nope.crt\"\nkeyfile = \"{0}/nope.key\"\n[dcs]", dir.path().display()),
+    );
+    std::fs::write(&file, with_tls).unwrap();
+    let out = pgha(&["agent", "--config", file.to_str().unwrap(), "--validate-config"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains(&format!("api.certfile: cannot read {}/nope.crt", dir.path().display())), "{stderr}");
 }
 
 #[test]
