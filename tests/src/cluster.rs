@@ -18,6 +18,9 @@ use tokio_postgres::NoTls;
 pub const SUPERUSER_PASSWORD: &str = "pgha-test-superuser";
 pub const REPLICATION_PASSWORD: &str = "pgha-test-replication";
 
+/// The Raft data_dir of a node, in its scratch dir.
+const RAFT_DIR: &str = "raft";
+
 /// One database node: its agent process and where its PostgreSQL lives.
 pub struct Node {
     pub name: String,
@@ -40,6 +43,11 @@ impl Node {
 
     pub fn data_dir(&self) -> std::path::PathBuf {
         self.dir.join("data")
+    }
+
+    /// Where a node of a cluster on the built-in Raft keeps its Raft log and snapshot.
+    pub fn raft_data_dir(&self) -> std::path::PathBuf {
+        self.dir.join(RAFT_DIR)
     }
 
     /// The agent's log so far.
@@ -261,7 +269,7 @@ impl PghaCluster {
                 "[dcs]\nbackend = \"raft\"\n[dcs.raft]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{data}\"\n\
                  peers = {{ {peers} }}\nsecret = \"{secret}\"\n",
                 port = raft_ports[i],
-                data = dir.join("raft").display(),
+                data = dir.join(RAFT_DIR).display(),
                 secret = crate::raft::RAFT_SECRET,
             )
         };
@@ -391,7 +399,7 @@ retry_timeout = {rt}
             format!(
                 "[dcs]\nbackend = \"raft\"\n[dcs.raft]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{data}\"\n\
                  peers = {{ {peers} }}\nsecret = \"{secret}\"\njoin = true\n",
-                data = dir.join("raft").display(),
+                data = dir.join(RAFT_DIR).display(),
                 peers = others.join(", "),
                 secret = crate::raft::RAFT_SECRET,
             )

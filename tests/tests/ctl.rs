@@ -1,7 +1,7 @@
 //! `pgha ctl` against real clusters of real agents: list, pause/resume, show/edit-config,
 //! switchover, failover, restart and reinit on etcd; on the built-in Raft, a fourth node joins
 //! the group as a voter (`dcs.raft.join`), streams as a replica, shows in `list` and
-//! `raft-status`, and is taken out again with `raft-remove`. Over HTTPS, ctl trusts the agents'
+//! `raft-status`, is taken out again with `raft-remove`, and rejoins with an emptied Raft data_dir. Over HTTPS, ctl trusts the agents'
 //! CA and shows its client certificate where the agents ask for one.
 
 use harness::agent_checks::{another_primary, healthy, streams_again};
@@ -149,6 +149,19 @@ async fn a_node_joins_the_raft_group_and_is_removed_with_ctl() {
     // The last voters cannot all go: removing down to none is refused by the group.
     let (ok, text) = ctl(api, &["raft-remove", "nosuch"]).await;
     assert!(!ok, "removing an unknown member succeeded: {text}");
+
+    // It comes back, as docs/operations.md says: `join = true` (kept in its file) and an emptied
+    // Raft data_dir. It is a voter again and streams from its slot or a new one.
+    std::fs::remove_dir_all(cluster.nodes[added].raft_data_dir()).unwrap();
+    cluster.nodes[added].start_agent().unwrap();
+    wait_for("node4 to be a voter again", Duration::from_secs(60), || async {
+        let (ok, text) = ctl(api, &["raft-status"]).await;
+        let voters = text.lines().find(|l| l.starts_with("Voters: ")).unwrap_or("").to_string();
+        Ok((ok && voters.split(", ").count() == 4 && voters.contains("node4")).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
+    streams_again(&cluster, added, "node4 streaming again after rejoining", 120).await;
 }
 
 /// An agent serving its API over HTTPS with `verify_client = optional` and credentials: `ctl
