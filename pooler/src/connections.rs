@@ -652,11 +652,7 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     fn key() -> PoolKey {
-        PoolKey {
-            server: crate::topology::ServerAddr { host: "127.0.0.1".into(), port: 5432 },
-            database: "app".into(),
-            user: "alice".into(),
-        }
+        PoolKey { database: "app".into(), user: "alice".into() }
     }
 
     #[tokio::test]

@@ -373,7 +373,16 @@ impl ConsoleBackend {
                 user.and_then(|u| u.pool_mode),
                 user.and_then(|u| u.max_user_connections),
             );
-            pool.update_settings(settings, &target.dbname, self.shared.server_tls());
+            if let Some(old) = pool.update_settings(settings, &target.server, &target.dbname, self.shared.server_tls())
+            {
+                tracing::info!(
+                    database = &*pool.key.database,
+                    user = &*pool.key.user,
+                    from = %old,
+                    to = %target.server,
+                    "RELOAD: the database moved to another server; its clients follow at their next transaction"
+                );
+            }
         }
         Ok(())
     }

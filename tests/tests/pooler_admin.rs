@@ -851,3 +851,53 @@ async fn set_changes_the_running_configuration_and_reload_goes_back_to_the_file(
     assert_eq!(config(show(&admin, "CONFIG").await, "default_pool_size"), "1");
     assert_eq!(config(show(&admin, "CONFIG").await, "log_connections"), "1");
 }
+
+/// A RELOAD that points a database at another server moves its clients there, as in PgBouncer:
+/// a transaction under way finishes on the server it began on, every transaction after it (of
+/// connected and new clients alike) runs on the new server, the pool stays one pool, and no
+/// connection to the old server is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_moves_a_database_to_another_server_and_its_clients_follow() {
+    let (a, mut pooler) = setup("pool_mode = \"transaction\"").await;
+    let mut b = PgInstance::init("admin-moved", PgOptions::default()).await.unwrap();
+    b.start().await.unwrap();
+    // The pooler logs in to either server with the password it has for the first.
+    b.sql(&format!("alter role postgres password '{}'", a.password())).await.unwrap();
+    let admin = console(&pooler).await;
+    let (on_a, on_b) = (a.port().to_string(), b.port().to_string());
+    let settled = pooler.connect().await.unwrap();
+    let mid_transaction = pooler.connect().await.unwrap();
+    assert_eq!(server_port(&settled).await, on_a);
+    mid_transaction.batch_execute("begin").await.unwrap();
+    assert_eq!(server_port(&mid_transaction).await, on_a);
+
+    let path = pooler.process().config_path().clone();
+    let text = std::fs::read_to_string(&path).unwrap().replace(&format!("port = {on_a}"), &format!("port = {on_b}"));
+    std::fs::write(&path, text).unwrap();
+    admin.simple_query("RELOAD").await.unwrap();
+
+    assert_eq!(server_port(&settled).await, on_b, "a connected client's next transaction");
+    assert_eq!(server_port(&mid_transaction).await, on_a, "the transaction under way");
+    mid_transaction.batch_execute("commit").await.unwrap();
+    assert_eq!(server_port(&mid_transaction).await, on_b, "its next transaction");
+    let newcomer = pooler.connect().await.unwrap();
+    assert_eq!(server_port(&newcomer).await, on_b);
+    let pools = rows(&admin.simple_query("SHOW POOLS").await.unwrap());
+    assert_eq!(pools.iter().filter(|r| r[0] == "postgres").count(), 1, "{pools:?}");
+    harness::wait_for("no pooler connection left on the old server", Duration::from_secs(10), || async {
+        let left = a
+            .sql_value(
+                "select count(*) from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()",
+            )
+            .await?;
+        Ok((left.as_deref() == Some("0")).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", pooler.log()));
+    assert!(pooler.log().contains("the database moved to another server"), "{}", pooler.log());
+}
+
+/// The port of the server a client's query runs on.
+async fn server_port(client: &tokio_postgres::Client) -> String {
+    rows(&client.simple_query("select current_setting('port')").await.unwrap())[0][0].clone()
+}

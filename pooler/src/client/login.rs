@@ -109,7 +109,7 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
         let _ = send_fatal(stream, "57P03", "the pooler is shutting down (SHUTDOWN WAIT_FOR_CLIENTS)").await;
         return None;
     }
-    let key = PoolKeyRef { server: &target.server, database, user };
+    let key = PoolKeyRef { database, user };
     let pool = match shared.pools.find(key) {
         Some(pool) => pool,
         None => Box::pin(new_pool(shared, &config, &credentials, &target, key, client_credential)).await,

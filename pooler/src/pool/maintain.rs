@@ -69,12 +69,13 @@ impl Pool {
                 return;
             }
             st.active -= 1;
-            st.login.clone()
+            (st.login.clone(), st.generation)
         };
+        let (login, generation) = login;
         match self.connect_new(&login).await {
             Ok(mut conn) => {
                 let mut st = self.lock();
-                conn.generation = st.generation;
+                conn.generation = generation;
                 st.active += 1;
                 drop(st);
                 self.register(&mut conn);

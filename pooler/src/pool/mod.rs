@@ -17,6 +17,7 @@ pub use settings::{secs, PoolSettings};
 use crate::server::{LoginTarget, ServerConn, ServerError};
 use crate::session::ParamMap;
 use crate::stats::PoolStats;
+use crate::topology::ServerAddr;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -198,17 +199,47 @@ impl Pool {
     /// New server connections are opened as the reloaded configuration says (database name,
     /// server_connect_timeout, server_tls_*: a rotated CA or client certificate, tcp_*); the open
     /// ones stay until they close (RECONNECT closes them at their next release).
-    pub fn update_settings(&self, settings: PoolSettings, dbname: &str, tls: Arc<crate::tls::ServerTls>) {
-        let mut st = self.lock();
-        let mut login = LoginTarget::clone(&st.login);
-        login.dbname = dbname.to_owned();
-        login.connect_timeout = settings.server_connect_timeout;
-        login.tcp = settings.tcp;
-        login.tls = tls;
-        st.login = Arc::new(login);
-        st.settings = Arc::new(settings);
-        self.settings_at.store(Arc::as_ptr(&st.settings) as usize, Ordering::Relaxed);
-        while self.grant_slot(&mut st, false) {}
+    ///
+    /// A database whose entry now points at another server moves with its clients, as in
+    /// PgBouncer: idle connections to the old server are closed now, the others when their
+    /// client releases them (a transaction finishes on the server it began on; a session-mode
+    /// client keeps its connection until it leaves), and every checkout after that opens or
+    /// finds a connection to the new server. Returns the old server when it moved.
+    pub fn update_settings(
+        &self,
+        settings: PoolSettings,
+        server: &ServerAddr,
+        dbname: &str,
+        tls: Arc<crate::tls::ServerTls>,
+    ) -> Option<ServerAddr> {
+        let (moved, idle) = {
+            let mut st = self.lock();
+            let mut login = LoginTarget::clone(&st.login);
+            let moved = (login.addr != *server).then(|| std::mem::replace(&mut login.addr, server.clone()));
+            login.dbname = dbname.to_owned();
+            login.connect_timeout = settings.server_connect_timeout;
+            login.tcp = settings.tcp;
+            login.tls = tls;
+            st.login = Arc::new(login);
+            st.settings = Arc::new(settings);
+            self.settings_at.store(Arc::as_ptr(&st.settings) as usize, Ordering::Relaxed);
+            let idle = if moved.is_some() {
+                // Connections to the old server close at their release; the new server's
+                // parameters welcome the next login.
+                st.generation += 1;
+                st.welcome = None;
+                st.client_params = None;
+                std::mem::take(&mut st.idle)
+            } else {
+                Vec::new()
+            };
+            while self.grant_slot(&mut st, false) {}
+            (moved, idle)
+        };
+        for conn in idle {
+            self.close_idle(conn, "the database moved to another server");
+        }
+        moved
     }
 
     /// Whether RELOAD replaced the settings since `mine` was taken (one load, no lock). The
@@ -402,13 +433,19 @@ impl Pool {
                     return Err(AcquireError::WaitTimeout);
                 }
                 Grant::Slot => {
-                    let login = self.lock().login.clone();
+                    // The generation of the login target: a connection opened to a server the
+                    // database moved away from meanwhile (or across a RECONNECT) is closed at
+                    // its release, and does not welcome clients.
+                    let (login, generation) = {
+                        let st = self.lock();
+                        (st.login.clone(), st.generation)
+                    };
                     let connected = self.connect_new(&login).await;
                     return match connected {
                         Ok(mut conn) => {
                             let mut st = self.lock();
-                            conn.generation = st.generation;
-                            if st.welcome.is_none() {
+                            conn.generation = generation;
+                            if st.welcome.is_none() && generation == st.generation {
                                 st.welcome = Some(conn.login_params.clone());
                             }
                             drop(st);

@@ -1,18 +1,17 @@
-//! Every pool, keyed by (server, database, user), with the per-database and per-user
+//! Every pool, keyed by (database, user) as in PgBouncer (its server is where the database's
+//! entry points now, and moves with it), with the per-database and per-user
 //! connection counters that max_db_connections and max_user_connections share across pools.
 //! Owns creating pools and finding them; a pool's connections are its own.
 
 use super::{maintain, Pool, PoolSettings};
 use crate::connections::Connections;
 use crate::server::LoginTarget;
-use crate::topology::ServerAddr;
 use hashbrown::HashMap;
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
-    pub server: ServerAddr,
     /// The client-facing database name (shared with the entries of the pool's clients).
     pub database: Arc<str>,
     /// The client's user name (shared likewise).
@@ -23,20 +22,19 @@ pub struct PoolKey {
 /// the `PoolKey` it equals (`&str` hashes as `String`).
 #[derive(Debug, Clone, Copy, Hash)]
 pub struct PoolKeyRef<'a> {
-    pub server: &'a ServerAddr,
     pub database: &'a str,
     pub user: &'a str,
 }
 
 impl PoolKeyRef<'_> {
     fn to_key(self) -> PoolKey {
-        PoolKey { server: self.server.clone(), database: self.database.into(), user: self.user.into() }
+        PoolKey { database: self.database.into(), user: self.user.into() }
     }
 }
 
 impl hashbrown::Equivalent<PoolKey> for PoolKeyRef<'_> {
     fn equivalent(&self, key: &PoolKey) -> bool {
-        *self.server == key.server && self.database == &*key.database && self.user == &*key.user
+        self.database == &*key.database && self.user == &*key.user
     }
 }
 
