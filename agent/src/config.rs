@@ -233,6 +233,38 @@ pub struct PostgresqlConfig {
     /// leader's disk and network (Patroni's `basebackup: max-rate`); unlimited when absent.
     #[serde(default)]
     pub basebackup_max_rate: Option<String>,
+    /// Scripts run on PostgreSQL's events (Patroni's `postgresql.callbacks`).
+    #[serde(default)]
+    pub callbacks: CallbacksConfig,
+}
+
+/// `[postgresql.callbacks]`: a program (absolute path, no arguments) for each event, run as
+/// `<program> <event> <role> <scope>`, e.g. `on_role_change primary main`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbacksConfig {
+    #[serde(default)]
+    pub on_start: Option<PathBuf>,
+    #[serde(default)]
+    pub on_stop: Option<PathBuf>,
+    #[serde(default)]
+    pub on_restart: Option<PathBuf>,
+    #[serde(default)]
+    pub on_reload: Option<PathBuf>,
+    #[serde(default)]
+    pub on_role_change: Option<PathBuf>,
+}
+
+impl CallbacksConfig {
+    fn all(&self) -> [(&'static str, &Option<PathBuf>); 5] {
+        [
+            ("on_start", &self.on_start),
+            ("on_stop", &self.on_stop),
+            ("on_restart", &self.on_restart),
+            ("on_reload", &self.on_reload),
+            ("on_role_change", &self.on_role_change),
+        ]
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -459,6 +491,15 @@ impl Validate for AgentConfig {
             }
         }
         self.api.validate()?;
+        for (event, script) in self.postgresql.callbacks.all() {
+            if let Some(path) = script.as_ref().filter(|p| !p.is_absolute()) {
+                return Err(Invalid::new(
+                    format!("postgresql.callbacks.{event}"),
+                    format!("{:?}", path.display().to_string()),
+                    "expected the absolute path of a program (it is run without a shell, with no arguments of its own)",
+                ));
+            }
+        }
         let bootstrap = &self.bootstrap;
         let chosen = bootstrap.targets() > 0 || bootstrap.set.is_some() || bootstrap.backup_config.is_some();
         match bootstrap.method {
@@ -685,6 +726,27 @@ secret = "0123456789abcdef0123"
         .unwrap();
         assert_eq!(c.bootstrap_backup_config(), Some(Path::new("/a.toml")));
         assert_eq!(c.bootstrap.target_args(), ["--immediate"]);
+    }
+
+    #[test]
+    fn callbacks_are_absolute_program_paths() {
+        let with = |line: &str| {
+            GOOD.replace(
+                "replication = { username = \"replicator\", password = \"r3pl\" }\n",
+                &format!(
+                    "replication = {{ username = \"replicator\", password = \"r3pl\" }}\ncallbacks = {{ {line} }}\n"
+                ),
+            )
+        };
+        let c: AgentConfig =
+            parse(Path::new("agent.toml"), &with("on_role_change = \"/usr/local/bin/vip.sh\"")).unwrap();
+        assert_eq!(c.postgresql.callbacks.on_role_change.as_deref(), Some(Path::new("/usr/local/bin/vip.sh")));
+        let e = err(&with("on_stop = \"vip.sh stop\""));
+        assert!(
+            e.starts_with("agent.toml: postgresql.callbacks.on_stop = \"vip.sh stop\": expected the absolute path"),
+            "{e}"
+        );
+        assert!(err(&with("on_promote = \"/x\"")).contains("unknown key"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! `cluster_view` maps DCS keys to the engine's view, `service` assembles a node from `config`.
 
 pub mod api;
+pub mod callbacks;
 pub mod cluster_view;
 pub mod config;
 pub mod dynamic;

@@ -66,6 +66,8 @@ pub struct Runtime {
     /// `[bootstrap]`, and the backup config a `restore` bootstrap reads.
     bootstrap: crate::config::BootstrapSection,
     bootstrap_backup_config: Option<std::path::PathBuf>,
+    /// `[postgresql.callbacks]`.
+    callbacks: crate::callbacks::Callbacks,
 }
 
 impl Runtime {
@@ -78,6 +80,7 @@ impl Runtime {
     ) -> Runtime {
         let conn = config.postgresql.connect_address.unwrap_or(config.postgresql.listen);
         let local_parameters = pg.parameters.clone();
+        let callbacks = crate::callbacks::Callbacks::new(config.postgresql.callbacks.clone(), &config.scope, pg.run_as);
         Runtime {
             name: config.name.clone(),
             ha: config.ha.to_ha_config(),
@@ -108,6 +111,7 @@ impl Runtime {
             member_slots: Default::default(),
             bootstrap: config.bootstrap.clone(),
             bootstrap_backup_config: config.bootstrap_backup_config().map(std::path::Path::to_path_buf),
+            callbacks,
         }
     }
 
@@ -128,12 +132,23 @@ impl Runtime {
         watcher.abort();
         self.cancel_reinitialize().await;
         tracing::info!("shutting down: stopping PostgreSQL");
+        let role = self.role_now();
         self.pg.stop(StopMode::Fast, Duration::from_secs(30)).await;
+        self.callbacks.fire(crate::callbacks::Event::Stop, role);
         if self.last_view.leader.as_deref() == Some(self.name.as_str()) {
             match tokio::time::timeout(self.ha.retry_timeout, self.dcs.release_leader()).await {
                 Ok(Ok(())) => tracing::info!("released the leader lock"),
                 _ => tracing::warn!("could not release the leader lock; it expires after ttl"),
             }
+        }
+        self.callbacks.finish(Duration::from_secs(5)).await;
+    }
+
+    /// The role callbacks are told: from this tick's probe (`replica` when in recovery or unknown).
+    fn role_now(&self) -> &'static str {
+        match &self.last_probe {
+            Some(p) if !p.in_recovery => "primary",
+            _ => "replica",
         }
     }
 

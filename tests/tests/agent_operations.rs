@@ -3,6 +3,8 @@
 //! another cluster is never joined or overwritten until an operator asks for a reinitialize, which
 //! then replaces it with a clone of the leader made in the background (the API answers meanwhile,
 //! a second request is refused unless forced); the leader refuses to be reinitialized.
+//! `[postgresql.callbacks]` programs run on start, role change, reload, restart and stop, with
+//! Patroni's arguments.
 
 use agent::postgres::binaries::{BinDir, DEFAULT_MAJOR};
 use agent::postgres::os_user::{RunAs, DEFAULT_USER};
@@ -248,4 +250,71 @@ async fn dynamic_configuration_reaches_every_node_by_reload_or_flags_a_pending_r
     assert!(text.contains("must be larger than loop_wait + 2 x retry_timeout"), "{text}");
     let (_, config) = http(api, "GET", "/config", None).await.unwrap();
     assert!(!config.contains("loop_wait"), "the refused change was written: {config}");
+}
+
+/// The lines a callback program wrote: `<event> <role> <scope>` each.
+fn callback_lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect()
+}
+
+/// Patroni's callbacks, each a program run as `<program> <event> <role> <scope>` as the
+/// PostgreSQL user: on_start when the cluster is made (primary) and when the replica starts,
+/// on_role_change on both sides of a switchover, on_reload and on_restart through the API,
+/// on_stop when the agent stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callbacks_run_with_patronis_arguments_on_each_event() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let mut cluster = PghaCluster::prepare_on_etcd(2, Timing::default()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let mut logs = Vec::new();
+    for (i, n) in cluster.nodes.iter_mut().enumerate() {
+        let log = dir.path().join(format!("node{i}.log"));
+        let script = dir.path().join(format!("callback{i}.sh"));
+        std::fs::write(&script, format!("#!/bin/sh\necho \"$@\" >> {}\n", log.display())).unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let program = script.display().to_string();
+        n.add_section(&format!(
+            "[postgresql.callbacks]\non_start = \"{program}\"\non_stop = \"{program}\"\non_restart = \"{program}\"\n\
+             on_reload = \"{program}\"\non_role_change = \"{program}\""
+        ));
+        logs.push(log);
+    }
+    cluster.start_all().unwrap();
+    let old = healthy(&cluster).await;
+    let candidate = 1 - old;
+    let scope = cluster.scope.clone();
+    let has = |i: usize, line: String| {
+        let path = logs[i].clone();
+        async move {
+            wait_for(&format!("`{line}` from node {i}'s callback"), Duration::from_secs(30), || async {
+                Ok(callback_lines(&path).contains(&line).then_some(()))
+            })
+            .await
+        }
+    };
+    has(old, format!("on_start primary {scope}")).await.unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
+    has(candidate, format!("on_start replica {scope}")).await.unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
+
+    let body = format!(r#"{{"leader":"{}","candidate":"{}"}}"#, cluster.nodes[old].name, cluster.nodes[candidate].name);
+    let (status, text) = http(cluster.nodes[old].api_port, "POST", "/switchover", Some(&body)).await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    has(candidate, format!("on_role_change primary {scope}"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
+    has(old, format!("on_role_change replica {scope}")).await.unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
+
+    let (status, _) = http(cluster.nodes[candidate].api_port, "POST", "/reload", None).await.unwrap();
+    assert_eq!(status, 202);
+    has(candidate, format!("on_reload primary {scope}")).await.unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
+    let (status, text) = http(cluster.nodes[old].api_port, "POST", "/restart", Some("{}")).await.unwrap();
+    assert!(status < 300, "{status} {text}");
+    has(old, format!("on_restart replica {scope}")).await.unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
+    cluster.nodes[old].stop_agent().await.unwrap();
+    has(old, format!("on_stop replica {scope}")).await.unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
+    // The demoted node never told its program it started as a primary again, and nothing ran
+    // a callback twice for one event.
+    let old_lines = callback_lines(&logs[old]);
+    assert_eq!(old_lines.iter().filter(|l| l.starts_with("on_start")).count(), 1, "{old_lines:?}");
+    let log = cluster.nodes[candidate].agent_log();
+    assert!(log.contains("callback started"), "{log}");
 }

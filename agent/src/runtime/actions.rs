@@ -3,6 +3,7 @@
 
 use super::peers::ask_peer;
 use super::Runtime;
+use crate::callbacks::Event;
 use crate::ha::{Action, ClusterView};
 use crate::postgres::control::{slot_name, StopMode};
 use consensus::dcs::{ClusterKey, Expected};
@@ -32,11 +33,15 @@ impl Runtime {
                 }
                 self.pg.write_config(follow.as_deref().map(|a| (a, slot.as_str())), true).map_err(|e| e.to_string())?;
                 self.following = leader.clone();
-                self.start_standby(view).await
+                self.start_standby(view).await?;
+                self.callbacks.fire(Event::Start, "replica");
+                Ok(())
             }
             Action::StartPrimary => {
                 self.pg.write_config(None, false).map_err(|e| e.to_string())?;
-                self.pg.start(Duration::from_secs(120)).await.map_err(|e| e.to_string())
+                self.pg.start(Duration::from_secs(120)).await.map_err(|e| e.to_string())?;
+                self.callbacks.fire(Event::Start, "primary");
+                Ok(())
             }
             Action::RefreshLock => self.refresh_lock().await,
             Action::AcquireLock => match tokio::time::timeout(rt, self.dcs.acquire_leader()).await {
@@ -66,6 +71,7 @@ impl Runtime {
                 }
                 self.following = None;
                 tracing::info!("promoted to primary");
+                self.callbacks.fire(Event::RoleChange, "primary");
                 if view.failover.is_some() {
                     // The switchover or failover it asked for is done.
                     if let Err(e) = self.dcs.delete(ClusterKey::Failover, Expected::Any).await {
@@ -100,7 +106,10 @@ impl Runtime {
                 }
                 self.pg.write_config(follow.as_deref().map(|a| (a, slot.as_str())), true).map_err(|e| e.to_string())?;
                 self.following = leader.clone();
-                self.start_standby(view).await
+                let started = self.start_standby(view).await;
+                // Demoted, whether or not the standby came up: the role changed.
+                self.callbacks.fire(Event::RoleChange, "replica");
+                started
             }
             Action::Follow { leader } => {
                 if self.following.as_deref() == Some(leader.as_str()) {
@@ -120,7 +129,9 @@ impl Runtime {
                 self.pg.rewind_from(&addr).await.map_err(|e| e.to_string())?;
                 self.pg.write_config(Some((&addr, &slot)), true).map_err(|e| e.to_string())?;
                 self.following = Some(leader.clone());
-                self.start_standby(view).await
+                self.start_standby(view).await?;
+                self.callbacks.fire(Event::Start, "replica");
+                Ok(())
             }
             Action::ClearFailover { revision } => {
                 let delete = self.dcs.delete(ClusterKey::Failover, Expected::Revision(*revision));

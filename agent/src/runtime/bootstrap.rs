@@ -36,6 +36,7 @@ impl Runtime {
             let _ = self.dcs.release_leader().await;
         } else {
             tracing::info!("cluster bootstrapped; I am the leader");
+            self.callbacks.fire(crate::callbacks::Event::Start, "primary");
         }
         result
     }

@@ -69,7 +69,10 @@ impl Runtime {
         use crate::api::ApiCommand;
         match command {
             ApiCommand::Reload => match self.pg.query("select pg_reload_conf()", self.ha.retry_timeout).await {
-                Ok(_) => tracing::info!("configuration reloaded (API request)"),
+                Ok(_) => {
+                    tracing::info!("configuration reloaded (API request)");
+                    self.callbacks.fire(crate::callbacks::Event::Reload, self.role_now());
+                }
                 Err(e) => tracing::warn!("reload requested through the API failed: {e}"),
             },
             ApiCommand::Restart if self.reinit.is_some() => {
@@ -77,9 +80,11 @@ impl Runtime {
             }
             ApiCommand::Restart => {
                 tracing::info!("restarting PostgreSQL (API request)");
+                let role = self.role_now();
                 self.pg.stop(StopMode::Fast, Duration::from_secs(60)).await;
-                if let Err(e) = self.pg.start(Duration::from_secs(120)).await {
-                    tracing::warn!("restart requested through the API failed: {e}");
+                match self.pg.start(Duration::from_secs(120)).await {
+                    Ok(()) => self.callbacks.fire(crate::callbacks::Event::Restart, role),
+                    Err(e) => tracing::warn!("restart requested through the API failed: {e}"),
                 }
             }
             ApiCommand::Reinitialize { force, started } => {
