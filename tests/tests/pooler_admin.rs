@@ -901,3 +901,24 @@ async fn reload_moves_a_database_to_another_server_and_its_clients_follow() {
 async fn server_port(client: &tokio_postgres::Client) -> String {
     rows(&client.simple_query("select current_setting('port')").await.unwrap())[0][0].clone()
 }
+
+/// RESUME hands a connection to every client that waited during PAUSE: each of them runs its
+/// query (before the fix every second waiter was dropped and told the pool was closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_releases_every_waiting_client() {
+    let (_pg, pooler) = setup("pool_mode = \"transaction\"").await;
+    let admin = console(&pooler).await;
+    admin.simple_query("PAUSE").await.unwrap();
+    let mut waiting = Vec::new();
+    for i in 0..4 {
+        let client = pooler.connect().await.unwrap();
+        waiting.push(tokio::spawn(async move { client.simple_query(&format!("select {i}")).await.map(|_| ()) }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(waiting.iter().all(|w| !w.is_finished()), "a query ran during PAUSE");
+    admin.simple_query("RESUME").await.unwrap();
+    for w in waiting {
+        let ran = tokio::time::timeout(Duration::from_secs(5), w).await.expect("released by RESUME").unwrap();
+        assert!(ran.is_ok(), "a waiting client failed at RESUME: {ran:?}\n{}", pooler.log());
+    }
+}

@@ -801,8 +801,14 @@ impl Pool {
                 break;
             };
             st.active += 1;
+            // The grant first: a waiter popped with no grant for it would be dropped, and its
+            // client told the pool was closed.
             let mut grant = Some(grant);
-            while let (Some(waiter), Some(g)) = (st.waiters.pop_front(), grant.take()) {
+            while let Some(g) = grant.take() {
+                let Some(waiter) = st.waiters.pop_front() else {
+                    grant = Some(g);
+                    break;
+                };
                 if let Err(back) = waiter.send(g) {
                     grant = Some(back);
                 }
