@@ -146,6 +146,44 @@ pub struct PoolerConfig {
     pub client_close_reset: bool,
     pub databases: BTreeMap<String, DatabaseConfig>,
     pub users: BTreeMap<String, UserConfig>,
+    /// The pgha (or Patroni) cluster whose primary the `cluster_role = "primary"` databases
+    /// follow, read from its DCS.
+    pub cluster: Option<ClusterSection>,
+}
+
+/// `[cluster]`: where the cluster's DCS is and which cluster it is. One of `etcd_endpoints` or
+/// `raft_members` (with the Raft group's secret).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// The agents' `scope`.
+    pub scope: String,
+    /// The agents' `namespace`.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// etcd client URLs (`http://10.0.0.1:2379`).
+    #[serde(default)]
+    pub etcd_endpoints: Vec<String>,
+    /// The built-in Raft group's members, `host:port` (their `dcs.raft.listen`).
+    #[serde(default)]
+    pub raft_members: Vec<String>,
+    /// The Raft group's shared secret, or a file holding it (one of the two with raft_members).
+    #[serde(default)]
+    pub raft_secret: Option<String>,
+    #[serde(default)]
+    pub raft_secret_file: Option<std::path::PathBuf>,
+}
+
+fn default_namespace() -> String {
+    "/service".into()
+}
+
+/// Which member of the cluster a database's clients are sent to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterRole {
+    /// The member holding the leader lock.
+    Primary,
 }
 
 impl Default for PoolerConfig {
@@ -212,6 +250,7 @@ impl Default for PoolerConfig {
             client_close_reset: true,
             databases: BTreeMap::new(),
             users: BTreeMap::new(),
+            cluster: None,
         }
     }
 }
@@ -220,7 +259,12 @@ impl Default for PoolerConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
+    /// The server's host name, address or Unix socket directory; none with `cluster_role`.
+    #[serde(default)]
     pub host: String,
+    /// `primary`: the server is the `[cluster]`'s primary, followed through its DCS.
+    #[serde(default)]
+    pub cluster_role: Option<ClusterRole>,
     #[serde(default = "default_port")]
     pub port: u16,
     /// Database name on the server; defaults to the entry's name.
@@ -282,6 +326,47 @@ impl Validate for PoolerConfig {
             ("shutdown_timeout", self.shutdown_timeout),
         ] {
             non_negative(key, v)?;
+        }
+        for (name, db) in &self.databases {
+            match (db.cluster_role, db.host.is_empty()) {
+                (None, true) => {
+                    return Err(Invalid::missing(
+                        format!("databases.{name}.host"),
+                        "set host (and port), or cluster_role = \"primary\" with a [cluster] section",
+                    ))
+                }
+                (Some(_), false) => {
+                    return Err(Invalid::new(
+                        format!("databases.{name}.host"),
+                        format!("{:?}", db.host),
+                        "cluster_role takes the server from the cluster's DCS: remove host and port",
+                    ))
+                }
+                (Some(_), true) if self.cluster.is_none() => {
+                    return Err(Invalid::missing(
+                        "cluster",
+                        format!("databases.{name}.cluster_role needs a [cluster] section (scope and the DCS)"),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        if let Some(c) = &self.cluster {
+            if c.etcd_endpoints.is_empty() == c.raft_members.is_empty() {
+                return Err(Invalid::missing(
+                    "cluster.etcd_endpoints",
+                    "set one of etcd_endpoints (etcd client URLs) or raft_members (the built-in Raft group)",
+                ));
+            }
+            if !c.raft_members.is_empty() && c.raft_secret.is_none() == c.raft_secret_file.is_none() {
+                return Err(Invalid::missing(
+                    "cluster.raft_secret",
+                    "set raft_secret or raft_secret_file (the agents' dcs.raft secret)",
+                ));
+            }
+            if consensus::cluster::KeyLayout::new(&c.namespace, &c.scope).is_err() {
+                return Err(Invalid::new("cluster.scope", format!("{:?}", c.scope), "expected the agents' scope"));
+            }
         }
         if self.min_pool_size > self.default_pool_size {
             return Err(Invalid::new(
@@ -403,7 +488,7 @@ impl Validate for PoolerConfig {
                     ));
                 }
             }
-            if db.host.is_empty() {
+            if db.host.is_empty() && db.cluster_role.is_none() {
                 return Err(Invalid::new(
                     format!("databases.{name}.host"),
                     "\"\"",
@@ -484,6 +569,34 @@ mod tests {
             Ok(_) => panic!("expected an error"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn a_database_follows_the_cluster_only_with_a_whole_cluster_section() {
+        let db = "auth_type = \"trust\"\n[databases.app]\ncluster_role = \"primary\"\n";
+        let etcd = "[cluster]\nscope = \"main\"\netcd_endpoints = [\"http://10.0.0.1:2379\"]\n";
+        let c: PoolerConfig = parse(Path::new("pooler.toml"), &format!("{db}{etcd}")).unwrap();
+        assert_eq!(c.databases["app"].cluster_role, Some(ClusterRole::Primary));
+        assert_eq!(c.cluster.as_ref().map(|c| c.namespace.as_str()), Some("/service"));
+        assert_eq!(
+            err(db),
+            "pooler.toml: cluster: databases.app.cluster_role needs a [cluster] section (scope and the DCS)"
+        );
+        assert_eq!(
+            err(&format!("{db}host = \"10.0.0.1\"\n{etcd}")),
+            "pooler.toml: databases.app.host = \"10.0.0.1\": cluster_role takes the server from the cluster's DCS: remove host and port"
+        );
+        assert_eq!(
+            err("auth_type = \"trust\"\n[databases.app]\nport = 5432\n"),
+            "pooler.toml: databases.app.host: set host (and port), or cluster_role = \"primary\" with a [cluster] section"
+        );
+        assert!(err(&format!("{db}[cluster]\nscope = \"main\"\n")).contains("set one of etcd_endpoints"));
+        let raft = format!("{db}[cluster]\nscope = \"main\"\nraft_members = [\"10.0.0.1:7204\"]\n");
+        assert!(err(&raft).contains("set raft_secret or raft_secret_file"));
+        let c: PoolerConfig =
+            parse(Path::new("pooler.toml"), &format!("{raft}raft_secret = \"0123456789abcdef0123\"\n")).unwrap();
+        assert_eq!(c.cluster.map(|c| c.raft_members.len()), Some(1));
+        assert!(err(&format!("{db}[databases.app.x]\n")).contains("unknown key"));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use crate::admin::rows::{ConfigRow, DatabaseRow, Lists, PoolRow, PoolerState, SocketRow, StatsRow, UserRow};
 use crate::admin::{AdminBackend, AdminError, ShutdownMode};
-use crate::pool::{Pool, PoolKey, PoolSettings};
+use crate::pool::{Pool, PoolKey};
 use crate::runtime::Shared;
 use crate::shutdown::Signal;
 use async_trait::async_trait;
@@ -362,28 +362,7 @@ impl ConsoleBackend {
     /// pool settings for every pool (connected clients at their next transaction).
     fn apply(&self, config: crate::config::PoolerConfig) -> Result<(), crate::runtime::PoolerError> {
         self.shared.reload(config)?;
-        let config = self.shared.config();
-        let topology = self.shared.topology();
-        for pool in self.shared.pools.all() {
-            let Some(target) = topology.target(&pool.key.database) else { continue };
-            let user = config.users.get(&*pool.key.user);
-            let settings = PoolSettings::new(
-                &config,
-                &target,
-                user.and_then(|u| u.pool_mode),
-                user.and_then(|u| u.max_user_connections),
-            );
-            if let Some(old) = pool.update_settings(settings, &target.server, &target.dbname, self.shared.server_tls())
-            {
-                tracing::info!(
-                    database = &*pool.key.database,
-                    user = &*pool.key.user,
-                    from = %old,
-                    to = %target.server,
-                    "RELOAD: the database moved to another server; its clients follow at their next transaction"
-                );
-            }
-        }
+        self.shared.retarget_pools();
         Ok(())
     }
 }

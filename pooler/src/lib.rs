@@ -13,6 +13,7 @@ pub mod buffers;
 pub mod cancel;
 pub mod client;
 pub mod clock;
+pub mod cluster_feed;
 pub mod config;
 pub mod connections;
 pub mod console;

@@ -56,6 +56,10 @@ pub struct Shared {
     pub started: Instant,
     /// client_login_timeout of the logins in progress.
     pub login_deadlines: crate::client::LoginDeadlines,
+    /// `[cluster]`: the primary last read from the DCS, and the pools paused while the
+    /// cluster had no leader.
+    cluster_primary: RwLock<Option<crate::topology::ServerAddr>>,
+    cluster_paused: std::sync::Mutex<Option<Vec<std::sync::Weak<crate::pool::Pool>>>>,
 }
 
 impl Shared {
@@ -80,6 +84,8 @@ impl Shared {
             shutdown: Shutdown::default(),
             started: Instant::now(),
             login_deadlines: Default::default(),
+            cluster_primary: RwLock::new(None),
+            cluster_paused: std::sync::Mutex::new(None),
         })
     }
 
@@ -112,9 +118,76 @@ impl Shared {
         *self.client_tls.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(client_tls);
         *self.server_tls.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(server_tls);
         *self.credentials.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(credentials);
-        self.set_topology(Arc::new(StaticTopology::from_config(&config)));
+        let primary = self.cluster_primary.read().unwrap_or_else(|p| p.into_inner()).clone();
+        self.set_topology(Arc::new(StaticTopology::following(&config, primary.as_ref())));
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
         Ok(())
+    }
+
+    /// Every pool takes the settings and server its database's entry has now (RELOAD, SET, a
+    /// new primary): connected clients at their next transaction.
+    pub fn retarget_pools(&self) {
+        let config = self.config();
+        let topology = self.topology();
+        for pool in self.pools.all() {
+            let Some(target) = topology.target(&pool.key.database) else { continue };
+            let user = config.users.get(&*pool.key.user);
+            let settings = crate::pool::PoolSettings::new(
+                &config,
+                &target,
+                user.and_then(|u| u.pool_mode),
+                user.and_then(|u| u.max_user_connections),
+            );
+            if let Some(old) = pool.update_settings(settings, &target.server, &target.dbname, self.server_tls()) {
+                tracing::info!(
+                    database = &*pool.key.database,
+                    user = &*pool.key.user,
+                    from = %old,
+                    to = %target.server,
+                    "the database moved to another server; its clients follow at their next transaction"
+                );
+            }
+        }
+    }
+
+    /// The cluster feed's news: the primary's address, or None while no member holds the leader
+    /// lock. A new primary becomes the server of the `cluster_role = "primary"` databases (as a
+    /// RELOAD that changes their host); without one their pools are paused (transactions wait,
+    /// bounded by query_wait_timeout) until one is known again.
+    pub fn follow_cluster(&self, primary: Option<crate::topology::ServerAddr>) {
+        let config = self.config();
+        let followed = |pool: &crate::pool::Pool| {
+            config.databases.get(&*pool.key.database).is_some_and(|d| d.cluster_role.is_some())
+        };
+        let mut paused = self.cluster_paused.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(primary) = primary else {
+            if paused.is_none() {
+                let held: Vec<_> = self
+                    .pools
+                    .all()
+                    .into_iter()
+                    .filter(|p| followed(p) && !p.is_paused())
+                    .inspect(|p| {
+                        p.pause();
+                    })
+                    .map(|p| Arc::downgrade(&p))
+                    .collect();
+                tracing::warn!(pools = held.len(), "the cluster has no leader: new transactions on its primary wait");
+                *paused = Some(held);
+            }
+            return;
+        };
+        let changed = self.cluster_primary.read().unwrap_or_else(|p| p.into_inner()).as_ref() != Some(&primary);
+        if changed {
+            tracing::info!(primary = %primary, "following the cluster's primary");
+            *self.cluster_primary.write().unwrap_or_else(|p| p.into_inner()) = Some(primary.clone());
+            self.set_topology(Arc::new(StaticTopology::following(&config, Some(&primary))));
+            self.retarget_pools();
+        }
+        if let Some(held) = paused.take() {
+            let resumed = held.iter().filter_map(std::sync::Weak::upgrade).inspect(|p| p.resume()).count();
+            tracing::info!(primary = %primary, pools = resumed, "the cluster has a leader again: waiting transactions go on");
+        }
     }
 
     /// client_tls_*: the answer to SSLRequest and whether plain-text clients may stay.
@@ -204,6 +277,10 @@ pub async fn run(shared: Arc<Shared>, stop: &mut impl StopSource) -> Result<(), 
         pool_mode = ?config.pool_mode,
         "pooler listening"
     );
+    if let Some(section) = config.cluster.clone() {
+        crate::cluster_feed::start(section, shared.clone(), tokio::runtime::Handle::current())
+            .map_err(PoolerError::Runtime)?;
+    }
     let serving = tokio::spawn(listeners.serve(shared.clone()));
     let parked = tokio::spawn(crate::client::serve_parked(shared.clone()));
     let mut signal = tokio::select! {

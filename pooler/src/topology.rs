@@ -69,11 +69,22 @@ pub struct StaticTopology {
 
 impl StaticTopology {
     pub fn from_config(config: &PoolerConfig) -> Self {
+        Self::following(config, None)
+    }
+
+    /// The entries of pooler.toml, the `cluster_role = "primary"` ones sent to `primary` (left
+    /// out while no primary is known: their clients are told so at login).
+    pub fn following(config: &PoolerConfig, primary: Option<&ServerAddr>) -> Self {
         let mut topology = StaticTopology::default();
         for (name, db) in &config.databases {
+            let server = match (db.cluster_role, primary) {
+                (None, _) => ServerAddr { host: db.host.clone(), port: db.port },
+                (Some(crate::config::ClusterRole::Primary), Some(primary)) => primary.clone(),
+                (Some(_), None) => continue,
+            };
             let target = DatabaseTarget {
                 name: name.clone(),
-                server: ServerAddr { host: db.host.clone(), port: db.port },
+                server,
                 dbname: db.dbname.clone().unwrap_or_else(|| name.clone()),
                 user: db.user.clone(),
                 pool_mode: db.pool_mode,

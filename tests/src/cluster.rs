@@ -234,6 +234,11 @@ impl PghaCluster {
         Self::start_agents(size, timing, false, "").await
     }
 
+    /// Raft only: `127.0.0.1:<port>` of each member, as a DCS client (a pooler) reaches them.
+    pub fn raft_members(&self) -> Vec<String> {
+        self.raft_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect()
+    }
+
     /// Starts every node's agent.
     pub fn start_all(&mut self) -> anyhow::Result<()> {
         for n in &mut self.nodes {

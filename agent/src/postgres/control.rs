@@ -205,6 +205,26 @@ impl LocalPostgres {
         self.query("select pg_reload_conf()", Duration::from_secs(30)).await.map(|_| ())
     }
 
+    /// Before a planned demotion: waits up to `limit` until no client transaction is open (the
+    /// pooler holds new ones meanwhile), so that a switchover is a pause for clients rather than
+    /// an error. Returns how many were still open at the end (they are cut by the stop).
+    pub async fn drain_client_transactions(&self, limit: Duration) -> u64 {
+        let sql = "select count(*)::text from pg_stat_activity where backend_type = 'client backend' \
+                   and pid <> pg_backend_pid() and xact_start is not null";
+        let deadline = Instant::now() + limit;
+        loop {
+            let open = match self.query(sql, Duration::from_secs(1)).await {
+                Ok(rows) => rows.first().and_then(|r| r.first()).cloned().flatten().and_then(|v| v.parse().ok()),
+                Err(_) => None,
+            };
+            match open {
+                Some(0) | None => return 0,
+                Some(n) if Instant::now() >= deadline => return n,
+                Some(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
     /// Removes the (stopped) data directory: the first half of an explicit reinitialize.
     pub fn remove_data_dir(&self) -> Result<(), PgError> {
         match std::fs::remove_dir_all(&self.data_dir) {

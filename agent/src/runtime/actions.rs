@@ -83,6 +83,14 @@ impl Runtime {
                 Ok(())
             }
             Action::Demote { leader } => {
+                if view.failover.is_some() {
+                    // A switchover: let client transactions under way finish (the pooler holds
+                    // new ones once it sees the failover key), bounded by retry_timeout.
+                    let cut = self.pg.drain_client_transactions(rt).await;
+                    if cut > 0 {
+                        tracing::warn!("switchover: {cut} client transactions still open after {rt:?}; they are cut");
+                    }
+                }
                 tracing::warn!("demoting: stopping PostgreSQL");
                 self.pg.stop(StopMode::Fast, rt).await;
                 self.lease_valid_until = None;

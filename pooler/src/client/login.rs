@@ -98,6 +98,14 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
         return Box::pin(console_login(stream, shared, &config, &startup)).await;
     }
     let Some(target) = shared.topology().target(database) else {
+        if config.databases.get(database).is_some_and(|d| d.cluster_role.is_some()) {
+            let message = format!(
+                "database {database} goes to the cluster's primary, and none is known yet (no leader, or its DCS \
+                 not reached yet); try again"
+            );
+            let _ = send_fatal(stream, "57P03", &message).await;
+            return None;
+        }
         let _ = send_fatal(stream, "3D000", &format!("no such database: {database}")).await;
         return None;
     };

@@ -1,0 +1,170 @@
+//! The pooler following a real cluster through its DCS (`[cluster]`, `cluster_role =
+//! "primary"`): clients reach the primary, and across a switchover their connections, kept open,
+//! see a pause and no error: new transactions wait while the switchover runs, and run on the new
+//! primary once it has promoted.
+
+use harness::agent_checks::{another_primary, healthy};
+use harness::cluster::{http, PghaCluster, Timing, SUPERUSER_PASSWORD};
+use harness::{wait_for, PghaProcess};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn first_value(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<String> {
+    messages.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    })
+}
+
+/// The port of the server a client's query runs on.
+async fn server_port(client: &tokio_postgres::Client) -> anyhow::Result<u16> {
+    let rows = client.simple_query("select current_setting('port')").await?;
+    Ok(first_value(&rows).unwrap_or_default().parse()?)
+}
+
+/// A pooler following `cluster` (etcd or the built-in Raft) for database `postgres`, once it
+/// serves a query: (process, client DSN, its scratch dir).
+async fn start_pooler(cluster: &PghaCluster) -> (PghaProcess, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("userlist.txt"), format!("\"postgres\" \"{SUPERUSER_PASSWORD}\"\n")).unwrap();
+    let port = harness::ports::free_port().unwrap();
+    let dcs = match &cluster.etcd {
+        Some(etcd) => {
+            let endpoints: Vec<String> = etcd.endpoints().iter().map(|e| format!("\"{e}\"")).collect();
+            format!("etcd_endpoints = [{}]", endpoints.join(", "))
+        }
+        None => {
+            let members: Vec<String> = cluster.raft_members().iter().map(|m| format!("\"{m}\"")).collect();
+            format!("raft_members = [{}]\nraft_secret = \"{}\"", members.join(", "), harness::raft::RAFT_SECRET)
+        }
+    };
+    let config = format!(
+        "listen_addr = \"127.0.0.1\"\nlisten_port = {port}\nunix_socket_dir = \"\"\nauth_type = \"trust\"\n\
+         auth_file = \"{dir}/userlist.txt\"\npool_mode = \"transaction\"\nquery_wait_timeout = 30\n\n\
+         [databases.postgres]\ncluster_role = \"primary\"\n\n[cluster]\nscope = \"{scope}\"\n{dcs}\n",
+        dir = dir.path().display(),
+        scope = cluster.scope,
+    );
+    let pooler = PghaProcess::start("pooler-cluster", &["pooler"], &config).unwrap();
+    let dsn = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=5");
+    wait_for("the pooler to reach the primary", Duration::from_secs(30), || async {
+        connect(&dsn).await?.simple_query("select 1").await?;
+        Ok(Some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", pooler.log()));
+    (pooler, dsn, dir)
+}
+
+async fn connect(dsn: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pooler_follows_the_primary_across_a_switchover() {
+    let cluster = PghaCluster::start_on_etcd(2, Timing::default()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let old = healthy(&cluster).await;
+    let new = 1 - old;
+    let (pooler, dsn, _dir) = start_pooler(&cluster).await;
+    let client = connect(&dsn).await.unwrap();
+    assert_eq!(server_port(&client).await.unwrap(), cluster.nodes[old].pg_port);
+    client
+        .batch_execute("create table if not exists moves(id serial primary key, at timestamptz default now())")
+        .await
+        .unwrap();
+
+    // A client writing through the pooler all along, on one connection.
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let reconnects = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let writer = {
+        let (ok, failed, reconnects, errors) = (ok.clone(), failed.clone(), reconnects.clone(), errors.clone());
+        let mut client = connect(&dsn).await.unwrap();
+        let dsn = dsn.clone();
+        tokio::spawn(async move {
+            loop {
+                match client.simple_query("insert into moves default values").await {
+                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        errors
+                            .lock()
+                            .unwrap()
+                            .push(e.as_db_error().map(|d| d.message().to_owned()).unwrap_or(e.to_string()));
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+                // As an application's pool would: a closed connection is opened again.
+                if client.is_closed() {
+                    if let Ok(c) = connect(&dsn).await {
+                        client = c;
+                        reconnects.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let body = format!(r#"{{"leader":"{}","candidate":"{}"}}"#, cluster.nodes[old].name, cluster.nodes[new].name);
+    let (status, text) = http(cluster.nodes[old].api_port, "POST", "/switchover", Some(&body)).await.unwrap();
+    assert_eq!(status, 200, "{text}\n{}", cluster.logs());
+
+    // The connection opened before the switchover now runs on the new primary.
+    wait_for("the pooler's clients to reach the new primary", Duration::from_secs(30), || async {
+        Ok((server_port(&client).await.ok() == Some(cluster.nodes[new].pg_port)).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", pooler.log(), cluster.logs()));
+    let before = ok.load(Ordering::Relaxed);
+    wait_for("the writer to write on the new primary", Duration::from_secs(10), || async {
+        Ok((ok.load(Ordering::Relaxed) > before + 10).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}; errors {:?}\n{}", errors.lock().unwrap(), pooler.log()));
+    writer.abort();
+    let rows = first_value(&client.simple_query("select count(*) from moves").await.unwrap()).unwrap_or_default();
+    let (written, errors_list) = (ok.load(Ordering::Relaxed), errors.clone());
+    let errors = failed.load(Ordering::Relaxed);
+    let reconnected = reconnects.load(Ordering::Relaxed);
+    eprintln!(
+        "switchover through the pooler: {written} inserts acknowledged, {errors} failed ({:?}), {reconnected} \
+         reconnects, {rows} rows on the new primary",
+        self::errors_seen(&errors_list)
+    );
+    assert!(rows.parse::<u64>().unwrap() >= written, "acknowledged inserts lost: {rows} < {written}");
+    // A planned switchover is a pause for the pooler's clients, not an error.
+    assert_eq!((errors, reconnected), (0, 0), "{:?}\n{}", errors_seen(&errors_list), pooler.log());
+    let log = pooler.log();
+    assert!(log.contains("following the cluster's primary"), "{log}");
+}
+
+fn errors_seen(errors: &std::sync::Mutex<Vec<String>>) -> Vec<String> {
+    let mut seen = errors.lock().unwrap().clone();
+    seen.dedup();
+    seen
+}
+
+/// On the built-in Raft, the pooler reads the agents' own Raft group; when the primary's node is
+/// lost its clients, kept connected, run their next transactions on the promoted replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pooler_follows_a_failover_on_the_built_in_raft() {
+    let mut cluster = PghaCluster::start_on_raft(3, Timing::default()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let old = healthy(&cluster).await;
+    let (pooler, dsn, _dir) = start_pooler(&cluster).await;
+    let client = connect(&dsn).await.unwrap();
+    assert_eq!(server_port(&client).await.unwrap(), cluster.nodes[old].pg_port);
+    cluster.nodes[old].kill_node();
+    let new = another_primary(&cluster, old, 60).await;
+    wait_for("the pooler's client to reach the new primary", Duration::from_secs(30), || async {
+        Ok((server_port(&client).await.ok() == Some(cluster.nodes[new].pg_port)).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", pooler.log(), cluster.logs()));
+    client.batch_execute("create table after_failover(id int)").await.unwrap();
+    assert!(!client.is_closed(), "the client's connection was closed");
+}
