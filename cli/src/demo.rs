@@ -1,6 +1,7 @@
 //! `pgha demo`: a whole cluster on this machine for newcomers. It starts a DCS, N agents (this
-//! same binary) with generated configs, prints the DSNs and API URLs, forwards one line per agent
-//! event, and on Ctrl-C (or SIGTERM) stops the agents gracefully and removes what it created.
+//! same binary) with generated configs and a pooler that follows the primary through the DCS,
+//! prints the DSNs and API URLs, forwards one line per agent event, and on Ctrl-C (or SIGTERM)
+//! stops the agents gracefully and removes what it created.
 
 use agent::postgres::os_user::{RunAs, DEFAULT_USER};
 use anyhow::{bail, Context};
@@ -77,6 +78,8 @@ enum DemoDcs {
 /// The generated `[dcs]` section for every agent, and the etcd process when there is one.
 struct DcsSetup {
     section: Vec<String>,
+    /// The pooler's `[cluster]` keys that reach the same DCS.
+    pooler_dcs: String,
     description: String,
     etcd: Option<Child>,
 }
@@ -112,7 +115,13 @@ fn raft_sections(nodes: u8, dir: &Path) -> anyhow::Result<DcsSetup> {
         })
         .collect();
     let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    Ok(DcsSetup { section, description: format!("the built-in Raft group ({})", addrs.join(", ")), etcd: None })
+    let members: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
+    Ok(DcsSetup {
+        section,
+        pooler_dcs: format!("raft_members = [{}]\nraft_secret = \"{secret}\"\n", members.join(", ")),
+        description: format!("the built-in Raft group ({})", addrs.join(", ")),
+        etcd: None,
+    })
 }
 
 fn start_etcd(nodes: u8, dir: &Path) -> anyhow::Result<DcsSetup> {
@@ -135,13 +144,14 @@ fn start_etcd(nodes: u8, dir: &Path) -> anyhow::Result<DcsSetup> {
     let section = format!("[dcs]\nbackend = \"etcd\"\n[dcs.etcd]\nendpoints = [\"{etcd_url}\"]\n");
     Ok(DcsSetup {
         section: vec![section; nodes as usize],
+        pooler_dcs: format!("etcd_endpoints = [\"{etcd_url}\"]\n"),
         description: format!("etcd at {etcd_url}"),
         etcd: Some(etcd),
     })
 }
 
 async fn run_in(opts: &DemoOptions, dcs: DemoDcs, dir: &Path, owner: Option<RunAs>) -> anyhow::Result<()> {
-    let DcsSetup { section, description, mut etcd } = start_dcs(dcs, opts.nodes, dir).await?;
+    let DcsSetup { section, pooler_dcs, description, mut etcd } = start_dcs(dcs, opts.nodes, dir).await?;
     let exe = std::env::current_exe().context("locating the pgha binary")?;
     let mut agents = Vec::new();
     let mut table = Vec::new();
@@ -178,6 +188,25 @@ async fn run_in(opts: &DemoOptions, dcs: DemoDcs, dir: &Path, owner: Option<RunA
         table.push((name, pg, api));
     }
 
+    // A pooler in front of whichever node is primary, following it through the DCS.
+    let pooler_port = free_port()?;
+    std::fs::write(dir.join("userlist.txt"), format!("\"postgres\" \"{SUPERUSER_PASSWORD}\"\n"))?;
+    let pooler_config = format!(
+        "listen_addr = \"127.0.0.1\"\nlisten_port = {pooler_port}\nunix_socket_dir = \"\"\npool_mode = \"transaction\"\n\
+         auth_type = \"scram-sha-256\"\nauth_file = \"{userlist}\"\nadmin_users = [\"postgres\"]\n\
+         log_connections = false\nlog_disconnections = false\n\n[databases.postgres]\ncluster_role = \"primary\"\n\n\
+         [cluster]\nscope = \"demo\"\n{pooler_dcs}",
+        userlist = dir.join("userlist.txt").display(),
+    );
+    let pooler_config_path = dir.join("pooler.toml");
+    std::fs::write(&pooler_config_path, pooler_config)?;
+    let mut cmd = Command::new(&exe);
+    cmd.arg("pooler").arg("--config").arg(&pooler_config_path).stdin(Stdio::null()).stdout(Stdio::null());
+    cmd.stderr(Stdio::piped()).env("NO_COLOR", "1").kill_on_drop(true);
+    dies_with_parent(&mut cmd, libc::SIGTERM);
+    let mut pooler = cmd.spawn().context("starting the pooler")?;
+    forward_output("pooler".into(), &mut pooler);
+
     let hosts: Vec<String> = table.iter().map(|(_, pg, _)| format!("127.0.0.1:{pg}")).collect();
     println!("pgha demo: {} nodes on {description}, data in {}", opts.nodes, dir.display());
     for (name, pg, api) in &table {
@@ -189,6 +218,11 @@ async fn run_in(opts: &DemoOptions, dcs: DemoDcs, dir: &Path, owner: Option<RunA
         "  read-write DSN (any libpq client): postgresql://postgres:{SUPERUSER_PASSWORD}@{}/postgres?target_session_attrs=read-write",
         hosts.join(",")
     );
+    println!(
+        "  pooler (transaction mode, follows the primary; a switchover is a pause): \
+         postgresql://postgres:{SUPERUSER_PASSWORD}@127.0.0.1:{pooler_port}/postgres   \
+         console: postgresql://postgres:{SUPERUSER_PASSWORD}@127.0.0.1:{pooler_port}/pgbouncer"
+    );
     println!("Press Ctrl-C to stop the cluster and remove it.");
 
     use tokio::signal::unix::{signal, SignalKind};
@@ -199,7 +233,12 @@ async fn run_in(opts: &DemoOptions, dcs: DemoDcs, dir: &Path, owner: Option<RunA
         _ = term.recv() => {}
         status = etcd_exit(&mut etcd) => println!("pgha demo: etcd exited ({status:?}); stopping"),
     }
-    println!("pgha demo: stopping the agents");
+    println!("pgha demo: stopping the pooler and the agents");
+    if let Some(pid) = pooler.id() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), pooler.wait()).await;
+    let _ = pooler.kill().await;
     for a in &agents {
         if let Some(pid) = a.id() {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);

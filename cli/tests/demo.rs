@@ -39,12 +39,16 @@ fn demo_works(extra: &[&str]) {
     });
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut dsn = None;
+    let mut pooled = None;
     let mut following = 0;
     let mut seen = Vec::new();
-    while Instant::now() < deadline && (dsn.is_none() || following < 2) {
+    while Instant::now() < deadline && (dsn.is_none() || pooled.is_none() || following < 2) {
         let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) else { continue };
         if let Some(d) = line.split("read-write DSN (any libpq client): ").nth(1) {
             dsn = Some(d.trim().to_string());
+        }
+        if let Some(d) = line.split("a switchover is a pause): ").nth(1) {
+            pooled = d.split_whitespace().next().map(str::to_owned);
         }
         if line.contains("following the leader") {
             following += 1;
@@ -56,8 +60,27 @@ fn demo_works(extra: &[&str]) {
         let out = Command::new("psql").arg(dsn).args(["-Atc", "select pg_is_in_recovery()"]).output().unwrap();
         (String::from_utf8_lossy(&out.stdout).trim().to_string(), String::from_utf8_lossy(&out.stderr).into_owned())
     });
+    // The pooler's DSN reaches the primary too (it follows the leader through the DCS).
+    let through_pooler = pooled.as_ref().map(|dsn| {
+        let mut last = (String::new(), String::new());
+        for _ in 0..30 {
+            let out = Command::new("psql").arg(dsn).args(["-Atc", "select pg_is_in_recovery()"]).output().unwrap();
+            last = (
+                String::from_utf8_lossy(&out.stdout).trim().to_string(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            );
+            if last.0 == "f" {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        last
+    });
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGINT);
     assert!(dsn.is_some(), "no DSN printed:\n{}", seen.join("\n"));
+    assert!(pooled.is_some(), "no pooler DSN printed:\n{}", seen.join("\n"));
+    let (pooled_answer, pooled_err) = through_pooler.unwrap_or_default();
+    assert_eq!(pooled_answer, "f", "psql via the pooler: {pooled_err}\n{}", seen.join("\n"));
     assert!(following >= 2, "replicas never followed:\n{}", seen.join("\n"));
     let (answer, psql_err) = answer.unwrap_or_default();
 

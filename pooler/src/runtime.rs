@@ -172,7 +172,14 @@ impl Shared {
                     })
                     .map(|p| Arc::downgrade(&p))
                     .collect();
-                tracing::warn!(pools = held.len(), "the cluster has no leader: new transactions on its primary wait");
+                if self.cluster_primary.read().unwrap_or_else(|p| p.into_inner()).is_some() {
+                    tracing::warn!(
+                        pools = held.len(),
+                        "the cluster has no leader, or a switchover is under way: new transactions on its primary wait"
+                    );
+                } else {
+                    tracing::info!("no primary known yet: the cluster has no leader");
+                }
                 *paused = Some(held);
             }
             return;
@@ -186,7 +193,9 @@ impl Shared {
         }
         if let Some(held) = paused.take() {
             let resumed = held.iter().filter_map(std::sync::Weak::upgrade).inspect(|p| p.resume()).count();
-            tracing::info!(primary = %primary, pools = resumed, "the cluster has a leader again: waiting transactions go on");
+            if resumed > 0 {
+                tracing::info!(primary = %primary, pools = resumed, "the primary is there again: waiting transactions go on");
+            }
         }
     }
 
