@@ -16,8 +16,21 @@ use std::time::Duration;
 /// A resync even without a watch event (a watch that ended quietly, a missed event).
 const RESYNC: Duration = Duration::from_secs(10);
 
-/// Starts the feed: a thread that reads the DCS and tells `shared` on `relaying`.
+/// What the feed read last: None before the first read; then the primary to use, if any.
+type Reading = Option<Option<ServerAddr>>;
+
+/// Starts the feed: a thread that reads the DCS, and a task on `relaying` that applies each new
+/// reading to `shared` in order (the latest wins if several came meanwhile).
 pub fn start(section: ClusterSection, shared: Arc<Shared>, relaying: tokio::runtime::Handle) -> std::io::Result<()> {
+    let (readings, mut applied) = tokio::sync::watch::channel::<Reading>(None);
+    relaying.spawn(async move {
+        while applied.changed().await.is_ok() {
+            let reading = applied.borrow_and_update().clone();
+            if let Some(primary) = reading {
+                shared.follow_cluster(primary);
+            }
+        }
+    });
     std::thread::Builder::new().name("pgha-cluster".into()).spawn(move || {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(r) => r,
@@ -26,7 +39,7 @@ pub fn start(section: ClusterSection, shared: Arc<Shared>, relaying: tokio::runt
                 return;
             }
         };
-        runtime.block_on(follow(section, shared, relaying));
+        runtime.block_on(follow(section, readings));
     })?;
     Ok(())
 }
@@ -79,10 +92,14 @@ pub fn primary_to_use(view: &ClusterView) -> Option<ServerAddr> {
     primary_of(view)
 }
 
-async fn follow(section: ClusterSection, shared: Arc<Shared>, relaying: tokio::runtime::Handle) {
+async fn follow(section: ClusterSection, readings: tokio::sync::watch::Sender<Reading>) {
     let tell = |primary: Option<ServerAddr>| {
-        let shared = shared.clone();
-        relaying.spawn(async move { shared.follow_cluster(primary) });
+        readings.send_if_modified(|last| {
+            let new = Some(primary);
+            let changed = *last != new;
+            *last = new;
+            changed
+        });
     };
     loop {
         let dcs = match connect(&section).await {

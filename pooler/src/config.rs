@@ -174,6 +174,13 @@ pub struct ClusterSection {
     pub raft_secret_file: Option<std::path::PathBuf>,
 }
 
+impl PoolerConfig {
+    /// Whether clients of `database` go to the `[cluster]`'s primary (its own entry, or `*`).
+    pub fn follows_cluster(&self, database: &str) -> bool {
+        self.databases.get(database).or_else(|| self.databases.get("*")).is_some_and(|d| d.cluster_role.is_some())
+    }
+}
+
 fn default_namespace() -> String {
     "/service".into()
 }

@@ -98,7 +98,7 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
         return Box::pin(console_login(stream, shared, &config, &startup)).await;
     }
     let Some(target) = shared.topology().target(database) else {
-        if config.databases.get(database).is_some_and(|d| d.cluster_role.is_some()) {
+        if config.follows_cluster(database) {
             let message = format!(
                 "database {database} goes to the cluster's primary, and none is known yet (no leader, or its DCS \
                  not reached yet); try again"
