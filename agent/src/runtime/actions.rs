@@ -83,9 +83,16 @@ impl Runtime {
                 Ok(())
             }
             Action::Demote { leader } => {
-                if view.failover.is_some() {
-                    // A switchover: let client transactions under way finish (the pooler holds
-                    // new ones once it sees the failover key), bounded by retry_timeout.
+                // A planned handover (a switchover, or a failover asked of a healthy leader):
+                // let client transactions under way finish (a pooler following the cluster holds
+                // new ones once it sees the failover key), bounded by retry_timeout. Only while
+                // this node leads with a lease that outlasts the wait: a leader that lost its
+                // lock, or cannot refresh it, stops at once.
+                let leading = view.leader.as_deref() == Some(self.name.as_str());
+                let lease_outlasts = self
+                    .lease_valid_until
+                    .is_some_and(|until| until > std::time::Instant::now() + rt + self.ha.loop_wait);
+                if view.failover.is_some() && leading && lease_outlasts {
                     let cut = self.pg.drain_client_transactions(rt).await;
                     if cut > 0 {
                         tracing::warn!("switchover: {cut} client transactions still open after {rt:?}; they are cut");
