@@ -67,6 +67,23 @@ fn idle(reason: String) -> Decision {
     Decision { actions: Vec::new(), reason }
 }
 
+/// Whether a demotion may first let client transactions under way finish (for up to `wait`):
+/// only a planned handover (the `failover` key is there) by the leader, while its lease outlasts
+/// the wait and one more loop. A leader that lost the lock, or whose lease is about to end, stops
+/// PostgreSQL at once: waiting could let two primaries overlap.
+pub fn drains_before_demote(
+    view: &ClusterView,
+    me: &str,
+    lease_valid_until: Option<Instant>,
+    now: Instant,
+    wait: std::time::Duration,
+    loop_wait: std::time::Duration,
+) -> bool {
+    view.failover.is_some()
+        && view.leader.as_deref() == Some(me)
+        && lease_valid_until.is_some_and(|until| until > now + wait + loop_wait)
+}
+
 /// Decides one tick.
 pub fn decide(view: &ClusterView, local: &LocalState, config: &HaConfig, now: Instant) -> Decision {
     let me = local.name.as_str();

@@ -7,7 +7,7 @@ mod lsn;
 pub mod member_slots;
 mod view;
 
-pub use decide::{decide, Action, Decision};
+pub use decide::{decide, drains_before_demote, Action, Decision};
 pub use lsn::Lsn;
 pub use view::{
     ClusterView, FailoverRequest, HaConfig, LocalState, MemberView, PeerProbe, PgState, Role, ScheduledAt, StreamPoint,

@@ -474,3 +474,27 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn only_a_planned_handover_by_a_leader_with_time_on_its_lease_drains_before_demoting() {
+    let now = Instant::now();
+    let (wait, loop_wait) = (Duration::from_secs(2), Duration::from_secs(1));
+    let request =
+        FailoverRequest { leader: Some("n1".into()), candidate: Some("n2".into()), scheduled: None, revision: 7 };
+    let mut v = view(Some("n1"));
+    v.failover = Some(request.clone());
+    let fresh = Some(now + Duration::from_secs(6));
+    assert!(drains_before_demote(&v, "n1", fresh, now, wait, loop_wait));
+    // No switchover asked for: a demotion for any other reason does not wait.
+    assert!(!drains_before_demote(&view(Some("n1")), "n1", fresh, now, wait, loop_wait));
+    // The lock is someone else's, or gone.
+    let mut taken = view(Some("n2"));
+    taken.failover = Some(request.clone());
+    assert!(!drains_before_demote(&taken, "n1", fresh, now, wait, loop_wait));
+    let mut free = view(None);
+    free.failover = Some(request);
+    assert!(!drains_before_demote(&free, "n1", fresh, now, wait, loop_wait));
+    // The lease was lost, or ends before the wait and one more loop would.
+    assert!(!drains_before_demote(&v, "n1", None, now, wait, loop_wait));
+    assert!(!drains_before_demote(&v, "n1", Some(now + Duration::from_secs(3)), now, wait, loop_wait));
+}

@@ -4,7 +4,7 @@
 use super::peers::ask_peer;
 use super::Runtime;
 use crate::callbacks::Event;
-use crate::ha::{Action, ClusterView};
+use crate::ha::{drains_before_demote, Action, ClusterView};
 use crate::postgres::control::{slot_name, StopMode};
 use consensus::dcs::{ClusterKey, Expected};
 use std::time::Duration;
@@ -88,11 +88,8 @@ impl Runtime {
                 // new ones once it sees the failover key), bounded by retry_timeout. Only while
                 // this node leads with a lease that outlasts the wait: a leader that lost its
                 // lock, or cannot refresh it, stops at once.
-                let leading = view.leader.as_deref() == Some(self.name.as_str());
-                let lease_outlasts = self
-                    .lease_valid_until
-                    .is_some_and(|until| until > std::time::Instant::now() + rt + self.ha.loop_wait);
-                if view.failover.is_some() && leading && lease_outlasts {
+                let now = std::time::Instant::now();
+                if drains_before_demote(view, &self.name, self.lease_valid_until, now, rt, self.ha.loop_wait) {
                     let cut = self.pg.drain_client_transactions(rt).await;
                     if cut > 0 {
                         tracing::warn!("switchover: {cut} client transactions still open after {rt:?}; they are cut");
