@@ -72,14 +72,11 @@ pub fn all_members(name: &str, r: &RaftConfig) -> BTreeMap<String, String> {
 }
 
 fn resolve_secret(r: &RaftConfig) -> Result<SharedSecret, String> {
-    let text = match (&r.secret, &r.secret_file) {
-        (_, Some(f)) => std::fs::read_to_string(f)
-            .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-            .map_err(|e| format!("dcs.raft.secret_file: cannot read {}: {e}", f.display()))?,
-        (Some(s), None) => s.clone(),
-        (None, None) => return Err("dcs.raft: set secret or secret_file".into()),
-    };
-    SharedSecret::new(text).map_err(|e| format!("dcs.raft: {e}"))
+    SharedSecret::from_config(
+        r.secret.as_deref(),
+        r.secret_file.as_deref(),
+        ("dcs.raft.secret", "dcs.raft.secret_file"),
+    )
 }
 
 /// This node's member and the client that prefers it (the DCS, and the REST API's group

@@ -54,14 +54,11 @@ async fn connect(section: &ClusterSection) -> Result<Arc<dyn Dcs>, String> {
             .map_err(|e| format!("connecting to etcd: {e}"))?;
         return Ok(Arc::new(KvDcs::new(Arc::new(store), &section.namespace, &section.scope, reader, ttl)));
     }
-    let secret = match (&section.raft_secret, &section.raft_secret_file) {
-        (_, Some(f)) => std::fs::read_to_string(f)
-            .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-            .map_err(|e| format!("cluster.raft_secret_file: cannot read {}: {e}", f.display()))?,
-        (Some(s), None) => s.clone(),
-        (None, None) => return Err("cluster: set raft_secret or raft_secret_file".into()),
-    };
-    let secret = consensus::raft::SharedSecret::new(secret).map_err(|e| format!("cluster.raft_secret: {e}"))?;
+    let secret = consensus::raft::SharedSecret::from_config(
+        section.raft_secret.as_deref(),
+        section.raft_secret_file.as_deref(),
+        ("cluster.raft_secret", "cluster.raft_secret_file"),
+    )?;
     let store = consensus::raft_store::RaftStore::new(section.raft_members.clone(), secret, Default::default())
         .map_err(|e| format!("the Raft group: {e}"))?;
     Ok(Arc::new(KvDcs::new(Arc::new(store), &section.namespace, &section.scope, reader, ttl)))

@@ -58,6 +58,27 @@ impl SharedSecret {
     }
 }
 
+impl SharedSecret {
+    /// The secret as a config file gives it: written out (`secret`), or in a file (`file`, its
+    /// trailing newline dropped; the file wins). `keys` name the two settings in errors, e.g.
+    /// (`dcs.raft.secret`, `dcs.raft.secret_file`).
+    pub fn from_config(
+        secret: Option<&str>,
+        file: Option<&std::path::Path>,
+        keys: (&str, &str),
+    ) -> Result<Self, String> {
+        let (secret_key, file_key) = keys;
+        let text = match (secret, file) {
+            (_, Some(f)) => std::fs::read_to_string(f)
+                .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+                .map_err(|e| format!("{file_key}: cannot read {}: {e}", f.display()))?,
+            (Some(s), None) => s.to_string(),
+            (None, None) => return Err(format!("set {secret_key} or {file_key}")),
+        };
+        SharedSecret::new(text).map_err(|e| format!("{secret_key}: {e}"))
+    }
+}
+
 impl fmt::Debug for SharedSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("SharedSecret(<redacted>)")
