@@ -17,13 +17,6 @@ pub struct MemberAddress {
     pub api_url: Option<String>,
 }
 
-/// `postgres://host:port/db` -> `host:port`.
-pub fn host_port(conn_url: &str) -> Option<String> {
-    let rest = conn_url.split("://").nth(1)?;
-    let rest = rest.rsplit('@').next()?;
-    Some(rest.split('/').next()?.to_string()).filter(|s| !s.is_empty())
-}
-
 /// The engine's role for a published member role.
 fn role_of(role: Option<&MemberRole>) -> Role {
     match role {
@@ -61,7 +54,7 @@ pub fn view_from_dcs(dcs: &DcsView, now: i64) -> (ClusterView, Vec<MemberAddress
         });
         addresses.push(MemberAddress {
             name: name.clone(),
-            postgres: v.conn_url.as_deref().and_then(host_port),
+            postgres: v.conn_url.as_deref().and_then(consensus::cluster::conn_host_port).map(str::to_owned),
             api_url: v.api_url.clone(),
         });
     }

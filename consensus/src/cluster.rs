@@ -13,7 +13,7 @@ mod timeline;
 
 pub use dynamic_config::{DynamicConfig, SynchronousMode};
 pub use leadership::{FailoverValue, SyncValue};
-pub use member::{MemberRole, MemberValue, Tags};
+pub use member::{conn_host_port, split_host_port, MemberRole, MemberValue, Tags};
 pub use timeline::{HistoryEntry, StatusValue, TimelineHistory};
 
 use crate::dcs::{ClusterKey, ClusterSnapshot};

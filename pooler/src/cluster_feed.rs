@@ -66,16 +66,9 @@ async fn connect(section: &ClusterSection) -> Result<Arc<dyn Dcs>, String> {
 
 /// The primary's address from the leader's member key (`conn_url`), if a member holds the lock.
 pub fn primary_of(view: &ClusterView) -> Option<ServerAddr> {
-    let url = view.leader_member()?.conn_url.as_deref()?;
-    let rest = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://"))?;
-    let hostport = rest.split(['/', '?']).next()?;
-    let hostport = hostport.rsplit_once('@').map_or(hostport, |(_, h)| h);
-    let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, p.parse().ok()?),
-        _ => (hostport, 5432),
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    (!host.is_empty()).then(|| ServerAddr { host: host.to_owned(), port })
+    let hostport = consensus::cluster::conn_host_port(view.leader_member()?.conn_url.as_deref()?)?;
+    let (host, port) = consensus::cluster::split_host_port(hostport);
+    (!host.is_empty()).then(|| ServerAddr { host: host.to_owned(), port: port.unwrap_or(5432) })
 }
 
 /// Where the primary's clients go now: nowhere (their pools wait) while no member holds the

@@ -495,13 +495,6 @@ impl Validate for PoolerConfig {
                     ));
                 }
             }
-            if db.host.is_empty() && db.cluster_role.is_none() {
-                return Err(Invalid::new(
-                    format!("databases.{name}.host"),
-                    "\"\"",
-                    "expected a host name or IP address",
-                ));
-            }
         }
         Ok(())
     }

@@ -56,10 +56,15 @@ pub struct Shared {
     pub started: Instant,
     /// client_login_timeout of the logins in progress.
     pub login_deadlines: crate::client::LoginDeadlines,
-    /// `[cluster]`: the primary last read from the DCS, and the pools paused while the
-    /// cluster had no leader.
-    cluster_primary: RwLock<Option<crate::topology::ServerAddr>>,
-    cluster_paused: std::sync::Mutex<Option<Vec<std::sync::Weak<crate::pool::Pool>>>>,
+    /// `[cluster]`: what the feed said last.
+    cluster: std::sync::Mutex<ClusterFollow>,
+}
+
+/// The primary last read from the cluster's DCS, and the pools paused while it had none.
+#[derive(Default)]
+struct ClusterFollow {
+    primary: Option<crate::topology::ServerAddr>,
+    paused: Option<Vec<std::sync::Weak<crate::pool::Pool>>>,
 }
 
 impl Shared {
@@ -84,8 +89,7 @@ impl Shared {
             shutdown: Shutdown::default(),
             started: Instant::now(),
             login_deadlines: Default::default(),
-            cluster_primary: RwLock::new(None),
-            cluster_paused: std::sync::Mutex::new(None),
+            cluster: Default::default(),
         })
     }
 
@@ -118,7 +122,7 @@ impl Shared {
         *self.client_tls.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(client_tls);
         *self.server_tls.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(server_tls);
         *self.credentials.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(credentials);
-        let primary = self.cluster_primary.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let primary = self.cluster.lock().unwrap_or_else(|p| p.into_inner()).primary.clone();
         self.set_topology(Arc::new(StaticTopology::following(&config, primary.as_ref())));
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
         Ok(())
@@ -156,23 +160,20 @@ impl Shared {
     /// bounded by query_wait_timeout) until one is known again.
     pub fn follow_cluster(&self, primary: Option<crate::topology::ServerAddr>) {
         let config = self.config();
-        let followed = |pool: &crate::pool::Pool| {
-            config.databases.get(&*pool.key.database).is_some_and(|d| d.cluster_role.is_some())
-        };
-        let mut paused = self.cluster_paused.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cluster = self.cluster.lock().unwrap_or_else(|p| p.into_inner());
         let Some(primary) = primary else {
-            if paused.is_none() {
+            if cluster.paused.is_none() {
                 let held: Vec<_> = self
                     .pools
                     .all()
                     .into_iter()
-                    .filter(|p| followed(p) && !p.is_paused())
+                    .filter(|p| config.follows_cluster(&p.key.database) && !p.is_paused())
                     .inspect(|p| {
                         p.pause();
                     })
                     .map(|p| Arc::downgrade(&p))
                     .collect();
-                if self.cluster_primary.read().unwrap_or_else(|p| p.into_inner()).is_some() {
+                if cluster.primary.is_some() {
                     tracing::warn!(
                         pools = held.len(),
                         "the cluster has no leader, or a switchover is under way: new transactions on its primary wait"
@@ -180,18 +181,17 @@ impl Shared {
                 } else {
                     tracing::info!("no primary known yet: the cluster has no leader");
                 }
-                *paused = Some(held);
+                cluster.paused = Some(held);
             }
             return;
         };
-        let changed = self.cluster_primary.read().unwrap_or_else(|p| p.into_inner()).as_ref() != Some(&primary);
-        if changed {
+        if cluster.primary.as_ref() != Some(&primary) {
             tracing::info!(primary = %primary, "following the cluster's primary");
-            *self.cluster_primary.write().unwrap_or_else(|p| p.into_inner()) = Some(primary.clone());
+            cluster.primary = Some(primary.clone());
             self.set_topology(Arc::new(StaticTopology::following(&config, Some(&primary))));
             self.retarget_pools();
         }
-        if let Some(held) = paused.take() {
+        if let Some(held) = cluster.paused.take() {
             let resumed = held.iter().filter_map(std::sync::Weak::upgrade).inspect(|p| p.resume()).count();
             if resumed > 0 {
                 tracing::info!(primary = %primary, pools = resumed, "the primary is there again: waiting transactions go on");

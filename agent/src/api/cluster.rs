@@ -4,10 +4,10 @@
 //! values; member values that are unreadable are skipped, not fatal.
 
 use super::{ApiError, ApiState};
-use crate::cluster_view::host_port;
 use crate::ha::Lsn;
 use axum::extract::State;
 use axum::Json;
+use consensus::cluster::{conn_host_port, split_host_port};
 use consensus::cluster::{ClusterView as DcsView, DynamicConfig, SynchronousMode};
 use consensus::dcs::{ClusterKey, ClusterSnapshot};
 use serde_json::{json, Map, Value};
@@ -27,16 +27,6 @@ pub(crate) fn config_of(snap: &ClusterSnapshot) -> Result<Value, ApiError> {
         Some(kv) => DynamicConfig::parse(&kv.value)
             .map(|c| Value::Object(c.0))
             .map_err(|e| ApiError::Corrupt(format!("the DCS key config does not hold a JSON object: {e}"))),
-    }
-}
-
-/// `host:port` -> (host, port), brackets of an IPv6 literal removed.
-fn split_host_port(hp: &str) -> (String, Option<u16>) {
-    match hp.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
-            (host.trim_start_matches('[').trim_end_matches(']').to_string(), port.parse().ok())
-        }
-        _ => (hp.to_string(), None),
     }
 }
 
@@ -73,8 +63,8 @@ pub(crate) fn cluster_document(snap: &ClusterSnapshot, scope: &str) -> Result<Va
         m.insert("role".into(), json!(role));
         m.insert("state".into(), json!(state.unwrap_or_default()));
         m.insert("api_url".into(), json!(data.api_url));
-        if let Some(hp) = data.conn_url.as_deref().and_then(host_port) {
-            let (host, port) = split_host_port(&hp);
+        if let Some(hp) = data.conn_url.as_deref().and_then(conn_host_port) {
+            let (host, port) = split_host_port(hp);
             m.insert("host".into(), json!(host));
             if let Some(port) = port {
                 m.insert("port".into(), json!(port));

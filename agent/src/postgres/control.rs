@@ -125,7 +125,12 @@ impl LocalPostgres {
     }
 
     fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new(self.bin.program(program));
+        self.command_at(&self.bin.program(program))
+    }
+
+    /// A program run as the PostgreSQL OS user from the run directory, with no input.
+    fn command_at(&self, program: &Path) -> Command {
+        let mut cmd = Command::new(program);
         if let Some(owner) = self.run_as {
             cmd.uid(owner.uid.as_raw()).gid(owner.gid.as_raw());
         }
@@ -164,11 +169,7 @@ impl LocalPostgres {
         target_args: &[String],
     ) -> Result<(), PgError> {
         self.prepare_dirs()?;
-        let mut cmd = Command::new(pgha);
-        if let Some(owner) = self.run_as {
-            cmd.uid(owner.uid.as_raw()).gid(owner.gid.as_raw());
-        }
-        cmd.env("LC_ALL", "C").current_dir(&self.run_dir).stdin(Stdio::null());
+        let mut cmd = self.command_at(pgha);
         cmd.arg("backup").arg("--config").arg(backup_config).arg("restore").arg("--to-dir").arg(&self.data_dir);
         cmd.args(target_args);
         run_program("pgha backup restore", cmd, Duration::from_secs(24 * 3600)).await.map(|_| ())
@@ -186,11 +187,9 @@ impl LocalPostgres {
                     detail: self.log_tail(),
                 });
             }
-            let rows = self.query("select pg_is_in_recovery()::text", Duration::from_secs(5)).await;
-            if let Ok(rows) = rows {
-                if rows.first().and_then(|r| r.first()).cloned().flatten().as_deref() == Some("false") {
-                    break;
-                }
+            let in_recovery = self.query_value("select pg_is_in_recovery()::text", Duration::from_secs(5)).await;
+            if matches!(in_recovery.as_ref().map(Option::as_deref), Ok(Some("false"))) {
+                break;
             }
             if Instant::now() >= deadline {
                 return Err(PgError::Timeout { what: "finish recovery".into(), timeout, log: self.log_tail() });
@@ -213,10 +212,7 @@ impl LocalPostgres {
                    and pid <> pg_backend_pid() and xact_start is not null";
         let deadline = Instant::now() + limit;
         loop {
-            let open = match self.query(sql, Duration::from_secs(1)).await {
-                Ok(rows) => rows.first().and_then(|r| r.first()).cloned().flatten().and_then(|v| v.parse().ok()),
-                Err(_) => None,
-            };
+            let open = self.query_value(sql, Duration::from_secs(1)).await.ok().flatten().and_then(|v| v.parse().ok());
             match open {
                 Some(0) | None => return 0,
                 Some(n) if Instant::now() >= deadline => return n,
@@ -533,6 +529,11 @@ impl LocalPostgres {
         tokio::time::timeout(timeout, fut).await.map_err(|_| PgError::Query(format!("no answer within {timeout:?}")))?
     }
 
+    /// The first column of the first row of `sql` (None for no row or NULL).
+    pub async fn query_value(&self, sql: &str, timeout: Duration) -> Result<Option<String>, PgError> {
+        Ok(self.query(sql, timeout).await?.into_iter().next().and_then(|row| row.into_iter().next()).flatten())
+    }
+
     /// Probes role, timeline and positions; an error or timeout means "not answering".
     pub async fn probe(&self, timeout: Duration) -> Result<Probe, PgError> {
         let sql = "select pg_is_in_recovery(), current_setting('server_version_num'), \
@@ -576,8 +577,9 @@ impl LocalPostgres {
     /// on refreshing while a slow promotion runs.
     pub async fn promote(&self, wait: Duration) -> Result<bool, PgError> {
         let secs = wait.as_secs().max(1);
-        let rows = self.query(&format!("select pg_promote(true, {secs})"), Duration::from_secs(secs + 2)).await?;
-        match rows.first().and_then(|r| r.first()).cloned().flatten().as_deref() {
+        let promoted =
+            self.query_value(&format!("select pg_promote(true, {secs})"), Duration::from_secs(secs + 2)).await?;
+        match promoted.as_deref() {
             Some("t") => {}
             Some("f") => return Ok(false),
             other => return Err(PgError::Query(format!("pg_promote returned {other:?}"))),
@@ -619,8 +621,8 @@ impl LocalPostgres {
         if !crate::ha::member_slots::is_slot_name(slot) {
             return Err(PgError::Query(format!("{slot:?} is not a slot name pgha makes")));
         }
-        let rows = self
-            .query(
+        let dropped = self
+            .query_value(
                 &format!(
                     "select count(pg_drop_replication_slot(slot_name)) from pg_replication_slots \
                      where slot_name = '{slot}' and slot_type = 'physical' and not active"
@@ -628,7 +630,7 @@ impl LocalPostgres {
                 timeout,
             )
             .await?;
-        Ok(rows.first().and_then(|r| r.first()).cloned().flatten().as_deref() == Some("1"))
+        Ok(dropped.as_deref() == Some("1"))
     }
 }
 

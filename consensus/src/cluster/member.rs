@@ -161,6 +161,25 @@ pub struct MemberValue {
     pub extra: BTreeMap<String, Value>,
 }
 
+/// `postgres://[user[:password]@]host:port/db?...` -> `host:port` as written; None without a
+/// scheme or a host.
+pub fn conn_host_port(conn_url: &str) -> Option<&str> {
+    let rest = conn_url.split_once("://")?.1;
+    let rest = rest.rsplit('@').next()?;
+    rest.split(['/', '?']).next().filter(|hp| !hp.is_empty())
+}
+
+/// `host:port` -> (host, port), the brackets of an IPv6 literal removed; no port when there is
+/// none (or it is not a number).
+pub fn split_host_port(hp: &str) -> (&str, Option<u16>) {
+    match hp.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            (host.trim_start_matches('[').trim_end_matches(']'), port.parse().ok())
+        }
+        _ => (hp, None),
+    }
+}
+
 fn tags_or_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Tags, D::Error> {
     Ok(lenient::any(d)?.unwrap_or_default())
 }
