@@ -195,7 +195,7 @@ async fn run_in(opts: &DemoOptions, dcs: DemoDcs, dir: &Path, owner: Option<RunA
         "listen_addr = \"127.0.0.1\"\nlisten_port = {pooler_port}\nunix_socket_dir = \"\"\npool_mode = \"transaction\"\n\
          auth_type = \"scram-sha-256\"\nauth_file = \"{userlist}\"\nadmin_users = [\"postgres\"]\n\
          log_connections = false\nlog_disconnections = false\n\n[databases.postgres]\ncluster_role = \"primary\"\n\n\
-         [cluster]\nscope = \"demo\"\n{pooler_dcs}",
+         [databases.postgres_ro]\ndbname = \"postgres\"\ncluster_role = \"read-only\"\n\n[cluster]\nscope = \"demo\"\n{pooler_dcs}",
         userlist = dir.join("userlist.txt").display(),
     );
     let pooler_config_path = dir.join("pooler.toml");
@@ -222,6 +222,10 @@ async fn run_in(opts: &DemoOptions, dcs: DemoDcs, dir: &Path, owner: Option<RunA
         "  pooler (transaction mode, follows the primary; a switchover is a pause): \
          postgresql://postgres:{SUPERUSER_PASSWORD}@127.0.0.1:{pooler_port}/postgres   \
          console: postgresql://postgres:{SUPERUSER_PASSWORD}@127.0.0.1:{pooler_port}/pgbouncer"
+    );
+    println!(
+        "  pooler, read-only (the healthy standbys in turn; the primary while there is none): \
+         postgresql://postgres:{SUPERUSER_PASSWORD}@127.0.0.1:{pooler_port}/postgres_ro"
     );
     println!("Press Ctrl-C to stop the cluster and remove it.");
 

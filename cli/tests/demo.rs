@@ -40,15 +40,19 @@ fn demo_works(extra: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut dsn = None;
     let mut pooled = None;
+    let mut read_only = None;
     let mut following = 0;
     let mut seen = Vec::new();
-    while Instant::now() < deadline && (dsn.is_none() || pooled.is_none() || following < 2) {
+    while Instant::now() < deadline && (dsn.is_none() || pooled.is_none() || read_only.is_none() || following < 2) {
         let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) else { continue };
         if let Some(d) = line.split("read-write DSN (any libpq client): ").nth(1) {
             dsn = Some(d.trim().to_string());
         }
         if let Some(d) = line.split("a switchover is a pause): ").nth(1) {
             pooled = d.split_whitespace().next().map(str::to_owned);
+        }
+        if let Some(d) = line.split("the primary while there is none): ").nth(1) {
+            read_only = d.split_whitespace().next().map(str::to_owned);
         }
         if line.contains("following the leader") {
             following += 1;
@@ -61,27 +65,17 @@ fn demo_works(extra: &[&str]) {
         (String::from_utf8_lossy(&out.stdout).trim().to_string(), String::from_utf8_lossy(&out.stderr).into_owned())
     });
     // The pooler's DSN reaches the primary too (it follows the leader through the DCS).
-    let through_pooler = pooled.as_ref().map(|dsn| {
-        let mut last = (String::new(), String::new());
-        for _ in 0..30 {
-            let out = Command::new("psql").arg(dsn).args(["-Atc", "select pg_is_in_recovery()"]).output().unwrap();
-            last = (
-                String::from_utf8_lossy(&out.stdout).trim().to_string(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            );
-            if last.0 == "f" {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        last
-    });
+    let through_pooler = pooled.as_ref().map(|dsn| psql_until(dsn, "f"));
+    // The pooler's read-only DSN reaches a standby once the replicas stream.
+    let through_read_only = read_only.as_ref().map(|dsn| psql_until(dsn, "t"));
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGINT);
     assert!(dsn.is_some(), "no DSN printed:\n{}", seen.join("\n"));
     assert!(pooled.is_some(), "no pooler DSN printed:\n{}", seen.join("\n"));
     let (pooled_answer, pooled_err) = through_pooler.unwrap_or_default();
     assert_eq!(pooled_answer, "f", "psql via the pooler: {pooled_err}\n{}", seen.join("\n"));
     assert!(following >= 2, "replicas never followed:\n{}", seen.join("\n"));
+    let (read_only_answer, read_only_err) = through_read_only.unwrap_or_default();
+    assert_eq!(read_only_answer, "t", "psql via the pooler's read-only DSN: {read_only_err}\n{}", seen.join("\n"));
     let (answer, psql_err) = answer.unwrap_or_default();
 
     let status = wait_exit(&mut child, Duration::from_secs(60));
@@ -96,6 +90,24 @@ fn demo_works(extra: &[&str]) {
         .filter(|c| c.contains(demo_dir.to_str().unwrap()))
         .collect();
     assert!(leftovers.is_empty(), "processes left behind: {leftovers:?}");
+}
+
+/// `select pg_is_in_recovery()` through `dsn` until it answers `want` (15 s at most): the last
+/// (answer, stderr).
+fn psql_until(dsn: &str, want: &str) -> (String, String) {
+    let mut last = (String::new(), String::new());
+    for _ in 0..30 {
+        let out = Command::new("psql").arg(dsn).args(["-Atc", "select pg_is_in_recovery()"]).output().unwrap();
+        last = (
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        if last.0 == want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    last
 }
 
 fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> Option<std::process::ExitStatus> {

@@ -1,14 +1,16 @@
 //! Follows the cluster through its DCS (`[cluster]`): the member holding the leader lock is where
-//! the `cluster_role = "primary"` databases go. A new primary moves their clients as a RELOAD
-//! that changes a host does; while no member holds the lock, or a switchover or failover asked
-//! for now is under way, their pools are paused, so new transactions wait instead of failing,
-//! until the new primary has promoted. Runs on its own thread and runtime (the DCS clients need tokio's timers, which the
-//! relaying runtime does not run); the pools are changed on the relaying runtime.
+//! the `cluster_role = "primary"` databases go, the healthy standbys are where the `"replica"`
+//! and `"read-only"` ones go. A new primary moves their clients as a RELOAD that changes a host
+//! does; while no member holds the lock, or a switchover or failover asked for now is under way,
+//! the primary's pools are paused, so new transactions wait instead of failing, until the new
+//! primary has promoted. Runs on its own thread and runtime (the DCS clients need tokio's
+//! timers, which the relaying runtime does not run); the pools are changed on the relaying
+//! runtime.
 
 use crate::config::ClusterSection;
 use crate::runtime::Shared;
-use crate::topology::ServerAddr;
-use consensus::cluster::ClusterView;
+use crate::topology::{ClusterServers, ServerAddr};
+use consensus::cluster::{ClusterView, MemberRole, MemberValue};
 use consensus::dcs::{Dcs, KvDcs};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,8 +18,8 @@ use std::time::Duration;
 /// A resync even without a watch event (a watch that ended quietly, a missed event).
 const RESYNC: Duration = Duration::from_secs(10);
 
-/// What the feed read last: None before the first read; then the primary to use, if any.
-type Reading = Option<Option<ServerAddr>>;
+/// What the feed read last: None before the first read.
+type Reading = Option<ClusterServers>;
 
 /// Starts the feed: a thread that reads the DCS, and a task on `relaying` that applies each new
 /// reading to `shared` in order (the latest wins if several came meanwhile).
@@ -26,8 +28,8 @@ pub fn start(section: ClusterSection, shared: Arc<Shared>, relaying: tokio::runt
     relaying.spawn(async move {
         while applied.changed().await.is_ok() {
             let reading = applied.borrow_and_update().clone();
-            if let Some(primary) = reading {
-                shared.follow_cluster(primary);
+            if let Some(servers) = reading {
+                shared.follow_cluster(servers);
             }
         }
     });
@@ -66,9 +68,46 @@ async fn connect(section: &ClusterSection) -> Result<Arc<dyn Dcs>, String> {
 
 /// The primary's address from the leader's member key (`conn_url`), if a member holds the lock.
 pub fn primary_of(view: &ClusterView) -> Option<ServerAddr> {
-    let hostport = consensus::cluster::conn_host_port(view.leader_member()?.conn_url.as_deref()?)?;
+    server_of(view.leader_member()?)
+}
+
+/// A member's PostgreSQL address, from its `conn_url`.
+fn server_of(member: &MemberValue) -> Option<ServerAddr> {
+    let hostport = consensus::cluster::conn_host_port(member.conn_url.as_deref()?)?;
     let (host, port) = consensus::cluster::split_host_port(hostport);
     (!host.is_empty()).then(|| ServerAddr { host: host.to_owned(), port: port.unwrap_or(5432) })
+}
+
+/// The standbys that take read-only clients, as Patroni's `/replica` check picks them: a member
+/// other than the lock holder, in the replica role, running (Patroni 3.0.4 and later say
+/// `streaming` or `in archive recovery`), not tagged `noloadbalance`, and, with `max_lag` (bytes,
+/// 0: no limit), replayed to within that of the leader's last position (an unknown position
+/// does not count as lag). In member-name order.
+pub fn healthy_standbys(view: &ClusterView, max_lag: u64) -> Vec<ServerAddr> {
+    let leader = view.leader.as_ref().map(|l| l.value.as_str());
+    let leader_position =
+        view.leader_member().and_then(|m| m.xlog_location).or_else(|| view.status.as_ref()?.value.optime);
+    view.members
+        .iter()
+        .filter(|(name, _)| Some(name.as_str()) != leader)
+        .map(|(_, m)| &m.value)
+        .filter(|m| m.role == Some(MemberRole::Replica))
+        .filter(|m| matches!(m.state.as_deref(), Some("running" | "streaming" | "in archive recovery")))
+        .filter(|m| !m.tags.noloadbalance())
+        .filter(|m| {
+            let position = m.replay_lsn.or(m.xlog_location);
+            match (max_lag, leader_position, position) {
+                (1.., Some(leader), Some(mine)) => leader.saturating_sub(mine) <= max_lag,
+                _ => true,
+            }
+        })
+        .filter_map(server_of)
+        .collect()
+}
+
+/// What the cluster's `cluster_role` databases are sent to now.
+pub fn servers_of(view: &ClusterView, max_lag: u64) -> ClusterServers {
+    ClusterServers { primary: primary_to_use(view), replicas: healthy_standbys(view, max_lag) }
 }
 
 /// Where the primary's clients go now: nowhere (their pools wait) while no member holds the
@@ -83,9 +122,9 @@ pub fn primary_to_use(view: &ClusterView) -> Option<ServerAddr> {
 }
 
 async fn follow(section: ClusterSection, readings: tokio::sync::watch::Sender<Reading>) {
-    let tell = |primary: Option<ServerAddr>| {
+    let tell = |servers: ClusterServers| {
         readings.send_if_modified(|last| {
-            let new = Some(primary);
+            let new = Some(servers);
             let changed = *last != new;
             *last = new;
             changed
@@ -110,7 +149,7 @@ async fn follow(section: ClusterSection, readings: tokio::sync::watch::Sender<Re
                     break;
                 }
             };
-            tell(primary_to_use(&ClusterView::from_snapshot(&snapshot)));
+            tell(servers_of(&ClusterView::from_snapshot(&snapshot), section.max_replica_lag));
             match dcs.watch(snapshot.revision).await {
                 Ok(mut events) => {
                     let _ = tokio::time::timeout(RESYNC, events.recv()).await;
@@ -148,6 +187,39 @@ mod tests {
         assert_eq!(primary_of(&view(None, "postgres://10.0.0.1:5433/postgres")), None);
         assert_eq!(primary_of(&view(Some("pg2"), "postgres://10.0.0.1:5433/postgres")), None);
         assert_eq!(primary_of(&view(Some("pg1"), "10.0.0.1:5433")), None);
+    }
+
+    #[test]
+    fn standbys_are_the_running_replicas_that_take_load_and_keep_up() {
+        let member = |port: u16, role: &str, state: &str, extra: &str| {
+            format!(r#"{{"conn_url":"postgres://10.0.0.1:{port}/postgres","role":"{role}","state":"{state}"{extra}}}"#)
+        };
+        let members = [
+            ("members/pg1", member(5431, "primary", "running", r#","xlog_location":100000"#)),
+            ("members/pg2", member(5432, "replica", "running", r#","replay_lsn":99000"#)),
+            ("members/pg3", member(5433, "replica", "streaming", r#","xlog_location":50000"#)),
+            ("members/pg4", member(5434, "replica", "stopped", "")),
+            ("members/pg5", member(5435, "replica", "running", r#","tags":{"noloadbalance":true}"#)),
+            ("members/pg6", member(5436, "replica", "creating replica", "")),
+            ("members/pg7", member(5437, "replica", "in archive recovery", "")),
+            ("members/pg8", r#"{"role":"replica","state":"running"}"#.to_owned()),
+        ];
+        let mut entries: Vec<(&str, &[u8], i64)> = members.iter().map(|(k, v)| (*k, v.as_bytes(), 1)).collect();
+        entries.push(("leader", b"pg1", 2));
+        let view = ClusterView::from_relative_entries(entries);
+        let ports = |max_lag| healthy_standbys(&view, max_lag).iter().map(|s| s.port).collect::<Vec<_>>();
+        // Stopped, tagged noloadbalance, being cloned, or without an address: not used.
+        assert_eq!(ports(0), vec![5432, 5433, 5437]);
+        // 50,000 bytes behind is too far at a 10,000-byte limit; an unknown position is not lag.
+        assert_eq!(ports(10_000), vec![5432, 5437]);
+        let servers = servers_of(&view, 0);
+        assert_eq!(servers.primary.map(|p| p.port), Some(5431));
+        // The lock holder is never a standby, whatever its member key still says.
+        let promoting = ClusterView::from_relative_entries(vec![
+            ("members/pg2", member(5432, "replica", "running", "").as_bytes(), 1),
+            ("leader", &b"pg2"[..], 2),
+        ]);
+        assert!(healthy_standbys(&promoting, 0).is_empty());
     }
 
     #[test]

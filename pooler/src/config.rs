@@ -172,12 +172,21 @@ pub struct ClusterSection {
     pub raft_secret: Option<String>,
     #[serde(default)]
     pub raft_secret_file: Option<std::path::PathBuf>,
+    /// For `cluster_role = "replica"` and `"read-only"`: a standby whose WAL position is more
+    /// than this many bytes behind the primary's gets no new server connections (0: no limit).
+    #[serde(default)]
+    pub max_replica_lag: u64,
 }
 
 impl PoolerConfig {
-    /// Whether clients of `database` go to the `[cluster]`'s primary (its own entry, or `*`).
+    /// Whether clients of `database` go to the `[cluster]`'s members (its own entry, or `*`).
     pub fn follows_cluster(&self, database: &str) -> bool {
-        self.databases.get(database).or_else(|| self.databases.get("*")).is_some_and(|d| d.cluster_role.is_some())
+        self.cluster_role_of(database).is_some()
+    }
+
+    /// The `cluster_role` of `database`'s entry (its own, or `*`).
+    pub fn cluster_role_of(&self, database: &str) -> Option<ClusterRole> {
+        self.databases.get(database).or_else(|| self.databases.get("*")).and_then(|d| d.cluster_role)
     }
 }
 
@@ -191,6 +200,23 @@ fn default_namespace() -> String {
 pub enum ClusterRole {
     /// The member holding the leader lock.
     Primary,
+    /// The healthy standbys (running, streaming, not tagged `noloadbalance`, within
+    /// `[cluster] max_replica_lag`), new server connections spread over them in turn; while
+    /// there is none, transactions wait.
+    Replica,
+    /// As `replica`, and the primary while no standby is healthy (Patroni's `/read-only`).
+    #[serde(rename = "read-only")]
+    ReadOnly,
+}
+
+impl ClusterRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterRole::Primary => "primary",
+            ClusterRole::Replica => "replica",
+            ClusterRole::ReadOnly => "read-only",
+        }
+    }
 }
 
 impl Default for PoolerConfig {
@@ -269,7 +295,8 @@ pub struct DatabaseConfig {
     /// The server's host name, address or Unix socket directory; none with `cluster_role`.
     #[serde(default)]
     pub host: String,
-    /// `primary`: the server is the `[cluster]`'s primary, followed through its DCS.
+    /// `primary`, `replica` or `read-only`: the servers are the `[cluster]`'s members in that
+    /// role, followed through its DCS.
     #[serde(default)]
     pub cluster_role: Option<ClusterRole>,
     #[serde(default = "default_port")]
@@ -339,7 +366,7 @@ impl Validate for PoolerConfig {
                 (None, true) => {
                     return Err(Invalid::missing(
                         format!("databases.{name}.host"),
-                        "set host (and port), or cluster_role = \"primary\" with a [cluster] section",
+                        "set host (and port), or cluster_role (\"primary\", \"replica\" or \"read-only\") with a [cluster] section",
                     ))
                 }
                 (Some(_), false) => {
@@ -588,7 +615,7 @@ mod tests {
         );
         assert_eq!(
             err("auth_type = \"trust\"\n[databases.app]\nport = 5432\n"),
-            "pooler.toml: databases.app.host: set host (and port), or cluster_role = \"primary\" with a [cluster] section"
+            "pooler.toml: databases.app.host: set host (and port), or cluster_role (\"primary\", \"replica\" or \"read-only\") with a [cluster] section"
         );
         assert!(err(&format!("{db}[cluster]\nscope = \"main\"\n")).contains("set one of etcd_endpoints"));
         let raft = format!("{db}[cluster]\nscope = \"main\"\nraft_members = [\"10.0.0.1:7204\"]\n");

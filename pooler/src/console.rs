@@ -111,8 +111,10 @@ impl AdminBackend for ConsoleBackend {
                 let mine: Vec<_> = pools.iter().filter(|p| *p.key.database == *t.name).collect();
                 DatabaseRow {
                     name: t.name.clone(),
-                    host: Some(t.server.host.clone()),
-                    port: t.server.port,
+                    // Several servers (a cluster's standbys): their hosts, as PgBouncer shows
+                    // a multi-host entry.
+                    host: Some(t.servers.iter().map(|s| s.host.as_str()).collect::<Vec<_>>().join(",")),
+                    port: t.server().port,
                     database: t.dbname.clone(),
                     force_user: t.user.clone(),
                     pool_size: t.pool_size.unwrap_or(config.default_pool_size),

@@ -60,11 +60,12 @@ pub struct Shared {
     cluster: std::sync::Mutex<ClusterFollow>,
 }
 
-/// The primary last read from the cluster's DCS, and the pools paused while it had none.
+/// The members last read from the cluster's DCS, and the pools paused because their role had
+/// none.
 #[derive(Default)]
 struct ClusterFollow {
-    primary: Option<crate::topology::ServerAddr>,
-    paused: Option<Vec<std::sync::Weak<crate::pool::Pool>>>,
+    servers: Option<crate::topology::ClusterServers>,
+    held: Vec<std::sync::Weak<crate::pool::Pool>>,
 }
 
 impl Shared {
@@ -122,8 +123,8 @@ impl Shared {
         *self.client_tls.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(client_tls);
         *self.server_tls.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(server_tls);
         *self.credentials.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(credentials);
-        let primary = self.cluster.lock().unwrap_or_else(|p| p.into_inner()).primary.clone();
-        self.set_topology(Arc::new(StaticTopology::following(&config, primary.as_ref())));
+        let servers = self.cluster.lock().unwrap_or_else(|p| p.into_inner()).servers.clone();
+        self.set_topology(Arc::new(StaticTopology::following(&config, servers.as_ref())));
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
         Ok(())
     }
@@ -142,61 +143,77 @@ impl Shared {
                 user.and_then(|u| u.pool_mode),
                 user.and_then(|u| u.max_user_connections),
             );
-            if let Some(old) = pool.update_settings(settings, &target.server, &target.dbname, self.server_tls()) {
+            if let Some(old) = pool.update_settings(settings, &target.servers, &target.dbname, self.server_tls()) {
                 tracing::info!(
                     database = &*pool.key.database,
                     user = &*pool.key.user,
                     from = %old,
-                    to = %target.server,
+                    to = %crate::topology::ServerList(&target.servers),
                     "the database moved to another server; its clients follow at their next transaction"
                 );
             }
         }
     }
 
-    /// The cluster feed's news: the primary's address, or None while no member holds the leader
-    /// lock. A new primary becomes the server of the `cluster_role = "primary"` databases (as a
-    /// RELOAD that changes their host); without one their pools are paused (transactions wait,
-    /// bounded by query_wait_timeout) until one is known again.
-    pub fn follow_cluster(&self, primary: Option<crate::topology::ServerAddr>) {
+    /// The cluster feed's news: the primary (None while no member holds the leader lock, or a
+    /// switchover is under way) and the healthy standbys. The databases with a `cluster_role`
+    /// go to the members in that role (as a RELOAD that changes their host); a database whose
+    /// role has no member now has its pools paused (transactions wait, bounded by
+    /// query_wait_timeout) until one is there again.
+    pub fn follow_cluster(&self, servers: crate::topology::ClusterServers) {
         let config = self.config();
         let mut cluster = self.cluster.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(primary) = primary else {
-            if cluster.paused.is_none() {
-                let held: Vec<_> = self
-                    .pools
-                    .all()
-                    .into_iter()
-                    .filter(|p| config.follows_cluster(&p.key.database) && !p.is_paused())
-                    .inspect(|p| {
-                        p.pause();
-                    })
-                    .map(|p| Arc::downgrade(&p))
-                    .collect();
-                if cluster.primary.is_some() {
-                    tracing::warn!(
-                        pools = held.len(),
-                        "the cluster has no leader, or a switchover is under way: new transactions on its primary wait"
-                    );
-                } else {
-                    tracing::info!("no primary known yet: the cluster has no leader");
+        let before = cluster.servers.replace(servers.clone());
+        if before.as_ref() != Some(&servers) {
+            let had_primary = before.as_ref().is_some_and(|b| b.primary.is_some());
+            match &servers.primary {
+                Some(primary) if before.as_ref().and_then(|b| b.primary.as_ref()) != Some(primary) => {
+                    tracing::info!(primary = %primary, "following the cluster's primary")
                 }
-                cluster.paused = Some(held);
+                Some(_) => {}
+                None if had_primary => tracing::warn!(
+                    "the cluster has no leader, or a switchover is under way: new transactions on its primary wait"
+                ),
+                None => tracing::info!("no primary known yet: the cluster has no leader"),
             }
-            return;
-        };
-        if cluster.primary.as_ref() != Some(&primary) {
-            tracing::info!(primary = %primary, "following the cluster's primary");
-            cluster.primary = Some(primary.clone());
-            self.set_topology(Arc::new(StaticTopology::following(&config, Some(&primary))));
+            if before.as_ref().map(|b| &b.replicas) != Some(&servers.replicas) {
+                tracing::info!(
+                    standbys = %crate::topology::ServerList(&servers.replicas),
+                    "the cluster's healthy standbys"
+                );
+            }
+            self.set_topology(Arc::new(StaticTopology::following(&config, Some(&servers))));
             self.retarget_pools();
         }
-        if let Some(held) = cluster.paused.take() {
-            let resumed = held.iter().filter_map(std::sync::Weak::upgrade).inspect(|p| p.resume()).count();
-            if resumed > 0 {
-                tracing::info!(primary = %primary, pools = resumed, "the primary is there again: waiting transactions go on");
+        // Hold the pools whose role has no member now; let go of those that have one again.
+        let topology = self.topology();
+        let mut held = Vec::new();
+        let mut resumed = 0;
+        for weak in std::mem::take(&mut cluster.held) {
+            let Some(pool) = weak.upgrade() else { continue };
+            if topology.target(&pool.key.database).is_some() {
+                pool.resume();
+                resumed += 1;
+            } else {
+                held.push(weak);
             }
         }
+        for pool in self.pools.all() {
+            let database = &*pool.key.database;
+            if config.follows_cluster(database) && topology.target(database).is_none() && !pool.is_paused() {
+                pool.pause();
+                tracing::warn!(
+                    database,
+                    user = &*pool.key.user,
+                    "no member of the cluster in this database's role: new transactions wait"
+                );
+                held.push(Arc::downgrade(&pool));
+            }
+        }
+        if resumed > 0 {
+            tracing::info!(pools = resumed, "the cluster has members in their role again: waiting transactions go on");
+        }
+        cluster.held = held;
     }
 
     /// client_tls_*: the answer to SSLRequest and whether plain-text clients may stay.

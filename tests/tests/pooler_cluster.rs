@@ -1,7 +1,8 @@
 //! The pooler following a real cluster through its DCS (`[cluster]`, `cluster_role =
 //! "primary"`): clients reach the primary, and across a switchover their connections, kept open,
 //! see a pause and no error: new transactions wait while the switchover runs, and run on the new
-//! primary once it has promoted.
+//! primary once it has promoted. Read-only databases (`cluster_role = "replica"`) go to the
+//! healthy standbys.
 
 use harness::agent_checks::{another_primary, healthy};
 use harness::cluster::{http, PghaCluster, Timing, SUPERUSER_PASSWORD};
@@ -23,9 +24,10 @@ async fn server_port(client: &tokio_postgres::Client) -> anyhow::Result<u16> {
     Ok(first_value(&rows).unwrap_or_default().parse()?)
 }
 
-/// A pooler following `cluster` (etcd or the built-in Raft) for database `postgres`, once it
-/// serves a query: (process, client DSN, its scratch dir).
-async fn start_pooler(cluster: &PghaCluster) -> (PghaProcess, String, tempfile::TempDir) {
+/// A pooler following `cluster` (etcd or the built-in Raft) for database `postgres` (and the
+/// `[databases]` entries in `more`), once it serves a query: (process, client DSN, its scratch
+/// dir).
+async fn start_pooler(cluster: &PghaCluster, more: &str) -> (PghaProcess, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("userlist.txt"), format!("\"postgres\" \"{SUPERUSER_PASSWORD}\"\n")).unwrap();
     let port = harness::ports::free_port().unwrap();
@@ -42,7 +44,7 @@ async fn start_pooler(cluster: &PghaCluster) -> (PghaProcess, String, tempfile::
     let config = format!(
         "listen_addr = \"127.0.0.1\"\nlisten_port = {port}\nunix_socket_dir = \"\"\nauth_type = \"trust\"\n\
          auth_file = \"{dir}/userlist.txt\"\npool_mode = \"transaction\"\nquery_wait_timeout = 30\n\n\
-         [databases.postgres]\ncluster_role = \"primary\"\n\n[cluster]\nscope = \"{scope}\"\n{dcs}\n",
+         [databases.postgres]\ncluster_role = \"primary\"\n{more}\n[cluster]\nscope = \"{scope}\"\n{dcs}\n",
         dir = dir.path().display(),
         scope = cluster.scope,
     );
@@ -70,7 +72,7 @@ async fn the_pooler_follows_the_primary_across_a_switchover() {
     let cluster = PghaCluster::start_on_etcd(2, Timing::default()).await.unwrap_or_else(|e| panic!("{e:#}"));
     let old = healthy(&cluster).await;
     let new = 1 - old;
-    let (pooler, dsn, _dir) = start_pooler(&cluster).await;
+    let (pooler, dsn, _dir) = start_pooler(&cluster, "").await;
     let client = connect(&dsn).await.unwrap();
     assert_eq!(server_port(&client).await.unwrap(), cluster.nodes[old].pg_port);
     client
@@ -155,7 +157,7 @@ fn errors_seen(errors: &std::sync::Mutex<Vec<String>>) -> Vec<String> {
 async fn the_pooler_follows_a_failover_on_the_built_in_raft() {
     let mut cluster = PghaCluster::start_on_raft(3, Timing::default()).await.unwrap_or_else(|e| panic!("{e:#}"));
     let old = healthy(&cluster).await;
-    let (pooler, dsn, _dir) = start_pooler(&cluster).await;
+    let (pooler, dsn, _dir) = start_pooler(&cluster, "").await;
     let client = connect(&dsn).await.unwrap();
     assert_eq!(server_port(&client).await.unwrap(), cluster.nodes[old].pg_port);
     cluster.nodes[old].kill_node();
@@ -167,4 +169,86 @@ async fn the_pooler_follows_a_failover_on_the_built_in_raft() {
     .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", pooler.log(), cluster.logs()));
     client.batch_execute("create table after_failover(id int)").await.unwrap();
     assert!(!client.is_closed(), "the client's connection was closed");
+}
+
+/// `cluster_role = "replica"`: clients go to the healthy standbys, new server connections taking
+/// them in turn; writes there get PostgreSQL's own read-only error; a standby that goes down
+/// gets no new connections (refused ones go to the next standby, and its member key stops
+/// listing it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_clients_are_spread_over_the_healthy_standbys() {
+    let mut cluster = PghaCluster::start_on_etcd(3, Timing::default()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let primary = healthy(&cluster).await;
+    let standbys: Vec<usize> = (0..cluster.nodes.len()).filter(|&i| i != primary).collect();
+    let standby_ports: std::collections::BTreeSet<u16> = standbys.iter().map(|&i| cluster.nodes[i].pg_port).collect();
+    let (pooler, dsn, _dir) =
+        start_pooler(&cluster, "\n[databases.reads]\ndbname = \"postgres\"\ncluster_role = \"replica\"\n").await;
+    let reads = dsn.replace("dbname=postgres", "dbname=reads");
+
+    // Clients that each hold a transaction open make the pool open that many server connections.
+    let ports_of_concurrent_transactions = |n: usize| {
+        let reads = reads.clone();
+        async move {
+            let mut clients = Vec::new();
+            for _ in 0..n {
+                let client = connect(&reads).await?;
+                client.batch_execute("begin").await?;
+                clients.push(client);
+            }
+            let mut ports = std::collections::BTreeSet::new();
+            for client in &clients {
+                let rows = client.simple_query("select current_setting('port'), pg_is_in_recovery()").await?;
+                let in_recovery = rows.iter().find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(1).map(str::to_owned),
+                    _ => None,
+                });
+                anyhow::ensure!(in_recovery.as_deref() == Some("t"), "a read-only client reached the primary");
+                ports.insert(first_value(&rows).unwrap_or_default().parse::<u16>()?);
+                client.batch_execute("commit").await?;
+            }
+            anyhow::Ok(ports)
+        }
+    };
+    let ports = ports_of_concurrent_transactions(4).await.unwrap_or_else(|e| panic!("{e:#}\n{}", pooler.log()));
+    assert_eq!(ports, standby_ports, "four server connections, two standbys\n{}", pooler.log());
+
+    let client = connect(&reads).await.unwrap();
+    let refused = client.batch_execute("create table written_on_a_standby(id int)").await.unwrap_err();
+    assert_eq!(refused.as_db_error().map(|e| e.code().code()), Some("25006"), "a write on a standby: {refused:?}");
+    assert!(!client.is_closed());
+
+    // One standby goes down: read-only clients all run on the other.
+    let (lost, kept) = (standbys[0], standbys[1]);
+    cluster.nodes[lost].kill_node();
+    let kept_port = cluster.nodes[kept].pg_port;
+    wait_for("read-only clients to run on the remaining standby only", Duration::from_secs(30), || async {
+        let ports = ports_of_concurrent_transactions(4).await?;
+        Ok((ports == [kept_port].into()).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", pooler.log()));
+    // Once the lost standby's member key is gone, the pooler lists one standby.
+    let (kept_addr, lost_addr) =
+        (format!("127.0.0.1:{kept_port}"), format!("127.0.0.1:{}", cluster.nodes[lost].pg_port));
+    wait_for("the pooler to list one standby", Duration::from_secs(30), || async {
+        let log = pooler.log();
+        let last = log.lines().rfind(|l| l.contains("the cluster's healthy standbys")).map(str::to_owned);
+        Ok(last.filter(|l| l.contains(&kept_addr) && !l.contains(&lost_addr)).map(|_| ()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", pooler.log()));
+    // The writers' database still goes to the primary.
+    let writer = connect(&dsn).await.unwrap();
+    assert_eq!(server_port(&writer).await.unwrap(), cluster.nodes[primary].pg_port);
+    let log = pooler.log();
+    // Until its member key expired, the lost standby's refusals sent new connections to the other.
+    assert!(log.contains("trying the database's next server"), "{log}");
+    // The remaining standby's connections stayed when the other left the list.
+    let kept_server = format!("server={kept_addr} ");
+    let closed_kept = log.lines().find(|l| {
+        l.contains("closing server connection")
+            && l.contains(&kept_server)
+            && (l.contains("no longer one of the database's") || l.contains("moved to another server"))
+    });
+    assert!(closed_kept.is_none(), "{closed_kept:?}\n{log}");
 }

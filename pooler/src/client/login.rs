@@ -98,11 +98,17 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
         return Box::pin(console_login(stream, shared, &config, &startup)).await;
     }
     let Some(target) = shared.topology().target(database) else {
-        if config.follows_cluster(database) {
-            let message = format!(
-                "database {database} goes to the cluster's primary, and none is known yet (no leader, or its DCS \
-                 not reached yet); try again"
-            );
+        if let Some(role) = config.cluster_role_of(database) {
+            let members = match role {
+                crate::config::ClusterRole::Primary => "the cluster's primary, and none is known yet (no leader",
+                crate::config::ClusterRole::Replica => {
+                    "the cluster's standbys, and no healthy one is known (none running and keeping up"
+                }
+                crate::config::ClusterRole::ReadOnly => {
+                    "the cluster's standbys or its primary, and none is known yet (no member running"
+                }
+            };
+            let message = format!("database {database} goes to {members}, or its DCS not reached yet); try again");
             let _ = send_fatal(stream, "57P03", &message).await;
             return None;
         }
@@ -201,7 +207,7 @@ async fn new_pool(
             user_config.and_then(|u| u.max_user_connections),
         );
         let login = LoginTarget {
-            addr: target.server.clone(),
+            addr: target.server().clone(),
             dbname: target.dbname.clone(),
             credential: server_credential,
             user: target.user.clone().unwrap_or_else(|| key.user.to_owned()),
@@ -209,7 +215,7 @@ async fn new_pool(
             tcp: settings.tcp,
             tls: shared.server_tls(),
         };
-        (settings, login)
+        (settings, login, target.servers.clone())
     })
 }
 
@@ -403,7 +409,7 @@ fn with_auth_query(shared: &Shared, config: &PoolerConfig, database: &str) -> Ar
     let runner = AuthQueryOnServer {
         connections: shared.auth_connections.clone(),
         login: LoginTarget {
-            addr: target.server.clone(),
+            addr: target.server().clone(),
             dbname: target.dbname.clone(),
             user: auth_user,
             credential,

@@ -69,7 +69,7 @@ impl Pool {
                 return;
             }
             st.active -= 1;
-            (st.login.clone(), st.generation)
+            (st.next_login(), st.generation)
         };
         let (login, generation) = login;
         match self.connect_new(&login).await {

@@ -69,7 +69,14 @@ impl Waiter {
 
 struct PoolState {
     settings: Arc<PoolSettings>,
+    /// How new server connections log in; `login.addr` is the first of `servers`.
     login: Arc<LoginTarget>,
+    /// Where new server connections go, in turn (never empty).
+    servers: Arc<[ServerAddr]>,
+    /// Which of `servers` the next new connection goes to.
+    next_server: usize,
+    /// A server left `servers` while others stayed: connections to it close at their release.
+    pruning: bool,
     /// Boxed connections: a checkout or release moves a pointer, and a client's relay holds
     /// 8 bytes for its server connection instead of the connection itself.
     #[allow(clippy::vec_box)]
@@ -91,6 +98,20 @@ struct PoolState {
     closed: bool,
     /// PAUSE: no connection is handed out until RESUME.
     paused: bool,
+}
+
+impl PoolState {
+    /// How the next new server connection logs in: the pool's servers take turns.
+    fn next_login(&mut self) -> Arc<LoginTarget> {
+        let turn = self.next_server;
+        self.next_server = self.next_server.wrapping_add(1);
+        match self.servers.get(turn % self.servers.len().max(1)) {
+            Some(addr) if *addr != self.login.addr => {
+                Arc::new(LoginTarget { addr: addr.clone(), ..LoginTarget::clone(&self.login) })
+            }
+            _ => self.login.clone(),
+        }
+    }
 }
 
 /// The tracked parameters the last client to log in sent, and the session parameters they
@@ -156,6 +177,7 @@ impl Pool {
         key: PoolKey,
         settings: PoolSettings,
         login: LoginTarget,
+        servers: Arc<[ServerAddr]>,
         db_conns: Arc<ConnCounter>,
         user_conns: Arc<ConnCounter>,
         connections: Arc<Connections>,
@@ -166,7 +188,10 @@ impl Pool {
             settings_at: AtomicUsize::new(Arc::as_ptr(&settings) as usize),
             state: Mutex::new(PoolState {
                 settings,
+                servers: if servers.is_empty() { Arc::new([login.addr.clone()]) } else { servers },
                 login: Arc::new(login),
+                next_server: 0,
+                pruning: false,
                 idle: Vec::new(),
                 total: 0,
                 active: 0,
@@ -204,18 +229,28 @@ impl Pool {
     /// PgBouncer: idle connections to the old server are closed now, the others when their
     /// client releases them (a transaction finishes on the server it began on; a session-mode
     /// client keeps its connection until it leaves), and every checkout after that opens or
-    /// finds a connection to the new server. Returns the old server when it moved.
+    /// finds a connection to the new server. A database with several servers (a cluster's
+    /// standbys) moves so when one of its servers is gone; one added only takes its turn for
+    /// new connections. Returns the old servers when they moved.
     pub fn update_settings(
         &self,
         settings: PoolSettings,
-        server: &ServerAddr,
+        servers: &Arc<[ServerAddr]>,
         dbname: &str,
         tls: Arc<crate::tls::ServerTls>,
-    ) -> Option<ServerAddr> {
-        let (moved, idle) = {
+    ) -> Option<String> {
+        let (moved, idle, pruned) = {
             let mut st = self.lock();
             let mut login = LoginTarget::clone(&st.login);
-            let moved = (login.addr != *server).then(|| std::mem::replace(&mut login.addr, server.clone()));
+            let gone = !servers.is_empty() && st.servers.iter().any(|old| !servers.contains(old));
+            let moved = gone.then(|| crate::topology::ServerList(&st.servers).to_string());
+            // Some of several servers stay (a standby lost): only the connections to those that
+            // left go.
+            let pruned = gone && st.servers.iter().any(|old| servers.contains(old));
+            if let Some(first) = servers.first() {
+                login.addr = first.clone();
+                st.servers = servers.clone();
+            }
             login.dbname = dbname.to_owned();
             login.connect_timeout = settings.server_connect_timeout;
             login.tcp = settings.tcp;
@@ -223,7 +258,13 @@ impl Pool {
             st.login = Arc::new(login);
             st.settings = Arc::new(settings);
             self.settings_at.store(Arc::as_ptr(&st.settings) as usize, Ordering::Relaxed);
-            let idle = if moved.is_some() {
+            let idle = if pruned {
+                st.pruning = true;
+                let (left, kept): (Vec<_>, Vec<_>) =
+                    std::mem::take(&mut st.idle).into_iter().partition(|c| !servers.contains(&c.addr));
+                st.idle = kept;
+                left
+            } else if moved.is_some() {
                 // Connections to the old server close at their release; the new server's
                 // parameters welcome the next login.
                 st.generation += 1;
@@ -234,10 +275,15 @@ impl Pool {
                 Vec::new()
             };
             while self.grant_slot(&mut st, false) {}
-            (moved, idle)
+            (moved, idle, pruned)
         };
         for conn in idle {
-            self.close_idle(conn, "the database moved to another server");
+            let reason = if pruned {
+                "its server is no longer one of the database's"
+            } else {
+                "the database moved to another server"
+            };
+            self.close_idle(conn, reason);
         }
         moved
     }
@@ -436,11 +482,26 @@ impl Pool {
                     // The generation of the login target: a connection opened to a server the
                     // database moved away from meanwhile (or across a RECONNECT) is closed at
                     // its release, and does not welcome clients.
-                    let (login, generation) = {
-                        let st = self.lock();
-                        (st.login.clone(), st.generation)
+                    let (mut login, generation, servers) = {
+                        let mut st = self.lock();
+                        (st.next_login(), st.generation, st.servers.len())
                     };
-                    let connected = self.connect_new(&login).await;
+                    let mut connected = self.connect_new(&login).await;
+                    // One server of several out of reach (a standby that just went down, its
+                    // member key not expired yet): the next ones are tried before the client
+                    // is told.
+                    for _ in 1..servers {
+                        let Err(e) = &connected else { break };
+                        tracing::warn!(
+                            server = %login.addr,
+                            database = %self.key.database,
+                            user = %self.key.user,
+                            "cannot open a server connection: {e}; trying the database's next server"
+                        );
+                        self.stats.count_error("server_login");
+                        login = self.lock().next_login();
+                        connected = self.connect_new(&login).await;
+                    }
                     return match connected {
                         Ok(mut conn) => {
                             let mut st = self.lock();
@@ -569,11 +630,14 @@ impl Pool {
         let mut st = self.lock();
         st.active = st.active.saturating_sub(1);
         let expired = st.settings.server_lifetime.is_some_and(|life| outlived(&conn, life, now));
-        if st.closed || expired || conn.generation < st.generation {
+        let left = st.pruning && !st.servers.contains(&conn.addr);
+        if st.closed || expired || conn.generation < st.generation || left {
             let reason = if st.closed {
                 "its pool was closed"
             } else if expired {
                 "server_lifetime"
+            } else if left {
+                "its server is no longer one of the database's"
             } else {
                 "RECONNECT, KILL or a server change"
             };

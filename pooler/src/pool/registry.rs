@@ -6,6 +6,7 @@
 use super::{maintain, Pool, PoolSettings};
 use crate::connections::Connections;
 use crate::server::LoginTarget;
+use crate::topology::ServerAddr;
 use hashbrown::HashMap;
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -73,7 +74,7 @@ impl Registry {
     pub fn get_or_create(
         &self,
         key: PoolKeyRef<'_>,
-        settings: impl FnOnce() -> (PoolSettings, LoginTarget),
+        settings: impl FnOnce() -> (PoolSettings, LoginTarget, Arc<[ServerAddr]>),
     ) -> Arc<Pool> {
         if let Some(pool) = self.pools.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return pool.clone();
@@ -89,9 +90,16 @@ impl Registry {
             let user = counters.1.entry_ref(&*key.user).or_default().clone();
             (db, user)
         };
-        let (settings, login) = settings();
-        let pool =
-            Arc::new(Pool::new(key.clone(), settings, login, db.clone(), user.clone(), self.connections.clone()));
+        let (settings, login, servers) = settings();
+        let pool = Arc::new(Pool::new(
+            key.clone(),
+            settings,
+            login,
+            servers,
+            db.clone(),
+            user.clone(),
+            self.connections.clone(),
+        ));
         for counter in [&db, &user] {
             counter.pools.lock().unwrap_or_else(|p| p.into_inner()).push(Arc::downgrade(&pool));
         }
