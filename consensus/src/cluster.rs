@@ -10,6 +10,7 @@ mod dynamic_config;
 mod leadership;
 mod member;
 mod timeline;
+pub mod timestamp;
 
 pub use dynamic_config::{DynamicConfig, SynchronousMode};
 pub use leadership::{FailoverValue, SyncValue};

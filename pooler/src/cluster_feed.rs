@@ -106,19 +106,51 @@ pub fn healthy_standbys(view: &ClusterView, max_lag: u64) -> Vec<ServerAddr> {
 }
 
 /// What the cluster's `cluster_role` databases are sent to now.
-pub fn servers_of(view: &ClusterView, max_lag: u64) -> ClusterServers {
-    ClusterServers { primary: primary_to_use(view), replicas: healthy_standbys(view, max_lag) }
+pub fn servers_of(view: &ClusterView, max_lag: u64, now: i64) -> ClusterServers {
+    ClusterServers { primary: primary_to_use(view, now), replicas: healthy_standbys(view, max_lag) }
 }
 
-/// Where the primary's clients go now: nowhere (their pools wait) while no member holds the
-/// leader lock, or while a switchover or failover asked for now is under way (the `failover`
-/// key is there until the new primary has promoted); else the primary.
-pub fn primary_to_use(view: &ClusterView) -> Option<ServerAddr> {
-    let switching = view.failover.as_ref().is_some_and(|f| f.value.scheduled_at.is_none());
-    if switching {
+/// How long before a scheduled switchover's time the primary's clients are held: the leader
+/// acts at its first loop from that second on, and the hold has to come first.
+const HOLD_BEFORE_SCHEDULED: Duration = Duration::from_millis(500);
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// When the hold for the `failover` key starts, in ms since the epoch: at once for a switchover
+/// or failover asked for now, half a second before the time of a scheduled one; never for a
+/// scheduled time that cannot be read (the agents never run such a request).
+fn hold_from(view: &ClusterView) -> Option<i64> {
+    // An empty key (Patroni writes one after some requests) asks for nothing.
+    let failover = view.pending_failover()?;
+    match failover.scheduled_at.as_deref().filter(|s| !s.is_empty()) {
+        None => Some(i64::MIN),
+        Some(text) => {
+            let at = consensus::cluster::timestamp::Timestamp::parse(text).ok()?;
+            Some(at.0.saturating_mul(1000).saturating_sub(HOLD_BEFORE_SCHEDULED.as_millis() as i64))
+        }
+    }
+}
+
+/// Where the primary's clients go at `now` (ms since the epoch): nowhere (their pools wait)
+/// while no member holds the leader lock, or while a switchover or failover is under way (the
+/// `failover` key is there until the new primary has promoted; a scheduled one from just before
+/// its time); else the primary.
+pub fn primary_to_use(view: &ClusterView, now: i64) -> Option<ServerAddr> {
+    if hold_from(view).is_some_and(|from| from <= now) {
         return None;
     }
     primary_of(view)
+}
+
+/// How long until a scheduled switchover's hold starts, if one is ahead.
+fn until_hold(view: &ClusterView, now: i64) -> Option<Duration> {
+    let from = hold_from(view)?;
+    (from > now).then(|| Duration::from_millis(u64::try_from(from - now).unwrap_or(0)))
 }
 
 async fn follow(section: ClusterSection, readings: tokio::sync::watch::Sender<Reading>) {
@@ -149,10 +181,14 @@ async fn follow(section: ClusterSection, readings: tokio::sync::watch::Sender<Re
                     break;
                 }
             };
-            tell(servers_of(&ClusterView::from_snapshot(&snapshot), section.max_replica_lag));
+            let view = ClusterView::from_snapshot(&snapshot);
+            let now = now_ms();
+            tell(servers_of(&view, section.max_replica_lag, now));
+            // A scheduled switchover's hold starts with no DCS event: read again then.
+            let wait = until_hold(&view, now).map_or(RESYNC, |until| until.min(RESYNC));
             match dcs.watch(snapshot.revision).await {
                 Ok(mut events) => {
-                    let _ = tokio::time::timeout(RESYNC, events.recv()).await;
+                    let _ = tokio::time::timeout(wait, events.recv()).await;
                 }
                 Err(e) => {
                     tracing::warn!("cluster feed: watching the DCS: {e}");
@@ -212,7 +248,7 @@ mod tests {
         assert_eq!(ports(0), vec![5432, 5433, 5437]);
         // 50,000 bytes behind is too far at a 10,000-byte limit; an unknown position is not lag.
         assert_eq!(ports(10_000), vec![5432, 5437]);
-        let servers = servers_of(&view, 0);
+        let servers = servers_of(&view, 0, now_ms());
         assert_eq!(servers.primary.map(|p| p.port), Some(5431));
         // The lock holder is never a standby, whatever its member key still says.
         let promoting = ClusterView::from_relative_entries(vec![
@@ -223,7 +259,7 @@ mod tests {
     }
 
     #[test]
-    fn a_switchover_under_way_holds_the_clients_and_a_scheduled_one_does_not() {
+    fn a_switchover_under_way_holds_the_clients_and_a_scheduled_one_from_just_before_its_time() {
         let member = br#"{"conn_url":"postgres://10.0.0.1:5433/postgres","role":"primary"}"#;
         let with = |failover: &[u8]| {
             ClusterView::from_relative_entries(vec![
@@ -232,8 +268,20 @@ mod tests {
                 ("failover", failover, 3),
             ])
         };
-        assert_eq!(primary_to_use(&with(br#"{"leader":"pg1","member":"pg2"}"#)), None);
+        let primary = Some(ServerAddr { host: "10.0.0.1".into(), port: 5433 });
+        let now = now_ms();
+        assert_eq!(primary_to_use(&with(br#"{"leader":"pg1","member":"pg2"}"#), now), None);
         let later = with(br#"{"leader":"pg1","member":"pg2","scheduled_at":"2099-01-01T00:00:00+00:00"}"#);
-        assert_eq!(primary_to_use(&later), Some(ServerAddr { host: "10.0.0.1".into(), port: 5433 }));
+        assert_eq!(primary_to_use(&later, now), primary);
+        // 2099-01-01T00:00:00Z is 4,070,908,800 s after the epoch: held from half a second before.
+        let at = 4_070_908_800_000;
+        assert_eq!(until_hold(&later, at - 10_000), Some(Duration::from_millis(9_500)));
+        assert_eq!(primary_to_use(&later, at - 501), primary);
+        assert_eq!(primary_to_use(&later, at - 500), None);
+        assert_eq!(until_hold(&later, at - 500), None);
+        // A time the agents cannot read is never run, so it holds nothing.
+        let unreadable = with(br#"{"leader":"pg1","member":"pg2","scheduled_at":"tomorrow"}"#);
+        assert_eq!((primary_to_use(&unreadable, now), until_hold(&unreadable, now)), (primary.clone(), None));
+        assert_eq!(primary_to_use(&with(b""), now), primary);
     }
 }

@@ -16,7 +16,7 @@ mod raft;
 mod status_doc;
 #[cfg(test)]
 mod tests;
-pub(crate) mod timestamp;
+pub(crate) use consensus::cluster::timestamp;
 mod tls;
 
 pub use auth::BasicAuth;

@@ -5,7 +5,7 @@
 use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum TimestampError {
+pub enum TimestampError {
     #[error("timezone information is mandatory (add +00:00 or Z)")]
     NoTimezone,
     #[error("unable to parse the timestamp; use ISO 8601, e.g. 2024-05-01T03:00:00+00:00")]
@@ -14,7 +14,7 @@ pub(crate) enum TimestampError {
 
 /// A point in time, in whole seconds since the Unix epoch (UTC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct Timestamp(pub i64);
+pub struct Timestamp(pub i64);
 
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
@@ -79,7 +79,7 @@ fn zone_offset(zone: &str) -> Result<i64, TimestampError> {
 }
 
 impl Timestamp {
-    pub(crate) fn parse(s: &str) -> Result<Timestamp, TimestampError> {
+    pub fn parse(s: &str) -> Result<Timestamp, TimestampError> {
         let s = s.trim();
         let (y, mo, d) = (digits(s, 0..4)?, digits(s, 5..7)?, digits(s, 8..10)?);
         if s.get(4..5) != Some("-") || s.get(7..8) != Some("-") || !matches!(s.get(10..11), Some("T" | "t" | " ")) {
@@ -113,7 +113,7 @@ impl Timestamp {
         Ok(Timestamp(days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec - offset))
     }
 
-    pub(crate) fn now() -> Timestamp {
+    pub fn now() -> Timestamp {
         let secs =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
         Timestamp(secs)
