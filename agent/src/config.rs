@@ -386,6 +386,25 @@ pub struct DcsConfig {
 pub struct EtcdConfig {
     /// Client URLs of the etcd members, e.g. `["http://10.0.0.1:2379"]`.
     pub endpoints: Vec<String>,
+    /// The CA that signed the members' certificates, for `https://` endpoints.
+    #[serde(default)]
+    pub cacert: Option<PathBuf>,
+    /// A client certificate and its key, for etcd's `--client-cert-auth`.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+impl EtcdConfig {
+    /// TLS toward etcd, when `cacert` is set.
+    pub fn tls(&self) -> Option<consensus::etcd::EtcdTls> {
+        Some(consensus::etcd::EtcdTls {
+            ca_file: self.cacert.clone()?,
+            cert_file: self.cert.clone(),
+            key_file: self.key.clone(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -559,6 +578,13 @@ impl Validate for AgentConfig {
                             "expected URLs like \"http://127.0.0.1:2379\"",
                         ));
                     }
+                    consensus::etcd::check_tls_settings(
+                        &e.endpoints,
+                        e.cacert.as_deref(),
+                        e.cert.as_deref(),
+                        e.key.as_deref(),
+                        "dcs.etcd.",
+                    )?;
                 }
             },
             DcsBackend::Raft => match &self.dcs.raft {

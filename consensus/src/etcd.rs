@@ -24,11 +24,45 @@ pub struct EtcdOptions {
     pub op_timeout: Duration,
     /// Upper bound for establishing a TCP connection to one member.
     pub connect_timeout: Duration,
+    /// TLS toward `https://` endpoints.
+    pub tls: Option<EtcdTls>,
 }
 
 impl Default for EtcdOptions {
     fn default() -> Self {
-        EtcdOptions { op_timeout: Duration::from_secs(2), connect_timeout: Duration::from_millis(500) }
+        EtcdOptions { op_timeout: Duration::from_secs(2), connect_timeout: Duration::from_millis(500), tls: None }
+    }
+}
+
+/// TLS toward etcd (Patroni's `etcd3` `cacert`, `cert` and `key`): the CA that signed the
+/// members' certificates, and a client certificate when etcd runs with `--client-cert-auth`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EtcdTls {
+    pub ca_file: std::path::PathBuf,
+    pub cert_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+impl EtcdTls {
+    /// The client's TLS settings, from the files (an unreadable one is named).
+    fn load(&self) -> Result<ec::TlsOptions, KvError> {
+        let read = |path: &std::path::Path, what: &str| {
+            std::fs::read(path)
+                .map_err(|e| KvError::Rejected(format!("cannot read the etcd {what} {}: {e}", path.display())))
+        };
+        let mut tls = ec::TlsOptions::new().ca_certificate(ec::Certificate::from_pem(read(&self.ca_file, "CA file")?));
+        match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => {
+                tls = tls.identity(ec::Identity::from_pem(read(cert, "client certificate")?, read(key, "client key")?));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(KvError::Rejected(
+                    "an etcd client certificate needs both its certificate and its key file".into(),
+                ))
+            }
+        }
+        Ok(tls)
     }
 }
 
@@ -52,6 +86,19 @@ impl EtcdStore {
             .with_keep_alive_while_idle(true)
             // A member cut off from the quorum fails requests instead of serving stale data.
             .with_require_leader(true);
+        let https = endpoints.iter().any(|e| e.starts_with("https://"));
+        let connect = match (&options.tls, https) {
+            (Some(tls), true) => connect.with_tls(tls.load()?),
+            (None, true) => {
+                return Err(KvError::Rejected(
+                    "https:// etcd endpoints need the CA file that signed the members' certificates".into(),
+                ))
+            }
+            (Some(_), false) => {
+                return Err(KvError::Rejected("etcd TLS files are set: write the endpoints as https:// URLs".into()))
+            }
+            (None, false) => connect,
+        };
         let client = ec::Client::connect(endpoints, Some(connect)).await.map_err(classify)?;
         Ok(EtcdStore { client, options, keepers: Mutex::new(HashMap::new()) })
     }
@@ -102,7 +149,18 @@ impl EtcdStore {
 fn classify(e: ec::Error) -> KvError {
     match e {
         ec::Error::GRpcStatus(status) => {
-            let msg = status.message().to_string();
+            // A bare "transport error" says nothing: its causes (a refused TLS handshake, a
+            // missing client certificate) do.
+            let mut msg = status.message().to_string();
+            let mut cause = std::error::Error::source(&status);
+            while let Some(c) = cause {
+                let text = c.to_string();
+                if !msg.contains(&text) {
+                    msg.push_str(": ");
+                    msg.push_str(&text);
+                }
+                cause = c.source();
+            }
             match status.code() {
                 tonic_code::NotFound if msg.contains("lease not found") => KvError::LeaseNotFound(0),
                 tonic_code::Unavailable
@@ -118,6 +176,52 @@ fn classify(e: ec::Error) -> KvError {
         ec::Error::InvalidArgs(m) | ec::Error::EndpointError(m) => KvError::Rejected(m),
         ec::Error::InvalidUri(u) => KvError::Rejected(format!("invalid etcd URL: {u}")),
         other => KvError::Unavailable(other.to_string()),
+    }
+}
+
+/// The etcd TLS settings of a configuration fit its endpoints: `https://` ones need the CA, a CA
+/// needs `https://` ones, a client certificate needs its key. `prefix` + `cacert`, `cert`,
+/// `key`, `endpoints` are the keys named in the error.
+pub fn check_tls_settings(
+    endpoints: &[String],
+    cacert: Option<&std::path::Path>,
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+    prefix: &str,
+) -> Result<(), crate::config_file::Invalid> {
+    let https = endpoints.iter().filter(|u| u.starts_with("https://")).count();
+    match (https, cacert) {
+        (0, Some(ca)) => {
+            return Err(crate::config_file::Invalid::new(
+                format!("{prefix}cacert"),
+                format!("{:?}", ca.display().to_string()),
+                "TLS toward etcd needs https:// endpoints",
+            ))
+        }
+        (1.., None) => {
+            return Err(crate::config_file::Invalid::missing(
+                format!("{prefix}cacert"),
+                "https:// endpoints need the CA file that signed the etcd members' certificates",
+            ))
+        }
+        (n, _) if n > 0 && n < endpoints.len() => {
+            return Err(crate::config_file::Invalid::new(
+                format!("{prefix}endpoints"),
+                format!("{endpoints:?}"),
+                "all http:// or all https://",
+            ))
+        }
+        _ => {}
+    }
+    match (cert, key) {
+        (Some(_), None) => {
+            Err(crate::config_file::Invalid::missing(format!("{prefix}key"), "a client certificate needs its key file"))
+        }
+        (None, Some(_)) => Err(crate::config_file::Invalid::missing(
+            format!("{prefix}cert"),
+            "a client key needs its certificate file",
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -373,5 +477,40 @@ async fn supervise_watch(client: ec::Client, prefix: String, start_revision: Rev
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_tls_settings;
+    use std::path::Path;
+
+    #[test]
+    fn tls_settings_must_fit_the_endpoints() {
+        let plain = ["http://10.0.0.1:2379".to_owned()];
+        let tls = ["https://10.0.0.1:2379".to_owned(), "https://10.0.0.2:2379".to_owned()];
+        let mixed = ["https://10.0.0.1:2379".to_owned(), "http://10.0.0.2:2379".to_owned()];
+        let ca = Some(Path::new("/etc/etcd/ca.crt"));
+        let (cert, key) = (Some(Path::new("/etc/pgha/etcd.crt")), Some(Path::new("/etc/pgha/etcd.key")));
+        let check = |endpoints: &[String], ca, cert, key| {
+            check_tls_settings(endpoints, ca, cert, key, "dcs.etcd.").map_err(|e| e.to_string())
+        };
+        assert_eq!(check(&plain, None, None, None), Ok(()));
+        assert_eq!(check(&tls, ca, None, None), Ok(()));
+        assert_eq!(check(&tls, ca, cert, key), Ok(()));
+        let errors = [
+            check(&tls, None, None, None),
+            check(&plain, ca, None, None),
+            check(&mixed, ca, None, None),
+            check(&tls, ca, cert, None),
+            check(&tls, ca, None, key),
+        ];
+        let keys: Vec<String> = errors
+            .iter()
+            .map(|e| e.clone().unwrap_err().split([':', ' ']).next().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(keys, ["dcs.etcd.cacert", "dcs.etcd.cacert", "dcs.etcd.endpoints", "dcs.etcd.key", "dcs.etcd.cert"]);
+        assert!(errors[0].clone().unwrap_err().contains("https:// endpoints need the CA file"), "{errors:?}");
+        assert!(errors[1].clone().unwrap_err().contains("TLS toward etcd needs https:// endpoints"), "{errors:?}");
     }
 }

@@ -51,7 +51,13 @@ async fn connect(section: &ClusterSection) -> Result<Arc<dyn Dcs>, String> {
     let reader = "pgha-pooler";
     let ttl = Duration::from_secs(30);
     if !section.etcd_endpoints.is_empty() {
-        let store = consensus::etcd::EtcdStore::connect(&section.etcd_endpoints, Default::default())
+        let tls = section.etcd_cacert.clone().map(|ca_file| consensus::etcd::EtcdTls {
+            ca_file,
+            cert_file: section.etcd_cert.clone(),
+            key_file: section.etcd_key.clone(),
+        });
+        let options = consensus::etcd::EtcdOptions { tls, ..Default::default() };
+        let store = consensus::etcd::EtcdStore::connect(&section.etcd_endpoints, options)
             .await
             .map_err(|e| format!("connecting to etcd: {e}"))?;
         return Ok(Arc::new(KvDcs::new(Arc::new(store), &section.namespace, &section.scope, reader, ttl)));

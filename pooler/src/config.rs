@@ -164,6 +164,14 @@ pub struct ClusterSection {
     /// etcd client URLs (`http://10.0.0.1:2379`).
     #[serde(default)]
     pub etcd_endpoints: Vec<String>,
+    /// For `https://` etcd endpoints: the CA that signed the members' certificates, and a client
+    /// certificate and key when etcd checks them (the agents' `dcs.etcd.cacert`, `cert`, `key`).
+    #[serde(default)]
+    pub etcd_cacert: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub etcd_cert: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub etcd_key: Option<std::path::PathBuf>,
     /// The built-in Raft group's members, `host:port` (their `dcs.raft.listen`).
     #[serde(default)]
     pub raft_members: Vec<String>,
@@ -398,6 +406,13 @@ impl Validate for PoolerConfig {
                     "set raft_secret or raft_secret_file (the agents' dcs.raft secret)",
                 ));
             }
+            consensus::etcd::check_tls_settings(
+                &c.etcd_endpoints,
+                c.etcd_cacert.as_deref(),
+                c.etcd_cert.as_deref(),
+                c.etcd_key.as_deref(),
+                "cluster.etcd_",
+            )?;
             if consensus::cluster::KeyLayout::new(&c.namespace, &c.scope).is_err() {
                 return Err(Invalid::new("cluster.scope", format!("{:?}", c.scope), "expected the agents' scope"));
             }

@@ -301,6 +301,31 @@ impl PghaCluster {
         Ok(cluster)
     }
 
+    /// Starts `size` agents on an etcd that serves clients over TLS only and checks their
+    /// certificates; the agents get `pki`'s CA and client certificate (`dcs.etcd.cacert`, `cert`,
+    /// `key`).
+    pub async fn start_on_etcd_with_tls(
+        size: usize,
+        timing: Timing,
+        pki: &crate::pki::TestPki,
+    ) -> anyhow::Result<PghaCluster> {
+        let etcd = EtcdCluster::start_tls(1, pki).await?;
+        let tls = format!(
+            "cacert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            pki.ca.display(),
+            pki.client_cert.display(),
+            pki.client_key.display()
+        );
+        let endpoints = etcd.endpoints().iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", ");
+        let dcs_section = |_: usize, _: &ScratchDir| {
+            format!("[dcs]\nbackend = \"etcd\"\n[dcs.etcd]\nendpoints = [{endpoints}]\n{tls}")
+        };
+        let mut cluster = Self::configure(size, timing, None, &dcs_section)?;
+        cluster.etcd = Some(etcd);
+        cluster.start_all()?;
+        Ok(cluster)
+    }
+
     /// The etcd and the nodes' configs (agents not started yet).
     async fn start_agents(size: usize, timing: Timing, relays: bool, extra: &str) -> anyhow::Result<PghaCluster> {
         let etcd = EtcdCluster::start(1).await?;

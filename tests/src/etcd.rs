@@ -13,12 +13,25 @@ pub struct EtcdMember {
     pub name: String,
     pub client_port: u16,
     pub peer_port: u16,
+    /// Clients reach it over TLS.
+    tls: bool,
     process: Option<ManagedProcess>,
+}
+
+/// The files of an etcd that serves clients over TLS and asks for their certificates.
+#[derive(Clone)]
+struct ClientTls {
+    ca: std::path::PathBuf,
+    server_cert: std::path::PathBuf,
+    server_key: std::path::PathBuf,
+    client_cert: std::path::PathBuf,
+    client_key: std::path::PathBuf,
 }
 
 impl EtcdMember {
     pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
     fn peer_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.peer_port)
@@ -33,11 +46,29 @@ pub struct EtcdCluster {
     members: Vec<EtcdMember>,
     token: String,
     dir: ScratchDir,
+    tls: Option<ClientTls>,
 }
 
 impl EtcdCluster {
     /// Starts `size` members and waits until every one reports healthy.
     pub async fn start(size: usize) -> anyhow::Result<EtcdCluster> {
+        Self::start_with(size, None).await
+    }
+
+    /// As `start`, serving clients over TLS only (`https://`) with `pki`'s server certificate,
+    /// and refusing clients without a certificate signed by its CA (`--client-cert-auth`).
+    pub async fn start_tls(size: usize, pki: &crate::pki::TestPki) -> anyhow::Result<EtcdCluster> {
+        let tls = ClientTls {
+            ca: pki.ca.clone(),
+            server_cert: pki.server_cert.clone(),
+            server_key: pki.server_key.clone(),
+            client_cert: pki.client_cert.clone(),
+            client_key: pki.client_key.clone(),
+        };
+        Self::start_with(size, Some(tls)).await
+    }
+
+    async fn start_with(size: usize, tls: Option<ClientTls>) -> anyhow::Result<EtcdCluster> {
         let dir = ScratchDir::new("etcd", None)?;
         let mut members = Vec::new();
         for i in 0..size {
@@ -45,11 +76,12 @@ impl EtcdCluster {
                 name: format!("etcd{i}"),
                 client_port: crate::ports::free_port()?,
                 peer_port: crate::ports::free_port()?,
+                tls: tls.is_some(),
                 process: None,
             });
         }
         let token = format!("pgha-test-{}-{}", std::process::id(), members[0].client_port);
-        let mut cluster = EtcdCluster { members, token, dir };
+        let mut cluster = EtcdCluster { members, token, dir, tls };
         for i in 0..size {
             cluster.spawn_member(i, "new")?;
         }
@@ -98,6 +130,12 @@ impl EtcdCluster {
                 "stderr",
             ])
             .env("ETCD_UNSUPPORTED_ARCH", "");
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file").arg(&tls.server_cert);
+            cmd.arg("--key-file").arg(&tls.server_key);
+            cmd.arg("--trusted-ca-file").arg(&tls.ca);
+            cmd.arg("--client-cert-auth");
+        }
         m.process =
             Some(ManagedProcess::spawn(&m.name, cmd, &log).context("starting etcd (apt-get install -y etcd-server)")?);
         Ok(())
@@ -119,7 +157,11 @@ impl EtcdCluster {
 
     /// `etcdctl endpoint health` against member `i`: Ok(output) when healthy.
     pub async fn endpoint_health(&self, i: usize) -> anyhow::Result<String> {
-        let out = tokio::process::Command::new("etcdctl")
+        let mut etcdctl = tokio::process::Command::new("etcdctl");
+        if let Some(tls) = &self.tls {
+            etcdctl.arg("--cacert").arg(&tls.ca).arg("--cert").arg(&tls.client_cert).arg("--key").arg(&tls.client_key);
+        }
+        let out = etcdctl
             .arg(format!("--endpoints={}", self.members[i].client_url()))
             .args(["--command-timeout=2s", "endpoint", "health"])
             .env("ETCDCTL_API", "3")

@@ -1,0 +1,88 @@
+//! etcd over TLS with client certificates (`--client-cert-auth`), as production Patroni clusters
+//! run it: agents and the pooler reach it with `cacert`, `cert` and `key`; a client without a
+//! certificate, or that trusts another CA, is refused with an error that says so.
+
+use consensus::etcd::{EtcdOptions, EtcdStore, EtcdTls};
+use consensus::kv::KvStore;
+use harness::agent_checks::healthy;
+use harness::cluster::{PghaCluster, Timing, SUPERUSER_PASSWORD};
+use harness::pki::TestPki;
+use harness::{wait_for, PghaProcess};
+use std::time::Duration;
+
+fn first_value(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<String> {
+    messages.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_and_the_pooler_use_an_etcd_that_requires_tls_and_client_certificates() {
+    let certs = tempfile::tempdir().unwrap();
+    let pki = TestPki::create(certs.path(), "pgha").unwrap();
+    let cluster =
+        PghaCluster::start_on_etcd_with_tls(2, Timing::default(), &pki).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let primary = healthy(&cluster).await;
+    let endpoints = cluster.etcd.as_ref().unwrap().endpoints();
+    assert!(endpoints.iter().all(|e| e.starts_with("https://")), "{endpoints:?}");
+
+    // The pooler follows the primary through the same etcd.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("userlist.txt"), format!("\"postgres\" \"{SUPERUSER_PASSWORD}\"\n")).unwrap();
+    let port = harness::ports::free_port().unwrap();
+    let config = format!(
+        "listen_addr = \"127.0.0.1\"\nlisten_port = {port}\nunix_socket_dir = \"\"\nauth_type = \"trust\"\n\
+         auth_file = \"{dir}/userlist.txt\"\npool_mode = \"transaction\"\n\n[databases.postgres]\n\
+         cluster_role = \"primary\"\n\n[cluster]\nscope = \"{scope}\"\netcd_endpoints = [\"{endpoint}\"]\n\
+         etcd_cacert = \"{ca}\"\netcd_cert = \"{cert}\"\netcd_key = \"{key}\"\n",
+        dir = dir.path().display(),
+        scope = cluster.scope,
+        endpoint = endpoints[0],
+        ca = pki.ca.display(),
+        cert = pki.client_cert.display(),
+        key = pki.client_key.display(),
+    );
+    let pooler = PghaProcess::start("pooler-etcd-tls", &["pooler"], &config).unwrap();
+    let dsn = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=5");
+    let port_seen = wait_for("the pooler to reach the primary", Duration::from_secs(30), || async {
+        let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        let rows = client.simple_query("select current_setting('port')").await?;
+        Ok(first_value(&rows).and_then(|p| p.parse::<u16>().ok()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", pooler.log()));
+    assert_eq!(port_seen, cluster.nodes[primary].pg_port);
+
+    // Without a client certificate, or trusting another CA, a client is refused, and says why.
+    let other = tempfile::tempdir().unwrap();
+    let other = TestPki::create(other.path(), "stranger").unwrap();
+    let attempt = |tls: EtcdTls| {
+        let endpoints = endpoints.clone();
+        async move {
+            let options = EtcdOptions { tls: Some(tls), ..EtcdOptions::default() };
+            let store = EtcdStore::connect(&endpoints, options).await?;
+            store.range_prefix("/service/").await.map(|_| ())
+        }
+    };
+    let no_cert = attempt(EtcdTls { ca_file: pki.ca.clone(), cert_file: None, key_file: None }).await;
+    let wrong_ca = attempt(EtcdTls {
+        ca_file: other.ca.clone(),
+        cert_file: Some(other.client_cert.clone()),
+        key_file: Some(other.client_key.clone()),
+    })
+    .await;
+    let right = attempt(EtcdTls {
+        ca_file: pki.ca.clone(),
+        cert_file: Some(pki.client_cert.clone()),
+        key_file: Some(pki.client_key.clone()),
+    })
+    .await;
+    eprintln!("without a client certificate: {no_cert:?}\ntrusting another CA: {wrong_ca:?}");
+    assert!(right.is_ok(), "{right:?}");
+    assert!(no_cert.is_err() && wrong_ca.is_err(), "{no_cert:?} {wrong_ca:?}");
+    let unreadable = attempt(EtcdTls { ca_file: "/nonexistent/ca.crt".into(), cert_file: None, key_file: None }).await;
+    let message = unreadable.unwrap_err().to_string();
+    assert!(message.contains("cannot read the etcd CA file /nonexistent/ca.crt"), "{message}");
+}
