@@ -19,18 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Unix seconds as ISO 8601 in UTC (`2024-05-01T03:00:00+00:00`).
 fn iso8601(unix: u64) -> String {
-    let (days, rem) = ((unix / 86400) as i64, unix % 86400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}+00:00", rem / 3600, rem % 3600 / 60, rem % 60)
+    consensus::cluster::timestamp::Timestamp(unix as i64).to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -120,12 +120,20 @@ impl Timestamp {
     }
 }
 
+impl Timestamp {
+    /// The calendar date and time of day in UTC: (year, month, day, hour, minute, second).
+    pub fn utc(self) -> (i64, i64, i64, i64, i64, i64) {
+        let (days, secs) = (self.0.div_euclid(86400), self.0.rem_euclid(86400));
+        let (y, m, d) = civil_from_days(days);
+        (y, m, d, secs / 3600, secs % 3600 / 60, secs % 60)
+    }
+}
+
 /// ISO 8601 in UTC with an explicit offset, as Python's `isoformat()` writes it.
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (days, secs) = (self.0.div_euclid(86400), self.0.rem_euclid(86400));
-        let (y, m, d) = civil_from_days(days);
-        write!(f, "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}+00:00", secs / 3600, secs % 3600 / 60, secs % 60)
+        let (y, m, d, h, mi, s) = self.utc();
+        write!(f, "{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}+00:00")
     }
 }
 
