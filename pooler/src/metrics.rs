@@ -94,6 +94,21 @@ pub fn render(shared: &Shared) -> String {
         let _ = writeln!(out, "pgha_pooler_client_errors_total{{kind=\"{}\"}} {n}", escape(kind));
     }
 
+    if shared.config().cluster.is_some() {
+        let (primary, standbys, held) = shared.cluster_state().unwrap_or((false, 0, 0));
+        let _ = writeln!(
+            out,
+            "# HELP pgha_pooler_cluster_primary 1 while the cluster's primary is known and in use (0 before the \
+             first reading of the DCS, with no leader, or while a switchover holds clients).\n\
+             # TYPE pgha_pooler_cluster_primary gauge\npgha_pooler_cluster_primary {}\n\
+             # HELP pgha_pooler_cluster_standbys The cluster's healthy standbys.\n\
+             # TYPE pgha_pooler_cluster_standbys gauge\npgha_pooler_cluster_standbys {standbys}\n\
+             # HELP pgha_pooler_cluster_held_pools Pools paused because their cluster_role has no member.\n\
+             # TYPE pgha_pooler_cluster_held_pools gauge\npgha_pooler_cluster_held_pools {held}",
+            u8::from(primary)
+        );
+    }
+
     let now = std::time::Instant::now();
     let states: Vec<_> = pools.iter().map(|p| (p.clone(), p.server_states(now))).collect();
     let sv =
@@ -227,5 +242,25 @@ mod tests {
         assert!(text.contains("pgbouncer_up 1\n"), "{text}");
         assert!(text.contains("pgha_pooler_client_errors_total{kind=\"auth_failed\"} 1\n"), "{text}");
         assert!(text.contains("# TYPE pgha_pooler_client_wait_seconds histogram\n"), "{text}");
+        // No [cluster]: no cluster families.
+        assert!(!text.contains("pgha_pooler_cluster_"), "{text}");
+    }
+
+    #[test]
+    fn a_pooler_following_a_cluster_reports_what_it_follows() {
+        let text = "auth_type = \"trust\"\n[databases.app]\ncluster_role = \"primary\"\n\
+                    [cluster]\nscope = \"s\"\netcd_endpoints = [\"http://127.0.0.1:2379\"]\n";
+        let config: crate::config::PoolerConfig =
+            consensus::config_file::parse(std::path::Path::new("pooler.toml"), text).unwrap();
+        let shared = Shared::new(config, None).unwrap();
+        assert!(render(&shared).contains("pgha_pooler_cluster_primary 0\n"));
+        let at = |port| crate::topology::ServerAddr { host: "10.0.0.1".into(), port };
+        shared.follow_cluster(crate::topology::ClusterServers { primary: Some(at(1)), replicas: vec![at(2), at(3)] });
+        let text = render(&shared);
+        assert!(text.contains("pgha_pooler_cluster_primary 1\n"), "{text}");
+        assert!(text.contains("pgha_pooler_cluster_standbys 2\n"), "{text}");
+        assert!(text.contains("pgha_pooler_cluster_held_pools 0\n"), "{text}");
+        shared.follow_cluster(crate::topology::ClusterServers { primary: None, replicas: vec![at(2)] });
+        assert!(render(&shared).contains("pgha_pooler_cluster_primary 0\n"));
     }
 }

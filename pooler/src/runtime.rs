@@ -216,6 +216,15 @@ impl Shared {
         cluster.held = held;
     }
 
+    /// What the pooler follows of its `[cluster]`, for /metrics: (a primary in use, healthy
+    /// standbys, pools held because their role has no member); None before the first reading.
+    pub fn cluster_state(&self) -> Option<(bool, usize, usize)> {
+        let cluster = self.cluster.lock().unwrap_or_else(|p| p.into_inner());
+        let servers = cluster.servers.as_ref()?;
+        let held = cluster.held.iter().filter(|w| w.strong_count() > 0).count();
+        Some((servers.primary.is_some(), servers.replicas.len(), held))
+    }
+
     /// client_tls_*: the answer to SSLRequest and whether plain-text clients may stay.
     pub fn client_tls(&self) -> Arc<ClientTls> {
         self.client_tls.read().unwrap_or_else(|p| p.into_inner()).clone()
