@@ -394,9 +394,19 @@ pub struct EtcdConfig {
     pub cert: Option<PathBuf>,
     #[serde(default)]
     pub key: Option<PathBuf>,
+    /// etcd's user authentication (Patroni's `etcd3.username` and `password`).
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
 }
 
 impl EtcdConfig {
+    /// The etcd user to log in as, when `username` is set.
+    pub fn user(&self) -> Option<consensus::etcd::EtcdUser> {
+        Some(consensus::etcd::EtcdUser { name: self.username.clone()?, password: self.password.clone()? })
+    }
+
     /// TLS toward etcd, when `cacert` is set.
     pub fn tls(&self) -> Option<consensus::etcd::EtcdTls> {
         Some(consensus::etcd::EtcdTls {
@@ -585,6 +595,12 @@ impl Validate for AgentConfig {
                         e.key.as_deref(),
                         "dcs.etcd.",
                     )?;
+                    if e.username.is_some() != e.password.is_some() {
+                        return Err(Invalid::missing(
+                            if e.username.is_some() { "dcs.etcd.password" } else { "dcs.etcd.username" },
+                            "etcd's user authentication needs both username and password",
+                        ));
+                    }
                 }
             },
             DcsBackend::Raft => match &self.dcs.raft {
@@ -643,6 +659,24 @@ secret = "0123456789abcdef0123"
         assert_eq!(
             err(&GOOD.replace("backend = \"raft\"", "backend = \"zookeeper\"")),
             "agent.toml: dcs.backend = \"zookeeper\": expected one of raft, etcd"
+        );
+    }
+
+    #[test]
+    fn etcd_security_settings_are_checked() {
+        let base = "name = \"n\"\n[postgresql]\ndata_dir = \"/d\"\nsuperuser = { username = \"p\", password = \"x\" }\nreplication = { username = \"r\", password = \"y\" }\n[dcs]\nbackend = \"etcd\"\n[dcs.etcd]\n";
+        let with = |lines: &str| err(&format!("{base}{lines}"));
+        assert_eq!(
+            with("endpoints = [\"http://e:2379\"]\nusername = \"root\"\n"),
+            "agent.toml: dcs.etcd.password: etcd's user authentication needs both username and password"
+        );
+        assert_eq!(
+            with("endpoints = [\"https://e:2379\"]\n"),
+            "agent.toml: dcs.etcd.cacert: https:// endpoints need the CA file that signed the etcd members' certificates"
+        );
+        assert_eq!(
+            with("endpoints = [\"https://e:2379\"]\ncacert = \"/ca\"\ncert = \"/c\"\n"),
+            "agent.toml: dcs.etcd.key: a client certificate needs its key file"
         );
     }
 

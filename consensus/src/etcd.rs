@@ -26,11 +26,32 @@ pub struct EtcdOptions {
     pub connect_timeout: Duration,
     /// TLS toward `https://` endpoints.
     pub tls: Option<EtcdTls>,
+    /// etcd's user authentication (`etcdctl auth enable`): the client logs in with these, and
+    /// logs in again when its token expires.
+    pub user: Option<EtcdUser>,
 }
 
 impl Default for EtcdOptions {
     fn default() -> Self {
-        EtcdOptions { op_timeout: Duration::from_secs(2), connect_timeout: Duration::from_millis(500), tls: None }
+        EtcdOptions {
+            op_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_millis(500),
+            tls: None,
+            user: None,
+        }
+    }
+}
+
+/// An etcd user name and its password; the password never shows in `Debug`.
+#[derive(Clone, PartialEq)]
+pub struct EtcdUser {
+    pub name: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for EtcdUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdUser").field("name", &self.name).field("password", &"<hidden>").finish()
     }
 }
 
@@ -98,6 +119,10 @@ impl EtcdStore {
                 return Err(KvError::Rejected("etcd TLS files are set: write the endpoints as https:// URLs".into()))
             }
             (None, false) => connect,
+        };
+        let connect = match &options.user {
+            Some(user) => connect.with_user(&user.name, &user.password).with_auto_token_refresh(true),
+            None => connect,
         };
         let client = ec::Client::connect(endpoints, Some(connect)).await.map_err(classify)?;
         Ok(EtcdStore { client, options, keepers: Mutex::new(HashMap::new()) })

@@ -56,7 +56,9 @@ async fn connect(section: &ClusterSection) -> Result<Arc<dyn Dcs>, String> {
             cert_file: section.etcd_cert.clone(),
             key_file: section.etcd_key.clone(),
         });
-        let options = consensus::etcd::EtcdOptions { tls, ..Default::default() };
+        let user = section.etcd_username.clone().zip(section.etcd_password.clone());
+        let user = user.map(|(name, password)| consensus::etcd::EtcdUser { name, password });
+        let options = consensus::etcd::EtcdOptions { tls, user, ..Default::default() };
         let store = consensus::etcd::EtcdStore::connect(&section.etcd_endpoints, options)
             .await
             .map_err(|e| format!("connecting to etcd: {e}"))?;

@@ -172,6 +172,11 @@ pub struct ClusterSection {
     pub etcd_cert: Option<std::path::PathBuf>,
     #[serde(default)]
     pub etcd_key: Option<std::path::PathBuf>,
+    /// etcd's user authentication (the agents' `dcs.etcd.username` and `password`).
+    #[serde(default)]
+    pub etcd_username: Option<String>,
+    #[serde(default)]
+    pub etcd_password: Option<String>,
     /// The built-in Raft group's members, `host:port` (their `dcs.raft.listen`).
     #[serde(default)]
     pub raft_members: Vec<String>,
@@ -413,6 +418,12 @@ impl Validate for PoolerConfig {
                 c.etcd_key.as_deref(),
                 "cluster.etcd_",
             )?;
+            if c.etcd_username.is_some() != c.etcd_password.is_some() {
+                return Err(Invalid::missing(
+                    if c.etcd_username.is_some() { "cluster.etcd_password" } else { "cluster.etcd_username" },
+                    "etcd's user authentication needs both etcd_username and etcd_password",
+                ));
+            }
             if consensus::cluster::KeyLayout::new(&c.namespace, &c.scope).is_err() {
                 return Err(Invalid::new("cluster.scope", format!("{:?}", c.scope), "expected the agents' scope"));
             }

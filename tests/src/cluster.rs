@@ -316,9 +316,19 @@ impl PghaCluster {
             pki.client_cert.display(),
             pki.client_key.display()
         );
+        Self::start_on_this_etcd(size, timing, etcd, &tls)
+    }
+
+    /// Starts `size` agents on `etcd`, each with `etcd_settings` added to its `[dcs.etcd]`.
+    pub fn start_on_this_etcd(
+        size: usize,
+        timing: Timing,
+        etcd: EtcdCluster,
+        etcd_settings: &str,
+    ) -> anyhow::Result<PghaCluster> {
         let endpoints = etcd.endpoints().iter().map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", ");
         let dcs_section = |_: usize, _: &ScratchDir| {
-            format!("[dcs]\nbackend = \"etcd\"\n[dcs.etcd]\nendpoints = [{endpoints}]\n{tls}")
+            format!("[dcs]\nbackend = \"etcd\"\n[dcs.etcd]\nendpoints = [{endpoints}]\n{etcd_settings}")
         };
         let mut cluster = Self::configure(size, timing, None, &dcs_section)?;
         cluster.etcd = Some(etcd);

@@ -47,6 +47,8 @@ pub struct EtcdCluster {
     token: String,
     dir: ScratchDir,
     tls: Option<ClientTls>,
+    /// `root:<password>` once `enable_auth` ran.
+    root: Option<String>,
 }
 
 impl EtcdCluster {
@@ -81,7 +83,7 @@ impl EtcdCluster {
             });
         }
         let token = format!("pgha-test-{}-{}", std::process::id(), members[0].client_port);
-        let mut cluster = EtcdCluster { members, token, dir, tls };
+        let mut cluster = EtcdCluster { members, token, dir, tls, root: None };
         for i in 0..size {
             cluster.spawn_member(i, "new")?;
         }
@@ -129,6 +131,9 @@ impl EtcdCluster {
                 "--log-outputs",
                 "stderr",
             ])
+            // With user authentication on, tokens expire after 2 s, so that tests see clients
+            // log in again (etcd's default is 5 minutes); without it this does nothing.
+            .args(["--auth-token-ttl", "2"])
             .env("ETCD_UNSUPPORTED_ARCH", "");
         if let Some(tls) = &self.tls {
             cmd.arg("--cert-file").arg(&tls.server_cert);
@@ -157,12 +162,8 @@ impl EtcdCluster {
 
     /// `etcdctl endpoint health` against member `i`: Ok(output) when healthy.
     pub async fn endpoint_health(&self, i: usize) -> anyhow::Result<String> {
-        let mut etcdctl = tokio::process::Command::new("etcdctl");
-        if let Some(tls) = &self.tls {
-            etcdctl.arg("--cacert").arg(&tls.ca).arg("--cert").arg(&tls.client_cert).arg("--key").arg(&tls.client_key);
-        }
-        let out = etcdctl
-            .arg(format!("--endpoints={}", self.members[i].client_url()))
+        let out = self
+            .etcdctl(i)
             .args(["--command-timeout=2s", "endpoint", "health"])
             .env("ETCDCTL_API", "3")
             .kill_on_drop(true)
@@ -175,6 +176,35 @@ impl EtcdCluster {
         } else {
             bail!("etcdctl endpoint health on {}: {}", self.members[i].name, text.trim())
         }
+    }
+
+    /// etcdctl for member `i`, with the cluster's TLS files and root user.
+    fn etcdctl(&self, i: usize) -> tokio::process::Command {
+        let mut etcdctl = tokio::process::Command::new("etcdctl");
+        if let Some(tls) = &self.tls {
+            etcdctl.arg("--cacert").arg(&tls.ca).arg("--cert").arg(&tls.client_cert).arg("--key").arg(&tls.client_key);
+        }
+        if let Some(root) = &self.root {
+            etcdctl.arg(format!("--user={root}"));
+        }
+        etcdctl.arg(format!("--endpoints={}", self.members[i].client_url()));
+        etcdctl
+    }
+
+    /// Turns on etcd's user authentication with a `root` user of `password` (etcdctl's `user
+    /// add` and `auth enable`); clients then need a user name and password.
+    pub async fn enable_auth(&mut self, password: &str) -> anyhow::Result<()> {
+        for args in [
+            vec!["user".to_owned(), "add".to_owned(), format!("root:{password}")],
+            vec!["auth".into(), "enable".into()],
+        ] {
+            let out = self.etcdctl(0).args(&args).env("ETCDCTL_API", "3").kill_on_drop(true).output().await?;
+            if !out.status.success() {
+                bail!("etcdctl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+            }
+        }
+        self.root = Some(format!("root:{password}"));
+        Ok(())
     }
 
     pub async fn wait_healthy(&self, i: usize) -> anyhow::Result<String> {
