@@ -402,18 +402,15 @@ pub struct EtcdConfig {
 }
 
 impl EtcdConfig {
-    /// The etcd user to log in as, when `username` is set.
-    pub fn user(&self) -> Option<consensus::etcd::EtcdUser> {
-        Some(consensus::etcd::EtcdUser { name: self.username.clone()?, password: self.password.clone()? })
-    }
-
-    /// TLS toward etcd, when `cacert` is set.
-    pub fn tls(&self) -> Option<consensus::etcd::EtcdTls> {
-        Some(consensus::etcd::EtcdTls {
-            ca_file: self.cacert.clone()?,
-            cert_file: self.cert.clone(),
-            key_file: self.key.clone(),
-        })
+    /// Its TLS and user settings.
+    pub fn security(&self) -> consensus::etcd::EtcdSecurity<'_> {
+        consensus::etcd::EtcdSecurity {
+            cacert: self.cacert.as_deref(),
+            cert: self.cert.as_deref(),
+            key: self.key.as_deref(),
+            username: self.username.as_deref(),
+            password: self.password.as_deref(),
+        }
     }
 }
 
@@ -588,19 +585,7 @@ impl Validate for AgentConfig {
                             "expected URLs like \"http://127.0.0.1:2379\"",
                         ));
                     }
-                    consensus::etcd::check_tls_settings(
-                        &e.endpoints,
-                        e.cacert.as_deref(),
-                        e.cert.as_deref(),
-                        e.key.as_deref(),
-                        "dcs.etcd.",
-                    )?;
-                    if e.username.is_some() != e.password.is_some() {
-                        return Err(Invalid::missing(
-                            if e.username.is_some() { "dcs.etcd.password" } else { "dcs.etcd.username" },
-                            "etcd's user authentication needs both username and password",
-                        ));
-                    }
+                    e.security().check(&e.endpoints, "dcs.etcd.")?;
                 }
             },
             DcsBackend::Raft => match &self.dcs.raft {
@@ -668,7 +653,7 @@ secret = "0123456789abcdef0123"
         let with = |lines: &str| err(&format!("{base}{lines}"));
         assert_eq!(
             with("endpoints = [\"http://e:2379\"]\nusername = \"root\"\n"),
-            "agent.toml: dcs.etcd.password: etcd's user authentication needs both username and password"
+            "agent.toml: dcs.etcd.password: etcd's user authentication needs both a user name and a password"
         );
         assert_eq!(
             with("endpoints = [\"https://e:2379\"]\n"),
@@ -676,7 +661,7 @@ secret = "0123456789abcdef0123"
         );
         assert_eq!(
             with("endpoints = [\"https://e:2379\"]\ncacert = \"/ca\"\ncert = \"/c\"\n"),
-            "agent.toml: dcs.etcd.key: a client certificate needs its key file"
+            "agent.toml: dcs.etcd.key: a client certificate needs both its certificate and its key file"
         );
     }
 

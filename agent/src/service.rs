@@ -31,9 +31,8 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
     let dcs: Arc<dyn Dcs> = match config.dcs.backend {
         DcsBackend::Etcd => {
             let endpoints = config.dcs.etcd.as_ref().map(|e| e.endpoints.clone()).unwrap_or_default();
-            let tls = config.dcs.etcd.as_ref().and_then(|e| e.tls());
-            let user = config.dcs.etcd.as_ref().and_then(|e| e.user());
-            let options = EtcdOptions { op_timeout: ha.retry_timeout, tls, user, ..EtcdOptions::default() };
+            let base = EtcdOptions { op_timeout: ha.retry_timeout, ..EtcdOptions::default() };
+            let options = config.dcs.etcd.as_ref().map_or(base.clone(), |e| e.security().options(base));
             let store = EtcdStore::connect(&endpoints, options).await.map_err(setup("connecting to etcd"))?;
             Arc::new(KvDcs::new(Arc::new(store), &config.namespace, &config.scope, &config.name, ha.ttl))
         }

@@ -204,49 +204,80 @@ fn classify(e: ec::Error) -> KvError {
     }
 }
 
-/// The etcd TLS settings of a configuration fit its endpoints: `https://` ones need the CA, a CA
-/// needs `https://` ones, a client certificate needs its key. `prefix` + `cacert`, `cert`,
-/// `key`, `endpoints` are the keys named in the error.
-pub fn check_tls_settings(
-    endpoints: &[String],
-    cacert: Option<&std::path::Path>,
-    cert: Option<&std::path::Path>,
-    key: Option<&std::path::Path>,
-    prefix: &str,
-) -> Result<(), crate::config_file::Invalid> {
-    let https = endpoints.iter().filter(|u| u.starts_with("https://")).count();
-    match (https, cacert) {
-        (0, Some(ca)) => {
-            return Err(crate::config_file::Invalid::new(
-                format!("{prefix}cacert"),
-                format!("{:?}", ca.display().to_string()),
-                "TLS toward etcd needs https:// endpoints",
-            ))
+/// What a configuration file says of etcd's security: the agent's `[dcs.etcd]` (`cacert`, ...)
+/// and the pooler's `[cluster]` (`etcd_cacert`, ...) both read into this.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EtcdSecurity<'a> {
+    pub cacert: Option<&'a std::path::Path>,
+    pub cert: Option<&'a std::path::Path>,
+    pub key: Option<&'a std::path::Path>,
+    pub username: Option<&'a str>,
+    pub password: Option<&'a str>,
+}
+
+impl EtcdSecurity<'_> {
+    /// The settings fit together and fit the endpoints: `https://` ones need the CA, a CA needs
+    /// `https://` ones, a client certificate needs its key, a user name its password. The keys
+    /// named in an error are `prefix` followed by `cacert`, `cert`, `key`, `username`,
+    /// `password` or `endpoints`.
+    pub fn check(&self, endpoints: &[String], prefix: &str) -> Result<(), crate::config_file::Invalid> {
+        use crate::config_file::Invalid;
+        let https = endpoints.iter().filter(|u| u.starts_with("https://")).count();
+        match (https, self.cacert) {
+            (0, Some(ca)) => {
+                return Err(Invalid::new(
+                    format!("{prefix}cacert"),
+                    format!("{:?}", ca.display().to_string()),
+                    "TLS toward etcd needs https:// endpoints",
+                ))
+            }
+            (1.., None) => {
+                return Err(Invalid::missing(
+                    format!("{prefix}cacert"),
+                    "https:// endpoints need the CA file that signed the etcd members' certificates",
+                ))
+            }
+            (n, _) if n > 0 && n < endpoints.len() => {
+                return Err(Invalid::new(
+                    format!("{prefix}endpoints"),
+                    format!("{endpoints:?}"),
+                    "all http:// or all https://",
+                ))
+            }
+            _ => {}
         }
-        (1.., None) => {
-            return Err(crate::config_file::Invalid::missing(
-                format!("{prefix}cacert"),
-                "https:// endpoints need the CA file that signed the etcd members' certificates",
-            ))
-        }
-        (n, _) if n > 0 && n < endpoints.len() => {
-            return Err(crate::config_file::Invalid::new(
-                format!("{prefix}endpoints"),
-                format!("{endpoints:?}"),
-                "all http:// or all https://",
-            ))
-        }
-        _ => {}
+        let pair = |first: bool, second: bool, names: (&str, &str), what: &str| match (first, second) {
+            (true, false) => Err(Invalid::missing(format!("{prefix}{}", names.1), what.to_owned())),
+            (false, true) => Err(Invalid::missing(format!("{prefix}{}", names.0), what.to_owned())),
+            _ => Ok(()),
+        };
+        pair(
+            self.cert.is_some(),
+            self.key.is_some(),
+            ("cert", "key"),
+            "a client certificate needs both its certificate and its key file",
+        )?;
+        pair(
+            self.username.is_some(),
+            self.password.is_some(),
+            ("username", "password"),
+            "etcd's user authentication needs both a user name and a password",
+        )
     }
-    match (cert, key) {
-        (Some(_), None) => {
-            Err(crate::config_file::Invalid::missing(format!("{prefix}key"), "a client certificate needs its key file"))
-        }
-        (None, Some(_)) => Err(crate::config_file::Invalid::missing(
-            format!("{prefix}cert"),
-            "a client key needs its certificate file",
-        )),
-        _ => Ok(()),
+
+    /// The client's options: `base` with TLS when `cacert` is set, and the user when
+    /// `username` and `password` are.
+    pub fn options(&self, base: EtcdOptions) -> EtcdOptions {
+        let tls = self.cacert.map(|ca| EtcdTls {
+            ca_file: ca.to_path_buf(),
+            cert_file: self.cert.map(std::path::Path::to_path_buf),
+            key_file: self.key.map(std::path::Path::to_path_buf),
+        });
+        let user = self
+            .username
+            .zip(self.password)
+            .map(|(name, password)| EtcdUser { name: name.to_owned(), password: password.to_owned() });
+        EtcdOptions { tls, user, ..base }
     }
 }
 
@@ -507,35 +538,61 @@ async fn supervise_watch(client: ec::Client, prefix: String, start_revision: Rev
 
 #[cfg(test)]
 mod tests {
-    use super::check_tls_settings;
+    use super::{EtcdOptions, EtcdSecurity};
     use std::path::Path;
 
     #[test]
-    fn tls_settings_must_fit_the_endpoints() {
+    fn security_settings_must_fit_together_and_the_endpoints() {
         let plain = ["http://10.0.0.1:2379".to_owned()];
         let tls = ["https://10.0.0.1:2379".to_owned(), "https://10.0.0.2:2379".to_owned()];
         let mixed = ["https://10.0.0.1:2379".to_owned(), "http://10.0.0.2:2379".to_owned()];
         let ca = Some(Path::new("/etc/etcd/ca.crt"));
         let (cert, key) = (Some(Path::new("/etc/pgha/etcd.crt")), Some(Path::new("/etc/pgha/etcd.key")));
-        let check = |endpoints: &[String], ca, cert, key| {
-            check_tls_settings(endpoints, ca, cert, key, "dcs.etcd.").map_err(|e| e.to_string())
+        let check = |endpoints: &[String], security: EtcdSecurity| {
+            security.check(endpoints, "dcs.etcd.").map_err(|e| e.to_string())
         };
-        assert_eq!(check(&plain, None, None, None), Ok(()));
-        assert_eq!(check(&tls, ca, None, None), Ok(()));
-        assert_eq!(check(&tls, ca, cert, key), Ok(()));
+        let none = EtcdSecurity::default();
+        assert_eq!(check(&plain, none), Ok(()));
+        assert_eq!(check(&tls, EtcdSecurity { cacert: ca, ..none }), Ok(()));
+        let full = EtcdSecurity { cacert: ca, cert, key, username: Some("root"), password: Some("pw") };
+        assert_eq!(check(&tls, full), Ok(()));
         let errors = [
-            check(&tls, None, None, None),
-            check(&plain, ca, None, None),
-            check(&mixed, ca, None, None),
-            check(&tls, ca, cert, None),
-            check(&tls, ca, None, key),
+            check(&tls, none),
+            check(&plain, EtcdSecurity { cacert: ca, ..none }),
+            check(&mixed, EtcdSecurity { cacert: ca, ..none }),
+            check(&tls, EtcdSecurity { cacert: ca, cert, ..none }),
+            check(&tls, EtcdSecurity { cacert: ca, key, ..none }),
+            check(&plain, EtcdSecurity { username: Some("root"), ..none }),
+            check(&plain, EtcdSecurity { password: Some("pw"), ..none }),
         ];
         let keys: Vec<String> = errors
             .iter()
             .map(|e| e.clone().unwrap_err().split([':', ' ']).next().unwrap_or_default().to_owned())
             .collect();
-        assert_eq!(keys, ["dcs.etcd.cacert", "dcs.etcd.cacert", "dcs.etcd.endpoints", "dcs.etcd.key", "dcs.etcd.cert"]);
+        assert_eq!(
+            keys,
+            [
+                "dcs.etcd.cacert",
+                "dcs.etcd.cacert",
+                "dcs.etcd.endpoints",
+                "dcs.etcd.key",
+                "dcs.etcd.cert",
+                "dcs.etcd.password",
+                "dcs.etcd.username"
+            ]
+        );
         assert!(errors[0].clone().unwrap_err().contains("https:// endpoints need the CA file"), "{errors:?}");
         assert!(errors[1].clone().unwrap_err().contains("TLS toward etcd needs https:// endpoints"), "{errors:?}");
+
+        // The client's options carry what is set, and nothing that is not.
+        let options = full.options(EtcdOptions::default());
+        let tls = options.tls.expect("TLS with a CA");
+        assert_eq!(
+            (tls.ca_file.as_path(), tls.cert_file.as_deref(), tls.key_file.as_deref()),
+            (Path::new("/etc/etcd/ca.crt"), cert, key)
+        );
+        assert_eq!(options.user.map(|u| (u.name, u.password)), Some(("root".into(), "pw".into())));
+        let bare = none.options(EtcdOptions::default());
+        assert!(bare.tls.is_none() && bare.user.is_none());
     }
 }

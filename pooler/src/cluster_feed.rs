@@ -51,14 +51,7 @@ async fn connect(section: &ClusterSection) -> Result<Arc<dyn Dcs>, String> {
     let reader = "pgha-pooler";
     let ttl = Duration::from_secs(30);
     if !section.etcd_endpoints.is_empty() {
-        let tls = section.etcd_cacert.clone().map(|ca_file| consensus::etcd::EtcdTls {
-            ca_file,
-            cert_file: section.etcd_cert.clone(),
-            key_file: section.etcd_key.clone(),
-        });
-        let user = section.etcd_username.clone().zip(section.etcd_password.clone());
-        let user = user.map(|(name, password)| consensus::etcd::EtcdUser { name, password });
-        let options = consensus::etcd::EtcdOptions { tls, user, ..Default::default() };
+        let options = section.etcd_security().options(Default::default());
         let store = consensus::etcd::EtcdStore::connect(&section.etcd_endpoints, options)
             .await
             .map_err(|e| format!("connecting to etcd: {e}"))?;

@@ -191,6 +191,19 @@ pub struct ClusterSection {
     pub max_replica_lag: u64,
 }
 
+impl ClusterSection {
+    /// Its etcd TLS and user settings (`etcd_cacert`, ...).
+    pub fn etcd_security(&self) -> consensus::etcd::EtcdSecurity<'_> {
+        consensus::etcd::EtcdSecurity {
+            cacert: self.etcd_cacert.as_deref(),
+            cert: self.etcd_cert.as_deref(),
+            key: self.etcd_key.as_deref(),
+            username: self.etcd_username.as_deref(),
+            password: self.etcd_password.as_deref(),
+        }
+    }
+}
+
 impl PoolerConfig {
     /// Whether clients of `database` go to the `[cluster]`'s members (its own entry, or `*`).
     pub fn follows_cluster(&self, database: &str) -> bool {
@@ -411,19 +424,7 @@ impl Validate for PoolerConfig {
                     "set raft_secret or raft_secret_file (the agents' dcs.raft secret)",
                 ));
             }
-            consensus::etcd::check_tls_settings(
-                &c.etcd_endpoints,
-                c.etcd_cacert.as_deref(),
-                c.etcd_cert.as_deref(),
-                c.etcd_key.as_deref(),
-                "cluster.etcd_",
-            )?;
-            if c.etcd_username.is_some() != c.etcd_password.is_some() {
-                return Err(Invalid::missing(
-                    if c.etcd_username.is_some() { "cluster.etcd_password" } else { "cluster.etcd_username" },
-                    "etcd's user authentication needs both etcd_username and etcd_password",
-                ));
-            }
+            c.etcd_security().check(&c.etcd_endpoints, "cluster.etcd_")?;
             if consensus::cluster::KeyLayout::new(&c.namespace, &c.scope).is_err() {
                 return Err(Invalid::new("cluster.scope", format!("{:?}", c.scope), "expected the agents' scope"));
             }

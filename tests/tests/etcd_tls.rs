@@ -18,6 +18,39 @@ fn first_value(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<String
     })
 }
 
+/// A pooler following `cluster`'s primary through its etcd, with `etcd_settings` in its
+/// `[cluster]`, once a query through it runs on `primary`: the process and its scratch dir.
+async fn pooler_reaching_the_primary(
+    cluster: &PghaCluster,
+    primary: usize,
+    etcd_settings: &str,
+) -> (PghaProcess, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = harness::ports::free_port().unwrap();
+    let endpoints = cluster.etcd.as_ref().unwrap().endpoints();
+    let config = format!(
+        "listen_addr = \"127.0.0.1\"\nlisten_port = {port}\nunix_socket_dir = \"\"\nauth_type = \"trust\"\n\
+         auth_file = \"{dir}/userlist.txt\"\npool_mode = \"transaction\"\n\n[databases.postgres]\n\
+         cluster_role = \"primary\"\n\n[cluster]\nscope = \"{scope}\"\netcd_endpoints = [\"{endpoint}\"]\n{etcd_settings}",
+        dir = dir.path().display(),
+        scope = cluster.scope,
+        endpoint = endpoints[0],
+    );
+    std::fs::write(dir.path().join("userlist.txt"), format!("\"postgres\" \"{SUPERUSER_PASSWORD}\"\n")).unwrap();
+    let pooler = PghaProcess::start("pooler-etcd", &["pooler"], &config).unwrap();
+    let dsn = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=5");
+    let port_seen = wait_for("the pooler to reach the primary", Duration::from_secs(30), || async {
+        let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        let rows = client.simple_query("select current_setting('port')").await?;
+        Ok(first_value(&rows).and_then(|p| p.parse::<u16>().ok()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", pooler.log()));
+    assert_eq!(port_seen, cluster.nodes[primary].pg_port);
+    (pooler, dir)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_and_the_pooler_use_an_etcd_that_requires_tls_and_client_certificates() {
     let certs = tempfile::tempdir().unwrap();
@@ -29,32 +62,13 @@ async fn agents_and_the_pooler_use_an_etcd_that_requires_tls_and_client_certific
     assert!(endpoints.iter().all(|e| e.starts_with("https://")), "{endpoints:?}");
 
     // The pooler follows the primary through the same etcd.
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("userlist.txt"), format!("\"postgres\" \"{SUPERUSER_PASSWORD}\"\n")).unwrap();
-    let port = harness::ports::free_port().unwrap();
-    let config = format!(
-        "listen_addr = \"127.0.0.1\"\nlisten_port = {port}\nunix_socket_dir = \"\"\nauth_type = \"trust\"\n\
-         auth_file = \"{dir}/userlist.txt\"\npool_mode = \"transaction\"\n\n[databases.postgres]\n\
-         cluster_role = \"primary\"\n\n[cluster]\nscope = \"{scope}\"\netcd_endpoints = [\"{endpoint}\"]\n\
-         etcd_cacert = \"{ca}\"\netcd_cert = \"{cert}\"\netcd_key = \"{key}\"\n",
-        dir = dir.path().display(),
-        scope = cluster.scope,
-        endpoint = endpoints[0],
-        ca = pki.ca.display(),
-        cert = pki.client_cert.display(),
-        key = pki.client_key.display(),
+    let etcd_settings = format!(
+        "etcd_cacert = \"{}\"\netcd_cert = \"{}\"\netcd_key = \"{}\"\n",
+        pki.ca.display(),
+        pki.client_cert.display(),
+        pki.client_key.display()
     );
-    let pooler = PghaProcess::start("pooler-etcd-tls", &["pooler"], &config).unwrap();
-    let dsn = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=5");
-    let port_seen = wait_for("the pooler to reach the primary", Duration::from_secs(30), || async {
-        let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await?;
-        tokio::spawn(conn);
-        let rows = client.simple_query("select current_setting('port')").await?;
-        Ok(first_value(&rows).and_then(|p| p.parse::<u16>().ok()))
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", pooler.log()));
-    assert_eq!(port_seen, cluster.nodes[primary].pg_port);
+    let _pooler = pooler_reaching_the_primary(&cluster, primary, &etcd_settings).await;
 
     // Without a client certificate, or trusting another CA, a client is refused, and says why.
     let other = tempfile::tempdir().unwrap();
@@ -103,29 +117,9 @@ async fn agents_and_the_pooler_log_in_to_an_etcd_with_user_authentication() {
     let primary = healthy(&cluster).await;
     assert_eq!(cluster.primaries().await, vec![primary], "{}", cluster.logs());
 
-    let dir = tempfile::tempdir().unwrap();
-    let port = harness::ports::free_port().unwrap();
-    let config = format!(
-        "listen_addr = \"127.0.0.1\"\nlisten_port = {port}\nunix_socket_dir = \"\"\nauth_type = \"trust\"\n\
-         auth_file = \"{dir}/userlist.txt\"\npool_mode = \"transaction\"\n\n[databases.postgres]\n\
-         cluster_role = \"primary\"\n\n[cluster]\nscope = \"{scope}\"\netcd_endpoints = [\"{endpoint}\"]\n\
-         etcd_username = \"root\"\netcd_password = \"etcd-root-pw\"\n",
-        dir = dir.path().display(),
-        scope = cluster.scope,
-        endpoint = endpoints[0],
-    );
-    std::fs::write(dir.path().join("userlist.txt"), format!("\"postgres\" \"{SUPERUSER_PASSWORD}\"\n")).unwrap();
-    let pooler = PghaProcess::start("pooler-etcd-auth", &["pooler"], &config).unwrap();
-    let dsn = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=5");
-    let port_seen = wait_for("the pooler to reach the primary", Duration::from_secs(30), || async {
-        let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await?;
-        tokio::spawn(conn);
-        let rows = client.simple_query("select current_setting('port')").await?;
-        Ok(first_value(&rows).and_then(|p| p.parse::<u16>().ok()))
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}\n{}", pooler.log()));
-    assert_eq!(port_seen, cluster.nodes[primary].pg_port);
+    let (pooler, _dir) =
+        pooler_reaching_the_primary(&cluster, primary, "etcd_username = \"root\"\netcd_password = \"etcd-root-pw\"\n")
+            .await;
     assert!(
         !pooler.log().contains("etcd-root-pw") && !cluster.logs().contains("etcd-root-pw"),
         "a log shows the password"
