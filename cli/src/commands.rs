@@ -40,7 +40,7 @@ pub enum Command {
     Agent(ServiceArgs),
     /// Run the connection pooler (PgBouncer-compatible settings and admin console), following the
     /// cluster's primary and standbys.
-    Pooler(ServiceArgs),
+    Pooler(PoolerArgs),
     /// Operate a cluster: list members, switch over, fail over, restart, reinitialize, pause.
     Ctl(CtlArgs),
     /// Base backups, verification, retention and point-in-time restore.
@@ -64,6 +64,18 @@ pub struct ServiceArgs {
     /// Check the config file, print a summary, and exit without starting anything.
     #[arg(long)]
     pub validate_config: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PoolerArgs {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// Take over from the pooler running with this config: get its listening sockets over its
+    /// takeover socket and serve them; the old process stops accepting and exits once its
+    /// connected clients have left. No connection is refused in between (an upgrade without
+    /// downtime; see docs/pooler.md).
+    #[arg(long)]
+    pub takeover: bool,
 }
 
 #[derive(Debug, Args)]
@@ -287,7 +299,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(agent::service::run(config, agent::service::termination_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Pooler(args) => {
+        Command::Pooler(PoolerArgs { service: args, takeover }) => {
             let config: pooler::config::PoolerConfig = load(&args.config)?;
             if args.validate_config {
                 println!(
@@ -300,7 +312,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 return Ok(ExitCode::SUCCESS);
             }
-            pooler::runtime::main(config, &args.config)?;
+            pooler::runtime::main(config, &args.config, takeover)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Ctl(args) => crate::ctl::run(args),

@@ -72,6 +72,9 @@ type KeyEntry = ([u8; 4], Arc<CancelSlot>);
 pub struct CancelRegistry {
     next: AtomicI32,
     clients: Mutex<Clients>,
+    /// After a takeover (`crate::takeover`): the old process, which gets the cancels whose
+    /// keys this one did not give out, as long as it runs.
+    predecessor: Mutex<Option<tokio::sync::mpsc::Sender<CancelRequest>>>,
 }
 
 /// The keys given out, and OS randomness not yet used for one.
@@ -116,6 +119,7 @@ impl Default for CancelRegistry {
         CancelRegistry {
             next: AtomicI32::new(i32::from_be_bytes(seed) & 0x3fff_ffff),
             clients: Mutex::new(Clients::default()),
+            predecessor: Mutex::new(None),
         }
     }
 }
@@ -142,6 +146,28 @@ impl CancelRegistry {
         self.clients.lock().unwrap_or_else(|p| p.into_inner()).keys.remove(&key.process_id);
     }
 
+    /// Sets (or, once it has exited, clears) the process taken over from.
+    pub fn set_predecessor(&self, link: Option<tokio::sync::mpsc::Sender<CancelRequest>>) {
+        *self.predecessor.lock().unwrap_or_else(|p| p.into_inner()) = link;
+    }
+
+    /// A key this process did not give out may be one of the process it took over from: that
+    /// one gets it (a full queue drops it, as a lost cancel packet would be).
+    fn pass_to_predecessor(&self, request: &CancelRequest) -> bool {
+        let unknown = !self.clients.lock().unwrap_or_else(|p| p.into_inner()).keys.contains_key(&request.process_id);
+        let predecessor = self.predecessor.lock().unwrap_or_else(|p| p.into_inner());
+        match predecessor.as_ref() {
+            Some(link) if unknown => {
+                let passed = link.try_send(request.clone()).is_ok();
+                if passed {
+                    tracing::debug!("cancel request for a client of the pooler taken over from: passed to it");
+                }
+                passed
+            }
+            _ => false,
+        }
+    }
+
     /// Forwards a client's cancel to the server that client is using; unknown keys and idle
     /// clients are ignored, as PostgreSQL ignores them.
     pub async fn cancel(&self, request: &CancelRequest, timeout: Duration) {
@@ -153,7 +179,9 @@ impl CancelRegistry {
             }
         };
         let Some(target) = target else {
-            tracing::debug!("cancel request for an unknown or idle client ignored");
+            if !self.pass_to_predecessor(request) {
+                tracing::debug!("cancel request for an unknown or idle client ignored");
+            }
             return;
         };
         let forward = async {

@@ -144,6 +144,10 @@ pub struct PoolerConfig {
     /// TIME_WAIT entry for the connection, and both sides do less work. false: close as
     /// PgBouncer does.
     pub client_close_reset: bool,
+    /// The Unix socket a new pooler started with `--takeover` asks for this one's listening
+    /// sockets on (mode 0600). Empty (the default): `<unix_socket_dir>/.s.PGHA.<listen_port>.takeover`,
+    /// none without unix_socket_dir; `"off"`: none. Read at start only.
+    pub takeover_socket: String,
     pub databases: BTreeMap<String, DatabaseConfig>,
     pub users: BTreeMap<String, UserConfig>,
     /// The pgha (or Patroni) cluster whose primary the `cluster_role = "primary"` databases
@@ -296,6 +300,7 @@ impl Default for PoolerConfig {
             ignore_startup_parameters: Vec::new(),
             shutdown_timeout: 30.0,
             metrics_listen: String::new(),
+            takeover_socket: String::new(),
             worker_threads: 0,
             stats_period: 60.0,
             log_connections: true,

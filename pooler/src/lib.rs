@@ -29,6 +29,7 @@ pub mod session;
 pub mod shutdown;
 pub mod stats;
 pub mod stream;
+pub mod takeover;
 pub mod tcp;
 pub mod tls;
 pub mod topology;

@@ -5,6 +5,7 @@
 use crate::client;
 use crate::runtime::Shared;
 use crate::stream::Stream;
+use crate::takeover::{Handover, SocketName, Taken};
 use crate::tcp::TcpOptions;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,31 +29,56 @@ pub struct Listeners {
 
 impl Listeners {
     /// Binds listen_addr:listen_port and the Unix socket in unix_socket_dir, with
-    /// unix_socket_mode and unix_socket_group.
-    pub async fn bind(config: &crate::config::PoolerConfig) -> Result<Listeners, ListenError> {
+    /// unix_socket_mode and unix_socket_group; after `--takeover`, the sockets the old process
+    /// had under the same names are used instead of new ones. Each is kept in `handover` too.
+    pub async fn bind(
+        config: &crate::config::PoolerConfig,
+        mut taken: Option<&mut Taken>,
+        handover: &Handover,
+    ) -> Result<Listeners, ListenError> {
         let (listen_addr, port, unix_socket_dir) = (&config.listen_addr, config.listen_port, &config.unix_socket_dir);
         let mut tcp = Vec::new();
         for addr in listen_addr.split(',').map(str::trim).filter(|a| !a.is_empty()) {
             let host = if addr == "*" { "0.0.0.0" } else { addr };
-            let listener = TcpListener::bind((host, port))
-                .await
-                .map_err(|source| ListenError::Tcp { addr: format!("{host}:{port}"), source })?;
+            let name = SocketName::Tcp(format!("{host}:{port}"));
+            let failed = |source| ListenError::Tcp { addr: format!("{host}:{port}"), source };
+            let listener = match taken.as_mut().and_then(|t| t.take(&name)) {
+                Some(fd) => {
+                    let listener = std::net::TcpListener::from(fd);
+                    listener.set_nonblocking(true).map_err(failed)?;
+                    TcpListener::from_std(listener).map_err(failed)?
+                }
+                None => TcpListener::bind((host, port)).await.map_err(failed)?,
+            };
             if config.tcp_defer_accept > 0 {
                 if let Err(e) = crate::tcp::set_defer_accept(&listener, config.tcp_defer_accept) {
                     tracing::warn!("cannot set TCP_DEFER_ACCEPT on {host}:{port} (tcp_defer_accept): {e}");
                 }
             }
+            handover.keep(name, &listener).map_err(failed)?;
             tcp.push(listener);
         }
         let unix = if unix_socket_dir.is_empty() {
             None
         } else {
             let path = PathBuf::from(unix_socket_dir).join(format!(".s.PGSQL.{port}"));
-            // A socket file left by a pooler that died; a live one would have failed the TCP bind.
-            let _ = std::fs::remove_file(&path);
-            let listener =
-                UnixListener::bind(&path).map_err(|source| ListenError::Unix { path: path.clone(), source })?;
+            let failed = |source| ListenError::Unix { path: path.clone(), source };
+            let name = SocketName::Unix(path.clone());
+            let listener = match taken.as_mut().and_then(|t| t.take(&name)) {
+                Some(fd) => {
+                    let listener = std::os::unix::net::UnixListener::from(fd);
+                    listener.set_nonblocking(true).map_err(failed)?;
+                    UnixListener::from_std(listener).map_err(failed)?
+                }
+                None => {
+                    // A socket file left by a pooler that died; a live one would have failed
+                    // the TCP bind.
+                    let _ = std::fs::remove_file(&path);
+                    UnixListener::bind(&path).map_err(failed)?
+                }
+            };
             socket_permissions(&path, config.unix_socket_mode, config.unix_socket_group.as_deref())?;
+            handover.keep(name, &listener).map_err(failed)?;
             Some((listener, path))
         };
         Ok(Listeners { tcp, unix })
@@ -63,8 +89,9 @@ impl Listeners {
         self.tcp.first().and_then(|l| l.local_addr().ok()).map(|a| a.port())
     }
 
-    /// Accepts until shutdown begins; the listening sockets are closed and the Unix socket file
-    /// removed on return.
+    /// Accepts until shutdown begins, or until a new process took the sockets over; this
+    /// process's descriptors are closed on return, and the Unix socket file removed unless the
+    /// new process serves it.
     pub async fn serve(self, shared: Arc<Shared>) {
         let mut tasks = Vec::new();
         for listener in self.tcp {
@@ -110,14 +137,20 @@ impl Listeners {
         // The accept loops end when shutdown begins: stopped from here, they need no shutdown
         // listener of their own (one looked at every accepted connection; its lock cost more
         // than the accept). A stopped loop closes its listener.
-        shared.shutdown.subscribe().wait().await;
+        let mut stopping = shared.shutdown.subscribe();
+        let handed = tokio::select! {
+            _ = stopping.wait() => false,
+            _ = shared.handover.wait_handed() => true,
+        };
+        // Shutdown: the copies kept for a takeover would keep the sockets listening.
+        shared.handover.forget();
         for task in &tasks {
             task.abort();
         }
         for task in tasks {
             let _ = task.await;
         }
-        if let Some(path) = unix_path {
+        if let Some(path) = unix_path.filter(|_| !handed) {
             let _ = std::fs::remove_file(path);
         }
     }
@@ -190,7 +223,7 @@ mod tests {
                 tcp_defer_accept: seconds,
                 ..Default::default()
             };
-            let listeners = Listeners::bind(&config).await.unwrap();
+            let listeners = Listeners::bind(&config, None, &Handover::default()).await.unwrap();
             // Linux keeps it as SYN-ACK retransmissions and reads it back in seconds, rounded.
             let set = defer_accept_of(&listeners.tcp[0]);
             assert_eq!(set > 0, on, "tcp_defer_accept = {seconds}: the listener has {set}");

@@ -12,12 +12,26 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Starts the HTTP listener when `listen` is set; the task serves until aborted.
-pub async fn serve(listen: &str, shared: Arc<Shared>) -> std::io::Result<Option<tokio::task::JoinHandle<()>>> {
+/// After `--takeover`, the old process's listener of the same metrics_listen is served.
+pub async fn serve(
+    listen: &str,
+    shared: Arc<Shared>,
+    taken: Option<&mut crate::takeover::Taken>,
+) -> std::io::Result<Option<tokio::task::JoinHandle<()>>> {
     if listen.is_empty() {
         return Ok(None);
     }
     let named = |e: std::io::Error| std::io::Error::new(e.kind(), format!("metrics_listen = {listen:?}: {e}"));
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(named)?.into_std().map_err(named)?;
+    let name = crate::takeover::SocketName::Metrics(listen.to_owned());
+    let listener = match taken.and_then(|t| t.take(&name)) {
+        Some(fd) => {
+            let listener = std::net::TcpListener::from(fd);
+            listener.set_nonblocking(true).map_err(named)?;
+            listener
+        }
+        None => tokio::net::TcpListener::bind(listen).await.map_err(named)?.into_std().map_err(named)?,
+    };
+    shared.handover.keep(name, &listener).map_err(named)?;
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {

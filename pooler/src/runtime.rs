@@ -33,6 +33,12 @@ pub enum PoolerError {
     Metrics(std::io::Error),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    Takeover(#[from] crate::takeover::TakeoverError),
+    #[error(
+        "cannot create the takeover socket {path}: {source} (check its directory, or set takeover_socket = \"off\")"
+    )]
+    TakeoverSocket { path: PathBuf, source: std::io::Error },
 }
 
 /// What every client task reads.
@@ -53,6 +59,8 @@ pub struct Shared {
     /// auth_user's connections for auth_query, kept between lookups.
     pub auth_connections: Arc<crate::server::auth_query::AuthConnections>,
     pub shutdown: Shutdown,
+    /// The listening sockets a `--takeover` successor may ask for.
+    pub handover: crate::takeover::Handover,
     pub started: Instant,
     /// client_login_timeout of the logins in progress.
     pub login_deadlines: crate::client::LoginDeadlines,
@@ -88,6 +96,7 @@ impl Shared {
             stats: GlobalStats::default(),
             auth_connections: Default::default(),
             shutdown: Shutdown::default(),
+            handover: Default::default(),
             started: Instant::now(),
             login_deadlines: Default::default(),
             cluster: Default::default(),
@@ -254,8 +263,17 @@ fn load_hba(config: &PoolerConfig) -> Result<Option<Arc<crate::auth::hba::HbaRul
 }
 
 /// `pgha pooler`: builds the runtime (worker_threads) and serves until SIGTERM or SIGINT
-/// (drain, bounded by shutdown_timeout) or SIGQUIT (now).
-pub fn main(config: PoolerConfig, config_path: &Path) -> Result<(), PoolerError> {
+/// (drain, bounded by shutdown_timeout) or SIGQUIT (now). With `takeover`, first asks the
+/// pooler running with this config for its listening sockets (`crate::takeover`).
+pub fn main(config: PoolerConfig, config_path: &Path, takeover: bool) -> Result<(), PoolerError> {
+    let taken = if takeover {
+        let path = crate::takeover::socket_path(&config).ok_or(crate::takeover::TakeoverError::NoSocket)?;
+        let taken = crate::takeover::take_over(&path)?;
+        tracing::info!(old_pid = taken.old_pid, "takeover: got the running pooler's listening sockets");
+        Some(taken)
+    } else {
+        None
+    };
     let threads = match config.worker_threads {
         0 => default_worker_threads(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
         n => n as usize,
@@ -275,7 +293,7 @@ pub fn main(config: PoolerConfig, config_path: &Path) -> Result<(), PoolerError>
     let result = runtime.block_on(async {
         let mut signals = shutdown::Signals::install().map_err(PoolerError::Signals)?;
         let shared = Arc::new(Shared::new(config, Some(config_path.to_owned()))?);
-        run(shared, &mut signals).await
+        run(shared, &mut signals, taken).await
     });
     // Client tasks still running after the drain are dropped with their sockets.
     runtime.shutdown_timeout(Duration::from_millis(100));
@@ -302,10 +320,36 @@ impl StopSource for shutdown::Signals {
 
 /// Serves until `stop` says so, then drains: no new connections, clients leave at their next
 /// transaction boundary, until none is left, shutdown_timeout passes, or a second signal.
-pub async fn run(shared: Arc<Shared>, stop: &mut impl StopSource) -> Result<(), PoolerError> {
+///
+/// `taken`: the sockets of the process this one takes over from; it is told once they are
+/// served here.
+pub async fn run(
+    shared: Arc<Shared>,
+    stop: &mut impl StopSource,
+    mut taken: Option<crate::takeover::Taken>,
+) -> Result<(), PoolerError> {
     let config = shared.config();
-    let listeners = Listeners::bind(&config).await?;
-    let metrics = crate::metrics::serve(&config.metrics_listen, shared.clone()).await.map_err(PoolerError::Metrics)?;
+    let listeners = Listeners::bind(&config, taken.as_mut(), &shared.handover).await?;
+    let mut metrics = crate::metrics::serve(&config.metrics_listen, shared.clone(), taken.as_mut())
+        .await
+        .map_err(PoolerError::Metrics)?;
+    let takeover_listener = match crate::takeover::socket_path(&config) {
+        Some(path) => {
+            let name = crate::takeover::SocketName::Control(path.clone());
+            let failed = |source| PoolerError::TakeoverSocket { path: path.clone(), source };
+            let listener = match taken.as_mut().and_then(|t| t.take(&name)) {
+                Some(fd) => {
+                    let listener = std::os::unix::net::UnixListener::from(fd);
+                    listener.set_nonblocking(true).map_err(failed)?;
+                    tokio::net::UnixListener::from_std(listener).map_err(failed)?
+                }
+                None => crate::takeover::bind(&path).map_err(failed)?,
+            };
+            shared.handover.keep(name, &listener).map_err(failed)?;
+            Some(listener)
+        }
+        None => None,
+    };
     tracing::info!(
         listen = %format!("{}:{}", config.listen_addr, config.listen_port),
         unix_socket_dir = %config.unix_socket_dir,
@@ -318,15 +362,45 @@ pub async fn run(shared: Arc<Shared>, stop: &mut impl StopSource) -> Result<(), 
     }
     let serving = tokio::spawn(listeners.serve(shared.clone()));
     let parked = tokio::spawn(crate::client::serve_parked(shared.clone()));
+    if let Some(listener) = takeover_listener {
+        tokio::spawn(crate::takeover::serve(listener, shared.clone()));
+    }
+    if let Some(taken) = taken {
+        let old_pid = taken.old_pid;
+        match taken.ready(&shared) {
+            Ok(()) => {
+                tracing::info!(old_pid, "takeover: serving the listening sockets; the old pooler stops accepting")
+            }
+            // The old process goes on accepting too: nothing is refused, it just does not stop.
+            Err(e) => tracing::error!(
+                old_pid,
+                "{e}: the old pooler was not told and keeps accepting too; stop it with SIGTERM"
+            ),
+        }
+    }
     let mut signal = tokio::select! {
         s = stop.next() => s,
         // SHUTDOWN on the console.
         s = shared.shutdown.requested() => s,
     };
-    if signal == shutdown::Signal::WaitForClients {
+    if signal == shutdown::Signal::TakenOver {
+        // The successor serves /metrics on the same listener now.
+        if let Some(metrics) = metrics.take() {
+            metrics.abort();
+        }
+        let new_pid = shared.handover.handed_to().unwrap_or(0);
+        tracing::info!(new_pid, "taken over: serving the connected clients until they leave");
+    } else if signal == shutdown::Signal::WaitForClients {
         tracing::info!("SHUTDOWN WAIT_FOR_CLIENTS: refusing new clients until the connected ones have left");
-        let pool_clients = || shared.pools.all().iter().map(|p| p.stats.clients.load(Ordering::Relaxed)).sum::<u32>();
-        while pool_clients() > 0 {
+    }
+    if matches!(signal, shutdown::Signal::WaitForClients | shutdown::Signal::TakenOver) {
+        // WAIT_FOR_CLIENTS waits for the pools' clients; after a takeover every accepted
+        // connection counts, a login in progress and the console too: none is dropped.
+        let left = || match signal {
+            shutdown::Signal::TakenOver => shared.stats.client_connections.load(Ordering::Relaxed),
+            _ => shared.pools.all().iter().map(|p| p.stats.clients.load(Ordering::Relaxed)).sum::<u32>(),
+        };
+        while left() > 0 {
             tokio::select! {
                 s = stop.next() => { signal = s; break; }
                 _ = crate::clock::sleep(Duration::from_millis(20)) => {}

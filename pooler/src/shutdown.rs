@@ -73,6 +73,9 @@ pub enum Signal {
     Immediate,
     /// SHUTDOWN WAIT_FOR_CLIENTS: refuse new clients, exit once the connected ones have left.
     WaitForClients,
+    /// A `--takeover` successor serves the listening sockets: serve every connection already
+    /// accepted (logins in progress too), exit once none is left.
+    TakenOver,
 }
 
 /// The process's shutdown signals, installed once: call [`Signals::next`] for each one.

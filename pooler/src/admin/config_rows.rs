@@ -105,6 +105,7 @@ fn settings(c: &PoolerConfig) -> Vec<(&'static str, Option<String>, bool)> {
         ("tcp_user_timeout", Some(c.tcp_user_timeout.to_string()), true),
         ("tcp_defer_accept", Some(c.tcp_defer_accept.to_string()), false),
         ("client_close_reset", Some(u8::from(c.client_close_reset).to_string()), true),
+        ("takeover_socket", Some(c.takeover_socket.clone()), false),
     ]
 }
 
