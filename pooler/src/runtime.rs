@@ -359,6 +359,17 @@ pub async fn run(
     if let Some(section) = config.cluster.clone() {
         crate::cluster_feed::start(section, shared.clone(), tokio::runtime::Handle::current())
             .map_err(PoolerError::Runtime)?;
+        if taken.is_some() {
+            // Until its first reading of the DCS this process would refuse the cluster's
+            // databases (57P03); the old one goes on accepting meanwhile.
+            let deadline = Instant::now() + crate::takeover::CLUSTER_READ_TIMEOUT;
+            while shared.cluster_state().is_none() {
+                if Instant::now() >= deadline {
+                    return Err(crate::takeover::TakeoverError::ClusterNotRead.into());
+                }
+                crate::clock::sleep(Duration::from_millis(10)).await;
+            }
+        }
     }
     let serving = tokio::spawn(listeners.serve(shared.clone()));
     let parked = tokio::spawn(crate::client::serve_parked(shared.clone()));

@@ -28,6 +28,8 @@ const MAX_SOCKETS: usize = 64;
 const MAX_REPLY: usize = 64 * 1024;
 /// How long either side waits for the other's next line.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a new process that follows a cluster may take to read its DCS before it serves.
+pub const CLUSTER_READ_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Error)]
 pub enum TakeoverError {
@@ -47,6 +49,11 @@ pub enum TakeoverError {
          then <unix_socket_dir>/.s.PGHA.<listen_port>.takeover)"
     )]
     NoSocket,
+    #[error(
+        "takeover: the cluster's DCS was not read within 15 s ([cluster]); the old pooler goes on \
+         serving (check the DCS endpoints and this process's log)"
+    )]
+    ClusterNotRead,
 }
 
 /// What a handed-over socket is, named by the setting that made it: a TCP listener by its

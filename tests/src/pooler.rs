@@ -8,6 +8,8 @@ use crate::scratch::ScratchDir;
 use crate::wait::wait_for;
 use anyhow::Context;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_postgres::{Client, NoTls};
 
@@ -215,4 +217,80 @@ pub fn tcp_sockets_of(pid: i32) -> anyhow::Result<Vec<ForeignSocket>> {
         }
     }
     Ok(sockets)
+}
+
+/// Clients that each open a new connection for every query, over TCP and the Unix socket,
+/// until stopped: what an application sees while the pooler is replaced or its cluster
+/// changes.
+pub struct ConnectionLoad {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU32>,
+    failures: Arc<Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ConnectionLoad {
+    /// One client per DSN.
+    pub fn start(dsns: Vec<String>) -> ConnectionLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU32::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let tasks = dsns
+            .into_iter()
+            .map(|dsn| {
+                let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let attempt = async {
+                            let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await?;
+                            let conn = tokio::spawn(conn);
+                            client.simple_query("select 1").await?;
+                            drop(client);
+                            let _ = conn.await;
+                            Ok::<(), tokio_postgres::Error>(())
+                        };
+                        match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+                            Ok(Ok(())) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(Err(e)) => {
+                                failures.lock().unwrap_or_else(|p| p.into_inner()).push(format!("{dsn}: {e:?}"))
+                            }
+                            Err(_) => failures
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push(format!("{dsn}: no answer within 10 s")),
+                        }
+                    }
+                })
+            })
+            .collect();
+        ConnectionLoad { stop, ok, failures, tasks }
+    }
+
+    /// Queries answered so far.
+    pub fn succeeded(&self) -> u32 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Connections or queries that failed so far, with their errors.
+    pub fn failures(&self) -> Vec<String> {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Stops the clients: (queries answered, failures).
+    pub async fn stop(mut self) -> (u32, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in std::mem::take(&mut self.tasks) {
+            let _ = task.await;
+        }
+        (self.succeeded(), self.failures())
+    }
+}
+
+/// A test that failed half way stops its clients too.
+impl Drop for ConnectionLoad {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }

@@ -43,7 +43,8 @@ async fn start_pooler(cluster: &PghaCluster, more: &str) -> (PghaProcess, String
     };
     let config = format!(
         "listen_addr = \"127.0.0.1\"\nlisten_port = {port}\nunix_socket_dir = \"\"\nauth_type = \"trust\"\n\
-         auth_file = \"{dir}/userlist.txt\"\npool_mode = \"transaction\"\nquery_wait_timeout = 30\n\n\
+         auth_file = \"{dir}/userlist.txt\"\npool_mode = \"transaction\"\nquery_wait_timeout = 30\n\
+         takeover_socket = \"{dir}/pooler.takeover\"\n\n\
          [databases.postgres]\ncluster_role = \"primary\"\n{more}\n[cluster]\nscope = \"{scope}\"\n{dcs}\n",
         dir = dir.path().display(),
         scope = cluster.scope,
@@ -274,4 +275,35 @@ async fn read_only_clients_are_spread_over_the_healthy_standbys() {
             && (l.contains("no longer one of the database's") || l.contains("moved to another server"))
     });
     assert!(closed_kept.is_none(), "{closed_kept:?}\n{log}");
+}
+
+/// A pooler that follows the cluster is replaced with `--takeover` under a load of new
+/// connections: the new process reads the DCS before it serves (until then the old one goes on
+/// accepting), so no connection is refused and none gets "no primary known".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooler_that_follows_the_cluster_is_taken_over_without_a_refused_connection() {
+    let cluster = PghaCluster::start_on_etcd(1, Timing::FAST).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let primary = healthy(&cluster).await;
+    let (mut old, dsn, _dir) = start_pooler(&cluster, "").await;
+    let load = harness::pooler::ConnectionLoad::start(vec![dsn.clone(), dsn.clone(), dsn.clone()]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = load.succeeded();
+    assert!(before > 0, "the load runs through the old pooler: {:?}", load.failures());
+
+    let config = std::fs::read_to_string(old.config_path()).unwrap();
+    let new = PghaProcess::start("pooler-cluster-new", &["pooler", "--takeover"], &config).unwrap();
+    wait_for("the new pooler to serve", Duration::from_secs(30), || async {
+        Ok(new.log().contains("takeover: serving the listening sockets").then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", new.log()));
+    // Its clients gone (each connection is short), the old pooler exits by itself.
+    let status = old.process().wait_exit(Duration::from_secs(15)).await.unwrap();
+    assert!(status.success(), "{status:?}\n{}", old.log());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok, failures) = load.stop().await;
+    assert!(failures.is_empty(), "connections failed during the takeover:\n{}", failures.join("\n"));
+    assert!(ok > before, "the load went on through the new pooler ({before} before, {ok} in all)");
+    let client = connect(&dsn).await.unwrap();
+    assert_eq!(server_port(&client).await.unwrap(), cluster.nodes[primary].pg_port);
 }

@@ -4,10 +4,8 @@
 //! (a transaction under way commits, a cancel for one of its queries that reaches the new
 //! process is passed back to it) and exits once they have left.
 
-use harness::pooler::{show, PoolerProcess};
+use harness::pooler::{show, ConnectionLoad, PoolerProcess};
 use harness::{run_pgha, wait_for, PgInstance, PgOptions, PghaProcess};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 async fn postgres() -> PgInstance {
@@ -39,64 +37,6 @@ fn holds(pid: i32, inode: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Clients that each open a new connection for every query, over TCP and the Unix socket,
-/// until stopped: what an application sees while the pooler is replaced.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU32>,
-    failures: Arc<Mutex<Vec<String>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(dsns: Vec<String>) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU32::new(0));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let tasks = dsns
-            .into_iter()
-            .map(|dsn| {
-                let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        let attempt = async {
-                            let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await?;
-                            let conn = tokio::spawn(conn);
-                            client.simple_query("select 1").await?;
-                            drop(client);
-                            let _ = conn.await;
-                            Ok::<(), tokio_postgres::Error>(())
-                        };
-                        match tokio::time::timeout(Duration::from_secs(10), attempt).await {
-                            Ok(Ok(())) => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Ok(Err(e)) => failures.lock().unwrap().push(format!("{dsn}: {e:?}")),
-                            Err(_) => failures.lock().unwrap().push(format!("{dsn}: no answer within 10 s")),
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load { stop, ok, failures, tasks }
-    }
-
-    async fn stop(mut self) -> (u32, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for task in std::mem::take(&mut self.tasks) {
-            task.await.unwrap();
-        }
-        (self.ok.load(Ordering::Relaxed), self.failures.lock().unwrap().clone())
-    }
-}
-
-/// A test that failed half way stops its clients too.
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
 async fn wait_for_log(what: &str, process: &PghaProcess, line: &str) {
     wait_for(what, Duration::from_secs(20), || async { Ok(process.log().contains(line).then_some(())) })
         .await
@@ -125,10 +65,10 @@ async fn a_new_pooler_takes_over_without_refusing_a_connection_and_the_old_one_f
     let cancel = sleeper.cancel_token();
     let sleeping = tokio::spawn(async move { sleeper.simple_query("select pg_sleep(30)").await.map(|_| ()) });
 
-    let load = Load::start(vec![old.dsn("postgres"), old.dsn("postgres"), old.unix_dsn("postgres")]);
+    let load = ConnectionLoad::start(vec![old.dsn("postgres"), old.dsn("postgres"), old.unix_dsn("postgres")]);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = load.ok.load(Ordering::Relaxed);
-    assert!(before > 0, "the load runs through the old pooler: {:?}", load.failures.lock().unwrap());
+    let before = load.succeeded();
+    assert!(before > 0, "the load runs through the old pooler: {:?}", load.failures());
 
     let listener = listening_inode(port).expect("the pooler's listening socket");
     let mut new = PghaProcess::start("pooler-new", &["pooler", "--takeover"], &config).unwrap();
