@@ -73,7 +73,7 @@ pub struct PoolerArgs {
     /// Take over from the pooler running with this config: get its listening sockets over its
     /// takeover socket and serve them; the old process stops accepting and exits once its
     /// connected clients have left. No connection is refused in between (an upgrade without
-    /// downtime; see docs/pooler.md).
+    /// downtime; see docs/pooler.md). Where no pooler runs with this config, start as usual.
     #[arg(long)]
     pub takeover: bool,
 }

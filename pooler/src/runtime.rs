@@ -266,14 +266,7 @@ fn load_hba(config: &PoolerConfig) -> Result<Option<Arc<crate::auth::hba::HbaRul
 /// (drain, bounded by shutdown_timeout) or SIGQUIT (now). With `takeover`, first asks the
 /// pooler running with this config for its listening sockets (`crate::takeover`).
 pub fn main(config: PoolerConfig, config_path: &Path, takeover: bool) -> Result<(), PoolerError> {
-    let taken = if takeover {
-        let path = crate::takeover::socket_path(&config).ok_or(crate::takeover::TakeoverError::NoSocket)?;
-        let taken = crate::takeover::take_over(&path)?;
-        tracing::info!(old_pid = taken.old_pid, "takeover: got the running pooler's listening sockets");
-        Some(taken)
-    } else {
-        None
-    };
+    let taken = if takeover { take_over(&config)? } else { None };
     let threads = match config.worker_threads {
         0 => default_worker_threads(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
         n => n as usize,
@@ -298,6 +291,30 @@ pub fn main(config: PoolerConfig, config_path: &Path, takeover: bool) -> Result<
     // Client tasks still running after the drain are dropped with their sockets.
     runtime.shutdown_timeout(Duration::from_millis(100));
     result
+}
+
+/// `--takeover`: the running pooler's sockets; None (a fresh start, with a warning) when no
+/// pooler runs there, as HAProxy's `-x` does, so that one service definition with
+/// `--takeover` both starts and replaces the pooler.
+fn take_over(config: &PoolerConfig) -> Result<Option<crate::takeover::Taken>, PoolerError> {
+    use crate::takeover::TakeoverError;
+    let path = crate::takeover::socket_path(config).ok_or(TakeoverError::NoSocket)?;
+    match crate::takeover::take_over(&path) {
+        Ok(taken) => {
+            tracing::info!(old_pid = taken.old_pid, "takeover: got the running pooler's listening sockets");
+            Ok(Some(taken))
+        }
+        Err(TakeoverError::Connect { path, source })
+            if matches!(source.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) =>
+        {
+            tracing::warn!(
+                socket = %path.display(),
+                "takeover: no pooler runs with this config ({source}); starting without one"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// worker_threads = 0: half the cores, at least one. The pooler shares its machine with

@@ -33,10 +33,7 @@ pub const CLUSTER_READ_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Error)]
 pub enum TakeoverError {
-    #[error(
-        "takeover: no pooler answers on {path}: {source} (is the old pooler running with the same \
-         config, unix_socket_dir and listen_port? start without --takeover if none is)"
-    )]
+    #[error("takeover: cannot reach the running pooler on {path}: {source}")]
     Connect { path: PathBuf, source: std::io::Error },
     #[error("takeover: talking to the running pooler on {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },

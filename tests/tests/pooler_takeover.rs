@@ -130,7 +130,7 @@ async fn a_new_pooler_takes_over_without_refusing_a_connection_and_the_old_one_f
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn takeover_refusals_say_what_to_do_and_leave_the_running_pooler_serving() {
+async fn takeover_starts_a_pooler_where_none_runs_and_refusals_say_what_to_do() {
     let pg = postgres().await;
     let mut pooler = PoolerProcess::start(&pg, "pool_mode = \"transaction\"").await.unwrap();
     let config = std::fs::read_to_string(pooler.process().config_path()).unwrap();
@@ -152,19 +152,25 @@ async fn takeover_refusals_say_what_to_do_and_leave_the_running_pooler_serving()
     assert!(answer.starts_with("ERROR expected \"PGHA-TAKEOVER 1 <pid>\""), "{answer:?}");
     pooler.connect().await.unwrap().simple_query("select 1").await.unwrap();
 
-    // --takeover where no pooler runs: the error names the socket and what to do.
+    // --takeover where no pooler runs starts a pooler all the same (one service definition
+    // starts and replaces it), saying so.
     let other_port = harness::ports::free_port().unwrap();
     let lonely = config.replace(&format!("listen_port = {}", pooler.port()), &format!("listen_port = {other_port}"));
-    let file = dir.join("lonely.toml");
-    std::fs::write(&file, &lonely).unwrap();
-    let file = file.to_str().unwrap();
-    let out = run_pgha(&["pooler", "--takeover", "--config", file], Duration::from_secs(20)).await.unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let first = PghaProcess::start("pooler-first", &["pooler", "--takeover"], &lonely).unwrap();
+    let dsn = format!("host=127.0.0.1 port={other_port} user=postgres dbname=postgres");
+    wait_for("a pooler started with --takeover and nothing to take", Duration::from_secs(15), || async {
+        pooler.connect_dsn(&dsn).await?.simple_query("select 1").await?;
+        Ok(Some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", first.log()));
+    let expected = format!(".s.PGHA.{other_port}.takeover");
     assert!(
-        stderr.contains(&format!(".s.PGHA.{other_port}.takeover")) && stderr.contains("start without --takeover"),
-        "{stderr}"
+        first.log().contains("no pooler runs with this config") && first.log().contains(&expected),
+        "{}",
+        first.log()
     );
+    drop(first);
 
     // With the takeover socket turned off there is nothing to ask.
     std::fs::write(dir.join("off.toml"), format!("takeover_socket = \"off\"\n{config}")).unwrap();
