@@ -105,6 +105,10 @@ async fn a_new_pooler_takes_over_without_refusing_a_connection_and_the_old_one_f
     drop(admin);
 
     let (ok, failures) = load.stop().await;
+    eprintln!(
+        "new connections, each with a query: {before} before the takeover, {ok} in all, {} failed",
+        failures.len()
+    );
     assert!(failures.is_empty(), "connections failed during the takeover:\n{}", failures.join("\n"));
     assert!(ok > before, "the load went on through the new pooler ({before} before, {ok} in all)");
 
