@@ -9,7 +9,7 @@
 
 use crate::config::ClusterSection;
 use crate::runtime::Shared;
-use crate::topology::{ClusterServers, ServerAddr};
+use crate::topology::{ClusterServers, ServerAddr, Standby};
 use consensus::cluster::{ClusterView, MemberRole, MemberValue};
 use consensus::dcs::{Dcs, KvDcs};
 use std::sync::Arc;
@@ -81,10 +81,10 @@ fn server_of(member: &MemberValue) -> Option<ServerAddr> {
 
 /// The standbys that take read-only clients, as Patroni's `/replica` check picks them: a member
 /// other than the lock holder, in the replica role, running (Patroni 3.0.4 and later say
-/// `streaming` or `in archive recovery`), not tagged `noloadbalance`, and, with `max_lag` (bytes,
-/// 0: no limit), replayed to within that of the leader's last position (an unknown position
-/// does not count as lag). In member-name order.
-pub fn healthy_standbys(view: &ClusterView, max_lag: u64) -> Vec<ServerAddr> {
+/// `streaming` or `in archive recovery`) and not tagged `noloadbalance`; each with how far its
+/// replayed position is behind the leader's last one (the databases' `max_replica_lag` leave
+/// out those too far behind). In member-name order.
+pub fn healthy_standbys(view: &ClusterView) -> Vec<Standby> {
     let leader = view.leader.as_ref().map(|l| l.value.as_str());
     let leader_position =
         view.leader_member().and_then(|m| m.xlog_location).or_else(|| view.status.as_ref()?.value.optime);
@@ -95,20 +95,17 @@ pub fn healthy_standbys(view: &ClusterView, max_lag: u64) -> Vec<ServerAddr> {
         .filter(|m| m.role == Some(MemberRole::Replica))
         .filter(|m| matches!(m.state.as_deref(), Some("running" | "streaming" | "in archive recovery")))
         .filter(|m| !m.tags.noloadbalance())
-        .filter(|m| {
+        .filter_map(|m| {
             let position = m.replay_lsn.or(m.xlog_location);
-            match (max_lag, leader_position, position) {
-                (1.., Some(leader), Some(mine)) => leader.saturating_sub(mine) <= max_lag,
-                _ => true,
-            }
+            let lag = leader_position.zip(position).map(|(leader, mine)| leader.saturating_sub(mine));
+            Some(Standby { addr: server_of(m)?, lag })
         })
-        .filter_map(server_of)
         .collect()
 }
 
 /// What the cluster's `cluster_role` databases are sent to now.
-pub fn servers_of(view: &ClusterView, max_lag: u64, now: i64) -> ClusterServers {
-    ClusterServers { primary: primary_to_use(view, now), replicas: healthy_standbys(view, max_lag) }
+pub fn servers_of(view: &ClusterView, now: i64) -> ClusterServers {
+    ClusterServers { primary: primary_to_use(view, now), replicas: healthy_standbys(view) }
 }
 
 /// How long before a scheduled switchover's time the primary's clients are held: the leader
@@ -184,7 +181,7 @@ async fn follow(section: ClusterSection, readings: tokio::sync::watch::Sender<Re
             };
             let view = ClusterView::from_snapshot(&snapshot);
             let now = now_ms();
-            tell(servers_of(&view, section.max_replica_lag, now));
+            tell(servers_of(&view, now));
             // A scheduled switchover's hold starts with no DCS event: read again then.
             let wait = until_hold(&view, now).map_or(RESYNC, |until| until.min(RESYNC));
             match dcs.watch(snapshot.revision).await {
@@ -244,19 +241,22 @@ mod tests {
         let mut entries: Vec<(&str, &[u8], i64)> = members.iter().map(|(k, v)| (*k, v.as_bytes(), 1)).collect();
         entries.push(("leader", b"pg1", 2));
         let view = ClusterView::from_relative_entries(entries);
-        let ports = |max_lag| healthy_standbys(&view, max_lag).iter().map(|s| s.port).collect::<Vec<_>>();
+        let standbys = healthy_standbys(&view);
+        let ports = |max_lag| standbys.iter().filter(|s| s.keeps_up(max_lag)).map(|s| s.addr.port).collect::<Vec<_>>();
         // Stopped, tagged noloadbalance, being cloned, or without an address: not used.
         assert_eq!(ports(0), vec![5432, 5433, 5437]);
         // 50,000 bytes behind is too far at a 10,000-byte limit; an unknown position is not lag.
         assert_eq!(ports(10_000), vec![5432, 5437]);
-        let servers = servers_of(&view, 0, now_ms());
+        let lags: Vec<Option<u64>> = standbys.iter().map(|s| s.lag).collect();
+        assert_eq!(lags, [Some(1_000), Some(50_000), None]);
+        let servers = servers_of(&view, now_ms());
         assert_eq!(servers.primary.map(|p| p.port), Some(5431));
         // The lock holder is never a standby, whatever its member key still says.
         let promoting = ClusterView::from_relative_entries(vec![
             ("members/pg2", member(5432, "replica", "running", "").as_bytes(), 1),
             ("leader", &b"pg2"[..], 2),
         ]);
-        assert!(healthy_standbys(&promoting, 0).is_empty());
+        assert!(healthy_standbys(&promoting).is_empty());
     }
 
     #[test]

@@ -350,6 +350,10 @@ pub struct DatabaseConfig {
     pub max_db_connections: Option<u32>,
     #[serde(default)]
     pub auth_user: Option<String>,
+    /// With `cluster_role = "replica"` or `"read-only"`: this database's limit on a standby's
+    /// lag in bytes, in place of `[cluster] max_replica_lag` (0: no limit).
+    #[serde(default)]
+    pub max_replica_lag: Option<u64>,
 }
 
 /// One `[users.<name>]` entry: per-user overrides.
@@ -414,6 +418,15 @@ impl Validate for PoolerConfig {
                     ))
                 }
                 _ => {}
+            }
+            if let Some(lag) = db.max_replica_lag {
+                if !matches!(db.cluster_role, Some(ClusterRole::Replica | ClusterRole::ReadOnly)) {
+                    return Err(Invalid::new(
+                        format!("databases.{name}.max_replica_lag"),
+                        lag,
+                        "applies to standbys only: set cluster_role = \"replica\" or \"read-only\", or remove it",
+                    ));
+                }
             }
         }
         if let Some(c) = &self.cluster {
@@ -656,6 +669,14 @@ mod tests {
             parse(Path::new("pooler.toml"), &format!("{raft}raft_secret = \"0123456789abcdef0123\"\n")).unwrap();
         assert_eq!(c.cluster.map(|c| c.raft_members.len()), Some(1));
         assert!(err(&format!("{db}[databases.app.x]\n")).contains("unknown key"));
+        // A lag limit is for standbys.
+        assert_eq!(
+            err(&format!("{db}max_replica_lag = 1000\n{etcd}")),
+            "pooler.toml: databases.app.max_replica_lag = 1000: applies to standbys only: set cluster_role = \"replica\" or \"read-only\", or remove it"
+        );
+        let reads = "auth_type = \"trust\"\n[databases.app]\ncluster_role = \"replica\"\nmax_replica_lag = 1000\n";
+        let c: PoolerConfig = parse(Path::new("pooler.toml"), &format!("{reads}{etcd}")).unwrap();
+        assert_eq!(c.databases["app"].max_replica_lag, Some(1000));
     }
 
     #[test]

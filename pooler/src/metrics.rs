@@ -269,12 +269,47 @@ mod tests {
         let shared = Shared::new(config, None).unwrap();
         assert!(render(&shared).contains("pgha_pooler_cluster_primary 0\n"));
         let at = |port| crate::topology::ServerAddr { host: "10.0.0.1".into(), port };
-        shared.follow_cluster(crate::topology::ClusterServers { primary: Some(at(1)), replicas: vec![at(2), at(3)] });
+        let standby = |port| crate::topology::Standby { addr: at(port), lag: None };
+        shared.follow_cluster(crate::topology::ClusterServers {
+            primary: Some(at(1)),
+            replicas: vec![standby(2), standby(3)],
+        });
         let text = render(&shared);
         assert!(text.contains("pgha_pooler_cluster_primary 1\n"), "{text}");
         assert!(text.contains("pgha_pooler_cluster_standbys 2\n"), "{text}");
         assert!(text.contains("pgha_pooler_cluster_held_pools 0\n"), "{text}");
-        shared.follow_cluster(crate::topology::ClusterServers { primary: None, replicas: vec![at(2)] });
+        shared.follow_cluster(crate::topology::ClusterServers { primary: None, replicas: vec![standby(2)] });
         assert!(render(&shared).contains("pgha_pooler_cluster_primary 0\n"));
+    }
+
+    /// Every reading of the DCS brings the standbys' new lag; only a change in where a
+    /// database goes replaces the topology (and moves pools), and `_standbys` counts those
+    /// within `[cluster] max_replica_lag`.
+    #[test]
+    fn a_standby_s_lag_moves_nothing_until_it_crosses_a_limit() {
+        let text = "auth_type = \"trust\"\n[databases.reads]\ncluster_role = \"replica\"\n\
+                    [cluster]\nscope = \"s\"\netcd_endpoints = [\"http://127.0.0.1:2379\"]\nmax_replica_lag = 1000\n";
+        let config: crate::config::PoolerConfig =
+            consensus::config_file::parse(std::path::Path::new("pooler.toml"), text).unwrap();
+        let shared = Shared::new(config, None).unwrap();
+        let at = |port| crate::topology::ServerAddr { host: "10.0.0.1".into(), port };
+        let reading = |lag2, lag3| crate::topology::ClusterServers {
+            primary: Some(at(1)),
+            replicas: vec![
+                crate::topology::Standby { addr: at(2), lag: Some(lag2) },
+                crate::topology::Standby { addr: at(3), lag: Some(lag3) },
+            ],
+        };
+        let servers =
+            |shared: &Shared| shared.topology().target("reads").map(|t| t.servers.to_vec()).unwrap_or_default();
+        shared.follow_cluster(reading(10, 20));
+        let first = shared.topology();
+        assert_eq!(servers(&shared), [at(2), at(3)]);
+        shared.follow_cluster(reading(300, 900));
+        assert!(Arc::ptr_eq(&first, &shared.topology()), "a lag within the limit replaced the topology");
+        assert!(render(&shared).contains("pgha_pooler_cluster_standbys 2\n"));
+        shared.follow_cluster(reading(300, 5000));
+        assert_eq!(servers(&shared), [at(2)]);
+        assert!(render(&shared).contains("pgha_pooler_cluster_standbys 1\n"));
     }
 }

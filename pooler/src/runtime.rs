@@ -10,7 +10,7 @@ use crate::pool::Registry;
 use crate::shutdown::{self, Shutdown};
 use crate::stats::GlobalStats;
 use crate::tls::{ClientTls, ServerTls};
-use crate::topology::{StaticTopology, Topology};
+use crate::topology::{ServerAddr, StaticTopology, Topology};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
@@ -176,23 +176,27 @@ impl Shared {
         if before.as_ref() != Some(&servers) {
             let had_primary = before.as_ref().is_some_and(|b| b.primary.is_some());
             match &servers.primary {
-                Some(primary) if before.as_ref().and_then(|b| b.primary.as_ref()) != Some(primary) => {
-                    tracing::info!(primary = %primary, "following the cluster's primary")
-                }
-                Some(_) => {}
+                _ if before.as_ref().map(|b| &b.primary) == Some(&servers.primary) => {}
+                Some(primary) => tracing::info!(primary = %primary, "following the cluster's primary"),
                 None if had_primary => tracing::warn!(
                     "the cluster has no leader, or a switchover is under way: new transactions on its primary wait"
                 ),
                 None => tracing::info!("no primary known yet: the cluster has no leader"),
             }
-            if before.as_ref().map(|b| &b.replicas) != Some(&servers.replicas) {
-                tracing::info!(
-                    standbys = %crate::topology::ServerList(&servers.replicas),
-                    "the cluster's healthy standbys"
-                );
+            // The standbys within [cluster] max_replica_lag; their lag itself changes with
+            // every reading and is not news.
+            let cluster_lag = config.cluster.as_ref().map_or(0, |c| c.max_replica_lag);
+            let standbys = |s: &crate::topology::ClusterServers| s.standbys(cluster_lag).cloned().collect::<Vec<_>>();
+            let now = standbys(&servers);
+            if before.as_ref().map(standbys) != Some(now.clone()) {
+                tracing::info!(standbys = %crate::topology::ServerList(&now), "the cluster's healthy standbys");
             }
-            self.set_topology(Arc::new(StaticTopology::following(&config, Some(&servers))));
-            self.retarget_pools();
+            // Where each database goes: only a change there moves pools.
+            let topology = StaticTopology::following(&config, Some(&servers));
+            if routes(&topology) != routes(&*self.topology()) {
+                self.set_topology(Arc::new(topology));
+                self.retarget_pools();
+            }
         }
         // Hold the pools whose role has no member now; let go of those that have one again.
         let topology = self.topology();
@@ -231,7 +235,8 @@ impl Shared {
         let cluster = self.cluster.lock().unwrap_or_else(|p| p.into_inner());
         let servers = cluster.servers.as_ref()?;
         let held = cluster.held.iter().filter(|w| w.strong_count() > 0).count();
-        Some((servers.primary.is_some(), servers.replicas.len(), held))
+        let cluster_lag = self.config().cluster.as_ref().map_or(0, |c| c.max_replica_lag);
+        Some((servers.primary.is_some(), servers.standbys(cluster_lag).count(), held))
     }
 
     /// client_tls_*: the answer to SSLRequest and whether plain-text clients may stay.
@@ -252,6 +257,13 @@ impl Shared {
     pub fn credentials(&self) -> Arc<Credentials> {
         self.credentials.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
+}
+
+/// Each database's servers, in name order.
+fn routes(topology: &dyn Topology) -> Vec<(String, Arc<[ServerAddr]>)> {
+    let mut routes: Vec<_> = topology.databases().iter().map(|t| (t.name.clone(), t.servers.clone())).collect();
+    routes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    routes
 }
 
 /// auth_hba_file, read when auth_type = "hba" (a broken file stops the start or the RELOAD).

@@ -41,19 +41,45 @@ pub struct ClusterServers {
     /// The member holding the leader lock (None while none does, or while a switchover or
     /// failover asked for now is under way).
     pub primary: Option<ServerAddr>,
-    /// The healthy standbys, in member-name order.
-    pub replicas: Vec<ServerAddr>,
+    /// The healthy standbys, in member-name order, each with how far it is behind.
+    pub replicas: Vec<Standby>,
+}
+
+/// A healthy standby and its replication lag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Standby {
+    pub addr: ServerAddr,
+    /// Bytes of WAL it has yet to replay to reach the leader's last known position; None
+    /// when either position is unknown (not counted as lag).
+    pub lag: Option<u64>,
+}
+
+impl Standby {
+    /// Within `max_lag` bytes of the leader (0: any lag).
+    pub fn keeps_up(&self, max_lag: u64) -> bool {
+        max_lag == 0 || self.lag.is_none_or(|lag| lag <= max_lag)
+    }
 }
 
 impl ClusterServers {
-    /// The servers of a database in `role`; empty while there is none.
-    pub fn for_role(&self, role: ClusterRole) -> Vec<ServerAddr> {
+    /// The servers of a database in `role`, standbys within `max_lag` bytes of the leader
+    /// (0: any lag); empty while there is none.
+    pub fn for_role(&self, role: ClusterRole, max_lag: u64) -> Vec<ServerAddr> {
+        let standbys = || self.standbys(max_lag).cloned().collect::<Vec<_>>();
+        let primary = || self.primary.iter().cloned().collect::<Vec<_>>();
         match role {
-            ClusterRole::Primary => self.primary.iter().cloned().collect(),
-            ClusterRole::Replica => self.replicas.clone(),
-            ClusterRole::ReadOnly if self.replicas.is_empty() => self.primary.iter().cloned().collect(),
-            ClusterRole::ReadOnly => self.replicas.clone(),
+            ClusterRole::Primary => primary(),
+            ClusterRole::Replica => standbys(),
+            ClusterRole::ReadOnly => match standbys() {
+                none if none.is_empty() => primary(),
+                some => some,
+            },
         }
+    }
+
+    /// The standbys within `max_lag` bytes of the leader (0: all).
+    pub fn standbys(&self, max_lag: u64) -> impl Iterator<Item = &ServerAddr> {
+        self.replicas.iter().filter(move |s| s.keeps_up(max_lag)).map(|s| &s.addr)
     }
 }
 
@@ -120,15 +146,20 @@ impl StaticTopology {
 
     /// The entries of pooler.toml, those with a `cluster_role` sent to the cluster's members in
     /// that role (left out while there is none: their clients are told so at login).
+    /// Standbys more than the entry's `max_replica_lag` (else `[cluster] max_replica_lag`)
+    /// bytes behind are left out.
     pub fn following(config: &PoolerConfig, cluster: Option<&ClusterServers>) -> Self {
         let mut topology = StaticTopology::default();
+        let cluster_lag = config.cluster.as_ref().map_or(0, |c| c.max_replica_lag);
         for (name, db) in &config.databases {
             let servers: Arc<[ServerAddr]> = match (db.cluster_role, cluster) {
                 (None, _) => Arc::new([ServerAddr { host: db.host.clone(), port: db.port }]),
-                (Some(role), Some(cluster)) => match cluster.for_role(role) {
-                    servers if servers.is_empty() => continue,
-                    servers => servers.into(),
-                },
+                (Some(role), Some(cluster)) => {
+                    match cluster.for_role(role, db.max_replica_lag.unwrap_or(cluster_lag)) {
+                        servers if servers.is_empty() => continue,
+                        servers => servers.into(),
+                    }
+                }
                 (Some(_), None) => continue,
             };
             let target = DatabaseTarget {
@@ -193,10 +224,11 @@ mod tests {
                     [cluster]\nscope = \"s\"\netcd_endpoints = [\"http://127.0.0.1:2379\"]\n";
         let config: PoolerConfig = parse(Path::new("pooler.toml"), text).unwrap();
         let at = |port| ServerAddr { host: "10.0.0.1".into(), port };
+        let standby = |port| Standby { addr: at(port), lag: None };
         let servers = |topology: &StaticTopology, db: &str| {
             topology.target(db).map(|t| ServerList(&t.servers).to_string()).unwrap_or_default()
         };
-        let both = ClusterServers { primary: Some(at(1)), replicas: vec![at(2), at(3)] };
+        let both = ClusterServers { primary: Some(at(1)), replicas: vec![standby(2), standby(3)] };
         let topology = StaticTopology::following(&config, Some(&both));
         assert_eq!(servers(&topology, "app"), "10.0.0.1:1");
         assert_eq!(servers(&topology, "reads"), "10.0.0.1:2,10.0.0.1:3");
@@ -206,11 +238,45 @@ mod tests {
         let topology = StaticTopology::following(&config, Some(&primary_only));
         assert_eq!((servers(&topology, "reads"), servers(&topology, "reports")), ("".into(), "10.0.0.1:1".into()));
         // No leader: the standbys still serve reads.
-        let leaderless = ClusterServers { primary: None, replicas: vec![at(2)] };
+        let leaderless = ClusterServers { primary: None, replicas: vec![standby(2)] };
         let topology = StaticTopology::following(&config, Some(&leaderless));
         assert_eq!((servers(&topology, "app"), servers(&topology, "reads")), ("".into(), "10.0.0.1:2".into()));
         // Before the first reading nothing of the cluster is served.
         assert!(StaticTopology::following(&config, None).databases().is_empty());
+    }
+
+    /// `[cluster] max_replica_lag` holds for every database, a database's own
+    /// `max_replica_lag` in its place (0: any lag); an unknown lag is no lag.
+    #[test]
+    fn each_database_may_set_its_own_replica_lag_limit() {
+        let text = "auth_type = \"trust\"\n\
+                    [databases.reads]\ncluster_role = \"replica\"\n\
+                    [databases.reports]\ncluster_role = \"read-only\"\nmax_replica_lag = 100000\n\
+                    [databases.archive]\ncluster_role = \"replica\"\nmax_replica_lag = 0\n\
+                    [cluster]\nscope = \"s\"\netcd_endpoints = [\"http://127.0.0.1:2379\"]\nmax_replica_lag = 1000\n";
+        let config: PoolerConfig = parse(Path::new("pooler.toml"), text).unwrap();
+        let at = |port| ServerAddr { host: "10.0.0.1".into(), port };
+        let servers = |topology: &StaticTopology, db: &str| {
+            topology.target(db).map(|t| ServerList(&t.servers).to_string()).unwrap_or_default()
+        };
+        let cluster = ClusterServers {
+            primary: Some(at(1)),
+            replicas: vec![
+                Standby { addr: at(2), lag: Some(500) },
+                Standby { addr: at(3), lag: Some(50_000) },
+                Standby { addr: at(4), lag: Some(5_000_000) },
+                Standby { addr: at(5), lag: None },
+            ],
+        };
+        let topology = StaticTopology::following(&config, Some(&cluster));
+        assert_eq!(servers(&topology, "reads"), "10.0.0.1:2,10.0.0.1:5");
+        assert_eq!(servers(&topology, "reports"), "10.0.0.1:2,10.0.0.1:3,10.0.0.1:5");
+        assert_eq!(servers(&topology, "archive"), "10.0.0.1:2,10.0.0.1:3,10.0.0.1:4,10.0.0.1:5");
+        // Every standby too far behind: read-only falls back to the primary.
+        let behind =
+            ClusterServers { primary: Some(at(1)), replicas: vec![Standby { addr: at(4), lag: Some(5_000_000) }] };
+        let topology = StaticTopology::following(&config, Some(&behind));
+        assert_eq!((servers(&topology, "reads"), servers(&topology, "reports")), ("".into(), "10.0.0.1:1".into()));
     }
 
     #[test]
