@@ -340,6 +340,8 @@ pub enum ServerState {
 pub struct ServerEntry {
     pub id: u64,
     pub key: PoolKey,
+    /// The server it was opened to, as the pool names it.
+    pub server: crate::topology::ServerAddr,
     pub endpoints: Endpoints,
     pub connect_time: SystemTime,
     pub remote_pid: i32,
@@ -464,12 +466,13 @@ impl Connections {
         self: &Arc<Self>,
         id: u64,
         key: &PoolKey,
+        addr: &crate::topology::ServerAddr,
         stream: &Stream,
         remote_pid: i32,
         generation: u64,
     ) -> ServerHandle {
         let (endpoints, tls) = (Endpoints::of(stream), stream.tls_description());
-        self.insert_server(id, key, endpoints, remote_pid, tls, generation, ServerState::Idle)
+        self.insert_server(id, key, addr, endpoints, remote_pid, tls, generation, ServerState::Idle)
     }
 
     /// Registers a server connection being opened to `addr` (state `new`, no socket yet);
@@ -481,7 +484,7 @@ impl Connections {
         addr: &crate::topology::ServerAddr,
         generation: u64,
     ) -> ServerHandle {
-        self.insert_server(id, key, Endpoints::of_target(addr), 0, String::new(), generation, ServerState::New)
+        self.insert_server(id, key, addr, Endpoints::of_target(addr), 0, String::new(), generation, ServerState::New)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -489,6 +492,7 @@ impl Connections {
         self: &Arc<Self>,
         id: u64,
         key: &PoolKey,
+        addr: &crate::topology::ServerAddr,
         endpoints: Endpoints,
         remote_pid: i32,
         tls: String,
@@ -499,6 +503,7 @@ impl Connections {
         let entry = Arc::new(ServerEntry {
             id,
             key: key.clone(),
+            server: addr.clone(),
             endpoints,
             connect_time: now,
             remote_pid,
@@ -715,7 +720,8 @@ mod tests {
             application_name: "",
             stream: &client_stream,
         });
-        let server = registry.register_server(2, &key(), &server_stream, 4242, 0);
+        let addr = crate::topology::ServerAddr { host: "127.0.0.1".into(), port: 5432 };
+        let server = registry.register_server(2, &key(), &addr, &server_stream, 4242, 0);
         client.waiting();
         assert_eq!(registry.client(1).unwrap().state(), ClientState::Waiting);
         client.attached(Some(&server), Instant::now());

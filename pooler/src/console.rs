@@ -5,7 +5,7 @@
 
 use crate::admin::rows::{ConfigRow, DatabaseRow, Lists, PoolRow, PoolerState, SocketRow, StatsRow, UserRow};
 use crate::admin::{AdminBackend, AdminError, ShutdownMode};
-use crate::pool::{Pool, PoolKey};
+use crate::pool::{CloseMark, Pool, PoolKey};
 use crate::runtime::Shared;
 use crate::shutdown::Signal;
 use async_trait::async_trait;
@@ -89,11 +89,11 @@ impl AdminBackend for ConsoleBackend {
     }
 
     async fn servers(&self) -> Vec<SocketRow> {
-        let generations: HashMap<PoolKey, u64> =
-            self.shared.pools.all().iter().map(|p| (p.key.clone(), p.generation())).collect();
+        let marks: HashMap<PoolKey, CloseMark> =
+            self.shared.pools.all().iter().map(|p| (p.key.clone(), p.close_mark())).collect();
         let now = Instant::now();
         let used: HashSet<u64> = self.shared.pools.all().iter().flat_map(|p| p.used_servers(now)).collect();
-        self.shared.pools.connections.servers().iter().map(|s| socket_rows::server(s, &generations, &used)).collect()
+        self.shared.pools.connections.servers().iter().map(|s| socket_rows::server(s, &marks, &used)).collect()
     }
 
     async fn clients(&self) -> Vec<SocketRow> {
@@ -243,8 +243,8 @@ impl AdminBackend for ConsoleBackend {
         self.pools_of_for(db, "wait in")?;
         let start = Instant::now();
         loop {
-            let generations: HashMap<PoolKey, u64> =
-                self.shared.pools.all().iter().map(|p| (p.key.clone(), p.generation())).collect();
+            let marks: HashMap<PoolKey, CloseMark> =
+                self.shared.pools.all().iter().map(|p| (p.key.clone(), p.close_mark())).collect();
             let pending = self
                 .shared
                 .pools
@@ -252,7 +252,7 @@ impl AdminBackend for ConsoleBackend {
                 .servers()
                 .iter()
                 .filter(|s| db.is_none_or(|d| &*s.key.database == d))
-                .filter(|s| socket_rows::close_needed(s, &generations))
+                .filter(|s| socket_rows::close_needed(s, &marks))
                 .count();
             if pending == 0 {
                 return Ok(());

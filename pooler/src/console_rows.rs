@@ -1,10 +1,11 @@
 //! SHOW CLIENTS and SHOW SERVERS rows from the connection registry's entries, in PgBouncer's
 //! terms: `ptr`/`link` as hex ids, client states active/waiting, server states active/idle/tested,
-//! close_needed for server connections older than their pool's last RECONNECT or KILL.
+//! close_needed for server connections older than their pool's last RECONNECT or KILL, or to a
+//! server that left the database's list.
 
 use crate::admin::rows::SocketRow;
 use crate::connections::{ClientEntry, ClientState, ServerEntry, ServerState};
-use crate::pool::PoolKey;
+use crate::pool::{CloseMark, PoolKey};
 use std::collections::{HashMap, HashSet};
 
 /// PgBouncer prints a socket's address as `ptr`; ours is its id in the same hex form.
@@ -17,9 +18,10 @@ fn ptr(id: u64) -> String {
 }
 
 /// Whether the server connection must close when released (opened before its pool's last
-/// RECONNECT, KILL or PAUSE drain, or its pool is gone).
-pub fn close_needed(server: &ServerEntry, generations: &HashMap<PoolKey, u64>) -> bool {
-    generations.get(&server.key).is_none_or(|&current| server.generation < current)
+/// RECONNECT, KILL or PAUSE drain, to a server that left the database's list, or its pool is
+/// gone).
+pub fn close_needed(server: &ServerEntry, marks: &HashMap<PoolKey, CloseMark>) -> bool {
+    marks.get(&server.key).is_none_or(|mark| mark.closes(server.generation, &server.server))
 }
 
 pub fn client(c: &ClientEntry) -> SocketRow {
@@ -55,7 +57,7 @@ pub fn client(c: &ClientEntry) -> SocketRow {
 }
 
 /// `used`: the ids of idle connections past server_check_delay ([`crate::pool::Pool::used_servers`]).
-pub fn server(s: &ServerEntry, generations: &HashMap<PoolKey, u64>, used: &HashSet<u64>) -> SocketRow {
+pub fn server(s: &ServerEntry, marks: &HashMap<PoolKey, CloseMark>, used: &HashSet<u64>) -> SocketRow {
     SocketRow {
         kind: 'S',
         user: s.key.user.to_string(),
@@ -77,7 +79,7 @@ pub fn server(s: &ServerEntry, generations: &HashMap<PoolKey, u64>, used: &HashS
         request_time: s.request_time(),
         wait: 0,
         wait_us: 0,
-        close_needed: close_needed(s, generations),
+        close_needed: close_needed(s, marks),
         ptr: ptr(s.id),
         link: if s.state() == ServerState::Active { ptr(s.client()) } else { String::new() },
         remote_pid: s.remote_pid,

@@ -172,6 +172,21 @@ enum Next {
     Wait(oneshot::Receiver<Grant>),
 }
 
+/// [`Pool::close_mark`].
+#[derive(Debug, Clone)]
+pub struct CloseMark {
+    pub generation: u64,
+    /// Set while connections to servers that left the list may remain.
+    pub servers: Option<Arc<[ServerAddr]>>,
+}
+
+impl CloseMark {
+    /// Whether a connection opened at `generation` to `server` closes when released.
+    pub fn closes(&self, generation: u64, server: &ServerAddr) -> bool {
+        generation < self.generation || self.servers.as_ref().is_some_and(|list| !list.contains(server))
+    }
+}
+
 impl Pool {
     fn new(
         key: PoolKey,
@@ -809,8 +824,14 @@ impl Pool {
         if self.settings().log_connections {
             tracing::info!(id = conn.id, server = %conn.addr, database = %self.key.database, user = %self.key.user, "new server connection");
         }
-        let registration =
-            self.connections.register_server(conn.id, &self.key, &conn.stream, conn.key.process_id, conn.generation);
+        let registration = self.connections.register_server(
+            conn.id,
+            &self.key,
+            &conn.addr,
+            &conn.stream,
+            conn.key.process_id,
+            conn.generation,
+        );
         conn.registration = Some(registration);
     }
 
@@ -818,6 +839,14 @@ impl Pool {
     /// older and close when released (close_needed).
     pub fn generation(&self) -> u64 {
         self.lock().generation
+    }
+
+    /// Which of its server connections close when released: those older than the current
+    /// generation, and, after a server left a database's list (a standby lost), those to a
+    /// server no longer in it.
+    pub fn close_mark(&self) -> CloseMark {
+        let st = self.lock();
+        CloseMark { generation: st.generation, servers: st.pruning.then(|| st.servers.clone()) }
     }
 
     /// KILL: waiting clients are refused, idle connections closed, checked-out ones closed
@@ -958,4 +987,46 @@ fn take_one(counter: &AtomicU32, max: u32) -> bool {
         return true;
     }
     counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_ok()
+}
+
+#[cfg(test)]
+mod close_mark_tests {
+    use super::*;
+    use crate::config::PoolerConfig;
+
+    /// After a standby left a database's list, the connections to it close when released
+    /// (SHOW SERVERS close_needed, WAIT_CLOSE) and those to the others stay; a move to other
+    /// servers altogether closes every connection opened before it.
+    #[tokio::test]
+    async fn connections_to_a_server_that_left_the_list_are_marked_to_close() {
+        let text = "auth_type = \"trust\"\n[databases.app]\nhost = \"10.0.0.1\"\n";
+        let config: PoolerConfig = consensus::config_file::parse(std::path::Path::new("pooler.toml"), text).unwrap();
+        let shared = crate::runtime::Shared::new(config.clone(), None).unwrap();
+        let target = shared.topology().target("app").unwrap();
+        let at = |port| ServerAddr { host: "10.0.0.1".into(), port };
+        let (a, b, c) = (at(5432), at(5433), at(5434));
+        let settings = || PoolSettings::new(&config, &target, None, None);
+        let pool = shared.pools.get_or_create(crate::pool::PoolKeyRef { database: "app", user: "u" }, || {
+            let login = LoginTarget {
+                addr: a.clone(),
+                dbname: "app".into(),
+                user: "u".into(),
+                credential: crate::auth::ServerCredential::None,
+                connect_timeout: Duration::from_secs(1),
+                tcp: Default::default(),
+                tls: shared.server_tls(),
+            };
+            (settings(), login, vec![a.clone(), b.clone()].into())
+        });
+        let opened = pool.generation();
+        let mark = pool.close_mark();
+        assert!(!mark.closes(opened, &a) && !mark.closes(opened, &b));
+        pool.update_settings(settings(), &vec![a.clone()].into(), "app", shared.server_tls());
+        let mark = pool.close_mark();
+        assert!(mark.closes(opened, &b), "a connection to the standby that left stays");
+        assert!(!mark.closes(opened, &a), "a connection to the remaining standby closes");
+        pool.update_settings(settings(), &vec![c.clone()].into(), "app", shared.server_tls());
+        let mark = pool.close_mark();
+        assert!(mark.closes(opened, &a) && !mark.closes(pool.generation(), &c));
+    }
 }
