@@ -62,6 +62,10 @@ pub struct PoolerConfig {
     pub max_client_conn: u32,
     pub max_db_connections: u32,
     pub max_user_connections: u32,
+    /// Logged-in clients per database, over all users (0: no limit; PgBouncer 1.24).
+    pub max_db_client_connections: u32,
+    /// Logged-in clients per user, over all databases (0: no limit; PgBouncer 1.24).
+    pub max_user_client_connections: u32,
     pub max_prepared_statements: u32,
     pub server_lifetime: f64,
     pub server_idle_timeout: f64,
@@ -265,6 +269,8 @@ impl Default for PoolerConfig {
             max_client_conn: 100,
             max_db_connections: 0,
             max_user_connections: 0,
+            max_db_client_connections: 0,
+            max_user_client_connections: 0,
             max_prepared_statements: 200,
             server_lifetime: 3600.0,
             server_idle_timeout: 600.0,
@@ -348,6 +354,9 @@ pub struct DatabaseConfig {
     pub reserve_pool: Option<u32>,
     #[serde(default)]
     pub max_db_connections: Option<u32>,
+    /// This database's limit on logged-in clients over all users (0: none).
+    #[serde(default)]
+    pub max_db_client_connections: Option<u32>,
     #[serde(default)]
     pub auth_user: Option<String>,
     /// With `cluster_role = "replica"` or `"read-only"`: this database's limit on a standby's
@@ -364,6 +373,9 @@ pub struct UserConfig {
     pub pool_mode: Option<PoolMode>,
     #[serde(default)]
     pub max_user_connections: Option<u32>,
+    /// This user's limit on logged-in clients over all databases (0: none).
+    #[serde(default)]
+    pub max_user_client_connections: Option<u32>,
 }
 
 fn default_port() -> u16 {

@@ -124,6 +124,7 @@ impl AdminBackend for ConsoleBackend {
                     pool_mode: t.pool_mode.map(mode_name),
                     max_connections: t.max_db_connections.unwrap_or(config.max_db_connections),
                     current_connections: mine.iter().map(|p| p.counts().0).sum(),
+                    max_client_connections: t.max_db_client_connections.unwrap_or(config.max_db_client_connections),
                     current_client_connections: mine.iter().map(|p| p.stats.clients.load(Ordering::Relaxed)).sum(),
                     paused: !mine.is_empty() && mine.iter().all(|p| p.is_paused()),
                     disabled: self.shared.pools.connections.is_disabled(&t.name),
@@ -133,16 +134,33 @@ impl AdminBackend for ConsoleBackend {
             .collect()
     }
 
+    /// The `[users]` entries and every user with a pool, with their limits (their own, else
+    /// the global ones) and what their pools hold now.
     async fn users(&self) -> Vec<UserRow> {
-        self.shared
-            .config()
-            .users
-            .iter()
-            .map(|(name, u)| UserRow {
-                name: name.clone(),
-                pool_mode: u.pool_mode.map(mode_name),
-                max_user_connections: u.max_user_connections.unwrap_or(0),
-                ..Default::default()
+        let config = self.shared.config();
+        let pools = self.shared.pools.all();
+        let mut names: Vec<String> = config.users.keys().cloned().collect();
+        names.extend(pools.iter().map(|p| p.key.user.to_string()));
+        names.sort_unstable();
+        names.dedup();
+        names
+            .into_iter()
+            .map(|name| {
+                let own = config.users.get(&name);
+                let mine: Vec<_> = pools.iter().filter(|p| *p.key.user == *name).collect();
+                UserRow {
+                    pool_mode: own.and_then(|u| u.pool_mode).map(mode_name),
+                    max_user_connections: own
+                        .and_then(|u| u.max_user_connections)
+                        .unwrap_or(config.max_user_connections),
+                    current_connections: mine.iter().map(|p| p.counts().0).sum(),
+                    max_user_client_connections: own
+                        .and_then(|u| u.max_user_client_connections)
+                        .unwrap_or(config.max_user_client_connections),
+                    current_client_connections: mine.iter().map(|p| p.stats.clients.load(Ordering::Relaxed)).sum(),
+                    name,
+                    ..Default::default()
+                }
             })
             .collect()
     }

@@ -115,6 +115,7 @@ pub struct DatabaseTarget {
     pub min_pool_size: Option<u32>,
     pub reserve_pool: Option<u32>,
     pub max_db_connections: Option<u32>,
+    pub max_db_client_connections: Option<u32>,
 }
 
 impl DatabaseTarget {
@@ -172,6 +173,7 @@ impl StaticTopology {
                 min_pool_size: db.min_pool_size,
                 reserve_pool: db.reserve_pool,
                 max_db_connections: db.max_db_connections,
+                max_db_client_connections: db.max_db_client_connections,
             };
             if name == "*" {
                 topology.fallback = Some(target);

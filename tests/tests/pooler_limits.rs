@@ -184,3 +184,55 @@ async fn first_value(client: &tokio_postgres::Client, sql: &str) -> Option<Strin
         _ => None,
     })
 }
+
+/// The FATAL a refused login got.
+fn refusal(err: anyhow::Error) -> (String, String) {
+    let db = err.chain().find_map(|e| e.downcast_ref::<tokio_postgres::Error>()).and_then(|e| e.as_db_error());
+    let db = db.unwrap_or_else(|| panic!("expected a server error, got {err:#}"));
+    (db.code().code().to_owned(), db.message().to_owned())
+}
+
+/// PgBouncer 1.24's client limits: max_db_client_connections counts a database's clients over
+/// all users, `[users.X] max_user_client_connections` a user's over all databases; a client
+/// past either is refused with PgBouncer's words, a freed place is taken again, SHOW
+/// DATABASES and SHOW USERS show limit and count, and admin_users are not held back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_limits_per_database_and_per_user_refuse_with_pgbouncers_errors() {
+    let pg = postgres().await;
+    let pooler =
+        PoolerProcess::start(&pg, "stats_users = [\"postgres\"]\nmax_db_client_connections = 2").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut held = vec![pooler.connect().await.unwrap(), pooler.connect().await.unwrap()];
+    let Err(err) = pooler.connect().await else { panic!("a third client of the database must be refused") };
+    assert_eq!(refusal(err), ("08P01".into(), "client connections exceeded (max_db_client_connections)".into()));
+    let console = pooler.connect_dsn(&pooler.dsn("pgbouncer")).await.unwrap();
+    let databases = harness::pooler::show(&console, "DATABASES").await;
+    let row = databases.iter().find(|r| r["name"] == "postgres").expect("the database's row");
+    assert_eq!((row["max_client_connections"].as_str(), row["current_client_connections"].as_str()), ("2", "2"));
+    let users = harness::pooler::show(&console, "USERS").await;
+    let row = users.iter().find(|r| r["name"] == "postgres").expect("a user with a pool has a row");
+    assert_eq!((row["max_user_client_connections"].as_str(), row["current_client_connections"].as_str()), ("0", "2"));
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    held.push(pooler.connect().await.unwrap());
+    for client in &held {
+        client.simple_query("select 1").await.unwrap();
+    }
+    drop((held, console, pooler));
+
+    let settings = "[users.postgres]\nmax_user_client_connections = 1";
+    let pooler = PoolerProcess::start(&pg, settings).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let first = pooler.connect().await.unwrap();
+    let Err(err) = pooler.connect().await else { panic!("a second client of the user must be refused") };
+    assert_eq!(refusal(err), ("08P01".into(), "client connections exceeded (max_user_client_connections)".into()));
+    first.simple_query("select 1").await.unwrap();
+    drop((first, pooler));
+
+    let settings = "admin_users = [\"postgres\"]\nmax_db_client_connections = 1\nmax_user_client_connections = 1";
+    let pooler = PoolerProcess::start(&pg, settings).await.unwrap();
+    let admins = [pooler.connect().await.unwrap(), pooler.connect().await.unwrap(), pooler.connect().await.unwrap()];
+    for client in &admins {
+        client.simple_query("select 1").await.unwrap();
+    }
+}

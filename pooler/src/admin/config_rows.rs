@@ -62,6 +62,8 @@ fn settings(c: &PoolerConfig) -> Vec<(&'static str, Option<String>, bool)> {
         ("max_client_conn", Some(c.max_client_conn.to_string()), true),
         ("max_db_connections", Some(c.max_db_connections.to_string()), true),
         ("max_user_connections", Some(c.max_user_connections.to_string()), true),
+        ("max_db_client_connections", Some(c.max_db_client_connections.to_string()), true),
+        ("max_user_client_connections", Some(c.max_user_client_connections.to_string()), true),
         ("max_prepared_statements", Some(c.max_prepared_statements.to_string()), true),
         ("server_lifetime", Some(secs(c.server_lifetime)), true),
         ("server_idle_timeout", Some(secs(c.server_idle_timeout)), true),

@@ -37,6 +37,8 @@ pub(super) struct LoggedIn {
     pub cancel: Arc<CancelSlot>,
     /// Its entry in SHOW CLIENTS (KILL and KILL_CLIENT find it there).
     pub me: ClientHandle,
+    /// Its place in max_db_client_connections / max_user_client_connections.
+    pub admission: crate::pool::Admission,
 }
 
 /// Where a client goes after the startup phase.
@@ -128,6 +130,29 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
         Some(pool) => pool,
         None => Box::pin(new_pool(shared, &config, &credentials, &target, key, client_credential)).await,
     };
+    // admin_users are not held back by the client limits, as in PgBouncer: they must be able
+    // to log in to look.
+    let admission = if config.admin_users.iter().any(|admin| admin == user) {
+        pool.admit_client(0, 0)
+    } else {
+        let user_limit = config.users.get(user).and_then(|u| u.max_user_client_connections);
+        pool.admit_client(
+            target.max_db_client_connections.unwrap_or(config.max_db_client_connections),
+            user_limit.unwrap_or(config.max_user_client_connections),
+        )
+    };
+    let admission = match admission {
+        Ok(admission) => admission,
+        Err(limit) => {
+            shared.stats.count_error(match limit {
+                crate::pool::ClientLimit::Database => "max_db_client_connections",
+                crate::pool::ClientLimit::User => "max_user_client_connections",
+            });
+            tracing::info!(user, database, "refusing client: {}", limit.message());
+            let _ = send_fatal(stream, "08P01", limit.message()).await;
+            return None;
+        }
+    };
     let welcome = match pool.welcome_for(asked) {
         Some(welcome) => welcome,
         None => Box::pin(first_welcome(stream, &pool, &startup, asked)).await?,
@@ -146,7 +171,7 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
     let application_name = asked[TrackedParam::ApplicationName.index()].unwrap_or_default();
     let me = register(shared, names_of(&pool.key), application_name, stream, config.log_connections);
     let (params, settings) = (welcome.params, welcome.settings);
-    Some(Outcome::Pool(LoggedIn { pool, settings, params, key, cancel, me }))
+    Some(Outcome::Pool(LoggedIn { pool, settings, params, key, cancel, me, admission }))
 }
 
 /// The credential a `trust` login passes on to the server, when it is known without waiting:

@@ -148,6 +148,7 @@ impl Relay {
             limits: crate::protocol::FrameLimits { max_message_len: config.max_packet_size, ..Default::default() },
         };
         login.pool.stats.clients.fetch_add(1, Ordering::Relaxed);
+        login.admission.into_relay();
         // Who may park: plain sockets whose idle wait has no timer (see `next_idle_event`).
         if !client.is_tls() && login.settings.client_idle_timeout.is_none() {
             shared.parking.logged_in(login.me.entry_arc());
@@ -1008,7 +1009,7 @@ impl Relay {
             };
             super::log_client_closed(self.me.entry(), &reason);
         }
-        self.pool.stats.clients.fetch_sub(1, Ordering::Relaxed);
+        self.pool.client_left();
         self.shared.cancels.unregister(self.key);
         // After an error the pooler sent, shut the write side first: bytes the client sent
         // that were never read would otherwise make the close a reset, which can discard the

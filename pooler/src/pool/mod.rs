@@ -187,7 +187,74 @@ impl CloseMark {
     }
 }
 
+/// Which client limit a login ran into ([`Pool::admit_client`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientLimit {
+    Database,
+    User,
+}
+
+impl ClientLimit {
+    /// PgBouncer's words for the refusal.
+    pub fn message(self) -> &'static str {
+        match self {
+            ClientLimit::Database => "client connections exceeded (max_db_client_connections)",
+            ClientLimit::User => "client connections exceeded (max_user_client_connections)",
+        }
+    }
+}
+
+/// A login counted in its database's and user's clients; the count is given back when this
+/// is dropped, unless the client's relay took it over ([`Admission::into_relay`]).
+#[must_use]
+pub struct Admission {
+    pool: Arc<Pool>,
+    armed: bool,
+}
+
+impl Admission {
+    /// The relay counts the client from now on and gives the count back when it ends
+    /// ([`Pool::client_left`]).
+    pub fn into_relay(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if self.armed {
+            self.pool.db_conns.clients.fetch_sub(1, Ordering::Relaxed);
+            self.pool.user_conns.clients.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 impl Pool {
+    /// Counts a new client of this pool in its database's and its user's clients, unless
+    /// that would pass `db_limit` or `user_limit` (0: no limit).
+    pub fn admit_client(self: &Arc<Self>, db_limit: u32, user_limit: u32) -> Result<Admission, ClientLimit> {
+        if !take_one(&self.db_conns.clients, db_limit) {
+            return Err(ClientLimit::Database);
+        }
+        if !take_one(&self.user_conns.clients, user_limit) {
+            self.db_conns.clients.fetch_sub(1, Ordering::Relaxed);
+            return Err(ClientLimit::User);
+        }
+        Ok(Admission { pool: self.clone(), armed: true })
+    }
+
+    /// A client whose relay took over its [`Admission`] has left.
+    pub fn client_left(&self) {
+        self.stats.clients.fetch_sub(1, Ordering::Relaxed);
+        self.db_conns.clients.fetch_sub(1, Ordering::Relaxed);
+        self.user_conns.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Logged-in clients of this pool's database and of its user, over all their pools.
+    pub fn client_counts(&self) -> (u32, u32) {
+        (self.db_conns.clients.load(Ordering::Relaxed), self.user_conns.clients.load(Ordering::Relaxed))
+    }
+
     fn new(
         key: PoolKey,
         settings: PoolSettings,
@@ -981,6 +1048,7 @@ fn outlived(conn: &ServerConn, life: Duration, now: Instant) -> bool {
     conn.created.checked_add(life).is_some_and(|end| end <= now)
 }
 
+/// Adds one to `counter` unless that would pass `max` (0: no limit).
 fn take_one(counter: &AtomicU32, max: u32) -> bool {
     if max == 0 {
         counter.fetch_add(1, Ordering::Relaxed);

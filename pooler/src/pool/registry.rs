@@ -44,6 +44,9 @@ impl hashbrown::Equivalent<PoolKey> for PoolKeyRef<'_> {
 #[derive(Default)]
 pub(crate) struct ConnCounter {
     pub open: AtomicU32,
+    /// Logged-in clients of the database's (or user's) pools, for max_db_client_connections
+    /// and max_user_client_connections.
+    pub clients: AtomicU32,
     pools: Mutex<Vec<Weak<Pool>>>,
 }
 
