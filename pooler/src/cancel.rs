@@ -184,22 +184,28 @@ impl CancelRegistry {
             }
             return;
         };
-        let forward = async {
-            // Short-lived and bounded by `timeout`: no keepalive needed.
-            let mut stream = crate::server::open(&target.addr, &crate::tcp::TcpOptions::default()).await?;
-            let mut buf = BytesMut::new();
-            CancelRequest { process_id: target.process_id, secret_key: target.secret_key.clone() }.encode(&mut buf);
-            stream.write_all(&buf).await?;
-            // PostgreSQL closes the connection once it has read the request.
-            let mut sink = BytesMut::with_capacity(16);
-            let _ = tokio::io::AsyncReadExt::read_buf(&mut stream, &mut sink).await;
-            Ok::<(), crate::server::ServerError>(())
-        };
-        match crate::clock::timeout(timeout, forward).await {
-            Ok(Ok(())) => tracing::debug!(server = %target.addr, "cancel request forwarded"),
-            Ok(Err(e)) => tracing::warn!("cannot forward a cancel request: {e}"),
-            Err(_) => tracing::warn!(server = %target.addr, "cancel request to the server timed out"),
-        }
+        forward(&target, timeout).await;
+    }
+}
+
+/// Sends PostgreSQL a CancelRequest for the query running on `target`'s connection, bounded
+/// by `timeout`; failures are logged.
+pub async fn forward(target: &CancelTarget, timeout: Duration) {
+    let forward = async {
+        // Short-lived and bounded by `timeout`: no keepalive needed.
+        let mut stream = crate::server::open(&target.addr, &crate::tcp::TcpOptions::default()).await?;
+        let mut buf = BytesMut::new();
+        CancelRequest { process_id: target.process_id, secret_key: target.secret_key.clone() }.encode(&mut buf);
+        stream.write_all(&buf).await?;
+        // PostgreSQL closes the connection once it has read the request.
+        let mut sink = BytesMut::with_capacity(16);
+        let _ = tokio::io::AsyncReadExt::read_buf(&mut stream, &mut sink).await;
+        Ok::<(), crate::server::ServerError>(())
+    };
+    match crate::clock::timeout(timeout, forward).await {
+        Ok(Ok(())) => tracing::debug!(server = %target.addr, "cancel request forwarded"),
+        Ok(Err(e)) => tracing::warn!("cannot forward a cancel request: {e}"),
+        Err(_) => tracing::warn!(server = %target.addr, "cancel request to the server timed out"),
     }
 }
 

@@ -74,6 +74,9 @@ pub struct PoolerConfig {
     pub query_timeout: f64,
     pub query_wait_timeout: f64,
     pub idle_transaction_timeout: f64,
+    /// Seconds a transaction may last, from its first query to its end, before its client is
+    /// disconnected (0: no limit; PgBouncer 1.25).
+    pub transaction_timeout: f64,
     pub client_idle_timeout: f64,
     pub client_login_timeout: f64,
     pub server_reset_query: String,
@@ -279,6 +282,7 @@ impl Default for PoolerConfig {
             query_timeout: 0.0,
             query_wait_timeout: 120.0,
             idle_transaction_timeout: 0.0,
+            transaction_timeout: 0.0,
             client_idle_timeout: 0.0,
             client_login_timeout: 60.0,
             server_reset_query: "DISCARD ALL".into(),
@@ -401,6 +405,7 @@ impl Validate for PoolerConfig {
             ("query_timeout", self.query_timeout),
             ("query_wait_timeout", self.query_wait_timeout),
             ("idle_transaction_timeout", self.idle_transaction_timeout),
+            ("transaction_timeout", self.transaction_timeout),
             ("client_idle_timeout", self.client_idle_timeout),
             ("client_login_timeout", self.client_login_timeout),
             ("server_check_delay", self.server_check_delay),

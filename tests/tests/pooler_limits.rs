@@ -236,3 +236,56 @@ async fn client_limits_per_database_and_per_user_refuse_with_pgbouncers_errors()
         client.simple_query("select 1").await.unwrap();
     }
 }
+
+/// query_timeout: a query the server has not answered within it ends its client with
+/// PgBouncer's `query_timeout`, and the pooler cancels it on the server (PostgreSQL would run
+/// it to its end otherwise); transaction_timeout ends a client whose transaction lasts longer,
+/// busy or idle; shorter ones are not touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_timeout_and_transaction_timeout_end_the_client_and_stop_the_query() {
+    let pg = postgres().await;
+    let settings = "pool_mode = \"transaction\"\nquery_timeout = 1\ntransaction_timeout = 3";
+    let pooler = PoolerProcess::start(&pg, settings).await.unwrap();
+    let other = pooler.connect().await.unwrap();
+
+    let slow = pooler.connect().await.unwrap();
+    let started = Instant::now();
+    let err = slow.simple_query("select pg_sleep(30) /* slow one */").await.expect_err("query_timeout");
+    let took = started.elapsed();
+    assert_eq!(err.as_db_error().map(|e| (e.code().code(), e.message())), Some(("08P01", "query_timeout")), "{err:?}");
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "ended after {took:?}");
+    let running = "select count(*) from pg_stat_activity where query like '%slow one%' and state = 'active' \
+                   and pid <> pg_backend_pid()";
+    harness::wait_for("the slow query to be cancelled on the server", Duration::from_secs(5), || async {
+        Ok((pg.sql_value(running).await?.as_deref() == Some("0")).then_some(()))
+    })
+    .await
+    .unwrap();
+    other.simple_query("select pg_sleep(0.5)").await.unwrap();
+
+    // A transaction that stays open past transaction_timeout, idle or not.
+    let long = pooler.connect().await.unwrap();
+    long.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    long.simple_query("select pg_sleep(0.5)").await.unwrap();
+    let started = Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Err(e) = long.simple_query("select 1").await {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the transaction must be ended");
+    assert!(started.elapsed() < Duration::from_secs(3), "ended after {:?}", started.elapsed());
+    let fatal = err.as_db_error().map(|e| (e.code().code().to_owned(), e.message().to_owned()));
+    // The FATAL arrives while the client waits between its queries; the next query may find
+    // the connection closed instead.
+    assert!(fatal == Some(("08P01".into(), "transaction timeout".into())) || err.is_closed(), "{err:?}");
+    // A transaction shorter than the limit commits.
+    let quick = pooler.connect().await.unwrap();
+    quick.batch_execute("BEGIN; SELECT pg_sleep(0.5); COMMIT").await.unwrap();
+    other.simple_query("select 1").await.unwrap();
+}

@@ -72,6 +72,7 @@ fn settings(c: &PoolerConfig) -> Vec<(&'static str, Option<String>, bool)> {
         ("query_timeout", Some(secs(c.query_timeout)), true),
         ("query_wait_timeout", Some(secs(c.query_wait_timeout)), true),
         ("idle_transaction_timeout", Some(secs(c.idle_transaction_timeout)), true),
+        ("transaction_timeout", Some(secs(c.transaction_timeout)), true),
         ("client_idle_timeout", Some(secs(c.client_idle_timeout)), true),
         ("client_login_timeout", Some(secs(c.client_login_timeout)), true),
         ("server_reset_query", Some(c.server_reset_query.clone()), true),

@@ -54,10 +54,36 @@ enum Flow {
 enum Event {
     Client(std::io::Result<usize>),
     Server(std::io::Result<usize>),
-    IdleTimeout,
+    /// A time limit ran out.
+    Timeout(Limit),
     Shutdown,
     /// Idle long enough: the parking lot asks the relay to give up its task.
     Park,
+}
+
+/// The time limits on a client: between transactions, and on a transaction in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Limit {
+    /// client_idle_timeout: no transaction, nothing sent.
+    ClientIdle,
+    /// idle_transaction_timeout: in a transaction, no request under way.
+    IdleInTransaction,
+    /// query_timeout: a request the server has not answered.
+    Query,
+    /// transaction_timeout: the transaction as a whole.
+    Transaction,
+}
+
+impl Limit {
+    /// The error counted and the client's FATAL (PgBouncer's words).
+    fn error(self) -> (&'static str, &'static str) {
+        match self {
+            Limit::ClientIdle => ("client_idle_timeout", "client_idle_timeout"),
+            Limit::IdleInTransaction => ("idle_transaction_timeout", "idle transaction timeout"),
+            Limit::Query => ("query_timeout", "query_timeout"),
+            Limit::Transaction => ("transaction_timeout", "transaction timeout"),
+        }
+    }
 }
 
 pub(super) struct Relay {
@@ -261,9 +287,10 @@ impl Relay {
                         Ok(Flow::Idle) => {}
                     }
                 }
-                Event::IdleTimeout => {
-                    self.pool.stats.count_error("client_idle_timeout");
-                    return Some(End::fatal("08P01", "client_idle_timeout"));
+                Event::Timeout(limit) => {
+                    let (kind, message) = limit.error();
+                    self.pool.stats.count_error(kind);
+                    return Some(End::fatal("08P01", message));
                 }
                 Event::Shutdown => return Some(End::fatal("57P01", crate::connections::SHUTTING_DOWN)),
                 Event::Park => return None,
@@ -418,9 +445,18 @@ impl Relay {
                     return Err(End::fatal("08006", "server conn crashed?"));
                 }
                 Event::Server(Ok(_)) => self.on_server_bytes().await?,
-                Event::IdleTimeout => {
-                    self.pool.stats.count_error("idle_transaction_timeout");
-                    return Err(End::fatal("08P01", "idle transaction timeout"));
+                Event::Timeout(limit) => {
+                    if limit == Limit::Query {
+                        // Stop the query too: PostgreSQL would run it to its end after the
+                        // connection closed.
+                        if let Some(server) = &self.server {
+                            let (target, timeout) = (server.cancel.clone(), self.settings.server_connect_timeout);
+                            tokio::spawn(async move { crate::cancel::forward(&target, timeout).await });
+                        }
+                    }
+                    let (kind, message) = limit.error();
+                    self.pool.stats.count_error(kind);
+                    return Err(End::fatal("08P01", message));
                 }
                 Event::Shutdown => return Err(End::fatal("57P01", crate::connections::SHUTTING_DOWN)),
                 Event::Park => {}
@@ -429,17 +465,44 @@ impl Relay {
         Ok(())
     }
 
-    /// Waits for bytes from the client or its server, or for idle_transaction_timeout.
+    /// The first of the transaction's time limits to run out, if any is set and applies now.
+    fn next_limit(&self, idle_in_transaction: bool) -> Option<(Instant, Limit)> {
+        let settings = &self.settings;
+        if settings.idle_transaction_timeout.is_none()
+            && settings.query_timeout.is_none()
+            && settings.transaction_timeout.is_none()
+        {
+            return None;
+        }
+        let io = self.io.as_ref();
+        let (query_started, attached_at) = (io.and_then(|io| io.query_started), io.and_then(|io| io.attached_at));
+        let in_flight = self.session.requests_in_flight() > 0;
+        let in_transaction = in_flight || self.session.transaction_status() != crate::protocol::TransactionStatus::Idle;
+        let idle = settings
+            .idle_transaction_timeout
+            .filter(|_| idle_in_transaction)
+            .map(|t| (Instant::now() + t, Limit::IdleInTransaction));
+        let query =
+            settings.query_timeout.zip(query_started.filter(|_| in_flight)).map(|(t, at)| (at + t, Limit::Query));
+        let transaction = settings
+            .transaction_timeout
+            .zip(attached_at.filter(|_| in_transaction))
+            .map(|(t, at)| (at + t, Limit::Transaction));
+        [idle, query, transaction].into_iter().flatten().min_by_key(|(at, _)| *at)
+    }
+
+    /// Waits for bytes from the client or its server, or for a time limit
+    /// (idle_transaction_timeout, query_timeout, transaction_timeout).
     async fn next_busy_event(&mut self) -> Event {
+        let idle_in_transaction = self.session.transaction_status() != crate::protocol::TransactionStatus::Idle
+            && self.session.requests_in_flight() == 0;
+        let timeout = self.next_limit(idle_in_transaction);
         let Some(server) = self.server.as_mut() else {
             return Event::Server(Ok(0));
         };
         buffers::lend(&mut self.cin);
         let io = buffers::io(&mut self.io);
         buffers::lend(&mut io.sin);
-        let idle_in_transaction = self.session.transaction_status() != crate::protocol::TransactionStatus::Idle
-            && self.session.requests_in_flight() == 0;
-        let timeout = self.settings.idle_transaction_timeout.filter(|_| idle_in_transaction);
         // Session mode keeps the server between transactions: shutdown ends the client there.
         let between_transactions = self.session.transaction_status() == crate::protocol::TransactionStatus::Idle
             && self.session.requests_in_flight() == 0;
@@ -483,11 +546,11 @@ impl Relay {
                 r = client_read => Event::Client(r),
                 _ = stop => Event::Shutdown,
             },
-            Some(t) => tokio::select! {
+            Some((at, limit)) => tokio::select! {
                 biased;
                 r = server_read => Event::Server(r),
                 r = client_read => Event::Client(r),
-                _ = crate::clock::sleep(t) => Event::IdleTimeout,
+                _ = crate::clock::sleep_until(at.into()) => Event::Timeout(limit),
                 _ = stop => Event::Shutdown,
             },
         }
@@ -555,7 +618,7 @@ impl Relay {
             return match self.settings.client_idle_timeout {
                 Some(t) => tokio::select! {
                     r = read => Event::Client(r),
-                    _ = crate::clock::sleep(t) => Event::IdleTimeout,
+                    _ = crate::clock::sleep(t) => Event::Timeout(Limit::ClientIdle),
                     _ = stopping.wait() => Event::Shutdown,
                 },
                 None => tokio::select! {
@@ -576,7 +639,7 @@ impl Relay {
             let ready = match deadline {
                 Some(at) => tokio::select! {
                     r = readable => r,
-                    _ = crate::clock::sleep_until(at) => return Event::IdleTimeout,
+                    _ = crate::clock::sleep_until(at) => return Event::Timeout(Limit::ClientIdle),
                     _ = stopping.wait() => return Event::Shutdown,
                 },
                 None => tokio::select! {

@@ -23,6 +23,11 @@ pub struct PoolSettings {
     pub server_reset_query: String,
     pub server_reset_query_always: bool,
     pub idle_transaction_timeout: Option<Duration>,
+    /// query_timeout: a request the server has not answered this long is cancelled and its
+    /// client disconnected.
+    pub query_timeout: Option<Duration>,
+    /// transaction_timeout: a transaction this old disconnects its client.
+    pub transaction_timeout: Option<Duration>,
     pub client_idle_timeout: Option<Duration>,
     /// Period of SHOW STATS_AVERAGES.
     pub stats_period: Duration,
@@ -63,6 +68,8 @@ impl PoolSettings {
             server_reset_query: config.server_reset_query.trim().to_owned(),
             server_reset_query_always: config.server_reset_query_always,
             idle_transaction_timeout: secs(config.idle_transaction_timeout),
+            query_timeout: secs(config.query_timeout),
+            transaction_timeout: secs(config.transaction_timeout),
             client_idle_timeout: secs(config.client_idle_timeout),
             stats_period: secs(config.stats_period).unwrap_or(Duration::from_secs(60)),
             tcp: crate::tcp::TcpOptions::from_config(config),
