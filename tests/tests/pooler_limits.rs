@@ -289,3 +289,35 @@ async fn query_timeout_and_transaction_timeout_end_the_client_and_stop_the_query
     quick.batch_execute("BEGIN; SELECT pg_sleep(0.5); COMMIT").await.unwrap();
     other.simple_query("select 1").await.unwrap();
 }
+
+/// server_login_retry: after a failed login to a server, clients that would open a new
+/// connection to it are refused at once with PgBouncer's "server login has been failing" (and
+/// the cause) instead of each trying again; after the wait the next client tries again. Other
+/// databases are not touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failed_server_login_clients_fail_fast_until_server_login_retry_has_passed() {
+    let pg = postgres().await;
+    let nowhere = harness::ports::free_port().unwrap();
+    let settings = format!("server_login_retry = 2\n[databases.nowhere]\nhost = \"127.0.0.1\"\nport = {nowhere}");
+    let pooler = PoolerProcess::start(&pg, &settings).await.unwrap();
+    let dsn = format!("host=127.0.0.1 port={} user=postgres dbname=nowhere", pooler.port());
+    let message = |err: anyhow::Error| {
+        let db = err.chain().find_map(|e| e.downcast_ref::<tokio_postgres::Error>()).and_then(|e| e.as_db_error());
+        db.map(|e| e.message().to_owned()).unwrap_or_else(|| format!("{err:#}"))
+    };
+    let first = message(pooler.connect_dsn(&dsn).await.expect_err("nothing listens there"));
+    assert!(!first.contains("server login has been failing"), "the first client tries: {first}");
+    let failed_at = Instant::now();
+    let second = message(pooler.connect_dsn(&dsn).await.expect_err("still nothing there"));
+    assert!(
+        second.starts_with("server login has been failing, try again later (server_login_retry)")
+            && second.contains(&first),
+        "a client within server_login_retry is refused at once with the cause: {second}"
+    );
+    pooler.connect().await.unwrap().simple_query("select 1").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2).saturating_sub(failed_at.elapsed()) + Duration::from_millis(200)).await;
+    let third = message(pooler.connect_dsn(&dsn).await.expect_err("still nothing there"));
+    assert!(!third.contains("server login has been failing"), "after the wait a client tries again: {third}");
+    let log = pooler.log();
+    assert_eq!(log.matches("login refused: no server connection").count(), 3, "{log}");
+}

@@ -260,6 +260,7 @@ async fn first_welcome(
             tracing::warn!(database, user, "login refused: no server connection: {e}");
             let (code, message) = match &e {
                 crate::pool::AcquireError::Server(s) => (s.sqlstate().to_owned(), s.to_string()),
+                failing @ crate::pool::AcquireError::LoginFailing(_) => ("08P01".to_owned(), failing.to_string()),
                 other => ("08006".to_owned(), other.to_string()),
             };
             let _ = send_fatal(stream, &code, &message).await;

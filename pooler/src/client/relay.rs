@@ -904,6 +904,7 @@ impl Relay {
             Err(AcquireError::Server(e)) => {
                 return Err(End::Fatal { code: e.sqlstate().to_owned(), message: e.to_string() })
             }
+            Err(e @ AcquireError::LoginFailing(_)) => return Err(End::fatal("08P01", e.to_string())),
         };
         let state = conn.state.take().unwrap_or_else(|| Box::new(ServerState::default()));
         let io = buffers::io(&mut self.io);

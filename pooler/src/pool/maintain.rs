@@ -61,15 +61,16 @@ impl Pool {
     async fn fill_to_minimum(&self) {
         let login = {
             let mut st = self.lock();
-            if st.welcome.is_none()
-                || st.closed
-                || st.total >= st.settings.min_pool_size
-                || !self.try_open(&mut st, false)
-            {
+            if st.welcome.is_none() || st.closed || st.total >= st.settings.min_pool_size {
+                return;
+            }
+            // Every server failed a login within server_login_retry: not before then.
+            let Ok(login) = st.next_ready_login(Instant::now()) else { return };
+            if !self.try_open(&mut st, false) {
                 return;
             }
             st.active -= 1;
-            (st.next_login(), st.generation)
+            (login, st.generation)
         };
         let (login, generation) = login;
         match self.connect_new(&login).await {
@@ -83,6 +84,7 @@ impl Pool {
             }
             Err(e) => {
                 tracing::warn!("min_pool_size: {e}");
+                self.lock().login_failed(&login.addr, Instant::now(), e.to_string());
                 self.slot_freed(false);
             }
         }

@@ -37,6 +37,16 @@ pub enum AcquireError {
     /// The caller's `cancelled` future resolved while it waited (its client was killed).
     #[error("the wait was cancelled")]
     Cancelled,
+    /// Every server of the pool failed a login less than server_login_retry ago.
+    #[error("server login has been failing, try again later (server_login_retry): {0}")]
+    LoginFailing(String),
+}
+
+/// A server whose last login failed, skipped until `until` (server_login_retry).
+struct LoginFailure {
+    addr: ServerAddr,
+    until: Instant,
+    error: String,
 }
 
 /// What a waiting client is handed.
@@ -98,9 +108,32 @@ struct PoolState {
     closed: bool,
     /// PAUSE: no connection is handed out until RESUME.
     paused: bool,
+    /// Servers whose last login failed within server_login_retry.
+    login_failures: Vec<LoginFailure>,
 }
 
 impl PoolState {
+    /// The next server in turn whose last login did not fail within server_login_retry;
+    /// Err with the last failure's error when every one did.
+    fn next_ready_login(&mut self, now: Instant) -> Result<Arc<LoginTarget>, String> {
+        self.login_failures.retain(|f| f.until > now);
+        for _ in 0..self.servers.len().max(1) {
+            let login = self.next_login();
+            if !self.login_failures.iter().any(|f| f.addr == login.addr) {
+                return Ok(login);
+            }
+        }
+        Err(self.login_failures.last().map(|f| f.error.clone()).unwrap_or_default())
+    }
+
+    /// A login to `addr` failed: with server_login_retry, new connections skip it that long.
+    fn login_failed(&mut self, addr: &ServerAddr, now: Instant, error: String) {
+        self.login_failures.retain(|f| f.addr != *addr);
+        if let Some(retry) = self.settings.server_login_retry {
+            self.login_failures.push(LoginFailure { addr: addr.clone(), until: now + retry, error });
+        }
+    }
+
     /// How the next new server connection logs in: the pool's servers take turns.
     fn next_login(&mut self) -> Arc<LoginTarget> {
         let turn = self.next_server;
@@ -284,6 +317,7 @@ impl Pool {
                 generation: 0,
                 closed: false,
                 paused: false,
+                login_failures: Vec::new(),
             }),
             stats: PoolStats::default(),
             db_conns,
@@ -331,6 +365,11 @@ impl Pool {
             let pruned = gone && st.servers.iter().any(|old| servers.contains(old));
             if let Some(first) = servers.first() {
                 login.addr = first.clone();
+                if st.servers != *servers {
+                    // New information about the servers: a failed login is not held against
+                    // a server any more (it may be the new primary).
+                    st.login_failures.clear();
+                }
                 st.servers = servers.clone();
             }
             login.dbname = dbname.to_owned();
@@ -564,26 +603,39 @@ impl Pool {
                     // The generation of the login target: a connection opened to a server the
                     // database moved away from meanwhile (or across a RECONNECT) is closed at
                     // its release, and does not welcome clients.
-                    let (mut login, generation, servers) = {
-                        let mut st = self.lock();
-                        (st.next_login(), st.generation, st.servers.len())
+                    let (generation, servers) = {
+                        let st = self.lock();
+                        (st.generation, st.servers.len().max(1))
                     };
-                    let mut connected = self.connect_new(&login).await;
                     // One server of several out of reach (a standby that just went down, its
                     // member key not expired yet): the next ones are tried before the client
-                    // is told.
-                    for _ in 1..servers {
-                        let Err(e) = &connected else { break };
-                        tracing::warn!(
-                            server = %login.addr,
-                            database = %self.key.database,
-                            user = %self.key.user,
-                            "cannot open a server connection: {e}; trying the database's next server"
-                        );
-                        self.stats.count_error("server_login");
-                        login = self.lock().next_login();
-                        connected = self.connect_new(&login).await;
-                    }
+                    // is told. A server that failed a login within server_login_retry is not
+                    // tried again before then (PgBouncer's fail-fast).
+                    let mut tried = 0;
+                    let connected = loop {
+                        let next = self.lock().next_ready_login(Instant::now());
+                        let login = match next {
+                            Ok(login) => login,
+                            Err(last) => break Err(AcquireError::LoginFailing(last)),
+                        };
+                        match self.connect_new(&login).await {
+                            Ok(conn) => break Ok(conn),
+                            Err(e) => {
+                                self.stats.count_error("server_login");
+                                self.lock().login_failed(&login.addr, Instant::now(), e.to_string());
+                                tried += 1;
+                                if tried >= servers {
+                                    break Err(e.into());
+                                }
+                                tracing::warn!(
+                                    server = %login.addr,
+                                    database = %self.key.database,
+                                    user = %self.key.user,
+                                    "cannot open a server connection: {e}; trying the database's next server"
+                                );
+                            }
+                        }
+                    };
                     return match connected {
                         Ok(mut conn) => {
                             let mut st = self.lock();
@@ -596,9 +648,8 @@ impl Pool {
                             Ok(Box::new(conn))
                         }
                         Err(e) => {
-                            self.stats.count_error("server_login");
                             self.slot_freed(true);
-                            Err(e.into())
+                            Err(e)
                         }
                     };
                 }

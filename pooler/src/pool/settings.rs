@@ -18,6 +18,8 @@ pub struct PoolSettings {
     pub server_lifetime: Option<Duration>,
     pub server_idle_timeout: Option<Duration>,
     pub server_connect_timeout: Duration,
+    /// After a failed login to a server, how long new connections skip it.
+    pub server_login_retry: Option<Duration>,
     pub server_check_delay: Duration,
     pub server_check_query: String,
     pub server_reset_query: String,
@@ -63,6 +65,7 @@ impl PoolSettings {
             server_lifetime: secs(config.server_lifetime),
             server_idle_timeout: secs(config.server_idle_timeout),
             server_connect_timeout: secs(config.server_connect_timeout).unwrap_or(Duration::from_secs(15)),
+            server_login_retry: secs(config.server_login_retry),
             server_check_delay: Duration::from_secs_f64(config.server_check_delay),
             server_check_query: config.server_check_query.trim().to_owned(),
             server_reset_query: config.server_reset_query.trim().to_owned(),
