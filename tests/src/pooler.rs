@@ -278,6 +278,16 @@ impl ConnectionLoad {
         self.failures.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Stops the clients and checks that none failed and that queries went on after the
+    /// `before` answered until then (a takeover, a switchover); prints the counts.
+    pub async fn stop_expecting_no_failure(self, before: u32) -> u32 {
+        let (ok, failures) = self.stop().await;
+        eprintln!("new connections, each with a query: {before} before, {ok} in all, {} failed", failures.len());
+        assert!(failures.is_empty(), "connections failed:\n{}", failures.join("\n"));
+        assert!(ok > before, "the load did not go on ({before} queries before, {ok} in all)");
+        ok
+    }
+
     /// Stops the clients: (queries answered, failures).
     pub async fn stop(mut self) -> (u32, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);

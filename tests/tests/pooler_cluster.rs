@@ -301,13 +301,7 @@ async fn a_pooler_that_follows_the_cluster_is_taken_over_without_a_refused_conne
     let status = old.process().wait_exit(Duration::from_secs(15)).await.unwrap();
     assert!(status.success(), "{status:?}\n{}", old.log());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (ok, failures) = load.stop().await;
-    eprintln!(
-        "new connections, each with a query: {before} before the takeover, {ok} in all, {} failed",
-        failures.len()
-    );
-    assert!(failures.is_empty(), "connections failed during the takeover:\n{}", failures.join("\n"));
-    assert!(ok > before, "the load went on through the new pooler ({before} before, {ok} in all)");
+    load.stop_expecting_no_failure(before).await;
     let client = connect(&dsn).await.unwrap();
     assert_eq!(server_port(&client).await.unwrap(), cluster.nodes[primary].pg_port);
 }
