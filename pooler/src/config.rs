@@ -377,6 +377,16 @@ pub struct UserConfig {
     pub pool_mode: Option<PoolMode>,
     #[serde(default)]
     pub max_user_connections: Option<u32>,
+    /// This user's pools' size, in place of the database's pool_size and default_pool_size.
+    #[serde(default)]
+    pub pool_size: Option<u32>,
+    /// This user's pools' reserve, in place of the database's reserve_pool and
+    /// reserve_pool_size.
+    #[serde(default)]
+    pub reserve_pool_size: Option<u32>,
+    /// Seconds, in place of query_timeout for this user's requests (0: none).
+    #[serde(default)]
+    pub query_timeout: Option<f64>,
     /// This user's limit on logged-in clients over all databases (0: none).
     #[serde(default)]
     pub max_user_client_connections: Option<u32>,
@@ -412,6 +422,11 @@ impl Validate for PoolerConfig {
             ("shutdown_timeout", self.shutdown_timeout),
         ] {
             non_negative(key, v)?;
+        }
+        for (name, user) in &self.users {
+            if let Some(v) = user.query_timeout {
+                non_negative(&format!("users.{name}.query_timeout"), v)?;
+            }
         }
         for (name, db) in &self.databases {
             match (db.cluster_role, db.host.is_empty()) {

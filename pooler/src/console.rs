@@ -149,6 +149,8 @@ impl AdminBackend for ConsoleBackend {
                 let own = config.users.get(&name);
                 let mine: Vec<_> = pools.iter().filter(|p| *p.key.user == *name).collect();
                 UserRow {
+                    pool_size: own.and_then(|u| u.pool_size),
+                    reserve_pool_size: own.and_then(|u| u.reserve_pool_size),
                     pool_mode: own.and_then(|u| u.pool_mode).map(mode_name),
                     max_user_connections: own
                         .and_then(|u| u.max_user_connections)
@@ -159,7 +161,6 @@ impl AdminBackend for ConsoleBackend {
                         .unwrap_or(config.max_user_client_connections),
                     current_client_connections: mine.iter().map(|p| p.stats.clients.load(Ordering::Relaxed)).sum(),
                     name,
-                    ..Default::default()
                 }
             })
             .collect()

@@ -145,13 +145,7 @@ impl Shared {
         let topology = self.topology();
         for pool in self.pools.all() {
             let Some(target) = topology.target(&pool.key.database) else { continue };
-            let user = config.users.get(&*pool.key.user);
-            let settings = crate::pool::PoolSettings::new(
-                &config,
-                &target,
-                user.and_then(|u| u.pool_mode),
-                user.and_then(|u| u.max_user_connections),
-            );
+            let settings = crate::pool::PoolSettings::new(&config, &target, config.users.get(&*pool.key.user));
             if let Some(old) = pool.update_settings(settings, &target.servers, &target.dbname, self.server_tls()) {
                 tracing::info!(
                     database = &*pool.key.database,

@@ -225,12 +225,7 @@ async fn new_pool(
     };
     let user_config = config.users.get(key.user);
     shared.pools.get_or_create(key, || {
-        let settings = PoolSettings::new(
-            config,
-            target,
-            user_config.and_then(|u| u.pool_mode),
-            user_config.and_then(|u| u.max_user_connections),
-        );
+        let settings = PoolSettings::new(config, target, user_config);
         let login = LoginTarget {
             addr: target.server().clone(),
             dbname: target.dbname.clone(),

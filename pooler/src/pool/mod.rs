@@ -1124,7 +1124,7 @@ mod close_mark_tests {
         let target = shared.topology().target("app").unwrap();
         let at = |port| ServerAddr { host: "10.0.0.1".into(), port };
         let (a, b, c) = (at(5432), at(5433), at(5434));
-        let settings = || PoolSettings::new(&config, &target, None, None);
+        let settings = || PoolSettings::new(&config, &target, None);
         let pool = shared.pools.get_or_create(crate::pool::PoolKeyRef { database: "app", user: "u" }, || {
             let login = LoginTarget {
                 addr: a.clone(),

@@ -1,7 +1,7 @@
 //! A pool's effective settings: PgBouncer's global values with the `[databases]` entry's
 //! overrides applied, in the units the pool uses. Rebuilt on RELOAD.
 
-use crate::config::{PoolMode, PoolerConfig};
+use crate::config::{PoolMode, PoolerConfig, UserConfig};
 use crate::topology::DatabaseTarget;
 use std::time::Duration;
 
@@ -47,20 +47,19 @@ pub fn secs(v: f64) -> Option<Duration> {
 }
 
 impl PoolSettings {
-    pub fn new(
-        config: &PoolerConfig,
-        target: &DatabaseTarget,
-        user_mode: Option<PoolMode>,
-        user_max: Option<u32>,
-    ) -> Self {
+    /// The settings of the pool of `target`'s database and a user whose `[users]` entry is
+    /// `user`: the user's own settings first (as in PgBouncer), then the database's, then the
+    /// global ones.
+    pub fn new(config: &PoolerConfig, target: &DatabaseTarget, user: Option<&UserConfig>) -> Self {
+        let own = |pick: fn(&UserConfig) -> Option<u32>| user.and_then(pick);
         PoolSettings {
-            pool_mode: user_mode.or(target.pool_mode).unwrap_or(config.pool_mode),
-            pool_size: target.pool_size.unwrap_or(config.default_pool_size),
+            pool_mode: user.and_then(|u| u.pool_mode).or(target.pool_mode).unwrap_or(config.pool_mode),
+            pool_size: own(|u| u.pool_size).or(target.pool_size).unwrap_or(config.default_pool_size),
             min_pool_size: target.min_pool_size.unwrap_or(config.min_pool_size),
-            reserve_pool: target.reserve_pool.unwrap_or(config.reserve_pool_size),
+            reserve_pool: own(|u| u.reserve_pool_size).or(target.reserve_pool).unwrap_or(config.reserve_pool_size),
             reserve_pool_timeout: Duration::from_secs_f64(config.reserve_pool_timeout),
             max_db_connections: target.max_db_connections.unwrap_or(config.max_db_connections),
-            max_user_connections: user_max.unwrap_or(config.max_user_connections),
+            max_user_connections: own(|u| u.max_user_connections).unwrap_or(config.max_user_connections),
             query_wait_timeout: secs(config.query_wait_timeout),
             server_lifetime: secs(config.server_lifetime),
             server_idle_timeout: secs(config.server_idle_timeout),
@@ -71,7 +70,7 @@ impl PoolSettings {
             server_reset_query: config.server_reset_query.trim().to_owned(),
             server_reset_query_always: config.server_reset_query_always,
             idle_transaction_timeout: secs(config.idle_transaction_timeout),
-            query_timeout: secs(config.query_timeout),
+            query_timeout: secs(user.and_then(|u| u.query_timeout).unwrap_or(config.query_timeout)),
             transaction_timeout: secs(config.transaction_timeout),
             client_idle_timeout: secs(config.client_idle_timeout),
             stats_period: secs(config.stats_period).unwrap_or(Duration::from_secs(60)),
@@ -80,5 +79,39 @@ impl PoolSettings {
             client_close_reset: config.client_close_reset,
             log_disconnections: config.log_disconnections,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use consensus::config_file::parse;
+    use std::path::Path;
+
+    /// As in PgBouncer: a `[users]` entry's pool_size, reserve_pool_size, query_timeout,
+    /// pool_mode and max_user_connections come before the database's, which come before the
+    /// global ones.
+    #[test]
+    fn a_user_s_own_settings_come_first_then_the_database_s_then_the_global_ones() {
+        let text = "auth_type = \"trust\"\ndefault_pool_size = 20\nreserve_pool_size = 1\nquery_timeout = 60\n\
+                    [databases.app]\nhost = \"10.0.0.1\"\npool_size = 10\nreserve_pool = 2\n\
+                    [users.batch]\npool_size = 3\nreserve_pool_size = 0\nquery_timeout = 600\npool_mode = \"session\"\n\
+                    max_user_connections = 4\n[users.web]\nmax_user_client_connections = 100\n";
+        let config: PoolerConfig = parse(Path::new("pooler.toml"), text).unwrap();
+        let topology = crate::topology::StaticTopology::from_config(&config);
+        let target = crate::topology::Topology::target(&topology, "app").unwrap();
+        let batch = PoolSettings::new(&config, &target, config.users.get("batch"));
+        assert_eq!((batch.pool_size, batch.reserve_pool, batch.max_user_connections), (3, 0, 4));
+        assert_eq!((batch.pool_mode, batch.query_timeout), (PoolMode::Session, Some(Duration::from_secs(600))));
+        for user in [config.users.get("web"), None] {
+            let settings = PoolSettings::new(&config, &target, user);
+            assert_eq!((settings.pool_size, settings.reserve_pool, settings.max_user_connections), (10, 2, 0));
+            assert_eq!(settings.query_timeout, Some(Duration::from_secs(60)));
+        }
+        assert!(parse::<PoolerConfig>(
+            Path::new("pooler.toml"),
+            "auth_type = \"trust\"\n[users.x]\nquery_timeout = -1\n"
+        )
+        .is_err());
     }
 }
