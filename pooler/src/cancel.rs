@@ -154,35 +154,34 @@ impl CancelRegistry {
     /// A key this process did not give out may be one of the process it took over from: that
     /// one gets it (a full queue drops it, as a lost cancel packet would be).
     fn pass_to_predecessor(&self, request: &CancelRequest) -> bool {
-        let unknown = !self.clients.lock().unwrap_or_else(|p| p.into_inner()).keys.contains_key(&request.process_id);
         let predecessor = self.predecessor.lock().unwrap_or_else(|p| p.into_inner());
-        match predecessor.as_ref() {
-            Some(link) if unknown => {
-                let passed = link.try_send(request.clone()).is_ok();
-                if passed {
-                    tracing::debug!("cancel request for a client of the pooler taken over from: passed to it");
-                }
-                passed
-            }
-            _ => false,
+        let passed = predecessor.as_ref().is_some_and(|link| link.try_send(request.clone()).is_ok());
+        if passed {
+            tracing::debug!("cancel request for a client of the pooler taken over from: passed to it");
         }
+        passed
     }
 
     /// Forwards a client's cancel to the server that client is using; unknown keys and idle
-    /// clients are ignored, as PostgreSQL ignores them.
+    /// clients are ignored, as PostgreSQL ignores them (a key this process did not give out
+    /// goes to the process it took over from, if that one still runs).
     pub async fn cancel(&self, request: &CancelRequest, timeout: Duration) {
-        let target = {
+        let mine = {
             let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
             match clients.keys.get(&request.process_id) {
-                Some((secret, slot)) if secret.as_slice() == request.secret_key.as_slice() => slot.get(),
+                Some((secret, slot)) if secret.as_slice() == request.secret_key.as_slice() => Some(slot.get()),
                 _ => None,
             }
         };
-        let Some(target) = target else {
-            if !self.pass_to_predecessor(request) {
-                tracing::debug!("cancel request for an unknown or idle client ignored");
+        let target = match mine {
+            Some(Some(target)) => target,
+            Some(None) => return tracing::debug!("cancel request for an idle client ignored"),
+            None => {
+                if !self.pass_to_predecessor(request) {
+                    tracing::debug!("cancel request for an unknown client ignored");
+                }
+                return;
             }
-            return;
         };
         forward(&target, timeout).await;
     }

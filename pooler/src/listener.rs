@@ -5,7 +5,7 @@
 use crate::client;
 use crate::runtime::Shared;
 use crate::stream::Stream;
-use crate::takeover::{Handover, SocketName, Taken};
+use crate::takeover::{take_listener, Handover, SocketName, Taken};
 use crate::tcp::TcpOptions;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -42,12 +42,8 @@ impl Listeners {
             let host = if addr == "*" { "0.0.0.0" } else { addr };
             let name = SocketName::Tcp(format!("{host}:{port}"));
             let failed = |source| ListenError::Tcp { addr: format!("{host}:{port}"), source };
-            let listener = match taken.as_mut().and_then(|t| t.take(&name)) {
-                Some(fd) => {
-                    let listener = std::net::TcpListener::from(fd);
-                    listener.set_nonblocking(true).map_err(failed)?;
-                    TcpListener::from_std(listener).map_err(failed)?
-                }
+            let listener = match take_listener(taken.as_deref_mut(), &name).map_err(failed)? {
+                Some(listener) => TcpListener::from_std(listener).map_err(failed)?,
                 None => TcpListener::bind((host, port)).await.map_err(failed)?,
             };
             if config.tcp_defer_accept > 0 {
@@ -64,12 +60,8 @@ impl Listeners {
             let path = PathBuf::from(unix_socket_dir).join(format!(".s.PGSQL.{port}"));
             let failed = |source| ListenError::Unix { path: path.clone(), source };
             let name = SocketName::Unix(path.clone());
-            let listener = match taken.as_mut().and_then(|t| t.take(&name)) {
-                Some(fd) => {
-                    let listener = std::os::unix::net::UnixListener::from(fd);
-                    listener.set_nonblocking(true).map_err(failed)?;
-                    UnixListener::from_std(listener).map_err(failed)?
-                }
+            let listener = match take_listener(taken, &name).map_err(failed)? {
+                Some(listener) => UnixListener::from_std(listener).map_err(failed)?,
                 None => {
                     // A socket file left by a pooler that died; a live one would have failed
                     // the TCP bind.

@@ -23,12 +23,8 @@ pub async fn serve(
     }
     let named = |e: std::io::Error| std::io::Error::new(e.kind(), format!("metrics_listen = {listen:?}: {e}"));
     let name = crate::takeover::SocketName::Metrics(listen.to_owned());
-    let listener = match taken.and_then(|t| t.take(&name)) {
-        Some(fd) => {
-            let listener = std::net::TcpListener::from(fd);
-            listener.set_nonblocking(true).map_err(named)?;
-            listener
-        }
+    let listener = match crate::takeover::take_listener(taken, &name).map_err(named)? {
+        Some(listener) => listener,
         None => tokio::net::TcpListener::bind(listen).await.map_err(named)?.into_std().map_err(named)?,
     };
     shared.handover.keep(name, &listener).map_err(named)?;

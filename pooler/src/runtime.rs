@@ -357,20 +357,10 @@ pub async fn run(
         .await
         .map_err(PoolerError::Metrics)?;
     let takeover_listener = match crate::takeover::socket_path(&config) {
-        Some(path) => {
-            let name = crate::takeover::SocketName::Control(path.clone());
-            let failed = |source| PoolerError::TakeoverSocket { path: path.clone(), source };
-            let listener = match taken.as_mut().and_then(|t| t.take(&name)) {
-                Some(fd) => {
-                    let listener = std::os::unix::net::UnixListener::from(fd);
-                    listener.set_nonblocking(true).map_err(failed)?;
-                    tokio::net::UnixListener::from_std(listener).map_err(failed)?
-                }
-                None => crate::takeover::bind(&path).map_err(failed)?,
-            };
-            shared.handover.keep(name, &listener).map_err(failed)?;
-            Some(listener)
-        }
+        Some(path) => Some(
+            crate::takeover::listen(&path, taken.as_mut(), &shared.handover)
+                .map_err(|source| PoolerError::TakeoverSocket { path, source })?,
+        ),
         None => None,
     };
     tracing::info!(

@@ -121,12 +121,10 @@ impl Handover {
     }
 
     /// Resolves once a successor serves the sockets (never, if none does).
-    pub async fn wait_handed(&self) -> u32 {
+    pub async fn wait_handed(&self) {
         let mut rx = self.handed.subscribe();
-        let handed = rx.wait_for(Option::is_some).await.map(|pid| pid.unwrap_or(0));
-        match handed {
-            Ok(pid) => pid,
-            Err(_) => std::future::pending().await,
+        if rx.wait_for(Option::is_some).await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }
@@ -150,9 +148,17 @@ pub struct Taken {
     link: StdUnixStream,
 }
 
+/// The old process's listening socket named `name`, if this process takes one over and the
+/// old process had it: non-blocking, as the std listener type `L` (for tokio's `from_std`).
+pub fn take_listener<L: From<OwnedFd>>(taken: Option<&mut Taken>, name: &SocketName) -> std::io::Result<Option<L>> {
+    let Some(fd) = taken.and_then(|t| t.take(name)) else { return Ok(None) };
+    socket2::SockRef::from(&fd).set_nonblocking(true)?;
+    Ok(Some(L::from(fd)))
+}
+
 impl Taken {
     /// Takes the socket named `name`, if the old process had it.
-    pub fn take(&mut self, name: &SocketName) -> Option<OwnedFd> {
+    fn take(&mut self, name: &SocketName) -> Option<OwnedFd> {
         let at = self.sockets.iter().position(|(n, _)| n == name)?;
         Some(self.sockets.swap_remove(at).1)
     }
@@ -425,13 +431,23 @@ async fn carry_out_cancels(mut link: tokio::net::UnixStream, shared: Arc<Shared>
     }
 }
 
-/// Binds a fresh takeover socket at `path` (mode 0600: only this user may connect).
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+/// This process's takeover socket at `path`: the old process's after `--takeover`, else a
+/// fresh one (mode 0600: only this user may connect). Kept in `handover` for the next
+/// successor.
+pub fn listen(path: &Path, taken: Option<&mut Taken>, handover: &Handover) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
-    // A file left by a pooler that died; a live one would have failed the TCP bind.
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let name = SocketName::Control(path.to_owned());
+    let listener = match take_listener::<std::os::unix::net::UnixListener>(taken, &name)? {
+        Some(listener) => UnixListener::from_std(listener)?,
+        None => {
+            // A file left by a pooler that died; a live one would have failed the TCP bind.
+            let _ = std::fs::remove_file(path);
+            let listener = UnixListener::bind(path)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            listener
+        }
+    };
+    handover.keep(name, &listener)?;
     Ok(listener)
 }
 
@@ -499,8 +515,15 @@ mod tests {
             send_with_fds(&a, b"OK 1 7\ntcp x\nEND\n", &[listener.as_raw_fd()]).unwrap();
             drop(listener);
             let (text, fds) = receive_with_fds(&b).unwrap();
-            let (mut sockets, _) = describe(std::str::from_utf8(&text).unwrap(), fds).unwrap();
-            let received = std::net::TcpListener::from(sockets.remove(0).1);
+            let (sockets, old_pid) = describe(std::str::from_utf8(&text).unwrap(), fds).unwrap();
+            let link = StdUnixStream::pair().unwrap().0;
+            let mut taken = Taken { path: PathBuf::new(), old_pid, sockets, link };
+            let name = SocketName::Tcp("x".into());
+            let received: std::net::TcpListener = take_listener(Some(&mut taken), &name).unwrap().unwrap();
+            // Handed out non-blocking, as tokio needs it.
+            let nothing_yet = received.accept().map(|_| ()).unwrap_err();
+            assert_eq!(nothing_yet.kind(), std::io::ErrorKind::WouldBlock);
+            received.set_nonblocking(false).unwrap();
             let _client = std::net::TcpStream::connect(addr).unwrap();
             let (_, peer) = received.accept().unwrap();
             assert_eq!(peer.ip(), addr.ip());

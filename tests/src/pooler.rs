@@ -104,6 +104,17 @@ impl PoolerProcess {
     }
 }
 
+/// The server error (ErrorResponse) in a failed connect or query, if there was one.
+pub fn server_error(err: &anyhow::Error) -> Option<&tokio_postgres::error::DbError> {
+    err.chain().find_map(|e| e.downcast_ref::<tokio_postgres::Error>()).and_then(|e| e.as_db_error())
+}
+
+/// (SQLSTATE, message) of the ErrorResponse a refused login got; panics without one.
+pub fn refusal(err: anyhow::Error) -> (String, String) {
+    let db = server_error(&err).unwrap_or_else(|| panic!("expected an ErrorResponse, got {err:#}"));
+    (db.code().code().to_owned(), db.message().to_owned())
+}
+
 /// A protocol 3.0 StartupMessage with `params` (name, value), for tests that speak to the
 /// pooler below what tokio-postgres lets them send.
 pub fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {

@@ -11,9 +11,7 @@ use harness::{PgInstance, PgOptions};
 async fn login_error(pooler: &PoolerProcess, user: &str, password: &str) -> (String, String) {
     let dsn = format!("host=127.0.0.1 port={} user={user} password={password} dbname=postgres", pooler.port());
     let err = pooler.connect_dsn(&dsn).await.err().unwrap_or_else(|| panic!("{user} must be refused"));
-    let db = err.chain().find_map(|e| e.downcast_ref::<tokio_postgres::Error>()).and_then(|e| e.as_db_error());
-    let db = db.unwrap_or_else(|| panic!("expected an ErrorResponse, got {err:#}"));
-    (db.code().code().to_owned(), db.message().to_owned())
+    harness::pooler::refusal(err)
 }
 
 async fn current_user(pooler: &PoolerProcess, user: &str, password: &str) -> anyhow::Result<String> {
@@ -121,11 +119,7 @@ async fn auth_hba_file_picks_the_method_per_connection_and_reload_rereads_it() {
     );
     let mut pooler = PoolerProcess::start(&pg, &settings).await.unwrap();
     let port = pooler.port();
-    let db_error = |err: anyhow::Error| {
-        let db = err.chain().find_map(|e| e.downcast_ref::<tokio_postgres::Error>()).and_then(|e| e.as_db_error());
-        let db = db.unwrap_or_else(|| panic!("expected an ErrorResponse, got {err:#}"));
-        (db.code().code().to_owned(), db.message().to_owned())
-    };
+    let db_error = harness::pooler::refusal;
 
     assert_eq!(current_user(&pooler, "postgres", pg.password()).await.unwrap(), "postgres");
     assert_eq!(login_error(&pooler, "postgres", "wrong").await.0, "28P01");

@@ -5,7 +5,7 @@
 //! are opened), and a slot freed under max_user_connections goes to a client waiting in
 //! another pool.
 
-use harness::pooler::PoolerProcess;
+use harness::pooler::{refusal, server_error, PoolerProcess};
 use harness::{PgInstance, PgOptions};
 use std::time::{Duration, Instant};
 
@@ -40,9 +40,7 @@ async fn max_client_conn_refuses_with_pgbouncers_error_and_others_keep_working()
         held.push(pooler.connect().await.unwrap());
     }
     let Err(err) = pooler.connect().await else { panic!("a fourth client must be refused") };
-    let db = err.chain().find_map(|e| e.downcast_ref::<tokio_postgres::Error>()).and_then(|e| e.as_db_error());
-    let db = db.unwrap_or_else(|| panic!("expected a server error, got {err:#}"));
-    assert_eq!((db.code().code(), db.message()), ("08P01", "no more connections allowed (max_client_conn)"));
+    assert_eq!(refusal(err), ("08P01".into(), "no more connections allowed (max_client_conn)".into()));
     for client in &held {
         client.simple_query("select 1").await.unwrap();
     }
@@ -185,13 +183,6 @@ async fn first_value(client: &tokio_postgres::Client, sql: &str) -> Option<Strin
     })
 }
 
-/// The FATAL a refused login got.
-fn refusal(err: anyhow::Error) -> (String, String) {
-    let db = err.chain().find_map(|e| e.downcast_ref::<tokio_postgres::Error>()).and_then(|e| e.as_db_error());
-    let db = db.unwrap_or_else(|| panic!("expected a server error, got {err:#}"));
-    (db.code().code().to_owned(), db.message().to_owned())
-}
-
 /// PgBouncer 1.24's client limits: max_db_client_connections counts a database's clients over
 /// all users, `[users.X] max_user_client_connections` a user's over all databases; a client
 /// past either is refused with PgBouncer's words, a freed place is taken again, SHOW
@@ -301,10 +292,8 @@ async fn after_a_failed_server_login_clients_fail_fast_until_server_login_retry_
     let settings = format!("server_login_retry = 2\n[databases.nowhere]\nhost = \"127.0.0.1\"\nport = {nowhere}");
     let pooler = PoolerProcess::start(&pg, &settings).await.unwrap();
     let dsn = format!("host=127.0.0.1 port={} user=postgres dbname=nowhere", pooler.port());
-    let message = |err: anyhow::Error| {
-        let db = err.chain().find_map(|e| e.downcast_ref::<tokio_postgres::Error>()).and_then(|e| e.as_db_error());
-        db.map(|e| e.message().to_owned()).unwrap_or_else(|| format!("{err:#}"))
-    };
+    let message =
+        |err: anyhow::Error| server_error(&err).map(|e| e.message().to_owned()).unwrap_or_else(|| format!("{err:#}"));
     let first = message(pooler.connect_dsn(&dsn).await.expect_err("nothing listens there"));
     assert!(!first.contains("server login has been failing"), "the first client tries: {first}");
     let failed_at = Instant::now();

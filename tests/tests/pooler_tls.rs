@@ -105,7 +105,7 @@ async fn psql_with_sslmode_require_gets_tls_from_the_pooler_and_the_pooler_uses_
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("SSL required"), "{}", String::from_utf8_lossy(&out.stderr));
     let Err(err) = pooler.connect().await else { panic!("tokio-postgres without TLS must be refused") };
-    let db = err.chain().find_map(|e| e.downcast_ref::<tokio_postgres::Error>()).and_then(|e| e.as_db_error());
+    let db = harness::pooler::server_error(&err);
     assert_eq!(db.map(|d| (d.code().code(), d.message())), Some(("08P01", "SSL required")), "{err:#}");
 
     // The Unix socket stays open to plain-text clients, as in PgBouncer.

@@ -144,12 +144,10 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
     let admission = match admission {
         Ok(admission) => admission,
         Err(limit) => {
-            shared.stats.count_error(match limit {
-                crate::pool::ClientLimit::Database => "max_db_client_connections",
-                crate::pool::ClientLimit::User => "max_user_client_connections",
-            });
-            tracing::info!(user, database, "refusing client: {}", limit.message());
-            let _ = send_fatal(stream, "08P01", limit.message()).await;
+            shared.stats.count_error(limit.setting());
+            let message = limit.message();
+            tracing::info!(user, database, "refusing client: {message}");
+            let _ = send_fatal(stream, "08P01", &message).await;
             return None;
         }
     };

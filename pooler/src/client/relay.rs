@@ -466,7 +466,7 @@ impl Relay {
     }
 
     /// The first of the transaction's time limits to run out, if any is set and applies now.
-    fn next_limit(&self, idle_in_transaction: bool) -> Option<(Instant, Limit)> {
+    fn next_limit(&self) -> Option<(Instant, Limit)> {
         let settings = &self.settings;
         if settings.idle_transaction_timeout.is_none()
             && settings.query_timeout.is_none()
@@ -480,7 +480,7 @@ impl Relay {
         let in_transaction = in_flight || self.session.transaction_status() != crate::protocol::TransactionStatus::Idle;
         let idle = settings
             .idle_transaction_timeout
-            .filter(|_| idle_in_transaction)
+            .filter(|_| in_transaction && !in_flight)
             .map(|t| (Instant::now() + t, Limit::IdleInTransaction));
         let query =
             settings.query_timeout.zip(query_started.filter(|_| in_flight)).map(|(t, at)| (at + t, Limit::Query));
@@ -494,9 +494,7 @@ impl Relay {
     /// Waits for bytes from the client or its server, or for a time limit
     /// (idle_transaction_timeout, query_timeout, transaction_timeout).
     async fn next_busy_event(&mut self) -> Event {
-        let idle_in_transaction = self.session.transaction_status() != crate::protocol::TransactionStatus::Idle
-            && self.session.requests_in_flight() == 0;
-        let timeout = self.next_limit(idle_in_transaction);
+        let timeout = self.next_limit();
         let Some(server) = self.server.as_mut() else {
             return Event::Server(Ok(0));
         };

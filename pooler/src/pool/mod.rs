@@ -228,12 +228,17 @@ pub enum ClientLimit {
 }
 
 impl ClientLimit {
-    /// PgBouncer's words for the refusal.
-    pub fn message(self) -> &'static str {
+    /// The setting, also the kind of error counted.
+    pub fn setting(self) -> &'static str {
         match self {
-            ClientLimit::Database => "client connections exceeded (max_db_client_connections)",
-            ClientLimit::User => "client connections exceeded (max_user_client_connections)",
+            ClientLimit::Database => "max_db_client_connections",
+            ClientLimit::User => "max_user_client_connections",
         }
+    }
+
+    /// PgBouncer's words for the refusal.
+    pub fn message(self) -> String {
+        format!("client connections exceeded ({})", self.setting())
     }
 }
 
@@ -281,11 +286,6 @@ impl Pool {
         self.stats.clients.fetch_sub(1, Ordering::Relaxed);
         self.db_conns.clients.fetch_sub(1, Ordering::Relaxed);
         self.user_conns.clients.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// Logged-in clients of this pool's database and of its user, over all their pools.
-    pub fn client_counts(&self) -> (u32, u32) {
-        (self.db_conns.clients.load(Ordering::Relaxed), self.user_conns.clients.load(Ordering::Relaxed))
     }
 
     fn new(
