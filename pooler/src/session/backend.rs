@@ -70,6 +70,9 @@ impl Session {
         if let (Request::Parse { server_id: Some(id), .. }, Some(server)) = (&pending.request, self.server.as_mut()) {
             server.statements.confirm(*id);
         }
+        if !self.copy_in {
+            self.pending.drop_unanswered_copy_ends();
+        }
         Ok(match pending.reply {
             Reply::Swallow => Route::Discard,
             Reply::Forward | Reply::Fake(_) => Route::Forward,
@@ -88,6 +91,7 @@ impl Session {
             }
             Some(Request::Sync | Request::Query | Request::FunctionCall) => {
                 self.pending.pop_front();
+                self.pending.drop_unanswered_copy_ends();
                 self.answered_ready = true;
                 self.queries_answered += 1;
                 Route::Forward

@@ -66,6 +66,12 @@ impl Session {
             FUNCTION_CALL => self.send_and_await(Request::FunctionCall),
             COPY_DATA if self.copy_in => Step::Route(Route::Forward),
             COPY_DONE | COPY_FAIL if self.copy_in => self.send_and_await(Request::CopyEnd),
+            // Sent ahead of the server's CopyInResponse: asyncpg writes a COPY's data right
+            // behind its Query. The server reads them in copy mode if the request in flight
+            // starts a COPY, and ignores them if it does not (then the CopyEnd, never answered,
+            // leaves the queue when it comes to the front: `PendingQueue::drop_unanswered_copy_ends`).
+            COPY_DATA if !self.pending.is_empty() => Step::Route(Route::Forward),
+            COPY_DONE | COPY_FAIL if !self.pending.is_empty() => self.send_and_await(Request::CopyEnd),
             // Copy data after the server ended the COPY (with an error): it would ignore it.
             _ => Step::Route(Route::Discard),
         })

@@ -25,7 +25,8 @@ pub(crate) enum Request {
     Sync,
     Query,
     FunctionCall,
-    /// A CopyDone or CopyFail sent while the server was copying in.
+    /// A CopyDone or CopyFail sent while the server was copying in, or before its answer
+    /// to a request that may start a COPY.
     CopyEnd,
     /// The pooler's own `SET`s after attaching a server: every answer is dropped.
     Setup,
@@ -126,6 +127,16 @@ impl PendingQueue {
             self.queue.push_front(query);
         }
         found
+    }
+
+    /// Drops the CopyEnds at the front of the queue. Call it when the server is not copying
+    /// in: a CopyDone or CopyFail the client sent ahead of the server's answer to a request
+    /// that then started no COPY (it failed, or was not a COPY) was ignored by the server, as
+    /// PostgreSQL ignores copy messages outside copy mode, and no answer will come for it.
+    pub(crate) fn drop_unanswered_copy_ends(&mut self) {
+        while matches!(self.front_request(), Some(Request::CopyEnd)) {
+            self.queue.pop_front();
+        }
     }
 
     pub(crate) fn clear(&mut self) {

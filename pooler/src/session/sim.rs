@@ -187,7 +187,9 @@ impl MockServer {
         if self.skipping && tag == b'Q' {
             self.ignored += 1;
         }
-        if self.skipping || tag == b'H' || tag == b'X' {
+        // PostgreSQL ignores copy messages outside copy mode (a client that wrote a COPY's
+        // data before the COPY failed).
+        if self.skipping || matches!(tag, b'H' | b'X' | b'd' | b'c' | b'f') {
             return Ok(());
         }
         match tag {
@@ -246,7 +248,10 @@ impl MockServer {
                 self.send(b'3', b"");
             }
             b'E' => {
-                if self.portal == b"COPY FROM STDIN" {
+                if self.portal == b"COPY MISSING FROM STDIN" {
+                    self.error("relation \"missing\" does not exist");
+                    self.skipping = true;
+                } else if self.portal == b"COPY FROM STDIN" {
                     self.copy_in = Some(true);
                     self.send(b'G', &[0, 0, 0]);
                 } else {
@@ -295,6 +300,10 @@ impl MockServer {
                 }
                 "FAIL" => {
                     self.error("failed on purpose");
+                    break;
+                }
+                "COPY MISSING FROM STDIN" => {
+                    self.error("relation \"missing\" does not exist");
                     break;
                 }
                 "SELECT big" => {

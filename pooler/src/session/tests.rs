@@ -398,6 +398,67 @@ fn copy_data_after_a_failed_copy_is_dropped() {
     assert_eq!(h.attaches, 1);
 }
 
+/// asyncpg writes a COPY's data and CopyDone right behind its Query, before the server's
+/// CopyInResponse: they reach the server, which copies them in.
+#[test]
+fn copy_data_sent_ahead_of_the_copy_in_response_reaches_the_server() {
+    let mut h = harness();
+    send(
+        &mut h,
+        &[client::query("COPY FROM STDIN"), client::copy_data(b"1\n"), client::copy_data(b"2\n"), client::copy_done()],
+    );
+    h.settle().unwrap();
+    assert_eq!(h.new_tags(), "GCZ");
+    assert_eq!(h.releases, 1);
+    // The same in the extended protocol, Sync last.
+    h.mark();
+    send(
+        &mut h,
+        &[
+            client::parse("", "COPY FROM STDIN"),
+            client::bind(""),
+            client::execute(),
+            client::copy_data(b"3\n"),
+            client::copy_done(),
+            client::sync(),
+        ],
+    );
+    h.settle().unwrap();
+    assert_eq!(h.new_tags(), "12GCZ");
+    assert_eq!(h.releases, 2);
+}
+
+/// A COPY that fails before it starts (no such table), its data and CopyDone already sent:
+/// the server ignores them, and the session waits for no answer to them.
+#[test]
+fn copy_data_sent_ahead_of_a_copy_that_fails_is_left_unanswered() {
+    let mut h = harness();
+    send(&mut h, &[client::query("COPY MISSING FROM STDIN"), client::copy_data(b"1\n"), client::copy_done()]);
+    h.settle().unwrap();
+    assert_eq!(h.new_tags(), "EZ");
+    assert_eq!(h.releases, 1);
+    h.mark();
+    send(
+        &mut h,
+        &[
+            client::parse("", "COPY MISSING FROM STDIN"),
+            client::bind(""),
+            client::execute(),
+            client::copy_data(b"1\n"),
+            sim_copy_fail(),
+            client::sync(),
+        ],
+    );
+    h.settle().unwrap();
+    assert_eq!(h.new_tags(), "12EZ");
+    assert_eq!(h.releases, 2);
+    // The connection serves the next query as usual.
+    h.mark();
+    send(&mut h, &[client::query("SELECT 1")]);
+    h.settle().unwrap();
+    assert_eq!(h.new_tags(), "TDCZ");
+}
+
 fn sim_copy_fail() -> Vec<u8> {
     super::sim::msg(b'f', b"client gave up\0")
 }
