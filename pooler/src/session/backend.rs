@@ -93,7 +93,7 @@ impl Session {
                 self.pending.pop_front();
                 self.pending.drop_unanswered_copy_ends();
                 self.answered_ready = true;
-                self.queries_answered += 1;
+                self.queries_answered = self.queries_answered.saturating_add(1);
                 Route::Forward
             }
             // Nothing awaited: tolerated (PgBouncer does too), it changes nothing in flight.

@@ -37,6 +37,11 @@ impl Session {
         }
         let body = chunk.get(HEADER_LEN..).unwrap_or_default();
         let tracked = self.config.tracks_prepared_statements();
+        if tracked && !self.skip_until_sync {
+            if let Some(step) = self.deallocate_locally(tag, body, complete, out)? {
+                return Ok(step);
+            }
+        }
         if self.server.is_none() {
             return self.without_server(tag, body, tracked, out);
         }

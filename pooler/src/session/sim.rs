@@ -57,6 +57,9 @@ pub(super) mod client {
     pub fn close_statement(name: &str) -> Vec<u8> {
         msg(b'C', &[&[b'S'][..], &cstrs(&[name.as_bytes()])].concat())
     }
+    pub fn describe_portal() -> Vec<u8> {
+        msg(b'D', &[b'P', 0])
+    }
     pub fn execute() -> Vec<u8> {
         msg(b'E', &[0, 0, 0, 0, 0])
     }

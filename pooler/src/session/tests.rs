@@ -187,6 +187,76 @@ fn a_full_server_closes_its_least_recently_used_statement() {
     assert_eq!(h.pool[0].0.prepared_statements(), 2);
 }
 
+/// psycopg's `DEALLOCATE _pg3_N` when its cache evicts a statement: the extended protocol
+/// with the unnamed statement, as libpq's PQsendQueryParams sends it. The pooler answers it,
+/// without a server connection, and the client's name is gone; the server keeps the
+/// statement for the clients that share it.
+#[test]
+fn a_deallocate_of_a_client_statement_is_answered_by_the_pooler() {
+    let mut h = harness();
+    prepare(&mut h, "s1", "SELECT 1");
+    h.mark();
+    let deallocate = |sql: &str| {
+        [client::parse("", sql), client::bind(""), client::describe_portal(), client::execute(), client::sync()]
+    };
+    send(&mut h, &deallocate("DEALLOCATE s1"));
+    h.settle().unwrap();
+    assert_eq!(h.new_tags(), "12nCZ");
+    assert_eq!(h.attaches, 1, "no server connection was needed");
+    assert_eq!(h.session.prepared_statements(), 0);
+    assert_eq!(h.pool[0].0.prepared_statements(), 1);
+    assert!(matches!(h.client_sends(&client::bind("s1")), Err(SessionError::UnknownStatement { .. })));
+
+    // Inside a transaction (a server attached), DEALLOCATE ALL in the simple protocol: the
+    // answers come in order after the server's, and the server's statements stay.
+    let mut h = harness();
+    prepare(&mut h, "s1", "SELECT 1");
+    prepare(&mut h, "s2", "SELECT 2");
+    send(&mut h, &[client::query("BEGIN")]);
+    h.settle().unwrap();
+    h.mark();
+    send(&mut h, &[client::query("deallocate prepare all;")]);
+    h.settle().unwrap();
+    assert_eq!(h.new_tags(), "CZ");
+    let messages = messages(&h.to_client);
+    let (_, complete) = &messages[messages.len() - 2];
+    assert_eq!(complete, b"DEALLOCATE ALL\0");
+    assert_eq!(messages.last().unwrap().1, b"T", "ReadyForQuery in a transaction");
+    assert_eq!(h.session.prepared_statements(), 0);
+    assert_eq!(h.attached().unwrap().statements.len(), 2, "the server's statements stay");
+    send(&mut h, &[client::query("COMMIT")]);
+    h.settle().unwrap();
+
+    // A name the pooler does not track (SQL-level PREPARE) is the server's business.
+    h.mark();
+    let before = h.attaches;
+    send(&mut h, &deallocate("DEALLOCATE from_sql"));
+    h.settle().unwrap();
+    assert_eq!(h.attaches, before + 1, "passed on to a server");
+}
+
+/// A DEALLOCATE queued behind a request the server fails is skipped with it, as PostgreSQL
+/// skips to Sync: the client's name stays.
+#[test]
+fn a_deallocate_skipped_after_an_error_keeps_the_name() {
+    let mut h = harness();
+    prepare(&mut h, "s1", "SELECT 1");
+    h.mark();
+    send(
+        &mut h,
+        &[
+            client::parse("s2", "bad query"),
+            client::parse("", "DEALLOCATE s1"),
+            client::bind(""),
+            client::execute(),
+            client::sync(),
+        ],
+    );
+    h.settle().unwrap();
+    assert_eq!(h.new_tags(), "EZ");
+    assert_eq!(h.session.prepared_statements(), 1);
+}
+
 #[test]
 fn a_failed_parse_leaves_no_name_behind() {
     let mut h = harness();
