@@ -70,7 +70,9 @@ impl Session {
         if let (Request::Parse { server_id: Some(id), .. }, Some(server)) = (&pending.request, self.server.as_mut()) {
             server.statements.confirm(*id);
         }
-        if !self.copy_in {
+        // Only an Execute starts a COPY in the extended protocol: a CopyEnd sent ahead of one
+        // that did not is left unanswered (a failed one drops it with the rest, up to Sync).
+        if matches!(pending.request, Request::Execute) && !self.copy_in {
             self.pending.drop_unanswered_copy_ends();
         }
         Ok(match pending.reply {
@@ -90,8 +92,11 @@ impl Session {
                 Route::Discard
             }
             Some(Request::Sync | Request::Query | Request::FunctionCall) => {
-                self.pending.pop_front();
-                self.pending.drop_unanswered_copy_ends();
+                if let Some(Pending { request: Request::Query, .. }) = self.pending.pop_front() {
+                    // A simple Query that started no COPY: the server ignored copy messages
+                    // the client sent ahead.
+                    self.pending.drop_unanswered_copy_ends();
+                }
                 self.answered_ready = true;
                 self.queries_answered = self.queries_answered.saturating_add(1);
                 Route::Forward

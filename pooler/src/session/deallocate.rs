@@ -221,8 +221,10 @@ impl Session {
         }
     }
 
-    /// For `needs_server_first`: the message may be one the pooler answers without a server
-    /// (a DEALLOCATE, or a step of one), so the session must see it first.
+    /// Whether the message may be one the pooler answers itself (a DEALLOCATE, or a step of
+    /// one): a look at one byte or one field, so that the others pay nothing more (and
+    /// `needs_server_first` lets the session see such a message before a server is taken).
+    #[inline]
     pub(super) fn may_deallocate_locally(&self, tag: u8, body: &[u8]) -> bool {
         match tag {
             QUERY => body.first().is_some_and(|c| c | 0x20 == b'd' || c.is_ascii_whitespace()),

@@ -37,7 +37,7 @@ impl Session {
         }
         let body = chunk.get(HEADER_LEN..).unwrap_or_default();
         let tracked = self.config.tracks_prepared_statements();
-        if tracked && !self.skip_until_sync {
+        if tracked && !self.skip_until_sync && self.may_deallocate_locally(tag, body) {
             if let Some(step) = self.deallocate_locally(tag, body, complete, out)? {
                 return Ok(step);
             }
