@@ -7,7 +7,8 @@ cache (__asyncpg_stmt_N__: Parse and Describe once, then Bind/Execute), and intr
 types it does not know with prepared queries of its own. Each client is a connection with its
 own TimeZone (SET) and application_name (server_settings), and runs ROUNDS rounds of: a cached
 query, an explicitly prepared statement, a check of its settings, a transaction that inserts
-a row and sees a prepared statement on its server connection, a failed transaction rolled
+a row, sees a prepared statement on its server connection and reads a cursor in batches of
+40 (Execute with a row limit, PortalSuspended), a failed transaction rolled
 back, executemany (Binds pipelined under one Sync), a composite type (introspection), and
 every fifth round a COPY in and out. Then a pool of connections (asyncpg.Pool, which resets a
 connection with RESET ALL and friends when it is released) runs queries too.
@@ -49,6 +50,13 @@ async def client(host, port, i, rounds):
                 prepared = await conn.fetchval("select count(*) from pg_prepared_statements where $1", True)
                 if prepared < 1:
                     raise AssertionError(f"{name} round {r}: no prepared statement on the server connection")
+                # A cursor read in batches: Executes with a row limit, the portal suspended
+                # between them.
+                total = 0
+                async for rec in conn.cursor("select g from generate_series(1, $1::int) g", 250, prefetch=40):
+                    total += rec["g"]
+                if total != 250 * 251 // 2:
+                    raise AssertionError(f"{name} round {r}: cursor summed {total}")
             try:
                 async with conn.transaction():
                     await conn.execute("insert into driver_rows (driver, client, round) values ('asyncpg', $1, -1)", i)
