@@ -127,7 +127,12 @@ impl Session {
     ) -> Result<Option<Step>, SessionError> {
         let unnamed_in_use = self.local_unnamed.is_some();
         match tag {
-            QUERY if body.first().is_some_and(|c| c | 0x20 == b'd' || c.is_ascii_whitespace()) => {
+            QUERY => {
+                // A simple Query replaces the unnamed statement and portal.
+                self.local_unnamed = None;
+                if !body.first().is_some_and(|c| c | 0x20 == b'd' || c.is_ascii_whitespace()) {
+                    return Ok(None);
+                }
                 if !complete {
                     // A DEALLOCATE is short: the rest of one that came in pieces is awaited.
                     return Ok((body.len() < 128).then_some(Step::NeedMore));
@@ -227,9 +232,15 @@ impl Session {
     #[inline]
     pub(super) fn may_deallocate_locally(&self, tag: u8, body: &[u8]) -> bool {
         match tag {
-            QUERY => body.first().is_some_and(|c| c | 0x20 == b'd' || c.is_ascii_whitespace()),
+            QUERY => {
+                self.local_unnamed.is_some()
+                    || body.first().is_some_and(|c| c | 0x20 == b'd' || c.is_ascii_whitespace())
+            }
+            // An unnamed Parse also replaces a local DEALLOCATE, which must then be forgotten.
             PARSE => {
-                body.first() == Some(&0) && body.get(1).is_some_and(|c| c | 0x20 == b'd' || c.is_ascii_whitespace())
+                body.first() == Some(&0)
+                    && (self.local_unnamed.is_some()
+                        || body.get(1).is_some_and(|c| c | 0x20 == b'd' || c.is_ascii_whitespace()))
             }
             _ => self.local_unnamed.is_some(),
         }

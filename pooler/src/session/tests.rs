@@ -205,6 +205,12 @@ fn a_deallocate_of_a_client_statement_is_answered_by_the_pooler() {
     assert_eq!(h.attaches, 1, "no server connection was needed");
     assert_eq!(h.session.prepared_statements(), 0);
     assert_eq!(h.pool[0].0.prepared_statements(), 1);
+    // The next unnamed statement replaces the DEALLOCATE: it goes to a server and is its own.
+    h.mark();
+    send(&mut h, &[client::parse("", "SELECT 1"), client::bind(""), client::execute(), client::sync()]);
+    h.settle().unwrap();
+    assert_eq!(h.new_tags(), "12DCZ");
+    assert_eq!(h.attaches, 2);
     assert!(matches!(h.client_sends(&client::bind("s1")), Err(SessionError::UnknownStatement { .. })));
 
     // Inside a transaction (a server attached), DEALLOCATE ALL in the simple protocol: the
