@@ -145,6 +145,7 @@ async fn runs_unchanged(driver: Driver) {
     let count = |key: &str| stats[key].parse::<u64>().unwrap_or_else(|_| panic!("{key}: {stats:?}"));
     let (client_parses, server_parses, binds) =
         (count("total_client_parse_count"), count("total_server_parse_count"), count("total_bind_count"));
+    eprintln!("{}: {client_parses} client Parses, {server_parses} server Parses, {binds} Binds", driver.name());
     assert!(server_parses > 0, "no named statement reached a server: {stats:?}");
     assert!(
         server_parses * 2 < client_parses,

@@ -23,6 +23,13 @@ enum Op {
     Commit,
     Select,
     Flush,
+    /// SQL `DEALLOCATE s<n>` through the unnamed statement, as psycopg sends it (Parse, Bind,
+    /// Execute): the pooler answers it.
+    Deallocate(u8),
+    DeallocateAll,
+    /// A query through the unnamed statement (Parse, Bind, Execute): the server's to answer,
+    /// also right after a DEALLOCATE the pooler answered.
+    Unnamed(u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -37,6 +44,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Commit),
         1 => Just(Op::Select),
         1 => Just(Op::Flush),
+        1 => (0..4u8).prop_map(Op::Deallocate),
+        1 => Just(Op::DeallocateAll),
+        2 => (0..3u8).prop_map(Op::Unnamed),
     ]
 }
 
@@ -182,6 +192,35 @@ impl Program {
             Op::Begin | Op::Commit => {}
             Op::Select => self.simple("SELECT 1", "TDCZ"),
             Op::Flush => self.emit(client::flush(), ""),
+            Op::Deallocate(n) => {
+                // PostgreSQL would refuse an unknown name; after an error it skips the lot.
+                if self.aborted || !self.defined.contains_key(&n) {
+                    return;
+                }
+                let sql = format!("DEALLOCATE {}", name(n));
+                self.emit([client::parse("", &sql), client::bind(""), client::execute()].concat(), "12C");
+                self.defined.remove(&n);
+                self.optimistic.remove(&n);
+                self.in_segment = true;
+            }
+            Op::DeallocateAll => {
+                if self.aborted {
+                    return;
+                }
+                let steps = [client::parse("", "DEALLOCATE ALL"), client::bind(""), client::execute()];
+                self.emit(steps.concat(), "12C");
+                self.defined.clear();
+                self.optimistic.clear();
+                self.in_segment = true;
+            }
+            Op::Unnamed(q) => {
+                let query = format!("SELECT 1{q}");
+                if !self.aborted {
+                    self.binds.push(query.clone().into_bytes());
+                }
+                self.emit([client::parse("", &query), client::bind(""), client::execute()].concat(), "12DC");
+                self.in_segment = true;
+            }
         }
     }
 

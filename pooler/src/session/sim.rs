@@ -506,10 +506,15 @@ impl Harness {
         mock.process(&mut self.bound).expect("server input at release");
         assert!(mock.outbox.is_empty() && !mock.has_unprocessed_input(), "released with answers still coming");
         let received = messages(&self.to_client);
-        // The last ReadyForQuery says idle; after it, only answers the pooler gave itself.
+        // The last ReadyForQuery says idle; after it, only answers the pooler gave itself
+        // (to a Parse or Close it answers, and to a DEALLOCATE's steps).
         let last_ready = received.iter().rposition(|(tag, _)| *tag == b'Z').expect("a ReadyForQuery before release");
         assert_eq!(received[last_ready].1, b"I");
-        assert!(received[last_ready + 1..].iter().all(|(tag, _)| matches!(tag, b'1' | b'3')));
+        assert!(received[last_ready + 1..].iter().all(|(tag, body)| match tag {
+            b'1' | b'2' | b'3' | b'n' | b't' => true,
+            b'C' => body.starts_with(b"DEALLOCATE"),
+            _ => false,
+        }));
         let requests = messages_prefix(&self.consumed).iter().filter(|(tag, _)| matches!(tag, b'S' | b'Q')).count();
         let answers = received.iter().filter(|(tag, _)| *tag == b'Z').count();
         self.ignored += mock.ignored;
