@@ -55,6 +55,10 @@ pub struct Runtime {
     following: Option<String>,
     /// This tick's probe of the local PostgreSQL.
     last_probe: Option<crate::postgres::control::Probe>,
+    /// The role this tick's actions gave PostgreSQL (promoted or demoted) after its probe;
+    /// callbacks fired before the next probe (a reload asked for right after a switchover)
+    /// name it, not the probe's.
+    changed_role: Option<&'static str>,
     last_reason: String,
     commands: tokio::sync::mpsc::Receiver<crate::api::ApiCommand>,
     /// A reinitialize whose clone runs in the background.
@@ -104,6 +108,7 @@ impl Runtime {
             refresh_failed: false,
             following: None,
             last_probe: None,
+            changed_role: None,
             last_reason: String::new(),
             commands,
             reinit: None,
@@ -146,6 +151,9 @@ impl Runtime {
 
     /// The role callbacks are told: from this tick's probe (`replica` when in recovery or unknown).
     fn role_now(&self) -> &'static str {
+        if let Some(role) = self.changed_role {
+            return role;
+        }
         match &self.last_probe {
             Some(p) if !p.in_recovery => "primary",
             _ => "replica",

@@ -71,6 +71,7 @@ impl Runtime {
                 }
                 self.following = None;
                 tracing::info!("promoted to primary");
+                self.changed_role = Some("primary");
                 self.callbacks.fire(Event::RoleChange, "primary");
                 if view.failover.is_some() {
                     // The switchover or failover it asked for is done.
@@ -120,6 +121,7 @@ impl Runtime {
                 self.following = leader.clone();
                 let started = self.start_standby(view).await;
                 // Demoted, whether or not the standby came up: the role changed.
+                self.changed_role = Some("replica");
                 self.callbacks.fire(Event::RoleChange, "replica");
                 started
             }

@@ -131,12 +131,14 @@ impl Runtime {
             // key and the API stay current.
             self.log_decision(&reason);
             self.last_probe = None;
+            self.changed_role = None;
             self.publish(&view, None, &reason).await;
             return;
         }
         let (mut local, probe) = self.local_state(&view, now).await;
         let probe = self.apply_dynamic_parameters(probe).await;
         self.last_probe = probe.clone();
+        self.changed_role = None;
         let mut decision = decide(&view, &local, &self.ha, now);
         if decision.actions == [Action::ProbePeers] {
             local.peer_probes = Some(self.probe_peers().await);
