@@ -261,8 +261,15 @@ impl PgInstance {
     }
 
     /// Runs SQL (simple protocol, several statements allowed) and returns the rows as text.
+    /// Each call is its own connection, named `HARNESS_SQL` (`client_backends` leaves out the
+    /// ones still leaving).
     pub async fn sql(&self, sql: &str) -> anyhow::Result<Vec<Vec<Option<String>>>> {
-        let client = self.connect().await?;
+        let dsn = format!("{} application_name={HARNESS_SQL}", self.dsn("postgres"));
+        let (client, conn) =
+            tokio_postgres::connect(&dsn, NoTls).await.with_context(|| format!("connecting to {}", self.name))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
         let messages = client.simple_query(sql).await.with_context(|| format!("{}: {sql}", self.name))?;
         Ok(messages
             .into_iter()
@@ -277,7 +284,23 @@ impl PgInstance {
     pub async fn sql_value(&self, sql: &str) -> anyhow::Result<Option<String>> {
         Ok(self.sql(sql).await?.into_iter().next().and_then(|r| r.into_iter().next().flatten()))
     }
+
+    /// Client backends besides the harness's own `sql` connections: with a pooler in front,
+    /// its server connections. (The backend of an earlier `sql` call may still be on its way
+    /// out: counted, it made a pool of 2 look like 3.)
+    pub async fn client_backends(&self) -> anyhow::Result<u32> {
+        let count = self
+            .sql_value(&format!(
+                "select count(*) from pg_stat_activity where backend_type = 'client backend' \
+                 and application_name <> '{HARNESS_SQL}'"
+            ))
+            .await?;
+        count.as_deref().unwrap_or_default().parse().context("counting client backends")
+    }
 }
+
+/// The application_name of `PgInstance::sql`'s connections.
+const HARNESS_SQL: &str = "pgha-harness-sql";
 
 /// Settings every harness instance gets: small, fast, and ready for replication and rewind.
 fn base_parameters() -> Vec<(String, String)> {

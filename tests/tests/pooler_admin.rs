@@ -32,14 +32,10 @@ async fn dropped(client: &tokio_postgres::Client) -> String {
     format!("{err:?}").to_lowercase()
 }
 
+/// The pooler's server connections; u32::MAX if PostgreSQL could not be asked (a check that
+/// waits for a count asks again).
 async fn backends(pg: &PgInstance) -> u32 {
-    pg.sql_value(
-        "select count(*) from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()",
-    )
-    .await
-    .unwrap()
-    .and_then(|v| v.parse().ok())
-    .unwrap_or(u32::MAX)
+    pg.client_backends().await.unwrap_or(u32::MAX)
 }
 
 async fn eventually<F, Fut>(what: &str, mut check: F)
@@ -129,13 +125,7 @@ async fn reload_applies_a_changed_pool_size_without_dropping_clients() {
     let row = pools.iter().find(|r| r[0] == "postgres").unwrap_or_else(|| panic!("{pools:?}"));
     let (active, idle): (u32, u32) = (row[6].parse().unwrap(), row[9].parse().unwrap());
     assert_eq!(active + idle, 2, "two server connections after RELOAD: {row:?}");
-    let servers = pg
-        .sql_value(
-            "select count(*) from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()",
-        )
-        .await
-        .unwrap();
-    assert_eq!(servers.as_deref(), Some("2"));
+    assert_eq!(backends(&pg).await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -885,12 +875,7 @@ async fn reload_moves_a_database_to_another_server_and_its_clients_follow() {
     let pools = rows(&admin.simple_query("SHOW POOLS").await.unwrap());
     assert_eq!(pools.iter().filter(|r| r[0] == "postgres").count(), 1, "{pools:?}");
     harness::wait_for("no pooler connection left on the old server", Duration::from_secs(10), || async {
-        let left = a
-            .sql_value(
-                "select count(*) from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()",
-            )
-            .await?;
-        Ok((left.as_deref() == Some("0")).then_some(()))
+        Ok((a.client_backends().await? == 0).then_some(()))
     })
     .await
     .unwrap_or_else(|e| panic!("{e:#}\n{}", pooler.log()));

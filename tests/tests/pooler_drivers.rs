@@ -130,14 +130,7 @@ async fn runs_unchanged(driver: Driver) {
 
     // Two server connections served them all, and the statements were prepared per server
     // connection: far fewer server Parses than client Parses, and every execution bound.
-    let servers = pg
-        .sql_value(
-            "select count(*) from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()",
-        )
-        .await
-        .unwrap()
-        .unwrap();
-    let servers: u32 = servers.parse().unwrap();
+    let servers = pg.client_backends().await.unwrap();
     assert!((1..=2).contains(&servers), "{servers} server connections");
     let admin = pooler.connect_dsn(&pooler.dsn("pgbouncer")).await.unwrap();
     let stats = show(&admin, "STATS").await;

@@ -15,10 +15,6 @@ async fn postgres() -> PgInstance {
     pg
 }
 
-/// The pooler's connections to PostgreSQL (the asking session excepted).
-const SERVER_CONNECTIONS: &str =
-    "select count(*) from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()";
-
 /// `client`'s next query waits for a server connection and ends with query_wait_timeout after
 /// at least `min` and less than `max`.
 async fn ends_with_query_wait_timeout(client: &tokio_postgres::Client, min: Duration, max: Duration) {
@@ -80,8 +76,7 @@ async fn a_client_waiting_past_reserve_pool_timeout_gets_a_reserve_connection_an
     // Pool and reserve are both held now: a third client waits until query_wait_timeout.
     let third = pooler.connect().await.unwrap();
     ends_with_query_wait_timeout(&third, Duration::from_millis(1900), Duration::from_secs(4)).await;
-    let servers = pg.sql_value(SERVER_CONNECTIONS).await.unwrap();
-    assert_eq!(servers.as_deref(), Some("2"), "pool_size 1 + reserve 1");
+    assert_eq!(pg.client_backends().await.unwrap(), 2, "pool_size 1 + reserve 1");
     waiter.batch_execute("commit").await.unwrap();
     holder.batch_execute("commit").await.unwrap();
 }
@@ -139,8 +134,8 @@ async fn a_client_waiting_under_max_user_connections_gets_the_slot_another_pool_
     // The connection that was closed for the waiter leaves PostgreSQL shortly after.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let open = pg.sql_value(SERVER_CONNECTIONS).await.unwrap();
-        if open.as_deref() == Some("1") {
+        let open = pg.client_backends().await.unwrap();
+        if open == 1 {
             break;
         }
         assert!(Instant::now() < deadline, "max_user_connections = 1 exceeded: {open:?} server connections");
