@@ -10,7 +10,8 @@
 
 use super::pending::{Reply, Request};
 use super::{Action, Session, SessionError, Step};
-use crate::protocol::message::{BIND_COMPLETE, CLOSE_COMPLETE, PARSE_COMPLETE, READY_FOR_QUERY_IDLE};
+use crate::protocol::extended::{BindPrefix, ParseMessage, Target, TargetKind};
+use crate::protocol::message::{split_cstr, BIND_COMPLETE, CLOSE_COMPLETE, PARSE_COMPLETE, READY_FOR_QUERY_IDLE};
 use crate::protocol::tag::frontend::{BIND, CLOSE, DESCRIBE, EXECUTE, PARSE, QUERY};
 use crate::protocol::TransactionStatus;
 use bytes::Bytes;
@@ -100,10 +101,9 @@ fn identifier(s: &[u8]) -> Option<(Vec<u8>, &[u8])> {
     Some((s[..end].to_ascii_lowercase(), &s[end..]))
 }
 
-/// The first NUL-terminated string of `body` and what follows it.
-fn cstr(body: &[u8]) -> Option<(&[u8], &[u8])> {
-    let end = body.iter().position(|c| *c == 0)?;
-    Some((&body[..end], &body[end + 1..]))
+/// Whether SQL starting with `first` may be a `DEALLOCATE` (its first letter, or a space).
+fn may_start_deallocate(first: Option<&u8>) -> bool {
+    first.is_some_and(|c| c | 0x20 == b'd' || c.is_ascii_whitespace())
 }
 
 /// A `DEALLOCATE` in the unnamed statement, and the portal it was bound to.
@@ -130,7 +130,7 @@ impl Session {
             QUERY => {
                 // A simple Query replaces the unnamed statement and portal.
                 self.local_unnamed = None;
-                if !body.first().is_some_and(|c| c | 0x20 == b'd' || c.is_ascii_whitespace()) {
+                if !may_start_deallocate(body.first()) {
                     return Ok(None);
                 }
                 if !complete {
@@ -142,16 +142,15 @@ impl Session {
             PARSE if body.first() == Some(&0) => {
                 // A new unnamed statement replaces the last one, DEALLOCATE or not.
                 self.local(|local| local.statement = None);
-                let Some((_, rest)) = cstr(body) else { return Ok(None) };
-                let Some((sql, _)) = cstr(rest) else { return Ok(None) };
-                let Some(deallocate) = parse(sql).filter(|d| self.tracks(d)) else { return Ok(None) };
+                // A malformed Parse goes its usual way, which says what is wrong with it.
+                let Ok(message) = ParseMessage::parse(body) else { return Ok(None) };
+                let Some(deallocate) = parse(message.query()).filter(|d| self.tracks(d)) else { return Ok(None) };
                 self.local_unnamed.get_or_insert_default().statement = Some(deallocate);
                 self.answer(Request::Parse { server_id: None, binding: None }, PARSE_COMPLETE, out);
                 Ok(Some(Step::Route(super::Route::Discard)))
             }
             BIND if unnamed_in_use => {
-                let Some((portal, rest)) = cstr(body) else { return Ok(None) };
-                let Some((statement, _)) = cstr(rest) else { return Ok(None) };
+                let Some(BindPrefix { portal, statement, .. }) = BindPrefix::parse(body) else { return Ok(None) };
                 let local = self.local_unnamed.get_or_insert_default();
                 let statement = if statement.is_empty() { local.statement.clone() } else { None };
                 // A Bind to a portal replaces what it held.
@@ -167,25 +166,23 @@ impl Session {
                 Ok(Some(Step::Route(super::Route::Discard)))
             }
             DESCRIBE if unnamed_in_use => {
-                let (Some(kind), Some((name, _))) = (body.first(), body.get(1..).and_then(cstr)) else {
-                    return Ok(None);
-                };
+                let Ok(Target { kind, name }) = Target::parse(body, "Describe") else { return Ok(None) };
                 let Some(unnamed) = self.local_unnamed.as_ref() else { return Ok(None) };
                 let local = match kind {
-                    b'S' => name.is_empty() && unnamed.statement.is_some(),
-                    _ => unnamed.portal.as_ref().is_some_and(|(portal, _)| portal == name),
+                    TargetKind::Statement => name.is_empty() && unnamed.statement.is_some(),
+                    TargetKind::Portal => unnamed.portal.as_ref().is_some_and(|(portal, _)| portal == name),
                 };
                 if !local {
                     return Ok(None);
                 }
-                if *kind == b'S' {
+                if kind == TargetKind::Statement {
                     self.answer(Request::Describe, NO_PARAMETERS, out);
                 }
                 self.answer(Request::Describe, NO_DATA, out);
                 Ok(Some(Step::Route(super::Route::Discard)))
             }
             EXECUTE if unnamed_in_use => {
-                let Some((portal, _)) = cstr(body) else {
+                let Ok((portal, _)) = split_cstr(body, "Execute") else {
                     return Ok((!complete).then_some(Step::NeedMore));
                 };
                 let deallocate = self.local_unnamed.as_ref().and_then(|local| local.portal.as_ref());
@@ -196,14 +193,11 @@ impl Session {
                 Ok(Some(Step::Route(super::Route::Discard)))
             }
             CLOSE if unnamed_in_use => {
-                let (Some(kind), Some((name, _))) = (body.first(), body.get(1..).and_then(cstr)) else {
-                    return Ok(None);
-                };
+                let Ok(Target { kind, name }) = Target::parse(body, "Close") else { return Ok(None) };
                 let Some(unnamed) = self.local_unnamed.as_mut() else { return Ok(None) };
                 let local = match kind {
-                    b'S' if name.is_empty() => unnamed.statement.take().is_some(),
-                    b'P' => unnamed.portal.take_if(|(portal, _)| portal == name).is_some(),
-                    _ => false,
+                    TargetKind::Statement => name.is_empty() && unnamed.statement.take().is_some(),
+                    TargetKind::Portal => unnamed.portal.take_if(|(portal, _)| portal == name).is_some(),
                 };
                 self.local(|_| {});
                 if !local {
@@ -232,16 +226,9 @@ impl Session {
     #[inline]
     pub(super) fn may_deallocate_locally(&self, tag: u8, body: &[u8]) -> bool {
         match tag {
-            QUERY => {
-                self.local_unnamed.is_some()
-                    || body.first().is_some_and(|c| c | 0x20 == b'd' || c.is_ascii_whitespace())
-            }
+            QUERY => self.local_unnamed.is_some() || may_start_deallocate(body.first()),
             // An unnamed Parse also replaces a local DEALLOCATE, which must then be forgotten.
-            PARSE => {
-                body.first() == Some(&0)
-                    && (self.local_unnamed.is_some()
-                        || body.get(1).is_some_and(|c| c | 0x20 == b'd' || c.is_ascii_whitespace()))
-            }
+            PARSE => body.first() == Some(&0) && (self.local_unnamed.is_some() || may_start_deallocate(body.get(1))),
             _ => self.local_unnamed.is_some(),
         }
     }
