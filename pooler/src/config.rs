@@ -69,6 +69,9 @@ pub struct PoolerConfig {
     pub max_prepared_statements: u32,
     pub server_lifetime: f64,
     pub server_idle_timeout: f64,
+    /// Seconds a database served by the `*` entry may stay unused (no client, no server
+    /// connection) before its pools are dropped (0: kept; PgBouncer's autodb_idle_timeout).
+    pub autodb_idle_timeout: f64,
     pub server_connect_timeout: f64,
     pub server_login_retry: f64,
     pub query_timeout: f64,
@@ -277,6 +280,7 @@ impl Default for PoolerConfig {
             max_prepared_statements: 200,
             server_lifetime: 3600.0,
             server_idle_timeout: 600.0,
+            autodb_idle_timeout: 3600.0,
             server_connect_timeout: 15.0,
             server_login_retry: 15.0,
             query_timeout: 0.0,
@@ -410,6 +414,7 @@ impl Validate for PoolerConfig {
             ("reserve_pool_timeout", self.reserve_pool_timeout),
             ("server_lifetime", self.server_lifetime),
             ("server_idle_timeout", self.server_idle_timeout),
+            ("autodb_idle_timeout", self.autodb_idle_timeout),
             ("server_connect_timeout", self.server_connect_timeout),
             ("server_login_retry", self.server_login_retry),
             ("query_timeout", self.query_timeout),

@@ -103,9 +103,18 @@ impl AdminBackend for ConsoleBackend {
     async fn databases(&self) -> Vec<DatabaseRow> {
         let config = self.shared.config();
         let pools = self.shared.pools.all();
-        self.shared
-            .topology()
-            .databases()
+        let topology = self.shared.topology();
+        let mut targets = topology.databases();
+        // The databases the `*` entry serves now, as PgBouncer lists its automatic ones.
+        let mut auto: Vec<_> = pools
+            .iter()
+            .filter(|p| targets.iter().all(|t| *t.name != *p.key.database))
+            .filter_map(|p| topology.target(&p.key.database).filter(|t| t.auto))
+            .collect();
+        auto.sort_by(|a, b| a.name.cmp(&b.name));
+        auto.dedup_by(|a, b| a.name == b.name);
+        targets.extend(auto);
+        targets
             .iter()
             .map(|t| {
                 let mine: Vec<_> = pools.iter().filter(|p| *p.key.database == *t.name).collect();

@@ -116,6 +116,9 @@ pub struct DatabaseTarget {
     pub reserve_pool: Option<u32>,
     pub max_db_connections: Option<u32>,
     pub max_db_client_connections: Option<u32>,
+    /// Served by the `*` entry under the client's database name (PgBouncer's automatically
+    /// created database): its pools are dropped after autodb_idle_timeout unused.
+    pub auto: bool,
 }
 
 impl DatabaseTarget {
@@ -174,6 +177,7 @@ impl StaticTopology {
                 reserve_pool: db.reserve_pool,
                 max_db_connections: db.max_db_connections,
                 max_db_client_connections: db.max_db_client_connections,
+                auto: false,
             };
             if name == "*" {
                 topology.fallback = Some(target);
@@ -191,7 +195,12 @@ impl Topology for StaticTopology {
             return Some(target.clone());
         }
         let fallback = self.fallback.as_ref()?;
-        Some(Arc::new(DatabaseTarget { name: database.to_owned(), dbname: database.to_owned(), ..fallback.clone() }))
+        Some(Arc::new(DatabaseTarget {
+            name: database.to_owned(),
+            dbname: database.to_owned(),
+            auto: true,
+            ..fallback.clone()
+        }))
     }
 
     fn databases(&self) -> Vec<Arc<DatabaseTarget>> {
@@ -215,6 +224,7 @@ mod tests {
         assert_eq!((app.dbname.as_str(), app.server().to_string()), ("shop", "10.0.0.1:5432".to_owned()));
         let other = topology.target("other").unwrap();
         assert_eq!((other.dbname.as_str(), other.server().to_string()), ("other", "/run/pg/.s.PGSQL.5433".into()));
+        assert!(other.auto && !app.auto, "only the `*` entry's databases are automatic");
         assert_eq!(topology.databases().len(), 1);
     }
 

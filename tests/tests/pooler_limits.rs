@@ -2,8 +2,9 @@
 //! PgBouncer's error, query_wait_timeout ends a client that waited too long for a server
 //! connection, idle_transaction_timeout ends a client idle inside a transaction, a client that
 //! waited reserve_pool_timeout gets a reserve connection (and no more than reserve_pool_size
-//! are opened), and a slot freed under max_user_connections goes to a client waiting in
-//! another pool.
+//! are opened), a slot freed under max_user_connections goes to a client waiting in
+//! another pool, and the pools of databases the `*` entry serves are dropped once unused for
+//! autodb_idle_timeout.
 
 use harness::pooler::{refusal, server_error, PoolerProcess};
 use harness::{PgInstance, PgOptions};
@@ -304,4 +305,67 @@ async fn after_a_failed_server_login_clients_fail_fast_until_server_login_retry_
     assert!(!third.contains("server login has been failing"), "after the wait a client tries again: {third}");
     let log = pooler.log();
     assert_eq!(log.matches("login refused: no server connection").count(), 3, "{log}");
+}
+
+/// The `*` entry serves any other database name, and (autodb_idle_timeout, as in PgBouncer)
+/// drops such a database's pools once they have had no client and no server connection for
+/// that long: a database that does not exist, and one whose last client left. A connected
+/// client, even idle, keeps its pool; SHOW DATABASES lists the automatic databases in use;
+/// the next client gets a new pool; `SET autodb_idle_timeout = 0` keeps them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wildcard_database_s_unused_pools_are_dropped_after_autodb_idle_timeout() {
+    let pg = postgres().await;
+    pg.sql("create database shop").await.unwrap();
+    let settings = format!(
+        "admin_users = [\"postgres\"]\nautodb_idle_timeout = 1\nserver_idle_timeout = 1\n\
+         [databases.\"*\"]\nhost = \"127.0.0.1\"\nport = {}",
+        pg.port()
+    );
+    let pooler = PoolerProcess::start(&pg, &settings).await.unwrap();
+    let console = pooler.connect_dsn(&pooler.dsn("pgbouncer")).await.unwrap();
+    let databases_with_pools = || async {
+        let pools = harness::pooler::show(&console, "POOLS").await;
+        let mut names: Vec<String> = pools.iter().map(|r| r["database"].clone()).collect();
+        names.sort();
+        names.dedup();
+        names
+    };
+
+    let missing = pooler.connect_dsn(&pooler.dsn("nosuch")).await.expect_err("no such database on the server");
+    let missing = server_error(&missing).map(|e| e.code().code().to_owned());
+    assert_eq!(missing.as_deref(), Some("3D000"), "the server's own refusal");
+    let shop = pooler.connect_dsn(&pooler.dsn("shop")).await.unwrap();
+    let rows = shop.simple_query("select current_database()").await.unwrap();
+    let name = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0),
+        _ => None,
+    });
+    assert_eq!(name, Some("shop"));
+    let databases = harness::pooler::show(&console, "DATABASES").await;
+    let row = databases.iter().find(|r| r["name"] == "shop").expect("an automatic database in use is listed");
+    assert_eq!((row["database"].as_str(), row["port"].clone()), ("shop", pg.port().to_string()));
+    assert!(databases.iter().all(|r| r["name"] != "*"), "the `*` entry itself is not a database: {databases:?}");
+
+    // The idle client outlasts autodb_idle_timeout and server_idle_timeout several times over.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(databases_with_pools().await, ["postgres", "shop"], "the pool of a database that failed is gone");
+    shop.simple_query("select 1").await.unwrap();
+    drop(shop);
+    harness::wait_for("shop's pool to be dropped", Duration::from_secs(15), || async {
+        Ok((databases_with_pools().await == ["postgres"]).then_some(()))
+    })
+    .await
+    .unwrap();
+    let databases = harness::pooler::show(&console, "DATABASES").await;
+    assert!(databases.iter().all(|r| r["name"] != "shop"), "{databases:?}");
+    let log = pooler.log();
+    assert_eq!(log.matches("pool dropped").count(), 2, "{log}");
+
+    console.simple_query("SET autodb_idle_timeout = 0").await.unwrap();
+    let shop = pooler.connect_dsn(&pooler.dsn("shop")).await.unwrap();
+    shop.simple_query("select 1").await.unwrap();
+    drop(shop);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(databases_with_pools().await, ["postgres", "shop"], "autodb_idle_timeout = 0 keeps the pools");
+    assert_eq!(pooler.log().matches("pool dropped").count(), 2);
 }

@@ -1,9 +1,11 @@
 //! A pool's housekeeping: every `WAITER_CHECK` the timeouts of waiting clients
 //! (query_wait_timeout, reserve_pool_timeout; `Pool::check_waiters`), and once a second: close
 //! idle connections past server_idle_timeout or server_lifetime, open connections up to
-//! min_pool_size once the pool has been used, and roll SHOW STATS_AVERAGES over at the end of
-//! each stats_period.
+//! min_pool_size once the pool has been used, roll SHOW STATS_AVERAGES over at the end of
+//! each stats_period, and take an automatic database's pool out of the registry once it has
+//! been unused for autodb_idle_timeout.
 
+use super::registry::Retirement;
 use super::Pool;
 use std::sync::Weak;
 use std::time::{Duration, Instant};
@@ -14,9 +16,11 @@ pub(super) const WAITER_CHECK: Duration = Duration::from_millis(250);
 /// Waiter checks per round of the once-a-second housekeeping.
 const CHECKS_PER_SECOND: u32 = 4;
 
-pub(super) async fn run(pool: Weak<Pool>) {
+pub(super) async fn run(pool: Weak<Pool>, retirement: Retirement) {
     let mut tick = crate::clock::interval(WAITER_CHECK);
     let mut round = 0u32;
+    // Since when an automatic database's pool has been unused (autodb_idle_timeout).
+    let mut unused_since: Option<Instant> = None;
     loop {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
@@ -25,9 +29,32 @@ pub(super) async fn run(pool: Weak<Pool>) {
         if round % CHECKS_PER_SECOND != 1 {
             continue;
         }
-        pool.stats.roll_averages(Instant::now(), pool.settings().stats_period);
+        let settings = pool.settings();
+        pool.stats.roll_averages(Instant::now(), settings.stats_period);
         pool.expire_idle();
         pool.fill_to_minimum().await;
+        let Some(timeout) = settings.autodb_idle_timeout else {
+            unused_since = None;
+            continue;
+        };
+        let now = Instant::now();
+        if !pool.is_unused() {
+            unused_since = None;
+            continue;
+        }
+        let since = *unused_since.get_or_insert(now);
+        if now.duration_since(since) < timeout {
+            continue;
+        }
+        let (database, user) = (pool.key.database.clone(), pool.key.user.clone());
+        if retirement.retire(pool) {
+            tracing::info!(
+                database = &*database,
+                user = &*user,
+                "pool dropped: its database came from the * entry and was unused for autodb_idle_timeout"
+            );
+            return;
+        }
     }
 }
 

@@ -415,6 +415,16 @@ impl Pool {
         self.settings_at.load(Ordering::Relaxed) != Arc::as_ptr(mine) as usize
     }
 
+    /// No server connection, no client and no waiter, and not paused: what an automatic
+    /// database's pool must be for autodb_idle_timeout to count.
+    pub(super) fn is_unused(&self) -> bool {
+        let st = self.lock();
+        st.total == 0
+            && !st.paused
+            && st.waiters.iter().all(Waiter::is_closed)
+            && self.stats.clients.load(Ordering::Relaxed) == 0
+    }
+
     /// (open, checked out, idle, waiting clients)
     pub fn counts(&self) -> (u32, u32, u32, u32) {
         let st = self.lock();

@@ -17,6 +17,8 @@ pub struct PoolSettings {
     pub query_wait_timeout: Option<Duration>,
     pub server_lifetime: Option<Duration>,
     pub server_idle_timeout: Option<Duration>,
+    /// autodb_idle_timeout, for the pools of a database the `*` entry serves (None: kept).
+    pub autodb_idle_timeout: Option<Duration>,
     pub server_connect_timeout: Duration,
     /// After a failed login to a server, how long new connections skip it.
     pub server_login_retry: Option<Duration>,
@@ -63,6 +65,7 @@ impl PoolSettings {
             query_wait_timeout: secs(config.query_wait_timeout),
             server_lifetime: secs(config.server_lifetime),
             server_idle_timeout: secs(config.server_idle_timeout),
+            autodb_idle_timeout: if target.auto { secs(config.autodb_idle_timeout) } else { None },
             server_connect_timeout: secs(config.server_connect_timeout).unwrap_or(Duration::from_secs(15)),
             server_login_retry: secs(config.server_login_retry),
             server_check_delay: Duration::from_secs_f64(config.server_check_delay),
