@@ -139,6 +139,9 @@ pub struct PoolerConfig {
     /// Unanswered probes before the connection is dropped; 0: the system's.
     pub tcp_keepcnt: u32,
     /// Log each client login and each new server connection (at info), as PgBouncer does.
+    /// Append the client's address to its application_name at login (PgBouncer's
+    /// application_name_add_host).
+    pub application_name_add_host: bool,
     pub log_connections: bool,
     /// Log each closed client and server connection with why it closed (at info).
     pub log_disconnections: bool,
@@ -317,6 +320,7 @@ impl Default for PoolerConfig {
             takeover_socket: String::new(),
             worker_threads: 0,
             stats_period: 60.0,
+            application_name_add_host: false,
             log_connections: true,
             log_disconnections: true,
             tcp_keepalive: true,

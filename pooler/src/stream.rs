@@ -83,13 +83,24 @@ impl Stream {
 
     /// The client's IP address (TCP and TLS); None for a Unix socket.
     pub fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        self.peer_addr().map(|a| a.ip())
+    }
+
+    /// The TCP peer's address and port; None over a Unix socket.
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
         let tcp = match self {
             Stream::Tcp(s) => s,
             Stream::TlsClient(s) => s.get_ref().0,
             Stream::TlsServer(s) => s.get_ref().0,
             _ => return None,
         };
-        tcp.peer_addr().ok().map(|a| a.ip())
+        tcp.peer_addr().ok()
+    }
+
+    /// The process at the other end of a Unix socket, if the kernel says.
+    pub fn peer_pid(&self) -> Option<i32> {
+        let Stream::Unix(s) = self else { return None };
+        s.peer_cred().ok()?.pid()
     }
 
     /// The operating-system user of the process at the other end of a Unix socket

@@ -177,6 +177,47 @@ async fn each_client_is_welcomed_with_its_own_parameters() {
     }
 }
 
+/// application_name_add_host: the server and SHOW CLIENTS see each client's application_name
+/// with where it connects from (`app` when it gave none), over TCP and the Unix socket, in
+/// transaction mode where two clients take turns on one server connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn application_name_add_host_tells_the_server_where_each_client_connects_from() {
+    let pg = postgres().await;
+    let settings = "pool_mode = \"transaction\"\ndefault_pool_size = 1\napplication_name_add_host = true\n\
+                    admin_users = [\"postgres\"]";
+    let pooler = PoolerProcess::start(&pg, settings).await.unwrap();
+    let named = pooler.connect_dsn(&format!("{} application_name=billing", pooler.dsn("postgres"))).await.unwrap();
+    let unnamed = pooler.connect_dsn(&pooler.dsn("postgres")).await.unwrap();
+    let local = pooler.connect_dsn(&format!("{} application_name=cron", pooler.unix_dsn("postgres"))).await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        for client in [&named, &unnamed, &local] {
+            let row = client
+                .query_one("select application_name from pg_stat_activity where pid = pg_backend_pid()", &[])
+                .await
+                .unwrap();
+            seen.push(row.get::<_, String>(0));
+        }
+    }
+    let tcp = |name: &str, value: &str| {
+        value.strip_prefix(&format!("{name} - 127.0.0.1:")).is_some_and(|port| port.parse::<u16>().is_ok())
+    };
+    for round in seen.chunks(3) {
+        assert!(tcp("billing", &round[0]), "{seen:?}");
+        assert!(tcp("app", &round[1]), "{seen:?}");
+        assert_eq!(round[2], format!("cron - unix (pid={})", std::process::id()), "{seen:?}");
+    }
+    assert_ne!(seen[0], seen[1]);
+    let console = pooler.connect_dsn(&pooler.dsn("pgbouncer")).await.unwrap();
+    let clients = harness::pooler::show(&console, "CLIENTS").await;
+    for name in &seen[..3] {
+        let row = clients.iter().find(|r| r["application_name"] == *name).expect("SHOW CLIENTS has it");
+        if let Some(port) = name.rsplit(':').next().filter(|_| name.contains("127.0.0.1")) {
+            assert_eq!(&row["port"], port, "{row:?}");
+        }
+    }
+}
+
 /// The Unix socket gets unix_socket_mode (PgBouncer's default 0777: any local user may
 /// connect, then authenticate) and, when set, unix_socket_group; a group that does not exist
 /// stops the pooler with a message naming the setting.

@@ -70,7 +70,7 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
         let _ = send_fatal(stream, "08P01", "no more connections allowed (max_client_conn)").await;
         return None;
     }
-    let asked_values = match session_values(&startup, &config.ignore_startup_parameters) {
+    let mut asked_values = match session_values(&startup, &config.ignore_startup_parameters) {
         Ok(asked) => asked,
         Err(refusal) => {
             let message = refusal.to_string();
@@ -79,6 +79,10 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
             return None;
         }
     };
+    if config.application_name_add_host && database != ADMIN_DATABASE {
+        let name = &mut asked_values[TrackedParam::ApplicationName.index()];
+        *name = Some(Cow::Owned(with_host(name.as_deref(), stream)));
+    }
     let asked: [Option<&str>; 6] = std::array::from_fn(|i| asked_values[i].as_deref());
     let credentials = with_auth_query(shared, &config, database);
     let auth_type = match config.auth_type {
@@ -170,6 +174,20 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
     let me = register(shared, names_of(&pool.key), application_name, stream, config.log_connections);
     let (params, settings) = (welcome.params, welcome.settings);
     Some(Outcome::Pool(LoggedIn { pool, settings, params, key, cancel, me, admission }))
+}
+
+/// application_name_add_host: the client's application_name (`app` if it gave none) with
+/// where it connects from, as PgBouncer writes it: `psql - 10.0.0.7:51234`, `[::1]:51234` for
+/// IPv6, `unix (pid=4242)` over the Unix socket.
+fn with_host(application_name: Option<&str>, stream: &Stream) -> String {
+    let name = application_name.unwrap_or("app");
+    match stream.peer_addr() {
+        Some(addr) => format!("{name} - {addr}"),
+        None => match stream.peer_pid() {
+            Some(pid) => format!("{name} - unix (pid={pid})"),
+            None => format!("{name} - unix"),
+        },
+    }
 }
 
 /// The credential a `trust` login passes on to the server, when it is known without waiting:
