@@ -142,6 +142,9 @@ pub struct PoolerConfig {
     /// Append the client's address to its application_name at login (PgBouncer's
     /// application_name_add_host).
     pub application_name_add_host: bool,
+    /// Refuse the simple query protocol: a client that sends a Query message is disconnected
+    /// (PgBouncer's disable_pqexec).
+    pub disable_pqexec: bool,
     pub log_connections: bool,
     /// Log each closed client and server connection with why it closed (at info).
     pub log_disconnections: bool,
@@ -321,6 +324,7 @@ impl Default for PoolerConfig {
             worker_threads: 0,
             stats_period: 60.0,
             application_name_add_host: false,
+            disable_pqexec: false,
             log_connections: true,
             log_disconnections: true,
             tcp_keepalive: true,

@@ -45,7 +45,17 @@ impl PoolerProcess {
         Self::start_probing(pg, settings, true).await
     }
 
+    /// Like [`PoolerProcess::start`], with readiness checked by an extended-protocol query (for
+    /// settings that refuse the simple protocol, such as disable_pqexec).
+    pub async fn start_extended(pg: &PgInstance, settings: &str) -> anyhow::Result<PoolerProcess> {
+        Self::start_with(pg, settings, false, true).await
+    }
+
     async fn start_probing(pg: &PgInstance, settings: &str, unix: bool) -> anyhow::Result<PoolerProcess> {
+        Self::start_with(pg, settings, unix, false).await
+    }
+
+    async fn start_with(pg: &PgInstance, settings: &str, unix: bool, extended: bool) -> anyhow::Result<PoolerProcess> {
         let dir = ScratchDir::new("pooler", None)?;
         std::fs::write(dir.join("userlist.txt"), format!("\"{SUPERUSER}\" \"{}\"\n", pg.password()))
             .context("writing userlist.txt")?;
@@ -57,7 +67,11 @@ impl PoolerProcess {
             let dsn = if unix { pooler.unix_dsn("postgres") } else { pooler.dsn("postgres") };
             let dsn = format!("{dsn} password={}", pooler.password);
             let client = pooler.connect_dsn(&dsn).await?;
-            client.simple_query("select 1").await?;
+            if extended {
+                client.query_one("select 1", &[]).await?;
+            } else {
+                client.simple_query("select 1").await?;
+            }
             Ok(Some(()))
         })
         .await

@@ -218,6 +218,29 @@ async fn application_name_add_host_tells_the_server_where_each_client_connects_f
     }
 }
 
+/// disable_pqexec: extended-protocol queries are served, a simple query ends its client with
+/// the setting's name (SQLSTATE 08P01), other clients go on, and the console still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disable_pqexec_serves_only_the_extended_protocol() {
+    let pg = postgres().await;
+    let settings = "pool_mode = \"transaction\"\ndisable_pqexec = true\nadmin_users = [\"postgres\"]";
+    let pooler = harness::pooler::PoolerProcess::start_extended(&pg, settings).await.unwrap();
+    let bystander = pooler.connect().await.unwrap();
+    let client = pooler.connect().await.unwrap();
+    let row = client.query_one("select $1::int + 1", &[&41i32]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42);
+    let err = client.simple_query("select 1; select 2").await.expect_err("the simple protocol is refused");
+    let db = err.as_db_error().expect("the pooler's ErrorResponse");
+    assert_eq!((db.code().code(), db.severity()), ("08P01", "FATAL"));
+    assert!(db.message().contains("disable_pqexec"), "{}", db.message());
+    assert!(client.is_closed() || client.query_one("select 1", &[]).await.is_err(), "the client is disconnected");
+    assert_eq!(bystander.query_one("select 7", &[]).await.unwrap().get::<_, i32>(0), 7);
+    let console = pooler.connect_dsn(&pooler.dsn("pgbouncer")).await.unwrap();
+    let config = harness::pooler::show(&console, "CONFIG").await;
+    let row = config.iter().find(|r| r["key"] == "disable_pqexec").expect("SHOW CONFIG lists it");
+    assert_eq!(row["value"], "1");
+}
+
 /// The Unix socket gets unix_socket_mode (PgBouncer's default 0777: any local user may
 /// connect, then authenticate) and, when set, unix_socket_group; a group that does not exist
 /// stops the pooler with a message naming the setting.

@@ -103,6 +103,7 @@ fn settings(c: &PoolerConfig) -> Vec<(&'static str, Option<String>, bool)> {
         ("log_connections", Some(u8::from(c.log_connections).to_string()), true),
         ("log_disconnections", Some(u8::from(c.log_disconnections).to_string()), true),
         ("application_name_add_host", Some(u8::from(c.application_name_add_host).to_string()), true),
+        ("disable_pqexec", Some(u8::from(c.disable_pqexec).to_string()), true),
         ("tcp_keepalive", Some(u8::from(c.tcp_keepalive).to_string()), true),
         ("tcp_keepidle", Some(c.tcp_keepidle.to_string()), true),
         ("tcp_keepintvl", Some(c.tcp_keepintvl.to_string()), true),

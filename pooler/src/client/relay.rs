@@ -172,6 +172,7 @@ impl Relay {
             pool_mode: login.settings.pool_mode,
             max_prepared_statements: config.max_prepared_statements,
             limits: crate::protocol::FrameLimits { max_message_len: config.max_packet_size, ..Default::default() },
+            disable_pqexec: config.disable_pqexec,
         };
         login.pool.stats.clients.fetch_add(1, Ordering::Relaxed);
         login.admission.into_relay();

@@ -25,6 +25,8 @@ pub enum SessionError {
     UnknownStatement { name: String },
     #[error("the server rejected the client's session parameters: {message}")]
     ParameterRejected { message: String },
+    #[error("the simple query protocol is disabled here (disable_pqexec): send queries with the extended protocol")]
+    SimpleQueryDisabled,
     #[error("transaction blocks are not allowed in statement pooling mode")]
     TransactionInStatementMode,
     #[error("cannot build a message for the server: {0}")]
@@ -46,6 +48,7 @@ impl SessionError {
                 | SessionError::UnknownStatement { .. }
                 | SessionError::ParameterRejected { .. }
                 | SessionError::TransactionInStatementMode
+                | SessionError::SimpleQueryDisabled
         )
     }
 
@@ -55,7 +58,8 @@ impl SessionError {
             SessionError::ClientFrame(FrameError::TooLong { .. } | FrameError::TooLargeToInspect { .. }) => "54000",
             SessionError::ClientFrame(_)
             | SessionError::ClientMessage(_)
-            | SessionError::UnexpectedClientMessage { .. } => "08P01",
+            | SessionError::UnexpectedClientMessage { .. }
+            | SessionError::SimpleQueryDisabled => "08P01",
             SessionError::UnknownStatement { .. } => "26000",
             SessionError::ParameterRejected { .. } => "22023",
             SessionError::TransactionInStatementMode => "0A000",

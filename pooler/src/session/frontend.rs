@@ -30,6 +30,7 @@ impl Session {
         }
         match tag {
             TERMINATE => return Ok(Step::Terminate),
+            QUERY if self.config.disable_pqexec => return Err(SessionError::SimpleQueryDisabled),
             PASSWORD => return Err(SessionError::UnexpectedClientMessage { tag, what: "an authentication message" }),
             QUERY | PARSE | BIND | DESCRIBE | CLOSE | EXECUTE | SYNC | FLUSH | FUNCTION_CALL | COPY_DATA
             | COPY_DONE | COPY_FAIL => {}

@@ -65,6 +65,8 @@ pub struct SessionConfig {
     /// 0 turns tracking off and named statements pass through untouched.
     pub max_prepared_statements: u32,
     pub limits: FrameLimits,
+    /// disable_pqexec: a simple Query ends the session (only the extended protocol is served).
+    pub disable_pqexec: bool,
 }
 
 /// A session at rest, as a parked client keeps it (`Session::rest`).

@@ -560,6 +560,7 @@ pub(super) fn transaction_config() -> SessionConfig {
         pool_mode: super::PoolMode::Transaction,
         max_prepared_statements: 100,
         limits: FrameLimits::default(),
+        disable_pqexec: false,
     }
 }
 

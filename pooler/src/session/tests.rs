@@ -548,6 +548,27 @@ fn statement_mode_refuses_transaction_blocks() {
     assert!(error.contains("statement pooling"), "{error}");
 }
 
+/// disable_pqexec: the extended protocol is served as usual, and a simple Query, even one
+/// pipelined behind it, ends the session with the setting's name.
+#[test]
+fn disable_pqexec_refuses_a_simple_query_and_serves_the_extended_protocol() {
+    let config = SessionConfig { disable_pqexec: true, ..transaction_config() };
+    let mut h = Harness::new(config, login_params());
+    send(&mut h, &[client::parse("", "SELECT 1"), client::bind(""), client::execute(), client::sync()]);
+    h.settle().unwrap();
+    assert_eq!(h.new_tags(), "12DCZ");
+    h.mark();
+    let pipelined =
+        [client::parse("", "SELECT 1"), client::bind(""), client::execute(), client::sync(), client::query("SELECT 1")];
+    let error = h.client_sends(&pipelined.concat()).unwrap_err();
+    assert!(error.to_string().contains("disable_pqexec"), "{error}");
+    assert_eq!(error.sqlstate(), "08P01");
+    let mut h = Harness::new(transaction_config(), login_params());
+    send(&mut h, &[client::query("SELECT 1")]);
+    h.settle().unwrap();
+    assert_eq!(h.new_tags(), "TDCZ", "allowed by default");
+}
+
 #[test]
 fn session_mode_keeps_its_server_and_names_statements_as_the_client_did() {
     let config = SessionConfig { pool_mode: PoolMode::Session, ..transaction_config() };
