@@ -69,6 +69,9 @@ pub struct PoolerConfig {
     pub max_prepared_statements: u32,
     pub server_lifetime: f64,
     pub server_idle_timeout: f64,
+    /// Check out the server connection idle longest instead of the one released last, so load
+    /// spreads over every open connection (PgBouncer's server_round_robin).
+    pub server_round_robin: bool,
     /// Seconds a database served by the `*` entry may stay unused (no client, no server
     /// connection) before its pools are dropped (0: kept; PgBouncer's autodb_idle_timeout).
     pub autodb_idle_timeout: f64,
@@ -286,6 +289,7 @@ impl Default for PoolerConfig {
             max_prepared_statements: 200,
             server_lifetime: 3600.0,
             server_idle_timeout: 600.0,
+            server_round_robin: false,
             autodb_idle_timeout: 3600.0,
             server_connect_timeout: 15.0,
             server_login_retry: 15.0,
@@ -345,7 +349,9 @@ impl Default for PoolerConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
-    /// The server's host name, address or Unix socket directory; none with `cluster_role`.
+    /// The server's host name, address or Unix socket directory, or several separated by
+    /// commas (new server connections take them in turn, as PgBouncer's host list); none with
+    /// `cluster_role`.
     #[serde(default)]
     pub host: String,
     /// `primary`, `replica` or `read-only`: the servers are the `[cluster]`'s members in that
@@ -379,6 +385,13 @@ pub struct DatabaseConfig {
     /// lag in bytes, in place of `[cluster] max_replica_lag` (0: no limit).
     #[serde(default)]
     pub max_replica_lag: Option<u64>,
+}
+
+impl DatabaseConfig {
+    /// The hosts of `host`, a comma-separated list.
+    pub fn hosts(&self) -> impl Iterator<Item = &str> {
+        self.host.split(',').map(str::trim)
+    }
 }
 
 /// One `[users.<name>]` entry: per-user overrides.
@@ -460,6 +473,13 @@ impl Validate for PoolerConfig {
                     return Err(Invalid::missing(
                         "cluster",
                         format!("databases.{name}.cluster_role needs a [cluster] section (scope and the DCS)"),
+                    ))
+                }
+                (None, false) if db.hosts().any(str::is_empty) => {
+                    return Err(Invalid::new(
+                        format!("databases.{name}.host"),
+                        format!("{:?}", db.host),
+                        "expected a host, or several separated by commas, none of them empty",
                     ))
                 }
                 _ => {}

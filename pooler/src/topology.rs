@@ -157,7 +157,7 @@ impl StaticTopology {
         let cluster_lag = config.cluster.as_ref().map_or(0, |c| c.max_replica_lag);
         for (name, db) in &config.databases {
             let servers: Arc<[ServerAddr]> = match (db.cluster_role, cluster) {
-                (None, _) => Arc::new([ServerAddr { host: db.host.clone(), port: db.port }]),
+                (None, _) => db.hosts().map(|host| ServerAddr { host: host.to_owned(), port: db.port }).collect(),
                 (Some(role), Some(cluster)) => {
                     match cluster.for_role(role, db.max_replica_lag.unwrap_or(cluster_lag)) {
                         servers if servers.is_empty() => continue,
@@ -226,6 +226,19 @@ mod tests {
         assert_eq!((other.dbname.as_str(), other.server().to_string()), ("other", "/run/pg/.s.PGSQL.5433".into()));
         assert!(other.auto && !app.auto, "only the `*` entry's databases are automatic");
         assert_eq!(topology.databases().len(), 1);
+    }
+
+    #[test]
+    fn a_host_list_gives_the_database_each_host_in_turn() {
+        let text = "auth_type = \"trust\"\n[databases.app]\nhost = \"10.0.0.1, /run/pg,db2\"\nport = 5433\n";
+        let config: PoolerConfig = parse(Path::new("pooler.toml"), text).unwrap();
+        let app = StaticTopology::from_config(&config).target("app").unwrap();
+        assert_eq!(ServerList(&app.servers).to_string(), "10.0.0.1:5433,/run/pg/.s.PGSQL.5433,db2:5433");
+        for bad in ["10.0.0.1,", ",", "a,,b"] {
+            let text = format!("auth_type = \"trust\"\n[databases.app]\nhost = \"{bad}\"\n");
+            let err = parse::<PoolerConfig>(Path::new("pooler.toml"), &text).unwrap_err().to_string();
+            assert!(err.contains("databases.app.host") && err.contains("none of them empty"), "{bad}: {err}");
+        }
     }
 
     #[test]

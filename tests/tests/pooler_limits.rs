@@ -307,6 +307,58 @@ async fn after_a_failed_server_login_clients_fail_fast_until_server_login_retry_
     assert_eq!(log.matches("login refused: no server connection").count(), 3, "{log}");
 }
 
+/// A database with several hosts (PgBouncer's host list) opens its server connections on each
+/// in turn; server_round_robin then spreads one client's transactions over them (the
+/// connection idle longest goes next), where the default reuses the one released last. The
+/// hosts here are the same PostgreSQL over TCP and over its Unix socket, told apart by
+/// `inet_server_addr()` (NULL over a Unix socket).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_list_and_server_round_robin_spread_transactions_over_the_hosts() {
+    let pg = postgres().await;
+    let settings = format!(
+        "admin_users = [\"postgres\"]\npool_mode = \"transaction\"\nserver_round_robin = true\n\
+         [databases.both]\nhost = \"127.0.0.1,{}\"\nport = {}\ndbname = \"postgres\"",
+        pg.socket_dir().display(),
+        pg.port()
+    );
+    let pooler = PoolerProcess::start(&pg, &settings).await.unwrap();
+    let dsn = format!("host=127.0.0.1 port={} user=postgres dbname=both", pooler.port());
+    let (first, second) = (pooler.connect_dsn(&dsn).await.unwrap(), pooler.connect_dsn(&dsn).await.unwrap());
+    // One simple query is one transaction (tokio-postgres' query() would take two: its
+    // prepare and its execution).
+    async fn server(client: &tokio_postgres::Client) -> String {
+        let messages = client.simple_query("select coalesce(host(inet_server_addr()), 'unix')").await.unwrap();
+        let value = messages.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0),
+            _ => None,
+        });
+        value.unwrap_or_default().to_owned()
+    }
+    first.batch_execute("begin").await.unwrap();
+    second.batch_execute("begin").await.unwrap();
+    let mut opened = [server(&first).await, server(&second).await];
+    opened.sort();
+    assert_eq!(opened, ["127.0.0.1", "unix"], "one server connection on each host");
+    first.batch_execute("commit").await.unwrap();
+    second.batch_execute("commit").await.unwrap();
+    let mut turns = Vec::new();
+    for _ in 0..6 {
+        turns.push(server(&first).await);
+    }
+    assert!(turns.windows(2).all(|w| w[0] != w[1]), "round robin alternates: {turns:?}");
+
+    let console = pooler.connect_dsn(&pooler.dsn("pgbouncer")).await.unwrap();
+    console.simple_query("SET server_round_robin = 0").await.unwrap();
+    let mut turns = Vec::new();
+    for _ in 0..6 {
+        turns.push(server(&first).await);
+    }
+    assert!(turns.windows(2).all(|w| w[0] == w[1]), "the last released goes again: {turns:?}");
+    let databases = harness::pooler::show(&console, "DATABASES").await;
+    let row = databases.iter().find(|r| r["name"] == "both").expect("the database's row");
+    assert_eq!(row["host"], format!("127.0.0.1,{}", pg.socket_dir().display()));
+}
+
 /// The `*` entry serves any other database name, and (autodb_idle_timeout, as in PgBouncer)
 /// drops such a database's pools once they have had no client and no server connection for
 /// that long: a database that does not exist, and one whose last client left. A connected

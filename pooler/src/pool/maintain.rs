@@ -73,7 +73,8 @@ impl Pool {
                 let too_idle = idle_timeout.is_some_and(|t| now.duration_since(conn.last_used) >= t)
                     && st.total - expired.len() as u32 > min;
                 if too_old || too_idle {
-                    expired.push(st.idle.swap_remove(i));
+                    // In order: the idle list is in release order (server_round_robin).
+                    expired.push(st.idle.remove(i));
                 } else {
                     i += 1;
                 }

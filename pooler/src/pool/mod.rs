@@ -135,6 +135,23 @@ impl PoolState {
     }
 
     /// How the next new server connection logs in: the pool's servers take turns.
+    /// Where the idle connection the next checkout takes is: the one released last (PgBouncer's
+    /// default, LIFO: few connections do most of the work, the others time out), or with
+    /// server_round_robin the one idle longest, so the load spreads over every open connection
+    /// and so over every server of a database with several.
+    fn next_idle(&self) -> Option<usize> {
+        if self.settings.server_round_robin {
+            (!self.idle.is_empty()).then_some(0)
+        } else {
+            self.idle.len().checked_sub(1)
+        }
+    }
+
+    fn take_idle(&mut self) -> Option<Box<ServerConn>> {
+        let at = self.next_idle()?;
+        Some(self.idle.remove(at))
+    }
+
     fn next_login(&mut self) -> Arc<LoginTarget> {
         let turn = self.next_server;
         self.next_server = self.next_server.wrapping_add(1);
@@ -538,12 +555,12 @@ impl Pool {
         if st.closed || st.paused {
             return None;
         }
-        let conn = st.idle.last()?;
-        if !Checkout::of(conn, &st.settings, now).is_nothing() {
+        let at = st.next_idle()?;
+        if !Checkout::of(&st.idle[at], &st.settings, now).is_nothing() {
             return None;
         }
         st.active += 1;
-        st.idle.pop()
+        Some(st.idle.remove(at))
     }
 
     /// A server connection for a client, waiting at most query_wait_timeout.
@@ -568,7 +585,7 @@ impl Pool {
                     let (tx, rx) = oneshot::channel();
                     st.waiters.push_back(Waiter { tx, since: start });
                     Next::Wait(rx)
-                } else if let Some(conn) = st.idle.pop() {
+                } else if let Some(conn) = st.take_idle() {
                     st.active += 1;
                     let checkout = Checkout::of(&conn, &st.settings, Instant::now());
                     Next::Conn(conn, checkout)
@@ -1013,7 +1030,7 @@ impl Pool {
         let mut st = self.lock();
         st.paused = false;
         while !st.waiters.is_empty() {
-            let grant = if let Some(conn) = st.idle.pop() {
+            let grant = if let Some(conn) = st.take_idle() {
                 Grant::Conn(conn)
             } else if self.try_open(&mut st, false) {
                 st.active -= 1;

@@ -41,6 +41,8 @@ pub struct PoolSettings {
     pub log_disconnections: bool,
     /// client_close_reset: a reset, not a FIN, for a client that said Terminate and closed.
     pub client_close_reset: bool,
+    /// server_round_robin: a checkout takes the connection idle longest, not the last released.
+    pub server_round_robin: bool,
 }
 
 /// Seconds as PgBouncer reads them: 0 means off.
@@ -80,6 +82,7 @@ impl PoolSettings {
             tcp: crate::tcp::TcpOptions::from_config(config),
             log_connections: config.log_connections,
             client_close_reset: config.client_close_reset,
+            server_round_robin: config.server_round_robin,
             log_disconnections: config.log_disconnections,
         }
     }
