@@ -79,6 +79,9 @@ pub struct PoolerConfig {
     pub server_login_retry: f64,
     pub query_timeout: f64,
     pub query_wait_timeout: f64,
+    /// Seconds a client waits for a server connection before it is told, once, with a
+    /// NOTICE that it is queued (0: never; PgBouncer's query_wait_notify).
+    pub query_wait_notify: f64,
     pub idle_transaction_timeout: f64,
     /// Seconds a transaction may last, from its first query to its end, before its client is
     /// disconnected (0: no limit; PgBouncer 1.25).
@@ -295,6 +298,7 @@ impl Default for PoolerConfig {
             server_login_retry: 15.0,
             query_timeout: 0.0,
             query_wait_timeout: 120.0,
+            query_wait_notify: 5.0,
             idle_transaction_timeout: 0.0,
             transaction_timeout: 0.0,
             client_idle_timeout: 0.0,
@@ -440,6 +444,7 @@ impl Validate for PoolerConfig {
             ("server_login_retry", self.server_login_retry),
             ("query_timeout", self.query_timeout),
             ("query_wait_timeout", self.query_wait_timeout),
+            ("query_wait_notify", self.query_wait_notify),
             ("idle_transaction_timeout", self.idle_transaction_timeout),
             ("transaction_timeout", self.transaction_timeout),
             ("client_idle_timeout", self.client_idle_timeout),

@@ -1,6 +1,7 @@
 //! PgBouncer's limits and timeouts, observed from clients: max_client_conn refuses with
 //! PgBouncer's error, query_wait_timeout ends a client that waited too long for a server
-//! connection, idle_transaction_timeout ends a client idle inside a transaction, a client that
+//! connection (and query_wait_notify tells one that waits that it is queued),
+//! idle_transaction_timeout ends a client idle inside a transaction, a client that
 //! waited reserve_pool_timeout gets a reserve connection (and no more than reserve_pool_size
 //! are opened), a slot freed under max_user_connections goes to a client waiting in
 //! another pool, and the pools of databases the `*` entry serves are dropped once unused for
@@ -58,6 +59,50 @@ async fn query_wait_timeout_ends_a_client_that_cannot_get_a_server_connection() 
     // The holder's transaction is unaffected and the pool works once it ends.
     holder.batch_execute("commit").await.unwrap();
     pooler.connect().await.unwrap().simple_query("select 1").await.unwrap();
+}
+
+/// query_wait_notify: a client waiting longer for a server connection is told so once with
+/// PgBouncer's NOTICE, and its query then runs when a connection frees up; a shorter wait
+/// sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_wait_notify_tells_a_waiting_client_it_is_queued() {
+    let pg = postgres().await;
+    let settings = "pool_mode = \"transaction\"\ndefault_pool_size = 1\nquery_wait_notify = 1\nquery_wait_timeout = 20";
+    let pooler = PoolerProcess::start(&pg, settings).await.unwrap();
+    let holder = pooler.connect().await.unwrap();
+    let (waiter, mut connection) = tokio_postgres::connect(&pooler.dsn("postgres"), tokio_postgres::NoTls).await.unwrap();
+    let (notices_tx, mut notices) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = futures_util::StreamExt::next(&mut messages).await {
+            if let tokio_postgres::AsyncMessage::Notice(notice) = message {
+                let _ = notices_tx.send((notice.severity().to_owned(), notice.message().to_owned()));
+            }
+        }
+    });
+
+    holder.batch_execute("begin; select 1").await.unwrap();
+    let start = Instant::now();
+    let query = tokio::spawn(async move {
+        waiter.simple_query("select 1").await.unwrap();
+        waiter
+    });
+    let (severity, message) = tokio::time::timeout(Duration::from_secs(5), notices.recv()).await.unwrap().unwrap();
+    let told_after = start.elapsed();
+    assert_eq!(severity, "NOTICE");
+    assert_eq!(message, "No server connection available in postgres backend, client being queued");
+    assert!(told_after >= Duration::from_millis(900), "told after {told_after:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!query.is_finished(), "still queued behind the holder's transaction");
+    holder.batch_execute("commit").await.unwrap();
+    let waiter = tokio::time::timeout(Duration::from_secs(5), query).await.unwrap().unwrap();
+
+    holder.batch_execute("begin; select 1").await.unwrap();
+    let query = tokio::spawn(async move { waiter.simple_query("select 1").await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    holder.batch_execute("commit").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), query).await.unwrap().unwrap();
+    assert!(notices.try_recv().is_err(), "a wait shorter than query_wait_notify is not told");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -73,6 +73,7 @@ fn settings(c: &PoolerConfig) -> Vec<(&'static str, Option<String>, bool)> {
         ("server_login_retry", Some(secs(c.server_login_retry)), true),
         ("query_timeout", Some(secs(c.query_timeout)), true),
         ("query_wait_timeout", Some(secs(c.query_wait_timeout)), true),
+        ("query_wait_notify", Some(secs(c.query_wait_notify)), true),
         ("idle_transaction_timeout", Some(secs(c.idle_transaction_timeout)), true),
         ("transaction_timeout", Some(secs(c.transaction_timeout)), true),
         ("client_idle_timeout", Some(secs(c.client_idle_timeout)), true),

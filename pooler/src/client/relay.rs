@@ -18,7 +18,7 @@ use crate::runtime::Shared;
 use crate::server::ServerConn;
 use crate::session::{Action, RestingSession, ServerState, Session, SessionConfig, SessionError};
 use crate::stream::Stream;
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -879,7 +879,24 @@ impl Relay {
             // Bytes the client sent while it waits stay on the socket until it is served.
             _ => std::task::Poll::Pending,
         });
-        let acquired = self.pool.acquire_unless(killed).await;
+        let acquired = {
+            let mut acquire = std::pin::pin!(self.pool.acquire_unless(killed));
+            match self.settings.query_wait_notify {
+                Some(after) if !client.is_tls() => match crate::clock::timeout(after, acquire.as_mut()).await {
+                    Ok(acquired) => acquired,
+                    Err(_) => {
+                        // PgBouncer's words. The grant, if one comes meanwhile, waits in its
+                        // channel; a client that reads nothing holds this write, as it would
+                        // hold the answer to its query.
+                        if let Err(e) = client.send_shared(queued_notice()).await {
+                            tracing::debug!("could not send the query_wait_notify NOTICE: {e}");
+                        }
+                        acquire.await
+                    }
+                },
+                _ => acquire.await,
+            }
+        };
         stats.clients_waiting.fetch_sub(1, Ordering::Relaxed);
         self.attach(acquired, Instant::now())
     }
@@ -1083,6 +1100,18 @@ impl Relay {
         }
         self.give_back_buffers();
     }
+}
+
+/// The NOTICE a client gets after query_wait_notify in the queue.
+fn queued_notice() -> &'static [u8] {
+    static NOTICE: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    NOTICE.get_or_init(|| {
+        let message = "No server connection available in postgres backend, client being queued";
+        let mut buf = BytesMut::new();
+        crate::protocol::ErrorResponse::new(crate::protocol::Severity::Notice, "00000", message)
+            .encode_notice(&mut buf);
+        buf.freeze()
+    })
 }
 
 fn server_gone(pool: &Pool) -> End {

@@ -15,6 +15,8 @@ pub struct PoolSettings {
     pub max_db_connections: u32,
     pub max_user_connections: u32,
     pub query_wait_timeout: Option<Duration>,
+    /// query_wait_notify: a client waiting this long for a connection gets a NOTICE, once.
+    pub query_wait_notify: Option<Duration>,
     pub server_lifetime: Option<Duration>,
     pub server_idle_timeout: Option<Duration>,
     /// autodb_idle_timeout, for the pools of a database the `*` entry serves (None: kept).
@@ -65,6 +67,7 @@ impl PoolSettings {
             max_db_connections: target.max_db_connections.unwrap_or(config.max_db_connections),
             max_user_connections: own(|u| u.max_user_connections).unwrap_or(config.max_user_connections),
             query_wait_timeout: secs(config.query_wait_timeout),
+            query_wait_notify: secs(config.query_wait_notify),
             server_lifetime: secs(config.server_lifetime),
             server_idle_timeout: secs(config.server_idle_timeout),
             autodb_idle_timeout: if target.auto { secs(config.autodb_idle_timeout) } else { None },

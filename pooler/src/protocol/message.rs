@@ -119,7 +119,16 @@ impl<'a> ErrorResponse<'a> {
 
     /// Appends the message to `buf`. NUL bytes inside a field are dropped: they would end it.
     pub fn encode(&self, buf: &mut BytesMut) {
-        write_message(buf, backend::ERROR_RESPONSE, |buf| {
+        self.encode_as(backend::ERROR_RESPONSE, buf);
+    }
+
+    /// The same fields as a NoticeResponse (severity NOTICE, WARNING, ...).
+    pub fn encode_notice(&self, buf: &mut BytesMut) {
+        self.encode_as(backend::NOTICE_RESPONSE, buf);
+    }
+
+    fn encode_as(&self, tag: u8, buf: &mut BytesMut) {
+        write_message(buf, tag, |buf| {
             let severity = self.severity.as_str();
             put_field(buf, b'S', severity);
             put_field(buf, b'V', severity);
