@@ -70,7 +70,8 @@ async fn query_wait_notify_tells_a_waiting_client_it_is_queued() {
     let settings = "pool_mode = \"transaction\"\ndefault_pool_size = 1\nquery_wait_notify = 1\nquery_wait_timeout = 20";
     let pooler = PoolerProcess::start(&pg, settings).await.unwrap();
     let holder = pooler.connect().await.unwrap();
-    let (waiter, mut connection) = tokio_postgres::connect(&pooler.dsn("postgres"), tokio_postgres::NoTls).await.unwrap();
+    let (waiter, mut connection) =
+        tokio_postgres::connect(&pooler.dsn("postgres"), tokio_postgres::NoTls).await.unwrap();
     let (notices_tx, mut notices) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
