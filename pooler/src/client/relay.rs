@@ -879,24 +879,17 @@ impl Relay {
             // Bytes the client sent while it waits stay on the socket until it is served.
             _ => std::task::Poll::Pending,
         });
-        let acquired = {
-            let mut acquire = std::pin::pin!(self.pool.acquire_unless(killed));
-            match self.settings.query_wait_notify {
-                Some(after) if !client.is_tls() => match crate::clock::timeout(after, acquire.as_mut()).await {
-                    Ok(acquired) => acquired,
-                    Err(_) => {
-                        // PgBouncer's words. The grant, if one comes meanwhile, waits in its
-                        // channel; a client that reads nothing holds this write, as it would
-                        // hold the answer to its query.
-                        if let Err(e) = client.send_shared(queued_notice()).await {
-                            tracing::debug!("could not send the query_wait_notify NOTICE: {e}");
-                        }
-                        acquire.await
-                    }
-                },
-                _ => acquire.await,
+        // query_wait_notify: the pool's housekeeping says when (no timer per wait). PgBouncer's
+        // words; a client that reads nothing holds this write, as it would hold the answer to
+        // its query.
+        let queued = || async {
+            match client.send_shared(queued_notice()).await {
+                Ok(true) => {}
+                Ok(false) => tracing::debug!("query_wait_notify: no NOTICE over TLS"),
+                Err(e) => tracing::debug!("could not send the query_wait_notify NOTICE: {e}"),
             }
         };
+        let acquired = self.pool.acquire_unless(killed, queued).await;
         stats.clients_waiting.fetch_sub(1, Ordering::Relaxed);
         self.attach(acquired, Instant::now())
     }

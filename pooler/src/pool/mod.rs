@@ -56,6 +56,9 @@ enum Grant {
     Slot,
     /// query_wait_timeout passed (`Pool::check_waiters`): the wait ends with that error.
     Expired,
+    /// query_wait_notify passed (`Pool::check_waiters`): the client is told it is queued and
+    /// goes on waiting, in its place, on this receiver.
+    Queued(oneshot::Receiver<Grant>),
 }
 
 /// A client waiting for a connection, in arrival order. Its timeouts are watched by the pool's
@@ -65,6 +68,8 @@ struct Waiter {
     tx: oneshot::Sender<Grant>,
     /// When the client began to wait (its first attempt, if it waited more than once).
     since: Instant,
+    /// Told it is queued (query_wait_notify) during this wait.
+    notified: bool,
 }
 
 impl Waiter {
@@ -565,13 +570,20 @@ impl Pool {
 
     /// A server connection for a client, waiting at most query_wait_timeout.
     pub async fn acquire(&self) -> Result<Box<ServerConn>, AcquireError> {
-        self.acquire_unless(std::future::pending()).await
+        self.acquire_unless(std::future::pending(), || std::future::ready(())).await
     }
 
     /// Like `acquire`, but a wait for a connection ends (`Cancelled`, with no connection or slot
     /// lost) as soon as `cancelled` resolves: KILL_CLIENT of a waiting client takes effect at
     /// once, not when a connection frees up.
-    pub async fn acquire_unless<F: Future<Output = ()>>(&self, cancelled: F) -> Result<Box<ServerConn>, AcquireError> {
+    /// `queued` runs (once per wait) when the wait passes query_wait_notify: it tells the
+    /// client, whose place in the queue is kept meanwhile.
+    pub async fn acquire_unless<F, Q, QF>(&self, cancelled: F, mut queued: Q) -> Result<Box<ServerConn>, AcquireError>
+    where
+        F: Future<Output = ()>,
+        Q: FnMut() -> QF,
+        QF: Future<Output = ()>,
+    {
         let mut cancelled = std::pin::pin!(cancelled);
         let start = Instant::now();
         let mut blocked_by_shared_limit = false;
@@ -583,7 +595,7 @@ impl Pool {
                 }
                 if st.paused {
                     let (tx, rx) = oneshot::channel();
-                    st.waiters.push_back(Waiter { tx, since: start });
+                    st.waiters.push_back(Waiter { tx, since: start, notified: false });
                     Next::Wait(rx)
                 } else if let Some(conn) = st.take_idle() {
                     st.active += 1;
@@ -593,7 +605,7 @@ impl Pool {
                     Next::Open
                 } else {
                     let (tx, rx) = oneshot::channel();
-                    st.waiters.push_back(Waiter { tx, since: start });
+                    st.waiters.push_back(Waiter { tx, since: start, notified: false });
                     // Below pool_size: blocked by max_db/user_connections, which an idle
                     // connection of another pool may be holding.
                     blocked_by_shared_limit = st.total < st.settings.pool_size;
@@ -610,7 +622,7 @@ impl Pool {
                 },
                 Next::Open => Grant::Slot,
                 Next::Wait(rx) => {
-                    let grant = self.wait(rx, cancelled.as_mut()).await;
+                    let grant = self.wait(rx, cancelled.as_mut(), &mut queued).await;
                     self.stats.add_wait(start.elapsed());
                     grant?
                 }
@@ -626,6 +638,8 @@ impl Pool {
                     self.stats.count_error("query_wait_timeout");
                     return Err(AcquireError::WaitTimeout);
                 }
+                // `wait` goes on waiting after a notice; nothing to do with one here.
+                Grant::Queued(_) => {}
                 Grant::Slot => {
                     // The generation of the login target: a connection opened to a server the
                     // database moved away from meanwhile (or across a RECONNECT) is closed at
@@ -686,22 +700,33 @@ impl Pool {
 
     /// Waits for a grant, or until `cancelled`. Timeouts come as grants too (`Expired`, or a
     /// reserve `Slot`) from `check_waiters`; a closed pool drops the sender.
-    async fn wait<F: Future<Output = ()>>(
+    async fn wait<F: Future<Output = ()>, Q: FnMut() -> QF, QF: Future<Output = ()>>(
         &self,
         mut rx: oneshot::Receiver<Grant>,
         mut cancelled: std::pin::Pin<&mut F>,
+        queued: &mut Q,
     ) -> Result<Grant, AcquireError> {
-        // Biased: the grant first, and no random draw per wake.
-        tokio::select! {
-            biased;
-            r = &mut rx => r.map_err(|_| AcquireError::Closed),
-            _ = cancelled.as_mut() => {
-                // A grant that raced the cancellation goes to the next waiter.
-                rx.close();
-                if let Ok(raced) = rx.try_recv() {
-                    self.give_back(raced);
+        loop {
+            // Biased: the grant first, and no random draw per wake.
+            let grant = tokio::select! {
+                biased;
+                r = &mut rx => r.map_err(|_| AcquireError::Closed)?,
+                _ = cancelled.as_mut() => {
+                    // A grant that raced the cancellation goes to the next waiter.
+                    rx.close();
+                    if let Ok(raced) = rx.try_recv() {
+                        self.give_back(raced);
+                    }
+                    return Err(AcquireError::Cancelled);
                 }
-                Err(AcquireError::Cancelled)
+            };
+            match grant {
+                Grant::Queued(next) => {
+                    // A grant that comes meanwhile waits in `next`.
+                    queued().await;
+                    rx = next;
+                }
+                grant => return Ok(grant),
             }
         }
     }
@@ -717,6 +742,7 @@ impl Pool {
         }
         let (query_wait, reserve, reserve_after) =
             (st.settings.query_wait_timeout, st.settings.reserve_pool, st.settings.reserve_pool_timeout);
+        let notify = st.settings.query_wait_notify;
         if reserve > 0 {
             loop {
                 while st.waiters.front().is_some_and(Waiter::is_closed) {
@@ -729,15 +755,25 @@ impl Pool {
             }
         }
         let mut kept = VecDeque::with_capacity(st.waiters.len());
-        for waiter in std::mem::take(&mut st.waiters) {
+        for mut waiter in std::mem::take(&mut st.waiters) {
             if waiter.is_closed() {
                 continue;
             }
-            if query_wait.is_some_and(|t| now.saturating_duration_since(waiter.since) >= t) {
+            let waited = now.saturating_duration_since(waiter.since);
+            if query_wait.is_some_and(|t| waited >= t) {
                 let _ = waiter.send(Grant::Expired);
-            } else {
-                kept.push_back(waiter);
+                continue;
             }
+            if !waiter.notified && notify.is_some_and(|t| waited >= t) {
+                // The client's wait is told, and goes on in the same place on a new channel.
+                let (tx, rx) = oneshot::channel();
+                let told = std::mem::replace(&mut waiter.tx, tx);
+                if told.send(Grant::Queued(rx)).is_err() {
+                    continue;
+                }
+                waiter.notified = true;
+            }
+            kept.push_back(waiter);
         }
         st.waiters = kept;
     }
@@ -747,7 +783,7 @@ impl Pool {
         match grant {
             Grant::Conn(conn) => self.release(conn),
             Grant::Slot => self.slot_freed(true),
-            Grant::Expired => {}
+            Grant::Expired | Grant::Queued(_) => {}
         }
     }
 
@@ -844,7 +880,7 @@ impl Pool {
         }
         match grant {
             Grant::Conn(conn) => Some(conn),
-            Grant::Slot | Grant::Expired => None,
+            Grant::Slot | Grant::Expired | Grant::Queued(_) => None,
         }
     }
 
@@ -1054,7 +1090,7 @@ impl Pool {
             if let Some(unused) = grant {
                 st.active -= 1;
                 match unused {
-                    Grant::Expired => {}
+                    Grant::Expired | Grant::Queued(_) => {}
                     Grant::Conn(conn) => st.idle.push(conn),
                     Grant::Slot => self.uncount_open(&mut st),
                 }
