@@ -144,13 +144,13 @@ pub struct PoolerConfig {
     pub tcp_keepintvl: u32,
     /// Unanswered probes before the connection is dropped; 0: the system's.
     pub tcp_keepcnt: u32,
-    /// Log each client login and each new server connection (at info), as PgBouncer does.
     /// Append the client's address to its application_name at login (PgBouncer's
     /// application_name_add_host).
     pub application_name_add_host: bool,
     /// Refuse the simple query protocol: a client that sends a Query message is disconnected
     /// (PgBouncer's disable_pqexec).
     pub disable_pqexec: bool,
+    /// Log each client login and each new server connection (at info), as PgBouncer does.
     pub log_connections: bool,
     /// Log each closed client and server connection with why it closed (at info).
     pub log_disconnections: bool,

@@ -105,12 +105,10 @@ impl AdminBackend for ConsoleBackend {
         let pools = self.shared.pools.all();
         let topology = self.shared.topology();
         let mut targets = topology.databases();
-        // The databases the `*` entry serves now, as PgBouncer lists its automatic ones.
-        let mut auto: Vec<_> = pools
-            .iter()
-            .filter(|p| targets.iter().all(|t| *t.name != *p.key.database))
-            .filter_map(|p| topology.target(&p.key.database).filter(|t| t.auto))
-            .collect();
+        // The databases the `*` entry serves now (a named entry's target is not `auto`), as
+        // PgBouncer lists its automatic ones.
+        let mut auto: Vec<_> =
+            pools.iter().filter_map(|p| topology.target(&p.key.database).filter(|t| t.auto)).collect();
         auto.sort_by(|a, b| a.name.cmp(&b.name));
         auto.dedup_by(|a, b| a.name == b.name);
         targets.extend(auto);

@@ -2,6 +2,7 @@
 //! in text format, CommandComplete, plus the NoticeResponse of SHOW HELP. Owns byte layouts;
 //! which rows to send is the session's business.
 
+use crate::protocol::{ErrorResponse, Severity};
 use bytes::{BufMut, BytesMut};
 
 /// Column types as PgBouncer declares them (`s`, `i`, `q`, `N`, `b`; `T` is text).
@@ -172,13 +173,7 @@ pub fn write_empty_query_response(buf: &mut BytesMut) {
 
 /// A NoticeResponse (severity NOTICE, SQLSTATE 00000) with a detail, as SHOW HELP sends.
 pub fn write_notice(message_text: &str, detail: &str, buf: &mut BytesMut) {
-    message(buf, b'N', |buf| {
-        for (code, value) in [(b'S', "NOTICE"), (b'C', "00000"), (b'M', message_text), (b'D', detail)] {
-            buf.put_u8(code);
-            put_cstr(buf, value);
-        }
-        buf.put_u8(0);
-    });
+    ErrorResponse::new(Severity::Notice, "00000", message_text).with_detail(detail).encode_notice(buf);
 }
 
 /// A whole SHOW answer: RowDescription, the rows, `CommandComplete SHOW`.

@@ -68,7 +68,7 @@ struct Waiter {
     tx: oneshot::Sender<Grant>,
     /// When the client began to wait (its first attempt, if it waited more than once).
     since: Instant,
-    /// Told it is queued (query_wait_notify) during this wait.
+    /// Told it is queued (query_wait_notify) during this checkout, in this wait or an earlier one.
     notified: bool,
 }
 
@@ -139,7 +139,6 @@ impl PoolState {
         }
     }
 
-    /// How the next new server connection logs in: the pool's servers take turns.
     /// Where the idle connection the next checkout takes is: the one released last (PgBouncer's
     /// default, LIFO: few connections do most of the work, the others time out), or with
     /// server_round_robin the one idle longest, so the load spreads over every open connection
@@ -157,6 +156,7 @@ impl PoolState {
         Some(self.idle.remove(at))
     }
 
+    /// How the next new server connection logs in: the pool's servers take turns.
     fn next_login(&mut self) -> Arc<LoginTarget> {
         let turn = self.next_server;
         self.next_server = self.next_server.wrapping_add(1);
@@ -587,6 +587,8 @@ impl Pool {
         let mut cancelled = std::pin::pin!(cancelled);
         let start = Instant::now();
         let mut blocked_by_shared_limit = false;
+        // Told it is queued: once per checkout, however many times it waits in the queue.
+        let mut told = false;
         loop {
             let next = {
                 let mut st = self.lock();
@@ -595,7 +597,7 @@ impl Pool {
                 }
                 if st.paused {
                     let (tx, rx) = oneshot::channel();
-                    st.waiters.push_back(Waiter { tx, since: start, notified: false });
+                    st.waiters.push_back(Waiter { tx, since: start, notified: told });
                     Next::Wait(rx)
                 } else if let Some(conn) = st.take_idle() {
                     st.active += 1;
@@ -605,7 +607,7 @@ impl Pool {
                     Next::Open
                 } else {
                     let (tx, rx) = oneshot::channel();
-                    st.waiters.push_back(Waiter { tx, since: start, notified: false });
+                    st.waiters.push_back(Waiter { tx, since: start, notified: told });
                     // Below pool_size: blocked by max_db/user_connections, which an idle
                     // connection of another pool may be holding.
                     blocked_by_shared_limit = st.total < st.settings.pool_size;
@@ -622,7 +624,7 @@ impl Pool {
                 },
                 Next::Open => Grant::Slot,
                 Next::Wait(rx) => {
-                    let grant = self.wait(rx, cancelled.as_mut(), &mut queued).await;
+                    let grant = self.wait(rx, cancelled.as_mut(), &mut queued, &mut told).await;
                     self.stats.add_wait(start.elapsed());
                     grant?
                 }
@@ -705,6 +707,7 @@ impl Pool {
         mut rx: oneshot::Receiver<Grant>,
         mut cancelled: std::pin::Pin<&mut F>,
         queued: &mut Q,
+        told: &mut bool,
     ) -> Result<Grant, AcquireError> {
         loop {
             // Biased: the grant first, and no random draw per wake.
@@ -723,6 +726,7 @@ impl Pool {
             match grant {
                 Grant::Queued(next) => {
                     // A grant that comes meanwhile waits in `next`.
+                    *told = true;
                     queued().await;
                     rx = next;
                 }
