@@ -1,9 +1,11 @@
-//! Real drivers through the pooler in transaction mode, unchanged: psycopg 3, asyncpg and
-//! pgJDBC (Debian's packages), each program in `tests/drivers/`. Eight clients share two
-//! server connections; each client uses named prepared statements the way its driver does
-//! (psycopg with prepare_threshold=0, asyncpg's statement cache and explicit prepare, pgJDBC
-//! with prepareThreshold=1), sets its own TimeZone and application_name, commits and rolls
-//! back transactions, pipelines, and copies in and out. A program checks every answer it gets
+//! Real drivers through the pooler in transaction mode, unchanged: psycopg 3, asyncpg, pgJDBC
+//! and Perl's DBD::Pg (Debian's packages) and node-postgres (npm's `pg`), each program in
+//! `tests/drivers/`. Eight clients share two server connections; each client uses named
+//! prepared statements the way its driver does (psycopg with prepare_threshold=0, asyncpg's
+//! statement cache and explicit prepare, pgJDBC with prepareThreshold=1, DBD::Pg's server-side
+//! prepares and their DEALLOCATE, node-postgres's named queries, which it never prepares
+//! twice on a connection), sets its own TimeZone and application_name, commits and rolls
+//! back transactions, pipelines or queues, and copies in and out. A program checks every answer it gets
 //! and exits 0 only if all were right; the test then checks what reached PostgreSQL and what
 //! the pooler counted (statements prepared once per server connection, not once per client).
 
@@ -24,6 +26,8 @@ enum Driver {
     Psycopg,
     Asyncpg,
     Jdbc,
+    DbdPg,
+    NodePg,
 }
 
 /// Debian's PostgreSQL JDBC driver (libpostgresql-jdbc-java).
@@ -31,6 +35,9 @@ const JDBC_JAR: &str = "/usr/share/java/postgresql.jar";
 /// Debian's Python, which sees python3-psycopg and python3-asyncpg (a python3 earlier on PATH
 /// may be another installation without them).
 const PYTHON: &str = "/usr/bin/python3";
+/// Where node finds `pg`: npm's global folder (`npm install -g`, prefix /usr or /usr/local)
+/// and Debian's (node-pg).
+const NODE_PATH: &str = "/usr/lib/node_modules:/usr/local/lib/node_modules:/usr/share/nodejs";
 
 impl Driver {
     fn name(&self) -> &'static str {
@@ -38,6 +45,8 @@ impl Driver {
             Driver::Psycopg => "psycopg",
             Driver::Asyncpg => "asyncpg",
             Driver::Jdbc => "jdbc",
+            Driver::DbdPg => "dbdpg",
+            Driver::NodePg => "nodepg",
         }
     }
 
@@ -50,10 +59,12 @@ impl Driver {
                 "java",
                 vec!["-cp".to_owned(), JDBC_JAR.to_owned(), programs.join("JdbcApp.java").display().to_string()],
             ),
+            Driver::DbdPg => ("perl", vec![programs.join("dbdpg_app.pl").display().to_string()]),
+            Driver::NodePg => ("node", vec![programs.join("node_pg_app.js").display().to_string()]),
         };
         args.extend(["127.0.0.1".to_owned(), port.to_string(), CLIENTS.to_string(), ROUNDS.to_string()]);
         let mut command = tokio::process::Command::new(program);
-        command.args(args).kill_on_drop(true);
+        command.args(args).env("NODE_PATH", NODE_PATH).kill_on_drop(true);
         command
     }
 
@@ -72,6 +83,13 @@ impl Driver {
                 }
                 (std::process::Command::new("java").arg("-version").output(), "default-jre-headless")
             }
+            Driver::DbdPg => {
+                (std::process::Command::new("perl").args(["-MDBD::Pg", "-e", "1"]).output(), "libdbd-pg-perl")
+            }
+            Driver::NodePg => (
+                std::process::Command::new("node").args(["-e", "require('pg')"]).env("NODE_PATH", NODE_PATH).output(),
+                "nodejs and pg (npm install -g pg, or Debian's node-pg)",
+            ),
         };
         match check {
             Ok(out) if out.status.success() => None,
@@ -83,7 +101,7 @@ impl Driver {
     fn rows_per_round(&self) -> u32 {
         match self {
             Driver::Jdbc => 5,
-            Driver::Psycopg | Driver::Asyncpg => 1,
+            Driver::Psycopg | Driver::Asyncpg | Driver::DbdPg | Driver::NodePg => 1,
         }
     }
 }
@@ -122,7 +140,7 @@ async fn runs_unchanged(driver: Driver) {
     assert_eq!(committed, (CLIENTS * ROUNDS * driver.rows_per_round()).to_string());
     let rolled_back = pg.sql_value("select count(*) from driver_rows where round < 0").await.unwrap().unwrap();
     assert_eq!(rolled_back, "0", "rows of failed transactions were committed");
-    if !matches!(driver, Driver::Jdbc) {
+    if !matches!(driver, Driver::Jdbc | Driver::NodePg) {
         // Every fifth round copied 20 lines per client.
         let copied = pg.sql_value("select count(*) from driver_copy").await.unwrap().unwrap();
         assert_eq!(copied, (CLIENTS * ROUNDS.div_ceil(5) * 20).to_string());
@@ -160,4 +178,14 @@ async fn asyncpg_runs_unchanged_in_transaction_mode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgjdbc_runs_unchanged_in_transaction_mode() {
     runs_unchanged(Driver::Jdbc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn perl_dbd_pg_runs_unchanged_in_transaction_mode() {
+    runs_unchanged(Driver::DbdPg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_postgres_runs_unchanged_in_transaction_mode() {
+    runs_unchanged(Driver::NodePg).await;
 }
