@@ -98,6 +98,9 @@ pub struct PoolerConfig {
     pub auth_hba_file: Option<PathBuf>,
     pub auth_user: Option<String>,
     pub auth_query: String,
+    /// The `[databases]` entry whose server auth_query runs on, in place of the database the
+    /// client asked for (PgBouncer's auth_dbname).
+    pub auth_dbname: Option<String>,
     #[serde(deserialize_with = "names")]
     pub admin_users: Vec<String>,
     #[serde(deserialize_with = "names")]
@@ -312,6 +315,7 @@ impl Default for PoolerConfig {
             auth_hba_file: None,
             auth_user: None,
             auth_query: "SELECT usename, passwd FROM pg_shadow WHERE usename=$1".into(),
+            auth_dbname: None,
             admin_users: Vec::new(),
             stats_users: Vec::new(),
             client_tls_sslmode: TlsMode::Disable,
@@ -385,6 +389,10 @@ pub struct DatabaseConfig {
     pub max_db_client_connections: Option<u32>,
     #[serde(default)]
     pub auth_user: Option<String>,
+    /// The `[databases]` entry whose server auth_query runs on for this database's clients,
+    /// in place of this one (and of the global auth_dbname).
+    #[serde(default)]
+    pub auth_dbname: Option<String>,
     /// With `cluster_role = "replica"` or `"read-only"`: this database's limit on a standby's
     /// lag in bytes, in place of `[cluster] max_replica_lag` (0: no limit).
     #[serde(default)]
@@ -627,6 +635,19 @@ impl Validate for PoolerConfig {
                 return Err(Invalid::new(key, format!("{text:?}"), why));
             }
         }
+        let auth_dbnames = std::iter::once(("auth_dbname".to_owned(), &self.auth_dbname))
+            .chain(self.databases.iter().map(|(name, db)| (format!("databases.{name}.auth_dbname"), &db.auth_dbname)));
+        for (key, auth_dbname) in auth_dbnames {
+            if let Some(auth_db) = auth_dbname {
+                if auth_db == "*" || !self.databases.contains_key(auth_db) {
+                    return Err(Invalid::new(
+                        key,
+                        format!("{auth_db:?}"),
+                        "expected the name of a [databases] entry (not \"*\"), whose server auth_query runs on",
+                    ));
+                }
+            }
+        }
         for (name, db) in &self.databases {
             if let (Some(min), Some(size)) = (db.min_pool_size, db.pool_size) {
                 if min > size {
@@ -783,6 +804,25 @@ mod tests {
     fn database_entry_is_parsed_and_checked() {
         let text = "auth_type = \"trust\"\n[databases.app]\nhost = \"127.0.0.1\"\npool_size = 5\nmin_pool_size = 9\n";
         assert_eq!(err(text), "pooler.toml: databases.app.min_pool_size = 9: expected at most pool_size (5)");
+    }
+
+    #[test]
+    fn auth_dbname_must_name_a_database_entry() {
+        let entry = "[databases.authdb]\nhost = \"127.0.0.1\"\n";
+        assert_eq!(
+            err(&format!("auth_type = \"trust\"\nauth_dbname = \"nosuch\"\n{entry}")),
+            "pooler.toml: auth_dbname = \"nosuch\": expected the name of a [databases] entry (not \"*\"), whose \
+             server auth_query runs on"
+        );
+        let text = format!("auth_type = \"trust\"\n{entry}[databases.app]\nhost = \"h\"\nauth_dbname = \"*\"\n");
+        assert!(
+            err(&text).starts_with("pooler.toml: databases.app.auth_dbname = \"*\": expected the name"),
+            "{}",
+            err(&text)
+        );
+        let fine = format!("auth_type = \"trust\"\nauth_dbname = \"authdb\"\n{entry}[databases.app]\nhost = \"h\"\nauth_dbname = \"authdb\"\n");
+        let config = parse::<PoolerConfig>(Path::new("pooler.toml"), &fine).unwrap();
+        assert_eq!(config.databases["app"].auth_dbname.as_deref(), Some("authdb"));
     }
 
     #[test]

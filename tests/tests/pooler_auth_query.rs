@@ -171,3 +171,64 @@ fn refused_with<T>(result: anyhow::Result<T>, why: &str) -> anyhow::Error {
         Err(e) => e,
     }
 }
+
+/// auth_dbname: auth_query runs on another `[databases]` entry's server, as PgBouncer's
+/// auth_dbname does, for a lookup function kept in one database only (here
+/// `pgbouncer.get_auth` in authdb, SECURITY DEFINER over pg_shadow). With the global setting a
+/// client of `postgres` logs in through authdb's function; without it the lookup runs in
+/// `postgres`, where the function does not exist: the login fails and the pooler's log says
+/// why. A database entry's own auth_dbname serves that entry's clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_dbname_runs_auth_query_on_another_database() {
+    let mut pg = PgInstance::init("pooler-authdb", PgOptions::default()).await.unwrap();
+    pg.start().await.unwrap();
+    pg.sql("CREATE DATABASE authdb").await.unwrap();
+    pg.sql("CREATE ROLE carol LOGIN PASSWORD 'carol-secret'").await.unwrap();
+    let authdb = pg.connect_db("authdb").await.unwrap();
+    authdb
+        .batch_execute(
+            "CREATE SCHEMA pgbouncer;
+             CREATE FUNCTION pgbouncer.get_auth(p_usename text) RETURNS TABLE(usename name, passwd text)
+             LANGUAGE sql SECURITY DEFINER AS
+             $$ SELECT usename, passwd FROM pg_catalog.pg_shadow WHERE usename = p_usename $$;",
+        )
+        .await
+        .unwrap();
+    let common = format!(
+        "auth_type = \"scram-sha-256\"\nauth_user = \"postgres\"\npool_mode = \"transaction\"\n\
+         auth_query = \"SELECT usename, passwd FROM pgbouncer.get_auth($1)\"\nadmin_users = [\"postgres\"]\n"
+    );
+    let authdb_entry = format!("[databases.authdb]\nhost = \"127.0.0.1\"\nport = {}\n", pg.port());
+
+    let global = format!("{common}auth_dbname = \"authdb\"\n{authdb_entry}");
+    let pooler = PoolerProcess::start(&pg, &global).await.unwrap();
+    assert_eq!(current_user(&pooler, "carol", "carol-secret").await.unwrap(), "carol");
+    let wrong = login_error(&pooler, "carol", "not-her-password").await;
+    assert_eq!(wrong, ("28P01".to_owned(), "password authentication failed for user \"carol\"".to_owned()));
+    let admin_dsn = format!("{} password={}", pooler.dsn("pgbouncer"), pg.password());
+    let admin = pooler.connect_dsn(&admin_dsn).await.unwrap();
+    let config = harness::pooler::show(&admin, "CONFIG").await;
+    let row = config.iter().find(|r| r["key"] == "auth_dbname").unwrap_or_else(|| panic!("{config:?}"));
+    assert_eq!(row["value"], "authdb");
+    drop(pooler);
+
+    // Per database: `app` (the server's postgres database) looks users up in authdb; a client of
+    // `postgres` has its lookup run in postgres, which has no pgbouncer.get_auth.
+    let per_database = format!(
+        "{common}{authdb_entry}[databases.app]\nhost = \"127.0.0.1\"\nport = {}\ndbname = \"postgres\"\n\
+         auth_dbname = \"authdb\"\n",
+        pg.port()
+    );
+    let pooler = PoolerProcess::start(&pg, &per_database).await.unwrap();
+    let dsn = format!("host=127.0.0.1 port={} user=carol password=carol-secret dbname=app", pooler.port());
+    let client = pooler.connect_dsn(&dsn).await.unwrap();
+    let row = client.query_one("SELECT current_user::text, current_database()::text", &[]).await.unwrap();
+    assert_eq!((row.get::<_, String>(0), row.get::<_, String>(1)), ("carol".to_owned(), "postgres".to_owned()));
+    let refused = login_error(&pooler, "carol", "carol-secret").await;
+    assert_eq!(
+        refused,
+        ("08006".to_owned(), "the pooler could not look up the password; see the pooler log".to_owned())
+    );
+    let log = pooler.log();
+    assert!(log.contains("auth_query failed: 3F000 schema \"pgbouncer\" does not exist"), "{log}");
+}

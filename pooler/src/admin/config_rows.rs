@@ -87,6 +87,7 @@ fn settings(c: &PoolerConfig) -> Vec<(&'static str, Option<String>, bool)> {
         ("auth_hba_file", path(&c.auth_hba_file), true),
         ("auth_user", c.auth_user.clone(), true),
         ("auth_query", Some(c.auth_query.clone()), true),
+        ("auth_dbname", c.auth_dbname.clone(), true),
         ("admin_users", Some(c.admin_users.join(",")), true),
         ("stats_users", Some(c.stats_users.join(",")), true),
         ("client_tls_sslmode", Some(tls_mode(c.client_tls_sslmode)), true),

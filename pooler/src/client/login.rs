@@ -429,16 +429,20 @@ fn register(
     me
 }
 
-/// The auth file, then (with auth_user set, globally or for the database) auth_query run on
-/// the database's server as auth_user, who logs in with its password from the auth file.
+/// The auth file, then (with auth_user set, globally or for the database) auth_query run as
+/// auth_user, who logs in with its password from the auth file, on the server of the database
+/// the client asked for, or of auth_dbname's entry when that is set (for the database, or
+/// globally).
 fn with_auth_query(shared: &Shared, config: &PoolerConfig, database: &str) -> Arc<Credentials> {
     let credentials = shared.credentials();
-    let auth_user =
-        config.databases.get(database).and_then(|d| d.auth_user.clone()).or_else(|| config.auth_user.clone());
+    let entry = config.databases.get(database);
+    let auth_user = entry.and_then(|d| d.auth_user.clone()).or_else(|| config.auth_user.clone());
     let (Some(auth_user), false) = (auth_user, database == ADMIN_DATABASE) else {
         return credentials;
     };
-    let Some(target) = shared.topology().target(database) else {
+    let auth_database =
+        entry.and_then(|d| d.auth_dbname.as_deref()).or(config.auth_dbname.as_deref()).unwrap_or(database);
+    let Some(target) = shared.topology().target(auth_database) else {
         return credentials;
     };
     let credential = ServerCredential::from_stored(credentials.in_file(&auth_user));
