@@ -15,6 +15,28 @@ pub enum PoolMode {
     Statement,
 }
 
+/// How new server connections pick among a database's hosts (PgBouncer 1.24's
+/// load_balance_hosts).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadBalanceHosts {
+    /// Each new connection goes to the next host in the list.
+    #[default]
+    RoundRobin,
+    /// New connections go to the same host until a login to it fails, then to the next.
+    Disable,
+}
+
+impl LoadBalanceHosts {
+    /// The name as pooler.toml and SHOW CONFIG write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            LoadBalanceHosts::RoundRobin => "round-robin",
+            LoadBalanceHosts::Disable => "disable",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum AuthType {
     #[serde(rename = "trust")]
@@ -72,6 +94,8 @@ pub struct PoolerConfig {
     /// Check out the server connection idle longest instead of the one released last, so load
     /// spreads over every open connection (PgBouncer's server_round_robin).
     pub server_round_robin: bool,
+    /// How new server connections pick among a host list: `round-robin` or `disable`.
+    pub load_balance_hosts: LoadBalanceHosts,
     /// Seconds a database served by the `*` entry may stay unused (no client, no server
     /// connection) before its pools are dropped (0: kept; PgBouncer's autodb_idle_timeout).
     pub autodb_idle_timeout: f64,
@@ -296,6 +320,7 @@ impl Default for PoolerConfig {
             server_lifetime: 3600.0,
             server_idle_timeout: 600.0,
             server_round_robin: false,
+            load_balance_hosts: LoadBalanceHosts::RoundRobin,
             autodb_idle_timeout: 3600.0,
             server_connect_timeout: 15.0,
             server_login_retry: 15.0,
@@ -393,6 +418,9 @@ pub struct DatabaseConfig {
     /// in place of this one (and of the global auth_dbname).
     #[serde(default)]
     pub auth_dbname: Option<String>,
+    /// Override of load_balance_hosts for this database's host list.
+    #[serde(default)]
+    pub load_balance_hosts: Option<LoadBalanceHosts>,
     /// With `cluster_role = "replica"` or `"read-only"`: this database's limit on a standby's
     /// lag in bytes, in place of `[cluster] max_replica_lag` (0: no limit).
     #[serde(default)]

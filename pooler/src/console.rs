@@ -69,6 +69,7 @@ impl AdminBackend for ConsoleBackend {
                     sv_tested: sv.tested,
                     sv_login: sv.login,
                     pool_mode: mode_name(pool.settings().pool_mode),
+                    load_balance_hosts: pool.load_balance_hosts().map(str::to_owned),
                     ..Default::default()
                 }
             })
@@ -129,13 +130,15 @@ impl AdminBackend for ConsoleBackend {
                     reserve_pool_size: t.reserve_pool.unwrap_or(config.reserve_pool_size),
                     server_lifetime: config.server_lifetime as u32,
                     pool_mode: t.pool_mode.map(mode_name),
+                    // As PgBouncer: the mode in use, for an entry with a host list.
+                    load_balance_hosts: (t.servers.len() > 1)
+                        .then(|| t.load_balance_hosts.unwrap_or(config.load_balance_hosts).name().to_owned()),
                     max_connections: t.max_db_connections.unwrap_or(config.max_db_connections),
                     current_connections: mine.iter().map(|p| p.counts().0).sum(),
                     max_client_connections: t.max_db_client_connections.unwrap_or(config.max_db_client_connections),
                     current_client_connections: mine.iter().map(|p| p.stats.clients.load(Ordering::Relaxed)).sum(),
                     paused: !mine.is_empty() && mine.iter().all(|p| p.is_paused()),
                     disabled: self.shared.pools.connections.is_disabled(&t.name),
-                    ..Default::default()
                 }
             })
             .collect()

@@ -2,7 +2,7 @@
 //! ([`Topology`]), so that a DCS feed can replace the static `[databases]` list of pooler.toml
 //! later. Owns lookups only; pools and connections live in `pool` and `server`.
 
-use crate::config::{ClusterRole, PoolMode, PoolerConfig};
+use crate::config::{ClusterRole, LoadBalanceHosts, PoolMode, PoolerConfig};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -116,6 +116,8 @@ pub struct DatabaseTarget {
     pub reserve_pool: Option<u32>,
     pub max_db_connections: Option<u32>,
     pub max_db_client_connections: Option<u32>,
+    /// The entry's own load_balance_hosts.
+    pub load_balance_hosts: Option<LoadBalanceHosts>,
     /// Served by the `*` entry under the client's database name (PgBouncer's automatically
     /// created database): its pools are dropped after autodb_idle_timeout unused.
     pub auto: bool,
@@ -177,6 +179,7 @@ impl StaticTopology {
                 reserve_pool: db.reserve_pool,
                 max_db_connections: db.max_db_connections,
                 max_db_client_connections: db.max_db_client_connections,
+                load_balance_hosts: db.load_balance_hosts,
                 auto: false,
             };
             if name == "*" {

@@ -194,10 +194,8 @@ async fn auth_dbname_runs_auth_query_on_another_database() {
         )
         .await
         .unwrap();
-    let common = format!(
-        "auth_type = \"scram-sha-256\"\nauth_user = \"postgres\"\npool_mode = \"transaction\"\n\
-         auth_query = \"SELECT usename, passwd FROM pgbouncer.get_auth($1)\"\nadmin_users = [\"postgres\"]\n"
-    );
+    let common = "auth_type = \"scram-sha-256\"\nauth_user = \"postgres\"\npool_mode = \"transaction\"\n\
+                  auth_query = \"SELECT usename, passwd FROM pgbouncer.get_auth($1)\"\nadmin_users = [\"postgres\"]\n";
     let authdb_entry = format!("[databases.authdb]\nhost = \"127.0.0.1\"\nport = {}\n", pg.port());
 
     let global = format!("{common}auth_dbname = \"authdb\"\n{authdb_entry}");

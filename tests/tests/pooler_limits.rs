@@ -405,6 +405,80 @@ async fn a_host_list_and_server_round_robin_spread_transactions_over_the_hosts()
     assert_eq!(row["host"], format!("127.0.0.1,{}", pg.socket_dir().display()));
 }
 
+/// load_balance_hosts = "disable" (PgBouncer 1.24's), for one database: its new server
+/// connections all go to the first host of its list (three open at once, all on the Unix
+/// socket) while a database without the setting takes its hosts in turn. With a first host
+/// that cannot be reached (a socket directory that does not exist), the client's query runs on
+/// the next host, and the connections after it stay there. SHOW DATABASES and SHOW POOLS say which mode a host list uses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_balance_hosts_disable_keeps_to_one_host_until_it_fails() {
+    let pg = postgres().await;
+    let socket = pg.socket_dir().display().to_string();
+    let settings = format!(
+        "admin_users = [\"postgres\"]\npool_mode = \"transaction\"\nserver_login_retry = 30\n\
+         [databases.sticky]\nhost = \"{socket},127.0.0.1\"\nport = {port}\ndbname = \"postgres\"\n\
+         load_balance_hosts = \"disable\"\n\
+         [databases.spread]\nhost = \"{socket},127.0.0.1\"\nport = {port}\ndbname = \"postgres\"\n\
+         [databases.failover]\nhost = \"/nonexistent-pgha-dir,127.0.0.1,{socket}\"\nport = {port}\n\
+         dbname = \"postgres\"\nload_balance_hosts = \"disable\"",
+        port = pg.port()
+    );
+    let pooler = PoolerProcess::start(&pg, &settings).await.unwrap();
+    async fn server(client: &tokio_postgres::Client) -> String {
+        let messages = client.simple_query("select coalesce(host(inet_server_addr()), 'unix')").await.unwrap();
+        let value = messages.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0),
+            _ => None,
+        });
+        value.unwrap_or_default().to_owned()
+    }
+    // Three transactions at once need three server connections: where did they open?
+    let hosts_of_three = |database: &'static str| {
+        let dsn = format!("host=127.0.0.1 port={} user=postgres dbname={database}", pooler.port());
+        let pooler = &pooler;
+        async move {
+            let mut clients = Vec::new();
+            for _ in 0..3 {
+                let client = pooler.connect_dsn(&dsn).await.unwrap();
+                client.batch_execute("begin").await.unwrap();
+                clients.push(client);
+            }
+            let mut hosts = Vec::new();
+            for client in &clients {
+                hosts.push(server(client).await);
+                client.batch_execute("commit").await.unwrap();
+            }
+            hosts.sort();
+            hosts
+        }
+    };
+    assert_eq!(hosts_of_three("sticky").await, ["unix", "unix", "unix"]);
+    // In turn: the socket, 127.0.0.1, the socket.
+    assert_eq!(hosts_of_three("spread").await, ["127.0.0.1", "unix", "unix"]);
+
+    // The first host fails: the next one serves the same checkout, and keeps serving. Without
+    // server_login_retry nothing skips the failed host: the mode itself moves on.
+    let console = pooler.connect_dsn(&pooler.dsn("pgbouncer")).await.unwrap();
+    console.simple_query("SET server_login_retry = 0").await.unwrap();
+    let dsn = format!("host=127.0.0.1 port={} user=postgres dbname=failover", pooler.port());
+    let first = pooler.connect_dsn(&dsn).await.unwrap();
+    assert_eq!(server(&first).await, "127.0.0.1");
+    assert_eq!(hosts_of_three("failover").await, ["127.0.0.1", "127.0.0.1", "127.0.0.1"]);
+
+    let databases = harness::pooler::show(&console, "DATABASES").await;
+    let mode = |name: &str| {
+        let row = databases.iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("{name}: {databases:?}"));
+        row["load_balance_hosts"].clone()
+    };
+    assert_eq!(
+        (mode("sticky"), mode("spread"), mode("failover")),
+        ("disable".into(), "round-robin".into(), "disable".into())
+    );
+    let pools = harness::pooler::show(&console, "POOLS").await;
+    let row = pools.iter().find(|r| r["database"] == "sticky").unwrap_or_else(|| panic!("{pools:?}"));
+    assert_eq!(row["load_balance_hosts"], "disable");
+}
+
 /// The `*` entry serves any other database name, and (autodb_idle_timeout, as in PgBouncer)
 /// drops such a database's pools once they have had no client and no server connection for
 /// that long: a database that does not exist, and one whose last client left. A connected

@@ -14,6 +14,7 @@ use crate::connections::Connections;
 use registry::ConnCounter;
 pub use settings::{secs, PoolSettings};
 
+use crate::config::LoadBalanceHosts;
 use crate::server::{LoginTarget, ServerConn, ServerError};
 use crate::session::ParamMap;
 use crate::stats::PoolStats;
@@ -127,12 +128,21 @@ impl PoolState {
             if !self.login_failures.iter().any(|f| f.addr == login.addr) {
                 return Ok(login);
             }
+            if self.settings.load_balance_hosts == LoadBalanceHosts::Disable {
+                self.next_server = self.next_server.wrapping_add(1);
+            }
         }
         Err(self.login_failures.last().map(|f| f.error.clone()).unwrap_or_default())
     }
 
-    /// A login to `addr` failed: with server_login_retry, new connections skip it that long.
+    /// A login to `addr` failed: with server_login_retry, new connections skip it that long;
+    /// with load_balance_hosts = disable, they move on to the next host.
     fn login_failed(&mut self, addr: &ServerAddr, now: Instant, error: String) {
+        if self.settings.load_balance_hosts == LoadBalanceHosts::Disable
+            && self.servers.get(self.next_server % self.servers.len().max(1)) == Some(addr)
+        {
+            self.next_server = self.next_server.wrapping_add(1);
+        }
         self.login_failures.retain(|f| f.addr != *addr);
         if let Some(retry) = self.settings.server_login_retry {
             self.login_failures.push(LoginFailure { addr: addr.clone(), until: now + retry, error });
@@ -156,10 +166,13 @@ impl PoolState {
         Some(self.idle.remove(at))
     }
 
-    /// How the next new server connection logs in: the pool's servers take turns.
+    /// How the next new server connection logs in: the pool's servers take turns, or with
+    /// load_balance_hosts = disable the same one goes on until a login to it fails.
     fn next_login(&mut self) -> Arc<LoginTarget> {
         let turn = self.next_server;
-        self.next_server = self.next_server.wrapping_add(1);
+        if self.settings.load_balance_hosts == LoadBalanceHosts::RoundRobin {
+            self.next_server = self.next_server.wrapping_add(1);
+        }
         match self.servers.get(turn % self.servers.len().max(1)) {
             Some(addr) if *addr != self.login.addr => {
                 Arc::new(LoginTarget { addr: addr.clone(), ..LoginTarget::clone(&self.login) })
@@ -356,6 +369,12 @@ impl Pool {
 
     pub fn settings(&self) -> Arc<PoolSettings> {
         self.lock().settings.clone()
+    }
+
+    /// SHOW POOLS' load_balance_hosts: the mode in use when the pool has several servers.
+    pub fn load_balance_hosts(&self) -> Option<&'static str> {
+        let st = self.lock();
+        (st.servers.len() > 1).then(|| st.settings.load_balance_hosts.name())
     }
 
     /// RELOAD: new limits apply to the next checkout; a larger pool lets waiters open more.

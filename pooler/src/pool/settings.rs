@@ -1,7 +1,7 @@
 //! A pool's effective settings: PgBouncer's global values with the `[databases]` entry's
 //! overrides applied, in the units the pool uses. Rebuilt on RELOAD.
 
-use crate::config::{PoolMode, PoolerConfig, UserConfig};
+use crate::config::{LoadBalanceHosts, PoolMode, PoolerConfig, UserConfig};
 use crate::topology::DatabaseTarget;
 use std::time::Duration;
 
@@ -45,6 +45,9 @@ pub struct PoolSettings {
     pub client_close_reset: bool,
     /// server_round_robin: a checkout takes the connection idle longest, not the last released.
     pub server_round_robin: bool,
+    /// load_balance_hosts: new connections take the hosts in turn, or stay on one until a
+    /// login to it fails.
+    pub load_balance_hosts: LoadBalanceHosts,
 }
 
 /// Seconds as PgBouncer reads them: 0 means off.
@@ -86,6 +89,7 @@ impl PoolSettings {
             log_connections: config.log_connections,
             client_close_reset: config.client_close_reset,
             server_round_robin: config.server_round_robin,
+            load_balance_hosts: target.load_balance_hosts.unwrap_or(config.load_balance_hosts),
             log_disconnections: config.log_disconnections,
         }
     }
