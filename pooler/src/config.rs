@@ -50,6 +50,10 @@ pub enum AuthType {
     /// The method comes from auth_hba_file, line by line (pg_hba.conf's format).
     #[serde(rename = "hba")]
     Hba,
+    /// The common name of the client's TLS certificate (checked against client_tls_ca_file)
+    /// is the user name.
+    #[serde(rename = "cert")]
+    Cert,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -596,7 +600,17 @@ impl Validate for PoolerConfig {
         if self.auth_type == AuthType::Hba && self.auth_hba_file.is_none() {
             return Err(Invalid::missing("auth_hba_file", "required when auth_type is hba"));
         }
-        if !matches!(self.auth_type, AuthType::Trust | AuthType::Hba)
+        if self.auth_type == AuthType::Cert
+            && !matches!(self.client_tls_sslmode, TlsMode::VerifyCa | TlsMode::VerifyFull)
+        {
+            return Err(Invalid::new(
+                "auth_type",
+                "\"cert\"",
+                "needs client_tls_sslmode = \"verify-ca\" or \"verify-full\" (and client_tls_ca_file), so that \
+                 clients present a certificate",
+            ));
+        }
+        if !matches!(self.auth_type, AuthType::Trust | AuthType::Hba | AuthType::Cert)
             && self.auth_file.is_none()
             && self.auth_user.is_none()
         {
@@ -832,6 +846,19 @@ mod tests {
     fn database_entry_is_parsed_and_checked() {
         let text = "auth_type = \"trust\"\n[databases.app]\nhost = \"127.0.0.1\"\npool_size = 5\nmin_pool_size = 9\n";
         assert_eq!(err(text), "pooler.toml: databases.app.min_pool_size = 9: expected at most pool_size (5)");
+    }
+
+    #[test]
+    fn cert_auth_needs_clients_to_present_certificates() {
+        let tls = "client_tls_cert_file = \"c\"\nclient_tls_key_file = \"k\"\nclient_tls_ca_file = \"ca\"\n";
+        let refused = err(&format!("auth_type = \"cert\"\nclient_tls_sslmode = \"require\"\n{tls}"));
+        assert!(
+            refused.starts_with("pooler.toml: auth_type = \"cert\": needs client_tls_sslmode = \"verify-ca\""),
+            "{refused}"
+        );
+        assert!(err("auth_type = \"cert\"\n").contains("needs client_tls_sslmode"));
+        let fine = format!("auth_type = \"cert\"\nclient_tls_sslmode = \"verify-full\"\n{tls}");
+        assert_eq!(parse::<PoolerConfig>(Path::new("pooler.toml"), &fine).unwrap().auth_type, AuthType::Cert);
     }
 
     #[test]

@@ -111,6 +111,13 @@ impl Stream {
         nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map(|u| u.name)
     }
 
+    /// The certificate a TLS client presented (its own, the first of its chain), which the
+    /// handshake checked against client_tls_ca_file.
+    pub fn peer_certificate(&self) -> Option<&[u8]> {
+        let Stream::TlsClient(s) = self else { return None };
+        s.get_ref().1.peer_certificates()?.first().map(|cert| cert.as_ref())
+    }
+
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::TlsClient(_) | Stream::TlsServer(_))
     }

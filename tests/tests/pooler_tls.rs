@@ -176,23 +176,102 @@ async fn client_tls_protocols_limits_the_versions_clients_get() {
 /// A CA and a client certificate it signed for `user` (CN), in `dir`: (ca.crt, user.crt,
 /// user.key).
 fn client_certificate(dir: &Path, user: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let (ca, mut signed) = client_certificates(dir, &[user]);
+    let (cert, key) = signed.remove(0);
+    (ca, cert, key)
+}
+
+/// A CA and a client certificate it signed for each of `users` (CN), in `dir`: ca.crt and
+/// (user.crt, user.key) per user.
+fn client_certificates(dir: &Path, users: &[&str]) -> (PathBuf, Vec<(PathBuf, PathBuf)>) {
     use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.distinguished_name.push(DnType::CommonName, "pgha test client CA");
     let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, user);
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let signed = params.signed_by(&key, &ca_cert, &ca_key).unwrap();
-    let paths = (dir.join("client-ca.crt"), dir.join(format!("{user}.crt")), dir.join(format!("{user}.key")));
-    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
-    std::fs::write(&paths.1, signed.pem()).unwrap();
-    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
-    std::fs::set_permissions(&paths.2, std::fs::Permissions::from_mode(0o600)).unwrap();
-    (paths.0, paths.1, paths.2)
+    let ca_path = dir.join("client-ca.crt");
+    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
+    let signed = users
+        .iter()
+        .map(|user| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(DnType::CommonName, *user);
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            let signed = params.signed_by(&key, &ca_cert, &ca_key).unwrap();
+            let paths = (dir.join(format!("{user}.crt")), dir.join(format!("{user}.key")));
+            std::fs::write(&paths.0, signed.pem()).unwrap();
+            std::fs::write(&paths.1, key.serialize_pem()).unwrap();
+            std::fs::set_permissions(&paths.1, std::fs::Permissions::from_mode(0o600)).unwrap();
+            paths
+        })
+        .collect();
+    (ca_path, signed)
+}
+
+/// Client certificate authentication, as PgBouncer's auth_type = cert and pg_hba's `cert`:
+/// the common name of the certificate a client presents (signed by client_tls_ca_file) must
+/// be the user it logs in as. Through an auth_hba_file `hostssl ... cert` line: psql with
+/// postgres's certificate is in as postgres without a password; with mallory's certificate it
+/// is refused with PostgreSQL's words, and the pooler's log says which name the certificate
+/// gave; without a certificate the TLS handshake fails. Then `SET auth_type = 'cert'` on the
+/// console: certificates still let their users in, and a Unix-socket client (no TLS, no
+/// certificate) is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_log_in_with_a_certificate_that_names_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pg = PgInstance::init("pooler-client-cert", PgOptions::default()).await.unwrap();
+    pg.start().await.unwrap();
+    let (ca, signed) = client_certificates(dir.path(), &["postgres", "mallory"]);
+    let (pooler_cert, pooler_key) = certificate(dir.path(), "pooler");
+    let hba = dir.path().join("hba.conf");
+    std::fs::write(&hba, "local all all trust\nhostssl all all 127.0.0.1/32 cert\n").unwrap();
+    let settings = format!(
+        "client_tls_sslmode = \"verify-ca\"\nclient_tls_cert_file = \"{}\"\nclient_tls_key_file = \"{}\"\n\
+         client_tls_ca_file = \"{}\"\nauth_type = \"hba\"\nauth_hba_file = \"{}\"\nadmin_users = [\"postgres\"]",
+        pooler_cert.display(),
+        pooler_key.display(),
+        ca.display(),
+        hba.display()
+    );
+    let pooler = PoolerProcess::start_probing_unix(&pg, &settings).await.unwrap();
+    let port = pooler.port();
+    let as_postgres_with = |(cert, key): &(PathBuf, PathBuf)| {
+        format!(
+            "host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode=require sslcert={} sslkey={}",
+            cert.display(),
+            key.display()
+        )
+    };
+    let (own, mallorys) = (as_postgres_with(&signed[0]), as_postgres_with(&signed[1]));
+
+    let out = psql(&own, &["select current_user"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "psql with its certificate failed: {stderr}\n{}", pooler.log());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "postgres");
+
+    let out = psql(&mallorys, &["select current_user"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "mallory's certificate let her in as postgres");
+    assert!(stderr.contains("certificate authentication failed for user \"postgres\""), "{stderr}");
+    let log = pooler.log();
+    assert!(log.contains("provided user name (postgres) and authenticated user name (mallory) do not match"), "{log}");
+
+    let out =
+        psql(&format!("host=127.0.0.1 port={port} user=postgres dbname=postgres sslmode=require"), &["select 1"]).await;
+    assert!(!out.status.success(), "a client without a certificate was let in");
+
+    // auth_type = "cert" for every client.
+    let console = pooler.connect_dsn(&pooler.unix_dsn("pgbouncer")).await.unwrap();
+    console.simple_query("SET auth_type = 'cert'").await.unwrap();
+    let out = psql(&own, &["select current_user"]).await;
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), pooler.log());
+    let unix = pooler.connect_dsn(&pooler.unix_dsn("postgres")).await.expect_err("no certificate on the socket");
+    assert_eq!(
+        harness::pooler::refusal(unix),
+        ("28000".to_owned(), "connection requires a valid client certificate".to_owned())
+    );
 }
 
 /// server_tls_cert_file / server_tls_key_file log the pooler in with PostgreSQL's `cert`

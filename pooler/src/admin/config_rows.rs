@@ -29,6 +29,7 @@ fn auth_type(a: AuthType) -> String {
         AuthType::Md5 => "md5",
         AuthType::ScramSha256 => "scram-sha-256",
         AuthType::Hba => "hba",
+        AuthType::Cert => "cert",
     }
     .into()
 }

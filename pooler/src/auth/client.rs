@@ -158,8 +158,9 @@ fn choose(auth_type: AuthType, secret: Option<&StoredSecret>) -> Method {
         AuthType::Md5 if matches!(secret, Some(StoredSecret::Scram(_))) => Method::Scram,
         AuthType::Md5 => Method::Md5,
         AuthType::Plain => Method::Plain,
-        // Hba is decided per connection before this (`hba::HbaRules::decide`).
-        AuthType::ScramSha256 | AuthType::Trust | AuthType::Hba => Method::Scram,
+        // Hba and Cert are decided per connection before this (`hba::HbaRules::decide`,
+        // `cert::check`).
+        AuthType::ScramSha256 | AuthType::Trust | AuthType::Hba | AuthType::Cert => Method::Scram,
     }
 }
 

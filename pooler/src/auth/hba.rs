@@ -28,6 +28,8 @@ pub enum HbaMethod {
     ScramSha256,
     /// Unix socket only: the connecting process's operating-system user must be the user.
     Peer,
+    /// hostssl only: the common name of the client's certificate must be the user.
+    Cert,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,8 +249,12 @@ fn rule(path: &Path, line: usize, fields: &[(String, bool)]) -> Result<Rule, Str
         Some("scram-sha-256") => HbaMethod::ScramSha256,
         Some("peer") if kind == Kind::Local => HbaMethod::Peer,
         Some("peer") => return Err("peer works on local lines only".into()),
-        Some(m @ ("cert" | "ident" | "ldap" | "pam" | "radius" | "gss" | "sspi" | "any")) => {
-            return Err(format!("method {m} is not supported: use trust, reject, md5, password, scram-sha-256 or peer"))
+        Some("cert") if kind == Kind::HostSsl => HbaMethod::Cert,
+        Some("cert") => return Err("cert works on hostssl lines only".into()),
+        Some(m @ ("ident" | "ldap" | "pam" | "radius" | "gss" | "sspi" | "any")) => {
+            return Err(format!(
+                "method {m} is not supported: use trust, reject, md5, password, scram-sha-256, peer or cert"
+            ))
         }
         Some(other) => return Err(format!("unknown method {other:?}")),
         None => return Err("expected an authentication method".into()),
@@ -351,6 +357,9 @@ mod tests {
         assert_eq!(method(tcp("192.168.0.1", false, "all", "carol")), HbaMethod::Trust);
         let none = r.decide(&tcp("192.168.0.1", false, "app", "carol"));
         assert_eq!(none, Decision { method: HbaMethod::Reject, line: None });
+        let cert = rules("hostssl all all 0.0.0.0/0 cert\n");
+        assert_eq!(cert.decide(&tcp("10.1.2.3", true, "app", "alice")).method, HbaMethod::Cert);
+        assert_eq!(cert.decide(&tcp("10.1.2.3", false, "app", "alice")).method, HbaMethod::Reject);
         // An IPv4-mapped IPv6 client matches IPv4 lines.
         assert_eq!(method(tcp("::ffff:10.9.9.9", true, "app", "x")), HbaMethod::ScramSha256);
     }
@@ -379,7 +388,9 @@ mod tests {
         assert!(err("host all all db.example.com trust").contains("host names and domain suffixes are not supported"));
         assert!(err("host all all 10.0.0.0 255.0.255.0 md5").contains("not a netmask"));
         assert!(err("host all all all peer").contains("peer works on local lines only"));
-        assert!(err("local all all cert").contains("method cert is not supported"));
+        assert!(err("local all all cert").contains("cert works on hostssl lines only"));
+        assert!(err("host all all all cert").contains("cert works on hostssl lines only"));
+        assert!(err("local all all ident").contains("method ident is not supported"));
         assert!(err("local all all peer map=x").contains("option \"map=x\" is not supported"));
         assert!(err("local all +admins trust").contains("+group"));
         assert!(err("local replication all trust").contains("\"replication\" is not supported"));

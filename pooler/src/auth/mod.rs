@@ -1,8 +1,10 @@
 //! Authentication, generic over any `AsyncRead + AsyncWrite + Unpin` stream: stored secrets
 //! and the auth file, the credential lookup (auth file, auth_query), the exchange toward
-//! clients (SCRAM-SHA-256, md5, plain, trust) and the login toward PostgreSQL servers.
+//! clients (SCRAM-SHA-256, md5, plain, trust, a client certificate's name) and the login toward
+//! PostgreSQL servers.
 //! Sockets, TLS and timeouts' configuration belong to the caller.
 
+pub mod cert;
 pub mod client;
 pub mod credentials;
 pub mod hba;

@@ -87,6 +87,7 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
     let credentials = with_auth_query(shared, &config, database);
     let auth_type = match config.auth_type {
         AuthType::Hba => Box::pin(hba_method(stream, shared, database, user)).await?,
+        AuthType::Cert => cert_method(stream, shared, database, user).await?,
         other => other,
     };
     let client_credential = match trusted(auth_type, &credentials, user) {
@@ -321,6 +322,7 @@ async fn hba_method(stream: &mut Stream, shared: &Shared, database: &str, user: 
             let _ = send_fatal(stream, "28000", &message).await;
             None
         }
+        HbaMethod::Cert => cert_method(stream, shared, database, user).await,
         HbaMethod::Peer => {
             let os_user = stream.peer_user();
             if os_user.as_deref() == Some(user) {
@@ -333,6 +335,22 @@ async fn hba_method(stream: &mut Stream, shared: &Shared, database: &str, user: 
             tracing::info!(user, database, client = %host, "login refused: {why}");
             shared.stats.count_error("auth_failed");
             let _ = send_fatal(stream, "28000", &format!("Peer authentication failed for user \"{user}\"")).await;
+            None
+        }
+    }
+}
+
+/// auth_type = "cert" (or hba's `cert`): the client is in as `user` if the certificate it
+/// presented names it (`Some(Trust)`); otherwise it is told so in PostgreSQL's words (SQLSTATE
+/// 28000) and the login ends (None).
+async fn cert_method(stream: &mut Stream, shared: &Shared, database: &str, user: &str) -> Option<AuthType> {
+    match crate::auth::cert::check(stream.peer_certificate(), user) {
+        Ok(()) => Some(AuthType::Trust),
+        Err(refusal) => {
+            let client = stream.peer_ip().map_or_else(|| "[local]".to_owned(), |a| a.to_string());
+            tracing::info!(user, database, client, "login refused: {}", refusal.detail());
+            shared.stats.count_error("auth_failed");
+            let _ = send_fatal(stream, "28000", &refusal.to_string()).await;
             None
         }
     }
