@@ -207,33 +207,6 @@ impl Stream {
         }
     }
 
-    /// Writes all of `bytes` to a plain socket through a shared borrow (so a wait that polls
-    /// the same socket for reading can go on around it); `Ok(false)` for a TLS or detached
-    /// stream, which needs the stream itself to write.
-    pub async fn send_shared(&self, bytes: &[u8]) -> io::Result<bool> {
-        let mut rest = bytes;
-        while !rest.is_empty() {
-            let written = match self {
-                Stream::Tcp(s) => {
-                    s.writable().await?;
-                    s.try_write(rest)
-                }
-                Stream::Unix(s) => {
-                    s.writable().await?;
-                    s.try_write(rest)
-                }
-                _ => return Ok(false),
-            };
-            match written {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => rest = rest.get(n..).unwrap_or_default(),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(true)
-    }
-
     /// Waits until the socket has bytes (or EOF) without holding a buffer. With TLS, call it
     /// only after `try_read_buf` said `WouldBlock` (decrypted bytes may be buffered otherwise).
     pub async fn readable(&self) -> io::Result<()> {

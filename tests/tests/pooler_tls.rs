@@ -344,3 +344,55 @@ async fn the_pooler_logs_in_to_postgres_with_its_client_certificate_and_chosen_t
     .unwrap_or_else(|e| panic!("{e:#}\n{}", process.log()));
     assert!(refused.contains("certificate"), "refused with: {refused}\n{}", process.log());
 }
+
+/// query_wait_notify over TLS: psql with sslmode=require, queued behind a transaction that
+/// holds the only server connection, prints PgBouncer's NOTICE while it waits and gets its
+/// answer once the transaction commits; a KILL of the TLS client that waits still ends its
+/// wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_waiting_for_a_server_connection_is_told_it_is_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pg = PgInstance::init("pooler-tls-queued", PgOptions::default()).await.unwrap();
+    pg.start().await.unwrap();
+    let (cert, key) = certificate(dir.path(), "pooler");
+    let settings = format!(
+        "client_tls_sslmode = \"require\"\nclient_tls_cert_file = \"{}\"\nclient_tls_key_file = \"{}\"\n\
+         pool_mode = \"transaction\"\ndefault_pool_size = 1\nquery_wait_notify = 1\nquery_wait_timeout = 20\n\
+         admin_users = [\"postgres\"]",
+        cert.display(),
+        key.display(),
+    );
+    let pooler = PoolerProcess::start_probing_unix(&pg, &settings).await.unwrap();
+    let holder = pooler.connect_dsn(&pooler.unix_dsn("postgres")).await.unwrap();
+    holder.batch_execute("begin; select 1").await.unwrap();
+    let conninfo = format!("host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=require", pooler.port());
+    let waiting = tokio::spawn(async move { psql(&conninfo, &["select 40 + 2"]).await });
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!waiting.is_finished(), "psql did not wait behind the holder's transaction");
+    holder.batch_execute("commit").await.unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(10), waiting).await.unwrap().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}\n{}", pooler.log());
+    assert_eq!(stdout.trim(), "42");
+    assert_eq!(
+        stderr.matches("NOTICE:  No server connection available in postgres backend, client being queued").count(),
+        1,
+        "psql's stderr: {stderr}"
+    );
+
+    // The KILL watch still works on a TLS client that waits.
+    holder.batch_execute("begin; select 1").await.unwrap();
+    let conninfo = format!("host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=require", pooler.port());
+    let waiting = tokio::spawn(async move { psql(&conninfo, &["select 1"]).await });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let console = pooler.connect_dsn(&pooler.unix_dsn("pgbouncer")).await.unwrap();
+    let clients = harness::pooler::show(&console, "CLIENTS").await;
+    let tls_client = clients
+        .iter()
+        .find(|c| c["state"] == "waiting" && !c["tls"].is_empty())
+        .unwrap_or_else(|| panic!("no waiting TLS client: {clients:?}"));
+    console.simple_query(&format!("KILL_CLIENT {}", tls_client["id"])).await.unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(10), waiting).await.unwrap().unwrap();
+    assert!(!out.status.success(), "the killed client's query ran");
+    holder.batch_execute("commit").await.unwrap();
+}

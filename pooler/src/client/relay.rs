@@ -872,9 +872,15 @@ impl Relay {
         let stats = &self.pool.stats;
         stats.clients_waiting.fetch_add(1, Ordering::Relaxed);
         self.me.waiting();
-        // KILL_CLIENT (or shutdown) shuts the socket's read side: that ends the wait.
-        let (client, entry) = (&self.client, self.me.entry());
-        let killed = std::future::poll_fn(|cx| match client.poll_read_ready(cx) {
+        // KILL_CLIENT (or shutdown) shuts the socket's read side: that ends the wait. The
+        // client's stream is lent to the wait: the KILL watch looks at its readiness, and the
+        // query_wait_notify NOTICE takes it out to write (a TLS stream needs it mutably) and
+        // puts it back. The two never overlap: `Pool::wait` does not poll the watch while the
+        // NOTICE is written.
+        let client = std::sync::Mutex::new(std::mem::replace(&mut self.client, Stream::Detached(None)));
+        let lent = || client.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let entry = self.me.entry();
+        let killed = std::future::poll_fn(|cx| match lent().poll_read_ready(cx) {
             std::task::Poll::Ready(_) if entry.is_killed() => std::task::Poll::Ready(()),
             // Bytes the client sent while it waits stay on the socket until it is served.
             _ => std::task::Poll::Pending,
@@ -883,13 +889,14 @@ impl Relay {
         // words; a client that reads nothing holds this write, as it would hold the answer to
         // its query.
         let queued = || async {
-            match client.send_shared(queued_notice()).await {
-                Ok(true) => {}
-                Ok(false) => tracing::debug!("query_wait_notify: no NOTICE over TLS"),
-                Err(e) => tracing::debug!("could not send the query_wait_notify NOTICE: {e}"),
+            let mut stream = std::mem::replace(&mut *lent(), Stream::Detached(None));
+            if let Err(e) = stream.send(queued_notice()).await {
+                tracing::debug!("could not send the query_wait_notify NOTICE: {e}");
             }
+            *lent() = stream;
         };
         let acquired = self.pool.acquire_unless(killed, queued).await;
+        self.client = client.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
         stats.clients_waiting.fetch_sub(1, Ordering::Relaxed);
         self.attach(acquired, Instant::now())
     }
