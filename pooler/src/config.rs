@@ -98,6 +98,10 @@ pub struct PoolerConfig {
     /// Check out the server connection idle longest instead of the one released last, so load
     /// spreads over every open connection (PgBouncer's server_round_robin).
     pub server_round_robin: bool,
+    /// Session mode: a client whose server connection became close_needed (RECONNECT, a RELOAD
+    /// that moved the database) is disconnected with it between transactions, instead of
+    /// keeping it to the end of its session (PgBouncer's server_fast_close).
+    pub server_fast_close: bool,
     /// How new server connections pick among a host list: `round-robin` or `disable`.
     pub load_balance_hosts: LoadBalanceHosts,
     /// Seconds a database served by the `*` entry may stay unused (no client, no server
@@ -324,6 +328,7 @@ impl Default for PoolerConfig {
             server_lifetime: 3600.0,
             server_idle_timeout: 600.0,
             server_round_robin: false,
+            server_fast_close: false,
             load_balance_hosts: LoadBalanceHosts::RoundRobin,
             autodb_idle_timeout: 3600.0,
             server_connect_timeout: 15.0,

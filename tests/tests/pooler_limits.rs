@@ -541,3 +541,71 @@ async fn the_wildcard_database_s_unused_pools_are_dropped_after_autodb_idle_time
     assert_eq!(databases_with_pools().await, ["postgres", "shop"], "autodb_idle_timeout = 0 keeps the pools");
     assert_eq!(pooler.log().matches("pool dropped").count(), 2);
 }
+
+/// A session-mode client connected straight to the pooler, with the way its connection ended.
+async fn session_client(
+    pooler: &PoolerProcess,
+) -> (tokio_postgres::Client, tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>) {
+    let (client, connection) = tokio_postgres::connect(&pooler.dsn("postgres"), tokio_postgres::NoTls).await.unwrap();
+    (client, tokio::spawn(connection))
+}
+
+/// server_fast_close (PgBouncer's), session mode: after RECONNECT a client between
+/// transactions is disconnected at once with its server connection, told why; a client in a
+/// transaction finishes it (nothing is interrupted) and is disconnected when it commits. The
+/// closed server connections are gone from PostgreSQL, and a new client gets a fresh one.
+/// With the setting off the sessions keep their connections to their end, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_fast_close_ends_session_mode_clients_between_transactions() {
+    let pg = postgres().await;
+    let settings = "pool_mode = \"session\"\nserver_fast_close = true\nadmin_users = [\"postgres\"]";
+    let pooler = PoolerProcess::start(&pg, settings).await.unwrap();
+    async fn backend_pid(client: &tokio_postgres::Client) -> Option<String> {
+        let messages = client.simple_query("select pg_backend_pid()").await.unwrap();
+        messages.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        })
+    }
+    let (idle, idle_ended) = session_client(&pooler).await;
+    let (busy, busy_ended) = session_client(&pooler).await;
+    let idle_pid = backend_pid(&idle).await.unwrap();
+    busy.batch_execute("begin; create temp table t (n int); insert into t values (1)").await.unwrap();
+    let busy_pid = backend_pid(&busy).await.unwrap();
+
+    let console = pooler.connect_dsn(&pooler.dsn("pgbouncer")).await.unwrap();
+    console.simple_query("RECONNECT").await.unwrap();
+
+    let ended = tokio::time::timeout(Duration::from_secs(5), idle_ended).await.expect("the idle session was not ended");
+    let err = ended.unwrap().expect_err("the idle session ended without an error");
+    let db = err.as_db_error().unwrap_or_else(|| panic!("{err:?}"));
+    assert_eq!(
+        (db.code().code(), db.message()),
+        ("08P01", "database configuration changed (server_fast_close): reconnect")
+    );
+    // The transaction goes on to its end on the same server connection.
+    assert_eq!(backend_pid(&busy).await.unwrap(), busy_pid);
+    busy.batch_execute("insert into t values (2)").await.unwrap();
+    assert!(!busy_ended.is_finished(), "a session in a transaction was interrupted");
+    busy.batch_execute("commit").await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), busy_ended).await.expect("not ended after its commit");
+    assert!(ended.unwrap().is_err());
+
+    let (pg, idle_pid, busy_pid) = (&pg, &idle_pid, &busy_pid);
+    harness::wait_for("the closed server connections to leave", Duration::from_secs(5), || async move {
+        let now = pg.sql_value("select string_agg(pid::text, ',') from pg_stat_activity").await?.unwrap_or_default();
+        let gone = !now.split(',').any(|p| p == idle_pid.as_str() || p == busy_pid.as_str());
+        Ok(gone.then_some(()))
+    })
+    .await
+    .unwrap();
+    let (fresh, _fresh_ended) = session_client(&pooler).await;
+    let fresh_pid = backend_pid(&fresh).await.unwrap();
+    assert!(fresh_pid != *idle_pid && fresh_pid != *busy_pid);
+
+    // Off: a RECONNECT leaves the session its connection until it leaves.
+    console.simple_query("SET server_fast_close = 0").await.unwrap();
+    console.simple_query("RECONNECT").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(backend_pid(&fresh).await.unwrap(), fresh_pid);
+}

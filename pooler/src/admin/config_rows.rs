@@ -70,6 +70,7 @@ fn settings(c: &PoolerConfig) -> Vec<(&'static str, Option<String>, bool)> {
         ("server_idle_timeout", Some(secs(c.server_idle_timeout)), true),
         ("autodb_idle_timeout", Some(secs(c.autodb_idle_timeout)), true),
         ("server_round_robin", Some(u8::from(c.server_round_robin).to_string()), true),
+        ("server_fast_close", Some(u8::from(c.server_fast_close).to_string()), true),
         ("load_balance_hosts", Some(c.load_balance_hosts.name().to_owned()), true),
         ("server_connect_timeout", Some(secs(c.server_connect_timeout)), true),
         ("server_login_retry", Some(secs(c.server_login_retry)), true),

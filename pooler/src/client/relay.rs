@@ -57,6 +57,12 @@ enum Event {
     /// A time limit ran out.
     Timeout(Limit),
     Shutdown,
+    /// Session mode, between transactions: the server connection is close_needed and
+    /// server_fast_close is on.
+    FastClose,
+    /// Session mode, between transactions: the pool's connections may have become
+    /// close_needed; look again (with the settings in force now).
+    Closing,
     /// Idle long enough: the parking lot asks the relay to give up its task.
     Park,
 }
@@ -294,6 +300,8 @@ impl Relay {
                     return Some(End::fatal("08P01", message));
                 }
                 Event::Shutdown => return Some(End::fatal("57P01", crate::connections::SHUTTING_DOWN)),
+                Event::FastClose => return Some(End::fatal("08P01", FAST_CLOSE)),
+                Event::Closing => {}
                 Event::Park => return None,
                 Event::Server(_) => {
                     return Some(End::fatal("08006", "the pooler read from a server it no longer holds"))
@@ -460,7 +468,8 @@ impl Relay {
                     return Err(End::fatal("08P01", message));
                 }
                 Event::Shutdown => return Err(End::fatal("57P01", crate::connections::SHUTTING_DOWN)),
-                Event::Park => {}
+                Event::FastClose => return Err(End::fatal("08P01", FAST_CLOSE)),
+                Event::Closing | Event::Park => {}
             }
         }
         Ok(())
@@ -495,6 +504,16 @@ impl Relay {
     /// Waits for bytes from the client or its server, or for a time limit
     /// (idle_transaction_timeout, query_timeout, transaction_timeout).
     async fn next_busy_event(&mut self) -> Event {
+        if self.server.is_some()
+            && self.session.transaction_status() == crate::protocol::TransactionStatus::Idle
+            && self.session.requests_in_flight() == 0
+            && self.pool.settings_changed_since(&self.settings)
+        {
+            // A session-mode client between transactions: a RELOAD's (or SET's) timeouts and
+            // server_fast_close apply to it from now on. Its pool mode stays what its session
+            // began with.
+            self.settings = self.pool.settings();
+        }
         let timeout = self.next_limit();
         let Some(server) = self.server.as_mut() else {
             return Event::Server(Ok(0));
@@ -528,12 +547,26 @@ impl Relay {
             .await;
         }
         self.client_read_armed = false;
-        // Only a session-mode client between transactions listens for shutdown here.
+        // Only a session-mode client between transactions listens for shutdown here, and,
+        // with server_fast_close, for its connection becoming close_needed (made before the
+        // look at the mark, so a RECONNECT in between is not missed).
+        let pool = &self.pool;
+        let mut closing = (between_transactions && self.settings.server_fast_close).then(|| Box::pin(pool.closing()));
+        if closing.is_some() && pool.close_mark().closes(server.generation, &server.addr) {
+            return Event::FastClose;
+        }
         let mut stopping = between_transactions.then(|| self.shared.shutdown.subscribe());
         let stop = async move {
-            match stopping.as_mut() {
-                Some(stopping) => stopping.wait().await,
-                None => std::future::pending().await,
+            match (stopping.as_mut(), closing.as_mut()) {
+                (Some(stopping), Some(closing)) => tokio::select! {
+                    _ = stopping.wait() => Event::Shutdown,
+                    _ = closing => Event::Closing,
+                },
+                (Some(stopping), None) => {
+                    stopping.wait().await;
+                    Event::Shutdown
+                }
+                _ => std::future::pending().await,
             }
         };
         let server_read = server.stream.read_buf(&mut io.sin);
@@ -543,14 +576,14 @@ impl Relay {
                 biased;
                 r = server_read => Event::Server(r),
                 r = client_read => Event::Client(r),
-                _ = stop => Event::Shutdown,
+                event = stop => event,
             },
             Some((at, limit)) => tokio::select! {
                 biased;
                 r = server_read => Event::Server(r),
                 r = client_read => Event::Client(r),
                 _ = crate::clock::sleep_until(at.into()) => Event::Timeout(limit),
-                _ = stop => Event::Shutdown,
+                event = stop => event,
             },
         }
     }
@@ -1103,6 +1136,9 @@ impl Relay {
 }
 
 /// The NOTICE a client gets after query_wait_notify in the queue.
+/// What a session-mode client is told when server_fast_close ends its session.
+const FAST_CLOSE: &str = "database configuration changed (server_fast_close): reconnect";
+
 fn queued_notice() -> &'static [u8] {
     static NOTICE: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
     NOTICE.get_or_init(|| {

@@ -231,6 +231,10 @@ pub struct Pool {
     user_conns: Arc<ConnCounter>,
     /// Where server connections are registered for SHOW SERVERS.
     connections: Arc<Connections>,
+    /// Told when connections in use become close_needed (RECONNECT, KILL, the server moved or
+    /// left the list): session-mode clients between transactions with server_fast_close wait
+    /// on it.
+    closing: tokio::sync::Notify,
 }
 
 enum Next {
@@ -358,7 +362,14 @@ impl Pool {
             db_conns,
             user_conns,
             connections,
+            closing: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Resolves when connections in use may have become close_needed since it was made (see
+    /// [`Pool::close_mark`]); create it before looking at the mark.
+    pub fn closing(&self) -> tokio::sync::futures::Notified<'_> {
+        self.closing.notified()
     }
 
     fn lock(&self) -> MutexGuard<'_, PoolState> {
@@ -439,6 +450,9 @@ impl Pool {
             while self.grant_slot(&mut st, false) {}
             (moved, idle, pruned)
         };
+        if moved.is_some() || pruned {
+            self.closing.notify_waiters();
+        }
         for conn in idle {
             let reason = if pruned {
                 "its server is no longer one of the database's"
@@ -1062,6 +1076,7 @@ impl Pool {
             st.generation += 1;
             (std::mem::take(&mut st.idle), std::mem::take(&mut st.waiters))
         };
+        self.closing.notify_waiters();
         drop(waiters);
         for conn in idle {
             self.close_idle(conn, "KILL");
@@ -1129,6 +1144,7 @@ impl Pool {
             st.generation += 1;
             std::mem::take(&mut st.idle)
         };
+        self.closing.notify_waiters();
         for conn in idle {
             self.close_idle(conn, "RECONNECT");
         }

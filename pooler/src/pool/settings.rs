@@ -48,6 +48,9 @@ pub struct PoolSettings {
     /// load_balance_hosts: new connections take the hosts in turn, or stay on one until a
     /// login to it fails.
     pub load_balance_hosts: LoadBalanceHosts,
+    /// server_fast_close: in session mode, a close_needed connection ends its client's session
+    /// between transactions.
+    pub server_fast_close: bool,
 }
 
 /// Seconds as PgBouncer reads them: 0 means off.
@@ -90,6 +93,7 @@ impl PoolSettings {
             client_close_reset: config.client_close_reset,
             server_round_robin: config.server_round_robin,
             load_balance_hosts: target.load_balance_hosts.unwrap_or(config.load_balance_hosts),
+            server_fast_close: config.server_fast_close,
             log_disconnections: config.log_disconnections,
         }
     }
