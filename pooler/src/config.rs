@@ -133,6 +133,10 @@ pub struct PoolerConfig {
     /// The `[databases]` entry whose server auth_query runs on, in place of the database the
     /// client asked for (PgBouncer's auth_dbname).
     pub auth_dbname: Option<String>,
+    /// Server-reported parameters tracked per client besides the six always tracked, as
+    /// PgBouncer's track_extra_parameters (read at start).
+    #[serde(deserialize_with = "names")]
+    pub track_extra_parameters: Vec<String>,
     #[serde(deserialize_with = "names")]
     pub admin_users: Vec<String>,
     #[serde(deserialize_with = "names")]
@@ -350,6 +354,7 @@ impl Default for PoolerConfig {
             auth_user: None,
             auth_query: "SELECT usename, passwd FROM pg_shadow WHERE usename=$1".into(),
             auth_dbname: None,
+            track_extra_parameters: vec!["IntervalStyle".into()],
             admin_users: Vec::new(),
             stats_users: Vec::new(),
             client_tls_sslmode: TlsMode::Disable,
@@ -681,6 +686,13 @@ impl Validate for PoolerConfig {
             if let Err(why) = crate::tls::protocol_versions(text) {
                 return Err(Invalid::new(key, format!("{text:?}"), why));
             }
+        }
+        if let Err(why) = crate::session::extra_parameter_names(&self.track_extra_parameters) {
+            return Err(Invalid::new(
+                "track_extra_parameters",
+                format!("{:?}", self.track_extra_parameters.join(",")),
+                why,
+            ));
         }
         let auth_dbnames = std::iter::once(("auth_dbname".to_owned(), &self.auth_dbname))
             .chain(self.databases.iter().map(|(name, db)| (format!("databases.{name}.auth_dbname"), &db.auth_dbname)));

@@ -35,6 +35,8 @@ pub enum PoolerError {
     Runtime(std::io::Error),
     #[error(transparent)]
     Takeover(#[from] crate::takeover::TakeoverError),
+    #[error("track_extra_parameters: {0}")]
+    TrackExtraParameters(String),
     #[error(
         "cannot create the takeover socket {path}: {source} (check its directory, or set takeover_socket = \"off\")"
     )]
@@ -78,6 +80,8 @@ struct ClusterFollow {
 
 impl Shared {
     pub fn new(config: PoolerConfig, config_path: Option<PathBuf>) -> Result<Shared, PoolerError> {
+        crate::session::track_extra_parameters(&config.track_extra_parameters)
+            .map_err(PoolerError::TrackExtraParameters)?;
         let credentials = Credentials::from_config(&config, None).map_err(PoolerError::AuthFile)?;
         let client_tls = ClientTls::from_config(&config)?;
         let server_tls = ServerTls::from_config(&config)?;
@@ -123,7 +127,14 @@ impl Shared {
 
     /// RELOAD: the new configuration, server list and auth file take effect for new clients
     /// and checkouts; connected clients stay.
-    pub fn reload(&self, config: PoolerConfig) -> Result<(), PoolerError> {
+    pub fn reload(&self, mut config: PoolerConfig) -> Result<(), PoolerError> {
+        if !crate::session::tracks_extra_parameters(&config.track_extra_parameters) {
+            tracing::warn!(
+                "track_extra_parameters changed: it is read at start only, so the list in force stays until the \
+                 pooler restarts"
+            );
+            config.track_extra_parameters = self.config().track_extra_parameters.clone();
+        }
         let credentials = Credentials::from_config(&config, None).map_err(PoolerError::AuthFile)?;
         let client_tls = ClientTls::from_config(&config)?;
         let server_tls = ServerTls::from_config(&config)?;

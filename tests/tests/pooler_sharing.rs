@@ -51,3 +51,62 @@ async fn two_hundred_clients_share_ten_server_connections_with_their_own_stateme
     assert!((1..=10).contains(&servers), "{servers} server connections for 200 clients");
     assert_eq!(clients.len(), 200);
 }
+
+/// Whether `client`'s transactions run read-only now, and on which server connection.
+async fn read_only(client: &tokio_postgres::Client) -> (String, String) {
+    let messages =
+        client.simple_query("select current_setting('transaction_read_only'), pg_backend_pid()::text").await.unwrap();
+    let row = messages.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => {
+            Some((row.get(0).unwrap_or("").to_owned(), row.get(1).unwrap_or("").to_owned()))
+        }
+        _ => None,
+    });
+    row.unwrap()
+}
+
+/// track_extra_parameters (PgBouncer 1.20's): a server-reported parameter outside the six
+/// tracked always (here default_transaction_read_only, which PostgreSQL 14 and later report)
+/// is carried per client from one server connection to the next. Two clients share one server
+/// connection: one SETs it on, and the other's transactions are still read-write while its
+/// own are read-only; a third client sends it at login (a `-c` setting in `options`, refused
+/// as untracked otherwise), and has it. Without the setting the same SET
+/// leaks to the other client through the shared connection, as with PgBouncer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn track_extra_parameters_keeps_a_reported_parameter_per_client() {
+    let mut pg = PgInstance::init("extra-params", PgOptions::default()).await.unwrap();
+    pg.start().await.unwrap();
+    let base = "pool_mode = \"transaction\"\ndefault_pool_size = 1\nadmin_users = [\"postgres\"]";
+
+    let untracked = PoolerProcess::start(&pg, base).await.unwrap();
+    let (setter, other) = (untracked.connect().await.unwrap(), untracked.connect().await.unwrap());
+    setter.batch_execute("SET default_transaction_read_only = on").await.unwrap();
+    let (leaked, _) = read_only(&other).await;
+    assert_eq!(leaked, "on", "untracked, the SET is the shared server connection's");
+    drop(untracked);
+
+    let settings = format!("{base}\ntrack_extra_parameters = [\"IntervalStyle\", \"default_transaction_read_only\"]");
+    let pooler = PoolerProcess::start(&pg, &settings).await.unwrap();
+    let (setter, other) = (pooler.connect().await.unwrap(), pooler.connect().await.unwrap());
+    setter.batch_execute("SET default_transaction_read_only = on").await.unwrap();
+    let (theirs, other_pid) = read_only(&other).await;
+    let (mine, setter_pid) = read_only(&setter).await;
+    assert_eq!((theirs.as_str(), mine.as_str()), ("off", "on"));
+    assert_eq!(other_pid, setter_pid, "one server connection serves both");
+    let (theirs, _) = read_only(&other).await;
+    assert_eq!(theirs, "off");
+    let err = setter.batch_execute("create table written (n int)").await.expect_err("read-only");
+    assert_eq!(err.code().map(|c| c.code()), Some("25006"));
+    other.batch_execute("create table written (n int)").await.unwrap();
+
+    // At login: a `-c` setting in options.
+    let dsn = format!("{} options='-c default_transaction_read_only=on'", pooler.dsn("postgres"));
+    let from_options = pooler.connect_dsn(&dsn).await.unwrap();
+    assert_eq!(read_only(&from_options).await.0, "on");
+    assert_eq!(read_only(&other).await.0, "off");
+    let console = pooler.connect_dsn(&pooler.dsn("pgbouncer")).await.unwrap();
+    let config = harness::pooler::show(&console, "CONFIG").await;
+    let row = config.iter().find(|r| r["key"] == "track_extra_parameters").unwrap_or_else(|| panic!("{config:?}"));
+    assert_eq!(row["value"], "IntervalStyle,default_transaction_read_only");
+    assert_eq!(row["changeable"], "no");
+}

@@ -91,6 +91,7 @@ fn settings(c: &PoolerConfig) -> Vec<(&'static str, Option<String>, bool)> {
         ("auth_user", c.auth_user.clone(), true),
         ("auth_query", Some(c.auth_query.clone()), true),
         ("auth_dbname", c.auth_dbname.clone(), true),
+        ("track_extra_parameters", Some(c.track_extra_parameters.join(",")), false),
         ("admin_users", Some(c.admin_users.join(",")), true),
         ("stats_users", Some(c.stats_users.join(",")), true),
         ("client_tls_sslmode", Some(tls_mode(c.client_tls_sslmode)), true),
@@ -151,7 +152,9 @@ mod tests {
         let mut text = String::from("auth_type = \"trust\"\n");
         for row in &defaults {
             let value = match row.key.as_str() {
-                "admin_users" | "stats_users" | "ignore_startup_parameters" => "[]".to_string(),
+                "admin_users" | "stats_users" | "ignore_startup_parameters" | "track_extra_parameters" => {
+                    "[]".to_string()
+                }
                 "auth_file"
                 | "client_tls_cert_file"
                 | "client_tls_key_file"

@@ -17,7 +17,7 @@ use crate::protocol::{
 use crate::runtime::Shared;
 use crate::server::auth_query::AuthQueryOnServer;
 use crate::server::LoginTarget;
-use crate::session::{ParamMap, TrackedParam};
+use crate::session::{ParamMap, TrackedParam, SLOTS};
 use crate::stream::Stream;
 use crate::tls::SslAnswer;
 use crate::topology::DatabaseTarget;
@@ -70,8 +70,9 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
         let _ = send_fatal(stream, "08P01", "no more connections allowed (max_client_conn)").await;
         return None;
     }
+    // Boxed: with track_extra_parameters' room the values would weigh on every await below.
     let mut asked_values = match session_values(&startup, &config.ignore_startup_parameters) {
-        Ok(asked) => asked,
+        Ok(asked) => Box::new(asked),
         Err(refusal) => {
             let message = refusal.to_string();
             tracing::info!(user, database, "refusing client: {message}");
@@ -83,7 +84,6 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
         let name = &mut asked_values[TrackedParam::ApplicationName.index()];
         *name = Some(Cow::Owned(with_host(name.as_deref(), stream)));
     }
-    let asked: [Option<&str>; 6] = std::array::from_fn(|i| asked_values[i].as_deref());
     let credentials = with_auth_query(shared, &config, database);
     let auth_type = match config.auth_type {
         AuthType::Hba => Box::pin(hba_method(stream, shared, database, user)).await?,
@@ -156,6 +156,7 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
             return None;
         }
     };
+    let asked: [Option<&str>; SLOTS] = std::array::from_fn(|i| asked_values[i].as_deref());
     let welcome = match pool.welcome_for(asked) {
         Some(welcome) => welcome,
         None => Box::pin(first_welcome(stream, &pool, &startup, asked)).await?,
@@ -171,7 +172,7 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
         return None;
     }
     pool.stats.client_logins.fetch_add(1, Ordering::Relaxed);
-    let application_name = asked[TrackedParam::ApplicationName.index()].unwrap_or_default();
+    let application_name = asked_values[TrackedParam::ApplicationName.index()].as_deref().unwrap_or_default();
     let me = register(shared, names_of(&pool.key), application_name, stream, config.log_connections);
     let (params, settings) = (welcome.params, welcome.settings);
     Some(Outcome::Pool(LoggedIn { pool, settings, params, key, cancel, me, admission }))
@@ -263,7 +264,7 @@ async fn first_welcome(
     stream: &mut Stream,
     pool: &Pool,
     startup: &StartupMessage,
-    asked: [Option<&str>; 6],
+    asked: [Option<&str>; SLOTS],
 ) -> Option<Welcome> {
     match pool.acquire().await {
         Ok(conn) => pool.release(conn),
@@ -367,9 +368,9 @@ async fn cert_method(stream: &mut Stream, shared: &Shared, database: &str, user:
 pub(crate) fn session_values<'a>(
     startup: &'a StartupMessage,
     ignored: &[String],
-) -> Result<[Option<Cow<'a, str>>; 6], Refusal<'a>> {
+) -> Result<[Option<Cow<'a, str>>; SLOTS], Refusal<'a>> {
     let is_ignored = |name: &str| ignored.iter().any(|i| i.eq_ignore_ascii_case(name));
-    let mut values: [Option<Cow<'a, str>>; 6] = Default::default();
+    let mut values: [Option<Cow<'a, str>>; SLOTS] = Default::default();
     let mut options = None;
     for (name, value) in startup.params() {
         if let Some(param) = TrackedParam::from_name(name) {
@@ -386,7 +387,7 @@ pub(crate) fn session_values<'a>(
     let Some(options) = options else {
         return Ok(values);
     };
-    let mut from_options: [Option<Cow<'a, str>>; 6] = Default::default();
+    let mut from_options: [Option<Cow<'a, str>>; SLOTS] = Default::default();
     for (name, value) in option_settings(options).map_err(Refusal::Options)? {
         match TrackedParam::from_name(&name) {
             Some(param) => from_options[param.index()] = Some(Cow::Owned(value)),
@@ -575,7 +576,7 @@ async fn read_startup(stream: &mut Stream, buf: &mut BytesMut, shared: &Shared) 
 mod tests {
     use super::{session_values, Refusal};
     use crate::protocol::{OptionsError, StartupMessage};
-    use crate::session::{ParamMap, TrackedParam};
+    use crate::session::{ParamMap, TrackedParam, SLOTS};
 
     fn startup(names: &[&str]) -> StartupMessage {
         StartupMessage::new(0, names.iter().map(|n| (*n, "x"))).expect("valid parameters")
@@ -586,7 +587,7 @@ mod tests {
     }
 
     /// The values as `&str`, as a login hands them to its pool.
-    fn asked(message: &StartupMessage, ignored: &[String]) -> [Option<String>; 6] {
+    fn asked(message: &StartupMessage, ignored: &[String]) -> [Option<String>; SLOTS] {
         let values = session_values(message, ignored).expect("accepted");
         values.map(|v| v.map(|v| v.into_owned()))
     }
@@ -615,7 +616,7 @@ mod tests {
         )
         .expect("valid parameters");
         let values = session_values(&message, &[]).expect("all accepted");
-        let borrowed: [Option<&str>; 6] = std::array::from_fn(|i| values[i].as_deref());
+        let borrowed: [Option<&str>; SLOTS] = std::array::from_fn(|i| values[i].as_deref());
         assert_eq!(borrowed, ParamMap::values_of(message.params()));
         assert_eq!(borrowed[TrackedParam::TimeZone.index()], Some("Europe/Paris"));
         assert_eq!(borrowed[TrackedParam::ApplicationName.index()], Some("a"));

@@ -186,7 +186,7 @@ impl PoolState {
 /// gave it: the next client that sends the same gets the same map without a look at the
 /// server's values.
 struct ClientParams {
-    asked: [Option<Box<str>>; 6],
+    asked: [Option<Box<str>>; crate::session::SLOTS],
     params: ParamMap,
 }
 
@@ -525,7 +525,7 @@ impl Pool {
     /// Clients of a pool nearly all log in with the same values: they share one `ParamMap`
     /// (an idle client costs 8 bytes for it), and the messages are encoded once for them, not
     /// at every login (a new connection per transaction spent about 4,000 instructions on them).
-    pub fn welcome_for(&self, asked: [Option<&str>; 6]) -> Option<Welcome> {
+    pub fn welcome_for(&self, asked: [Option<&str>; crate::session::SLOTS]) -> Option<Welcome> {
         let mut st = self.lock();
         let welcome = st.welcome.clone()?;
         let params = match &st.client_params {

@@ -46,7 +46,9 @@ mod tests;
 
 pub use crate::config::PoolMode;
 pub use error::SessionError;
-pub use params::{ParamMap, TrackedParam};
+pub use params::{
+    extra_parameter_names, track_extra_parameters, tracks_extra_parameters, ParamMap, TrackedParam, SLOTS,
+};
 pub use server::ServerState;
 pub use statements::ServerStatementName;
 

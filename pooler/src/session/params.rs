@@ -1,10 +1,25 @@
 //! The session parameters a client sees through ParameterStatus and that transaction pooling
 //! must carry from one server connection to the next (PgBouncer's varcache): client_encoding,
-//! DateStyle, TimeZone, IntervalStyle, standard_conforming_strings, application_name.
+//! DateStyle, TimeZone, IntervalStyle, standard_conforming_strings, application_name, and
+//! the server-reported parameters `track_extra_parameters` adds (set once at start).
 //! Owns the values and the `SET` commands that reconcile two maps; it sends nothing itself.
 
 use postgres_protocol::escape::escape_literal;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+/// The parameters tracked always.
+const BUILT_IN: usize = 6;
+/// At most this many more from track_extra_parameters.
+pub const MAX_EXTRA: usize = 8;
+/// Room for every tracked parameter's value (`ParamMap::values_of`).
+pub const SLOTS: usize = BUILT_IN + MAX_EXTRA;
+
+/// track_extra_parameters' names beyond the built-in six, in configured order (set at start).
+static EXTRA: OnceLock<Box<[Box<str>]>> = OnceLock::new();
+
+fn extras() -> &'static [Box<str>] {
+    EXTRA.get().map_or(&[], |names| names)
+}
 
 /// A parameter tracked per client and per server connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,10 +30,12 @@ pub enum TrackedParam {
     IntervalStyle,
     StandardConformingStrings,
     ApplicationName,
+    /// The n-th of track_extra_parameters' own names.
+    Extra(u8),
 }
 
 impl TrackedParam {
-    pub const ALL: [TrackedParam; 6] = [
+    const BUILT_IN: [TrackedParam; BUILT_IN] = [
         TrackedParam::ClientEncoding,
         TrackedParam::DateStyle,
         TrackedParam::TimeZone,
@@ -27,7 +44,13 @@ impl TrackedParam {
         TrackedParam::ApplicationName,
     ];
 
-    /// The name as PostgreSQL reports it in ParameterStatus.
+    /// Every tracked parameter: the built-in six, then track_extra_parameters' own.
+    pub fn all() -> impl Iterator<Item = TrackedParam> {
+        let extra = extras().len() as u8;
+        Self::BUILT_IN.into_iter().chain((0..extra).map(TrackedParam::Extra))
+    }
+
+    /// The name as PostgreSQL reports it in ParameterStatus (an extra one as configured).
     pub fn name(self) -> &'static str {
         match self {
             TrackedParam::ClientEncoding => "client_encoding",
@@ -36,6 +59,7 @@ impl TrackedParam {
             TrackedParam::IntervalStyle => "IntervalStyle",
             TrackedParam::StandardConformingStrings => "standard_conforming_strings",
             TrackedParam::ApplicationName => "application_name",
+            TrackedParam::Extra(n) => extras().get(usize::from(n)).map_or("", |name| name),
         }
     }
 
@@ -50,15 +74,67 @@ impl TrackedParam {
             13 => TrackedParam::IntervalStyle,
             27 => TrackedParam::StandardConformingStrings,
             16 => TrackedParam::ApplicationName,
-            _ => return None,
+            _ => return Self::extra(name),
         };
-        candidate.name().eq_ignore_ascii_case(name).then_some(candidate)
+        if candidate.name().eq_ignore_ascii_case(name) {
+            Some(candidate)
+        } else {
+            Self::extra(name)
+        }
     }
 
-    /// Its place in a `[_; 6]` of values (`ParamMap::values_of`).
-    pub fn index(self) -> usize {
-        self as usize
+    fn extra(name: &str) -> Option<Self> {
+        extras().iter().position(|extra| extra.eq_ignore_ascii_case(name)).map(|n| TrackedParam::Extra(n as u8))
     }
+
+    /// Its place in a `[_; SLOTS]` of values (`ParamMap::values_of`).
+    pub fn index(self) -> usize {
+        match self {
+            TrackedParam::ClientEncoding => 0,
+            TrackedParam::DateStyle => 1,
+            TrackedParam::TimeZone => 2,
+            TrackedParam::IntervalStyle => 3,
+            TrackedParam::StandardConformingStrings => 4,
+            TrackedParam::ApplicationName => 5,
+            TrackedParam::Extra(n) => BUILT_IN + usize::from(n),
+        }
+    }
+}
+
+/// track_extra_parameters, at start: names already tracked (PgBouncer's default,
+/// IntervalStyle, is one) are skipped. Err if there are too many, if a name is empty, or if
+/// another list was set before (the list is fixed for the process's life).
+pub fn track_extra_parameters(names: &[String]) -> Result<(), String> {
+    let own: Box<[Box<str>]> = extra_parameter_names(names)?.into();
+    match EXTRA.get() {
+        Some(set) if set[..].iter().eq(own.iter()) => Ok(()),
+        Some(_) => Err("track_extra_parameters is read at start only; restart the pooler to change it".into()),
+        None => EXTRA.set(own).map_err(|_| "track_extra_parameters was set concurrently".to_owned()),
+    }
+}
+
+/// track_extra_parameters' own names (those not tracked always, each once), or why the list
+/// cannot be tracked.
+pub fn extra_parameter_names(names: &[String]) -> Result<Vec<Box<str>>, String> {
+    let mut own: Vec<Box<str>> = Vec::new();
+    for name in names.iter().map(|n| n.trim()) {
+        if name.is_empty() || name.contains(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.')) {
+            return Err(format!("{name:?} is not a parameter name"));
+        }
+        let built_in = TrackedParam::BUILT_IN.iter().any(|p| p.name().eq_ignore_ascii_case(name));
+        if !built_in && !own.iter().any(|o| o.eq_ignore_ascii_case(name)) {
+            own.push(name.into());
+        }
+    }
+    if own.len() > MAX_EXTRA {
+        return Err(format!("at most {MAX_EXTRA} parameters besides the six tracked always"));
+    }
+    Ok(own)
+}
+
+/// Whether `names` is the list in force (a RELOAD cannot change it).
+pub fn tracks_extra_parameters(names: &[String]) -> bool {
+    extra_parameter_names(names).is_ok_and(|own| own[..] == *extras())
 }
 
 /// Values of the tracked parameters, as one side last reported or asked for them.
@@ -68,7 +144,7 @@ impl TrackedParam {
 /// (`Pool::share_values`). An idle client costs 8 bytes here instead of six strings.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ParamMap {
-    values: Arc<[Option<Box<str>>; 6]>,
+    values: Arc<[Option<Box<str>>; SLOTS]>,
 }
 
 impl ParamMap {
@@ -89,8 +165,8 @@ impl ParamMap {
     /// The values name/value pairs give (later pairs win; untracked names are ignored), as
     /// borrowed strings: what a login compares with the map other clients share before it
     /// builds one (`Pool::share_values`).
-    pub fn values_of<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> [Option<&'a str>; 6] {
-        let mut values = [None; 6];
+    pub fn values_of<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> [Option<&'a str>; SLOTS] {
+        let mut values = [None; SLOTS];
         for (name, value) in pairs {
             if let Some(param) = TrackedParam::from_name(name) {
                 values[param.index()] = Some(value);
@@ -100,11 +176,11 @@ impl ParamMap {
     }
 
     /// Whether this map holds exactly `values`.
-    pub fn has_values(&self, values: &[Option<&str>; 6]) -> bool {
-        TrackedParam::ALL.into_iter().all(|param| self.get(param) == values[param.index()])
+    pub fn has_values(&self, values: &[Option<&str>; SLOTS]) -> bool {
+        self.values.iter().map(Option::as_deref).eq(values.iter().copied())
     }
 
-    pub fn from_values(values: &[Option<&str>; 6]) -> Self {
+    pub fn from_values(values: &[Option<&str>; SLOTS]) -> Self {
         ParamMap { values: Arc::new(std::array::from_fn(|i| values[i].map(Box::from))) }
     }
 
@@ -137,7 +213,7 @@ impl ParamMap {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (TrackedParam, &str)> {
-        TrackedParam::ALL.into_iter().filter_map(|param| self.get(param).map(|value| (param, value)))
+        TrackedParam::all().filter_map(|param| self.get(param).map(|value| (param, value)))
     }
 
     /// Parameters whose value here is known and differs from (or is unknown on) `server`.
@@ -155,7 +231,7 @@ impl ParamMap {
     /// After the `SET`s ran: take the server's spelling of each value (PostgreSQL reports `UTC`
     /// for `utc`), so the next comparison does not see a difference that is not there.
     pub fn adopt_canonical(&mut self, server: &ParamMap) {
-        for param in TrackedParam::ALL {
+        for param in TrackedParam::all() {
             if let (Some(_), Some(canonical)) = (self.get(param), server.get(param)) {
                 self.set(param, canonical);
             }
@@ -182,11 +258,26 @@ mod tests {
     }
 
     #[test]
+    fn extra_parameters_skip_the_built_in_ones_and_are_bounded() {
+        let names = |list: &[&str]| list.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let own = extra_parameter_names(&names(&["IntervalStyle", "search_path", "SEARCH_PATH", "timezone"]));
+        assert_eq!(own.unwrap(), vec![Box::from("search_path")]);
+        assert_eq!(extra_parameter_names(&names(&["IntervalStyle"])).unwrap(), Vec::<Box<str>>::new());
+        let nine: Vec<String> = (0..9).map(|i| format!("p{i}")).collect();
+        assert_eq!(extra_parameter_names(&nine).unwrap_err(), "at most 8 parameters besides the six tracked always");
+        assert!(extra_parameter_names(&names(&["bad name"])).is_err());
+        assert!(extra_parameter_names(&names(&[""])).is_err());
+        // Nothing was set in this process: the built-in six are all there is.
+        assert_eq!(TrackedParam::all().count(), 6);
+        assert_eq!(TrackedParam::from_name("search_path"), None);
+    }
+
+    #[test]
     fn names_are_case_insensitive() {
         assert_eq!(TrackedParam::from_name("datestyle"), Some(TrackedParam::DateStyle));
         assert_eq!(TrackedParam::from_name("TIMEZONE"), Some(TrackedParam::TimeZone));
         assert_eq!(TrackedParam::from_name("search_path"), None);
-        for param in TrackedParam::ALL {
+        for param in TrackedParam::all() {
             assert_eq!(TrackedParam::from_name(param.name()), Some(param));
             assert_eq!(TrackedParam::from_name(&param.name().to_uppercase()), Some(param));
             let mut other = param.name().to_owned();
