@@ -155,7 +155,24 @@ impl Shared {
         let config = self.config();
         let topology = self.topology();
         for pool in self.pools.all() {
-            let Some(target) = topology.target(&pool.key.database) else { continue };
+            let Some(target) = topology.target(&pool.key.database) else {
+                // Gone from pooler.toml (not a cluster database waiting for a member): as
+                // PgBouncer, its clients are told and the pool goes.
+                if config.cluster_role_of(&pool.key.database).is_none() && pool.orphan() {
+                    let clients = self
+                        .pools
+                        .connections
+                        .kill_clients(Some(&pool.key.database), crate::connections::KillReason::DatabaseRemoved);
+                    tracing::info!(
+                        database = &*pool.key.database,
+                        user = &*pool.key.user,
+                        clients,
+                        "the database was removed from the configuration: its clients are closed, its pool dropped"
+                    );
+                }
+                continue;
+            };
+            pool.adopt();
             let settings = crate::pool::PoolSettings::new(&config, &target, config.users.get(&*pool.key.user));
             if let Some(old) = pool.update_settings(settings, &target.servers, &target.dbname, self.server_tls()) {
                 tracing::info!(

@@ -907,3 +907,43 @@ async fn resume_releases_every_waiting_client() {
         assert!(ran.is_ok(), "a waiting client failed at RESUME: {ran:?}\n{}", pooler.log());
     }
 }
+
+/// A RELOAD that removes a database closes its clients (told `database removed`), closes its
+/// server connections and drops its pool, as PgBouncer kills a database that left its
+/// configuration; new logins to it are refused; the other databases go on. The database is
+/// added by a RELOAD first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_that_removes_a_database_closes_its_clients_and_drops_its_pool() {
+    let (pg, mut pooler) = setup("pool_mode = \"transaction\"").await;
+    let admin = console(&pooler).await;
+    let path = pooler.process().config_path().clone();
+    let original = std::fs::read_to_string(&path).unwrap();
+    let entry = format!("\n[databases.extra]\nhost = \"127.0.0.1\"\nport = {}\ndbname = \"postgres\"\n", pg.port());
+    std::fs::write(&path, format!("{original}{entry}")).unwrap();
+    admin.simple_query("RELOAD").await.unwrap();
+
+    let (extra, connection) = tokio_postgres::connect(&pooler.dsn("extra"), tokio_postgres::NoTls).await.unwrap();
+    let extra_ended = tokio::spawn(connection);
+    extra.simple_query("select 1").await.unwrap();
+    let other = pooler.connect().await.unwrap();
+    other.simple_query("select 1").await.unwrap();
+    let pool_names = || async {
+        let pools = show(&admin, "POOLS").await;
+        let mut names: Vec<String> = pools.iter().map(|p| p["database"].clone()).collect();
+        names.sort();
+        names
+    };
+    assert_eq!(pool_names().await, ["extra", "postgres"]);
+    assert_eq!(backends(&pg).await, 2, "one server connection per pool");
+
+    std::fs::write(&path, &original).unwrap();
+    admin.simple_query("RELOAD").await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), extra_ended).await.expect("the client was not closed");
+    let err = ended.unwrap().expect_err("closed without a word");
+    assert_eq!(err.as_db_error().map(|e| e.message()), Some("database removed"), "{err:?}");
+    eventually("the removed database's pool to be dropped", || async { pool_names().await == ["postgres"] }).await;
+    eventually("its server connection to close", || async { backends(&pg).await == 1 }).await;
+    let refused = pooler.connect_dsn(&pooler.dsn("extra")).await.expect_err("a removed database");
+    assert_eq!(harness::pooler::refusal(refused), ("3D000".to_owned(), "no such database: extra".to_owned()));
+    other.simple_query("select 2").await.unwrap();
+}

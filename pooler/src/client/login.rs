@@ -87,7 +87,7 @@ pub(super) async fn login(stream: &mut Stream, buf: &mut BytesMut, shared: &Shar
     let credentials = with_auth_query(shared, &config, database);
     let auth_type = match config.auth_type {
         AuthType::Hba => Box::pin(hba_method(stream, shared, database, user)).await?,
-        AuthType::Cert => cert_method(stream, shared, database, user).await?,
+        AuthType::Cert => Box::pin(cert_method(stream, shared, database, user)).await?,
         other => other,
     };
     let client_credential = match trusted(auth_type, &credentials, user) {

@@ -162,9 +162,15 @@ pub(crate) fn log_client_closed(entry: &crate::connections::ClientEntry, reason:
 }
 
 /// Sends a FATAL ErrorResponse (best effort: the client may be gone).
-pub(crate) async fn send_fatal(stream: &mut Stream, code: &str, message: &str) -> std::io::Result<()> {
+/// Boxed: a refusal is the rare path of a login, and its write would otherwise weigh on
+/// every login's future (the startup phase's, `the_startup_phase_keeps_its_rare_parts_out_of_line`).
+pub(crate) fn send_fatal<'a>(
+    stream: &'a mut Stream,
+    code: &str,
+    message: &str,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send + 'a>> {
     let bytes = ErrorResponse::new(Severity::Fatal, code, message).to_bytes();
-    stream.send(&bytes).await
+    Box::pin(async move { stream.send(&bytes).await })
 }
 
 /// Counts a client in the process-wide client_connections until dropped; derefs to the
@@ -214,6 +220,7 @@ mod tests {
         let socket = tokio::net::TcpStream::connect(listener.local_addr().expect("local addr")).await.expect("connect");
         let startup = start(Stream::Tcp(socket), &shared, ClientCount(shared.clone()));
         let size = std::mem::size_of_val(&startup);
+        eprintln!("the startup phase's future: {size} bytes");
         assert!(size <= STARTUP_BOUND, "the startup phase's future is {size} bytes, more than {STARTUP_BOUND}");
     }
 

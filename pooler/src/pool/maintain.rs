@@ -32,6 +32,18 @@ pub(super) async fn run(pool: Weak<Pool>, retirement: Retirement) {
         let settings = pool.settings();
         pool.stats.roll_averages(Instant::now(), settings.stats_period);
         pool.expire_idle();
+        if pool.is_orphaned() {
+            let (database, user) = (pool.key.database.clone(), pool.key.user.clone());
+            if pool.is_unused() && retirement.retire(pool) {
+                tracing::info!(
+                    database = &*database,
+                    user = &*user,
+                    "pool dropped: its database was removed from the configuration"
+                );
+                return;
+            }
+            continue;
+        }
         pool.fill_to_minimum().await;
         let Some(timeout) = settings.autodb_idle_timeout else {
             unused_since = None;

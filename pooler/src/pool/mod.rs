@@ -235,6 +235,8 @@ pub struct Pool {
     /// left the list): session-mode clients between transactions with server_fast_close wait
     /// on it.
     closing: tokio::sync::Notify,
+    /// A RELOAD removed its database: dropped once unused (`maintain`).
+    orphaned: std::sync::atomic::AtomicBool,
 }
 
 enum Next {
@@ -363,7 +365,37 @@ impl Pool {
             user_conns,
             connections,
             closing: tokio::sync::Notify::new(),
+            orphaned: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// A RELOAD removed the pool's database, as PgBouncer's kill of a database that left the
+    /// configuration: waiting clients are let go, idle connections closed, those in use closed
+    /// at their release, and the pool is dropped once nothing uses it. True the first time.
+    pub fn orphan(&self) -> bool {
+        if self.orphaned.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        let (idle, waiters) = {
+            let mut st = self.lock();
+            st.generation += 1;
+            (std::mem::take(&mut st.idle), std::mem::take(&mut st.waiters))
+        };
+        self.closing.notify_waiters();
+        drop(waiters);
+        for conn in idle {
+            self.close_idle(conn, "its database was removed from the configuration");
+        }
+        true
+    }
+
+    /// The database came back (a later RELOAD) before the pool was dropped.
+    pub fn adopt(&self) {
+        self.orphaned.store(false, Ordering::SeqCst);
+    }
+
+    pub(super) fn is_orphaned(&self) -> bool {
+        self.orphaned.load(Ordering::SeqCst)
     }
 
     /// Resolves when connections in use may have become close_needed since it was made (see
