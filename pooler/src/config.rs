@@ -193,6 +193,9 @@ pub struct PoolerConfig {
     pub log_connections: bool,
     /// Log each closed client and server connection with why it closed (at info).
     pub log_disconnections: bool,
+    /// Log the traffic of the last stats_period (rates and average times over every pool) at
+    /// the end of each one, as PgBouncer's log_stats.
+    pub log_stats: bool,
     /// TCP_USER_TIMEOUT in milliseconds: how long sent data may stay unacknowledged before the
     /// kernel drops the connection (a server host that vanished mid-query); 0: the system's.
     pub tcp_user_timeout: u32,
@@ -377,6 +380,7 @@ impl Default for PoolerConfig {
             application_name_add_host: false,
             disable_pqexec: false,
             log_connections: true,
+            log_stats: true,
             log_disconnections: true,
             tcp_keepalive: true,
             tcp_keepidle: 0,

@@ -369,6 +369,29 @@ impl StopSource for shutdown::Signals {
     }
 }
 
+/// log_stats: at the end of each stats_period, one line with the rates and average times of
+/// the period over every pool, as PgBouncer writes it.
+async fn log_stats(shared: Arc<Shared>) {
+    loop {
+        let period = crate::pool::secs(shared.config().stats_period).unwrap_or(Duration::from_secs(60));
+        crate::clock::sleep(period).await;
+        if !shared.config().log_stats || shared.shutdown.is_stopping() {
+            continue;
+        }
+        let rows: Vec<crate::admin::rows::StatsRow> = shared
+            .pools
+            .all()
+            .iter()
+            .map(|pool| crate::admin::rows::StatsRow {
+                database: String::new(),
+                totals: pool.stats.totals(),
+                averages: pool.stats.averages(),
+            })
+            .collect();
+        tracing::info!("{}", crate::admin::rows::stats_line(&crate::admin::rows::averages_over(&rows)));
+    }
+}
+
 /// Serves until `stop` says so, then drains: no new connections, clients leave at their next
 /// transaction boundary, until none is left, shutdown_timeout passes, or a second signal.
 ///
@@ -414,6 +437,7 @@ pub async fn run(
     }
     let serving = tokio::spawn(listeners.serve(shared.clone()));
     let parked = tokio::spawn(crate::client::serve_parked(shared.clone()));
+    tokio::spawn(log_stats(shared.clone()));
     if let Some(listener) = takeover_listener {
         tokio::spawn(crate::takeover::serve(listener, shared.clone()));
     }

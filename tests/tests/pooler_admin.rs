@@ -947,3 +947,34 @@ async fn reload_that_removes_a_database_closes_its_clients_and_drops_its_pool() 
     assert_eq!(harness::pooler::refusal(refused), ("3D000".to_owned(), "no such database: extra".to_owned()));
     other.simple_query("select 2").await.unwrap();
 }
+
+/// log_stats (PgBouncer's): at the end of each stats_period the pooler logs one line with the
+/// period's rates and average times over every pool; `SET log_stats = 0` stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_stats_writes_the_period_s_traffic_to_the_log() {
+    let (_pg, pooler) = setup("pool_mode = \"transaction\"\nstats_period = 1").await;
+    let client = pooler.connect().await.unwrap();
+    let busy_until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < busy_until {
+        client.simple_query("select 1").await.unwrap();
+    }
+    let line = |log: &str| {
+        log.lines().filter(|l| l.contains("stats: ")).find_map(|l| {
+            let rate = l.split("stats: ").nth(1)?.split(" xacts/s").next()?.parse::<u64>().ok()?;
+            (rate > 0 && l.contains(" queries/s, ") && l.contains(" us, wait ")).then(|| l.to_owned())
+        })
+    };
+    let seen = harness::wait_for("a stats line with transactions", Duration::from_secs(5), || async {
+        Ok(line(&pooler.log()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", pooler.log()));
+    eprintln!("{seen}");
+
+    let admin = console(&pooler).await;
+    admin.simple_query("SET log_stats = 0").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let before = pooler.log().matches("stats: ").count();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(pooler.log().matches("stats: ").count(), before, "log_stats = 0 still logs");
+}

@@ -108,6 +108,7 @@ fn settings(c: &PoolerConfig) -> Vec<(&'static str, Option<String>, bool)> {
         ("worker_threads", Some(c.worker_threads.to_string()), false),
         ("stats_period", Some(secs(c.stats_period)), true),
         ("log_connections", Some(u8::from(c.log_connections).to_string()), true),
+        ("log_stats", Some(u8::from(c.log_stats).to_string()), true),
         ("log_disconnections", Some(u8::from(c.log_disconnections).to_string()), true),
         ("application_name_add_host", Some(u8::from(c.application_name_add_host).to_string()), true),
         ("disable_pqexec", Some(u8::from(c.disable_pqexec).to_string()), true),

@@ -220,9 +220,38 @@ impl Row for NameValueRow {
     }
 }
 
+/// The averages of every database together: per-second rates add up; per-event times are
+/// weighted by their event counts (what SHOW TOTALS' `avg_` rows and log_stats report).
+pub fn averages_over(rows: &[StatsRow]) -> StatsCounters {
+    totals_and_averages(rows).1
+}
+
+/// One line of PgBouncer's log_stats: the last stats_period over every database.
+pub fn stats_line(avg: &StatsCounters) -> String {
+    format!(
+        "stats: {} xacts/s, {} queries/s, {} client parses/s, {} server parses/s, {} binds/s, in {} B/s, out {} B/s, \
+         xact {} us, query {} us, wait {} us",
+        avg.xact_count,
+        avg.query_count,
+        avg.client_parse_count,
+        avg.server_parse_count,
+        avg.bind_count,
+        avg.received,
+        avg.sent,
+        avg.xact_time,
+        avg.query_time,
+        avg.wait_time
+    )
+}
+
 /// SHOW TOTALS from per-database rows: totals and per-second averages add up; per-event times
 /// are weighted by their event counts.
 pub fn totals(rows: &[StatsRow]) -> Vec<NameValueRow> {
+    let (total, avg) = totals_and_averages(rows);
+    totals_rows(&total, &avg)
+}
+
+fn totals_and_averages(rows: &[StatsRow]) -> (StatsCounters, StatsCounters) {
     let mut total = StatsCounters::default();
     let mut avg = StatsCounters::default();
     let (mut xact_w, mut query_w, mut wait_w) = (0u128, 0u128, 0u128);
@@ -262,6 +291,10 @@ pub fn totals(rows: &[StatsRow]) -> Vec<NameValueRow> {
     avg.xact_time = per(xact_w, avg.xact_count);
     avg.query_time = per(query_w, avg.query_count);
     avg.wait_time = per(wait_w, avg.server_assignment_count);
+    (total, avg)
+}
+
+fn totals_rows(total: &StatsCounters, avg: &StatsCounters) -> Vec<NameValueRow> {
     const NAMES: [&str; 12] = [
         "server_assignment_count",
         "xact_count",
@@ -293,7 +326,7 @@ pub fn totals(rows: &[StatsRow]) -> Vec<NameValueRow> {
         ]
     };
     let mut out = Vec::with_capacity(24);
-    for (prefix, counters) in [("total_", &total), ("avg_", &avg)] {
+    for (prefix, counters) in [("total_", total), ("avg_", avg)] {
         for (name, value) in NAMES.iter().zip(values(counters)) {
             out.push(NameValueRow { name: format!("{prefix}{name}"), value });
         }
@@ -734,6 +767,26 @@ mod tests {
         assert_eq!(timestamp(UNIX_EPOCH), "1970-01-01 00:00:00 UTC");
         assert_eq!(timestamp(UNIX_EPOCH + Duration::from_secs(1_795_430_035)), "2026-11-23 10:33:55 UTC");
         assert_eq!(timestamp(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29 00:00:00 UTC");
+    }
+
+    #[test]
+    fn the_stats_log_line_reads_like_pgbouncer_s() {
+        let row = |xacts, time| StatsRow {
+            database: "d".into(),
+            totals: StatsCounters::default(),
+            averages: StatsCounters {
+                xact_count: xacts,
+                query_count: xacts * 2,
+                xact_time: time,
+                ..Default::default()
+            },
+        };
+        let avg = averages_over(&[row(10, 100), row(30, 200)]);
+        assert_eq!(
+            stats_line(&avg),
+            "stats: 40 xacts/s, 80 queries/s, 0 client parses/s, 0 server parses/s, 0 binds/s, in 0 B/s, out 0 B/s, \
+             xact 175 us, query 0 us, wait 0 us"
+        );
     }
 
     #[test]
