@@ -17,6 +17,18 @@ async fn postgres() -> PgInstance {
     pg
 }
 
+/// The server host `client`'s next transaction runs on: `127.0.0.1`, or `unix` over the
+/// socket. One simple query is one transaction (tokio-postgres' query() would take two: its
+/// prepare and its execution).
+async fn server(client: &tokio_postgres::Client) -> String {
+    let messages = client.simple_query("select coalesce(host(inet_server_addr()), 'unix')").await.unwrap();
+    let value = messages.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0),
+        _ => None,
+    });
+    value.unwrap_or_default().to_owned()
+}
+
 /// `client`'s next query waits for a server connection and ends with query_wait_timeout after
 /// at least `min` and less than `max`.
 async fn ends_with_query_wait_timeout(client: &tokio_postgres::Client, min: Duration, max: Duration) {
@@ -370,16 +382,6 @@ async fn a_host_list_and_server_round_robin_spread_transactions_over_the_hosts()
     let pooler = PoolerProcess::start(&pg, &settings).await.unwrap();
     let dsn = format!("host=127.0.0.1 port={} user=postgres dbname=both", pooler.port());
     let (first, second) = (pooler.connect_dsn(&dsn).await.unwrap(), pooler.connect_dsn(&dsn).await.unwrap());
-    // One simple query is one transaction (tokio-postgres' query() would take two: its
-    // prepare and its execution).
-    async fn server(client: &tokio_postgres::Client) -> String {
-        let messages = client.simple_query("select coalesce(host(inet_server_addr()), 'unix')").await.unwrap();
-        let value = messages.iter().find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0),
-            _ => None,
-        });
-        value.unwrap_or_default().to_owned()
-    }
     first.batch_execute("begin").await.unwrap();
     second.batch_execute("begin").await.unwrap();
     let mut opened = [server(&first).await, server(&second).await];
@@ -424,14 +426,6 @@ async fn load_balance_hosts_disable_keeps_to_one_host_until_it_fails() {
         port = pg.port()
     );
     let pooler = PoolerProcess::start(&pg, &settings).await.unwrap();
-    async fn server(client: &tokio_postgres::Client) -> String {
-        let messages = client.simple_query("select coalesce(host(inet_server_addr()), 'unix')").await.unwrap();
-        let value = messages.iter().find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0),
-            _ => None,
-        });
-        value.unwrap_or_default().to_owned()
-    }
     // Three transactions at once need three server connections: where did they open?
     let hosts_of_three = |database: &'static str| {
         let dsn = format!("host=127.0.0.1 port={} user=postgres dbname={database}", pooler.port());

@@ -376,16 +376,7 @@ impl Pool {
         if self.orphaned.swap(true, Ordering::SeqCst) {
             return false;
         }
-        let (idle, waiters) = {
-            let mut st = self.lock();
-            st.generation += 1;
-            (std::mem::take(&mut st.idle), std::mem::take(&mut st.waiters))
-        };
-        self.closing.notify_waiters();
-        drop(waiters);
-        for conn in idle {
-            self.close_idle(conn, "its database was removed from the configuration");
-        }
+        self.close_all(false, "its database was removed from the configuration");
         true
     }
 
@@ -1102,16 +1093,23 @@ impl Pool {
     /// KILL: waiting clients are refused, idle connections closed, checked-out ones closed
     /// when they come back, and the pool stays paused (new clients wait) until RESUME.
     pub fn kill(&self) {
+        self.close_all(true, "KILL");
+    }
+
+    /// Waiting clients are let go (their wait ends as Closed), idle connections closed, those
+    /// in use marked close_needed (and session-mode clients with server_fast_close told);
+    /// `pause` keeps new checkouts waiting.
+    fn close_all(&self, pause: bool, reason: &str) {
         let (idle, waiters) = {
             let mut st = self.lock();
-            st.paused = true;
+            st.paused |= pause;
             st.generation += 1;
             (std::mem::take(&mut st.idle), std::mem::take(&mut st.waiters))
         };
         self.closing.notify_waiters();
         drop(waiters);
         for conn in idle {
-            self.close_idle(conn, "KILL");
+            self.close_idle(conn, reason);
         }
     }
 
