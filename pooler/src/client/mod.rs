@@ -212,7 +212,8 @@ mod tests {
     /// What a login that needs no TLS handshake, password exchange, console or first server
     /// login keeps in its futures (the rest is boxed when needed): each await of the startup
     /// phase moves these bytes, at every new connection. 976 bytes (release) before boxing
-    /// were 2,568.
+    /// were 2,568; 992 optimised and 1,008 in debug with refusals boxed. The debug bound is
+    /// the one CI checks: it grew past the optimised one unnoticed once (1,176 bytes).
     #[tokio::test]
     async fn the_startup_phase_keeps_its_rare_parts_out_of_line() {
         let shared = Arc::new(Shared::new(crate::config::PoolerConfig::default(), None).expect("default config"));
@@ -224,5 +225,6 @@ mod tests {
         assert!(size <= STARTUP_BOUND, "the startup phase's future is {size} bytes, more than {STARTUP_BOUND}");
     }
 
-    const STARTUP_BOUND: usize = if cfg!(debug_assertions) { 1_600 } else { 1_100 };
+    /// The same in debug and optimised builds.
+    const STARTUP_BOUND: usize = 1_100;
 }
