@@ -371,7 +371,10 @@ async fn a_tls_client_waiting_for_a_server_connection_is_told_it_is_queued() {
     let holder = pooler.connect_dsn(&pooler.unix_dsn("postgres")).await.unwrap();
     holder.batch_execute("begin; select 1").await.unwrap();
     let conninfo = format!("host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=require", pooler.port());
-    let waiting = tokio::spawn(async move { psql(&conninfo, &["select 40 + 2"]).await });
+    let waiting = tokio::spawn({
+        let conninfo = conninfo.clone();
+        async move { psql(&conninfo, &["select 40 + 2"]).await }
+    });
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(!waiting.is_finished(), "psql did not wait behind the holder's transaction");
     holder.batch_execute("commit").await.unwrap();
@@ -387,7 +390,6 @@ async fn a_tls_client_waiting_for_a_server_connection_is_told_it_is_queued() {
 
     // The KILL watch still works on a TLS client that waits.
     holder.batch_execute("begin; select 1").await.unwrap();
-    let conninfo = format!("host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=require", pooler.port());
     let waiting = tokio::spawn(async move { psql(&conninfo, &["select 1"]).await });
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let console = pooler.connect_dsn(&pooler.unix_dsn("pgbouncer")).await.unwrap();

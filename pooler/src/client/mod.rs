@@ -221,7 +221,6 @@ mod tests {
         let socket = tokio::net::TcpStream::connect(listener.local_addr().expect("local addr")).await.expect("connect");
         let startup = start(Stream::Tcp(socket), &shared, ClientCount(shared.clone()));
         let size = std::mem::size_of_val(&startup);
-        eprintln!("the startup phase's future: {size} bytes");
         assert!(size <= STARTUP_BOUND, "the startup phase's future is {size} bytes, more than {STARTUP_BOUND}");
     }
 

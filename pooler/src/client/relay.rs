@@ -504,11 +504,10 @@ impl Relay {
     /// Waits for bytes from the client or its server, or for a time limit
     /// (idle_transaction_timeout, query_timeout, transaction_timeout).
     async fn next_busy_event(&mut self) -> Event {
-        if self.server.is_some()
-            && self.session.transaction_status() == crate::protocol::TransactionStatus::Idle
-            && self.session.requests_in_flight() == 0
-            && self.pool.settings_changed_since(&self.settings)
-        {
+        // Session mode keeps the server between transactions: shutdown ends the client there.
+        let between_transactions = self.session.transaction_status() == crate::protocol::TransactionStatus::Idle
+            && self.session.requests_in_flight() == 0;
+        if between_transactions && self.pool.settings_changed_since(&self.settings) {
             // A session-mode client between transactions: a RELOAD's (or SET's) timeouts and
             // server_fast_close apply to it from now on. Its pool mode stays what its session
             // began with.
@@ -521,9 +520,6 @@ impl Relay {
         buffers::lend(&mut self.cin);
         let io = buffers::io(&mut self.io);
         buffers::lend(&mut io.sin);
-        // Session mode keeps the server between transactions: shutdown ends the client there.
-        let between_transactions = self.session.transaction_status() == crate::protocol::TransactionStatus::Idle
-            && self.session.requests_in_flight() == 0;
         if between_transactions && self.shared.shutdown.is_stopping() {
             return Event::Shutdown;
         }
@@ -1135,10 +1131,10 @@ impl Relay {
     }
 }
 
-/// The NOTICE a client gets after query_wait_notify in the queue.
 /// What a session-mode client is told when server_fast_close ends its session.
 const FAST_CLOSE: &str = "database configuration changed (server_fast_close): reconnect";
 
+/// The NOTICE a client gets after query_wait_notify in the queue.
 fn queued_notice() -> &'static [u8] {
     static NOTICE: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
     NOTICE.get_or_init(|| {
