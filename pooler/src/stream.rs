@@ -422,6 +422,44 @@ mod tests {
         assert_eq!(reader.await.unwrap().unwrap(), expected);
     }
 
+    /// A plain socket's `poll_read` keeps the readiness after a read that filled the buffer
+    /// (the rest is read without a new edge) and reads the peer's close as 0, on TCP and on
+    /// Unix sockets; after a short read the next read waits for the writer.
+    async fn reads_follow_readiness(mut reader: Stream, mut writer: Stream) {
+        use std::time::Duration;
+        writer.send(b"0123456789").await.unwrap();
+        let mut four = [0u8; 4];
+        reader.read_exact(&mut four).await.unwrap();
+        assert_eq!(&four, b"0123");
+        let mut buf = bytes::BytesMut::with_capacity(64);
+        // Full reads left the readiness set: the rest is there at once.
+        let n = tokio::time::timeout(Duration::from_secs(5), reader.read_buf(&mut buf)).await.unwrap().unwrap();
+        assert_eq!(&buf[..n], b"456789");
+        // That read was short: nothing more until the writer sends again.
+        assert_eq!(reader.try_read_buf(&mut buf).map_err(|e| e.kind()), Err(io::ErrorKind::WouldBlock));
+        assert!(tokio::time::timeout(Duration::from_millis(50), reader.read_buf(&mut buf)).await.is_err());
+        writer.send(b"ab").await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), reader.read_buf(&mut buf)).await.unwrap().unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(&buf[..], b"456789ab");
+        drop(writer);
+        let n = tokio::time::timeout(Duration::from_secs(5), reader.read_buf(&mut buf)).await.unwrap().unwrap();
+        assert_eq!(n, 0, "the peer's close reads as 0");
+    }
+
+    #[test]
+    fn a_read_that_fills_the_buffer_leaves_the_rest_readable_at_once() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let (x, y) = UnixStream::pair().unwrap();
+            reads_follow_readiness(Stream::Unix(x), Stream::Unix(y)).await;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let connect = TcpStream::connect(listener.local_addr().unwrap());
+            let (accepted, connected) = tokio::join!(listener.accept(), connect);
+            reads_follow_readiness(Stream::Tcp(accepted.unwrap().0), Stream::Tcp(connected.unwrap())).await;
+        });
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
         #[test]
