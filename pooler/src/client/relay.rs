@@ -875,7 +875,7 @@ impl Relay {
             Some(now) => now,
             // Boxed: waiting, opening or checking a connection is the slow path; its state
             // must not be part of every client's future.
-            None => Box::pin(self.attach_after_wait()).await?,
+            None => Box::pin(self.attach_after_wait(now)).await?,
         };
         if self.has_output_for_server() {
             self.flush_server().await?;
@@ -894,8 +894,9 @@ impl Relay {
         self.attach(Ok(conn), now).map(Some)
     }
 
-    /// Waits for a connection (the pool is exhausted, or the idle one must be checked first).
-    async fn attach_after_wait(&mut self) -> Result<Instant, End> {
+    /// Waits for a connection (the pool is exhausted, or the idle one must be checked first),
+    /// counting the wait from `now`.
+    async fn attach_after_wait(&mut self, now: Instant) -> Result<Instant, End> {
         // The wait below polls the client's socket.
         self.client_read_armed = false;
         let stats = &self.pool.stats;
@@ -924,10 +925,13 @@ impl Relay {
             }
             *lent() = stream;
         };
-        let acquired = self.pool.acquire_unless(killed, queued).await;
+        let acquired = self.pool.acquire_unless(now, killed, queued).await;
         self.client = client.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
         stats.clients_waiting.fetch_sub(1, Ordering::Relaxed);
-        self.attach(acquired, Instant::now())
+        match acquired {
+            Ok((conn, granted)) => self.attach(Ok(conn), granted),
+            Err(e) => self.attach(Err(e), now),
+        }
     }
 
     /// Gives the checked-out connection (or why there is none) to the session at `now`.
@@ -1192,7 +1196,7 @@ mod tests {
     #[test]
     fn a_waiting_checkout_keeps_its_rare_parts_out_of_line() {
         let with_relay = owned_future_size(|mut r: Relay| async move {
-            let _ = r.attach_after_wait().await;
+            let _ = r.attach_after_wait(Instant::now()).await;
         });
         let size = with_relay - std::mem::size_of::<Relay>();
         assert!(size <= WAIT_BOUND, "a waiting checkout's future is {size} bytes, more than {WAIT_BOUND}");

@@ -626,7 +626,8 @@ impl Pool {
 
     /// A server connection for a client, waiting at most query_wait_timeout.
     pub async fn acquire(&self) -> Result<Box<ServerConn>, AcquireError> {
-        self.acquire_unless(std::future::pending(), || std::future::ready(())).await
+        let acquired = self.acquire_unless(Instant::now(), std::future::pending(), || std::future::ready(())).await;
+        acquired.map(|(conn, _)| conn)
     }
 
     /// Like `acquire`, but a wait for a connection ends (`Cancelled`, with no connection or slot
@@ -634,14 +635,24 @@ impl Pool {
     /// once, not when a connection frees up.
     /// `queued` runs (once per wait) when the wait passes query_wait_notify: it tells the
     /// client, whose place in the queue is kept meanwhile.
-    pub async fn acquire_unless<F, Q, QF>(&self, cancelled: F, mut queued: Q) -> Result<Box<ServerConn>, AcquireError>
+    ///
+    /// `start` is the caller's clock reading (the client's wake), from which the wait is
+    /// counted; the connection comes with the reading taken when it was granted, which also
+    /// dates its checkout, so a checkout that waits reads the clock once.
+    pub async fn acquire_unless<F, Q, QF>(
+        &self,
+        start: Instant,
+        cancelled: F,
+        mut queued: Q,
+    ) -> Result<(Box<ServerConn>, Instant), AcquireError>
     where
         F: Future<Output = ()>,
         Q: FnMut() -> QF,
         QF: Future<Output = ()>,
     {
         let mut cancelled = std::pin::pin!(cancelled);
-        let start = Instant::now();
+        // The latest clock reading: `start`, then the time of each grant.
+        let mut now = start;
         let mut blocked_by_shared_limit = false;
         // Told it is queued: once per checkout, however many times it waits in the queue.
         let mut told = false;
@@ -657,7 +668,7 @@ impl Pool {
                     Next::Wait(rx)
                 } else if let Some(conn) = st.take_idle() {
                     st.active += 1;
-                    let checkout = Checkout::of(&conn, &st.settings, Instant::now());
+                    let checkout = Checkout::of(&conn, &st.settings, now);
                     Next::Conn(conn, checkout)
                 } else if self.try_open(&mut st, false) {
                     Next::Open
@@ -675,21 +686,22 @@ impl Pool {
             }
             let grant = match next {
                 Next::Conn(conn, checkout) => match self.check(conn, checkout).await {
-                    Some(conn) => return Ok(conn),
+                    Some(conn) => return Ok((conn, now)),
                     None => continue,
                 },
                 Next::Open => Grant::Slot,
                 Next::Wait(rx) => {
                     let grant = self.wait(rx, cancelled.as_mut(), &mut queued, &mut told).await;
-                    self.stats.add_wait(start.elapsed());
+                    now = Instant::now();
+                    self.stats.add_wait(now.saturating_duration_since(start));
                     grant?
                 }
             };
             match grant {
                 Grant::Conn(conn) => {
-                    let checkout = Checkout::of(&conn, &self.settings(), Instant::now());
+                    let checkout = Checkout::of(&conn, &self.settings(), now);
                     if let Some(conn) = self.check(conn, checkout).await {
-                        return Ok(conn);
+                        return Ok((conn, now));
                     }
                 }
                 Grant::Expired => {
@@ -748,7 +760,7 @@ impl Pool {
                             }
                             drop(st);
                             self.register(&mut conn);
-                            Ok(Box::new(conn))
+                            Ok((Box::new(conn), Instant::now()))
                         }
                         Err(e) => {
                             self.slot_freed(true);
@@ -855,7 +867,7 @@ impl Pool {
 
     /// An idle connection about to be handed out: too old, dead, or failing the check query
     /// ones are closed (None).
-    async fn check(&self, mut conn: Box<ServerConn>, checkout: Checkout) -> Option<Box<ServerConn>> {
+    async fn check(&self, conn: Box<ServerConn>, checkout: Checkout) -> Option<Box<ServerConn>> {
         if checkout.expired {
             self.close(conn, "server_lifetime");
             return None;
