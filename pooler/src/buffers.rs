@@ -36,10 +36,10 @@ pub struct Io {
     pub sout: BytesMut,
     pub actions: Vec<Action>,
     /// When the request now in flight went to the server (SHOW STATS query_time).
-    pub query_started: Option<std::time::Instant>,
+    pub query_started: Option<crate::tick::Tick>,
     /// When the attached server connection was checked out (SHOW STATS xact_time); only
     /// while one is attached, so never when the box goes back.
-    pub attached_at: Option<std::time::Instant>,
+    pub attached_at: Option<crate::tick::Tick>,
 }
 
 impl Io {

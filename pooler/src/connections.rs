@@ -6,6 +6,7 @@
 
 use crate::pool::PoolKey;
 use crate::stream::Stream;
+use crate::tick::Tick;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
@@ -13,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::OnceLock;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Where a socket's two ends are: PgBouncer's addr/port and local_addr/local_port columns
 /// (`unix` and port 0 for a Unix socket).
@@ -94,12 +95,13 @@ fn unix_micros(t: SystemTime) -> u64 {
 /// The wall-clock time (µs since the epoch) of a monotonic reading the data path took anyway:
 /// a checkout's request_time costs no second clock reading. Anchored at the first call, so a
 /// later step of the wall clock shows in connect_time but not here.
-fn unix_micros_at(at: Instant) -> u64 {
-    static ANCHOR: OnceLock<(Instant, u64)> = OnceLock::new();
-    let (instant, unix) = *ANCHOR.get_or_init(|| (Instant::now(), unix_micros(SystemTime::now())));
-    match at.checked_duration_since(instant) {
-        Some(after) => unix + after.as_micros() as u64,
-        None => unix.saturating_sub(instant.duration_since(at).as_micros() as u64),
+fn unix_micros_at(at: Tick) -> u64 {
+    static ANCHOR: OnceLock<(Tick, u64)> = OnceLock::new();
+    let (tick, unix) = *ANCHOR.get_or_init(|| (Tick::now(), unix_micros(SystemTime::now())));
+    if at >= tick {
+        unix + at.micros_since(tick)
+    } else {
+        unix.saturating_sub(tick.micros_since(at))
     }
 }
 
@@ -608,7 +610,7 @@ impl ClientHandle {
         self.entry.state.store(ClientState::Waiting as u8, Ordering::Relaxed);
     }
     /// Got server connection `server` at `at` (or gave up waiting with `None`).
-    pub fn attached(&self, server: Option<&ServerHandle>, at: Instant) {
+    pub fn attached(&self, server: Option<&ServerHandle>, at: Tick) {
         let entry = &self.entry;
         entry.state.store(ClientState::Active as u8, Ordering::Relaxed);
         if let Some(server) = server {
@@ -724,7 +726,7 @@ mod tests {
         let server = registry.register_server(2, &key(), &addr, &server_stream, 4242, 0);
         client.waiting();
         assert_eq!(registry.client(1).unwrap().state(), ClientState::Waiting);
-        client.attached(Some(&server), Instant::now());
+        client.attached(Some(&server), Tick::now());
         assert_eq!((client.entry().state(), client.entry().server()), (ClientState::Active, 2));
         assert_eq!((server.entry().state(), server.entry().client()), (ServerState::Active, 1));
         client.detached();

@@ -56,7 +56,7 @@ impl AdminBackend for ConsoleBackend {
             .all()
             .iter()
             .map(|pool| {
-                let sv = pool.server_states(Instant::now());
+                let sv = pool.server_states(crate::tick::Tick::now());
                 let clients = pool.stats.clients.load(Ordering::Relaxed);
                 PoolRow {
                     database: pool.key.database.to_string(),
@@ -92,7 +92,7 @@ impl AdminBackend for ConsoleBackend {
     async fn servers(&self) -> Vec<SocketRow> {
         let marks: HashMap<PoolKey, CloseMark> =
             self.shared.pools.all().iter().map(|p| (p.key.clone(), p.close_mark())).collect();
-        let now = Instant::now();
+        let now = crate::tick::Tick::now();
         let used: HashSet<u64> = self.shared.pools.all().iter().flat_map(|p| p.used_servers(now)).collect();
         self.shared.pools.connections.servers().iter().map(|s| socket_rows::server(s, &marks, &used)).collect()
     }

@@ -31,5 +31,6 @@ pub mod stats;
 pub mod stream;
 pub mod takeover;
 pub mod tcp;
+pub mod tick;
 pub mod tls;
 pub mod topology;

@@ -119,7 +119,7 @@ pub fn render(shared: &Shared) -> String {
         );
     }
 
-    let now = std::time::Instant::now();
+    let now = crate::tick::Tick::now();
     let states: Vec<_> = pools.iter().map(|p| (p.clone(), p.server_states(now))).collect();
     let sv =
         |pool: &Pool| states.iter().find(|(p, _)| std::ptr::eq(&**p, pool)).map_or_else(Default::default, |(_, s)| *s);

@@ -18,12 +18,12 @@ use crate::runtime::Shared;
 use crate::server::ServerConn;
 use crate::session::{Action, RestingSession, ServerState, Session, SessionConfig, SessionError};
 use crate::stream::Stream;
+use crate::tick::Tick;
 use bytes::{Buf, Bytes, BytesMut};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::io::poll_read_buf;
 
@@ -476,7 +476,7 @@ impl Relay {
     }
 
     /// The first of the transaction's time limits to run out, if any is set and applies now.
-    fn next_limit(&self) -> Option<(Instant, Limit)> {
+    fn next_limit(&self) -> Option<(Tick, Limit)> {
         let settings = &self.settings;
         if settings.idle_transaction_timeout.is_none()
             && settings.query_timeout.is_none()
@@ -491,13 +491,13 @@ impl Relay {
         let idle = settings
             .idle_transaction_timeout
             .filter(|_| in_transaction && !in_flight)
-            .map(|t| (Instant::now() + t, Limit::IdleInTransaction));
+            .map(|t| (Tick::now().plus(t), Limit::IdleInTransaction));
         let query =
-            settings.query_timeout.zip(query_started.filter(|_| in_flight)).map(|(t, at)| (at + t, Limit::Query));
+            settings.query_timeout.zip(query_started.filter(|_| in_flight)).map(|(t, at)| (at.plus(t), Limit::Query));
         let transaction = settings
             .transaction_timeout
             .zip(attached_at.filter(|_| in_transaction))
-            .map(|(t, at)| (at + t, Limit::Transaction));
+            .map(|(t, at)| (at.plus(t), Limit::Transaction));
         [idle, query, transaction].into_iter().flatten().min_by_key(|(at, _)| *at)
     }
 
@@ -578,7 +578,7 @@ impl Relay {
                 biased;
                 r = server_read => Event::Server(r),
                 r = client_read => Event::Client(r),
-                _ = crate::clock::sleep_until(at.into()) => Event::Timeout(limit),
+                _ = crate::clock::sleep(at.since(Tick::now())) => Event::Timeout(limit),
                 event = stop => event,
             },
         }
@@ -698,7 +698,7 @@ impl Relay {
     /// Runs the client's bytes through the session until it needs nothing more.
     async fn on_client_bytes(&mut self) -> Result<(), End> {
         // The one clock reading of this wake (stats, checkout, request_time).
-        let mut now = Instant::now();
+        let mut now = Tick::now();
         if self.session.needs_server_first(&self.cin) {
             // The session would only ask for one: check it out before the session runs.
             now = self.attach_server(now).await?;
@@ -772,7 +772,7 @@ impl Relay {
     /// Runs the server's bytes through the session and passes its answers to the client.
     async fn on_server_bytes(&mut self) -> Result<(), End> {
         // The one clock reading of this wake (query and transaction times, the release).
-        let now = Instant::now();
+        let now = Tick::now();
         let io = buffers::io(&mut self.io);
         buffers::lend_actions(&mut io.actions);
         if let Err(e) = self.session.on_server_input(&io.sin, &mut io.actions) {
@@ -782,7 +782,7 @@ impl Relay {
         }
         if self.session.requests_in_flight() == 0 {
             if let Some(started) = io.query_started.take() {
-                let spent = now.saturating_duration_since(started).as_micros() as u64;
+                let spent = now.micros_since(started);
                 self.pool.stats.query_time_us.fetch_add(spent, Ordering::Relaxed);
             }
             // Session mode keeps the connection between transactions: each one is counted
@@ -870,7 +870,7 @@ impl Relay {
     /// Checks a server connection out of the pool (waiting at most query_wait_timeout) and
     /// hands its state to the session, sending the `SET`s that align its parameters. `now`:
     /// the clock as this wake read it; returns the time of the checkout.
-    async fn attach_server(&mut self, now: Instant) -> Result<Instant, End> {
+    async fn attach_server(&mut self, now: Tick) -> Result<Tick, End> {
         let now = match self.attach_idle(now)? {
             Some(now) => now,
             // Boxed: waiting, opening or checking a connection is the slow path; its state
@@ -885,7 +885,7 @@ impl Relay {
 
     /// The usual checkout, with no wait: an idle connection that needs no check is attached
     /// (`Some`, with the checkout time); `None` if there is none.
-    fn attach_idle(&mut self, now: Instant) -> Result<Option<Instant>, End> {
+    fn attach_idle(&mut self, now: Tick) -> Result<Option<Tick>, End> {
         if self.me.entry().is_killed() {
             // Bytes that were already queued on the socket when KILL shut its read side.
             return Err(End::ClientGone);
@@ -896,7 +896,7 @@ impl Relay {
 
     /// Waits for a connection (the pool is exhausted, or the idle one must be checked first),
     /// counting the wait from `now`.
-    async fn attach_after_wait(&mut self, now: Instant) -> Result<Instant, End> {
+    async fn attach_after_wait(&mut self, now: Tick) -> Result<Tick, End> {
         // The wait below polls the client's socket.
         self.client_read_armed = false;
         let stats = &self.pool.stats;
@@ -935,7 +935,7 @@ impl Relay {
     }
 
     /// Gives the checked-out connection (or why there is none) to the session at `now`.
-    fn attach(&mut self, acquired: Result<Box<ServerConn>, AcquireError>, now: Instant) -> Result<Instant, End> {
+    fn attach(&mut self, acquired: Result<Box<ServerConn>, AcquireError>, now: Tick) -> Result<Tick, End> {
         self.me.attached(acquired.as_ref().ok().and_then(|c| c.registration.as_ref()), now);
         let mut conn = match acquired {
             Ok(conn) if self.me.entry().is_killed() => {
@@ -982,7 +982,7 @@ impl Relay {
     }
 
     /// The session is done with the server: back to the pool, unless unread bytes remain.
-    async fn release_server(&mut self, state: Box<ServerState>, now: Instant) {
+    async fn release_server(&mut self, state: Box<ServerState>, now: Tick) {
         if !self.server_input_is_empty() {
             if let Some(conn) = self.server.take() {
                 self.me.detached();
@@ -1003,7 +1003,7 @@ impl Relay {
 
     /// Pools the attached server connection (every byte it sent has been read), or returns
     /// it if server_reset_query must run first (`reset_and_release`).
-    fn give_back_to_pool(&mut self, state: Box<ServerState>, now: Instant) -> Option<Box<ServerConn>> {
+    fn give_back_to_pool(&mut self, state: Box<ServerState>, now: Tick) -> Option<Box<ServerConn>> {
         let mut conn = self.server.take()?;
         self.me.detached();
         self.cancel.detach();
@@ -1021,13 +1021,13 @@ impl Relay {
 
     /// A transaction ended (at `now`): its time with the server and the bytes since the last
     /// one.
-    fn count_transaction(&mut self, now: Instant) {
+    fn count_transaction(&mut self, now: Tick) {
         let stats = &self.pool.stats;
         // A checkout is a transaction in transaction mode; in session mode the connection is
         // released at the end of the session, and its transactions were counted one by one.
         if let Some(at) = self.io.as_mut().and_then(|io| io.attached_at.take()) {
             stats.xact_count.fetch_add(1, Ordering::Relaxed);
-            stats.xact_time_us.fetch_add(now.saturating_duration_since(at).as_micros() as u64, Ordering::Relaxed);
+            stats.xact_time_us.fetch_add(now.micros_since(at), Ordering::Relaxed);
         }
         self.flush_counts();
         // How many statements the client has prepared now (SHOW CLIENTS).
@@ -1196,7 +1196,7 @@ mod tests {
     #[test]
     fn a_waiting_checkout_keeps_its_rare_parts_out_of_line() {
         let with_relay = owned_future_size(|mut r: Relay| async move {
-            let _ = r.attach_after_wait(Instant::now()).await;
+            let _ = r.attach_after_wait(Tick::now()).await;
         });
         let size = with_relay - std::mem::size_of::<Relay>();
         assert!(size <= WAIT_BOUND, "a waiting checkout's future is {size} bytes, more than {WAIT_BOUND}");

@@ -7,6 +7,7 @@
 
 use super::registry::Retirement;
 use super::Pool;
+use crate::tick::Tick;
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,7 @@ pub(super) async fn run(pool: Weak<Pool>, retirement: Retirement) {
     loop {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
-        pool.check_waiters(Instant::now());
+        pool.check_waiters(Tick::now());
         round = round.wrapping_add(1);
         if round % CHECKS_PER_SECOND != 1 {
             continue;
@@ -72,7 +73,7 @@ pub(super) async fn run(pool: Weak<Pool>, retirement: Retirement) {
 
 impl Pool {
     fn expire_idle(&self) {
-        let now = Instant::now();
+        let now = Tick::now();
         let expired = {
             let mut st = self.lock();
             let (life, idle_timeout, min) =
@@ -81,8 +82,8 @@ impl Pool {
             let mut i = 0;
             while i < st.idle.len() {
                 let conn = &st.idle[i];
-                let too_old = life.is_some_and(|l| now.duration_since(conn.created) >= l);
-                let too_idle = idle_timeout.is_some_and(|t| now.duration_since(conn.last_used) >= t)
+                let too_old = life.is_some_and(|l| now.is_past(conn.created, l));
+                let too_idle = idle_timeout.is_some_and(|t| now.is_past(conn.last_used, t))
                     && st.total - expired.len() as u32 > min;
                 if too_old || too_idle {
                     // In order: the idle list is in release order (server_round_robin).

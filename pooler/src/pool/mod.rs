@@ -18,6 +18,7 @@ use crate::config::LoadBalanceHosts;
 use crate::server::{LoginTarget, ServerConn, ServerError};
 use crate::session::ParamMap;
 use crate::stats::PoolStats;
+use crate::tick::Tick;
 use crate::topology::ServerAddr;
 use std::collections::VecDeque;
 use std::future::Future;
@@ -68,7 +69,7 @@ enum Grant {
 struct Waiter {
     tx: oneshot::Sender<Grant>,
     /// When the client began to wait (its first attempt, if it waited more than once).
-    since: Instant,
+    since: Tick,
     /// Told it is queued (query_wait_notify) during this checkout, in this wait or an earlier one.
     notified: bool,
 }
@@ -511,7 +512,7 @@ impl Pool {
 
     /// The server connections by PgBouncer's states and the waiting clients, as SHOW POOLS and
     /// /metrics report them.
-    pub fn server_states(&self, now: Instant) -> ServerStates {
+    pub fn server_states(&self, now: Tick) -> ServerStates {
         let (_total, checked_out, idle, waiting) = self.counts();
         let used = self.used_servers(now).len() as u32;
         let login = self.stats.servers_login.load(Ordering::Relaxed);
@@ -530,7 +531,7 @@ impl Pool {
     /// Idle connections that must run server_check_query before their next client (PgBouncer's
     /// `used` state): the ids of their SHOW SERVERS rows. Read from the idle list when asked,
     /// so the release path keeps no extra time.
-    pub fn used_servers(&self, now: Instant) -> Vec<u64> {
+    pub fn used_servers(&self, now: Tick) -> Vec<u64> {
         let st = self.lock();
         st.idle
             .iter()
@@ -611,7 +612,7 @@ impl Pool {
 
     /// An idle connection that needs no check, without waiting: the common checkout on a busy
     /// pool, done without a future (the relay boxes the slow path of [`Pool::acquire`]).
-    pub fn acquire_idle(&self, now: Instant) -> Option<Box<ServerConn>> {
+    pub fn acquire_idle(&self, now: Tick) -> Option<Box<ServerConn>> {
         let mut st = self.lock();
         if st.closed || st.paused {
             return None;
@@ -626,7 +627,7 @@ impl Pool {
 
     /// A server connection for a client, waiting at most query_wait_timeout.
     pub async fn acquire(&self) -> Result<Box<ServerConn>, AcquireError> {
-        let acquired = self.acquire_unless(Instant::now(), std::future::pending(), || std::future::ready(())).await;
+        let acquired = self.acquire_unless(Tick::now(), std::future::pending(), || std::future::ready(())).await;
         acquired.map(|(conn, _)| conn)
     }
 
@@ -641,10 +642,10 @@ impl Pool {
     /// dates its checkout, so a checkout that waits reads the clock once.
     pub async fn acquire_unless<F, Q, QF>(
         &self,
-        start: Instant,
+        start: Tick,
         cancelled: F,
         mut queued: Q,
-    ) -> Result<(Box<ServerConn>, Instant), AcquireError>
+    ) -> Result<(Box<ServerConn>, Tick), AcquireError>
     where
         F: Future<Output = ()>,
         Q: FnMut() -> QF,
@@ -692,8 +693,8 @@ impl Pool {
                 Next::Open => Grant::Slot,
                 Next::Wait(rx) => {
                     let grant = self.wait(rx, cancelled.as_mut(), &mut queued, &mut told).await;
-                    now = Instant::now();
-                    self.stats.add_wait(now.saturating_duration_since(start));
+                    now = Tick::now();
+                    self.stats.add_wait(now.since(start));
                     grant?
                 }
             };
@@ -760,7 +761,7 @@ impl Pool {
                             }
                             drop(st);
                             self.register(&mut conn);
-                            Ok((Box::new(conn), Instant::now()))
+                            Ok((Box::new(conn), Tick::now()))
                         }
                         Err(e) => {
                             self.slot_freed(true);
@@ -813,7 +814,7 @@ impl Pool {
     /// waiters past reserve_pool_timeout get a reserve connection while the reserve has room;
     /// waiters past query_wait_timeout are let go with that error; waiters that left are
     /// forgotten.
-    pub(super) fn check_waiters(&self, now: Instant) {
+    pub(super) fn check_waiters(&self, now: Tick) {
         let mut st = self.lock();
         if st.waiters.is_empty() {
             return;
@@ -826,7 +827,7 @@ impl Pool {
                 while st.waiters.front().is_some_and(Waiter::is_closed) {
                     st.waiters.pop_front();
                 }
-                let due = st.waiters.front().is_some_and(|w| now.saturating_duration_since(w.since) >= reserve_after);
+                let due = st.waiters.front().is_some_and(|w| now.since(w.since) >= reserve_after);
                 if !due || !self.grant_slot(&mut st, true) {
                     break;
                 }
@@ -837,7 +838,7 @@ impl Pool {
             if waiter.is_closed() {
                 continue;
             }
-            let waited = now.saturating_duration_since(waiter.since);
+            let waited = now.since(waiter.since);
             if query_wait.is_some_and(|t| waited >= t) {
                 let _ = waiter.send(Grant::Expired);
                 continue;
@@ -900,11 +901,11 @@ impl Pool {
     /// A client is done with `conn` and it is idle and clean: hand it to the next waiting
     /// client, or keep it idle.
     pub fn release(&self, conn: Box<ServerConn>) {
-        self.release_at(conn, Instant::now());
+        self.release_at(conn, Tick::now());
     }
 
     /// `release`, with the time the caller read already.
-    pub fn release_at(&self, mut conn: Box<ServerConn>, now: Instant) {
+    pub fn release_at(&self, mut conn: Box<ServerConn>, now: Tick) {
         if let Some(registration) = &conn.registration {
             registration.entry().checked_in();
         }
@@ -991,7 +992,7 @@ impl Pool {
                 server = %conn.addr,
                 database = %self.key.database,
                 user = %self.key.user,
-                age_s = conn.created.elapsed().as_secs(),
+                age_s = Tick::now().since(conn.created).as_secs(),
                 "closing server connection: {reason}"
             );
         }
@@ -1229,7 +1230,7 @@ impl Checkout {
         !self.expired && !self.probe && self.check_query.is_none()
     }
 
-    fn of(conn: &ServerConn, settings: &Arc<PoolSettings>, now: Instant) -> Checkout {
+    fn of(conn: &ServerConn, settings: &Arc<PoolSettings>, now: Tick) -> Checkout {
         Checkout {
             expired: settings.server_lifetime.is_some_and(|life| outlived(conn, life, now)),
             probe: idle_for_at_least(conn, Duration::from_secs(1), now),
@@ -1240,20 +1241,20 @@ impl Checkout {
 
 /// Whether `conn` has been idle for `d` at `now` (an addition and a comparison, no subtraction
 /// of clock readings: every checkout).
-fn idle_for_at_least(conn: &ServerConn, d: Duration, now: Instant) -> bool {
-    conn.last_used.checked_add(d).is_some_and(|end| end <= now)
+fn idle_for_at_least(conn: &ServerConn, d: Duration, now: Tick) -> bool {
+    now.is_past(conn.last_used, d)
 }
 
 /// Idle past server_check_delay with a server_check_query set: the next checkout runs the
 /// query first (PgBouncer's `used` state).
-fn needs_check_query(conn: &ServerConn, settings: &PoolSettings, now: Instant) -> bool {
+fn needs_check_query(conn: &ServerConn, settings: &PoolSettings, now: Tick) -> bool {
     !settings.server_check_query.is_empty() && idle_for_at_least(conn, settings.server_check_delay, now)
 }
 
 /// Whether `conn` is older than server_lifetime `life` at `now` (an addition and a comparison:
 /// cheaper than the subtraction of two clock readings, on every checkout and release).
-fn outlived(conn: &ServerConn, life: Duration, now: Instant) -> bool {
-    conn.created.checked_add(life).is_some_and(|end| end <= now)
+fn outlived(conn: &ServerConn, life: Duration, now: Tick) -> bool {
+    now.is_past(conn.created, life)
 }
 
 /// Adds one to `counter` unless that would pass `max` (0: no limit).

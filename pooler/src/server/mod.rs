@@ -16,7 +16,7 @@ use crate::topology::ServerAddr;
 use bytes::BytesMut;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use thiserror::Error;
 use tokio::net::{TcpStream, UnixStream};
 
@@ -87,8 +87,8 @@ pub struct ServerConn {
     pub key: BackendKey,
     pub addr: ServerAddr,
     pub id: u64,
-    pub created: Instant,
-    pub last_used: Instant,
+    pub created: crate::tick::Tick,
+    pub last_used: crate::tick::Tick,
     /// Every ParameterStatus of the login (server_version, ...), for client welcomes.
     pub login_params: Arc<Vec<(String, String)>>,
     /// Where a client's cancel for this connection goes.
@@ -124,7 +124,7 @@ impl ServerConn {
             .await
             .map_err(|source| ServerError::Tls { addr: target.addr.to_string(), source })?;
         let (stream, key, params) = login::login(stream, target).await?;
-        let now = Instant::now();
+        let now = crate::tick::Tick::now();
         let state = ServerState::new(ParamMap::from_pairs(params.iter().map(|(k, v)| (k.as_str(), v.as_str()))));
         Ok(ServerConn {
             stream,
