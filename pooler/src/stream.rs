@@ -231,6 +231,25 @@ impl Stream {
         }
     }
 
+    /// `poll_read_buf` for a read that most likely finds nothing (the server's answer just
+    /// after the request went out, the client while its transaction runs): a plain socket's
+    /// readiness is looked at first, and when there is none that registers the waker for half
+    /// the work of a read attempt (callgrind: about 130 instructions against 280). With
+    /// readiness the read follows. A TLS stream reads at once: rustls may hold decrypted bytes
+    /// that the socket will not signal again.
+    pub fn poll_read_expecting_nothing(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut bytes::BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        if matches!(self, Stream::Tcp(_) | Stream::Unix(_)) {
+            if let Err(e) = std::task::ready!(self.poll_read_ready(cx)) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        tokio_util::io::poll_read_buf(Pin::new(self), cx, buf)
+    }
+
     /// Reads what is there now into `buf` without waiting; `WouldBlock` if nothing is.
     ///
     /// Plain sockets go through `poll_read`, which forgets the socket's readiness after a

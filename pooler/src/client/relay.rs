@@ -528,11 +528,19 @@ impl Relay {
             // shutdown listener (and none of `select!`'s bookkeeping).
             let (server, client, cin, sin) = (&mut server.stream, &mut self.client, &mut self.cin, &mut io.sin);
             let armed = &mut self.client_read_armed;
+            // The first poll comes right after a request went out: the server's answer is
+            // rarely there yet. After a wake it usually is.
+            let mut first = true;
             return std::future::poll_fn(|cx| {
-                if let Poll::Ready(r) = poll_read_buf(Pin::new(&mut *server), cx, sin) {
+                let server_read = if std::mem::take(&mut first) {
+                    server.poll_read_expecting_nothing(cx, sin)
+                } else {
+                    poll_read_buf(Pin::new(&mut *server), cx, sin)
+                };
+                if let Poll::Ready(r) = server_read {
                     return Poll::Ready(Event::Server(r));
                 }
-                if let Poll::Ready(r) = poll_read_buf(Pin::new(&mut *client), cx, cin) {
+                if let Poll::Ready(r) = client.poll_read_expecting_nothing(cx, cin) {
                     *armed = false;
                     return Poll::Ready(Event::Client(r));
                 }
