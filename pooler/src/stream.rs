@@ -479,6 +479,61 @@ mod tests {
         });
     }
 
+    /// A task waker that records that it was woken.
+    struct Flag(std::sync::atomic::AtomicBool);
+
+    impl std::task::Wake for Flag {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// `poll_read_expecting_nothing` with nothing there registers the task, which the
+    /// writer's bytes then wake; with bytes there it reads them in the same poll; it reads the
+    /// peer's close as 0.
+    async fn read_expecting_nothing(mut reader: Stream, mut writer: Stream) {
+        use std::sync::atomic::Ordering::SeqCst;
+        use std::time::Duration;
+        let flag = std::sync::Arc::new(Flag(false.into()));
+        let waker = std::task::Waker::from(flag.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut buf = bytes::BytesMut::with_capacity(64);
+        assert!(reader.poll_read_expecting_nothing(&mut cx, &mut buf).is_pending());
+        writer.send(b"abc").await.unwrap();
+        let woken = tokio::time::timeout(Duration::from_secs(5), async {
+            while !flag.0.load(SeqCst) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        assert!(woken.await.is_ok(), "the writer's bytes wake the registered task");
+        assert!(matches!(reader.poll_read_expecting_nothing(&mut cx, &mut buf), Poll::Ready(Ok(3))));
+        assert_eq!(&buf[..], b"abc");
+        // A short read: nothing more, and the task is registered again.
+        flag.0.store(false, SeqCst);
+        assert!(reader.poll_read_expecting_nothing(&mut cx, &mut buf).is_pending());
+        writer.send(b"de").await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), reader.readable()).await.unwrap().unwrap();
+        assert!(flag.0.load(SeqCst));
+        assert!(matches!(reader.poll_read_expecting_nothing(&mut cx, &mut buf), Poll::Ready(Ok(2))));
+        assert_eq!(&buf[..], b"abcde");
+        drop(writer);
+        tokio::time::timeout(Duration::from_secs(5), reader.readable()).await.unwrap().unwrap();
+        assert!(matches!(reader.poll_read_expecting_nothing(&mut cx, &mut buf), Poll::Ready(Ok(0))));
+    }
+
+    #[test]
+    fn a_read_expecting_nothing_registers_the_task_and_reads_what_is_there() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let (x, y) = UnixStream::pair().unwrap();
+            read_expecting_nothing(Stream::Unix(x), Stream::Unix(y)).await;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let connect = TcpStream::connect(listener.local_addr().unwrap());
+            let (accepted, connected) = tokio::join!(listener.accept(), connect);
+            read_expecting_nothing(Stream::Tcp(accepted.unwrap().0), Stream::Tcp(connected.unwrap())).await;
+        });
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
         #[test]
