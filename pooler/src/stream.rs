@@ -243,9 +243,7 @@ impl Stream {
         buf: &mut bytes::BytesMut,
     ) -> Poll<io::Result<usize>> {
         if matches!(self, Stream::Tcp(_) | Stream::Unix(_)) {
-            if let Err(e) = std::task::ready!(self.poll_read_ready(cx)) {
-                return Poll::Ready(Err(e));
-            }
+            std::task::ready!(self.poll_read_ready(cx))?;
         }
         tokio_util::io::poll_read_buf(Pin::new(self), cx, buf)
     }
@@ -466,17 +464,22 @@ mod tests {
         assert_eq!(n, 0, "the peer's close reads as 0");
     }
 
-    #[test]
-    fn a_read_that_fills_the_buffer_leaves_the_rest_readable_at_once() {
+    /// Runs `check(reader, writer)` on a connected pair of Unix sockets, then of TCP sockets.
+    fn on_unix_and_tcp<F: std::future::Future<Output = ()>>(check: impl Fn(Stream, Stream) -> F) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
             let (x, y) = UnixStream::pair().unwrap();
-            reads_follow_readiness(Stream::Unix(x), Stream::Unix(y)).await;
+            check(Stream::Unix(x), Stream::Unix(y)).await;
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let connect = TcpStream::connect(listener.local_addr().unwrap());
             let (accepted, connected) = tokio::join!(listener.accept(), connect);
-            reads_follow_readiness(Stream::Tcp(accepted.unwrap().0), Stream::Tcp(connected.unwrap())).await;
+            check(Stream::Tcp(accepted.unwrap().0), Stream::Tcp(connected.unwrap())).await;
         });
+    }
+
+    #[test]
+    fn a_read_that_fills_the_buffer_leaves_the_rest_readable_at_once() {
+        on_unix_and_tcp(reads_follow_readiness);
     }
 
     /// A task waker that records that it was woken.
@@ -523,15 +526,7 @@ mod tests {
 
     #[test]
     fn a_read_expecting_nothing_registers_the_task_and_reads_what_is_there() {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async {
-            let (x, y) = UnixStream::pair().unwrap();
-            read_expecting_nothing(Stream::Unix(x), Stream::Unix(y)).await;
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let connect = TcpStream::connect(listener.local_addr().unwrap());
-            let (accepted, connected) = tokio::join!(listener.accept(), connect);
-            read_expecting_nothing(Stream::Tcp(accepted.unwrap().0), Stream::Tcp(connected.unwrap())).await;
-        });
+        on_unix_and_tcp(read_expecting_nothing);
     }
 
     proptest! {

@@ -692,9 +692,12 @@ impl Pool {
                 },
                 Next::Open => Grant::Slot,
                 Next::Wait(rx) => {
+                    // This wait only: a client that waits again (its grant failed the
+                    // check) adds the second wait, not the first one twice.
+                    let waited_from = now;
                     let grant = self.wait(rx, cancelled.as_mut(), &mut queued, &mut told).await;
                     now = Tick::now();
-                    self.stats.add_wait(now.since(start));
+                    self.stats.add_wait(now.since(waited_from));
                     grant?
                 }
             };
