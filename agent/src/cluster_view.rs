@@ -3,7 +3,7 @@
 //! never fatal.
 
 use crate::api::timestamp::Timestamp;
-use crate::ha::{ClusterView, FailoverRequest, Lsn, MemberView, Role, ScheduledAt};
+use crate::ha::{ClusterView, FailoverRequest, Lsn, MemberView, Role, ScheduledAt, SyncKey};
 use consensus::cluster::{ClusterView as DcsView, MemberRole, MemberValue, Tags};
 use consensus::dcs::ClusterSnapshot;
 use std::time::Duration;
@@ -50,6 +50,7 @@ pub fn view_from_dcs(dcs: &DcsView, now: i64) -> (ClusterView, Vec<MemberAddress
             timeline: v.timeline.and_then(|t| u32::try_from(t).ok()),
             wal_position: v.xlog_location.map(Lsn),
             nofailover: v.tags.nofailover(),
+            nosync: v.tags.nosync(),
             failover_priority: i32::try_from(v.tags.failover_priority()).unwrap_or(i32::MAX),
         });
         addresses.push(MemberAddress {
@@ -90,6 +91,11 @@ pub fn view_from_dcs(dcs: &DcsView, now: i64) -> (ClusterView, Vec<MemberAddress
     }
     view.paused = dcs.dynamic_config().pause();
     view.retain_slots = dcs.status.as_ref().and_then(|s| s.value.retain_slots.clone()).unwrap_or_default();
+    view.sync = dcs.sync.as_ref().map(|s| SyncKey {
+        leader: s.value.leader.clone().filter(|l| !l.is_empty()),
+        standbys: s.value.voters().into_iter().map(str::to_string).collect(),
+        revision: s.mod_revision,
+    });
     (view, addresses)
 }
 

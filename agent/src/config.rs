@@ -167,6 +167,9 @@ impl HaTiming {
             maximum_lag_on_failover: self.maximum_lag_on_failover,
             primary_start_timeout: d(self.primary_start_timeout),
             member_slots_ttl: d(self.member_slots_ttl),
+            // Dynamic configuration only (`synchronous_mode`), as in Patroni.
+            synchronous_mode: false,
+            synchronous_node_count: 1,
         }
     }
 }

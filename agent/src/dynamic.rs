@@ -67,6 +67,10 @@ pub fn effective_ha(base: &HaConfig, config: &DynamicConfig) -> Result<HaConfig,
             .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
             .ok_or(format!("maximum_lag_on_failover = {v} is not a number of bytes"))?;
     }
+    // "quorum" is run as "on": the first synchronous_node_count standbys (a stricter rule
+    // than any-of-them, never a weaker one).
+    ha.synchronous_mode = config.synchronous_mode() != consensus::cluster::SynchronousMode::Off;
+    ha.synchronous_node_count = usize::try_from(config.synchronous_node_count()).unwrap_or(1).clamp(1, 32);
     check_timing(ha.ttl.as_secs_f64(), ha.loop_wait.as_secs_f64(), ha.retry_timeout.as_secs_f64())?;
     Ok(ha)
 }

@@ -25,6 +25,7 @@ mod operator;
 mod peers;
 mod publish;
 mod reinit;
+mod sync;
 mod tick;
 
 pub struct Runtime {
@@ -67,6 +68,10 @@ pub struct Runtime {
     starting: bool,
     /// As leader: the members' slots, and since when a departed member's has been kept.
     member_slots: crate::ha::member_slots::MemberSlots,
+    /// Synchronous mode on the primary: when each named standby became synchronous.
+    sync_tracker: crate::ha::sync::SyncTracker,
+    /// The members synchronous_standby_names names while this node manages it as primary.
+    sync_named: Option<Vec<String>>,
     /// `[bootstrap]`, and the backup config a `restore` bootstrap reads.
     bootstrap: crate::config::BootstrapSection,
     bootstrap_backup_config: Option<std::path::PathBuf>,
@@ -114,6 +119,8 @@ impl Runtime {
             reinit: None,
             starting: false,
             member_slots: Default::default(),
+            sync_tracker: Default::default(),
+            sync_named: None,
             bootstrap: config.bootstrap.clone(),
             bootstrap_backup_config: config.bootstrap_backup_config().map(std::path::Path::to_path_buf),
             callbacks,

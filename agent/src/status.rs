@@ -77,6 +77,8 @@ pub struct NodeStatus {
     pub replication: Vec<ReplicationRow>,
     /// This node holds the leader lock.
     pub holds_lock: bool,
+    /// Synchronous mode is on and the `sync` key names this node (/sync, /async).
+    pub sync_standby: bool,
     /// The current leader's name (None: the lock is free).
     pub leader: Option<String>,
     /// The last leader position known in the DCS (for `?lag=` checks).
@@ -119,6 +121,7 @@ impl NodeStatus {
             streaming: false,
             replication: Vec::new(),
             holds_lock: false,
+            sync_standby: false,
             leader: None,
             leader_position: None,
             paused: false,

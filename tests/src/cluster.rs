@@ -146,6 +146,11 @@ impl Node {
         self.config.push('\n');
     }
 
+    /// Whether this node's agent runs (not stopped or killed by the test).
+    pub fn has_agent(&self) -> bool {
+        self.agent.is_some()
+    }
+
     /// Starts the agent again on the same data directory and config.
     pub fn start_agent(&mut self) -> anyhow::Result<()> {
         self.agent = Some(PghaProcess::start(&self.name, &["agent"], &self.config)?);

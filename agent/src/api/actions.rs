@@ -79,6 +79,21 @@ fn unfit(name: &str, m: &Value) -> Option<String> {
     None
 }
 
+/// The standbys the `sync` key names while synchronous mode is on (None: any member may take
+/// over).
+fn sync_standbys(snap: &ClusterSnapshot) -> Option<Vec<String>> {
+    let config = snap
+        .get(&ClusterKey::Config)
+        .and_then(|kv| consensus::cluster::DynamicConfig::parse(&kv.value).ok())
+        .unwrap_or_default();
+    if config.synchronous_mode() == consensus::cluster::SynchronousMode::Off {
+        return None;
+    }
+    let sync = consensus::cluster::SyncValue::parse(&snap.get(&ClusterKey::Sync)?.value).ok()?;
+    let standbys: Vec<String> = sync.voters().into_iter().map(str::to_string).collect();
+    (!standbys.is_empty()).then_some(standbys)
+}
+
 /// Checks a switchover/failover against the cluster as read; the error is the 412 message.
 fn check_request(
     snap: &ClusterSnapshot,
@@ -98,6 +113,17 @@ fn check_request(
             let m = member(snap, c).ok_or_else(|| format!("candidate {c} is not a member of the cluster"))?;
             if current.as_deref() == Some(c) {
                 return Err(format!("candidate {c} is already the leader"));
+            }
+            if let Some(standbys) = sync_standbys(snap) {
+                if !standbys.iter().any(|s| s.eq_ignore_ascii_case(c)) {
+                    // Patroni's answer: only a synchronous standby has every acknowledged
+                    // transaction.
+                    return Err(format!(
+                        "candidate name does not match with sync_standby: synchronous mode is on and {c} is not \
+                         a synchronous standby ({})",
+                        standbys.join(", ")
+                    ));
+                }
             }
             unfit(c, &m).map_or(Ok(()), Err)
         }

@@ -25,7 +25,9 @@ pub(crate) enum HealthCheck {
     Replica,
     /// `Primary` or `Replica`.
     ReadOnly,
-    /// An asynchronous standby: a `Replica` (pgha does not track synchronous standbys here yet).
+    /// A `Replica` that the `sync` key names (synchronous mode).
+    Synchronous,
+    /// A `Replica` that the `sync` key does not name.
     Asynchronous,
     /// PostgreSQL is running.
     Health,
@@ -43,6 +45,8 @@ pub(crate) const ROUTES: &[(&str, HealthCheck)] = &[
     ("/leader", HealthCheck::Leader),
     ("/replica", HealthCheck::Replica),
     ("/read-only", HealthCheck::ReadOnly),
+    ("/synchronous", HealthCheck::Synchronous),
+    ("/sync", HealthCheck::Synchronous),
     ("/asynchronous", HealthCheck::Asynchronous),
     ("/async", HealthCheck::Asynchronous),
     ("/health", HealthCheck::Health),
@@ -179,7 +183,9 @@ pub(crate) fn passes(check: HealthCheck, s: &NodeStatus, q: &HealthQuery, now: I
     let ok = match check {
         HealthCheck::Primary => primary_with_lock(s),
         HealthCheck::Leader => s.holds_lock,
-        HealthCheck::Replica | HealthCheck::Asynchronous => usable_replica(s, q),
+        HealthCheck::Replica => usable_replica(s, q),
+        HealthCheck::Synchronous => usable_replica(s, q) && s.sync_standby,
+        HealthCheck::Asynchronous => usable_replica(s, q) && !s.sync_standby,
         HealthCheck::ReadOnly => primary_with_lock(s) || usable_replica(s, q),
         HealthCheck::Health => running(s),
         HealthCheck::Liveness => return alive(s, now),

@@ -167,6 +167,7 @@ const MATRIX: &[(&str, [u16; 6])] = &[
     ("/replica?replication_state=streaming", [503, 503, 200, 200, 503, 503]),
     ("/read-only", [200, 503, 200, 200, 503, 503]),
     ("/read-only?lag=16kB", [200, 503, 200, 503, 503, 503]),
+    ("/synchronous", [503, 503, 503, 503, 503, 503]),
     ("/asynchronous", [503, 503, 200, 200, 503, 503]),
     ("/async?lag=1048576", [503, 503, 200, 503, 503, 503]),
     ("/health", [200, 200, 200, 200, 200, 503]),
@@ -175,6 +176,18 @@ const MATRIX: &[(&str, [u16; 6])] = &[
     ("/readiness?lag=1GB", [200, 503, 200, 200, 200, 503]),
     ("/readiness?lag=1kB&mode=write", [200, 503, 200, 503, 200, 503]),
 ];
+
+#[tokio::test]
+async fn sync_and_async_follow_the_sync_key() {
+    let mut status = node(Node::ReplicaStreaming);
+    status.sync_standby = true;
+    let named = api(status);
+    let other = api(node(Node::ReplicaStreaming));
+    for (uri, when_named, when_not) in [("/sync", 200, 503), ("/synchronous", 200, 503), ("/async", 503, 200)] {
+        assert_eq!(get(&named.router, uri).await.0, when_named, "{uri} on the named standby");
+        assert_eq!(get(&other.router, uri).await.0, when_not, "{uri} on another standby");
+    }
+}
 
 #[tokio::test]
 async fn every_health_endpoint_answers_every_node_kind_and_method_like_patroni() {

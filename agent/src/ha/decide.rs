@@ -225,15 +225,28 @@ fn running(
             let failover_to_other = req.leader.is_none() && req.candidate.as_deref().is_some_and(|c| c != me);
             if req.leader.as_deref() == Some(me) || failover_to_other {
                 if let Some(c) = req.candidate.as_deref().filter(|c| *c != me) {
+                    if let Some(standbys) = view.sync_standbys(config) {
+                        if !standbys.iter().any(|s| s.eq_ignore_ascii_case(c)) {
+                            return staying(
+                                leading(local, config, now, role, position),
+                                format!(
+                                    "switchover to {c} requested, but synchronous mode is on and {c} is not a \
+                                     synchronous standby ({}); staying leader",
+                                    standbys.join(", ")
+                                ),
+                            );
+                        }
+                    }
                     if view.member(c).is_some_and(|m| m.running && m.role == Role::Replica) {
                         return act(
                             vec![Action::Demote { leader: Some(c.to_string()) }, Action::ReleaseLock],
                             format!("switchover to {c} requested; demoting and handing over the leader lock"),
                         );
                     }
-                    return idle(format!(
-                        "switchover to {c} requested, but {c} is not a running replica; staying leader"
-                    ));
+                    return staying(
+                        leading(local, config, now, role, position),
+                        format!("switchover to {c} requested, but {c} is not a running replica; staying leader"),
+                    );
                 }
                 if req.candidate.is_none() {
                     let any = view
@@ -247,7 +260,10 @@ fn running(
                                 .into(),
                         );
                     }
-                    return idle("switchover requested, but no running replica can take over; staying leader".into());
+                    return staying(
+                        leading(local, config, now, role, position),
+                        "switchover requested, but no running replica can take over; staying leader".into(),
+                    );
                 }
             }
         }
@@ -288,6 +304,12 @@ fn running(
     }
 
     race(view, local, config, role, timeline, position)
+}
+
+/// A leader that does not hand over: it goes on leading (refreshing its lock), for `reason`.
+fn staying(mut leading: Decision, reason: String) -> Decision {
+    leading.reason = format!("{reason}; {}", leading.reason);
+    leading
 }
 
 /// The lock holder's steady state: keep the lock (and be primary).
@@ -337,6 +359,17 @@ fn race(
     if local.nofailover && manual.is_none() {
         return idle("leader lock is free, but I am tagged nofailover".into());
     }
+    // Synchronous mode: only a standby the `sync` key names holds every transaction the last
+    // leader acknowledged; no other may take over, not even when an operator names it.
+    let sync_standbys = view.sync_standbys(config);
+    if let Some(standbys) = sync_standbys {
+        if !standbys.iter().any(|s| s.eq_ignore_ascii_case(me)) {
+            return idle(format!(
+                "leader lock is free, but synchronous mode is on and only {} may take over (the sync key); not racing",
+                standbys.join(", ")
+            ));
+        }
+    }
     let Some(streamed) = local.last_streamed else {
         return idle("leader lock is free, but I have never streamed from a primary since I started: my position is not trusted; not promoting (pgha ctl failover to force)".into());
     };
@@ -367,7 +400,10 @@ fn race(
         );
     };
     let named = manual.as_deref() == Some(me);
-    if let Some(reason) = someone_better(probes, local, position, named) {
+    // In synchronous mode a member the key does not name does not race, so it is no rival
+    // however far ahead (but one still running as primary stops the race all the same).
+    let rival = |name: &str| sync_standbys.is_none_or(|s| s.iter().any(|n| n.eq_ignore_ascii_case(name)));
+    if let Some(reason) = someone_better(probes, local, position, named, rival) {
         return idle(reason);
     }
     act(
@@ -378,12 +414,19 @@ fn race(
 
 /// Why another member should win the race instead of us, if one should.
 /// A candidate named by an operator only gives way to a member that still runs as primary.
-fn someone_better(probes: &[PeerProbe], local: &LocalState, position: Lsn, named: bool) -> Option<String> {
+/// Only members for which `rival` holds can be ahead of us.
+fn someone_better(
+    probes: &[PeerProbe],
+    local: &LocalState,
+    position: Lsn,
+    named: bool,
+    rival: impl Fn(&str) -> bool,
+) -> Option<String> {
     for p in probes.iter().filter(|p| p.name != local.name) {
         if p.in_recovery == Some(false) {
             return Some(format!("leader lock is free but {} is still running as primary; not racing", p.name));
         }
-        if named {
+        if named || !rival(&p.name) {
             continue;
         }
         let Some(theirs) = p.wal_position else { continue };

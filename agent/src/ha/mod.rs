@@ -5,12 +5,14 @@
 mod decide;
 mod lsn;
 pub mod member_slots;
+pub mod sync;
 mod view;
 
 pub use decide::{decide, drains_before_demote, Action, Decision};
 pub use lsn::Lsn;
 pub use view::{
     ClusterView, FailoverRequest, HaConfig, LocalState, MemberView, PeerProbe, PgState, Role, ScheduledAt, StreamPoint,
+    SyncKey,
 };
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 fn member(name: &str, role: Role, tl: u32, lsn: u64) -> MemberView {
     MemberView {
+        nosync: false,
         name: name.into(),
         role,
         running: true,
@@ -32,6 +33,7 @@ fn view(leader: Option<&str>) -> ClusterView {
         failover: None,
         paused: false,
         retain_slots: vec![],
+        sync: None,
     }
 }
 
@@ -229,8 +231,96 @@ fn switchover_hands_the_lock_to_a_running_candidate_only() {
     v.failover = Some(switchover("n1", "n2", None));
     let d = decide(&v, &primary("n1", now), &cfg(), now);
     assert_eq!(d.actions, vec![Action::Demote { leader: Some("n2".into()) }, Action::ReleaseLock]);
+    // A leader that does not hand over goes on leading: it keeps refreshing its lock.
     v.failover = Some(switchover("n1", "ghost", None));
-    assert!(decide(&v, &primary("n1", now), &cfg(), now).actions.is_empty());
+    let d = decide(&v, &primary("n1", now), &cfg(), now);
+    assert_eq!(d.actions, vec![Action::RefreshLock], "{}", d.reason);
+    assert!(d.reason.contains("ghost is not a running replica; staying leader"), "{}", d.reason);
+}
+
+fn sync_on() -> HaConfig {
+    HaConfig { synchronous_mode: true, ..cfg() }
+}
+
+fn sync_key(leader: &str, standbys: &[&str]) -> Option<SyncKey> {
+    Some(SyncKey {
+        leader: Some(leader.into()),
+        standbys: standbys.iter().map(|s| s.to_string()).collect(),
+        revision: 3,
+    })
+}
+
+#[test]
+fn in_synchronous_mode_only_the_named_standby_takes_over_even_from_behind() {
+    let now = Instant::now();
+    let mut v = view(None);
+    v.sync = sync_key("n1", &["n3"]);
+    // n2 is ahead, but the sync key names n3: n2 does not race.
+    let mut n2 = replica("n2", 1000);
+    n2.peer_probes = Some(vec![probe("n3", Some(true), Some(900))]);
+    let d = decide(&v, &n2, &sync_on(), now);
+    assert!(d.actions.is_empty(), "{:?}", d.actions);
+    assert!(d.reason.contains("only n3 may take over"), "{}", d.reason);
+    // n3 does not give way to n2, which may not take over.
+    let mut n3 = replica("n3", 900);
+    n3.peer_probes = Some(vec![probe("n2", Some(true), Some(1000))]);
+    let d = decide(&v, &n3, &sync_on(), now);
+    assert_eq!(d.actions, vec![Action::AcquireLock, Action::Promote], "{}", d.reason);
+    // ...but an old primary still running stops it all the same.
+    n3.peer_probes = Some(vec![probe("n2", Some(false), Some(1000))]);
+    assert!(decide(&v, &n3, &sync_on(), now).actions.is_empty());
+    // Synchronous mode off: the key is ignored and the one ahead wins.
+    n3.peer_probes = Some(vec![probe("n2", Some(true), Some(1000))]);
+    assert!(decide(&v, &n3, &cfg(), now).actions.is_empty());
+    assert_eq!(decide(&v, &n2, &cfg(), now).actions, vec![Action::AcquireLock, Action::Promote]);
+}
+
+#[test]
+fn a_sync_key_naming_no_standby_lets_any_member_race() {
+    let now = Instant::now();
+    let mut v = view(None);
+    v.sync = sync_key("n1", &[]);
+    let mut n2 = replica("n2", 1000);
+    n2.peer_probes = Some(vec![probe("n3", Some(true), Some(900))]);
+    assert_eq!(decide(&v, &n2, &sync_on(), now).actions, vec![Action::AcquireLock, Action::Promote]);
+}
+
+#[test]
+fn in_synchronous_mode_a_switchover_goes_only_to_a_synchronous_standby() {
+    let now = Instant::now();
+    let mut v = view(Some("n1"));
+    v.sync = sync_key("n1", &["n3"]);
+    v.failover = Some(switchover("n1", "n2", None));
+    let d = decide(&v, &primary("n1", now), &sync_on(), now);
+    assert_eq!(d.actions, vec![Action::RefreshLock], "{}", d.reason);
+    assert!(d.reason.contains("n2 is not a synchronous standby"), "{}", d.reason);
+    v.failover = Some(switchover("n1", "n3", None));
+    let d = decide(&v, &primary("n1", now), &sync_on(), now);
+    assert_eq!(d.actions, vec![Action::Demote { leader: Some("n3".into()) }, Action::ReleaseLock]);
+}
+
+proptest! {
+    /// Whatever the positions and probes: in synchronous mode, with a sync key naming standbys,
+    /// a member it does not name never takes the lock.
+    #[test]
+    fn in_synchronous_mode_an_unnamed_member_never_takes_the_lock(
+        mine in 0u64..2000, theirs in proptest::collection::vec((any::<bool>(), 0u64..2000), 0..3),
+        named in proptest::collection::vec(prop_oneof![Just("n1"), Just("n3"), Just("n4")], 1..3),
+        manual in any::<bool>(),
+    ) {
+        let now = Instant::now();
+        let mut v = view(None);
+        v.sync = sync_key("n1", &named);
+        if manual {
+            v.failover = Some(FailoverRequest { leader: None, candidate: Some("n2".into()), scheduled: None, revision: 1 });
+        }
+        let mut me = replica("n2", mine);
+        me.peer_probes = Some(
+            theirs.iter().enumerate().map(|(k, (rec, lsn))| probe(&format!("n{}", k + 3), Some(*rec || k > 0), Some(*lsn))).collect(),
+        );
+        let d = decide(&v, &me, &sync_on(), now);
+        prop_assert!(!d.actions.contains(&Action::AcquireLock), "{}", d.reason);
+    }
 }
 
 #[test]
@@ -245,7 +335,7 @@ fn a_failover_to_a_candidate_makes_a_healthy_leader_hand_over_too() {
     // Not to a member that is not a running replica, and a switchover naming another leader is
     // not this leader's.
     v.failover = Some(failover("ghost"));
-    assert!(decide(&v, &primary("n1", now), &cfg(), now).actions.is_empty());
+    assert_eq!(decide(&v, &primary("n1", now), &cfg(), now).actions, vec![Action::RefreshLock]);
     v.failover = Some(switchover("n3", "n2", None));
     let d = decide(&v, &primary("n1", now), &cfg(), now);
     assert!(!d.actions.iter().any(|a| matches!(a, Action::Demote { .. } | Action::ReleaseLock)), "{d:?}");
@@ -363,6 +453,7 @@ prop_compose! {
             failover: None,
             paused,
             retain_slots: vec![],
+            sync: None,
         };
         let local = LocalState {
             name: "n1".into(),

@@ -21,7 +21,26 @@ pub struct MemberView {
     pub timeline: Option<u32>,
     pub wal_position: Option<Lsn>,
     pub nofailover: bool,
+    /// Tagged `nosync`: never made a synchronous standby.
+    pub nosync: bool,
     pub failover_priority: i32,
+}
+
+/// The `sync` key: the leader that wrote it and the standbys it named synchronous (synchronous
+/// mode). Only a named standby has every transaction that leader acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SyncKey {
+    pub leader: Option<String>,
+    pub standbys: Vec<String>,
+    /// The key's revision, for a compare-and-set.
+    pub revision: i64,
+}
+
+impl SyncKey {
+    /// Whether `name` is one of the named synchronous standbys.
+    pub fn names(&self, name: &str) -> bool {
+        self.standbys.iter().any(|s| s.eq_ignore_ascii_case(name))
+    }
 }
 
 /// A pending switchover (leader set) or failover (candidate only) from the `failover` key.
@@ -69,11 +88,23 @@ pub struct ClusterView {
     pub paused: bool,
     /// The members' slots the last leader kept (`retain_slots` of the `status` key).
     pub retain_slots: Vec<String>,
+    /// The `sync` key, when there is one.
+    pub sync: Option<SyncKey>,
 }
 
 impl ClusterView {
     pub fn member(&self, name: &str) -> Option<&MemberView> {
         self.members.iter().find(|m| m.name == name)
+    }
+
+    /// In synchronous mode, the standbys that alone may take over: those the `sync` key names.
+    /// None when any member may (synchronous mode off, no key, or a key naming no standby: the
+    /// leader had no synchronous standby, so its transactions were acknowledged without one).
+    pub fn sync_standbys(&self, config: &HaConfig) -> Option<&[String]> {
+        if !config.synchronous_mode {
+            return None;
+        }
+        self.sync.as_ref().filter(|k| k.leader.is_some() && !k.standbys.is_empty()).map(|k| k.standbys.as_slice())
     }
 }
 
@@ -143,6 +174,11 @@ pub struct HaConfig {
     /// How long the primary keeps the replication slot of a member gone from the DCS before
     /// dropping it (Patroni 4's name and default, 30 minutes; 0: at the next tick).
     pub member_slots_ttl: Duration,
+    /// Patroni's `synchronous_mode` (dynamic configuration): the primary keeps
+    /// `synchronous_node_count` standbys synchronous and names them in the `sync` key; only
+    /// those may take over from it.
+    pub synchronous_mode: bool,
+    pub synchronous_node_count: usize,
 }
 
 impl Default for HaConfig {
@@ -154,6 +190,8 @@ impl Default for HaConfig {
             maximum_lag_on_failover: 1 << 20,
             primary_start_timeout: Duration::from_secs(20),
             member_slots_ttl: Duration::from_secs(1800),
+            synchronous_mode: false,
+            synchronous_node_count: 1,
         }
     }
 }

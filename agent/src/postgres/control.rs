@@ -78,6 +78,15 @@ pub struct Probe {
     pub postmaster_start_time: Option<String>,
 }
 
+/// A row of pg_stat_replication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalSenderRow {
+    pub application_name: String,
+    pub state: String,
+    pub sync_state: String,
+    pub flush: Option<Lsn>,
+}
+
 /// Everything needed to run one node's PostgreSQL.
 pub struct LocalPostgres {
     pub bin: BinDir,
@@ -92,6 +101,9 @@ pub struct LocalPostgres {
     pub parameters: Vec<(String, String)>,
     /// pg_basebackup `--max-rate` for clones.
     pub basebackup_max_rate: Option<String>,
+    /// synchronous_standby_names while the agent manages it (synchronous mode, as primary):
+    /// written after `parameters`, so it wins over one set there.
+    pub synchronous_standby_names: Option<String>,
     postmaster: Option<Child>,
 }
 
@@ -120,6 +132,7 @@ impl LocalPostgres {
             replication: s.replication,
             parameters: s.parameters,
             basebackup_max_rate: s.basebackup_max_rate,
+            synchronous_standby_names: None,
             postmaster: None,
         }
     }
@@ -363,6 +376,9 @@ impl LocalPostgres {
         for (k, v) in &self.parameters {
             lines.push(format!("{k} = {v}"));
         }
+        if let Some(names) = self.synchronous_standby_names.as_ref().filter(|_| !standby) {
+            lines.push(format!("synchronous_standby_names = '{}'", names.replace('\'', "''")));
+        }
         std::fs::write(self.data_dir.join("pgha.conf"), lines.join("\n") + "\n").map_err(io)?;
         let hba = [
             "# Written by the pgha agent.",
@@ -569,6 +585,32 @@ impl LocalPostgres {
             slots: col(9).map(|s| s.split(',').map(str::to_string).collect()).unwrap_or_default(),
             postmaster_start_time: col(10),
         })
+    }
+
+    /// The primary's WAL senders (pg_stat_replication) and its current WAL position, read in
+    /// one statement: `(position, [(application_name, state, sync_state, flush_lsn)])`.
+    pub async fn wal_senders(&self, timeout: Duration) -> Result<(Lsn, Vec<WalSenderRow>), PgError> {
+        let sql = "select pg_current_wal_lsn()::text, r.application_name, r.state, r.sync_state, r.flush_lsn::text \
+                   from (select 1) one left join pg_stat_replication r on true";
+        let rows = self.query(sql, timeout).await?;
+        let current = rows
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .and_then(|s| Lsn::parse(&s))
+            .ok_or_else(|| PgError::Query("pg_current_wal_lsn() gave no position".into()))?;
+        let senders = rows
+            .into_iter()
+            .filter_map(|r| {
+                let col = |i: usize| r.get(i).cloned().flatten();
+                Some(WalSenderRow {
+                    application_name: col(1)?,
+                    state: col(2).unwrap_or_default(),
+                    sync_state: col(3).unwrap_or_default(),
+                    flush: col(4).and_then(|s| Lsn::parse(&s)),
+                })
+            })
+            .collect();
+        Ok((current, senders))
     }
 
     /// Promotes the standby, waiting up to `wait` (whole seconds, at least one) for the promotion

@@ -1,5 +1,6 @@
 //! What the holder of the leader lock does each tick: refresh the lease (demoting when it is lost
-//! or about to end), keep the members' replication slots and publish the `status` key.
+//! or about to end), keep the members' replication slots and the synchronous standbys
+//! (`runtime::sync`), and publish the `status` key.
 
 use super::Runtime;
 use crate::ha::Action;
@@ -48,6 +49,7 @@ impl Runtime {
         let Some(p) = self.last_probe.clone() else { return };
         if !p.in_recovery {
             self.keep_member_slots(&p).await;
+            self.keep_synchronous_standbys(&p).await;
         }
         self.write_leader_status(&p).await;
     }

@@ -73,6 +73,8 @@ impl Runtime {
             (self.ha.loop_wait.as_millis() as u64, self.ha.retry_timeout.as_millis() as u64);
         let pending_restart = probe.as_ref().is_some_and(|p| !p.pending_restart.is_empty());
         let sysid = self.pg.system_identifier();
+        let sync_standby =
+            view.sync_standbys(&self.ha).is_some_and(|s| s.iter().any(|n| n.eq_ignore_ascii_case(&name)));
         self.status.send_modify(|s| {
             s.role = role;
             s.pg_running = running;
@@ -86,6 +88,7 @@ impl Runtime {
             s.replayed_position = probe.as_ref().filter(|p| p.in_recovery).map(|p| p.position);
             s.streaming = probe.as_ref().and_then(|p| p.receiver_status.as_deref()) == Some("streaming");
             s.holds_lock = view.leader.as_deref() == Some(name.as_str());
+            s.sync_standby = sync_standby && !s.holds_lock;
             s.leader = view.leader.clone();
             s.leader_position = view.leader_lsn;
             s.paused = view.paused;

@@ -145,6 +145,9 @@ impl Runtime {
             decision = decide(&view, &local, &self.ha, Instant::now());
         }
         self.log_decision(&decision.reason);
+        if view.leader.as_deref() != Some(self.name.as_str()) {
+            self.forget_synchronous_standbys();
+        }
         for action in decision.actions.clone() {
             if let Err(e) = self.execute(&action, &view).await {
                 tracing::warn!(?action, "{e}");

@@ -1,0 +1,119 @@
+//! Synchronous mode, carried out by the primary each tick: reads pg_stat_replication, asks
+//! `ha::sync` for the plan, and writes the `sync` key and synchronous_standby_names in its
+//! order. Off, it takes its setting and its key away.
+
+use super::Runtime;
+use crate::ha::sync::{standby_names_setting, SyncInputs, WalSender};
+use crate::postgres::control::{slot_name, Probe};
+use consensus::cluster::SyncValue;
+use consensus::dcs::{ClusterKey, Expected};
+
+impl Runtime {
+    pub(super) async fn keep_synchronous_standbys(&mut self, p: &Probe) {
+        if p.in_recovery {
+            return;
+        }
+        let me = self.name.clone();
+        let key = self.last_view.sync.clone();
+        if !self.ha.synchronous_mode {
+            if self.sync_named.take().is_some() || self.pg.synchronous_standby_names.is_some() {
+                self.pg.synchronous_standby_names = None;
+                self.sync_tracker = Default::default();
+                match self.write_standby_names().await {
+                    Ok(()) => tracing::info!("synchronous mode is off: synchronous_standby_names is no longer managed"),
+                    Err(e) => tracing::warn!("could not turn synchronous replication off: {e}"),
+                }
+            }
+            if let Some(k) = key.filter(|k| k.leader.as_deref() == Some(me.as_str())) {
+                if let Err(e) = self.dcs.delete(ClusterKey::Sync, Expected::Revision(k.revision)).await {
+                    tracing::warn!("could not remove the sync key: {e}");
+                }
+            }
+            return;
+        }
+        let rt = self.ha.retry_timeout;
+        let (current, rows) = match self.pg.wal_senders(rt).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("synchronous mode: cannot read pg_stat_replication: {e}");
+                return;
+            }
+        };
+        let candidates: Vec<String> =
+            self.last_view.members.iter().filter(|m| m.name != me && !m.nosync).map(|m| m.name.clone()).collect();
+        let senders: Vec<WalSender> = rows
+            .iter()
+            .filter_map(|r| {
+                let member = candidates.iter().find(|c| slot_name(c) == r.application_name)?;
+                Some(WalSender {
+                    member: member.clone(),
+                    streaming: r.state == "streaming",
+                    sync: r.sync_state == "sync",
+                    flush: r.flush,
+                })
+            })
+            .collect();
+        let mine = key.as_ref().filter(|k| k.leader.as_deref() == Some(me.as_str()));
+        let configured = self.sync_named.clone().unwrap_or_default();
+        let plan = self.sync_tracker.plan(&SyncInputs {
+            node_count: self.ha.synchronous_node_count,
+            key: mine.map(|k| k.standbys.as_slice()),
+            candidates: &candidates,
+            senders: &senders,
+            current,
+            configured: &configured,
+        });
+        let mut expected = match &key {
+            Some(k) => Expected::Revision(k.revision),
+            None => Expected::Absent,
+        };
+        if let Some(standbys) = &plan.key_first {
+            match self.dcs.write(ClusterKey::Sync, &SyncValue::new(&me, standbys, None).to_json(), expected).await {
+                Ok(rev) => expected = Expected::Revision(rev),
+                Err(e) => {
+                    tracing::warn!("synchronous mode: could not write the sync key: {e}");
+                    return;
+                }
+            }
+            if mine.is_none() {
+                tracing::info!("synchronous mode: took over the sync key as the new leader");
+            }
+        }
+        // Managed from the first tick on: a data directory cloned from a primary may carry
+        // another setting.
+        if plan.configure.is_some() || self.sync_named.is_none() {
+            let names = plan.configure.clone().unwrap_or(configured);
+            let apps: Vec<String> = names.iter().map(|n| slot_name(n)).collect();
+            self.pg.synchronous_standby_names = Some(standby_names_setting(&apps));
+            if let Err(e) = self.write_standby_names().await {
+                tracing::warn!("synchronous mode: could not set synchronous_standby_names: {e}");
+                return;
+            }
+            tracing::info!(
+                standbys = ?names,
+                "synchronous mode: synchronous_standby_names = '{}'",
+                self.pg.synchronous_standby_names.as_deref().unwrap_or("")
+            );
+            self.sync_named = Some(names);
+        }
+        if let Some(standbys) = &plan.key_then {
+            match self.dcs.write(ClusterKey::Sync, &SyncValue::new(&me, standbys, None).to_json(), expected).await {
+                Ok(_) => tracing::info!(?standbys, "synchronous mode: the sync key names the synchronous standbys"),
+                Err(e) => tracing::warn!("synchronous mode: could not write the sync key: {e}"),
+            }
+        }
+    }
+
+    /// Rewrites pgha.conf with the current synchronous_standby_names and reloads.
+    async fn write_standby_names(&self) -> Result<(), String> {
+        self.pg.write_config(None, false).map_err(|e| e.to_string())?;
+        self.pg.query("select pg_reload_conf()", self.ha.retry_timeout).await.map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    /// Not the primary any more: synchronous mode starts afresh at the next promotion.
+    pub(super) fn forget_synchronous_standbys(&mut self) {
+        self.sync_named = None;
+        self.sync_tracker = Default::default();
+        self.pg.synchronous_standby_names = None;
+    }
+}

@@ -1,0 +1,108 @@
+//! Synchronous mode on a running cluster (on etcd: the test loses two of three nodes, which a
+//! built-in Raft group would not survive): after `PATCH /config
+//! {"synchronous_mode": true}` the primary names one standby in synchronous_standby_names and in
+//! the `sync` key, `/sync` and `/async` say which; when the primary's node dies, that standby takes
+//! over even though the other one has a higher failover_priority; the new primary makes the other
+//! standby synchronous; and when its only standby dies, writes go on (synchronous_mode without
+//! strict) once the key and the setting have let it go.
+
+use harness::agent_checks::{healthy, streaming_cluster};
+use harness::cluster::{connect, http, PghaCluster, Timing};
+use harness::wait_for;
+use std::time::Duration;
+
+/// The primary's synchronous_standby_names and the standbys pg_stat_replication reports `sync`.
+async fn sync_state(cluster: &PghaCluster, primary: usize) -> anyhow::Result<(String, Vec<String>)> {
+    let c = connect(&cluster.nodes[primary].dsn()).await?;
+    let names: String = c.query_one("show synchronous_standby_names", &[]).await?.try_get(0)?;
+    let rows = c.query("select application_name from pg_stat_replication where sync_state = 'sync'", &[]).await?;
+    Ok((names, rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?))
+}
+
+/// The index of the one node whose `/sync` answers 200, once exactly one does and the primary's
+/// setting names it.
+async fn the_sync_standby(cluster: &PghaCluster, primary: usize) -> anyhow::Result<usize> {
+    wait_for("one synchronous standby, named by the sync key and the primary", Duration::from_secs(40), || async {
+        let mut named = Vec::new();
+        for (i, n) in cluster.nodes.iter().enumerate().filter(|(_, n)| n.has_agent()) {
+            if http(n.api_port, "GET", "/sync", None).await?.0 == 200 {
+                named.push(i);
+            }
+        }
+        let (setting, sync) = sync_state(cluster, primary).await?;
+        let [s] = named[..] else { anyhow::bail!("/sync answers 200 on {named:?}; setting '{setting}'") };
+        let name = &cluster.nodes[s].name;
+        anyhow::ensure!(setting.contains(&format!("\"{name}\"")), "setting '{setting}' does not name {name}");
+        anyhow::ensure!(sync == [name.clone()], "pg_stat_replication has {sync:?} synchronous, not {name}");
+        Ok(Some(s))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_synchronous_mode_fails_over_to_the_synchronous_standby_only() {
+    let mut cluster = PghaCluster::start_on_etcd(3, Timing::default()).await.unwrap();
+    let old = healthy(&cluster).await;
+    let (code, text) =
+        http(cluster.nodes[old].api_port, "PATCH", "/config", Some(r#"{"synchronous_mode": true}"#)).await.unwrap();
+    assert_eq!(code, 200, "{text}");
+    let sync = the_sync_standby(&cluster, old).await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let other = (0..3).find(|i| *i != old && *i != sync).unwrap();
+    let (code, _) = http(cluster.nodes[other].api_port, "GET", "/async", None).await.unwrap();
+    assert_eq!(code, 200, "the other standby is not asynchronous");
+    let (code, text) = http(
+        cluster.nodes[old].api_port,
+        "POST",
+        "/switchover",
+        Some(&format!(r#"{{"leader": "{}", "candidate": "{}"}}"#, cluster.nodes[old].name, cluster.nodes[other].name)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 412, "a switchover to an asynchronous standby was accepted: {text}");
+    assert!(text.contains("sync_standby"), "{text}");
+
+    // The asynchronous standby comes back with a higher failover_priority: without synchronous
+    // mode it would win a race between equals.
+    cluster.nodes[other].stop_agent().await.unwrap();
+    cluster.nodes[other].add_section("[tags]\nfailover_priority = 5");
+    cluster.nodes[other].start_agent().unwrap();
+    streaming_cluster(&cluster, None).await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    assert_eq!(the_sync_standby(&cluster, old).await.unwrap(), sync, "the synchronous standby changed");
+
+    // A commit acknowledged with synchronous replication on is on the synchronous standby.
+    let c = connect(&cluster.nodes[old].dsn()).await.unwrap();
+    c.batch_execute("create table acked (v int); insert into acked values (1)").await.unwrap();
+    cluster.nodes[old].kill_node();
+    let new = wait_for("a new primary", Duration::from_secs(60), || async {
+        let p = cluster.primaries().await;
+        Ok((p.len() == 1).then(|| p[0]))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    assert_eq!(new, sync, "{} took over, not the synchronous standby\n{}", cluster.nodes[new].name, cluster.logs());
+    assert!(
+        cluster.nodes[other].agent_log().contains("synchronous mode is on and only"),
+        "the asynchronous standby did not say why it stayed out of the race\n{}",
+        cluster.nodes[other].agent_log()
+    );
+    let c = connect(&cluster.nodes[new].dsn()).await.unwrap();
+    let n: i64 = c.query_one("select count(*) from acked", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+
+    // The new primary makes the remaining standby synchronous.
+    let s = the_sync_standby(&cluster, new).await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    assert_eq!(s, other);
+
+    // Its only standby lost: the key and the setting let it go, and writes go on.
+    cluster.nodes[other].kill_node();
+    wait_for("synchronous_standby_names to be emptied", Duration::from_secs(30), || async {
+        Ok(sync_state(&cluster, new).await?.0.is_empty().then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let insert = c.execute("insert into acked values (2)", &[]);
+    tokio::time::timeout(Duration::from_secs(5), insert)
+        .await
+        .expect("a write waited for a standby that is gone")
+        .unwrap();
+}
