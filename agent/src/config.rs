@@ -170,6 +170,7 @@ impl HaTiming {
             // Dynamic configuration only (`synchronous_mode`), as in Patroni.
             synchronous_mode: false,
             synchronous_node_count: 1,
+            synchronous_mode_strict: false,
         }
     }
 }

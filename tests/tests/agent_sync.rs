@@ -3,8 +3,9 @@
 //! {"synchronous_mode": true}` the primary names one standby in synchronous_standby_names and in
 //! the `sync` key, `/sync` and `/async` say which; when the primary's node dies, that standby takes
 //! over even though the other one has a higher failover_priority; the new primary makes the other
-//! standby synchronous; and when its only standby dies, writes go on (synchronous_mode without
-//! strict) once the key and the setting have let it go.
+//! standby synchronous; when its only standby dies, writes go on (synchronous_mode without
+//! strict) once the key and the setting have let it go, and with synchronous_mode_strict they
+//! wait.
 
 use harness::agent_checks::{healthy, streaming_cluster};
 use harness::cluster::{connect, http, PghaCluster, Timing};
@@ -50,6 +51,15 @@ async fn etcd_synchronous_mode_fails_over_to_the_synchronous_standby_only() {
     let other = (0..3).find(|i| *i != old && *i != sync).unwrap();
     let (code, _) = http(cluster.nodes[other].api_port, "GET", "/async", None).await.unwrap();
     assert_eq!(code, 200, "the other standby is not asynchronous");
+    let (_, text) = http(cluster.nodes[old].api_port, "GET", "/cluster", None).await.unwrap();
+    let members: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let role_of = |i: usize| {
+        members["members"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["name"] == cluster.nodes[i].name.as_str()).map(|m| m["role"].clone()))
+    };
+    assert_eq!(role_of(sync), Some("sync_standby".into()), "{text}");
+    assert_eq!(role_of(other), Some("replica".into()), "{text}");
     let (code, text) = http(
         cluster.nodes[old].api_port,
         "POST",
@@ -105,4 +115,21 @@ async fn etcd_synchronous_mode_fails_over_to_the_synchronous_standby_only() {
         .await
         .expect("a write waited for a standby that is gone")
         .unwrap();
+
+    // synchronous_mode_strict: without a standby, commits wait for one.
+    let (code, text) =
+        http(cluster.nodes[new].api_port, "PATCH", "/config", Some(r#"{"synchronous_mode_strict": true}"#))
+            .await
+            .unwrap();
+    assert_eq!(code, 200, "{text}");
+    wait_for("synchronous_standby_names = '*'", Duration::from_secs(30), || async {
+        Ok((sync_state(&cluster, new).await?.0 == "*").then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let insert = c.execute("insert into acked values (3)", &[]);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), insert).await.is_err(),
+        "a commit went through without a standby in strict synchronous mode"
+    );
 }

@@ -106,10 +106,11 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
     v
 }
 
-/// synchronous_standby_names for these application names: `FIRST n (...)`, empty for none.
-pub fn standby_names_setting(application_names: &[String]) -> String {
+/// synchronous_standby_names for these application names: `FIRST n (...)`; for none, empty
+/// (commits go on without a standby) or, `strict`, `*` (they wait for any standby).
+pub fn standby_names_setting(application_names: &[String], strict: bool) -> String {
     if application_names.is_empty() {
-        return String::new();
+        return if strict { "*".into() } else { String::new() };
     }
     let quoted: Vec<String> = application_names.iter().map(|n| format!("\"{}\"", n.replace('"', "\"\""))).collect();
     format!("FIRST {} ({})", application_names.len(), quoted.join(", "))
@@ -179,9 +180,10 @@ mod tests {
 
     #[test]
     fn the_setting_names_standbys_in_order() {
-        assert_eq!(standby_names_setting(&[]), "");
-        assert_eq!(standby_names_setting(&s(&["n2"])), "FIRST 1 (\"n2\")");
-        assert_eq!(standby_names_setting(&s(&["n3", "n2"])), "FIRST 2 (\"n3\", \"n2\")");
+        assert_eq!(standby_names_setting(&[], false), "");
+        assert_eq!(standby_names_setting(&[], true), "*");
+        assert_eq!(standby_names_setting(&s(&["n2"]), true), "FIRST 1 (\"n2\")");
+        assert_eq!(standby_names_setting(&s(&["n3", "n2"]), false), "FIRST 2 (\"n3\", \"n2\")");
     }
 
     /// The cluster as the leader's steps leave it, and what PostgreSQL reports.

@@ -179,6 +179,9 @@ pub struct HaConfig {
     /// those may take over from it.
     pub synchronous_mode: bool,
     pub synchronous_node_count: usize,
+    /// `synchronous_mode_strict`: with no standby to name, commits wait for any standby
+    /// (synchronous_standby_names = '*') rather than go on without one.
+    pub synchronous_mode_strict: bool,
 }
 
 impl Default for HaConfig {
@@ -192,6 +195,7 @@ impl Default for HaConfig {
             member_slots_ttl: Duration::from_secs(1800),
             synchronous_mode: false,
             synchronous_node_count: 1,
+            synchronous_mode_strict: false,
         }
     }
 }

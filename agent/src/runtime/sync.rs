@@ -79,13 +79,17 @@ impl Runtime {
                 tracing::info!("synchronous mode: took over the sync key as the new leader");
             }
         }
-        // Managed from the first tick on: a data directory cloned from a primary may carry
-        // another setting.
-        if plan.configure.is_some() || self.sync_named.is_none() {
-            let names = plan.configure.clone().unwrap_or(configured);
-            let apps: Vec<String> = names.iter().map(|n| slot_name(n)).collect();
-            self.pg.synchronous_standby_names = Some(standby_names_setting(&apps));
+        // Managed from the first tick on (a data directory cloned from a primary may carry
+        // another setting), and written again when synchronous_mode_strict changes.
+        let names = plan.configure.clone().unwrap_or(configured);
+        let apps: Vec<String> = names.iter().map(|n| slot_name(n)).collect();
+        let setting = standby_names_setting(&apps, self.ha.synchronous_mode_strict);
+        if self.sync_named.is_none() || self.pg.synchronous_standby_names.as_deref() != Some(setting.as_str()) {
+            self.pg.synchronous_standby_names = Some(setting);
             if let Err(e) = self.write_standby_names().await {
+                // What PostgreSQL runs with is unknown now: the next tick counts no standby as
+                // named (the key shrinks) and writes the setting again.
+                self.sync_named = None;
                 tracing::warn!("synchronous mode: could not set synchronous_standby_names: {e}");
                 return;
             }
