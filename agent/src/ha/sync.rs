@@ -57,6 +57,16 @@ pub struct SyncTracker {
 }
 
 impl SyncTracker {
+    /// A leader that starts managing an already synchronous primary (its agent restarted): the
+    /// standbys its key names that PostgreSQL reports synchronous now held every acknowledged
+    /// commit already (they entered the key only so, and would have left it before leaving the
+    /// setting), so they count as caught up.
+    pub fn resume(&mut self, key: &[String], senders: &[WalSender]) {
+        for s in senders.iter().filter(|s| s.streaming && s.sync && key.contains(&s.member)) {
+            self.seen_sync_at.insert(s.member.clone(), Lsn(0));
+        }
+    }
+
     pub fn plan(&mut self, i: &SyncInputs) -> SyncPlan {
         let sender = |m: &str| i.senders.iter().find(|s| s.member == m);
         let configured = |m: &str| i.configured.iter().any(|c| c == m);
@@ -176,6 +186,27 @@ mod tests {
             configured: &configured,
         });
         assert_eq!(p, SyncPlan { key_first: Some(vec![]), configure: Some(s(&["n3"])), key_then: None });
+    }
+
+    #[test]
+    fn a_restarted_agent_keeps_the_synchronous_standby_its_key_names() {
+        let candidates = s(&["n2", "n3"]);
+        let key = s(&["n2"]);
+        // PostgreSQL still runs with n2 synchronous; n2 is a little behind the current position.
+        let senders = [sender("n2", true, 90), sender("n3", false, 100)];
+        let input = SyncInputs {
+            node_count: 1,
+            key: Some(&key),
+            candidates: &candidates,
+            senders: &senders,
+            current: Lsn(100),
+            configured: &key,
+        };
+        let mut resumed = SyncTracker::default();
+        resumed.resume(&key, &senders);
+        assert_eq!(resumed.plan(&input), SyncPlan::default());
+        // Without it, the key would lose n2 until it caught up with the current position.
+        assert_eq!(SyncTracker::default().plan(&input).key_first, Some(vec![]));
     }
 
     #[test]

@@ -38,6 +38,7 @@ impl Runtime {
                 Ok(())
             }
             Action::StartPrimary => {
+                self.keep_synchronous_standbys_across_a_start(view);
                 self.pg.write_config(None, false).map_err(|e| e.to_string())?;
                 self.pg.start(Duration::from_secs(120)).await.map_err(|e| e.to_string())?;
                 self.callbacks.fire(Event::Start, "primary");

@@ -54,7 +54,17 @@ impl Runtime {
             })
             .collect();
         let mine = key.as_ref().filter(|k| k.leader.as_deref() == Some(me.as_str()));
-        let configured = self.sync_named.clone().unwrap_or_default();
+        // Not managed yet by this agent: what PostgreSQL runs with, as far as it reports it
+        // (the standbys synchronous now are named in its setting).
+        let configured = match &self.sync_named {
+            Some(named) => named.clone(),
+            None => {
+                if let Some(k) = mine {
+                    self.sync_tracker.resume(&k.standbys, &senders);
+                }
+                senders.iter().filter(|s| s.streaming && s.sync).map(|s| s.member.clone()).collect()
+            }
+        };
         let plan = self.sync_tracker.plan(&SyncInputs {
             node_count: self.ha.synchronous_node_count,
             key: mine.map(|k| k.standbys.as_slice()),
@@ -112,6 +122,20 @@ impl Runtime {
     async fn write_standby_names(&self) -> Result<(), String> {
         self.pg.write_config(None, false).map_err(|e| e.to_string())?;
         self.pg.query("select pg_reload_conf()", self.ha.retry_timeout).await.map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    /// Before PostgreSQL starts as primary with the leader lock held (a restart in place): in
+    /// synchronous mode, the standbys this leader's `sync` key names stay in
+    /// synchronous_standby_names from the first commit on, since they alone may take over.
+    pub(super) fn keep_synchronous_standbys_across_a_start(&mut self, view: &crate::ha::ClusterView) {
+        if !self.ha.synchronous_mode || self.pg.synchronous_standby_names.is_some() {
+            return;
+        }
+        let named = view.sync.as_ref().filter(|k| k.leader.as_deref() == Some(self.name.as_str()));
+        if let Some(k) = named.filter(|k| !k.standbys.is_empty() || self.ha.synchronous_mode_strict) {
+            let apps: Vec<String> = k.standbys.iter().map(|n| slot_name(n)).collect();
+            self.pg.synchronous_standby_names = Some(standby_names_setting(&apps, self.ha.synchronous_mode_strict));
+        }
     }
 
     /// Not the primary any more: synchronous mode starts afresh at the next promotion.
