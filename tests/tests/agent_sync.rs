@@ -5,7 +5,8 @@
 //! over even though the other one has a higher failover_priority; the new primary makes the other
 //! standby synchronous; when its only standby dies, writes go on (synchronous_mode without
 //! strict) once the key and the setting have let it go, and with synchronous_mode_strict they
-//! wait.
+//! wait. In strict mode a synchronous standby that takes over with no other standby left never
+//! acknowledges a commit alone.
 
 use harness::agent_checks::{healthy, streaming_cluster};
 use harness::cluster::{connect, http, PghaCluster, Timing};
@@ -131,5 +132,35 @@ async fn etcd_synchronous_mode_fails_over_to_the_synchronous_standby_only() {
     assert!(
         tokio::time::timeout(Duration::from_secs(3), insert).await.is_err(),
         "a commit went through without a standby in strict synchronous mode"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_strict_synchronous_mode_takes_over_without_acknowledging_alone() {
+    let mut cluster = PghaCluster::start_on_etcd(3, Timing::default()).await.unwrap();
+    let old = healthy(&cluster).await;
+    let body = r#"{"synchronous_mode": true, "synchronous_mode_strict": true}"#;
+    let (code, text) = http(cluster.nodes[old].api_port, "PATCH", "/config", Some(body)).await.unwrap();
+    assert_eq!(code, 200, "{text}");
+    let sync = the_sync_standby(&cluster, old).await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let other = (0..3).find(|i| *i != old && *i != sync).unwrap();
+    cluster.nodes[other].kill_node();
+    let c = connect(&cluster.nodes[old].dsn()).await.unwrap();
+    c.batch_execute("create table acked (v int); insert into acked values (1)").await.unwrap();
+    cluster.nodes[old].kill_node();
+    wait_for("the synchronous standby to take over", Duration::from_secs(60), || async {
+        Ok((cluster.primaries().await == [sync]).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let log = cluster.nodes[sync].agent_log();
+    assert!(log.contains("synchronous_standby_names = '*' before promoting"), "{log}");
+    let c = connect(&cluster.nodes[sync].dsn()).await.unwrap();
+    let n: i64 = c.query_one("select count(*) from acked", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+    let insert = c.execute("insert into acked values (2)", &[]);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), insert).await.is_err(),
+        "the new primary acknowledged a commit without a standby in strict synchronous mode"
     );
 }

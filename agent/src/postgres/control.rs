@@ -101,8 +101,9 @@ pub struct LocalPostgres {
     pub parameters: Vec<(String, String)>,
     /// pg_basebackup `--max-rate` for clones.
     pub basebackup_max_rate: Option<String>,
-    /// synchronous_standby_names while the agent manages it (synchronous mode, as primary):
-    /// written after `parameters`, so it wins over one set there.
+    /// synchronous_standby_names while the agent manages it (synchronous mode, as primary, or
+    /// right before a promotion in strict mode): written after `parameters`, so it wins over one
+    /// set there.
     pub synchronous_standby_names: Option<String>,
     postmaster: Option<Child>,
 }
@@ -376,7 +377,9 @@ impl LocalPostgres {
         for (k, v) in &self.parameters {
             lines.push(format!("{k} = {v}"));
         }
-        if let Some(names) = self.synchronous_standby_names.as_ref().filter(|_| !standby) {
+        // A standby ignores the setting; it keeps only '*', which strict synchronous mode sets
+        // right before a promotion (a list of names would outlive the node's time as primary).
+        if let Some(names) = self.synchronous_standby_names.as_ref().filter(|n| !standby || n.as_str() == "*") {
             lines.push(format!("synchronous_standby_names = '{}'", names.replace('\'', "''")));
         }
         std::fs::write(self.data_dir.join("pgha.conf"), lines.join("\n") + "\n").map_err(io)?;

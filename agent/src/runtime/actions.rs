@@ -66,6 +66,7 @@ impl Runtime {
                 // Wait for the promotion only while the lease leaves time to refresh it: a slow
                 // promotion on a loaded machine must not cost the lock (the next tick asks again).
                 let wait = self.until_last_decision().min(Duration::from_secs(60));
+                self.strict_before_promotion().await?;
                 if !self.pg.promote(wait).await.map_err(|e| e.to_string())? {
                     tracing::info!("promotion still running after {wait:?}; checking again at the next tick");
                     return Ok(());

@@ -138,6 +138,35 @@ impl Runtime {
         }
     }
 
+    /// synchronous_mode_strict: the standby about to be promoted takes
+    /// `synchronous_standby_names = '*'` first, so that no commit is acknowledged without a
+    /// standby from the promotion on (the next ticks name one).
+    pub(super) async fn strict_before_promotion(&mut self) -> Result<(), String> {
+        if !self.ha.synchronous_mode_strict || self.pg.synchronous_standby_names.is_some() {
+            return Ok(());
+        }
+        self.pg.synchronous_standby_names = Some(standby_names_setting(&[], true));
+        let slot = slot_name(&self.name);
+        let follow = self.following.as_deref().and_then(|l| self.address_of(l));
+        let written = self.pg.write_config(follow.as_deref().map(|a| (a, slot.as_str())), true);
+        let reloaded = match written {
+            Ok(()) => self.pg.query("select pg_reload_conf()", self.ha.retry_timeout).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match reloaded {
+            Ok(()) => {
+                tracing::info!("synchronous_mode_strict: synchronous_standby_names = '*' before promoting");
+                Ok(())
+            }
+            Err(e) => {
+                self.pg.synchronous_standby_names = None;
+                Err(format!(
+                    "synchronous_mode_strict: could not set synchronous_standby_names = '*' before promoting: {e}"
+                ))
+            }
+        }
+    }
+
     /// Not the primary any more: synchronous mode starts afresh at the next promotion.
     pub(super) fn forget_synchronous_standbys(&mut self) {
         self.sync_named = None;
