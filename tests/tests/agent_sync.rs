@@ -80,10 +80,24 @@ async fn etcd_synchronous_mode_fails_over_to_the_synchronous_standby_only() {
     streaming_cluster(&cluster, None).await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
     assert_eq!(the_sync_standby(&cluster, old).await.unwrap(), sync, "the synchronous standby changed");
 
-    // A commit acknowledged with synchronous replication on is on the synchronous standby.
+    // Every commit acknowledged with synchronous replication on is on the synchronous standby:
+    // a writer commits one row after another while the primary's node is killed.
     let c = connect(&cluster.nodes[old].dsn()).await.unwrap();
     c.batch_execute("create table acked (v int); insert into acked values (1)").await.unwrap();
+    let writer = tokio::spawn(async move {
+        let mut acked = vec![1];
+        for v in 2.. {
+            match c.execute("insert into acked values ($1)", &[&v]).await {
+                Ok(_) => acked.push(v),
+                Err(_) => break,
+            }
+        }
+        acked
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     cluster.nodes[old].kill_node();
+    let acked = tokio::time::timeout(Duration::from_secs(30), writer).await.expect("the writer hung").unwrap();
+    assert!(acked.len() > 10, "the writer committed only {} rows", acked.len());
     let new = wait_for("a new primary", Duration::from_secs(60), || async {
         let p = cluster.primaries().await;
         Ok((p.len() == 1).then(|| p[0]))
@@ -97,8 +111,11 @@ async fn etcd_synchronous_mode_fails_over_to_the_synchronous_standby_only() {
         cluster.nodes[other].agent_log()
     );
     let c = connect(&cluster.nodes[new].dsn()).await.unwrap();
-    let n: i64 = c.query_one("select count(*) from acked", &[]).await.unwrap().get(0);
-    assert_eq!(n, 1);
+    let rows = c.query("select v from acked", &[]).await.unwrap();
+    let kept: std::collections::HashSet<i32> = rows.iter().map(|r| r.get(0)).collect();
+    let lost: Vec<&i32> = acked.iter().filter(|v| !kept.contains(v)).collect();
+    assert!(lost.is_empty(), "acknowledged rows lost in the failover: {lost:?} of {}", acked.len());
+    eprintln!("{} rows acknowledged before the kill, all on the new primary", acked.len());
 
     // The new primary makes the remaining standby synchronous.
     let s = the_sync_standby(&cluster, new).await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
