@@ -171,6 +171,7 @@ impl HaTiming {
             synchronous_mode: false,
             synchronous_node_count: 1,
             synchronous_mode_strict: false,
+            maximum_lag_on_syncnode: None,
         }
     }
 }

@@ -72,6 +72,7 @@ pub fn effective_ha(base: &HaConfig, config: &DynamicConfig) -> Result<HaConfig,
     ha.synchronous_mode = config.synchronous_mode() != consensus::cluster::SynchronousMode::Off;
     ha.synchronous_node_count = usize::try_from(config.synchronous_node_count()).unwrap_or(1).clamp(1, 32);
     ha.synchronous_mode_strict = ha.synchronous_mode && config.synchronous_mode_strict();
+    ha.maximum_lag_on_syncnode = u64::try_from(config.maximum_lag_on_syncnode()).ok();
     check_timing(ha.ttl.as_secs_f64(), ha.loop_wait.as_secs_f64(), ha.retry_timeout.as_secs_f64())?;
     Ok(ha)
 }

@@ -24,6 +24,9 @@ pub struct WalSender {
 pub struct SyncInputs<'a> {
     /// synchronous_node_count (at least 1).
     pub node_count: usize,
+    /// maximum_lag_on_syncnode: a standby whose flushed WAL is further behind `current` is
+    /// neither kept nor made synchronous.
+    pub max_lag: Option<u64>,
     /// The standbys of the `sync` key when this leader wrote it; None when the key is missing or
     /// another leader's (a new leader first claims it).
     pub key: Option<&'a [String]>,
@@ -85,8 +88,12 @@ impl SyncTracker {
 
         // The standbys to name: streaming candidates, those named now first (a change of
         // synchronous standby is a window without one), then the furthest ahead.
+        let close_enough = |s: &WalSender| match i.max_lag {
+            None => true,
+            Some(max) => s.flush.is_some_and(|f| f.bytes_behind(i.current) <= max),
+        };
         let mut eligible: Vec<&String> =
-            i.candidates.iter().filter(|c| sender(c).is_some_and(|s| s.streaming)).collect();
+            i.candidates.iter().filter(|c| sender(c).is_some_and(|s| s.streaming && close_enough(s))).collect();
         eligible.sort_by(|a, b| {
             configured(b)
                 .cmp(&configured(a))
@@ -146,6 +153,7 @@ mod tests {
         let senders = [sender("n2", false, 100), sender("n3", false, 90)];
         let input = SyncInputs {
             node_count: 1,
+            max_lag: None,
             key: None,
             candidates: &candidates,
             senders: &senders,
@@ -179,6 +187,7 @@ mod tests {
         let senders = [sender("n3", false, 500)];
         let p = t.plan(&SyncInputs {
             node_count: 1,
+            max_lag: None,
             key: Some(&key),
             candidates: &candidates,
             senders: &senders,
@@ -196,6 +205,7 @@ mod tests {
         let senders = [sender("n2", true, 90), sender("n3", false, 100)];
         let input = SyncInputs {
             node_count: 1,
+            max_lag: None,
             key: Some(&key),
             candidates: &candidates,
             senders: &senders,
@@ -207,6 +217,30 @@ mod tests {
         assert_eq!(resumed.plan(&input), SyncPlan::default());
         // Without it, the key would lose n2 until it caught up with the current position.
         assert_eq!(SyncTracker::default().plan(&input).key_first, Some(vec![]));
+    }
+
+    #[test]
+    fn a_standby_beyond_maximum_lag_on_syncnode_is_replaced() {
+        let candidates = s(&["n2", "n3"]);
+        let key = s(&["n2"]);
+        let senders = [sender("n2", true, 1000), sender("n3", false, 5000)];
+        let input = SyncInputs {
+            node_count: 1,
+            max_lag: Some(1 << 10),
+            key: Some(&key),
+            candidates: &candidates,
+            senders: &senders,
+            current: Lsn(5000),
+            configured: &key,
+        };
+        let mut t = SyncTracker::default();
+        t.resume(&key, &senders);
+        // 4000 bytes behind with a limit of 1024: out of the key first, n3 named instead.
+        assert_eq!(t.plan(&input), SyncPlan { key_first: Some(vec![]), configure: Some(s(&["n3"])), key_then: None });
+        // No limit (-1): kept.
+        let mut t = SyncTracker::default();
+        t.resume(&key, &senders);
+        assert_eq!(t.plan(&SyncInputs { max_lag: None, ..input }), SyncPlan::default());
     }
 
     #[test]
@@ -239,7 +273,8 @@ mod tests {
             ticks in proptest::collection::vec(
                 (proptest::collection::vec((any::<bool>(), 0u64..40), 3), 0u64..30, 1usize..3, any::<bool>()),
                 1..25,
-            )
+            ),
+            max_lag in proptest::option::of(0u64..40),
         ) {
             let names = s(&["n2", "n3", "n4"]);
             let mut t = SyncTracker::default();
@@ -276,6 +311,7 @@ mod tests {
                 let key = sim.key.clone();
                 let plan = t.plan(&SyncInputs {
                     node_count,
+                    max_lag,
                     key: key.as_deref(),
                     candidates: &names,
                     senders: &senders,

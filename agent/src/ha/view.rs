@@ -182,6 +182,9 @@ pub struct HaConfig {
     /// `synchronous_mode_strict`: with no standby to name, commits wait for any standby
     /// (synchronous_standby_names = '*') rather than go on without one.
     pub synchronous_mode_strict: bool,
+    /// `maximum_lag_on_syncnode` (bytes): a standby whose flushed WAL is further behind is not
+    /// kept or made synchronous. None (Patroni's -1): no limit.
+    pub maximum_lag_on_syncnode: Option<u64>,
 }
 
 impl Default for HaConfig {
@@ -196,6 +199,7 @@ impl Default for HaConfig {
             synchronous_mode: false,
             synchronous_node_count: 1,
             synchronous_mode_strict: false,
+            maximum_lag_on_syncnode: None,
         }
     }
 }

@@ -67,6 +67,7 @@ impl Runtime {
         };
         let plan = self.sync_tracker.plan(&SyncInputs {
             node_count: self.ha.synchronous_node_count,
+            max_lag: self.ha.maximum_lag_on_syncnode,
             key: mine.map(|k| k.standbys.as_slice()),
             candidates: &candidates,
             senders: &senders,
