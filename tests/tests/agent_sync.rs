@@ -1,16 +1,20 @@
 //! Synchronous mode on a running cluster (on etcd: the test loses two of three nodes, which a
-//! built-in Raft group would not survive): after `PATCH /config
-//! {"synchronous_mode": true}` the primary names one standby in synchronous_standby_names and in
-//! the `sync` key, `/sync` and `/async` say which; when the primary's node dies, that standby takes
-//! over even though the other one has a higher failover_priority; the new primary makes the other
-//! standby synchronous; when its only standby dies, writes go on (synchronous_mode without
-//! strict) once the key and the setting have let it go, and with synchronous_mode_strict they
-//! wait. In strict mode a synchronous standby that takes over with no other standby left never
-//! acknowledges a commit alone.
+//! built-in Raft group would not survive).
+//!
+//! - After `pgha ctl edit-config --set synchronous_mode=true` the primary names one standby in
+//!   synchronous_standby_names and in the `sync` key; `/sync`, `/async` and `pgha ctl list` say
+//!   which.
+//! - When the primary's node dies under a writer, that standby takes over with every
+//!   acknowledged row, although the other one has a higher failover_priority.
+//! - The new primary makes the other standby synchronous; when that one dies, writes go on
+//!   (synchronous_mode without strict) once the key and the setting have let it go, and with
+//!   synchronous_mode_strict they wait.
+//! - In strict mode a synchronous standby that takes over with no other standby left never
+//!   acknowledges a commit alone.
 
 use harness::agent_checks::{healthy, streaming_cluster};
 use harness::cluster::{connect, http, PghaCluster, Timing};
-use harness::wait_for;
+use harness::{run_pgha, wait_for};
 use std::time::Duration;
 
 /// The primary's synchronous_standby_names and the standbys pg_stat_replication reports `sync`.
@@ -45,11 +49,24 @@ async fn the_sync_standby(cluster: &PghaCluster, primary: usize) -> anyhow::Resu
 async fn etcd_synchronous_mode_fails_over_to_the_synchronous_standby_only() {
     let mut cluster = PghaCluster::start_on_etcd(3, Timing::default()).await.unwrap();
     let old = healthy(&cluster).await;
-    let (code, text) =
-        http(cluster.nodes[old].api_port, "PATCH", "/config", Some(r#"{"synchronous_mode": true}"#)).await.unwrap();
-    assert_eq!(code, 200, "{text}");
+    let api = format!("http://127.0.0.1:{}", cluster.nodes[old].api_port);
+    let ctl = |args: &'static [&'static str]| {
+        let api = api.clone();
+        async move {
+            let mut all = vec!["ctl", "--api", api.as_str()];
+            all.extend_from_slice(args);
+            let out = run_pgha(&all, Duration::from_secs(60)).await.unwrap();
+            assert!(out.status.success(), "pgha {all:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    ctl(&["edit-config", "--set", "synchronous_mode=true"]).await;
     let sync = the_sync_standby(&cluster, old).await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
     let other = (0..3).find(|i| *i != old && *i != sync).unwrap();
+    let list = ctl(&["list"]).await;
+    let line = |i: usize| list.lines().find(|l| l.starts_with(&cluster.nodes[i].name)).unwrap_or_default().to_string();
+    assert!(line(sync).contains("Sync Standby"), "{list}");
+    assert!(line(other).contains("Replica"), "{list}");
     let (code, _) = http(cluster.nodes[other].api_port, "GET", "/async", None).await.unwrap();
     assert_eq!(code, 200, "the other standby is not asynchronous");
     let (_, text) = http(cluster.nodes[old].api_port, "GET", "/cluster", None).await.unwrap();
