@@ -231,3 +231,26 @@ async fn history_lists_timelines_from_the_history_key() {
     let (code, text) = call(&api, Method::GET, "/history", "", None).await;
     assert_eq!((code, serde_json::from_str::<Value>(&text).unwrap()), (200, history));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_synchronous_mode_a_switchover_goes_only_to_a_synchronous_standby() {
+    let c = cluster("api-sync").await;
+    let api = router(c.state.clone());
+    let dcs = &c.sessions[0];
+    dcs.write(ClusterKey::Config, br#"{"synchronous_mode": true}"#, Expected::Any).await.unwrap();
+    // The key names n3, which is tagged nofailover in this cluster: nobody may take over.
+    dcs.write(ClusterKey::Sync, br#"{"leader":"n1","sync_standby":"n3"}"#, Expected::Any).await.unwrap();
+    let cases = [
+        (r#"{"leader":"n1","candidate":"n2"}"#, "candidate name does not match with sync_standby"),
+        (r#"{"leader":"n1"}"#, "no synchronous standby is running and eligible"),
+    ];
+    for (body, reason) in cases {
+        let (code, text) = call(&api, Method::POST, "/switchover", body, None).await;
+        assert_eq!(code, 412, "{body}: {text}");
+        assert!(text.contains(reason), "{body}: {text:?} lacks {reason:?}");
+    }
+    let (code, text) = call(&api, Method::POST, "/failover", r#"{"candidate":"n2"}"#, None).await;
+    assert_eq!(code, 412, "{text}");
+    assert!(text.contains("does not match with sync_standby"), "{text}");
+    assert_eq!(key(&c.sessions[0], ClusterKey::Failover).await, None, "nothing was written");
+}

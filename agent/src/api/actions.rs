@@ -128,9 +128,17 @@ fn check_request(
             unfit(c, &m).map_or(Ok(()), Err)
         }
         None => {
-            let others = member_names(snap).filter(|n| current.as_deref() != Some(*n));
+            // In synchronous mode only a synchronous standby can take over.
+            let sync = sync_standbys(snap);
+            let may = |n: &str| sync.as_ref().is_none_or(|s| s.iter().any(|x| x.eq_ignore_ascii_case(n)));
+            let others = member_names(snap).filter(|n| current.as_deref() != Some(*n) && may(n));
             if others.filter_map(|n| member(snap, n).map(|m| (n, m))).any(|(n, m)| unfit(n, &m).is_none()) {
                 Ok(())
+            } else if sync.is_some() {
+                Err(format!(
+                    "{} is not possible: synchronous mode is on and no synchronous standby is running and eligible",
+                    kind.noun()
+                ))
             } else {
                 Err(format!("{} is not possible: no other member is running and eligible", kind.noun()))
             }

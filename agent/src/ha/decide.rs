@@ -249,10 +249,12 @@ fn running(
                     );
                 }
                 if req.candidate.is_none() {
-                    let any = view
-                        .members
-                        .iter()
-                        .any(|m| m.name != me && m.running && m.role == Role::Replica && !m.nofailover);
+                    // In synchronous mode only a synchronous standby will race for the lock.
+                    let sync = view.sync_standbys(config);
+                    let may_race = |name: &str| sync.is_none_or(|s| s.iter().any(|n| n.eq_ignore_ascii_case(name)));
+                    let any = view.members.iter().any(|m| {
+                        m.name != me && m.running && m.role == Role::Replica && !m.nofailover && may_race(&m.name)
+                    });
                     if any {
                         return act(
                             vec![Action::Demote { leader: None }, Action::ReleaseLock],

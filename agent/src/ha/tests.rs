@@ -297,6 +297,13 @@ fn in_synchronous_mode_a_switchover_goes_only_to_a_synchronous_standby() {
     v.failover = Some(switchover("n1", "n3", None));
     let d = decide(&v, &primary("n1", now), &sync_on(), now);
     assert_eq!(d.actions, vec![Action::Demote { leader: Some("n3".into()) }, Action::ReleaseLock]);
+    // Without a candidate: only while a synchronous standby runs (no other would race).
+    v.failover = Some(FailoverRequest { leader: Some("n1".into()), ..FailoverRequest::default() });
+    let d = decide(&v, &primary("n1", now), &sync_on(), now);
+    assert_eq!(d.actions, vec![Action::Demote { leader: None }, Action::ReleaseLock], "{}", d.reason);
+    v.members.retain(|m| m.name != "n3");
+    let d = decide(&v, &primary("n1", now), &sync_on(), now);
+    assert_eq!(d.actions, vec![Action::RefreshLock], "{}", d.reason);
 }
 
 proptest! {
