@@ -1,5 +1,5 @@
-//! Synchronous mode on a running cluster (on etcd: the test loses two of three nodes, which a
-//! built-in Raft group would not survive).
+//! Synchronous mode on a running cluster, on the built-in Raft and on etcd (only the etcd test
+//! goes on to lose a second node, which a three-member Raft group would not survive).
 //!
 //! - After `pgha ctl edit-config --set synchronous_mode=true` the primary names one standby in
 //!   synchronous_standby_names and in the `sync` key; `/sync`, `/async` and `pgha ctl list` say
@@ -45,10 +45,11 @@ async fn the_sync_standby(cluster: &PghaCluster, primary: usize) -> anyhow::Resu
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn etcd_synchronous_mode_fails_over_to_the_synchronous_standby_only() {
-    let mut cluster = PghaCluster::start_on_etcd(3, Timing::default()).await.unwrap();
-    let old = healthy(&cluster).await;
+/// Synchronous mode on, checked from every side; then the primary's node killed under a writer:
+/// the synchronous standby takes over with every acknowledged row and makes the remaining
+/// standby synchronous. Returns (new primary, that standby, a connection to the new primary).
+async fn fails_over_to_the_synchronous_standby(cluster: &mut PghaCluster) -> (usize, usize, tokio_postgres::Client) {
+    let old = healthy(cluster).await;
     let api = format!("http://127.0.0.1:{}", cluster.nodes[old].api_port);
     let ctl = |args: &'static [&'static str]| {
         let api = api.clone();
@@ -61,7 +62,7 @@ async fn etcd_synchronous_mode_fails_over_to_the_synchronous_standby_only() {
         }
     };
     ctl(&["edit-config", "--set", "synchronous_mode=true"]).await;
-    let sync = the_sync_standby(&cluster, old).await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let sync = the_sync_standby(cluster, old).await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
     let other = (0..3).find(|i| *i != old && *i != sync).unwrap();
     let list = ctl(&["list"]).await;
     let line = |i: usize| list.lines().find(|l| l.starts_with(&cluster.nodes[i].name)).unwrap_or_default().to_string();
@@ -94,8 +95,8 @@ async fn etcd_synchronous_mode_fails_over_to_the_synchronous_standby_only() {
     cluster.nodes[other].stop_agent().await.unwrap();
     cluster.nodes[other].add_section("[tags]\nfailover_priority = 5");
     cluster.nodes[other].start_agent().unwrap();
-    streaming_cluster(&cluster, None).await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
-    assert_eq!(the_sync_standby(&cluster, old).await.unwrap(), sync, "the synchronous standby changed");
+    streaming_cluster(cluster, None).await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    assert_eq!(the_sync_standby(cluster, old).await.unwrap(), sync, "the synchronous standby changed");
 
     // Every commit acknowledged with synchronous replication on is on the synchronous standby:
     // a writer commits one row after another while the primary's node is killed.
@@ -135,8 +136,21 @@ async fn etcd_synchronous_mode_fails_over_to_the_synchronous_standby_only() {
     eprintln!("{} rows acknowledged before the kill, all on the new primary", acked.len());
 
     // The new primary makes the remaining standby synchronous.
-    let s = the_sync_standby(&cluster, new).await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let s = the_sync_standby(cluster, new).await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
     assert_eq!(s, other);
+    (new, other, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_synchronous_mode_fails_over_to_the_synchronous_standby_only() {
+    let mut cluster = PghaCluster::start_on_raft(3, Timing::default()).await.unwrap();
+    fails_over_to_the_synchronous_standby(&mut cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_synchronous_mode_fails_over_to_the_synchronous_standby_only() {
+    let mut cluster = PghaCluster::start_on_etcd(3, Timing::default()).await.unwrap();
+    let (new, other, c) = fails_over_to_the_synchronous_standby(&mut cluster).await;
 
     // Its only standby lost: the key and the setting let it go, and writes go on.
     cluster.nodes[other].kill_node();
