@@ -30,7 +30,7 @@ pub(crate) fn render(s: &NodeStatus) -> String {
     let primary = s.role == NodeRole::Primary;
     let flag = |b: bool| u64::from(b).to_string();
     let lsn = |p: Option<crate::ha::Lsn>| p.map_or(0, |p| p.0).to_string();
-    let rows: [(&str, &str, &str, String); 15] = [
+    let rows: [(&str, &str, &str, String); 16] = [
         ("version", "gauge", "Patroni semver without periods (pgha's version).", padded_version(VERSION)),
         ("postgres_running", "gauge", "Value is 1 if Postgres is running, 0 otherwise.", flag(s.pg_running)),
         ("primary", "gauge", "Value is 1 if this node is the leader, 0 otherwise.", flag(primary)),
@@ -41,6 +41,12 @@ pub(crate) fn render(s: &NodeStatus) -> String {
             lsn(s.wal_position.filter(|_| primary)),
         ),
         ("replica", "gauge", "Value is 1 if this node is a replica, 0 otherwise.", flag(replica)),
+        (
+            "sync_standby",
+            "gauge",
+            "Value is 1 if this node is a sync standby replica, 0 otherwise.",
+            flag(replica && s.sync_standby),
+        ),
         (
             "xlog_received_location",
             "counter",
@@ -120,6 +126,7 @@ mod tests {
         assert!(text.contains("patroni_primary{scope=\"demo\",name=\"pg\\\"1\"} 1\n"), "{text}");
         assert_eq!(sample(&text, "patroni_xlog_location").as_deref(), Some("22320573386952"));
         assert_eq!(sample(&text, "patroni_replica").as_deref(), Some("0"));
+        assert_eq!(sample(&text, "patroni_sync_standby").as_deref(), Some("0"));
         assert_eq!(sample(&text, "patroni_postgres_running").as_deref(), Some("1"));
         assert_eq!(sample(&text, "patroni_postgres_timeline").as_deref(), Some("24"));
         assert_eq!(sample(&text, "patroni_cluster_unlocked").as_deref(), Some("0"));

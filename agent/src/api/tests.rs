@@ -187,6 +187,9 @@ async fn sync_and_async_follow_the_sync_key() {
         assert_eq!(get(&named.router, uri).await.0, when_named, "{uri} on the named standby");
         assert_eq!(get(&other.router, uri).await.0, when_not, "{uri} on another standby");
     }
+    let gauge = "patroni_sync_standby{scope=\"demo\",name=\"pg1\"}";
+    assert!(get(&named.router, "/metrics").await.1.contains(&format!("{gauge} 1\n")));
+    assert!(get(&other.router, "/metrics").await.1.contains(&format!("{gauge} 0\n")));
 }
 
 #[tokio::test]
