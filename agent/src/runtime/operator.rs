@@ -20,6 +20,9 @@ impl Runtime {
                         ttl = ?ha.ttl, loop_wait = ?ha.loop_wait, retry_timeout = ?ha.retry_timeout,
                         maximum_lag_on_failover = ha.maximum_lag_on_failover,
                         primary_start_timeout = ?ha.primary_start_timeout,
+                        synchronous_mode = ha.synchronous_mode,
+                        synchronous_node_count = ha.synchronous_node_count,
+                        synchronous_mode_strict = ha.synchronous_mode_strict,
                         "HA timing from the dynamic configuration applied"
                     );
                     self.ha = ha;
