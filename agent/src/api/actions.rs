@@ -115,7 +115,7 @@ fn check_request(
                 return Err(format!("candidate {c} is already the leader"));
             }
             if let Some(standbys) = sync_standbys(snap) {
-                if !standbys.iter().any(|s| s.eq_ignore_ascii_case(c)) {
+                if !crate::ha::is_named(&standbys, c) {
                     // Patroni's answer: only a synchronous standby has every acknowledged
                     // transaction.
                     return Err(format!(
@@ -130,7 +130,7 @@ fn check_request(
         None => {
             // In synchronous mode only a synchronous standby can take over.
             let sync = sync_standbys(snap);
-            let may = |n: &str| sync.as_ref().is_none_or(|s| s.iter().any(|x| x.eq_ignore_ascii_case(n)));
+            let may = |n: &str| sync.as_ref().is_none_or(|s| crate::ha::is_named(s, n));
             let others = member_names(snap).filter(|n| current.as_deref() != Some(*n) && may(n));
             if others.filter_map(|n| member(snap, n).map(|m| (n, m))).any(|(n, m)| unfit(n, &m).is_none()) {
                 Ok(())

@@ -225,17 +225,15 @@ fn running(
             let failover_to_other = req.leader.is_none() && req.candidate.as_deref().is_some_and(|c| c != me);
             if req.leader.as_deref() == Some(me) || failover_to_other {
                 if let Some(c) = req.candidate.as_deref().filter(|c| *c != me) {
-                    if let Some(standbys) = view.sync_standbys(config) {
-                        if !standbys.iter().any(|s| s.eq_ignore_ascii_case(c)) {
-                            return staying(
-                                leading(local, config, now, role, position),
-                                format!(
-                                    "switchover to {c} requested, but synchronous mode is on and {c} is not a \
-                                     synchronous standby ({}); staying leader",
-                                    standbys.join(", ")
-                                ),
-                            );
-                        }
+                    if !view.may_take_over(config, c) {
+                        return staying(
+                            leading(local, config, now, role, position),
+                            format!(
+                                "switchover to {c} requested, but synchronous mode is on and {c} is not a \
+                                 synchronous standby ({}); staying leader",
+                                view.sync_standbys(config).unwrap_or_default().join(", ")
+                            ),
+                        );
                     }
                     if view.member(c).is_some_and(|m| m.running && m.role == Role::Replica) {
                         return act(
@@ -250,10 +248,12 @@ fn running(
                 }
                 if req.candidate.is_none() {
                     // In synchronous mode only a synchronous standby will race for the lock.
-                    let sync = view.sync_standbys(config);
-                    let may_race = |name: &str| sync.is_none_or(|s| s.iter().any(|n| n.eq_ignore_ascii_case(name)));
                     let any = view.members.iter().any(|m| {
-                        m.name != me && m.running && m.role == Role::Replica && !m.nofailover && may_race(&m.name)
+                        m.name != me
+                            && m.running
+                            && m.role == Role::Replica
+                            && !m.nofailover
+                            && view.may_take_over(config, &m.name)
                     });
                     if any {
                         return act(
@@ -363,14 +363,11 @@ fn race(
     }
     // Synchronous mode: only a standby the `sync` key names holds every transaction the last
     // leader acknowledged; no other may take over, not even when an operator names it.
-    let sync_standbys = view.sync_standbys(config);
-    if let Some(standbys) = sync_standbys {
-        if !standbys.iter().any(|s| s.eq_ignore_ascii_case(me)) {
-            return idle(format!(
-                "leader lock is free, but synchronous mode is on and only {} may take over (the sync key); not racing",
-                standbys.join(", ")
-            ));
-        }
+    if !view.may_take_over(config, me) {
+        return idle(format!(
+            "leader lock is free, but synchronous mode is on and only {} may take over (the sync key); not racing",
+            view.sync_standbys(config).unwrap_or_default().join(", ")
+        ));
     }
     let Some(streamed) = local.last_streamed else {
         return idle("leader lock is free, but I have never streamed from a primary since I started: my position is not trusted; not promoting (pgha ctl failover to force)".into());
@@ -404,7 +401,7 @@ fn race(
     let named = manual.as_deref() == Some(me);
     // In synchronous mode a member the key does not name does not race, so it is no rival
     // however far ahead (but one still running as primary stops the race all the same).
-    let rival = |name: &str| sync_standbys.is_none_or(|s| s.iter().any(|n| n.eq_ignore_ascii_case(name)));
+    let rival = |name: &str| view.may_take_over(config, name);
     if let Some(reason) = someone_better(probes, local, position, named, rival) {
         return idle(reason);
     }

@@ -10,6 +10,7 @@ mod view;
 
 pub use decide::{decide, drains_before_demote, Action, Decision};
 pub use lsn::Lsn;
+pub use view::is_named;
 pub use view::{
     ClusterView, FailoverRequest, HaConfig, LocalState, MemberView, PeerProbe, PgState, Role, ScheduledAt, StreamPoint,
     SyncKey,

@@ -36,11 +36,10 @@ pub struct SyncKey {
     pub revision: i64,
 }
 
-impl SyncKey {
-    /// Whether `name` is one of the named synchronous standbys.
-    pub fn names(&self, name: &str) -> bool {
-        self.standbys.iter().any(|s| s.eq_ignore_ascii_case(name))
-    }
+/// Whether `standbys` (of a `sync` key) holds `name`, case-insensitively as PostgreSQL and
+/// Patroni compare member names.
+pub fn is_named(standbys: &[String], name: &str) -> bool {
+    standbys.iter().any(|s| s.eq_ignore_ascii_case(name))
 }
 
 /// A pending switchover (leader set) or failover (candidate only) from the `failover` key.
@@ -105,6 +104,11 @@ impl ClusterView {
             return None;
         }
         self.sync.as_ref().filter(|k| k.leader.is_some() && !k.standbys.is_empty()).map(|k| k.standbys.as_slice())
+    }
+
+    /// Whether `name` may take over as synchronous mode stands (always when it does not apply).
+    pub fn may_take_over(&self, config: &HaConfig, name: &str) -> bool {
+        self.sync_standbys(config).is_none_or(|s| is_named(s, name))
     }
 }
 

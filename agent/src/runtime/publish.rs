@@ -73,8 +73,7 @@ impl Runtime {
             (self.ha.loop_wait.as_millis() as u64, self.ha.retry_timeout.as_millis() as u64);
         let pending_restart = probe.as_ref().is_some_and(|p| !p.pending_restart.is_empty());
         let sysid = self.pg.system_identifier();
-        let sync_standby =
-            view.sync_standbys(&self.ha).is_some_and(|s| s.iter().any(|n| n.eq_ignore_ascii_case(&name)));
+        let sync_standby = view.sync_standbys(&self.ha).is_some_and(|s| crate::ha::is_named(s, &name));
         self.status.send_modify(|s| {
             s.role = role;
             s.pg_running = running;
