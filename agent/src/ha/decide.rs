@@ -4,7 +4,7 @@
 //! Beyond Patroni: a replica that has never streamed from the last leader's timeline, or whose
 //! position is unknown, never promotes itself automatically.
 
-use super::view::{ClusterView, HaConfig, LocalState, PeerProbe, PgState, Role};
+use super::view::{ClusterView, FailoverRequest, HaConfig, LocalState, PeerProbe, PgState, Role};
 use super::Lsn;
 use std::time::Instant;
 
@@ -46,7 +46,8 @@ pub enum Action {
     ProbePeers,
     /// kill -9 the local postmaster and its children (hung, or a primary that must not run).
     Fence,
-    /// Delete the `failover` key at `revision` (a stale scheduled switchover).
+    /// Delete the `failover` key at `revision` (a request the leader cannot carry out, or a
+    /// stale scheduled switchover).
     ClearFailover {
         revision: i64,
     },
@@ -228,6 +229,7 @@ fn running(
                     if !view.may_take_over(config, c) {
                         return staying(
                             leading(local, config, now, role, position),
+                            req,
                             format!(
                                 "switchover to {c} requested, but synchronous mode is on and {c} is not a \
                                  synchronous standby ({}); staying leader",
@@ -243,6 +245,7 @@ fn running(
                     }
                     return staying(
                         leading(local, config, now, role, position),
+                        req,
                         format!("switchover to {c} requested, but {c} is not a running replica; staying leader"),
                     );
                 }
@@ -264,6 +267,7 @@ fn running(
                     }
                     return staying(
                         leading(local, config, now, role, position),
+                        req,
                         "switchover requested, but no running replica can take over; staying leader".into(),
                     );
                 }
@@ -308,9 +312,12 @@ fn running(
     race(view, local, config, role, timeline, position)
 }
 
-/// A leader that does not hand over: it goes on leading (refreshing its lock), for `reason`.
-fn staying(mut leading: Decision, reason: String) -> Decision {
-    leading.reason = format!("{reason}; {}", leading.reason);
+/// A leader that cannot hand over as asked: it goes on leading (refreshing its lock) and, as
+/// Patroni does, deletes the request, which would otherwise run whenever it became possible,
+/// long after the operator was told it failed.
+fn staying(mut leading: Decision, request: &FailoverRequest, reason: String) -> Decision {
+    leading.actions.push(Action::ClearFailover { revision: request.revision });
+    leading.reason = format!("{reason}; dropping the request; {}", leading.reason);
     leading
 }
 

@@ -234,7 +234,7 @@ fn switchover_hands_the_lock_to_a_running_candidate_only() {
     // A leader that does not hand over goes on leading: it keeps refreshing its lock.
     v.failover = Some(switchover("n1", "ghost", None));
     let d = decide(&v, &primary("n1", now), &cfg(), now);
-    assert_eq!(d.actions, vec![Action::RefreshLock], "{}", d.reason);
+    assert_eq!(d.actions, vec![Action::RefreshLock, Action::ClearFailover { revision: 7 }], "{}", d.reason);
     assert!(d.reason.contains("ghost is not a running replica; staying leader"), "{}", d.reason);
 }
 
@@ -292,7 +292,7 @@ fn in_synchronous_mode_a_switchover_goes_only_to_a_synchronous_standby() {
     v.sync = sync_key("n1", &["n3"]);
     v.failover = Some(switchover("n1", "n2", None));
     let d = decide(&v, &primary("n1", now), &sync_on(), now);
-    assert_eq!(d.actions, vec![Action::RefreshLock], "{}", d.reason);
+    assert_eq!(d.actions, vec![Action::RefreshLock, Action::ClearFailover { revision: 7 }], "{}", d.reason);
     assert!(d.reason.contains("n2 is not a synchronous standby"), "{}", d.reason);
     v.failover = Some(switchover("n1", "n3", None));
     let d = decide(&v, &primary("n1", now), &sync_on(), now);
@@ -303,7 +303,7 @@ fn in_synchronous_mode_a_switchover_goes_only_to_a_synchronous_standby() {
     assert_eq!(d.actions, vec![Action::Demote { leader: None }, Action::ReleaseLock], "{}", d.reason);
     v.members.retain(|m| m.name != "n3");
     let d = decide(&v, &primary("n1", now), &sync_on(), now);
-    assert_eq!(d.actions, vec![Action::RefreshLock], "{}", d.reason);
+    assert_eq!(d.actions, vec![Action::RefreshLock, Action::ClearFailover { revision: 0 }], "{}", d.reason);
 }
 
 proptest! {
@@ -342,7 +342,10 @@ fn a_failover_to_a_candidate_makes_a_healthy_leader_hand_over_too() {
     // Not to a member that is not a running replica, and a switchover naming another leader is
     // not this leader's.
     v.failover = Some(failover("ghost"));
-    assert_eq!(decide(&v, &primary("n1", now), &cfg(), now).actions, vec![Action::RefreshLock]);
+    assert_eq!(
+        decide(&v, &primary("n1", now), &cfg(), now).actions,
+        vec![Action::RefreshLock, Action::ClearFailover { revision: 0 }]
+    );
     v.failover = Some(switchover("n3", "n2", None));
     let d = decide(&v, &primary("n1", now), &cfg(), now);
     assert!(!d.actions.iter().any(|a| matches!(a, Action::Demote { .. } | Action::ReleaseLock)), "{d:?}");

@@ -153,11 +153,11 @@ impl Runtime {
                 let delete = self.dcs.delete(ClusterKey::Failover, Expected::Revision(*revision));
                 match tokio::time::timeout(rt, delete).await {
                     Ok(Ok(())) => {
-                        tracing::warn!("deleted a stale scheduled switchover (found more than 1.5 x loop_wait late)");
+                        tracing::warn!("deleted the switchover request (the decision above says why it cannot run)");
                         Ok(())
                     }
-                    Ok(Err(e)) => Err(format!("could not delete the stale scheduled switchover: {e}")),
-                    Err(_) => Err("deleting the stale scheduled switchover timed out".into()),
+                    Ok(Err(e)) => Err(format!("could not delete the switchover request: {e}")),
+                    Err(_) => Err("deleting the switchover request timed out".into()),
                 }
             }
             Action::Fence => {
