@@ -11,8 +11,10 @@
 //!   synchronous_mode_strict they wait.
 //! - In strict mode a synchronous standby that takes over with no other standby left never
 //!   acknowledges a commit alone.
+//! - Three failovers in a row, each under a writer, the old primary rewound and back as a
+//!   standby each time: no acknowledged row is lost.
 
-use harness::agent_checks::{healthy, streaming_cluster};
+use harness::agent_checks::{another_primary, healthy, streaming_cluster, streams_again};
 use harness::cluster::{connect, http, PghaCluster, Timing};
 use harness::{run_pgha, wait_for};
 use std::time::Duration;
@@ -211,4 +213,49 @@ async fn etcd_strict_synchronous_mode_takes_over_without_acknowledging_alone() {
         tokio::time::timeout(Duration::from_secs(3), insert).await.is_err(),
         "the new primary acknowledged a commit without a standby in strict synchronous mode"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_synchronous_mode_loses_no_acknowledged_row_over_three_failovers() {
+    let mut cluster = PghaCluster::start_on_etcd(3, Timing::default()).await.unwrap();
+    let mut primary = healthy(&cluster).await;
+    let body = r#"{"synchronous_mode": true}"#;
+    let (code, text) = http(cluster.nodes[primary].api_port, "PATCH", "/config", Some(body)).await.unwrap();
+    assert_eq!(code, 200, "{text}");
+    let c = connect(&cluster.nodes[primary].dsn()).await.unwrap();
+    c.batch_execute("create table acked (v int)").await.unwrap();
+    let mut acked_all: Vec<i32> = Vec::new();
+    for round in 0..3 {
+        let sync = the_sync_standby(&cluster, primary).await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+        // A writer on the primary, its node killed under it.
+        let c = connect(&cluster.nodes[primary].dsn()).await.unwrap();
+        let first = 1 + round * 10_000_000;
+        let writer = tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for v in first.. {
+                match c.execute("insert into acked values ($1)", &[&v]).await {
+                    Ok(_) => acked.push(v),
+                    Err(_) => break,
+                }
+            }
+            acked
+        });
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        cluster.nodes[primary].kill_node();
+        let acked = tokio::time::timeout(Duration::from_secs(30), writer).await.expect("the writer hung").unwrap();
+        assert!(!acked.is_empty(), "round {round}: the writer committed nothing");
+        acked_all.extend(acked);
+        let new = another_primary(&cluster, primary, 60).await;
+        assert_eq!(new, sync, "round {round}: not the synchronous standby took over\n{}", cluster.logs());
+        let c = connect(&cluster.nodes[new].dsn()).await.unwrap();
+        let kept: std::collections::HashSet<i32> =
+            c.query("select v from acked", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+        let lost: Vec<&i32> = acked_all.iter().filter(|v| !kept.contains(v)).collect();
+        assert!(lost.is_empty(), "round {round}: acknowledged rows lost: {lost:?}");
+        eprintln!("round {round}: {} acknowledged rows so far, all on {}", acked_all.len(), cluster.nodes[new].name);
+        // The old primary comes back (rewound) and follows.
+        cluster.nodes[primary].start_agent().unwrap_or_else(|e| panic!("{e:#}"));
+        streams_again(&cluster, primary, "the old primary to stream again", 90).await;
+        primary = new;
+    }
 }

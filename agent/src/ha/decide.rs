@@ -386,7 +386,8 @@ fn race(
     };
     if streamed.timeline != leader_tl || timeline != leader_tl {
         return idle(format!(
-            "leader lock is free, but I never streamed from the last leader's timeline {leader_tl} (I streamed from {}); not promoting",
+            "leader lock is free, but I never streamed from the last leader's timeline {leader_tl} (I streamed from {}, \
+             and replay is on timeline {timeline}); not promoting",
             streamed.timeline
         ));
     }

@@ -82,7 +82,18 @@ impl Runtime {
                     } else {
                         self.not_streaming_since = None;
                     }
-                    let state = PgState::Running { role, timeline: p.timeline, wal_position: position };
+                    // Without a WAL receiver a standby's timeline comes from its last
+                    // restartpoint, which lags after a pg_rewind onto a new timeline until the
+                    // next one. WAL this agent saw it receive on a newer timeline is replayed on
+                    // that timeline (recovery_target_timeline = 'latest'): without this, a
+                    // standby rewound after one failover could not take over in the next.
+                    let timeline = match self.last_streamed {
+                        Some(s) if p.in_recovery && p.receiver_status.as_deref() != Some("streaming") => {
+                            p.timeline.max(s.timeline)
+                        }
+                        _ => p.timeline,
+                    };
+                    let state = PgState::Running { role, timeline, wal_position: position };
                     probe = Some(p);
                     state
                 }
