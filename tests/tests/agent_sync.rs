@@ -27,6 +27,44 @@ async fn sync_state(cluster: &PghaCluster, primary: usize) -> anyhow::Result<(St
     Ok((names, rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?))
 }
 
+/// Commits `first`, `first + 1`, ... into `acked` one after another, as fast as the primary
+/// acknowledges them, until the connection fails; returns what was acknowledged. (Not the
+/// harness's `Writer`, which commits every 20 ms: back to back, far more commits are in flight
+/// when the node dies, which is what a lost acknowledged commit needs to show up.)
+fn write_until_cut_off(c: tokio_postgres::Client, first: i32) -> tokio::task::JoinHandle<Vec<i32>> {
+    tokio::spawn(async move {
+        let mut acked = Vec::new();
+        for v in first.. {
+            match c.execute("insert into acked values ($1)", &[&v]).await {
+                Ok(_) => acked.push(v),
+                Err(_) => break,
+            }
+        }
+        acked
+    })
+}
+
+/// Every acknowledged value is in `acked` on the node `c` is connected to.
+async fn assert_none_lost(c: &tokio_postgres::Client, acked: &[i32], when: &str) {
+    let rows = c.query("select v from acked", &[]).await.unwrap();
+    let kept: std::collections::HashSet<i32> = rows.iter().map(|r| r.get(0)).collect();
+    let lost: Vec<&i32> = acked.iter().filter(|v| !kept.contains(v)).collect();
+    assert!(lost.is_empty(), "acknowledged rows lost in {when}: {lost:?} of {}", acked.len());
+}
+
+/// Inserting `v` is still waiting (for a synchronous standby) after 3 s.
+async fn assert_commit_waits(c: &tokio_postgres::Client, v: i32, otherwise: &str) {
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&v];
+    let insert = c.execute("insert into acked values ($1)", &params);
+    assert!(tokio::time::timeout(Duration::from_secs(3), insert).await.is_err(), "{otherwise}");
+}
+
+/// `PATCH /config` with `body` through `node`'s API.
+async fn patch_config(cluster: &PghaCluster, node: usize, body: &str) {
+    let (code, text) = http(cluster.nodes[node].api_port, "PATCH", "/config", Some(body)).await.unwrap();
+    assert_eq!(code, 200, "PATCH /config {body}: {text}");
+}
+
 /// The index of the one node whose `/sync` answers 200, once exactly one does and the primary's
 /// setting names it.
 async fn the_sync_standby(cluster: &PghaCluster, primary: usize) -> anyhow::Result<usize> {
@@ -104,20 +142,12 @@ async fn fails_over_to_the_synchronous_standby(cluster: &mut PghaCluster) -> (us
     // a writer commits one row after another while the primary's node is killed.
     let c = connect(&cluster.nodes[old].dsn()).await.unwrap();
     c.batch_execute("create table acked (v int); insert into acked values (1)").await.unwrap();
-    let writer = tokio::spawn(async move {
-        let mut acked = vec![1];
-        for v in 2.. {
-            match c.execute("insert into acked values ($1)", &[&v]).await {
-                Ok(_) => acked.push(v),
-                Err(_) => break,
-            }
-        }
-        acked
-    });
+    let writer = write_until_cut_off(c, 2);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     cluster.nodes[old].kill_node();
-    let acked = tokio::time::timeout(Duration::from_secs(30), writer).await.expect("the writer hung").unwrap();
+    let mut acked = tokio::time::timeout(Duration::from_secs(30), writer).await.expect("the writer hung").unwrap();
     assert!(acked.len() > 10, "the writer committed only {} rows", acked.len());
+    acked.push(1);
     let new = wait_for("a new primary", Duration::from_secs(60), || async {
         let p = cluster.primaries().await;
         Ok((p.len() == 1).then(|| p[0]))
@@ -131,10 +161,7 @@ async fn fails_over_to_the_synchronous_standby(cluster: &mut PghaCluster) -> (us
         cluster.nodes[other].agent_log()
     );
     let c = connect(&cluster.nodes[new].dsn()).await.unwrap();
-    let rows = c.query("select v from acked", &[]).await.unwrap();
-    let kept: std::collections::HashSet<i32> = rows.iter().map(|r| r.get(0)).collect();
-    let lost: Vec<&i32> = acked.iter().filter(|v| !kept.contains(v)).collect();
-    assert!(lost.is_empty(), "acknowledged rows lost in the failover: {lost:?} of {}", acked.len());
+    assert_none_lost(&c, &acked, "the failover").await;
     eprintln!("{} rows acknowledged before the kill, all on the new primary", acked.len());
 
     // The new primary makes the remaining standby synchronous.
@@ -168,30 +195,20 @@ async fn etcd_synchronous_mode_fails_over_to_the_synchronous_standby_only() {
         .unwrap();
 
     // synchronous_mode_strict: without a standby, commits wait for one.
-    let (code, text) =
-        http(cluster.nodes[new].api_port, "PATCH", "/config", Some(r#"{"synchronous_mode_strict": true}"#))
-            .await
-            .unwrap();
-    assert_eq!(code, 200, "{text}");
+    patch_config(&cluster, new, r#"{"synchronous_mode_strict": true}"#).await;
     wait_for("synchronous_standby_names = '*'", Duration::from_secs(30), || async {
         Ok((sync_state(&cluster, new).await?.0 == "*").then_some(()))
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
-    let insert = c.execute("insert into acked values (3)", &[]);
-    assert!(
-        tokio::time::timeout(Duration::from_secs(3), insert).await.is_err(),
-        "a commit went through without a standby in strict synchronous mode"
-    );
+    assert_commit_waits(&c, 3, "a commit went through without a standby in strict synchronous mode").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_strict_synchronous_mode_takes_over_without_acknowledging_alone() {
     let mut cluster = PghaCluster::start_on_etcd(3, Timing::default()).await.unwrap();
     let old = healthy(&cluster).await;
-    let body = r#"{"synchronous_mode": true, "synchronous_mode_strict": true}"#;
-    let (code, text) = http(cluster.nodes[old].api_port, "PATCH", "/config", Some(body)).await.unwrap();
-    assert_eq!(code, 200, "{text}");
+    patch_config(&cluster, old, r#"{"synchronous_mode": true, "synchronous_mode_strict": true}"#).await;
     let sync = the_sync_standby(&cluster, old).await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
     let other = (0..3).find(|i| *i != old && *i != sync).unwrap();
     cluster.nodes[other].kill_node();
@@ -208,20 +225,15 @@ async fn etcd_strict_synchronous_mode_takes_over_without_acknowledging_alone() {
     let c = connect(&cluster.nodes[sync].dsn()).await.unwrap();
     let n: i64 = c.query_one("select count(*) from acked", &[]).await.unwrap().get(0);
     assert_eq!(n, 1);
-    let insert = c.execute("insert into acked values (2)", &[]);
-    assert!(
-        tokio::time::timeout(Duration::from_secs(3), insert).await.is_err(),
-        "the new primary acknowledged a commit without a standby in strict synchronous mode"
-    );
+    assert_commit_waits(&c, 2, "the new primary acknowledged a commit without a standby in strict synchronous mode")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_synchronous_mode_loses_no_acknowledged_row_over_three_failovers() {
     let mut cluster = PghaCluster::start_on_etcd(3, Timing::default()).await.unwrap();
     let mut primary = healthy(&cluster).await;
-    let body = r#"{"synchronous_mode": true}"#;
-    let (code, text) = http(cluster.nodes[primary].api_port, "PATCH", "/config", Some(body)).await.unwrap();
-    assert_eq!(code, 200, "{text}");
+    patch_config(&cluster, primary, r#"{"synchronous_mode": true}"#).await;
     let c = connect(&cluster.nodes[primary].dsn()).await.unwrap();
     c.batch_execute("create table acked (v int)").await.unwrap();
     let mut acked_all: Vec<i32> = Vec::new();
@@ -230,16 +242,7 @@ async fn etcd_synchronous_mode_loses_no_acknowledged_row_over_three_failovers() 
         // A writer on the primary, its node killed under it.
         let c = connect(&cluster.nodes[primary].dsn()).await.unwrap();
         let first = 1 + round * 10_000_000;
-        let writer = tokio::spawn(async move {
-            let mut acked = Vec::new();
-            for v in first.. {
-                match c.execute("insert into acked values ($1)", &[&v]).await {
-                    Ok(_) => acked.push(v),
-                    Err(_) => break,
-                }
-            }
-            acked
-        });
+        let writer = write_until_cut_off(c, first);
         tokio::time::sleep(Duration::from_millis(1000)).await;
         cluster.nodes[primary].kill_node();
         let acked = tokio::time::timeout(Duration::from_secs(30), writer).await.expect("the writer hung").unwrap();
@@ -248,10 +251,7 @@ async fn etcd_synchronous_mode_loses_no_acknowledged_row_over_three_failovers() 
         let new = another_primary(&cluster, primary, 60).await;
         assert_eq!(new, sync, "round {round}: not the synchronous standby took over\n{}", cluster.logs());
         let c = connect(&cluster.nodes[new].dsn()).await.unwrap();
-        let kept: std::collections::HashSet<i32> =
-            c.query("select v from acked", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
-        let lost: Vec<&i32> = acked_all.iter().filter(|v| !kept.contains(v)).collect();
-        assert!(lost.is_empty(), "round {round}: acknowledged rows lost: {lost:?}");
+        assert_none_lost(&c, &acked_all, &format!("failover {}", round + 1)).await;
         eprintln!("round {round}: {} acknowledged rows so far, all on {}", acked_all.len(), cluster.nodes[new].name);
         // The old primary comes back (rewound) and follows.
         cluster.nodes[primary].start_agent().unwrap_or_else(|e| panic!("{e:#}"));

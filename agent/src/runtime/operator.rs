@@ -51,20 +51,23 @@ impl Runtime {
         }
         self.pg.parameters = wanted;
         let p = probe?;
-        let follow = if p.in_recovery { self.following.as_deref().and_then(|l| self.address_of(l)) } else { None };
-        let slot = slot_name(&self.name);
         let rt = self.ha.retry_timeout;
-        let reloaded = match self.pg.write_config(follow.as_deref().map(|a| (a, slot.as_str())), p.in_recovery) {
-            Ok(()) => self.pg.query("select pg_reload_conf()", rt).await.map(|_| ()).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        match reloaded {
+        match self.rewrite_config_and_reload(p.in_recovery).await {
             Ok(()) => tracing::info!("PostgreSQL parameters changed in the dynamic configuration: reloaded"),
             Err(e) => tracing::warn!("could not apply the PostgreSQL parameters of the dynamic configuration: {e}"),
         }
         // pg_settings.pending_restart is updated once the postmaster has processed the reload.
         tokio::time::sleep(Duration::from_millis(300)).await;
         self.pg.probe(rt).await.ok().or(Some(p))
+    }
+
+    /// Rewrites pgha.conf for the running PostgreSQL (as a standby: following the leader it
+    /// follows) and reloads it.
+    pub(super) async fn rewrite_config_and_reload(&self, standby: bool) -> Result<(), String> {
+        let slot = slot_name(&self.name);
+        let follow = if standby { self.following.as_deref().and_then(|l| self.address_of(l)) } else { None };
+        self.pg.write_config(follow.as_deref().map(|a| (a, slot.as_str())), standby).map_err(|e| e.to_string())?;
+        self.pg.query("select pg_reload_conf()", self.ha.retry_timeout).await.map(|_| ()).map_err(|e| e.to_string())
     }
 
     /// Runs a request queued by the REST API.

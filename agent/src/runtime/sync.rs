@@ -16,10 +16,9 @@ impl Runtime {
         let me = self.name.clone();
         let key = self.last_view.sync.clone();
         if !self.ha.synchronous_mode {
-            if self.sync_named.take().is_some() || self.pg.synchronous_standby_names.is_some() {
-                self.pg.synchronous_standby_names = None;
-                self.sync_tracker = Default::default();
-                match self.write_standby_names().await {
+            if self.sync_named.is_some() || self.pg.synchronous_standby_names.is_some() {
+                self.forget_synchronous_standbys();
+                match self.rewrite_config_and_reload(false).await {
                     Ok(()) => tracing::info!("synchronous mode is off: synchronous_standby_names is no longer managed"),
                     Err(e) => tracing::warn!("could not turn synchronous replication off: {e}"),
                 }
@@ -93,11 +92,10 @@ impl Runtime {
         // Managed from the first tick on (a data directory cloned from a primary may carry
         // another setting), and written again when synchronous_mode_strict changes.
         let names = plan.configure.clone().unwrap_or(configured);
-        let apps: Vec<String> = names.iter().map(|n| slot_name(n)).collect();
-        let setting = standby_names_setting(&apps, self.ha.synchronous_mode_strict);
+        let setting = self.standby_names_for(&names);
         if self.sync_named.is_none() || self.pg.synchronous_standby_names.as_deref() != Some(setting.as_str()) {
             self.pg.synchronous_standby_names = Some(setting);
-            if let Err(e) = self.write_standby_names().await {
+            if let Err(e) = self.rewrite_config_and_reload(false).await {
                 // What PostgreSQL runs with is unknown now: the next tick counts no standby as
                 // named (the key shrinks) and writes the setting again.
                 self.sync_named = None;
@@ -119,12 +117,6 @@ impl Runtime {
         }
     }
 
-    /// Rewrites pgha.conf with the current synchronous_standby_names and reloads.
-    async fn write_standby_names(&self) -> Result<(), String> {
-        self.pg.write_config(None, false).map_err(|e| e.to_string())?;
-        self.pg.query("select pg_reload_conf()", self.ha.retry_timeout).await.map(|_| ()).map_err(|e| e.to_string())
-    }
-
     /// Before PostgreSQL starts as primary with the leader lock held (a restart in place): in
     /// synchronous mode, the standbys this leader's `sync` key names stay in
     /// synchronous_standby_names from the first commit on, since they alone may take over.
@@ -134,8 +126,7 @@ impl Runtime {
         }
         let named = view.sync.as_ref().filter(|k| k.leader.as_deref() == Some(self.name.as_str()));
         if let Some(k) = named.filter(|k| !k.standbys.is_empty() || self.ha.synchronous_mode_strict) {
-            let apps: Vec<String> = k.standbys.iter().map(|n| slot_name(n)).collect();
-            self.pg.synchronous_standby_names = Some(standby_names_setting(&apps, self.ha.synchronous_mode_strict));
+            self.pg.synchronous_standby_names = Some(self.standby_names_for(&k.standbys));
         }
     }
 
@@ -147,14 +138,7 @@ impl Runtime {
             return Ok(());
         }
         self.pg.synchronous_standby_names = Some(standby_names_setting(&[], true));
-        let slot = slot_name(&self.name);
-        let follow = self.following.as_deref().and_then(|l| self.address_of(l));
-        let written = self.pg.write_config(follow.as_deref().map(|a| (a, slot.as_str())), true);
-        let reloaded = match written {
-            Ok(()) => self.pg.query("select pg_reload_conf()", self.ha.retry_timeout).await.map(|_| ()),
-            Err(e) => Err(e),
-        };
-        match reloaded {
+        match self.rewrite_config_and_reload(true).await {
             Ok(()) => {
                 tracing::info!("synchronous_mode_strict: synchronous_standby_names = '*' before promoting");
                 Ok(())
@@ -166,6 +150,12 @@ impl Runtime {
                 ))
             }
         }
+    }
+
+    /// synchronous_standby_names naming these members (by their application_name).
+    fn standby_names_for(&self, members: &[String]) -> String {
+        let apps: Vec<String> = members.iter().map(|n| slot_name(n)).collect();
+        standby_names_setting(&apps, self.ha.synchronous_mode_strict)
     }
 
     /// Not the primary any more: synchronous mode starts afresh at the next promotion.
