@@ -100,7 +100,7 @@ impl BootstrapSection {
         args
     }
 
-    fn targets(&self) -> usize {
+    pub fn targets(&self) -> usize {
         [
             self.target_time.is_some(),
             self.target_lsn.is_some(),

@@ -4,6 +4,7 @@
 //!
 //! This file holds the state and the loop; `tick` is one pass, `actions` carries decisions out,
 //! `leader` is the lock holder's duties, `reinit` an operator's reinitialize in the background,
+//! `restore` a restore of the running cluster to a point in time,
 //! `bootstrap`, `publish`, `peers`, `key_watch` and `operator` (API requests and the dynamic
 //! configuration) the rest.
 
@@ -25,6 +26,7 @@ mod operator;
 mod peers;
 mod publish;
 mod reinit;
+mod restore;
 mod sync;
 mod tick;
 
@@ -64,6 +66,8 @@ pub struct Runtime {
     commands: tokio::sync::mpsc::Receiver<crate::api::ApiCommand>,
     /// A reinitialize whose clone runs in the background.
     reinit: Option<reinit::ReinitJob>,
+    /// A restore of the cluster to a point in time, as leader (`POST /restore`).
+    restore: Option<restore::RestoreJob>,
     /// PostgreSQL is being started as a standby (published as state `starting`).
     starting: bool,
     /// As leader: the members' slots, and since when a departed member's has been kept.
@@ -117,6 +121,7 @@ impl Runtime {
             last_reason: String::new(),
             commands,
             reinit: None,
+            restore: None,
             starting: false,
             member_slots: Default::default(),
             sync_tracker: Default::default(),
@@ -143,6 +148,7 @@ impl Runtime {
         }
         watcher.abort();
         self.cancel_reinitialize().await;
+        self.cancel_restore("the agent is stopping".into()).await;
         tracing::info!("shutting down: stopping PostgreSQL");
         let role = self.role_now();
         self.pg.stop(StopMode::Fast, Duration::from_secs(30)).await;

@@ -34,7 +34,8 @@ pub struct PgRunState(pub String);
 pub struct ReplicationRow {
     pub usename: String,
     pub application_name: String,
-    pub client_addr: String,
+    /// None for a standby connected over a Unix socket (Patroni shows null).
+    pub client_addr: Option<String>,
     pub state: String,
     pub sync_state: String,
     pub sync_priority: i32,
@@ -99,6 +100,23 @@ pub struct NodeStatus {
     /// The loop_wait and retry_timeout in effect (milliseconds), for validating PATCH /config.
     pub loop_wait_ms: u64,
     pub retry_timeout_ms: u64,
+    /// The last restore of the running cluster this agent carried out as leader (`POST
+    /// /restore`), while it runs and after it ended; `/patroni` shows it as `restore`.
+    pub restore: Option<RestoreStatus>,
+}
+
+/// A restore of the running cluster to a point in time, as `/patroni` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreStatus {
+    /// The recovery target, as `pgha backup restore` was given it (`--target-time ...`).
+    pub target: String,
+    /// `restoring` (the backup is being copied), `recovering` (PostgreSQL replays WAL to the
+    /// target), `done` (promoted there), `failed` (the data directory from before is back).
+    pub state: &'static str,
+    /// What happened last, in a sentence.
+    pub detail: String,
+    /// Where the data directory from before the restore is kept.
+    pub data_before_restore: String,
 }
 
 impl NodeStatus {
@@ -134,6 +152,7 @@ impl NodeStatus {
             maximum_lag_on_failover: 1 << 20,
             loop_wait_ms: 1000,
             retry_timeout_ms: 2000,
+            restore: None,
         }
     }
 

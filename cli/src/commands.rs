@@ -1,13 +1,9 @@
 //! The command-line surface of `pgha`: every subcommand, its help text, and its dispatch.
-//! Capabilities that are not built yet say so plainly and exit with status 69 (EX_UNAVAILABLE).
 
 use crate::logging::LogFormat;
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-
-/// Exit status of a subcommand whose capability is not built into this version.
-pub const EXIT_NOT_BUILT: u8 = 69;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -144,11 +140,32 @@ pub enum CtlVerb {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
-    /// Restore the whole cluster to a point in time (not built yet: bootstrap it from a backup with [bootstrap] method = "restore").
+    /// Restore the whole cluster to a point in time from the backup repository: the primary
+    /// archives what it has, moves its data directory aside, restores and promotes at the target
+    /// (keeping the leader lock); then every standby is cloned from it again.
+    #[command(group(clap::ArgGroup::new("target").required(true).multiple(false)))]
     RestoreCluster {
         /// Target time, e.g. "2026-11-23 14:03:27+00".
+        #[arg(long, group = "target")]
+        target_time: Option<String>,
+        /// Target WAL position, e.g. 0/3000060.
+        #[arg(long, group = "target")]
+        target_lsn: Option<String>,
+        /// Target transaction id.
+        #[arg(long, group = "target")]
+        target_xid: Option<u64>,
+        /// Target restore point (pg_create_restore_point).
+        #[arg(long, group = "target")]
+        target_name: Option<String>,
+        /// Stop as soon as the backup is consistent.
+        #[arg(long, group = "target")]
+        immediate: bool,
+        /// The backup to start from (`pgha backup list`); the newest before the target when omitted.
         #[arg(long)]
-        target_time: String,
+        set: Option<String>,
+        /// Go ahead: without it, only say what would be done.
+        #[arg(long)]
+        force: bool,
     },
     /// Show the built-in Raft group: its leader, term, voters and learners.
     RaftStatus,

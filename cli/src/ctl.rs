@@ -37,13 +37,12 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             CtlVerb::EditConfig { set } => edit_config(&api, &set).await,
-            CtlVerb::RestoreCluster { .. } => {
-                eprintln!(
-                    "pgha ctl restore-cluster: not built yet. Bootstrap the cluster from a backup instead: stop the \
-                     agents, set [bootstrap] method = \"restore\" and target_time (docs/operations.md, restoring the \
-                     whole cluster to a point in time)."
-                );
-                Ok(ExitCode::from(crate::commands::EXIT_NOT_BUILT))
+            CtlVerb::RestoreCluster { target_time, target_lsn, target_xid, target_name, immediate, set, force } => {
+                let target = json!({
+                    "target_time": target_time, "target_lsn": target_lsn, "target_xid": target_xid,
+                    "target_name": target_name, "immediate": immediate, "set": set,
+                });
+                restore_cluster(&api, target, force).await
             }
             CtlVerb::RaftStatus => {
                 let status = api.get_json("/raft").await?;
@@ -278,6 +277,109 @@ async fn restart(api: &Api, member: Option<String>) -> anyhow::Result<ExitCode> 
             }
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `restore-cluster`: the leader restores to the target (`POST /restore`), then every other
+/// member is cloned from it again (`POST /reinitialize`), each step waited for.
+async fn restore_cluster(api: &Api, target: Value, force: bool) -> anyhow::Result<ExitCode> {
+    let cluster = api.get_json("/cluster").await?;
+    let all = members(&cluster);
+    let Some(leader) = all.iter().find(|m| text(m, "role") == "leader").map(|m| text(m, "name").to_string()) else {
+        bail!("the cluster has no leader: a restore needs a running primary (bootstrap from a backup instead: docs/operations.md)");
+    };
+    let standbys: Vec<String> = all.iter().map(|m| text(m, "name").to_string()).filter(|n| *n != leader).collect();
+    let shown: Vec<String> = target
+        .as_object()
+        .map(|o| {
+            o.iter().filter(|(_, v)| !v.is_null() && **v != json!(false)).map(|(k, v)| format!("{k} {v}")).collect()
+        })
+        .unwrap_or_default();
+    if !force {
+        eprintln!(
+            "This rolls the whole cluster back to {}: {leader} (the primary) archives its WAL, moves its data \
+             directory aside and restores the backup there, then {} cloned from it again. Every change after \
+             the target is gone from the running cluster. Add --force to go ahead.",
+            shown.join(", "),
+            if standbys.is_empty() { "no standby is".to_string() } else { format!("{} are", standbys.join(", ")) }
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    let leader_api = member_api(api, &leader).await?;
+    let (_, answer) = api.send("POST", &format!("{leader_api}/restore"), Some(target)).await?;
+    println!("{leader}: {}", answer.trim());
+    let mut last = String::new();
+    let mut unanswered = 0;
+    let doc = loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let doc = match api.send("GET", &format!("{leader_api}/patroni"), None).await {
+            Ok((_, body)) => serde_json::from_str::<Value>(&body).unwrap_or(Value::Null),
+            Err(e) => {
+                unanswered += 1;
+                if unanswered >= 120 {
+                    bail!("{leader}'s API has not answered for 2 minutes ({e}); see its agent's log");
+                }
+                continue;
+            }
+        };
+        unanswered = 0;
+        let restore = &doc["restore"];
+        let (state, detail) = (restore["state"].as_str().unwrap_or(""), restore["detail"].as_str().unwrap_or(""));
+        if detail != last {
+            println!("{leader}: {state}: {detail}");
+            last = detail.to_string();
+        }
+        match state {
+            "done" => break doc,
+            "failed" => return Ok(ExitCode::FAILURE),
+            _ => {}
+        }
+    };
+    let timeline = doc["timeline"].as_u64();
+    let mut left_out = Vec::new();
+    for name in &standbys {
+        let asked = async {
+            let url = member_api(api, name).await?;
+            api.send("POST", &format!("{url}/reinitialize"), Some(json!({}))).await
+        };
+        match asked.await {
+            Ok((_, answer)) => println!("{name}: {}", answer.trim()),
+            Err(e) => {
+                println!("{name}: not reinitialized ({e:#}); run `pgha ctl reinit {name}` once its agent answers");
+                left_out.push(name.clone());
+            }
+        }
+    }
+    let waiting: Vec<&String> = standbys.iter().filter(|n| !left_out.contains(n)).collect();
+    let deadline = Instant::now() + Duration::from_secs(6 * 3600);
+    loop {
+        let cluster = api.get_json("/cluster").await.unwrap_or(Value::Null);
+        let all = members(&cluster);
+        let streaming = |name: &str| {
+            all.iter().any(|m| {
+                text(m, "name") == name
+                    && text(m, "state") == "streaming"
+                    && (timeline.is_none() || m.get("timeline").and_then(Value::as_u64) == timeline)
+            })
+        };
+        if waiting.iter().all(|n| streaming(n)) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the standbys do not all stream from {leader} after 6 hours; see `pgha ctl list` and their agents' logs");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    list(api).await?;
+    if !left_out.is_empty() {
+        println!("Restored; still to reinitialize: {}", left_out.join(", "));
+        return Ok(ExitCode::FAILURE);
+    }
+    println!(
+        "Restored {} to {}; the data directory from before is kept on {leader} until you remove it",
+        cluster["scope"].as_str().unwrap_or("the cluster"),
+        shown.join(", ")
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -121,13 +121,19 @@ fn missing_config_file_says_which_and_why() {
 }
 
 #[test]
-fn unbuilt_capabilities_say_so_and_exit_69() {
+fn restore_cluster_needs_one_target_and_a_reachable_api() {
+    let out = pgha(&["ctl", "--api", "http://127.0.0.1:1", "restore-cluster", "--force"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr.contains("--target-time") && stderr.contains("--immediate"), "{stderr}");
+    let out = pgha(&["ctl", "--api", "http://127.0.0.1:1", "restore-cluster", "--immediate", "--target-xid", "7"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out).1);
     let args =
         &["ctl", "--api", "http://127.0.0.1:1", "restore-cluster", "--target-time", "2026-01-01 00:00:00+00"][..];
     let out = pgha(args);
     let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(69), "{args:?}");
-    assert!(stderr.contains("not built yet"), "{args:?}: {stderr}");
+    assert_eq!(out.status.code(), Some(1), "{args:?}");
+    assert!(stderr.contains("cannot reach the agent's REST API"), "{args:?}: {stderr}");
     assert!(stdout.is_empty(), "{args:?} printed output as if it worked: {stdout}");
 }
 

@@ -119,6 +119,30 @@ async fn fails_over_to_the_synchronous_standby(cluster: &mut PghaCluster) -> (us
     };
     assert_eq!(role_of(sync), Some("sync_standby".into()), "{text}");
     assert_eq!(role_of(other), Some("replica".into()), "{text}");
+    // The primary's /patroni lists its WAL senders as Patroni's does (`replication`).
+    let senders =
+        wait_for("both standbys in the primary's /patroni replication list", Duration::from_secs(10), || async {
+            let (_, text) = http(cluster.nodes[old].api_port, "GET", "/patroni", None).await?;
+            let doc: serde_json::Value = serde_json::from_str(&text)?;
+            let rows = doc["replication"].as_array().cloned().unwrap_or_default();
+            Ok((rows.len() == 2).then_some(rows))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    for (i, want) in [(sync, "sync"), (other, "async")] {
+        let slot: String = cluster.nodes[i]
+            .name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+            .collect();
+        let row = senders
+            .iter()
+            .find(|r| r["application_name"] == slot.as_str())
+            .unwrap_or_else(|| panic!("{slot}: {senders:?}"));
+        assert_eq!((row["state"].as_str(), row["sync_state"].as_str()), (Some("streaming"), Some(want)), "{row}");
+        assert_eq!(row["client_addr"], "127.0.0.1", "{row}");
+        assert!(row["usename"].as_str().is_some_and(|u| !u.is_empty()), "{row}");
+    }
     let (code, text) = http(
         cluster.nodes[old].api_port,
         "POST",

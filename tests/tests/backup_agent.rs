@@ -4,12 +4,14 @@
 //! had not archived filled in), `backup verify` is clean and a point-in-time restore from the
 //! backup taken before the failover reaches a target on timeline 2 exactly. A new cluster with
 //! `[bootstrap] method = "restore"` starts from a backup at a point in time: its first member
-//! restores and promotes, the other clones it, and the restore's recovery target is gone.
+//! restores and promotes, the other clones it, and the restore's recovery target is gone. A
+//! running cluster goes back to a point in time with `pgha ctl restore-cluster`: a restore that
+//! cannot work leaves it as it was, one that works rolls the primary back and clones the standby.
 
 use harness::agent_checks::streaming_cluster;
 use harness::backup::{start_restored, BackupRepo};
 use harness::cluster::{connect, PghaCluster, Timing, SUPERUSER_PASSWORD};
-use harness::{wait_for, PgInstance, PgOptions};
+use harness::{run_pgha, wait_for, PgInstance, PgOptions};
 use std::time::{Duration, Instant};
 
 const TABLE_MD5: &str =
@@ -175,5 +177,101 @@ async fn a_new_cluster_bootstraps_from_a_backup_at_a_point_in_time() -> anyhow::
     let log = cluster.nodes[primary].agent_log();
     assert!(log.contains("restoring the data directory from a backup"), "{log}");
     eprintln!("bootstrap from backup: {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_restores_a_running_cluster_to_a_point_in_time() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let repo = BackupRepo::local()?;
+    let extra = format!("[backup]\nconfig = \"{}\"\n", repo.config.display());
+    let cluster = PghaCluster::start_on_etcd_with(2, Timing::default(), &extra).await?;
+    let primary = streaming_cluster(&cluster, None).await.map_err(|e| anyhow::anyhow!("{e}\n{}", cluster.logs()))?;
+    let standby = 1 - primary;
+    let p = &cluster.nodes[primary];
+    let dsn = p.dsn();
+    let c = connect(&dsn).await?;
+    c.batch_execute("create table t(id int primary key, v text); insert into t select g, 'before backup' from generate_series(1, 100) g")
+        .await?;
+    repo.write_config_for(&repo.repo_toml()?, Some((p.data_dir(), p.pg_port, SUPERUSER_PASSWORD.into())), None)?;
+    let out = repo.ok(&["backup", "create"]).await?;
+    assert!(out.contains("complete"), "{out}");
+    c.batch_execute("insert into t select g, 'before the target' from generate_series(200, 299) g").await?;
+    let expected = value(&dsn, TABLE_MD5).await?;
+    let target = value(&dsn, "select clock_timestamp()::text").await?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // No segment switch here: the restore must archive the WAL that holds the target itself.
+    c.batch_execute("insert into t select g, 'after the target' from generate_series(900, 999) g").await?;
+    cluster.wait_replicated(primary, Duration::from_secs(30)).await?;
+    let before = value(&dsn, TABLE_MD5).await?;
+    let timeline_before = value(&dsn, "select timeline_id::text from pg_control_checkpoint()").await?;
+    let api = format!("http://127.0.0.1:{}", cluster.nodes[standby].api_port);
+    let ctl = |args: Vec<String>| {
+        let api = api.clone();
+        async move {
+            let mut all = vec!["ctl".to_string(), "--api".into(), api];
+            all.extend(args);
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            run_pgha(&all, Duration::from_secs(300)).await
+        }
+    };
+    let restore = |extra: &[&str]| {
+        let mut args: Vec<String> = vec!["restore-cluster".into(), "--target-time".into(), target.clone()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+
+    // Without --force it only says what it would do.
+    let out = ctl(restore(&[])).await?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("Add --force"), "{err}");
+    // With archiving broken (the repository unwritable), the restore is abandoned before
+    // PostgreSQL is touched.
+    use std::os::unix::fs::PermissionsExt;
+    let started_at = |dsn: String| async move { value(&dsn, "select pg_postmaster_start_time()::text").await };
+    let postmaster = started_at(dsn.clone()).await?;
+    let repo_dir = repo.local_path();
+    let mode = std::fs::metadata(&repo_dir)?.permissions().mode();
+    std::fs::set_permissions(&repo_dir, std::fs::Permissions::from_mode(0o000))?;
+    let out = ctl(restore(&["--force"])).await;
+    std::fs::set_permissions(&repo_dir, std::fs::Permissions::from_mode(mode))?;
+    let out = out?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success() && text.contains("did not reach the archive"), "{text}");
+    assert_eq!(started_at(dsn.clone()).await?, postmaster, "PostgreSQL was restarted by a refused restore");
+    // A restore that cannot work (no such backup) gives the data directory back.
+    let out = ctl(restore(&["--set", "20000101-000000F", "--force"])).await?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("failed") && text.contains("back in place"), "{text}");
+    eprintln!("{text}");
+    let again = streaming_cluster(&cluster, None).await.map_err(|e| anyhow::anyhow!("{e}\n{}", cluster.logs()))?;
+    assert_eq!(again, primary, "the leader changed over a failed restore");
+    assert_eq!(value(&dsn, TABLE_MD5).await?, before, "a failed restore changed the data");
+    assert_eq!(value(&dsn, "select timeline_id::text from pg_control_checkpoint()").await?, timeline_before);
+
+    // The restore: the primary goes back to the target on a new timeline, the standby follows.
+    let out = ctl(restore(&["--force"])).await?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}\n{}", cluster.logs());
+    assert!(text.contains("restore started") && text.contains("reinitialize started"), "{text}");
+    eprintln!("{text}");
+    let now = streaming_cluster(&cluster, None).await.map_err(|e| anyhow::anyhow!("{e}\n{}", cluster.logs()))?;
+    assert_eq!(now, primary, "the restored node must stay the leader");
+    assert_eq!(value(&dsn, TABLE_MD5).await?, expected, "the primary is not at the target");
+    let timeline: u32 = value(&dsn, "select timeline_id::text from pg_control_checkpoint()").await?.parse()?;
+    assert!(timeline > timeline_before.parse()?, "no new timeline: {timeline}");
+    let auto = std::fs::read_to_string(cluster.nodes[primary].data_dir().join("postgresql.auto.conf"))?;
+    assert!(!auto.contains("recovery_target_time ="), "{auto}");
+    let mut aside = cluster.nodes[primary].data_dir().into_os_string();
+    aside.push(".before-restore");
+    assert!(std::path::Path::new(&aside).join("PG_VERSION").is_file(), "the data from before is not kept");
+    connect(&dsn).await?.batch_execute("insert into t values (5000, 'after the restore')").await?;
+    cluster.wait_replicated(primary, Duration::from_secs(30)).await?;
+    let r = cluster.nodes[standby].dsn();
+    assert_eq!(value(&r, TABLE_MD5).await?, value(&dsn, TABLE_MD5).await?);
+    let log = cluster.nodes[primary].agent_log();
+    assert!(log.contains("restore: WAL archived through"), "{log}");
+    eprintln!("restore-cluster: {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -437,6 +437,38 @@ pub(crate) async fn post_reinitialize(
     }
 }
 
+/// `POST /restore` {target_time | target_lsn | target_xid | target_name | immediate, set?}: the
+/// leader only. 200 "restore started" once the restore runs in the background (`GET /patroni`
+/// shows its progress as `restore`); 400 without exactly one target; 503 with the reason
+/// otherwise (not the leader, no backup repository, one already running, ...).
+pub(crate) async fn post_restore(State(state): State<ApiState>, body: Bytes) -> Result<(StatusCode, String), ApiError> {
+    let request: super::RestoreRequest = parse_body(&body)?;
+    if request.as_bootstrap().targets() != 1 {
+        return Err(ApiError::BadRequest(
+            "give exactly one recovery target: target_time, target_lsn, target_xid, target_name or immediate".into(),
+        ));
+    }
+    let node = state.node();
+    if !node.holds_lock {
+        let leader = node.leader.map(|l| format!("; the leader is {l}")).unwrap_or_default();
+        return Err(ApiError::Unavailable(format!(
+            "I am not the leader: send the restore to the leader's API{leader}"
+        )));
+    }
+    let (started, answer) = tokio::sync::oneshot::channel();
+    queue(&state, ApiCommand::Restore { request, started })?;
+    tracing::info!("restore of the cluster requested through the REST API");
+    match tokio::time::timeout(REINITIALIZE_ANSWER * 2, answer).await {
+        Ok(Ok(Ok(()))) => Ok((StatusCode::OK, "restore started".into())),
+        Ok(Ok(Err(why))) => Err(ApiError::Unavailable(why)),
+        Ok(Err(_)) => Err(ApiError::Unavailable("the agent dropped the request (shutting down?)".into())),
+        Err(_) => Err(ApiError::Unavailable(format!(
+            "the agent did not answer within {:?}; see GET /patroni (restore) and its log",
+            REINITIALIZE_ANSWER * 2
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

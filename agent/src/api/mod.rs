@@ -48,6 +48,56 @@ pub enum ApiCommand {
     /// background; `force` cancels one already running. The runtime answers on `started` whether
     /// it started (Err says why not, e.g. "reinitialize already in progress").
     Reinitialize { force: bool, started: tokio::sync::oneshot::Sender<Result<(), String>> },
+    /// Restore the running cluster to a point in time (the leader only): the data directory is
+    /// moved aside and restored from the backup repository in the background while the lock is
+    /// kept. The runtime answers on `started` whether it started.
+    Restore { request: RestoreRequest, started: tokio::sync::oneshot::Sender<Result<(), String>> },
+}
+
+/// `POST /restore`'s body: one recovery target (as `[bootstrap]` takes them) and optionally the
+/// backup to start from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    pub target_time: Option<String>,
+    pub target_lsn: Option<String>,
+    pub target_xid: Option<u64>,
+    pub target_name: Option<String>,
+    #[serde(default)]
+    pub immediate: bool,
+    /// The backup set to restore (`pgha backup list`); the newest before the target when absent.
+    pub set: Option<String>,
+}
+
+impl RestoreRequest {
+    /// The target as the log and `/patroni` name it: `target_time 2026-05-01 14:03:27+00`.
+    pub fn describe(&self) -> String {
+        let target = match (&self.target_time, &self.target_lsn, self.target_xid, &self.target_name) {
+            (Some(t), ..) => format!("target_time {t}"),
+            (_, Some(l), ..) => format!("target_lsn {l}"),
+            (_, _, Some(x), _) => format!("target_xid {x}"),
+            (.., Some(n)) => format!("target_name {n}"),
+            _ => "the end of the backup (immediate)".to_string(),
+        };
+        match &self.set {
+            Some(set) => format!("{target} from backup {set}"),
+            None => target,
+        }
+    }
+
+    /// The same target as `[bootstrap]` fields, whose checks and restore arguments it shares.
+    pub fn as_bootstrap(&self) -> crate::config::BootstrapSection {
+        crate::config::BootstrapSection {
+            method: crate::config::BootstrapMethod::Restore,
+            backup_config: None,
+            target_time: self.target_time.clone(),
+            target_lsn: self.target_lsn.clone(),
+            target_xid: self.target_xid,
+            target_name: self.target_name.clone(),
+            immediate: self.immediate,
+            set: self.set.clone(),
+        }
+    }
 }
 
 /// Everything the API reads from and hands requests to.
@@ -208,6 +258,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/restart", post(actions::post_restart).delete(actions::delete_restart))
         .route("/reload", post(actions::post_reload))
         .route("/reinitialize", post(actions::post_reinitialize))
+        .route("/restore", post(actions::post_restore))
         .route("/raft", get(raft::get_raft))
         .route("/raft/members/{name}", axum::routing::delete(raft::delete_member))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })

@@ -116,6 +116,17 @@ pub(crate) fn node_document(s: &NodeStatus) -> Value {
     }
     d.insert("patroni".into(), json!({ "version": VERSION, "scope": s.scope, "name": s.name }));
     d.insert("last_decision".into(), json!(s.last_decision));
+    if let Some(r) = &s.restore {
+        d.insert(
+            "restore".into(),
+            json!({
+                "target": r.target,
+                "state": r.state,
+                "detail": r.detail,
+                "data_before_restore": r.data_before_restore,
+            }),
+        );
+    }
     Value::Object(d)
 }
 
@@ -148,7 +159,7 @@ mod tests {
         s.replication.push(ReplicationRow {
             usename: "replicator".into(),
             application_name: "pg2".into(),
-            client_addr: "10.0.0.2".into(),
+            client_addr: Some("10.0.0.2".into()),
             state: "streaming".into(),
             sync_state: "async".into(),
             sync_priority: 0,

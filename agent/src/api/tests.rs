@@ -563,3 +563,41 @@ fn unreadable_or_empty_tls_files_are_named() {
     let e = ApiTls::from_config(&api(&p.server_key, &p.server_key)).unwrap_err().to_string();
     assert_eq!(e, format!("api.certfile: {} holds no certificate in PEM form", p.server_key.display()));
 }
+
+#[tokio::test]
+async fn a_restore_is_for_the_leader_with_exactly_one_target_and_passes_the_runtimes_answer_on() {
+    let replica = api(node(Node::ReplicaStreaming));
+    let (code, text) =
+        call(&replica.router, Method::POST, "/restore", r#"{"target_time":"2026-01-01 00:00+00"}"#, None).await;
+    assert_eq!(code, 503, "{text}");
+    assert!(text.starts_with("I am not the leader"), "{text}");
+    let mut a = api_with(node(Node::PrimaryWithLock), None, 4);
+    for body in ["", "{}", r#"{"target_time":"x","immediate":true}"#, r#"{"target_lsn":"0/1","target_xid":5}"#] {
+        let (code, text) = call(&a.router, Method::POST, "/restore", body, None).await;
+        assert_eq!(code, 400, "{body}: {text}");
+    }
+    assert_eq!(call(&a.router, Method::POST, "/restore", r#"{"target_time":"x","when":1}"#, None).await.0, 400);
+    assert!(a.commands.try_recv().is_err(), "a refused request reached the runtime");
+    for (answer, expected) in [
+        (Ok(()), (200, "restore started")),
+        (
+            Err("a restore (target_time x) is already in progress"),
+            (503, "a restore (target_time x) is already in progress"),
+        ),
+    ] {
+        let runtime = async {
+            match a.commands.recv().await {
+                Some(ApiCommand::Restore { request, started }) => {
+                    assert_eq!(request.target_xid, Some(42));
+                    assert_eq!(request.set.as_deref(), Some("20260101-000000F"));
+                    assert_eq!(request.describe(), "target_xid 42 from backup 20260101-000000F");
+                    let _ = started.send(answer.map_err(str::to_string));
+                }
+                other => panic!("unexpected command {other:?}"),
+            }
+        };
+        let body = r#"{"target_xid":42,"set":"20260101-000000F"}"#;
+        let ((code, text), ()) = tokio::join!(call(&a.router, Method::POST, "/restore", body, None), runtime);
+        assert_eq!((code, text.as_str()), expected);
+    }
+}

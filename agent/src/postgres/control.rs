@@ -7,6 +7,7 @@
 use super::binaries::BinDir;
 use super::os_user::RunAs;
 use crate::ha::Lsn;
+use crate::status::ReplicationRow;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -76,6 +77,8 @@ pub struct Probe {
     pub slots: Vec<String>,
     /// pg_postmaster_start_time() as Patroni prints it (`2026-12-05 11:35:00.123 UTC`).
     pub postmaster_start_time: Option<String>,
+    /// A primary's WAL senders, as `/patroni` lists them (`replication`); empty on a standby.
+    pub replication: Vec<ReplicationRow>,
 }
 
 /// A row of pg_stat_replication.
@@ -182,11 +185,47 @@ impl LocalPostgres {
         backup_config: &Path,
         target_args: &[String],
     ) -> Result<(), PgError> {
+        self.restore_job(pgha, backup_config, target_args)?.await
+    }
+
+    /// [`Self::restore_from_backup`] as a future that owns what it needs, for a background task
+    /// (a running cluster's restore, during which the leader keeps its lock).
+    pub fn restore_job(
+        &self,
+        pgha: &Path,
+        backup_config: &Path,
+        target_args: &[String],
+    ) -> Result<impl std::future::Future<Output = Result<(), PgError>> + Send + 'static, PgError> {
         self.prepare_dirs()?;
         let mut cmd = self.command_at(pgha);
         cmd.arg("backup").arg("--config").arg(backup_config).arg("restore").arg("--to-dir").arg(&self.data_dir);
         cmd.args(target_args);
-        run_program("pgha backup restore", cmd, Duration::from_secs(24 * 3600)).await.map(|_| ())
+        Ok(async move { run_program("pgha backup restore", cmd, Duration::from_secs(24 * 3600)).await.map(|_| ()) })
+    }
+
+    /// Before a running cluster is restored: switches to a new WAL segment so that the one
+    /// holding the last commits can be archived. None without archive_mode; the segment to wait
+    /// for otherwise ([`Self::archived_through`]).
+    pub async fn switch_wal_for_archive(&self) -> Result<Option<String>, PgError> {
+        let mode = self.query_value("show archive_mode", Duration::from_secs(5)).await?;
+        if mode.as_deref() == Some("off") {
+            return Ok(None);
+        }
+        let segment = self
+            .query_value("select pg_walfile_name(pg_switch_wal())", Duration::from_secs(5))
+            .await?
+            .ok_or_else(|| PgError::Query("pg_switch_wal() gave no segment".into()))?;
+        Ok(Some(segment))
+    }
+
+    /// Whether the archiver has pushed `segment` (or a later segment of its timeline).
+    pub async fn archived_through(&self, segment: &str) -> Result<bool, PgError> {
+        let last = self
+            .query_value("select coalesce(last_archived_wal, '') from pg_stat_archiver", Duration::from_secs(5))
+            .await?
+            .unwrap_or_default();
+        // Segment names of one timeline sort by position.
+        Ok(last.len() == segment.len() && last.as_str() >= segment)
     }
 
     /// After a restore: waits until recovery reached its target and PostgreSQL promoted itself,
@@ -210,6 +249,12 @@ impl LocalPostgres {
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        self.reset_recovery_targets().await
+    }
+
+    /// Removes a restore's recovery target settings from postgresql.auto.conf (a promoted server
+    /// keeps them only as inert values until its next restart) and reloads.
+    pub async fn reset_recovery_targets(&self) -> Result<(), PgError> {
         // One statement per query: ALTER SYSTEM refuses to run inside the implicit transaction of
         // a multi-statement query.
         for setting in RECOVERY_TARGET_SETTINGS {
@@ -413,7 +458,7 @@ impl LocalPostgres {
         self.run_dir.join("postgresql.log")
     }
 
-    fn log_tail(&self) -> String {
+    pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
         let start = text.len().saturating_sub(2000);
         text.get(start..).unwrap_or("").to_string()
@@ -563,7 +608,10 @@ impl LocalPostgres {
                    (select timeline_id::text from pg_control_checkpoint()), \
                    (select string_agg(name, ',' order by name) from pg_settings where pending_restart), \
                    (select string_agg(slot_name, ',' order by slot_name) from pg_replication_slots where slot_type = 'physical'), \
-                   to_char(pg_postmaster_start_time(), 'YYYY-MM-DD HH24:MI:SS.MS TZ')";
+                   to_char(pg_postmaster_start_time(), 'YYYY-MM-DD HH24:MI:SS.MS TZ'), \
+                   (select json_agg(json_build_object('usename', usename, 'application_name', application_name, \
+                   'client_addr', host(client_addr), 'state', state, 'sync_state', sync_state, \
+                   'sync_priority', sync_priority) order by application_name) from pg_stat_replication)";
         let rows = self.query(sql, timeout).await?;
         let row = rows.into_iter().next().ok_or_else(|| PgError::Query("probe returned no row".into()))?;
         let col = |i: usize| row.get(i).cloned().flatten();
@@ -587,6 +635,7 @@ impl LocalPostgres {
             pending_restart: col(8).map(|s| s.split(',').map(str::to_string).collect()).unwrap_or_default(),
             slots: col(9).map(|s| s.split(',').map(str::to_string).collect()).unwrap_or_default(),
             postmaster_start_time: col(10),
+            replication: col(11).map(|json| replication_rows(&json)).unwrap_or_default(),
         })
     }
 
@@ -706,7 +755,51 @@ async fn run_program(what: &str, mut cmd: Command, timeout: Duration) -> Result<
     Ok(text)
 }
 
+/// The probe's pg_stat_replication rows, aggregated as JSON by the server. A row that does not
+/// parse is left out (the list only informs `/patroni`; nothing decides on it).
+fn replication_rows(json: &str) -> Vec<ReplicationRow> {
+    let rows: Vec<serde_json::Value> = serde_json::from_str(json).unwrap_or_default();
+    let text = |r: &serde_json::Value, k: &str| r.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    rows.iter()
+        .filter_map(|r| {
+            Some(ReplicationRow {
+                usename: text(r, "usename").unwrap_or_default(),
+                application_name: text(r, "application_name")?,
+                client_addr: text(r, "client_addr"),
+                state: text(r, "state").unwrap_or_default(),
+                sync_state: text(r, "sync_state").unwrap_or_default(),
+                sync_priority: r.get("sync_priority").and_then(|v| v.as_i64()).unwrap_or(0) as i32,
+            })
+        })
+        .collect()
+}
+
 /// Replication slot name for a member (PostgreSQL allows lower-case letters, digits, underscore).
 pub fn slot_name(member: &str) -> String {
     member.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replication_rows;
+
+    #[test]
+    fn replication_rows_read_the_servers_json_and_keep_a_unix_socket_standby() {
+        let json = r#"[{"usename":"replicator","application_name":"node2","client_addr":"127.0.0.1","state":"streaming","sync_state":"sync","sync_priority":1},
+                      {"usename":"replicator","application_name":"node3","client_addr":null,"state":"catchup","sync_state":"async","sync_priority":0},
+                      {"usename":"replicator","application_name":null}]"#;
+        let rows = replication_rows(json);
+        assert_eq!(rows.len(), 2, "a row without an application_name is left out: {rows:?}");
+        assert_eq!(
+            (
+                rows[0].usename.as_str(),
+                rows[0].client_addr.as_deref(),
+                rows[0].sync_state.as_str(),
+                rows[0].sync_priority
+            ),
+            ("replicator", Some("127.0.0.1"), "sync", 1)
+        );
+        assert_eq!((rows[1].client_addr.as_deref(), rows[1].state.as_str()), (None, "catchup"));
+        assert!(replication_rows("not json").is_empty());
+    }
 }

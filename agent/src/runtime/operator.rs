@@ -1,6 +1,7 @@
 //! What the runtime does on an operator's behalf rather than by the HA decision: apply the
 //! dynamic configuration (HA timing, PostgreSQL parameters with reload and pending_restart), and
-//! run the REST API's requests (restart, reload; reinitialize is started from here, see `reinit`).
+//! run the REST API's requests (restart, reload; reinitialize and restore are started from here, see
+//! `reinit` and `restore`).
 
 use super::Runtime;
 use crate::postgres::control::{slot_name, StopMode};
@@ -81,8 +82,8 @@ impl Runtime {
                 }
                 Err(e) => tracing::warn!("reload requested through the API failed: {e}"),
             },
-            ApiCommand::Restart if self.reinit.is_some() => {
-                tracing::warn!("restart requested through the API refused: a reinitialize is in progress");
+            ApiCommand::Restart if self.reinit.is_some() || self.restore.is_some() => {
+                tracing::warn!("restart requested through the API refused: a reinitialize or restore is in progress");
             }
             ApiCommand::Restart => {
                 tracing::info!("restarting PostgreSQL (API request)");
@@ -101,6 +102,17 @@ impl Runtime {
                 let result = self.start_reinitialize(force).await;
                 if let Err(e) = &result {
                     tracing::warn!("reinitialize requested through the API not started: {e}");
+                }
+                let _ = started.send(result);
+            }
+            ApiCommand::Restore { request, started } => {
+                if started.is_closed() {
+                    tracing::warn!("restore request dropped: the API stopped waiting for it");
+                    return;
+                }
+                let result = self.start_restore(&request).await;
+                if let Err(e) = &result {
+                    tracing::warn!("restore requested through the API not started: {e}");
                 }
                 let _ = started.send(result);
             }

@@ -19,6 +19,7 @@ impl Runtime {
         // Patroni's states: a reinitialize shows as "creating replica" while its clone runs.
         let state = match (&self.reinit, running) {
             (Some(_), _) => "creating replica",
+            (None, _) if self.restore.is_some() => "restoring",
             (None, true) => "running",
             (None, false) if self.starting => "starting",
             (None, false) => "stopped",
@@ -99,6 +100,8 @@ impl Runtime {
             s.loop_wait_ms = loop_wait;
             s.retry_timeout_ms = retry_timeout;
             s.pending_restart = pending_restart;
+            s.replication =
+                probe.as_ref().filter(|p| !p.in_recovery).map(|p| p.replication.clone()).unwrap_or_default();
         });
     }
 }

@@ -137,9 +137,13 @@ impl Runtime {
     pub(super) async fn tick(&mut self) {
         let now = Instant::now();
         let view = self.read_view().await;
-        if let Some(reason) = self.reinitialize_progress().await {
-            // The data directory is being cloned: nothing may start or judge it, but the member
-            // key and the API stay current.
+        let busy = match self.restore_progress().await {
+            Some(reason) => Some(reason),
+            None => self.reinitialize_progress().await,
+        };
+        if let Some(reason) = busy {
+            // The data directory is being cloned or restored: nothing may start or judge it, but
+            // the member key and the API stay current.
             self.log_decision(&reason);
             self.last_probe = None;
             self.changed_role = None;
