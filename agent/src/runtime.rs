@@ -27,6 +27,7 @@ mod peers;
 mod publish;
 mod reinit;
 mod restore;
+pub(crate) use restore::put_back_interrupted;
 mod sync;
 mod tick;
 

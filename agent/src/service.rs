@@ -88,6 +88,20 @@ pub async fn run(config: AgentConfig, shutdown: impl std::future::Future<Output 
         basebackup_max_rate: config.postgresql.basebackup_max_rate.clone(),
     });
     pg.prepare_dirs().map_err(setup("preparing directories"))?;
+    // Before PostgreSQL can be started on a half-restored directory.
+    match crate::runtime::put_back_interrupted(&config.postgresql.data_dir) {
+        Ok(None) => {}
+        Ok(Some(target)) => tracing::error!(
+            "a restore to {target} was interrupted (the agent stopped before it ended): the data directory from \
+             before it is back in place"
+        ),
+        Err(e) => {
+            return Err(ServiceError::Setup(format!(
+                "a restore was interrupted and the data directory from before could not be put back ({e}); put it \
+                 back by hand before starting the agent"
+            )))
+        }
+    }
     let (status_tx, status_rx) = tokio::sync::watch::channel(NodeStatus::starting(&config.name, &config.scope));
     let (commands_tx, commands_rx) = tokio::sync::mpsc::channel(16);
     let listener = tokio::net::TcpListener::bind(config.api.listen)

@@ -110,7 +110,14 @@ impl Runtime {
             aside.display()
         );
         self.pg.stop(StopMode::Fast, self.ha.retry_timeout).await;
+        // Moves aside with the data: an agent that dies before the restore ends finds it there
+        // at its next start and puts that directory back (`put_back_interrupted`).
+        if let Err(e) = std::fs::write(self.pg.data_dir.join(INCOMPLETE), &target) {
+            self.restore = None;
+            return Err(format!("writing {} into the data directory: {e}", INCOMPLETE));
+        }
         if let Err(e) = std::fs::rename(&self.pg.data_dir, &aside) {
+            let _ = std::fs::remove_file(self.pg.data_dir.join(INCOMPLETE));
             // PostgreSQL is started again by the next tick (a stopped primary holding the lock).
             self.restore = None;
             return Err(format!("moving {} to {}: {e}", self.pg.data_dir.display(), aside.display()));
@@ -219,6 +226,9 @@ impl Runtime {
             return Some(format!("restore in progress: recovering to {target}"));
         }
         self.restore = None;
+        if let Err(e) = std::fs::remove_file(aside.join(INCOMPLETE)) {
+            tracing::warn!("restore: could not remove {}: {e}", aside.join(INCOMPLETE).display());
+        }
         if let Err(e) = self.pg.reset_recovery_targets().await {
             tracing::warn!("restore: could not remove the recovery target settings (remove them by hand): {e}");
         }
@@ -300,10 +310,7 @@ impl Runtime {
     fn give_back(&mut self, target: &str, aside: &std::path::Path, why: String) {
         self.restore = None;
         self.pg.kill();
-        let back = self.pg.remove_data_dir().map_err(|e| e.to_string()).and_then(|()| {
-            std::fs::rename(aside, &self.pg.data_dir)
-                .map_err(|e| format!("moving {} back to {}: {e}", aside.display(), self.pg.data_dir.display()))
-        });
+        let back = put_back(&self.pg.data_dir, aside);
         let detail = match back {
             Ok(()) => format!("{why}; the data directory from before is back in place"),
             Err(e) => format!(
@@ -335,6 +342,33 @@ impl Runtime {
     }
 }
 
+/// In the data directory moved aside while a restore runs; removed when it ends.
+const INCOMPLETE: &str = "pgha-restore-incomplete";
+
+/// Removes the restored (or half-restored) data directory and moves the one from before back.
+fn put_back(data_dir: &std::path::Path, aside: &std::path::Path) -> Result<(), String> {
+    match std::fs::remove_dir_all(data_dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("removing {}: {e}", data_dir.display())),
+    }
+    std::fs::rename(aside, data_dir)
+        .map_err(|e| format!("moving {} back to {}: {e}", aside.display(), data_dir.display()))?;
+    let _ = std::fs::remove_file(data_dir.join(INCOMPLETE));
+    Ok(())
+}
+
+/// At the agent's start, before PostgreSQL is touched: a restore the agent did not see to its
+/// end (killed, the machine lost) left the data directory from before aside with its marker.
+/// That one is put back, so that no half-restored directory is started, and the target is
+/// returned. Ok(None) when no restore was interrupted.
+pub(crate) fn put_back_interrupted(data_dir: &std::path::Path) -> Result<Option<String>, String> {
+    let aside = aside_path(data_dir);
+    let Ok(target) = std::fs::read_to_string(aside.join(INCOMPLETE)) else { return Ok(None) };
+    put_back(data_dir, &aside)?;
+    Ok(Some(target))
+}
+
 /// Where a restore keeps the data directory from before: `<data_dir>.before-restore`.
 fn aside_path(data_dir: &std::path::Path) -> PathBuf {
     let mut name = data_dir.file_name().map(|n| n.to_owned()).unwrap_or_else(|| "data".into());
@@ -344,6 +378,30 @@ fn aside_path(data_dir: &std::path::Path) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_interrupted_restore_puts_the_data_from_before_back_and_a_finished_one_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let aside = super::aside_path(&data);
+        std::fs::create_dir_all(data.join("base")).unwrap();
+        std::fs::write(data.join("PG_VERSION"), "half restored").unwrap();
+        std::fs::create_dir_all(&aside).unwrap();
+        std::fs::write(aside.join("PG_VERSION"), "from before").unwrap();
+        // Finished: the marker is gone, both directories stay.
+        assert_eq!(super::put_back_interrupted(&data), Ok(None));
+        assert_eq!(std::fs::read_to_string(data.join("PG_VERSION")).unwrap(), "half restored");
+        // Interrupted: the directory from before is back, without its marker.
+        std::fs::write(aside.join(super::INCOMPLETE), "target_time 2026-01-01 00:00+00").unwrap();
+        assert_eq!(super::put_back_interrupted(&data), Ok(Some("target_time 2026-01-01 00:00+00".into())));
+        assert_eq!(std::fs::read_to_string(data.join("PG_VERSION")).unwrap(), "from before");
+        assert!(!aside.exists() && !data.join(super::INCOMPLETE).exists() && !data.join("base").exists());
+        // Interrupted before the restore made a directory: put back all the same.
+        std::fs::rename(&data, &aside).unwrap();
+        std::fs::write(aside.join(super::INCOMPLETE), "x").unwrap();
+        assert_eq!(super::put_back_interrupted(&data), Ok(Some("x".into())));
+        assert!(data.join("PG_VERSION").is_file() && !aside.exists());
+    }
+
     #[test]
     fn the_data_from_before_is_kept_next_to_the_data_directory() {
         assert_eq!(
