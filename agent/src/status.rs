@@ -65,6 +65,10 @@ pub struct NodeStatus {
     pub server_version: Option<u32>,
     pub system_identifier: Option<u64>,
     pub postmaster_start_time: Option<String>,
+    /// The same, in milliseconds since the epoch (`patroni_postmaster_start_time`).
+    pub postmaster_start_ms: Option<i64>,
+    /// A standby: commit time of the last replayed transaction, milliseconds since the epoch.
+    pub replayed_xact_ms: Option<i64>,
     pub timeline: Option<u32>,
     /// Primary: pg_current_wal_lsn().
     pub wal_position: Option<Lsn>,
@@ -131,6 +135,8 @@ impl NodeStatus {
             server_version: None,
             system_identifier: None,
             postmaster_start_time: None,
+            postmaster_start_ms: None,
+            replayed_xact_ms: None,
             timeline: None,
             wal_position: None,
             received_position: None,

@@ -143,6 +143,28 @@ async fn fails_over_to_the_synchronous_standby(cluster: &mut PghaCluster) -> (us
         assert_eq!(row["client_addr"], "127.0.0.1", "{row}");
         assert!(row["usename"].as_str().is_some_and(|u| !u.is_empty()), "{row}");
     }
+    // Patroni's metrics from the probe: start time everywhere, replay on the standbys.
+    let metric = |text: &str, name: &str| -> f64 {
+        let line =
+            text.lines().find(|l| l.starts_with(&format!("{name}{{"))).unwrap_or_else(|| panic!("{name}: {text}"));
+        line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+    };
+    let (_, text) = http(cluster.nodes[old].api_port, "GET", "/metrics", None).await.unwrap();
+    assert!(metric(&text, "patroni_postmaster_start_time") > 1.7e9, "{text}");
+    assert_eq!(metric(&text, "patroni_xlog_replayed_timestamp"), 0.0, "{text}");
+    let c = connect(&cluster.nodes[old].dsn()).await.unwrap();
+    c.batch_execute("create table if not exists metrics_probe(x int); insert into metrics_probe values (1)")
+        .await
+        .unwrap();
+    let (_, text) = wait_for("a replayed transaction in the standby's metrics", Duration::from_secs(20), || async {
+        let (_, text) = http(cluster.nodes[sync].api_port, "GET", "/metrics", None).await?;
+        Ok((metric(&text, "patroni_xlog_replayed_timestamp") > 1.7e9).then_some(((), text)))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(metric(&text, "patroni_postgres_streaming"), 1.0, "{text}");
+    assert_eq!(metric(&text, "patroni_postgres_in_archive_recovery"), 0.0, "{text}");
+    assert_eq!(metric(&text, "patroni_xlog_paused"), 0.0, "{text}");
     let (code, text) = http(
         cluster.nodes[old].api_port,
         "POST",

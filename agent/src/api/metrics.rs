@@ -30,9 +30,16 @@ pub(crate) fn render(s: &NodeStatus) -> String {
     let primary = s.role == NodeRole::Primary;
     let flag = |b: bool| u64::from(b).to_string();
     let lsn = |p: Option<crate::ha::Lsn>| p.map_or(0, |p| p.0).to_string();
-    let rows: [(&str, &str, &str, String); 16] = [
+    let secs = |ms: Option<i64>| ms.map_or("0".to_string(), |ms| format!("{:.3}", ms as f64 / 1000.0));
+    let rows: [(&str, &str, &str, String); 21] = [
         ("version", "gauge", "Patroni semver without periods (pgha's version).", padded_version(VERSION)),
         ("postgres_running", "gauge", "Value is 1 if Postgres is running, 0 otherwise.", flag(s.pg_running)),
+        (
+            "postmaster_start_time",
+            "gauge",
+            "Epoch seconds since Postgres started.",
+            secs(s.postmaster_start_ms.filter(|_| s.pg_running)),
+        ),
         ("primary", "gauge", "Value is 1 if this node is the leader, 0 otherwise.", flag(primary)),
         (
             "xlog_location",
@@ -40,6 +47,7 @@ pub(crate) fn render(s: &NodeStatus) -> String {
             "Current location of the Postgres transaction log, 0 if this node is not the leader.",
             lsn(s.wal_position.filter(|_| primary)),
         ),
+        ("standby_leader", "gauge", "Value is 1 if this node is the standby_leader, 0 otherwise.", flag(false)),
         ("replica", "gauge", "Value is 1 if this node is a replica, 0 otherwise.", flag(replica)),
         (
             "sync_standby",
@@ -59,12 +67,24 @@ pub(crate) fn render(s: &NodeStatus) -> String {
             "Current location of the replayed Postgres transaction log, 0 if this node is not a replica.",
             lsn(s.replayed_position.filter(|_| replica)),
         ),
+        (
+            "xlog_replayed_timestamp",
+            "gauge",
+            "Current timestamp of the replayed Postgres transaction log, 0 if null.",
+            secs(s.replayed_xact_ms.filter(|_| replica)),
+        ),
         ("xlog_paused", "gauge", "Value is 1 if the Postgres xlog is paused, 0 otherwise.", flag(s.replay_paused)),
         (
             "postgres_streaming",
             "gauge",
             "Value is 1 if Postgres is streaming, 0 otherwise.",
             flag(replica && s.pg_running && s.streaming),
+        ),
+        (
+            "postgres_in_archive_recovery",
+            "gauge",
+            "Value is 1 if Postgres is replicating from archive, 0 otherwise.",
+            flag(replica && s.pg_running && !s.streaming),
         ),
         (
             "postgres_server_version",
@@ -87,6 +107,7 @@ pub(crate) fn render(s: &NodeStatus) -> String {
         ),
         ("pending_restart", "gauge", "Value is 1 if the node needs a restart, 0 otherwise.", flag(s.pending_restart)),
         ("is_paused", "gauge", "Value is 1 if auto failover is disabled, 0 otherwise.", flag(s.paused)),
+        ("failsafe_mode_is_active", "gauge", "Value is 1 if failsafe mode is active, 0 if inactive.", flag(false)),
     ];
     let mut out = String::new();
     for (name, kind, help, value) in &rows {
@@ -136,6 +157,25 @@ mod tests {
         assert_eq!(sample(&text, "patroni_xlog_received_location").as_deref(), Some("0"));
         assert_eq!(sample(&text, "patroni_xlog_replayed_location").as_deref(), Some("0"));
         assert!(text.contains("# TYPE patroni_xlog_location counter\n"));
+        assert_eq!(sample(&text, "patroni_postmaster_start_time").as_deref(), Some("0"));
+        s.postmaster_start_ms = Some(1_764_000_000_123);
+        let text = render(&s);
+        assert_eq!(sample(&text, "patroni_postmaster_start_time").as_deref(), Some("1764000000.123"));
+        assert_eq!(sample(&text, "patroni_xlog_replayed_timestamp").as_deref(), Some("0"));
+        assert_eq!(sample(&text, "patroni_postgres_in_archive_recovery").as_deref(), Some("0"));
+        // A standby replaying from the archive, paused.
+        s.role = NodeRole::Replica;
+        s.replayed_xact_ms = Some(1_764_000_100_500);
+        s.replay_paused = true;
+        let text = render(&s);
+        assert_eq!(sample(&text, "patroni_xlog_replayed_timestamp").as_deref(), Some("1764000100.500"));
+        assert_eq!(sample(&text, "patroni_postgres_in_archive_recovery").as_deref(), Some("1"));
+        assert_eq!(sample(&text, "patroni_xlog_paused").as_deref(), Some("1"));
+        assert_eq!(sample(&text, "patroni_postgres_streaming").as_deref(), Some("0"));
+        s.streaming = true;
+        let text = render(&s);
+        assert_eq!(sample(&text, "patroni_postgres_in_archive_recovery").as_deref(), Some("0"));
+        assert_eq!(sample(&text, "patroni_postgres_streaming").as_deref(), Some("1"));
         // Every sample line has HELP and TYPE lines and a numeric value.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let value = line.rsplit(' ').next().unwrap();

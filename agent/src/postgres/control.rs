@@ -79,6 +79,13 @@ pub struct Probe {
     pub postmaster_start_time: Option<String>,
     /// A primary's WAL senders, as `/patroni` lists them (`replication`); empty on a standby.
     pub replication: Vec<ReplicationRow>,
+    /// pg_postmaster_start_time() in milliseconds since the epoch.
+    pub postmaster_start_ms: Option<i64>,
+    /// A standby: the commit time of the last transaction replayed (pg_last_xact_replay_timestamp),
+    /// milliseconds since the epoch.
+    pub replayed_xact_ms: Option<i64>,
+    /// A standby: replay paused (pg_is_wal_replay_paused()).
+    pub replay_paused: bool,
 }
 
 /// A row of pg_stat_replication.
@@ -611,7 +618,10 @@ impl LocalPostgres {
                    to_char(pg_postmaster_start_time(), 'YYYY-MM-DD HH24:MI:SS.MS TZ'), \
                    (select json_agg(json_build_object('usename', usename, 'application_name', application_name, \
                    'client_addr', host(client_addr), 'state', state, 'sync_state', sync_state, \
-                   'sync_priority', sync_priority) order by application_name) from pg_stat_replication)";
+                   'sync_priority', sync_priority) order by application_name) from pg_stat_replication), \
+                   (extract(epoch from pg_postmaster_start_time()) * 1000)::bigint::text, \
+                   case when pg_is_in_recovery() then (extract(epoch from pg_last_xact_replay_timestamp()) * 1000)::bigint::text end, \
+                   case when pg_is_in_recovery() then pg_is_wal_replay_paused()::text end";
         let rows = self.query(sql, timeout).await?;
         let row = rows.into_iter().next().ok_or_else(|| PgError::Query("probe returned no row".into()))?;
         let col = |i: usize| row.get(i).cloned().flatten();
@@ -636,6 +646,9 @@ impl LocalPostgres {
             slots: col(9).map(|s| s.split(',').map(str::to_string).collect()).unwrap_or_default(),
             postmaster_start_time: col(10),
             replication: col(11).map(|json| replication_rows(&json)).unwrap_or_default(),
+            postmaster_start_ms: col(12).and_then(|s| s.parse().ok()),
+            replayed_xact_ms: col(13).and_then(|s| s.parse().ok()),
+            replay_paused: col(14).as_deref() == Some("true"),
         })
     }
 

@@ -81,6 +81,9 @@ impl Runtime {
             s.state = PgRunState(state.into());
             s.server_version = probe.as_ref().map(|p| p.server_version);
             s.postmaster_start_time = probe.as_ref().and_then(|p| p.postmaster_start_time.clone());
+            s.postmaster_start_ms = probe.as_ref().and_then(|p| p.postmaster_start_ms);
+            s.replayed_xact_ms = probe.as_ref().filter(|p| p.in_recovery).and_then(|p| p.replayed_xact_ms);
+            s.replay_paused = probe.as_ref().is_some_and(|p| p.in_recovery && p.replay_paused);
             s.system_identifier = sysid;
             s.timeline = probe.as_ref().map(|p| p.timeline);
             s.wal_position = probe.as_ref().filter(|p| !p.in_recovery).map(|p| p.position);

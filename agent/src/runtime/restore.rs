@@ -179,6 +179,7 @@ impl Runtime {
                 tracing::info!("restore: WAL archived through {segment}");
             }
             if let Err(why) = self.begin_copy(&config, &args).await {
+                self.restore = None;
                 tracing::error!("restore abandoned: {why}");
                 self.report_restore(&target, &aside, "failed", why);
                 return None;
