@@ -2,7 +2,8 @@
 //! promote, demote, rewind) and, with its peers, keeps exactly one primary through the DCS.
 //!
 //! `ha` decides (pure), `runtime` gathers inputs and acts, `postgres` drives the local server,
-//! `cluster_view` maps DCS keys to the engine's view, `service` assembles a node from `config`.
+//! `cluster_view` maps DCS keys to the engine's view, `history` the timeline switches to the
+//! `history` key, `service` assembles a node from `config`.
 
 pub mod api;
 pub mod callbacks;
@@ -10,6 +11,7 @@ pub mod cluster_view;
 pub mod config;
 pub mod dynamic;
 pub mod ha;
+pub mod history;
 pub mod postgres;
 pub mod raft_dcs;
 pub mod runtime;

@@ -82,6 +82,10 @@ pub struct Runtime {
     bootstrap_backup_config: Option<std::path::PathBuf>,
     /// `[postgresql.callbacks]`.
     callbacks: crate::callbacks::Callbacks,
+    /// The `history` key as last read.
+    history: Option<consensus::kv::KeyValue>,
+    /// As leader: the timeline whose switch this agent knows the `history` key records.
+    history_recorded: Option<u32>,
 }
 
 impl Runtime {
@@ -130,6 +134,8 @@ impl Runtime {
             bootstrap: config.bootstrap.clone(),
             bootstrap_backup_config: config.bootstrap_backup_config().map(std::path::Path::to_path_buf),
             callbacks,
+            history: None,
+            history_recorded: None,
         }
     }
 

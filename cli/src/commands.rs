@@ -132,6 +132,9 @@ pub enum CtlVerb {
     Pause,
     /// Resume automatic failover.
     Resume,
+    /// Show the timeline history: each switch of the primary (failover, switchover, restore)
+    /// with its WAL position, time and new leader.
+    History,
     /// Show the cluster-wide dynamic configuration.
     ShowConfig,
     /// Change the cluster-wide dynamic configuration, e.g. `--set ttl=20 --set postgresql.parameters.work_mem=64MB`.

@@ -31,6 +31,7 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
             }
             CtlVerb::Pause => pause(&api, true).await,
             CtlVerb::Resume => pause(&api, false).await,
+            CtlVerb::History => history(&api).await,
             CtlVerb::ShowConfig => {
                 let config = api.get_json("/config").await?;
                 println!("{}", serde_json::to_string_pretty(&config)?);
@@ -380,6 +381,22 @@ async fn restore_cluster(api: &Api, target: Value, force: bool) -> anyhow::Resul
         cluster["scope"].as_str().unwrap_or("the cluster"),
         shown.join(", ")
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Like `patronictl history`: one row per timeline switch, oldest first.
+async fn history(api: &Api) -> anyhow::Result<ExitCode> {
+    let history = api.get_json("/history").await?;
+    let mut rows = vec![["TL", "LSN", "Reason", "Timestamp", "New Leader"].map(String::from).to_vec()];
+    for entry in history.as_array().into_iter().flatten() {
+        let field = |i: usize| match entry.get(i) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Null) | None => String::new(),
+            Some(other) => other.to_string(),
+        };
+        rows.push((0..5).map(field).collect());
+    }
+    print_table(&rows);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -272,6 +272,15 @@ async fn ctl_restores_a_running_cluster_to_a_point_in_time() -> anyhow::Result<(
     assert_eq!(value(&r, TABLE_MD5).await?, value(&dsn, TABLE_MD5).await?);
     let log = cluster.nodes[primary].agent_log();
     assert!(log.contains("restore: WAL archived through"), "{log}");
+    // The restore's switch of timeline is in the history, with its recovery target as reason.
+    let name = cluster.nodes[primary].name.clone();
+    let history = wait_for("the restore in ctl history", Duration::from_secs(30), || async {
+        let out = ctl(vec!["history".into()]).await?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        Ok(text.lines().any(|l| l.starts_with("1 ") && l.ends_with(&name)).then_some(text))
+    })
+    .await?;
+    assert!(history.contains("before 2") || history.contains("after 2"), "{history}");
     eprintln!("restore-cluster: {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }

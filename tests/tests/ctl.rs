@@ -100,6 +100,19 @@ async fn ctl_operates_a_cluster() {
         "{answer}"
     );
     assert_eq!(another_primary(&cluster, replica, 60).await, primary);
+    // Both switches are in the history, each with its new leader.
+    let history = wait_for("two switches in ctl history", Duration::from_secs(30), || async {
+        let (ok, text) = ctl(api, &["history"]).await;
+        Ok((ok && text.lines().count() == 3).then_some(text))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
+    eprintln!("{history}");
+    let switch = |tl: &str| row(&history, tl);
+    assert_eq!(row(&history, "TL")[..2], ["TL", "LSN"], "{history}");
+    assert_eq!(switch("1").last().map(String::as_str), Some(r.as_str()), "{history}");
+    assert_eq!(switch("2").last().map(String::as_str), Some(p.as_str()), "{history}");
+    assert!(switch("1")[1].parse::<u64>().is_ok_and(|lsn| lsn > 0), "{history}");
 
     // Reinit the replica: a fresh clone that streams again.
     streams_again(&cluster, replica, "the replica streaming before reinit", 90).await;

@@ -1,6 +1,6 @@
 //! What the holder of the leader lock does each tick: refresh the lease (demoting when it is lost
 //! or about to end), keep the members' replication slots and the synchronous standbys
-//! (`runtime::sync`), and publish the `status` key.
+//! (`runtime::sync`), record a new timeline in the `history` key, and publish the `status` key.
 
 use super::Runtime;
 use crate::ha::Action;
@@ -50,6 +50,7 @@ impl Runtime {
         if !p.in_recovery {
             self.keep_member_slots(&p).await;
             self.keep_synchronous_standbys(&p).await;
+            self.record_history(&p).await;
         }
         self.write_leader_status(&p).await;
     }
@@ -118,6 +119,51 @@ impl Runtime {
 
     /// Probes PostgreSQL and publishes the result as the leader status (after promote/bootstrap,
     /// when the tick's probe predates the new timeline).
+    /// After a promotion (or a restore) onto a new timeline: the switch goes into the `history`
+    /// key, from the timeline's history file, with the time and this leader's name. Once per
+    /// timeline; a failed attempt is made again at the next tick.
+    async fn record_history(&mut self, p: &crate::postgres::control::Probe) {
+        if p.timeline < 2 || self.history_recorded == Some(p.timeline) {
+            return;
+        }
+        let existing: Vec<serde_json::Value> =
+            self.history.as_ref().and_then(|kv| serde_json::from_slice(&kv.value).ok()).unwrap_or_default();
+        if crate::history::records(&existing, p.timeline) {
+            self.history_recorded = Some(p.timeline);
+            return;
+        }
+        let sql = format!(
+            "select pg_read_file('pg_wal/{:08X}.history'), \
+             to_char(now() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')",
+            p.timeline
+        );
+        let row = match self.pg.query(&sql, self.ha.retry_timeout).await {
+            Ok(rows) => rows.into_iter().next().unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!("could not read the history file of timeline {}: {e}", p.timeline);
+                return;
+            }
+        };
+        let col = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+        let Some(entries) = crate::history::entries(&col(0), &existing, p.timeline, &col(1), &self.name) else {
+            tracing::warn!("the history file of timeline {} names no switch", p.timeline);
+            self.history_recorded = Some(p.timeline);
+            return;
+        };
+        let expected = match &self.history {
+            Some(kv) => Expected::Revision(kv.mod_revision),
+            None => Expected::Absent,
+        };
+        let bytes = serde_json::to_vec(&entries).unwrap_or_default();
+        match self.dcs.write(ClusterKey::History, &bytes, expected).await {
+            Ok(_) => {
+                tracing::info!("recorded the switch onto timeline {} in the history key", p.timeline);
+                self.history_recorded = Some(p.timeline);
+            }
+            Err(e) => tracing::warn!("could not write the history key: {e}"),
+        }
+    }
+
     pub(super) async fn publish_leader_status(&self) {
         if let Ok(p) = self.pg.probe(self.ha.retry_timeout).await {
             self.write_leader_status(&p).await;

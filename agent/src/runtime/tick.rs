@@ -36,6 +36,7 @@ impl Runtime {
                     .and_then(|kv| consensus::cluster::DynamicConfig::parse(&kv.value).ok())
                     .unwrap_or_default();
                 self.apply_dynamic_timing();
+                self.history = snap.get(&ClusterKey::History).cloned();
                 self.last_view = view.clone();
                 self.last_addrs = addrs;
                 self.status.send_modify(|s| s.dcs_last_seen = Some(SystemTime::now()));
