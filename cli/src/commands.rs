@@ -132,6 +132,22 @@ pub enum CtlVerb {
     Pause,
     /// Resume automatic failover.
     Resume,
+    /// Reload the configuration of one member's PostgreSQL (or every member's).
+    Reload {
+        /// Member name; all members when omitted.
+        member: Option<String>,
+    },
+    /// Cancel a scheduled switchover.
+    Flush {
+        /// What to cancel: `switchover` (a scheduled one).
+        #[arg(value_parser = ["switchover"])]
+        what: String,
+    },
+    /// Print a libpq connection string for the leader, or for a member.
+    Dsn {
+        /// Member name; the leader when omitted.
+        member: Option<String>,
+    },
     /// Show the timeline history: each switch of the primary (failover, switchover, restore)
     /// with its WAL position, time and new leader.
     History,

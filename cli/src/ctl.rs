@@ -32,6 +32,13 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
             CtlVerb::Pause => pause(&api, true).await,
             CtlVerb::Resume => pause(&api, false).await,
             CtlVerb::History => history(&api).await,
+            CtlVerb::Reload { member } => reload(&api, member).await,
+            CtlVerb::Flush { .. } => {
+                let (_, answer) = api.send("DELETE", &api.url("/switchover"), None).await?;
+                println!("{}", answer.trim());
+                Ok(ExitCode::SUCCESS)
+            }
+            CtlVerb::Dsn { member } => dsn(&api, member).await,
             CtlVerb::ShowConfig => {
                 let config = api.get_json("/config").await?;
                 println!("{}", serde_json::to_string_pretty(&config)?);
@@ -381,6 +388,42 @@ async fn restore_cluster(api: &Api, target: Value, force: bool) -> anyhow::Resul
         cluster["scope"].as_str().unwrap_or("the cluster"),
         shown.join(", ")
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Asks one member, or every member, to reload its configuration (`POST /reload`).
+async fn reload(api: &Api, member: Option<String>) -> anyhow::Result<ExitCode> {
+    let names: Vec<String> = match member {
+        Some(m) => vec![m],
+        None => members(&api.get_json("/cluster").await?).iter().map(|m| text(m, "name").to_string()).collect(),
+    };
+    for name in names {
+        let target = member_api(api, &name).await?;
+        let (_, answer) = api.send("POST", &format!("{target}/reload"), Some(json!({}))).await?;
+        println!("{name}: {}", answer.trim());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Like `patronictl dsn`: `host=... port=...` of the leader, or of the member named.
+async fn dsn(api: &Api, member: Option<String>) -> anyhow::Result<ExitCode> {
+    let cluster = api.get_json("/cluster").await?;
+    let all = members(&cluster);
+    let found = match &member {
+        Some(name) => all.iter().find(|m| text(m, "name") == name.as_str()),
+        None => all.iter().find(|m| text(m, "role") == "leader"),
+    };
+    let Some(m) = found else {
+        match member {
+            Some(name) => bail!("{name} is not a member of the cluster"),
+            None => bail!("the cluster has no leader now"),
+        }
+    };
+    let mut dsn = format!("host={}", text(m, "host"));
+    if let Some(port) = m.get("port").and_then(Value::as_u64) {
+        dsn.push_str(&format!(" port={port}"));
+    }
+    println!("{dsn}");
     Ok(ExitCode::SUCCESS)
 }
 

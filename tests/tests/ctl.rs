@@ -5,7 +5,7 @@
 //! CA and shows its client certificate where the agents ask for one.
 
 use harness::agent_checks::{another_primary, healthy, streams_again};
-use harness::cluster::{http, PghaCluster, Timing};
+use harness::cluster::{connect, http, PghaCluster, Timing};
 use harness::{run_pgha, wait_for};
 use std::time::Duration;
 
@@ -83,6 +83,37 @@ async fn ctl_operates_a_cluster() {
     assert!(shown.contains("\"work_mem\": \"8MB\""), "{shown}");
     let (ok, bad) = ctl(api, &["edit-config", "--set", "nokey"]).await;
     assert!(!ok && bad.contains("expected KEY=VALUE"), "{bad}");
+
+    // dsn names the leader's (or a member's) address; reload reaches every member's PostgreSQL.
+    let dsn = ctl_ok(&cluster, api, &["dsn"]).await;
+    assert_eq!(dsn.trim(), format!("host=127.0.0.1 port={}", cluster.nodes[primary].pg_port));
+    let dsn = ctl_ok(&cluster, api, &["dsn", &r]).await;
+    assert_eq!(dsn.trim(), format!("host=127.0.0.1 port={}", cluster.nodes[replica].pg_port));
+    let loaded = |i: usize| {
+        let dsn = cluster.nodes[i].dsn();
+        async move {
+            let c = connect(&dsn).await?;
+            let t: String = c.query_one("select pg_conf_load_time()::text", &[]).await?.try_get(0)?;
+            anyhow::Ok(t)
+        }
+    };
+    let before = (loaded(primary).await.unwrap(), loaded(replica).await.unwrap());
+    let reloaded = ctl_ok(&cluster, api, &["reload"]).await;
+    assert!(reloaded.contains(&format!("{p}: ")) && reloaded.contains(&format!("{r}: ")), "{reloaded}");
+    wait_for("both members to reload", Duration::from_secs(30), || async {
+        Ok((loaded(primary).await? != before.0 && loaded(replica).await? != before.1).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    // A scheduled switchover is cancelled by flush.
+    let later = "2099-01-01T00:00:00+00:00";
+    ctl_ok(&cluster, api, &["switchover", "--candidate", &r, "--scheduled", later]).await;
+    assert!(ctl_ok(&cluster, api, &["list"]).await.contains("Switchover scheduled"));
+    let flushed = ctl_ok(&cluster, api, &["flush", "switchover"]).await;
+    assert!(flushed.contains("deleted"), "{flushed}");
+    assert!(!ctl_ok(&cluster, api, &["list"]).await.contains("Switchover scheduled"));
+    let (ok, text) = ctl(api, &["flush", "switchover"]).await;
+    assert!(!ok && text.contains("no switchover is scheduled"), "{text}");
 
     // Restart the replica: its postmaster starts again and it streams again.
     let restarted = ctl_ok(&cluster, api, &["restart", &r]).await;
