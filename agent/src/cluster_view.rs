@@ -91,6 +91,12 @@ pub fn view_from_dcs(dcs: &DcsView, now: i64) -> (ClusterView, Vec<MemberAddress
     }
     view.paused = dcs.dynamic_config().pause();
     view.retain_slots = dcs.status.as_ref().and_then(|s| s.value.retain_slots.clone()).unwrap_or_default();
+    view.slot_positions = dcs
+        .status
+        .as_ref()
+        .and_then(|s| s.value.slots.as_ref())
+        .map(|slots| slots.iter().map(|(name, lsn)| (name.clone(), Lsn(*lsn))).collect())
+        .unwrap_or_default();
     view.sync = dcs.sync.as_ref().map(|s| SyncKey {
         leader: s.value.leader.clone().filter(|l| !l.is_empty()),
         standbys: s.value.voters().into_iter().map(str::to_string).collect(),
@@ -194,6 +200,7 @@ mod tests {
         assert_eq!(view.members[0].role, Role::Primary);
         assert!(view.members[1].nofailover);
         assert_eq!(view.leader_lsn, Some(Lsn(50331808)));
+        assert_eq!(view.slot_positions.get("pg2"), Some(&Lsn(50331808)));
         assert_eq!(view.failover.as_ref().and_then(|f| f.candidate.as_deref()), Some("pg2"));
         assert_eq!(addrs[1].postgres.as_deref(), Some("10.0.0.2:5432"));
     }

@@ -137,6 +137,42 @@ fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
 }
 
+/// The permanent slots of the dynamic configuration (`slots`, Patroni's format: `{"name":
+/// {"type": "physical"}}`): the physical ones to keep on every member, and a sentence for each
+/// entry that is not kept. `members`: the members' slot names, which a permanent slot may not take.
+pub fn permanent_slots(config: &DynamicConfig, members: &[String]) -> (Vec<String>, Vec<String>) {
+    let mut keep = Vec::new();
+    let mut refused = Vec::new();
+    let Some(slots) = config.get("slots") else { return (keep, refused) };
+    let Some(slots) = slots.as_object() else {
+        if !slots.is_null() {
+            refused.push(format!("slots = {slots} is not an object of slot names"));
+        }
+        return (keep, refused);
+    };
+    for (name, spec) in slots {
+        if spec.is_null() {
+            continue;
+        }
+        let kind = spec.get("type").and_then(Value::as_str).unwrap_or("");
+        if !crate::ha::member_slots::is_slot_name(name) {
+            refused.push(format!("slot {name:?}: a slot name is lower-case letters, digits and _, at most 63 bytes"));
+        } else if members.contains(name) {
+            refused.push(format!("slot {name}: that is the slot of the member {name}"));
+        } else if kind == "physical" {
+            keep.push(name.clone());
+        } else if kind == "logical" {
+            refused.push(format!(
+                "slot {name}: permanent logical slots are not supported (PostgreSQL 15 cannot carry them to a \
+                 standby); create it on the primary by hand"
+            ));
+        } else {
+            refused.push(format!("slot {name}: type must be \"physical\" (it is {spec})"));
+        }
+    }
+    (keep, refused)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,5 +242,27 @@ mod tests {
     fn the_timing_rule_is_strict() {
         assert!(check_timing(30.0, 10.0, 10.0).is_err());
         assert!(check_timing(31.0, 10.0, 10.0).is_ok());
+    }
+
+    #[test]
+    fn permanent_slots_keep_physical_ones_and_say_why_others_are_not_kept() {
+        let config = DynamicConfig::parse(
+            br#"{"slots": {"keeper": {"type": "physical"}, "cdc": {"type": "logical", "database": "app", "plugin": "pgoutput"},
+                 "node2": {"type": "physical"}, "Bad-Name": {"type": "physical"}, "odd": {}, "gone": null}}"#,
+        )
+        .unwrap();
+        let (keep, refused) = permanent_slots(&config, &["node1".into(), "node2".into()]);
+        assert_eq!(keep, vec!["keeper".to_string()]);
+        assert_eq!(refused.len(), 4, "{refused:?}");
+        assert!(
+            refused.iter().any(|r| r.starts_with("slot cdc: permanent logical slots are not supported")),
+            "{refused:?}"
+        );
+        assert!(refused.iter().any(|r| r.contains("slot of the member node2")), "{refused:?}");
+        assert!(refused.iter().any(|r| r.contains("Bad-Name")), "{refused:?}");
+        assert!(refused.iter().any(|r| r.starts_with("slot odd: type must be")), "{refused:?}");
+        let (keep, refused) = permanent_slots(&DynamicConfig::parse(br#"{"slots": [1]}"#).unwrap(), &[]);
+        assert!(keep.is_empty() && refused.len() == 1, "{refused:?}");
+        assert_eq!(permanent_slots(&DynamicConfig::default(), &[]), (vec![], vec![]));
     }
 }

@@ -24,6 +24,7 @@ mod key_watch;
 mod leader;
 mod operator;
 mod peers;
+mod permanent_slots;
 mod publish;
 mod reinit;
 mod restore;
@@ -86,6 +87,8 @@ pub struct Runtime {
     history: Option<consensus::kv::KeyValue>,
     /// As leader: the timeline whose switch this agent knows the `history` key records.
     history_recorded: Option<u32>,
+    /// The `slots` entries of the dynamic configuration last refused (logged when they change).
+    permanent_slots_refused: Vec<String>,
 }
 
 impl Runtime {
@@ -136,6 +139,7 @@ impl Runtime {
             callbacks,
             history: None,
             history_recorded: None,
+            permanent_slots_refused: Vec::new(),
         }
     }
 

@@ -207,3 +207,83 @@ async fn a_departed_members_slot_is_dropped_after_member_slots_ttl_and_made_agai
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(active.get::<_, bool>(0), "the returning member does not stream through its slot\n{}", cluster.logs());
 }
+
+/// Permanent physical slots (`slots` in the dynamic configuration, Patroni's): every member has
+/// them, a standby's follows the primary's position, and after the primary's node is lost the
+/// new primary has the slot at about the consumer's position, with the WAL from there; a
+/// logical one is refused with a reason; taken out of the configuration, it is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_slot_is_kept_on_every_member_and_survives_a_failover() {
+    use harness::cluster::{connect, http, PghaCluster};
+    use harness::wait::wait_for;
+    use std::time::Duration;
+    let mut cluster = PghaCluster::start_on_etcd(2, Timing::default()).await.unwrap_or_else(|e| panic!("{e:#}"));
+    let primary = harness::agent_checks::healthy(&cluster).await;
+    let standby = 1 - primary;
+    let api = cluster.nodes[primary].api_port;
+    let slots = r#"{"slots": {"keeper": {"type": "physical"}, "cdc": {"type": "logical", "database": "postgres", "plugin": "pgoutput"}}}"#;
+    let (code, text) = http(api, "PATCH", "/config", Some(slots)).await.unwrap();
+    assert_eq!(code, 200, "{text}");
+    let dsns: Vec<String> = cluster.nodes.iter().map(|n| n.dsn()).collect();
+    let position = |node: usize| {
+        let dsn = dsns[node].clone();
+        async move {
+            let c = connect(&dsn).await?;
+            let row = c
+                .query_opt(
+                    "select (restart_lsn - '0/0')::bigint from pg_replication_slots where slot_name = 'keeper'",
+                    &[],
+                )
+                .await?;
+            anyhow::Ok(row.map(|r| r.get::<_, Option<i64>>(0).unwrap_or(0)))
+        }
+    };
+    for node in [primary, standby] {
+        wait_for("the permanent slot on every member", Duration::from_secs(30), || async {
+            Ok(position(node).await?.filter(|p| *p > 0))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
+    }
+    // The consumer moves the primary's slot on; the standby's follows.
+    let p = connect(&cluster.nodes[primary].dsn()).await.unwrap();
+    p.batch_execute("create table slot_probe(x int); insert into slot_probe select generate_series(1, 1000); select pg_switch_wal()")
+        .await
+        .unwrap();
+    let consumed: i64 = p
+        .query_one(
+            "select (end_lsn - '0/0')::bigint from pg_replication_slot_advance('keeper', pg_current_wal_lsn())",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    wait_for("the standby's permanent slot to follow the primary's", Duration::from_secs(40), || async {
+        Ok(position(standby).await?.filter(|p| *p >= consumed))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
+    let log = cluster.nodes[primary].agent_log();
+    assert!(log.contains("slot cdc: permanent logical slots are not supported"), "{log}");
+    let has_cdc = p.query_opt("select 1 from pg_replication_slots where slot_name = 'cdc'", &[]).await.unwrap();
+    assert!(has_cdc.is_none(), "a logical permanent slot was made");
+
+    // The primary's node is lost: the new primary has the slot where the consumer left it.
+    drop(p);
+    cluster.nodes[primary].kill_node();
+    let new = harness::agent_checks::another_primary(&cluster, primary, 60).await;
+    assert_eq!(new, standby);
+    let kept =
+        position(standby).await.unwrap().unwrap_or_else(|| panic!("no slot after the failover\n{}", cluster.logs()));
+    assert!(kept >= consumed, "slot at {kept}, the consumer was at {consumed}");
+
+    // Out of the configuration: dropped.
+    let api = cluster.nodes[standby].api_port;
+    let (code, text) = http(api, "PATCH", "/config", Some(r#"{"slots": null}"#)).await.unwrap();
+    assert_eq!(code, 200, "{text}");
+    wait_for("the unconfigured permanent slot to be dropped", Duration::from_secs(30), || async {
+        Ok(position(standby).await?.is_none().then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
+}

@@ -5,6 +5,7 @@
 mod decide;
 mod lsn;
 pub mod member_slots;
+pub mod permanent_slots;
 pub mod sync;
 mod view;
 

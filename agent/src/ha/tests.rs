@@ -33,6 +33,7 @@ fn view(leader: Option<&str>) -> ClusterView {
         failover: None,
         paused: false,
         retain_slots: vec![],
+        slot_positions: Default::default(),
         sync: None,
     }
 }
@@ -463,6 +464,7 @@ prop_compose! {
             failover: None,
             paused,
             retain_slots: vec![],
+            slot_positions: Default::default(),
             sync: None,
         };
         let local = LocalState {

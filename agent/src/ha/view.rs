@@ -87,6 +87,8 @@ pub struct ClusterView {
     pub paused: bool,
     /// The members' slots the last leader kept (`retain_slots` of the `status` key).
     pub retain_slots: Vec<String>,
+    /// The primary's positions of its physical slots (`slots` of the `status` key).
+    pub slot_positions: std::collections::BTreeMap<String, Lsn>,
     /// The `sync` key, when there is one.
     pub sync: Option<SyncKey>,
 }

@@ -86,6 +86,8 @@ pub struct Probe {
     pub replayed_xact_ms: Option<i64>,
     /// A standby: replay paused (pg_is_wal_replay_paused()).
     pub replay_paused: bool,
+    /// The physical slots and their restart_lsn (None before a slot reserved WAL).
+    pub slot_positions: std::collections::BTreeMap<String, Option<Lsn>>,
 }
 
 /// A row of pg_stat_replication.
@@ -621,7 +623,9 @@ impl LocalPostgres {
                    'sync_priority', sync_priority) order by application_name) from pg_stat_replication), \
                    (extract(epoch from pg_postmaster_start_time()) * 1000)::bigint::text, \
                    case when pg_is_in_recovery() then (extract(epoch from pg_last_xact_replay_timestamp()) * 1000)::bigint::text end, \
-                   case when pg_is_in_recovery() then pg_is_wal_replay_paused()::text end";
+                   case when pg_is_in_recovery() then pg_is_wal_replay_paused()::text end, \
+                   (select string_agg(slot_name || '=' || coalesce(restart_lsn::text, ''), ',' order by slot_name) \
+                   from pg_replication_slots where slot_type = 'physical')";
         let rows = self.query(sql, timeout).await?;
         let row = rows.into_iter().next().ok_or_else(|| PgError::Query("probe returned no row".into()))?;
         let col = |i: usize| row.get(i).cloned().flatten();
@@ -649,6 +653,14 @@ impl LocalPostgres {
             postmaster_start_ms: col(12).and_then(|s| s.parse().ok()),
             replayed_xact_ms: col(13).and_then(|s| s.parse().ok()),
             replay_paused: col(14).as_deref() == Some("true"),
+            slot_positions: col(15)
+                .map(|list| {
+                    list.split(',')
+                        .filter_map(|pair| pair.split_once('='))
+                        .map(|(name, lsn)| (name.to_string(), Lsn::parse(lsn)))
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
     }
 
@@ -721,6 +733,28 @@ impl LocalPostgres {
             ));
         }
         self.query(&sql, timeout).await.map(|_| ())
+    }
+
+    /// Creates a physical slot that reserves WAL at once (a permanent slot), unless it exists;
+    /// on a standby too (it then reserves from the replay position).
+    pub async fn create_reserving_slot(&self, slot: &str, timeout: Duration) -> Result<(), PgError> {
+        if !crate::ha::member_slots::is_slot_name(slot) {
+            return Err(PgError::Query(format!("{slot:?} is not a slot name pgha makes")));
+        }
+        let sql = format!(
+            "select pg_create_physical_replication_slot('{slot}', true) where not exists \
+             (select from pg_replication_slots where slot_name = '{slot}')"
+        );
+        self.query(&sql, timeout).await.map(|_| ())
+    }
+
+    /// Moves a physical slot forward to `to` (PostgreSQL never moves it back, nor past what
+    /// this server has written or, on a standby, replayed).
+    pub async fn advance_slot(&self, slot: &str, to: Lsn, timeout: Duration) -> Result<(), PgError> {
+        if !crate::ha::member_slots::is_slot_name(slot) {
+            return Err(PgError::Query(format!("{slot:?} is not a slot name pgha makes")));
+        }
+        self.query(&format!("select pg_replication_slot_advance('{slot}', '{to}')"), timeout).await.map(|_| ())
     }
 
     /// Drops a physical slot if no walsender holds it. Ok(false): it is active (or gone).

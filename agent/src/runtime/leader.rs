@@ -51,6 +51,7 @@ impl Runtime {
             self.keep_member_slots(&p).await;
             self.keep_synchronous_standbys(&p).await;
             self.record_history(&p).await;
+            self.keep_permanent_slots(&p).await;
         }
         self.write_leader_status(&p).await;
     }
@@ -181,7 +182,16 @@ impl Runtime {
         } else {
             self.last_view.retain_slots.iter().filter(|n| crate::ha::member_slots::is_slot_name(n)).cloned().collect()
         };
-        let value = serde_json::json!({ "optime": p.position.0, "timeline": p.timeline, "retain_slots": retain });
+        // Patroni's `slots`: where the primary's physical slots are, for the standbys that keep
+        // the permanent ones.
+        let slots: serde_json::Map<String, serde_json::Value> = p
+            .slot_positions
+            .iter()
+            .filter_map(|(name, lsn)| Some((name.clone(), serde_json::json!(lsn.as_ref()?.0))))
+            .collect();
+        let value = serde_json::json!({
+            "optime": p.position.0, "timeline": p.timeline, "retain_slots": retain, "slots": slots,
+        });
         let bytes = serde_json::to_vec(&value).unwrap_or_default();
         if let Err(e) = self.dcs.write(ClusterKey::Status, &bytes, Expected::Any).await {
             tracing::warn!("could not write the status key: {e}");

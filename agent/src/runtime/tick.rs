@@ -179,6 +179,7 @@ impl Runtime {
             if follows_a_leader {
                 self.drop_slots_kept_from_leading(p).await;
             }
+            self.keep_permanent_slots(p).await;
         }
         self.publish(&view, probe, &decision.reason).await;
     }
