@@ -29,6 +29,10 @@ pub(crate) enum HealthCheck {
     Synchronous,
     /// A `Replica` that the `sync` key does not name.
     Asynchronous,
+    /// `Primary` or `Synchronous`: where a read sees every acknowledged commit.
+    ReadOnlySync,
+    /// The leader of a standby cluster: never, pgha runs no standby clusters.
+    StandbyLeader,
     /// PostgreSQL is running.
     Health,
     /// The HA loop ticked within `ttl` (primary) or `2 x ttl` (replica), or the cluster is paused.
@@ -41,6 +45,7 @@ pub(crate) enum HealthCheck {
 pub(crate) const ROUTES: &[(&str, HealthCheck)] = &[
     ("/", HealthCheck::Primary),
     ("/primary", HealthCheck::Primary),
+    ("/master", HealthCheck::Primary),
     ("/read-write", HealthCheck::Primary),
     ("/leader", HealthCheck::Leader),
     ("/replica", HealthCheck::Replica),
@@ -49,6 +54,9 @@ pub(crate) const ROUTES: &[(&str, HealthCheck)] = &[
     ("/sync", HealthCheck::Synchronous),
     ("/asynchronous", HealthCheck::Asynchronous),
     ("/async", HealthCheck::Asynchronous),
+    ("/read-only-sync", HealthCheck::ReadOnlySync),
+    ("/standby-leader", HealthCheck::StandbyLeader),
+    ("/standby_leader", HealthCheck::StandbyLeader),
     ("/health", HealthCheck::Health),
     ("/liveness", HealthCheck::Liveness),
     ("/readiness", HealthCheck::Readiness),
@@ -187,6 +195,8 @@ pub(crate) fn passes(check: HealthCheck, s: &NodeStatus, q: &HealthQuery, now: I
         HealthCheck::Synchronous => usable_replica(s, q) && s.sync_standby,
         HealthCheck::Asynchronous => usable_replica(s, q) && !s.sync_standby,
         HealthCheck::ReadOnly => primary_with_lock(s) || usable_replica(s, q),
+        HealthCheck::ReadOnlySync => primary_with_lock(s) || (usable_replica(s, q) && s.sync_standby),
+        HealthCheck::StandbyLeader => false,
         HealthCheck::Health => running(s),
         HealthCheck::Liveness => return alive(s, now),
         HealthCheck::Readiness => return ready(s, q),

@@ -68,6 +68,7 @@ pub(crate) fn node_document(s: &NodeStatus) -> Value {
                 json!({
                     "received_location": received,
                     "replayed_location": s.replayed_position.map(|p| p.0),
+                    "replayed_timestamp": s.replayed_xact_ms.map(timestamp_ms),
                     "paused": s.replay_paused,
                 }),
             );
@@ -128,6 +129,13 @@ pub(crate) fn node_document(s: &NodeStatus) -> Value {
         );
     }
     Value::Object(d)
+}
+
+/// Milliseconds since the epoch as Patroni prints a replay timestamp (`2026-12-06
+/// 23:09:31.646+00:00`).
+fn timestamp_ms(ms: i64) -> String {
+    let (y, mo, d, h, mi, s) = super::timestamp::Timestamp(ms.div_euclid(1000)).utc();
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}.{:03}+00:00", ms.rem_euclid(1000))
 }
 
 /// `GET /patroni`: always 200 with the node status.
@@ -192,7 +200,12 @@ mod tests {
         s.paused = true;
         s.pending_restart = true;
         let d = node_document(&s);
-        assert_eq!(d["xlog"], json!({ "received_location": 200, "replayed_location": 150, "paused": false }));
+        assert_eq!(
+            d["xlog"],
+            json!({ "received_location": 200, "replayed_location": 150, "replayed_timestamp": null, "paused": false })
+        );
+        s.replayed_xact_ms = Some(1_765_062_571_646);
+        assert_eq!(node_document(&s)["xlog"]["replayed_timestamp"], "2025-12-06 23:09:31.646+00:00");
         assert_eq!(d["replication_state"], "streaming");
         assert_eq!(d["cluster_unlocked"], true);
         assert_eq!(d["pause"], true);

@@ -159,6 +159,7 @@ async fn get(router: &Router, uri: &str) -> (u16, String) {
 const MATRIX: &[(&str, [u16; 6])] = &[
     ("/", [200, 503, 503, 503, 503, 503]),
     ("/primary", [200, 503, 503, 503, 503, 503]),
+    ("/master", [200, 503, 503, 503, 503, 503]),
     ("/read-write", [200, 503, 503, 503, 503, 503]),
     ("/leader", [200, 503, 503, 503, 503, 503]),
     ("/replica", [503, 503, 200, 200, 503, 503]),
@@ -168,6 +169,9 @@ const MATRIX: &[(&str, [u16; 6])] = &[
     ("/read-only", [200, 503, 200, 200, 503, 503]),
     ("/read-only?lag=16kB", [200, 503, 200, 503, 503, 503]),
     ("/synchronous", [503, 503, 503, 503, 503, 503]),
+    ("/read-only-sync", [200, 503, 503, 503, 503, 503]),
+    ("/standby-leader", [503, 503, 503, 503, 503, 503]),
+    ("/standby_leader", [503, 503, 503, 503, 503, 503]),
     ("/asynchronous", [503, 503, 200, 200, 503, 503]),
     ("/async?lag=1048576", [503, 503, 200, 503, 503, 503]),
     ("/health", [200, 200, 200, 200, 200, 503]),
@@ -183,7 +187,9 @@ async fn sync_and_async_follow_the_sync_key() {
     status.sync_standby = true;
     let named = api(status);
     let other = api(node(Node::ReplicaStreaming));
-    for (uri, when_named, when_not) in [("/sync", 200, 503), ("/synchronous", 200, 503), ("/async", 503, 200)] {
+    for (uri, when_named, when_not) in
+        [("/sync", 200, 503), ("/synchronous", 200, 503), ("/async", 503, 200), ("/read-only-sync", 200, 503)]
+    {
         assert_eq!(get(&named.router, uri).await.0, when_named, "{uri} on the named standby");
         assert_eq!(get(&other.router, uri).await.0, when_not, "{uri} on another standby");
     }
