@@ -4,7 +4,7 @@
 //!
 //! This file holds the state and the loop; `tick` is one pass, `actions` carries decisions out,
 //! `leader` is the lock holder's duties, `reinit` an operator's reinitialize in the background,
-//! `restore` a restore of the running cluster to a point in time,
+//! `restore` a restore of the running cluster to a point in time, `backup` a base backup on request,
 //! `bootstrap`, `publish`, `peers`, `key_watch` and `operator` (API requests and the dynamic
 //! configuration) the rest.
 
@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
 mod actions;
+mod backup;
 mod bootstrap;
 mod key_watch;
 mod leader;
@@ -70,6 +71,8 @@ pub struct Runtime {
     reinit: Option<reinit::ReinitJob>,
     /// A restore of the cluster to a point in time, as leader (`POST /restore`).
     restore: Option<restore::RestoreJob>,
+    /// A base backup running in the background (`POST /backup`).
+    backup: Option<backup::BackupJob>,
     /// PostgreSQL is being started as a standby (published as state `starting`).
     starting: bool,
     /// As leader: the members' slots, and since when a departed member's has been kept.
@@ -130,6 +133,7 @@ impl Runtime {
             commands,
             reinit: None,
             restore: None,
+            backup: None,
             starting: false,
             member_slots: Default::default(),
             sync_tracker: Default::default(),

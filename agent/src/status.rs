@@ -107,6 +107,20 @@ pub struct NodeStatus {
     /// The last restore of the running cluster this agent carried out as leader (`POST
     /// /restore`), while it runs and after it ended; `/patroni` shows it as `restore`.
     pub restore: Option<RestoreStatus>,
+    /// The last base backup this agent took on request (`POST /backup`), while it runs and
+    /// after; `/patroni` shows it as `backup`.
+    pub backup: Option<BackupStatus>,
+}
+
+/// A base backup taken through the agent, as `/patroni` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupStatus {
+    /// `full` or `incr`.
+    pub kind: String,
+    /// `running`, `done` or `failed`.
+    pub state: &'static str,
+    /// `pgha backup create`'s report, or why it failed.
+    pub detail: String,
 }
 
 /// A restore of the running cluster to a point in time, as `/patroni` shows it.
@@ -159,6 +173,7 @@ impl NodeStatus {
             loop_wait_ms: 1000,
             retry_timeout_ms: 2000,
             restore: None,
+            backup: None,
         }
     }
 

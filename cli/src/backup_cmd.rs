@@ -124,10 +124,13 @@ fn start_prefetch(cfg: &BackupConfig, config_path: &std::path::Path, args: &Arch
 }
 
 pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
-    let (cfg, config_path) = load(&args.config)?;
+    let (mut cfg, config_path) = load(&args.config)?;
     let rt = runtime()?;
     match args.verb {
-        BackupVerb::Create { kind, from_standby, jobs } => {
+        BackupVerb::Create { kind, from_standby, jobs, data_dir, conninfo } => {
+            if let (Some(data_dir), Some(conninfo)) = (data_dir, conninfo) {
+                cfg.postgresql = Some(backup::config::PostgresConfig { data_dir, conninfo, password_file: None });
+            }
             let kind = match kind.as_str() {
                 "full" => BackupKind::Full,
                 "incr" => BackupKind::Incr,

@@ -148,6 +148,13 @@ pub enum CtlVerb {
         /// Member name; the leader when omitted.
         member: Option<String>,
     },
+    /// Take a base backup of the primary into the cluster's `[backup]` repository, through
+    /// the leader's agent, and wait for it.
+    Backup {
+        /// full, or incr (only files changed since the previous backup are copied).
+        #[arg(long = "type", default_value = "full", value_parser = ["full", "incr"])]
+        kind: String,
+    },
     /// Show the timeline history: each switch of the primary (failover, switchover, restore)
     /// with its WAL position, time and new leader.
     History,
@@ -217,6 +224,14 @@ pub enum BackupVerb {
         /// Files stored in parallel (default: `jobs` from the config).
         #[arg(long)]
         jobs: Option<usize>,
+        /// The data directory to back up, in place of `[postgresql] data_dir` (needs --conninfo;
+        /// what an agent passes for `pgha ctl backup`).
+        #[arg(long, requires = "conninfo")]
+        data_dir: Option<PathBuf>,
+        /// Its connection string without a password, in place of `[postgresql] conninfo`
+        /// (PGPASSWORD is used if set).
+        #[arg(long, requires = "data_dir")]
+        conninfo: Option<String>,
     },
     /// List the backups in the repository with sizes, WAL range and restorable time range.
     List {

@@ -32,6 +32,7 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
             CtlVerb::Pause => pause(&api, true).await,
             CtlVerb::Resume => pause(&api, false).await,
             CtlVerb::History => history(&api).await,
+            CtlVerb::Backup { kind } => take_backup(&api, &kind).await,
             CtlVerb::Reload { member } => reload(&api, member).await,
             CtlVerb::Flush { .. } => {
                 let (_, answer) = api.send("DELETE", &api.url("/switchover"), None).await?;
@@ -389,6 +390,48 @@ async fn restore_cluster(api: &Api, target: Value, force: bool) -> anyhow::Resul
         shown.join(", ")
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `backup`: the leader's agent runs `pgha backup create` (`POST /backup`); waits for it and
+/// prints its report.
+async fn take_backup(api: &Api, kind: &str) -> anyhow::Result<ExitCode> {
+    let cluster = api.get_json("/cluster").await?;
+    let Some(leader) =
+        members(&cluster).iter().find(|m| text(m, "role") == "leader").map(|m| text(m, "name").to_string())
+    else {
+        bail!("the cluster has no leader now: a backup needs a running primary");
+    };
+    let leader_api = member_api(api, &leader).await?;
+    let (_, answer) = api.send("POST", &format!("{leader_api}/backup"), Some(json!({ "type": kind }))).await?;
+    println!("{leader}: {}", answer.trim());
+    let mut unanswered = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let doc = match api.send("GET", &format!("{leader_api}/patroni"), None).await {
+            Ok((_, body)) => serde_json::from_str::<Value>(&body).unwrap_or(Value::Null),
+            Err(e) => {
+                unanswered += 1;
+                if unanswered >= 240 {
+                    bail!("{leader}'s API has not answered for 2 minutes ({e}); see its agent's log");
+                }
+                continue;
+            }
+        };
+        unanswered = 0;
+        let backup = &doc["backup"];
+        let detail = backup["detail"].as_str().unwrap_or("");
+        match backup["state"].as_str() {
+            Some("done") => {
+                println!("{leader}: {detail}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Some("failed") => {
+                println!("{leader}: backup failed: {detail}");
+                return Ok(ExitCode::FAILURE);
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Asks one member, or every member, to reload its configuration (`POST /reload`).

@@ -193,9 +193,20 @@ async fn ctl_restores_a_running_cluster_to_a_point_in_time() -> anyhow::Result<(
     let c = connect(&dsn).await?;
     c.batch_execute("create table t(id int primary key, v text); insert into t select g, 'before backup' from generate_series(1, 100) g")
         .await?;
-    repo.write_config_for(&repo.repo_toml()?, Some((p.data_dir(), p.pg_port, SUPERUSER_PASSWORD.into())), None)?;
-    let out = repo.ok(&["backup", "create"]).await?;
-    assert!(out.contains("complete"), "{out}");
+    // The base backup through the leader's agent (`pgha ctl backup`), from any member's API.
+    let out = run_pgha(
+        &["ctl", "--api", &format!("http://127.0.0.1:{}", cluster.nodes[standby].api_port), "backup"],
+        Duration::from_secs(300),
+    )
+    .await?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.contains("backup started") && text.contains("complete"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = repo.ok(&["backup", "list"]).await?;
+    assert!(list.contains("Full"), "{list}");
     c.batch_execute("insert into t select g, 'before the target' from generate_series(200, 299) g").await?;
     let expected = value(&dsn, TABLE_MD5).await?;
     let target = value(&dsn, "select clock_timestamp()::text").await?;

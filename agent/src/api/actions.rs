@@ -469,6 +469,40 @@ pub(crate) async fn post_restore(State(state): State<ApiState>, body: Bytes) -> 
     }
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupBody {
+    /// `full` (default) or `incr`.
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+/// `POST /backup` {type?}: a base backup of the primary into the `[backup]` repository, in the
+/// background (`GET /patroni` shows it as `backup`). 200 "backup started"; 400 for a type other
+/// than full or incr; 503 with the reason (not the leader, no repository, one running).
+pub(crate) async fn post_backup(State(state): State<ApiState>, body: Bytes) -> Result<(StatusCode, String), ApiError> {
+    let req: BackupBody = parse_optional_body(&body)?;
+    let kind = req.kind.unwrap_or_else(|| "full".into());
+    if kind != "full" && kind != "incr" {
+        return Err(ApiError::BadRequest(format!("type {kind:?}: expected \"full\" or \"incr\"")));
+    }
+    let node = state.node();
+    if !node.holds_lock || node.role != NodeRole::Primary {
+        let leader = node.leader.map(|l| format!("; the leader is {l}")).unwrap_or_default();
+        return Err(ApiError::Unavailable(format!("I am not the leader: send the backup to the leader's API{leader}")));
+    }
+    let (started, answer) = tokio::sync::oneshot::channel();
+    queue(&state, ApiCommand::Backup { kind, started })?;
+    match tokio::time::timeout(REINITIALIZE_ANSWER, answer).await {
+        Ok(Ok(Ok(()))) => Ok((StatusCode::OK, "backup started".into())),
+        Ok(Ok(Err(why))) => Err(ApiError::Unavailable(why)),
+        Ok(Err(_)) => Err(ApiError::Unavailable("the agent dropped the request (shutting down?)".into())),
+        Err(_) => Err(ApiError::Unavailable(format!(
+            "the agent did not take the request within {REINITIALIZE_ANSWER:?}; nothing was started, retry"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

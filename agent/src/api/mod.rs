@@ -52,6 +52,9 @@ pub enum ApiCommand {
     /// moved aside and restored from the backup repository in the background while the lock is
     /// kept. The runtime answers on `started` whether it started.
     Restore { request: RestoreRequest, started: tokio::sync::oneshot::Sender<Result<(), String>> },
+    /// Take a base backup of this node (`full` or `incr`) in the background; the runtime
+    /// answers on `started` whether it started.
+    Backup { kind: String, started: tokio::sync::oneshot::Sender<Result<(), String>> },
 }
 
 /// `POST /restore`'s body: one recovery target (as `[bootstrap]` takes them) and optionally the
@@ -259,6 +262,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/reload", post(actions::post_reload))
         .route("/reinitialize", post(actions::post_reinitialize))
         .route("/restore", post(actions::post_restore))
+        .route("/backup", post(actions::post_backup))
         .route("/raft", get(raft::get_raft))
         .route("/raft/members/{name}", axum::routing::delete(raft::delete_member))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found") })

@@ -117,6 +117,9 @@ pub(crate) fn node_document(s: &NodeStatus) -> Value {
     }
     d.insert("patroni".into(), json!({ "version": VERSION, "scope": s.scope, "name": s.name }));
     d.insert("last_decision".into(), json!(s.last_decision));
+    if let Some(b) = &s.backup {
+        d.insert("backup".into(), json!({ "type": b.kind, "state": b.state, "detail": b.detail }));
+    }
     if let Some(r) = &s.restore {
         d.insert(
             "restore".into(),

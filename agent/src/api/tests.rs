@@ -607,3 +607,37 @@ async fn a_restore_is_for_the_leader_with_exactly_one_target_and_passes_the_runt
         assert_eq!((code, text.as_str()), expected);
     }
 }
+
+#[tokio::test]
+async fn a_backup_is_for_the_leader_and_passes_the_runtimes_answer_on() {
+    let replica = api(node(Node::ReplicaStreaming));
+    let (code, text) = call(&replica.router, Method::POST, "/backup", "", None).await;
+    assert_eq!(code, 503, "{text}");
+    assert!(text.starts_with("I am not the leader"), "{text}");
+    let mut a = api_with(node(Node::PrimaryWithLock), None, 4);
+    for body in [r#"{"type":"differential"}"#, r#"{"kind":"full"}"#, "[1]"] {
+        let (code, text) = call(&a.router, Method::POST, "/backup", body, None).await;
+        assert_eq!(code, 400, "{body}: {text}");
+    }
+    assert!(a.commands.try_recv().is_err(), "a refused request reached the runtime");
+    for (body, kind, answer, expected) in [
+        ("", "full", Ok(()), (200, "backup started")),
+        (
+            r#"{"type":"incr"}"#,
+            "incr",
+            Err("a full backup is already running"),
+            (503, "a full backup is already running"),
+        ),
+    ] {
+        let runtime = async {
+            match a.commands.recv().await {
+                Some(ApiCommand::Backup { kind: k, started }) if k == kind => {
+                    let _ = started.send(answer.map_err(str::to_string));
+                }
+                other => panic!("unexpected command {other:?}"),
+            }
+        };
+        let ((code, text), ()) = tokio::join!(call(&a.router, Method::POST, "/backup", body, None), runtime);
+        assert_eq!((code, text.as_str()), expected);
+    }
+}

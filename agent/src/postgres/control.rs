@@ -212,6 +212,28 @@ impl LocalPostgres {
         Ok(async move { run_program("pgha backup restore", cmd, Duration::from_secs(24 * 3600)).await.map(|_| ()) })
     }
 
+    /// `pgha backup create` of this node's data directory (this binary, as the PostgreSQL OS
+    /// user, over the private socket) into the repository of `backup_config`, as a future that
+    /// owns what it needs; its output (the line naming the backup) when it succeeds.
+    pub fn backup_job(
+        &self,
+        pgha: &Path,
+        backup_config: &Path,
+        kind: &str,
+    ) -> Result<impl std::future::Future<Output = Result<String, PgError>> + Send + 'static, PgError> {
+        self.prepare_dirs()?;
+        let conninfo = format!(
+            "host={} port={} user={} dbname=postgres application_name=pgha_backup",
+            self.run_dir.display(),
+            self.listen.port(),
+            self.superuser.username
+        );
+        let mut cmd = self.command_at(pgha);
+        cmd.arg("backup").arg("--config").arg(backup_config).arg("create").args(["--type", kind]);
+        cmd.arg("--data-dir").arg(&self.data_dir).arg("--conninfo").arg(conninfo);
+        Ok(async move { run_program("pgha backup create", cmd, Duration::from_secs(24 * 3600)).await })
+    }
+
     /// Before a running cluster is restored: switches to a new WAL segment so that the one
     /// holding the last commits can be archived. None without archive_mode; the segment to wait
     /// for otherwise ([`Self::archived_through`]).

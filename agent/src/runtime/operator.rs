@@ -105,6 +105,16 @@ impl Runtime {
                 }
                 let _ = started.send(result);
             }
+            ApiCommand::Backup { kind, started } => {
+                if started.is_closed() {
+                    return;
+                }
+                let result = self.start_backup(kind).await;
+                if let Err(e) = &result {
+                    tracing::warn!("backup requested through the API not started: {e}");
+                }
+                let _ = started.send(result);
+            }
             ApiCommand::Restore { request, started } => {
                 if started.is_closed() {
                     tracing::warn!("restore request dropped: the API stopped waiting for it");

@@ -138,6 +138,7 @@ impl Runtime {
     pub(super) async fn tick(&mut self) {
         let now = Instant::now();
         let view = self.read_view().await;
+        self.backup_progress().await;
         let busy = match self.restore_progress().await {
             Some(reason) => Some(reason),
             None => self.reinitialize_progress().await,
