@@ -317,32 +317,9 @@ async fn restore_cluster(api: &Api, target: Value, force: bool) -> anyhow::Resul
     let leader_api = member_api(api, &leader).await?;
     let (_, answer) = api.send("POST", &format!("{leader_api}/restore"), Some(target)).await?;
     println!("{leader}: {}", answer.trim());
-    let mut last = String::new();
-    let mut unanswered = 0;
-    let doc = loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let doc = match api.send("GET", &format!("{leader_api}/patroni"), None).await {
-            Ok((_, body)) => serde_json::from_str::<Value>(&body).unwrap_or(Value::Null),
-            Err(e) => {
-                unanswered += 1;
-                if unanswered >= 120 {
-                    bail!("{leader}'s API has not answered for 2 minutes ({e}); see its agent's log");
-                }
-                continue;
-            }
-        };
-        unanswered = 0;
-        let restore = &doc["restore"];
-        let (state, detail) = (restore["state"].as_str().unwrap_or(""), restore["detail"].as_str().unwrap_or(""));
-        if detail != last {
-            println!("{leader}: {state}: {detail}");
-            last = detail.to_string();
-        }
-        match state {
-            "done" => break doc,
-            "failed" => return Ok(ExitCode::FAILURE),
-            _ => {}
-        }
+    let doc = match wait_for_job(api, &leader, &leader_api, "restore", Duration::from_secs(1)).await? {
+        (true, doc) => doc,
+        (false, _) => return Ok(ExitCode::FAILURE),
     };
     let timeline = doc["timeline"].as_u64();
     let mut left_out = Vec::new();
@@ -404,31 +381,42 @@ async fn take_backup(api: &Api, kind: &str) -> anyhow::Result<ExitCode> {
     let leader_api = member_api(api, &leader).await?;
     let (_, answer) = api.send("POST", &format!("{leader_api}/backup"), Some(json!({ "type": kind }))).await?;
     println!("{leader}: {}", answer.trim());
-    let mut unanswered = 0;
+    let (done, _) = wait_for_job(api, &leader, &leader_api, "backup", Duration::from_millis(500)).await?;
+    Ok(if done { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Polls a member's `/patroni` until the job it shows under `field` (`restore`, `backup`) is
+/// `done` (true) or `failed` (false), printing each new state and detail; the last document.
+async fn wait_for_job(
+    api: &Api,
+    member: &str,
+    member_api: &str,
+    field: &str,
+    every: Duration,
+) -> anyhow::Result<(bool, Value)> {
+    let mut last = String::new();
+    let mut silent_since = None::<Instant>;
     loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let doc = match api.send("GET", &format!("{leader_api}/patroni"), None).await {
+        tokio::time::sleep(every).await;
+        let doc = match api.send("GET", &format!("{member_api}/patroni"), None).await {
             Ok((_, body)) => serde_json::from_str::<Value>(&body).unwrap_or(Value::Null),
             Err(e) => {
-                unanswered += 1;
-                if unanswered >= 240 {
-                    bail!("{leader}'s API has not answered for 2 minutes ({e}); see its agent's log");
+                if silent_since.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(120) {
+                    bail!("{member}'s API has not answered for 2 minutes ({e}); see its agent's log");
                 }
                 continue;
             }
         };
-        unanswered = 0;
-        let backup = &doc["backup"];
-        let detail = backup["detail"].as_str().unwrap_or("");
-        match backup["state"].as_str() {
-            Some("done") => {
-                println!("{leader}: {detail}");
-                return Ok(ExitCode::SUCCESS);
-            }
-            Some("failed") => {
-                println!("{leader}: backup failed: {detail}");
-                return Ok(ExitCode::FAILURE);
-            }
+        silent_since = None;
+        let job = &doc[field];
+        let (state, detail) = (job["state"].as_str().unwrap_or(""), job["detail"].as_str().unwrap_or(""));
+        if detail != last {
+            println!("{member}: {state}: {detail}");
+            last = detail.to_string();
+        }
+        match state {
+            "done" => return Ok((true, doc)),
+            "failed" => return Ok((false, doc)),
             _ => {}
         }
     }

@@ -95,37 +95,38 @@ impl Runtime {
                 }
             }
             ApiCommand::Reinitialize { force, started } => {
-                if started.is_closed() {
-                    tracing::warn!("reinitialize request dropped: the API stopped waiting for it");
-                    return;
+                if !dropped("reinitialize", &started) {
+                    answer("reinitialize", started, self.start_reinitialize(force).await);
                 }
-                let result = self.start_reinitialize(force).await;
-                if let Err(e) = &result {
-                    tracing::warn!("reinitialize requested through the API not started: {e}");
-                }
-                let _ = started.send(result);
             }
             ApiCommand::Backup { kind, started } => {
-                if started.is_closed() {
-                    return;
+                if !dropped("backup", &started) {
+                    answer("backup", started, self.start_backup(kind).await);
                 }
-                let result = self.start_backup(kind).await;
-                if let Err(e) = &result {
-                    tracing::warn!("backup requested through the API not started: {e}");
-                }
-                let _ = started.send(result);
             }
             ApiCommand::Restore { request, started } => {
-                if started.is_closed() {
-                    tracing::warn!("restore request dropped: the API stopped waiting for it");
-                    return;
+                if !dropped("restore", &started) {
+                    answer("restore", started, self.start_restore(&request).await);
                 }
-                let result = self.start_restore(&request).await;
-                if let Err(e) = &result {
-                    tracing::warn!("restore requested through the API not started: {e}");
-                }
-                let _ = started.send(result);
             }
         }
     }
+}
+
+type Started = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+/// The API stopped waiting for the request (it answered the client already): not started.
+fn dropped(what: &str, started: &Started) -> bool {
+    if started.is_closed() {
+        tracing::warn!("{what} request dropped: the API stopped waiting for it");
+    }
+    started.is_closed()
+}
+
+/// Hands whether a requested job started back to the API, logging why when it did not.
+fn answer(what: &str, started: Started, result: Result<(), String>) {
+    if let Err(e) = &result {
+        tracing::warn!("{what} requested through the API not started: {e}");
+    }
+    let _ = started.send(result);
 }
