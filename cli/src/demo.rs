@@ -153,6 +153,15 @@ fn start_etcd(nodes: u8, dir: &Path) -> anyhow::Result<DcsSetup> {
 async fn run_in(opts: &DemoOptions, dcs: DemoDcs, dir: &Path, owner: Option<RunAs>) -> anyhow::Result<()> {
     let DcsSetup { section, pooler_dcs, description, mut etcd } = start_dcs(dcs, opts.nodes, dir).await?;
     let exe = std::env::current_exe().context("locating the pgha binary")?;
+    // A local backup repository: the agents archive WAL into it, and `pgha ctl backup` /
+    // `restore-cluster` work out of the box.
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(&repo)?;
+    if let Some(o) = owner {
+        o.chown(&repo)?;
+    }
+    let backup_config = dir.join("backup.toml");
+    std::fs::write(&backup_config, format!("scope = \"demo\"\n[repository]\npath = \"{}\"\n", repo.display()))?;
     let mut agents = Vec::new();
     let mut table = Vec::new();
     for i in 1..=opts.nodes {
@@ -167,8 +176,10 @@ async fn run_in(opts: &DemoOptions, dcs: DemoDcs, dir: &Path, owner: Option<RunA
             "name = \"{name}\"\nscope = \"demo\"\n[postgresql]\ndata_dir = \"{data}\"\nlisten = \"127.0.0.1:{pg}\"\n\
              superuser = {{ username = \"postgres\", password = \"{SUPERUSER_PASSWORD}\" }}\n\
              replication = {{ username = \"replicator\", password = \"pgha-demo-replication\" }}\n\
-             parameters = {{ shared_buffers = \"32MB\" }}\n[api]\nlisten = \"127.0.0.1:{api}\"\n{dcs}",
+             parameters = {{ shared_buffers = \"32MB\" }}\n[api]\nlisten = \"127.0.0.1:{api}\"\n\
+             [backup]\nconfig = \"{backup}\"\n{dcs}",
             data = node_dir.join("data").display(),
+            backup = backup_config.display(),
             dcs = section[usize::from(i - 1)],
         );
         let config_path = dir.join(format!("{name}.toml"));
@@ -227,6 +238,13 @@ async fn run_in(opts: &DemoOptions, dcs: DemoDcs, dir: &Path, owner: Option<RunA
         "  pooler, read-only (the healthy standbys in turn; the primary while there is none): \
          postgresql://postgres:{SUPERUSER_PASSWORD}@127.0.0.1:{pooler_port}/postgres_ro"
     );
+    if let Some((_, _, api)) = table.first() {
+        println!(
+            "  backups (WAL is archived to {}): pgha ctl --api http://127.0.0.1:{api} backup   then e.g. \
+             pgha ctl --api http://127.0.0.1:{api} restore-cluster --target-time \"<time>\" --force",
+            repo.display()
+        );
+    }
     println!("Press Ctrl-C to stop the cluster and remove it.");
 
     use tokio::signal::unix::{signal, SignalKind};

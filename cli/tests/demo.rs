@@ -41,6 +41,7 @@ fn demo_works(extra: &[&str]) {
     let mut dsn = None;
     let mut pooled = None;
     let mut read_only = None;
+    let mut backup = None;
     let mut following = 0;
     let mut seen = Vec::new();
     while Instant::now() < deadline && (dsn.is_none() || pooled.is_none() || read_only.is_none() || following < 2) {
@@ -53,6 +54,9 @@ fn demo_works(extra: &[&str]) {
         }
         if let Some(d) = line.split("the primary while there is none): ").nth(1) {
             read_only = d.split_whitespace().next().map(str::to_owned);
+        }
+        if let Some(cmd) = line.split("): pgha ").nth(1).filter(|_| line.contains("backups (WAL is archived")) {
+            backup = cmd.split("   then").next().map(|c| c.split_whitespace().map(str::to_owned).collect::<Vec<_>>());
         }
         if line.contains("following the leader") {
             following += 1;
@@ -68,7 +72,18 @@ fn demo_works(extra: &[&str]) {
     let through_pooler = pooled.as_ref().map(|dsn| psql_until(dsn, "f"));
     // The pooler's read-only DSN reaches a standby once the replicas stream.
     let through_read_only = read_only.as_ref().map(|dsn| psql_until(dsn, "t"));
+    // The printed backup command works: the agents archive into the demo's repository.
+    let backup_out = backup.as_ref().map(|args| {
+        let out = Command::new(env!("CARGO_BIN_EXE_pgha")).args(args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    });
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGINT);
+    let (backed_up, backup_text) =
+        backup_out.unwrap_or_else(|| (false, format!("no backup command printed:\n{}", seen.join("\n"))));
+    assert!(backed_up && backup_text.contains("complete"), "{backup_text}");
     assert!(dsn.is_some(), "no DSN printed:\n{}", seen.join("\n"));
     assert!(pooled.is_some(), "no pooler DSN printed:\n{}", seen.join("\n"));
     let (pooled_answer, pooled_err) = through_pooler.unwrap_or_default();
