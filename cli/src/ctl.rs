@@ -175,7 +175,8 @@ fn text<'a>(m: &'a Map<String, Value>, key: &str) -> &'a str {
 /// Like `patronictl list`: one row per member, the leader first.
 async fn list(api: &Api) -> anyhow::Result<ExitCode> {
     let cluster = api.get_json("/cluster").await?;
-    let mut rows = vec![["Member", "Host", "Role", "State", "TL", "Lag in MB"].map(String::from).to_vec()];
+    let mut rows =
+        vec![["Member", "Host", "Role", "State", "TL", "Lag in MB", "Pending restart"].map(String::from).to_vec()];
     let mut all = members(&cluster);
     all.sort_by_key(|m| (text(m, "role") != "leader", text(m, "name").to_string()));
     for m in all {
@@ -194,7 +195,14 @@ async fn list(api: &Api) -> anyhow::Result<ExitCode> {
             _ => String::new(),
         };
         let tl = m.get("timeline").and_then(Value::as_u64).map(|t| t.to_string()).unwrap_or_default();
-        rows.push(vec![text(m, "name").into(), host, role.into(), text(m, "state").into(), tl, lag]);
+        let pending = if m.get("pending_restart").and_then(Value::as_bool) == Some(true) { "*" } else { "" };
+        rows.push(vec![text(m, "name").into(), host, role.into(), text(m, "state").into(), tl, lag, pending.into()]);
+    }
+    // As patronictl: the "Pending restart" column only when a member needs a restart.
+    if rows.iter().skip(1).all(|r| r[6].is_empty()) {
+        rows.iter_mut().for_each(|r| {
+            r.pop();
+        });
     }
     println!("Cluster: {}", cluster["scope"].as_str().unwrap_or("?"));
     print_table(&rows);

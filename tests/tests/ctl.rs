@@ -115,10 +115,27 @@ async fn ctl_operates_a_cluster() {
     let (ok, text) = ctl(api, &["flush", "switchover"]).await;
     assert!(!ok && text.contains("no switchover is scheduled"), "{text}");
 
-    // Restart the replica: its postmaster starts again and it streams again.
+    // A parameter that needs a restart shows in the "Pending restart" column until the member
+    // restarts; restart the replica: its postmaster starts again and it streams again.
+    assert!(!ctl_ok(&cluster, api, &["list"]).await.contains("Pending restart"));
+    ctl_ok(&cluster, api, &["edit-config", "--set", "postgresql.parameters.max_locks_per_transaction=80"]).await;
+    let pending = wait_for("both members pending a restart in ctl list", Duration::from_secs(30), || async {
+        let (ok, text) = ctl(api, &["list"]).await;
+        let flagged = |name: &str| text.lines().any(|l| l.starts_with(name) && l.trim_end().ends_with('*'));
+        Ok((ok && text.contains("Pending restart") && flagged(&p) && flagged(&r)).then_some(text))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", cluster.logs()));
+    assert_eq!(row(&pending, &p)[2], "Leader", "{pending}");
     let restarted = ctl_ok(&cluster, api, &["restart", &r]).await;
     assert!(restarted.contains(&format!("{r}: running again")), "{restarted}");
     streams_again(&cluster, replica, "the restarted replica streaming", 60).await;
+    wait_for("the restarted replica no longer pending a restart", Duration::from_secs(30), || async {
+        let (ok, text) = ctl(api, &["list"]).await;
+        Ok((ok && !row(&text, &r).last().is_some_and(|c| c == "*")).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
 
     // Switchover to the replica, then fail over back.
     let answer = ctl_ok(&cluster, api, &["switchover", "--candidate", &r]).await;
