@@ -165,7 +165,13 @@ pub enum CtlVerb {
         /// key=value pairs to set.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+        /// PostgreSQL parameters to set (patronictl's `-p`): `--pg work_mem=64MB` is
+        /// `--set postgresql.parameters.work_mem=64MB`.
+        #[arg(long = "pg", value_name = "NAME=VALUE")]
+        pg: Vec<String>,
     },
+    /// Show the pgha version of this ctl and of every member's agent (before and after an upgrade).
+    Version,
     /// Restore the whole cluster to a point in time from the backup repository: the primary
     /// archives what it has, moves its data directory aside, restores and promotes at the target
     /// (keeping the leader lock); then every standby is cloned from it again.

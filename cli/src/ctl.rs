@@ -45,7 +45,11 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&config)?);
                 Ok(ExitCode::SUCCESS)
             }
-            CtlVerb::EditConfig { set } => edit_config(&api, &set).await,
+            CtlVerb::EditConfig { mut set, pg } => {
+                set.extend(pg.iter().map(|p| format!("postgresql.parameters.{p}")));
+                edit_config(&api, &set).await
+            }
+            CtlVerb::Version => version(&api).await,
             CtlVerb::RestoreCluster { target_time, target_lsn, target_xid, target_name, immediate, set, force } => {
                 let target = json!({
                     "target_time": target_time, "target_lsn": target_lsn, "target_xid": target_xid,
@@ -515,9 +519,27 @@ pub(crate) fn config_patch(pairs: &[String]) -> anyhow::Result<Value> {
     Ok(patch)
 }
 
+/// Like `patronictl version`: this ctl's version, then each member's agent's (from `/patroni`).
+async fn version(api: &Api) -> anyhow::Result<ExitCode> {
+    println!("pgha ctl version {}", env!("CARGO_PKG_VERSION"));
+    let cluster = api.get_json("/cluster").await?;
+    for m in members(&cluster) {
+        let name = text(m, "name");
+        let answer = match member_api(api, name).await {
+            Ok(url) => api.send("GET", &format!("{url}/patroni"), None).await.map(|(_, body)| body),
+            Err(e) => Err(e),
+        };
+        match answer.map(|body| serde_json::from_str::<Value>(&body).unwrap_or(Value::Null)) {
+            Ok(doc) => println!("{name}: pgha {}", doc["patroni"]["version"].as_str().unwrap_or("?")),
+            Err(e) => println!("{name}: no answer ({e:#})"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn edit_config(api: &Api, set: &[String]) -> anyhow::Result<ExitCode> {
     if set.is_empty() {
-        bail!("nothing to change: give --set KEY=VALUE (repeatable)");
+        bail!("nothing to change: give --set KEY=VALUE or --pg NAME=VALUE (repeatable)");
     }
     let patch = config_patch(set)?;
     let (_, body) = api.send("PATCH", &api.url("/config"), Some(patch)).await?;

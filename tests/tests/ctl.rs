@@ -77,6 +77,13 @@ async fn ctl_operates_a_cluster() {
     ctl_ok(&cluster, api, &["resume"]).await;
     assert!(!ctl_ok(&cluster, api, &["list"]).await.contains("Maintenance mode"));
 
+    let version = ctl_ok(&cluster, api, &["version"]).await;
+    let expected = format!("pgha {}", env!("CARGO_PKG_VERSION"));
+    assert!(version.starts_with(&format!("pgha ctl version {}", env!("CARGO_PKG_VERSION"))), "{version}");
+    assert!(
+        version.contains(&format!("{p}: {expected}")) && version.contains(&format!("{r}: {expected}")),
+        "{version}"
+    );
     let edited = ctl_ok(&cluster, api, &["edit-config", "--set", "postgresql.parameters.work_mem=8MB"]).await;
     assert!(edited.contains("\"work_mem\": \"8MB\""), "{edited}");
     let shown = ctl_ok(&cluster, api, &["show-config"]).await;
@@ -118,7 +125,7 @@ async fn ctl_operates_a_cluster() {
     // A parameter that needs a restart shows in the "Pending restart" column until the member
     // restarts; restart the replica: its postmaster starts again and it streams again.
     assert!(!ctl_ok(&cluster, api, &["list"]).await.contains("Pending restart"));
-    ctl_ok(&cluster, api, &["edit-config", "--set", "postgresql.parameters.max_locks_per_transaction=80"]).await;
+    ctl_ok(&cluster, api, &["edit-config", "--pg", "max_locks_per_transaction=80"]).await;
     let pending = wait_for("both members pending a restart in ctl list", Duration::from_secs(30), || async {
         let (ok, text) = ctl(api, &["list"]).await;
         let flagged = |name: &str| text.lines().any(|l| l.starts_with(name) && l.trim_end().ends_with('*'));
