@@ -139,7 +139,7 @@ async fn ctl_operates_a_cluster() {
     streams_again(&cluster, replica, "the restarted replica streaming", 60).await;
     wait_for("the restarted replica no longer pending a restart", Duration::from_secs(30), || async {
         let (ok, text) = ctl(api, &["list"]).await;
-        Ok((ok && !row(&text, &r).last().is_some_and(|c| c == "*")).then_some(()))
+        Ok((ok && row(&text, &r).last().is_none_or(|c| c != "*")).then_some(()))
     })
     .await
     .unwrap_or_else(|e| panic!("{e:#}"));
