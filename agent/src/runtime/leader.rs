@@ -118,8 +118,6 @@ impl Runtime {
         }
     }
 
-    /// Probes PostgreSQL and publishes the result as the leader status (after promote/bootstrap,
-    /// when the tick's probe predates the new timeline).
     /// After a promotion (or a restore) onto a new timeline: the switch goes into the `history`
     /// key, from the timeline's history file, with the time and this leader's name. Once per
     /// timeline; a failed attempt is made again at the next tick.
@@ -165,6 +163,8 @@ impl Runtime {
         }
     }
 
+    /// Probes PostgreSQL and publishes the result as the leader status (after promote/bootstrap,
+    /// when the tick's probe predates the new timeline).
     pub(super) async fn publish_leader_status(&self) {
         if let Ok(p) = self.pg.probe(self.ha.retry_timeout).await {
             self.write_leader_status(&p).await;
