@@ -255,6 +255,11 @@ impl PghaCluster {
     /// Starts `size` agents that form the built-in Raft DCS among themselves (no etcd); member i
     /// reaches member j through its own fault relay (i, j).
     pub async fn start_on_raft(size: usize, timing: Timing) -> anyhow::Result<PghaCluster> {
+        Self::start_on_raft_with(size, timing, "").await
+    }
+
+    /// Like `start_on_raft`, with `extra` (TOML sections) appended to every agent's config.
+    pub async fn start_on_raft_with(size: usize, timing: Timing, extra: &str) -> anyhow::Result<PghaCluster> {
         let mut raft_ports = Vec::new();
         for _ in 0..size {
             raft_ports.push(crate::ports::free_port()?);
@@ -277,7 +282,7 @@ impl PghaCluster {
                 .join(", ");
             format!(
                 "[dcs]\nbackend = \"raft\"\n[dcs.raft]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{data}\"\n\
-                 peers = {{ {peers} }}\nsecret = \"{secret}\"\n",
+                 peers = {{ {peers} }}\nsecret = \"{secret}\"\n{extra}",
                 port = raft_ports[i],
                 data = dir.join(RAFT_DIR).display(),
                 secret = crate::raft::RAFT_SECRET,

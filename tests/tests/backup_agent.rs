@@ -182,10 +182,24 @@ async fn a_new_cluster_bootstraps_from_a_backup_at_a_point_in_time() -> anyhow::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctl_restores_a_running_cluster_to_a_point_in_time() -> anyhow::Result<()> {
+    restores_a_running_cluster(false).await
+}
+
+/// The same restore on the built-in Raft (the default DCS), without the failure steps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_restores_a_running_cluster_on_the_built_in_raft() -> anyhow::Result<()> {
+    restores_a_running_cluster(true).await
+}
+
+async fn restores_a_running_cluster(on_raft: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     let repo = BackupRepo::local()?;
     let extra = format!("[backup]\nconfig = \"{}\"\n", repo.config.display());
-    let cluster = PghaCluster::start_on_etcd_with(2, Timing::default(), &extra).await?;
+    let cluster = if on_raft {
+        PghaCluster::start_on_raft_with(2, Timing::default(), &extra).await?
+    } else {
+        PghaCluster::start_on_etcd_with(2, Timing::default(), &extra).await?
+    };
     let primary = streaming_cluster(&cluster, None).await.map_err(|e| anyhow::anyhow!("{e}\n{}", cluster.logs()))?;
     let standby = 1 - primary;
     let p = &cluster.nodes[primary];
@@ -232,34 +246,37 @@ async fn ctl_restores_a_running_cluster_to_a_point_in_time() -> anyhow::Result<(
         args
     };
 
-    // Without --force it only says what it would do.
-    let out = ctl(restore(&[])).await?;
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("Add --force"), "{err}");
-    // With archiving broken (the repository unwritable), the restore is abandoned before
-    // PostgreSQL is touched.
-    use std::os::unix::fs::PermissionsExt;
-    let started_at = |dsn: String| async move { value(&dsn, "select pg_postmaster_start_time()::text").await };
-    let postmaster = started_at(dsn.clone()).await?;
-    let repo_dir = repo.local_path();
-    let mode = std::fs::metadata(&repo_dir)?.permissions().mode();
-    std::fs::set_permissions(&repo_dir, std::fs::Permissions::from_mode(0o000))?;
-    let out = ctl(restore(&["--force"])).await;
-    std::fs::set_permissions(&repo_dir, std::fs::Permissions::from_mode(mode))?;
-    let out = out?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(!out.status.success() && text.contains("did not reach the archive"), "{text}");
-    assert_eq!(started_at(dsn.clone()).await?, postmaster, "PostgreSQL was restarted by a refused restore");
-    // A restore that cannot work (no such backup) gives the data directory back.
-    let out = ctl(restore(&["--set", "20000101-000000F", "--force"])).await?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(!out.status.success(), "{text}");
-    assert!(text.contains("failed") && text.contains("back in place"), "{text}");
-    eprintln!("{text}");
-    let again = streaming_cluster(&cluster, None).await.map_err(|e| anyhow::anyhow!("{e}\n{}", cluster.logs()))?;
-    assert_eq!(again, primary, "the leader changed over a failed restore");
-    assert_eq!(value(&dsn, TABLE_MD5).await?, before, "a failed restore changed the data");
-    assert_eq!(value(&dsn, "select timeline_id::text from pg_control_checkpoint()").await?, timeline_before);
+    // The ways a restore is refused or undone, on etcd (the same code runs on either DCS).
+    if !on_raft {
+        // Without --force it only says what it would do.
+        let out = ctl(restore(&[])).await?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("Add --force"), "{err}");
+        // With archiving broken (the repository unwritable), the restore is abandoned before
+        // PostgreSQL is touched.
+        use std::os::unix::fs::PermissionsExt;
+        let started_at = |dsn: String| async move { value(&dsn, "select pg_postmaster_start_time()::text").await };
+        let postmaster = started_at(dsn.clone()).await?;
+        let repo_dir = repo.local_path();
+        let mode = std::fs::metadata(&repo_dir)?.permissions().mode();
+        std::fs::set_permissions(&repo_dir, std::fs::Permissions::from_mode(0o000))?;
+        let out = ctl(restore(&["--force"])).await;
+        std::fs::set_permissions(&repo_dir, std::fs::Permissions::from_mode(mode))?;
+        let out = out?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(!out.status.success() && text.contains("did not reach the archive"), "{text}");
+        assert_eq!(started_at(dsn.clone()).await?, postmaster, "PostgreSQL was restarted by a refused restore");
+        // A restore that cannot work (no such backup) gives the data directory back.
+        let out = ctl(restore(&["--set", "20000101-000000F", "--force"])).await?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(!out.status.success(), "{text}");
+        assert!(text.contains("failed") && text.contains("back in place"), "{text}");
+        eprintln!("{text}");
+        let again = streaming_cluster(&cluster, None).await.map_err(|e| anyhow::anyhow!("{e}\n{}", cluster.logs()))?;
+        assert_eq!(again, primary, "the leader changed over a failed restore");
+        assert_eq!(value(&dsn, TABLE_MD5).await?, before, "a failed restore changed the data");
+        assert_eq!(value(&dsn, "select timeline_id::text from pg_control_checkpoint()").await?, timeline_before);
+    }
 
     // The restore: the primary goes back to the target on a new timeline, the standby follows.
     let out = ctl(restore(&["--force"])).await?;
