@@ -102,7 +102,12 @@ pub struct CtlArgs {
 #[derive(Debug, Subcommand)]
 pub enum CtlVerb {
     /// List the members: role, state, timeline, lag, and the leader's last decision.
-    List,
+    List {
+        /// Print the list again every SECONDS until Ctrl-C (patronictl's -W), also while the
+        /// agent asked is unreachable (say, during a switchover away from it).
+        #[arg(short = 'W', long = "watch", value_name = "SECONDS")]
+        watch: Option<u64>,
+    },
     /// Planned handover of the primary role to a healthy standby (clients of the pooler see a pause).
     Switchover {
         /// The member to become primary; the healthiest standby when omitted.

@@ -14,7 +14,15 @@ pub fn run(args: CtlArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         let api = Api::new(&args)?;
         match args.verb {
-            CtlVerb::List => list(&api).await,
+            CtlVerb::List { watch: None } => list(&api).await,
+            CtlVerb::List { watch: Some(secs) } => loop {
+                println!("{}", consensus::cluster::timestamp::Timestamp::now());
+                if let Err(e) = list(&api).await {
+                    println!("{e:#}");
+                }
+                println!();
+                tokio::time::sleep(Duration::from_secs(secs.max(1))).await;
+            },
             CtlVerb::Switchover { candidate, scheduled } => switchover(&api, candidate, scheduled).await,
             CtlVerb::Failover { candidate } => {
                 let (_, body) =

@@ -72,6 +72,29 @@ async fn ctl_operates_a_cluster() {
         assert!(!body.contains(&format!("\"{key}\":\"unknown\"")), "{key} unknown in {body}");
     }
 
+    // `list --watch 1` prints the list again every second until stopped.
+    let mut watch = tokio::process::Command::new(harness::pgha_bin().unwrap())
+        .args(["ctl", "--api", &format!("http://127.0.0.1:{api}"), "list", "--watch", "1"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(watch.stdout.take().unwrap()));
+    let lists = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut lists = 0;
+        while let Ok(Some(line)) = lines.next_line().await {
+            lists += usize::from(line.starts_with("Cluster: "));
+            if lists == 3 {
+                break;
+            }
+        }
+        lists
+    })
+    .await
+    .unwrap_or(0);
+    let _ = watch.kill().await;
+    assert_eq!(lists, 3, "list --watch 1 did not print the list three times within 20 s");
+
     ctl_ok(&cluster, api, &["pause"]).await;
     assert!(ctl_ok(&cluster, api, &["list"]).await.contains("Maintenance mode: on"));
     ctl_ok(&cluster, api, &["resume"]).await;
