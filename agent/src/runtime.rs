@@ -92,6 +92,8 @@ pub struct Runtime {
     history_recorded: Option<u32>,
     /// The `slots` entries of the dynamic configuration last refused (logged when they change).
     permanent_slots_refused: Vec<String>,
+    /// The permanent slots this node made (`<data_dir>.run/permanent-slots`), once read.
+    permanent_slots_made: Option<Vec<String>>,
 }
 
 impl Runtime {
@@ -144,6 +146,7 @@ impl Runtime {
             history: None,
             history_recorded: None,
             permanent_slots_refused: Vec::new(),
+            permanent_slots_made: None,
         }
     }
 

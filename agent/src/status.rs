@@ -39,6 +39,8 @@ pub struct ReplicationRow {
     pub state: String,
     pub sync_state: String,
     pub sync_priority: i32,
+    /// flush_lsn: what synchronous mode checks before naming the standby (not in `/patroni`).
+    pub flush: Option<Lsn>,
 }
 
 /// Tags from the agent config (Patroni's names).
@@ -126,10 +128,12 @@ pub struct BackupStatus {
 /// A restore of the running cluster to a point in time, as `/patroni` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestoreStatus {
-    /// The recovery target, as `pgha backup restore` was given it (`--target-time ...`).
+    /// The recovery target (`target_time 2026-05-01 14:03:27+00`).
     pub target: String,
+    /// `archiving` (the WAL written so far goes to the repository; nothing touched yet),
     /// `restoring` (the backup is being copied), `recovering` (PostgreSQL replays WAL to the
-    /// target), `done` (promoted there), `failed` (the data directory from before is back).
+    /// target), `done` (promoted there), `failed` (abandoned, or the data directory from before
+    /// is back).
     pub state: &'static str,
     /// What happened last, in a sentence.
     pub detail: String,

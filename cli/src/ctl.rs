@@ -242,8 +242,7 @@ fn print_table(rows: &[Vec<String>]) {
 
 async fn switchover(api: &Api, candidate: Option<String>, scheduled: Option<String>) -> anyhow::Result<ExitCode> {
     let cluster = api.get_json("/cluster").await?;
-    let Some(leader) = members(&cluster).into_iter().find(|m| text(m, "role") == "leader").map(|m| text(m, "name"))
-    else {
+    let Some(leader) = leader_of(&cluster) else {
         bail!("the cluster has no leader now: a switchover needs one (use `pgha ctl failover --candidate`)");
     };
     let mut body = json!({ "leader": leader });
@@ -258,10 +257,19 @@ async fn switchover(api: &Api, candidate: Option<String>, scheduled: Option<Stri
     Ok(ExitCode::SUCCESS)
 }
 
+/// The leader's name in a `/cluster` document.
+fn leader_of(cluster: &Value) -> Option<String> {
+    members(cluster).iter().find(|m| text(m, "role") == "leader").map(|m| text(m, "name").to_string())
+}
+
 /// The REST API URL a member's own agent publishes.
 async fn member_api(api: &Api, name: &str) -> anyhow::Result<String> {
-    let cluster = api.get_json("/cluster").await?;
-    let all = members(&cluster);
+    api_url_of(&api.get_json("/cluster").await?, name)
+}
+
+/// The REST API URL member `name` publishes in a `/cluster` document.
+fn api_url_of(cluster: &Value, name: &str) -> anyhow::Result<String> {
+    let all = members(cluster);
     let Some(m) = all.iter().find(|m| text(m, "name") == name) else {
         let names: Vec<&str> = all.iter().map(|m| text(m, "name")).collect();
         bail!("{name} is not a member of the cluster (members: {})", names.join(", "));
@@ -314,7 +322,7 @@ async fn restart(api: &Api, member: Option<String>) -> anyhow::Result<ExitCode> 
 async fn restore_cluster(api: &Api, target: Value, force: bool) -> anyhow::Result<ExitCode> {
     let cluster = api.get_json("/cluster").await?;
     let all = members(&cluster);
-    let Some(leader) = all.iter().find(|m| text(m, "role") == "leader").map(|m| text(m, "name").to_string()) else {
+    let Some(leader) = leader_of(&cluster) else {
         bail!("the cluster has no leader: a restore needs a running primary (bootstrap from a backup instead: docs/operations.md)");
     };
     let standbys: Vec<String> = all.iter().map(|m| text(m, "name").to_string()).filter(|n| *n != leader).collect();
@@ -334,7 +342,7 @@ async fn restore_cluster(api: &Api, target: Value, force: bool) -> anyhow::Resul
         );
         return Ok(ExitCode::FAILURE);
     }
-    let leader_api = member_api(api, &leader).await?;
+    let leader_api = api_url_of(&cluster, &leader)?;
     let (_, answer) = api.send("POST", &format!("{leader_api}/restore"), Some(target)).await?;
     println!("{leader}: {}", answer.trim());
     let doc = match wait_for_job(api, &leader, &leader_api, "restore", Duration::from_secs(1)).await? {
@@ -393,12 +401,10 @@ async fn restore_cluster(api: &Api, target: Value, force: bool) -> anyhow::Resul
 /// prints its report.
 async fn take_backup(api: &Api, kind: &str) -> anyhow::Result<ExitCode> {
     let cluster = api.get_json("/cluster").await?;
-    let Some(leader) =
-        members(&cluster).iter().find(|m| text(m, "role") == "leader").map(|m| text(m, "name").to_string())
-    else {
+    let Some(leader) = leader_of(&cluster) else {
         bail!("the cluster has no leader now: a backup needs a running primary");
     };
-    let leader_api = member_api(api, &leader).await?;
+    let leader_api = api_url_of(&cluster, &leader)?;
     let (_, answer) = api.send("POST", &format!("{leader_api}/backup"), Some(json!({ "type": kind }))).await?;
     println!("{leader}: {}", answer.trim());
     let (done, _) = wait_for_job(api, &leader, &leader_api, "backup", Duration::from_millis(500)).await?;

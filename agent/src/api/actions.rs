@@ -406,9 +406,41 @@ struct ReinitializeBody {
     from_leader: Option<bool>,
 }
 
-/// How long `POST /reinitialize` waits for the runtime to take the request (it does between HA
-/// ticks); after that nothing is started and the client is told to retry.
-const REINITIALIZE_ANSWER: Duration = Duration::from_secs(20);
+/// How long a request that starts a job in the background (`POST /reinitialize`, `/restore`,
+/// `/backup`) waits for the runtime to take it (it does between HA ticks); after that nothing
+/// is started and the client is told to retry.
+const JOB_ANSWER: Duration = Duration::from_secs(20);
+
+/// Hands a job to the runtime and passes its answer on: 200 `"<what> started"`, or 503 with
+/// the reason it did not start.
+async fn start_job(
+    state: &ApiState,
+    what: &str,
+    command: impl FnOnce(tokio::sync::oneshot::Sender<Result<(), String>>) -> ApiCommand,
+) -> Result<(StatusCode, String), ApiError> {
+    let (started, answer) = tokio::sync::oneshot::channel();
+    queue(state, command(started))?;
+    tracing::info!("{what} requested through the REST API");
+    match tokio::time::timeout(JOB_ANSWER, answer).await {
+        Ok(Ok(Ok(()))) => Ok((StatusCode::OK, format!("{what} started"))),
+        Ok(Ok(Err(why))) => Err(ApiError::Unavailable(why)),
+        Ok(Err(_)) => Err(ApiError::Unavailable("the agent dropped the request (shutting down?)".into())),
+        Err(_) => Err(ApiError::Unavailable(format!(
+            "the agent did not take the request within {JOB_ANSWER:?} (busy with an HA action); \
+             nothing was started, retry"
+        ))),
+    }
+}
+
+/// 503 unless this node is the running primary holding the leader lock, naming the leader.
+fn leader_only(state: &ApiState, what: &str) -> Result<(), ApiError> {
+    let node = state.node();
+    if node.holds_lock && node.role == NodeRole::Primary {
+        return Ok(());
+    }
+    let leader = node.leader.map(|l| format!("; the leader is {l}")).unwrap_or_default();
+    Err(ApiError::Unavailable(format!("I am not the leader: send the {what} to the leader's API{leader}")))
+}
 
 /// `POST /reinitialize` {force?}: replicas only. 200 "reinitialize started" once the clone runs in
 /// the background; 503 with the reason otherwise (one already running and no force, no leader).
@@ -423,18 +455,7 @@ pub(crate) async fn post_reinitialize(
         return Err(ApiError::Unavailable("I am the leader, can not reinitialize".into()));
     }
     let force = req.force.unwrap_or(false);
-    let (started, answer) = tokio::sync::oneshot::channel();
-    queue(&state, ApiCommand::Reinitialize { force, started })?;
-    tracing::info!(force, "reinitialize requested through the REST API");
-    match tokio::time::timeout(REINITIALIZE_ANSWER, answer).await {
-        Ok(Ok(Ok(()))) => Ok((StatusCode::OK, "reinitialize started".into())),
-        Ok(Ok(Err(why))) => Err(ApiError::Unavailable(why)),
-        Ok(Err(_)) => Err(ApiError::Unavailable("the agent dropped the request (shutting down?)".into())),
-        Err(_) => Err(ApiError::Unavailable(format!(
-            "the agent did not take the request within {REINITIALIZE_ANSWER:?} (busy with an HA action); \
-             nothing was started, retry"
-        ))),
-    }
+    start_job(&state, "reinitialize", |started| ApiCommand::Reinitialize { force, started }).await
 }
 
 /// `POST /restore` {target_time | target_lsn | target_xid | target_name | immediate, set?}: the
@@ -448,25 +469,8 @@ pub(crate) async fn post_restore(State(state): State<ApiState>, body: Bytes) -> 
             "give exactly one recovery target: target_time, target_lsn, target_xid, target_name or immediate".into(),
         ));
     }
-    let node = state.node();
-    if !node.holds_lock {
-        let leader = node.leader.map(|l| format!("; the leader is {l}")).unwrap_or_default();
-        return Err(ApiError::Unavailable(format!(
-            "I am not the leader: send the restore to the leader's API{leader}"
-        )));
-    }
-    let (started, answer) = tokio::sync::oneshot::channel();
-    queue(&state, ApiCommand::Restore { request, started })?;
-    tracing::info!("restore of the cluster requested through the REST API");
-    match tokio::time::timeout(REINITIALIZE_ANSWER * 2, answer).await {
-        Ok(Ok(Ok(()))) => Ok((StatusCode::OK, "restore started".into())),
-        Ok(Ok(Err(why))) => Err(ApiError::Unavailable(why)),
-        Ok(Err(_)) => Err(ApiError::Unavailable("the agent dropped the request (shutting down?)".into())),
-        Err(_) => Err(ApiError::Unavailable(format!(
-            "the agent did not answer within {:?}; see GET /patroni (restore) and its log",
-            REINITIALIZE_ANSWER * 2
-        ))),
-    }
+    leader_only(&state, "restore")?;
+    start_job(&state, "restore", |started| ApiCommand::Restore { request, started }).await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -486,21 +490,8 @@ pub(crate) async fn post_backup(State(state): State<ApiState>, body: Bytes) -> R
     if kind != "full" && kind != "incr" {
         return Err(ApiError::BadRequest(format!("type {kind:?}: expected \"full\" or \"incr\"")));
     }
-    let node = state.node();
-    if !node.holds_lock || node.role != NodeRole::Primary {
-        let leader = node.leader.map(|l| format!("; the leader is {l}")).unwrap_or_default();
-        return Err(ApiError::Unavailable(format!("I am not the leader: send the backup to the leader's API{leader}")));
-    }
-    let (started, answer) = tokio::sync::oneshot::channel();
-    queue(&state, ApiCommand::Backup { kind, started })?;
-    match tokio::time::timeout(REINITIALIZE_ANSWER, answer).await {
-        Ok(Ok(Ok(()))) => Ok((StatusCode::OK, "backup started".into())),
-        Ok(Ok(Err(why))) => Err(ApiError::Unavailable(why)),
-        Ok(Err(_)) => Err(ApiError::Unavailable("the agent dropped the request (shutting down?)".into())),
-        Err(_) => Err(ApiError::Unavailable(format!(
-            "the agent did not take the request within {REINITIALIZE_ANSWER:?}; nothing was started, retry"
-        ))),
-    }
+    leader_only(&state, "backup")?;
+    start_job(&state, "backup", |started| ApiCommand::Backup { kind, started }).await
 }
 
 #[cfg(test)]

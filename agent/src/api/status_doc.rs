@@ -174,6 +174,7 @@ mod tests {
             state: "streaming".into(),
             sync_state: "async".into(),
             sync_priority: 0,
+            flush: None,
         });
         let d = node_document(&s);
         assert_eq!(d["state"], "running");

@@ -72,9 +72,6 @@ pub struct Probe {
     pub server_version: u32,
     /// Settings changed in the configuration files that take effect only after a restart.
     pub pending_restart: Vec<String>,
-    /// The physical replication slots this server has (the leader checks its members' every
-    /// tick from here, without a query of its own).
-    pub slots: Vec<String>,
     /// pg_postmaster_start_time() as Patroni prints it (`2026-12-05 11:35:00.123 UTC`).
     pub postmaster_start_time: Option<String>,
     /// A primary's WAL senders, as `/patroni` lists them (`replication`); empty on a standby.
@@ -86,17 +83,17 @@ pub struct Probe {
     pub replayed_xact_ms: Option<i64>,
     /// A standby: replay paused (pg_is_wal_replay_paused()).
     pub replay_paused: bool,
-    /// The physical slots and their restart_lsn (None before a slot reserved WAL).
+    /// The physical replication slots this server has and their restart_lsn (None before a
+    /// slot reserved WAL): the leader checks its members' every tick from here, and every member
+    /// its permanent ones, without a query of their own.
     pub slot_positions: std::collections::BTreeMap<String, Option<Lsn>>,
 }
 
-/// A row of pg_stat_replication.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WalSenderRow {
-    pub application_name: String,
-    pub state: String,
-    pub sync_state: String,
-    pub flush: Option<Lsn>,
+impl Probe {
+    /// The names of the server's physical slots.
+    pub fn slot_names(&self) -> Vec<String> {
+        self.slot_positions.keys().cloned().collect()
+    }
 }
 
 /// Everything needed to run one node's PostgreSQL.
@@ -638,16 +635,16 @@ impl LocalPostgres {
                    (select status from pg_stat_wal_receiver), (select received_tli::text from pg_stat_wal_receiver), \
                    (select timeline_id::text from pg_control_checkpoint()), \
                    (select string_agg(name, ',' order by name) from pg_settings where pending_restart), \
-                   (select string_agg(slot_name, ',' order by slot_name) from pg_replication_slots where slot_type = 'physical'), \
+                   (select string_agg(slot_name || '=' || coalesce(restart_lsn::text, ''), ',' order by slot_name) \
+                   from pg_replication_slots where slot_type = 'physical'), \
                    to_char(pg_postmaster_start_time(), 'YYYY-MM-DD HH24:MI:SS.MS TZ'), \
                    (select json_agg(json_build_object('usename', usename, 'application_name', application_name, \
                    'client_addr', host(client_addr), 'state', state, 'sync_state', sync_state, \
-                   'sync_priority', sync_priority) order by application_name) from pg_stat_replication), \
+                   'sync_priority', sync_priority, 'flush', flush_lsn) order by application_name) \
+                   from pg_stat_replication), \
                    (extract(epoch from pg_postmaster_start_time()) * 1000)::bigint::text, \
                    case when pg_is_in_recovery() then (extract(epoch from pg_last_xact_replay_timestamp()) * 1000)::bigint::text end, \
-                   case when pg_is_in_recovery() then pg_is_wal_replay_paused()::text end, \
-                   (select string_agg(slot_name || '=' || coalesce(restart_lsn::text, ''), ',' order by slot_name) \
-                   from pg_replication_slots where slot_type = 'physical')";
+                   case when pg_is_in_recovery() then pg_is_wal_replay_paused()::text end";
         let rows = self.query(sql, timeout).await?;
         let row = rows.into_iter().next().ok_or_else(|| PgError::Query("probe returned no row".into()))?;
         let col = |i: usize| row.get(i).cloned().flatten();
@@ -669,13 +666,7 @@ impl LocalPostgres {
             received_timeline,
             server_version: col(1).and_then(|s| s.parse().ok()).unwrap_or(0),
             pending_restart: col(8).map(|s| s.split(',').map(str::to_string).collect()).unwrap_or_default(),
-            slots: col(9).map(|s| s.split(',').map(str::to_string).collect()).unwrap_or_default(),
-            postmaster_start_time: col(10),
-            replication: col(11).map(|json| replication_rows(&json)).unwrap_or_default(),
-            postmaster_start_ms: col(12).and_then(|s| s.parse().ok()),
-            replayed_xact_ms: col(13).and_then(|s| s.parse().ok()),
-            replay_paused: col(14).as_deref() == Some("true"),
-            slot_positions: col(15)
+            slot_positions: col(9)
                 .map(|list| {
                     list.split(',')
                         .filter_map(|pair| pair.split_once('='))
@@ -683,33 +674,12 @@ impl LocalPostgres {
                         .collect()
                 })
                 .unwrap_or_default(),
+            postmaster_start_time: col(10),
+            replication: col(11).map(|json| replication_rows(&json)).unwrap_or_default(),
+            postmaster_start_ms: col(12).and_then(|s| s.parse().ok()),
+            replayed_xact_ms: col(13).and_then(|s| s.parse().ok()),
+            replay_paused: col(14).as_deref() == Some("true"),
         })
-    }
-
-    /// The primary's WAL senders (pg_stat_replication) and its current WAL position, read in
-    /// one statement: `(position, [(application_name, state, sync_state, flush_lsn)])`.
-    pub async fn wal_senders(&self, timeout: Duration) -> Result<(Lsn, Vec<WalSenderRow>), PgError> {
-        let sql = "select pg_current_wal_lsn()::text, r.application_name, r.state, r.sync_state, r.flush_lsn::text \
-                   from (select 1) one left join pg_stat_replication r on true";
-        let rows = self.query(sql, timeout).await?;
-        let current = rows
-            .first()
-            .and_then(|r| r.first().cloned().flatten())
-            .and_then(|s| Lsn::parse(&s))
-            .ok_or_else(|| PgError::Query("pg_current_wal_lsn() gave no position".into()))?;
-        let senders = rows
-            .into_iter()
-            .filter_map(|r| {
-                let col = |i: usize| r.get(i).cloned().flatten();
-                Some(WalSenderRow {
-                    application_name: col(1)?,
-                    state: col(2).unwrap_or_default(),
-                    sync_state: col(3).unwrap_or_default(),
-                    flush: col(4).and_then(|s| Lsn::parse(&s)),
-                })
-            })
-            .collect();
-        Ok((current, senders))
     }
 
     /// Promotes the standby, waiting up to `wait` (whole seconds, at least one) for the promotion
@@ -824,8 +794,8 @@ async fn run_program(what: &str, mut cmd: Command, timeout: Duration) -> Result<
     Ok(text)
 }
 
-/// The probe's pg_stat_replication rows, aggregated as JSON by the server. A row that does not
-/// parse is left out (the list only informs `/patroni`; nothing decides on it).
+/// The probe's pg_stat_replication rows, aggregated as JSON by the server. A row without an
+/// application_name is left out (synchronous mode could not name that standby anyway).
 fn replication_rows(json: &str) -> Vec<ReplicationRow> {
     let rows: Vec<serde_json::Value> = serde_json::from_str(json).unwrap_or_default();
     let text = |r: &serde_json::Value, k: &str| r.get(k).and_then(|v| v.as_str()).map(str::to_string);
@@ -838,6 +808,7 @@ fn replication_rows(json: &str) -> Vec<ReplicationRow> {
                 state: text(r, "state").unwrap_or_default(),
                 sync_state: text(r, "sync_state").unwrap_or_default(),
                 sync_priority: r.get("sync_priority").and_then(|v| v.as_i64()).unwrap_or(0) as i32,
+                flush: text(r, "flush").and_then(|l| Lsn::parse(&l)),
             })
         })
         .collect()
@@ -854,7 +825,7 @@ mod tests {
 
     #[test]
     fn replication_rows_read_the_servers_json_and_keep_a_unix_socket_standby() {
-        let json = r#"[{"usename":"replicator","application_name":"node2","client_addr":"127.0.0.1","state":"streaming","sync_state":"sync","sync_priority":1},
+        let json = r#"[{"usename":"replicator","application_name":"node2","client_addr":"127.0.0.1","state":"streaming","sync_state":"sync","sync_priority":1,"flush":"0/3000060"},
                       {"usename":"replicator","application_name":"node3","client_addr":null,"state":"catchup","sync_state":"async","sync_priority":0},
                       {"usename":"replicator","application_name":null}]"#;
         let rows = replication_rows(json);
@@ -869,6 +840,7 @@ mod tests {
             ("replicator", Some("127.0.0.1"), "sync", 1)
         );
         assert_eq!((rows[1].client_addr.as_deref(), rows[1].state.as_str()), (None, "catchup"));
+        assert_eq!((rows[0].flush, rows[1].flush), (Some(crate::ha::Lsn(0x3000060)), None));
         assert!(replication_rows("not json").is_empty());
     }
 }

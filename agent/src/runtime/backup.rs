@@ -4,6 +4,7 @@
 
 use super::Runtime;
 use crate::status::BackupStatus;
+use std::path::PathBuf;
 use tokio::task::JoinHandle;
 
 /// A backup that runs.
@@ -25,13 +26,7 @@ impl Runtime {
         if self.last_view.leader.as_deref() != Some(self.name.as_str()) || !running_primary {
             return Err("I am not the leader: send the backup to the leader's API".into());
         }
-        let config = self
-            .bootstrap_backup_config
-            .clone()
-            .ok_or("this node has no backup repository: set [backup] config in its agent file (docs/backup.md)")?;
-        let config = std::fs::canonicalize(&config)
-            .map_err(|e| format!("the backup config {} cannot be read: {e}", config.display()))?;
-        let pgha = crate::postgres::archiving::this_binary()?;
+        let (pgha, config) = self.backup_tools()?;
         let job = self.pg.backup_job(&pgha, &config, &kind).map_err(|e| e.to_string())?;
         let task = tokio::spawn(async move { job.await.map_err(|e| e.to_string()) });
         tracing::info!(kind, "base backup started (API request)");
@@ -62,6 +57,18 @@ impl Runtime {
                 self.report_backup(&job.kind, "failed", e);
             }
         }
+    }
+
+    /// The `pgha` binary and the backup config (absolute) a backup or a restore of the running
+    /// cluster runs with: `[backup] config`, or `[bootstrap] backup_config`.
+    pub(super) fn backup_tools(&self) -> Result<(PathBuf, PathBuf), String> {
+        let config = self
+            .bootstrap_backup_config
+            .clone()
+            .ok_or("this node has no backup repository: set [backup] config in its agent file (docs/backup.md)")?;
+        let config = std::fs::canonicalize(&config)
+            .map_err(|e| format!("the backup config {} cannot be read: {e}", config.display()))?;
+        Ok((crate::postgres::archiving::this_binary()?, config))
     }
 
     fn report_backup(&self, kind: &str, state: &'static str, detail: String) {

@@ -8,23 +8,58 @@ use crate::postgres::control::slot_name;
 use consensus::dcs::{ClusterKey, DcsError, Expected};
 use std::time::Instant;
 
+/// How a refresh of the leader lease ended.
+pub(super) enum Renewal {
+    Renewed,
+    /// Another member holds the lock now (or nobody).
+    Lost {
+        holder: Option<String>,
+    },
+    /// The DCS refused or did not answer; `ends_soon`: the lease ends before the next tick
+    /// could try again and still demote in time.
+    Failed {
+        why: String,
+        ends_soon: bool,
+    },
+}
+
 impl Runtime {
     pub(super) async fn refresh_lock(&mut self) -> Result<(), String> {
-        let rt = self.ha.retry_timeout;
+        match self.renew_lease().await {
+            Renewal::Renewed => {
+                self.leader_duties().await;
+                Ok(())
+            }
+            Renewal::Lost { holder } => {
+                tracing::warn!("lost the leader lock (now held by {holder:?}); demoting now");
+                let follow = holder.filter(|h| h != &self.name);
+                Box::pin(self.execute(&Action::Demote { leader: follow }, &self.last_view.clone())).await?;
+                Err("lost the leader lock".into())
+            }
+            Renewal::Failed { why, ends_soon } => {
+                if ends_soon {
+                    tracing::warn!("cannot refresh the leader lock ({why}) and the lease ends soon; demoting");
+                    Box::pin(self.execute(&Action::Demote { leader: None }, &self.last_view.clone())).await?;
+                }
+                Err(format!("refreshing the leader lock failed: {why}"))
+            }
+        }
+    }
+
+    /// One refresh of the leader lease, bounded by the DCS budget; keeps `lease_valid_until`
+    /// and `refresh_failed`. What to do about a failure is the caller's (demote, or abandon a
+    /// restore).
+    pub(super) async fn renew_lease(&mut self) -> Renewal {
         let budget = self.dcs_budget();
         match tokio::time::timeout(budget, self.dcs.refresh_leader()).await {
             Ok(Ok(lease)) => {
                 self.lease_valid_until = Some(lease.valid_until);
                 self.refresh_failed = false;
-                self.leader_duties().await;
-                Ok(())
+                Renewal::Renewed
             }
             Ok(Err(DcsError::LockLost { holder })) => {
                 self.lease_valid_until = None;
-                tracing::warn!("lost the leader lock (now held by {holder:?}); demoting now");
-                let follow = holder.filter(|h| h != &self.name);
-                Box::pin(self.execute(&Action::Demote { leader: follow }, &self.last_view.clone())).await?;
-                Err("lost the leader lock".into())
+                Renewal::Lost { holder }
             }
             other => {
                 self.refresh_failed = true;
@@ -32,12 +67,9 @@ impl Runtime {
                     Ok(Err(e)) => e.to_string(),
                     _ => format!("no answer within {budget:?}"),
                 };
-                let margin = self.ha.loop_wait + rt * 2;
-                if self.lease_valid_until.is_none_or(|until| Instant::now() + margin >= until) {
-                    tracing::warn!("cannot refresh the leader lock ({why}) and the lease ends soon; demoting");
-                    Box::pin(self.execute(&Action::Demote { leader: None }, &self.last_view.clone())).await?;
-                }
-                Err(format!("refreshing the leader lock failed: {why}"))
+                let margin = self.ha.loop_wait + self.ha.retry_timeout * 2;
+                let ends_soon = self.lease_valid_until.is_none_or(|until| Instant::now() + margin >= until);
+                Renewal::Failed { why, ends_soon }
             }
         }
     }
@@ -64,7 +96,7 @@ impl Runtime {
         let plan = self.member_slots.plan(
             &members,
             &slot_name(&self.name),
-            &p.slots,
+            &p.slot_names(),
             &self.last_view.retain_slots,
             Instant::now(),
             self.ha.member_slots_ttl,
@@ -104,7 +136,7 @@ impl Runtime {
         let ours = |slot: &String| {
             self.last_addrs.iter().any(|a| &slot_name(&a.name) == slot) || self.last_view.retain_slots.contains(slot)
         };
-        for slot in p.slots.iter().filter(|s| ours(s)) {
+        for slot in p.slot_positions.keys().filter(|s| ours(s)) {
             match self.pg.drop_inactive_slot(slot, self.ha.retry_timeout).await {
                 Ok(true) => tracing::info!(
                     slot,

@@ -1,8 +1,8 @@
 //! Permanent physical slots on this node, each tick (`ha::permanent_slots` plans): the
 //! configured ones made, a standby's advanced after the primary's, and the ones this node made
 //! that are no longer configured dropped. The names this node made are kept in
-//! `<data_dir>.run/permanent-slots`, so that an agent restarted after `slots` changed still
-//! knows which are its to drop.
+//! `<data_dir>.run/permanent-slots` (read once, then kept in memory), so that an agent
+//! restarted after `slots` changed still knows which are its to drop.
 
 use super::Runtime;
 use crate::ha::permanent_slots::plan;
@@ -19,7 +19,11 @@ impl Runtime {
             }
             self.permanent_slots_refused = refused;
         }
-        let made = self.made_permanent_slots();
+        let made = match &self.permanent_slots_made {
+            Some(made) => made.clone(),
+            None => self.made_permanent_slots(),
+        };
+        self.permanent_slots_made = Some(made.clone());
         if wanted.is_empty() && made.is_empty() {
             return;
         }
@@ -66,8 +70,13 @@ impl Runtime {
         record.retain(|r| wanted.contains(r) || p.slot_positions.contains_key(r));
         if record != made {
             let text: String = record.iter().map(|r| format!("{r}\n")).collect();
-            if let Err(e) = std::fs::write(self.made_slots_file(), text) {
-                tracing::warn!("could not record the permanent slots made here: {e}");
+            match std::fs::write(self.made_slots_file(), text) {
+                Ok(()) => self.permanent_slots_made = Some(record),
+                // Read again next tick: the file says what a restarted agent would know.
+                Err(e) => {
+                    self.permanent_slots_made = None;
+                    tracing::warn!("could not record the permanent slots made here: {e}");
+                }
             }
         }
     }

@@ -6,11 +6,11 @@
 //! fails, the data directory from before is put back and the node goes on as before. The
 //! standbys are cloned again afterwards (`pgha ctl restore-cluster` asks each to reinitialize).
 
+use super::leader::Renewal;
 use super::Runtime;
 use crate::api::RestoreRequest;
 use crate::postgres::control::StopMode;
 use crate::status::{PgRunState, RestoreStatus};
-use consensus::dcs::DcsError;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
@@ -27,7 +27,7 @@ pub(super) struct RestoreJob {
 enum Phase {
     /// PostgreSQL still runs as primary; the segment holding the last commits is being archived
     /// (None without archive_mode). Nothing has been touched yet.
-    Archiving { segment: Option<String>, until: Instant, config: PathBuf, args: Vec<String> },
+    Archiving { segment: Option<String>, until: Instant, pgha: PathBuf, config: PathBuf, args: Vec<String> },
     /// `pgha backup restore` runs.
     Copying(JoinHandle<Result<(), String>>),
     /// PostgreSQL runs on the restored directory and replays WAL to the target.
@@ -58,12 +58,7 @@ impl Runtime {
         if view.leader.as_deref() != Some(self.name.as_str()) {
             return Err("I am not the leader: send the restore to the leader's API".into());
         }
-        let config = self.bootstrap_backup_config.clone().ok_or(
-            "this node has no backup repository: set [backup] config (or [bootstrap] backup_config) in its agent file",
-        )?;
-        let config = std::fs::canonicalize(&config)
-            .map_err(|e| format!("the backup config {} cannot be read: {e}", config.display()))?;
-        crate::postgres::archiving::this_binary()?;
+        let (pgha, config) = self.backup_tools()?;
         let aside = aside_path(&self.pg.data_dir);
         if aside.exists() {
             return Err(format!(
@@ -83,6 +78,7 @@ impl Runtime {
         let phase = Phase::Archiving {
             segment: segment.clone(),
             until: Instant::now() + ARCHIVE_WAIT,
+            pgha,
             config,
             args: bootstrap.target_args(),
         };
@@ -98,12 +94,16 @@ impl Runtime {
 
     /// Once the WAL is archived: stops PostgreSQL, moves the data directory aside and starts
     /// `pgha backup restore` in the background. Err: abandoned, the data directory in place.
-    async fn begin_copy(&mut self, config: &std::path::Path, args: &[String]) -> Result<(), String> {
+    async fn begin_copy(
+        &mut self,
+        pgha: &std::path::Path,
+        config: &std::path::Path,
+        args: &[String],
+    ) -> Result<(), String> {
         let (target, aside) = match &self.restore {
             Some(job) => (job.target.clone(), job.aside.clone()),
             None => return Ok(()),
         };
-        let pgha = crate::postgres::archiving::this_binary()?;
         tracing::warn!(
             "restoring the cluster to {target}: stopping PostgreSQL and moving {} to {}",
             self.pg.data_dir.display(),
@@ -122,7 +122,7 @@ impl Runtime {
             self.restore = None;
             return Err(format!("moving {} to {}: {e}", self.pg.data_dir.display(), aside.display()));
         }
-        let copy = match self.pg.restore_job(&pgha, config, args) {
+        let copy = match self.pg.restore_job(pgha, config, args) {
             Ok(copy) => copy,
             Err(e) => {
                 self.give_back(&target, &aside, format!("starting pgha backup restore: {e}"));
@@ -149,8 +149,9 @@ impl Runtime {
             self.cancel_restore(format!("{why}; the restore was abandoned")).await;
             return None;
         }
-        if let Phase::Archiving { segment, until, config, args } = &self.restore.as_ref()?.phase {
-            let (segment, until, config, args) = (segment.clone(), *until, config.clone(), args.clone());
+        if let Phase::Archiving { segment, until, pgha, config, args } = &self.restore.as_ref()?.phase {
+            let (segment, until, pgha, config, args) =
+                (segment.clone(), *until, pgha.clone(), config.clone(), args.clone());
             if let Some(segment) = segment {
                 // Polled for a moment within the tick: archiving one segment takes well under it.
                 let poll_until = Instant::now() + Duration::from_secs(2).min(self.until_last_decision());
@@ -178,7 +179,7 @@ impl Runtime {
                 }
                 tracing::info!("restore: WAL archived through {segment}");
             }
-            if let Err(why) = self.begin_copy(&config, &args).await {
+            if let Err(why) = self.begin_copy(&pgha, &config, &args).await {
                 self.restore = None;
                 tracing::error!("restore abandoned: {why}");
                 self.report_restore(&target, &aside, "failed", why);
@@ -260,28 +261,11 @@ impl Runtime {
     /// A refresh of the leader lock for a tick of the restore; Err when the lock is lost or
     /// about to be (another member may take over with the data from before the restore).
     async fn keep_lock_while_restoring(&mut self) -> Result<(), String> {
-        let budget = self.dcs_budget();
-        match tokio::time::timeout(budget, self.dcs.refresh_leader()).await {
-            Ok(Ok(lease)) => {
-                self.lease_valid_until = Some(lease.valid_until);
-                self.refresh_failed = false;
-                Ok(())
-            }
-            Ok(Err(DcsError::LockLost { holder })) => {
-                self.lease_valid_until = None;
-                Err(format!("lost the leader lock (now held by {holder:?})"))
-            }
-            other => {
-                self.refresh_failed = true;
-                let margin = self.ha.loop_wait + self.ha.retry_timeout * 2;
-                if self.lease_valid_until.is_none_or(|until| Instant::now() + margin >= until) {
-                    let why = match other {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => format!("no answer within {budget:?}"),
-                    };
-                    return Err(format!("cannot refresh the leader lock ({why}) and the lease ends soon"));
-                }
-                Ok(())
+        match self.renew_lease().await {
+            Renewal::Renewed | Renewal::Failed { ends_soon: false, .. } => Ok(()),
+            Renewal::Lost { holder } => Err(format!("lost the leader lock (now held by {holder:?})")),
+            Renewal::Failed { why, ends_soon: true } => {
+                Err(format!("cannot refresh the leader lock ({why}) and the lease ends soon"))
             }
         }
     }

@@ -1,6 +1,6 @@
-//! Synchronous mode, carried out by the primary each tick: reads pg_stat_replication, asks
-//! `ha::sync` for the plan, and writes the `sync` key and synchronous_standby_names in its
-//! order. Off, it takes its setting and its key away.
+//! Synchronous mode, carried out by the primary each tick: takes pg_stat_replication from the
+//! tick's probe, asks `ha::sync` for the plan, and writes the `sync` key and
+//! synchronous_standby_names in its order. Off, it takes its setting and its key away.
 
 use super::Runtime;
 use crate::ha::sync::{standby_names_setting, SyncInputs, WalSender};
@@ -30,14 +30,9 @@ impl Runtime {
             }
             return;
         }
-        let rt = self.ha.retry_timeout;
-        let (current, rows) = match self.pg.wal_senders(rt).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!("synchronous mode: cannot read pg_stat_replication: {e}");
-                return;
-            }
-        };
+        // The tick's probe read pg_stat_replication and the current WAL position in one
+        // statement: a consistent picture, as the plan needs.
+        let (current, rows) = (p.position, &p.replication);
         let candidates: Vec<String> =
             self.last_view.members.iter().filter(|m| m.name != me && !m.nosync).map(|m| m.name.clone()).collect();
         let senders: Vec<WalSender> = rows
