@@ -10,12 +10,15 @@
 //!   receive and collects every completion;
 //! - `io_uring-tasks`: the same ring, with the relay written as async tasks on a minimal
 //!   executor (what an async relay on a ring adds for its task machinery);
+//! - `io_uring-multishot`: the hand-written ring loop with one multishot receive per socket
+//!   that stays armed, into buffers the kernel picks from a shared provided-buffer ring (no
+//!   receive buffer per socket, no re-arming after each message);
 //! - `io_uring-nested`: the hand-written ring loop, but sleeping in `epoll_wait` on an eventfd
 //!   the ring signals, as a ring inside another event loop (tokio's) would.
 //!
 //! Not a pooler: it shows how low any relay can go on each engine on a machine, next to
 //! PgBouncer and pgha in the same run. Usage: `relay_floor ENGINE LISTEN_PORT
-//! UPSTREAM_PORT` (both on 127.0.0.1), ENGINE one of the four above.
+//! UPSTREAM_PORT` (both on 127.0.0.1), ENGINE one of the five above.
 
 use std::io;
 use std::net::{TcpListener, TcpStream};
@@ -57,6 +60,7 @@ fn run(engine: &str, listen: u16, upstream: u16) -> io::Result<()> {
         "io_uring" => uring_relay(rx, announce, false),
         "io_uring-nested" => uring_relay(rx, announce, true),
         "io_uring-tasks" => tasks::relay(rx, announce),
+        "io_uring-multishot" => multishot::relay(rx, announce),
         other => Err(io::Error::new(io::ErrorKind::InvalidInput, format!("unknown engine {other:?}"))),
     }
 }
@@ -527,6 +531,207 @@ mod tasks {
                     }
                 }
             }
+        }
+    }
+}
+
+/// `io_uring-multishot`: see the module documentation.
+mod multishot {
+    use super::{kill_pair_fds, Peers};
+    use io_uring::{cqueue, opcode, types, types::BufRingEntry, IoUring};
+    use std::io;
+    use std::os::fd::RawFd;
+    use std::sync::atomic::{AtomicU16, Ordering};
+    use std::sync::mpsc::Receiver;
+
+    /// Provided buffers: how many, their size, their group.
+    const ENTRIES: u16 = 1024;
+    const SIZE: usize = 4096;
+    const GROUP: u16 = 7;
+    const ANNOUNCE: u64 = u64::MAX;
+    const RECV: u64 = 0;
+    const SEND: u64 = 1;
+
+    fn data(kind: u64, fd: RawFd, bid: u16) -> u64 {
+        kind | (fd as u64) << 2 | (bid as u64) << 34
+    }
+
+    /// The provided-buffer ring: the kernel takes buffers from its head, we give them back at
+    /// its tail.
+    struct Provided {
+        entries: *mut BufRingEntry,
+        tail: u16,
+        memory: Vec<u8>,
+    }
+
+    impl Provided {
+        fn give(&mut self, bid: u16) {
+            // SAFETY: the ring holds ENTRIES entries (a power of two) and `bid` < ENTRIES.
+            let entry = unsafe { &mut *self.entries.add((self.tail & (ENTRIES - 1)) as usize) };
+            entry.set_addr(self.memory.as_ptr() as u64 + bid as u64 * SIZE as u64);
+            entry.set_len(SIZE as u32);
+            entry.set_bid(bid);
+            self.tail = self.tail.wrapping_add(1);
+        }
+
+        fn publish(&self) {
+            // SAFETY: the tail field of the ring's first entry, a u16 the kernel reads.
+            let tail = unsafe { &*(BufRingEntry::tail(self.entries) as *const AtomicU16) };
+            tail.store(self.tail, Ordering::Release);
+        }
+
+        fn bytes(&self, bid: u16) -> *const u8 {
+            self.memory.as_ptr().wrapping_add(bid as usize * SIZE)
+        }
+    }
+
+    #[derive(Default, Clone, Copy)]
+    struct Socket {
+        armed: bool,
+        sends: u32,
+        dead: bool,
+    }
+
+    pub(super) fn relay(pairs: Receiver<(RawFd, RawFd)>, announce: RawFd) -> io::Result<()> {
+        let mut ring: IoUring =
+            IoUring::builder().setup_single_issuer().setup_defer_taskrun().setup_taskrun_flag().build(4096)?;
+        let ring_bytes = ENTRIES as usize * std::mem::size_of::<BufRingEntry>();
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                ring_bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let mut provided = Provided { entries: map.cast(), tail: 0, memory: vec![0; ENTRIES as usize * SIZE] };
+        unsafe { ring.submitter().register_buf_ring_with_flags(map as u64, ENTRIES, GROUP, 0)? };
+        for bid in 0..ENTRIES {
+            provided.give(bid);
+        }
+        provided.publish();
+
+        let mut peers = Peers(Vec::new());
+        let mut sockets: Vec<Socket> = Vec::new();
+        let mut count = [0u8; 8];
+        let read_announce = |count: &mut [u8; 8]| {
+            opcode::Read::new(types::Fd(announce), count.as_mut_ptr(), 8).build().user_data(ANNOUNCE)
+        };
+        let arm = |fd: RawFd| opcode::RecvMulti::new(types::Fd(fd), GROUP).build().user_data(data(RECV, fd, 0));
+        let mut queue = vec![read_announce(&mut count)];
+        let mut done: Vec<(u64, i32, u32)> = Vec::new();
+        loop {
+            {
+                let mut sq = ring.submission();
+                for entry in queue.drain(..) {
+                    if unsafe { sq.push(&entry) }.is_err() {
+                        return Err(io::Error::other("submission queue full"));
+                    }
+                }
+            }
+            match ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            done.extend(ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
+            let mut gave = false;
+            for (user, result, flags) in done.drain(..) {
+                if user == ANNOUNCE {
+                    while let Ok((client, server)) = pairs.try_recv() {
+                        peers.pair(client, server);
+                        let need = client.max(server) as usize + 1;
+                        if sockets.len() < need {
+                            sockets.resize(need, Socket::default());
+                        }
+                        for fd in [client, server] {
+                            sockets[fd as usize] = Socket { armed: true, sends: 0, dead: false };
+                            queue.push(arm(fd));
+                        }
+                    }
+                    queue.push(read_announce(&mut count));
+                    continue;
+                }
+                let fd = ((user >> 2) & 0xffff_ffff) as RawFd;
+                let peer = peers.of(fd);
+                let mut end = false;
+                if user & 3 == SEND {
+                    provided.give((user >> 34) as u16);
+                    gave = true;
+                    if let Some(s) = sockets.get_mut(fd as usize) {
+                        s.sends = s.sends.saturating_sub(1);
+                    }
+                    end = result < 0;
+                } else {
+                    let more = cqueue::more(flags);
+                    if let Some(s) = sockets.get_mut(fd as usize) {
+                        s.armed = more;
+                    }
+                    if result > 0 {
+                        if let Some(bid) = cqueue::buffer_select(flags) {
+                            if peer >= 0 && !sockets.get(fd as usize).is_some_and(|s| s.dead) {
+                                let send = opcode::Send::new(types::Fd(peer), provided.bytes(bid), result as u32)
+                                    .flags(libc::MSG_WAITALL | libc::MSG_NOSIGNAL)
+                                    .build()
+                                    .user_data(data(SEND, peer, bid));
+                                queue.push(send);
+                                if let Some(s) = sockets.get_mut(peer as usize) {
+                                    s.sends += 1;
+                                }
+                            } else {
+                                provided.give(bid);
+                                gave = true;
+                            }
+                        }
+                        if !more && !sockets.get(fd as usize).is_some_and(|s| s.dead) {
+                            queue.push(arm(fd));
+                            if let Some(s) = sockets.get_mut(fd as usize) {
+                                s.armed = true;
+                            }
+                        }
+                    } else if result == -libc::ENOBUFS && !more {
+                        queue.push(arm(fd));
+                        if let Some(s) = sockets.get_mut(fd as usize) {
+                            s.armed = true;
+                        }
+                    } else {
+                        end = true;
+                    }
+                }
+                if end {
+                    for s in [fd, peer] {
+                        if let Some(sock) = sockets.get_mut(s as usize) {
+                            sock.dead = true;
+                        }
+                    }
+                    kill_pair_fds(fd, peer);
+                }
+                let quiet = |s: RawFd| sockets.get(s as usize).is_some_and(|x| x.dead && !x.armed && x.sends == 0);
+                if peer >= 0 && quiet(fd) && quiet(peer) {
+                    peers.unpair(fd, peer);
+                    unsafe {
+                        libc::close(fd);
+                        libc::close(peer);
+                    }
+                }
+            }
+            if gave {
+                provided.publish();
+            }
+        }
+    }
+}
+
+/// Shuts both sockets of a pair down, which ends their receives in flight.
+fn kill_pair_fds(fd: RawFd, peer: RawFd) {
+    for s in [fd, peer] {
+        if s >= 0 {
+            unsafe { libc::shutdown(s, libc::SHUT_RDWR) };
         }
     }
 }
