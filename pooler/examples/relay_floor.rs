@@ -626,6 +626,10 @@ mod multishot {
         let mut queue = vec![read_announce(&mut count)];
         let mut done: Vec<(u64, i32, u32)> = Vec::new();
         loop {
+            // Sends to a socket with room complete while they are submitted: waiting for one
+            // completion more than the sends queued sleeps until something arrives, in the
+            // same system call (waiting for one would return at once with a send's).
+            let sends = queue.iter().filter(|e| e.get_user_data() & 3 == SEND && e.get_user_data() != ANNOUNCE).count();
             {
                 let mut sq = ring.submission();
                 for entry in queue.drain(..) {
@@ -634,7 +638,7 @@ mod multishot {
                     }
                 }
             }
-            match ring.submit_and_wait(1) {
+            match ring.submit_and_wait(1 + sends) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
