@@ -357,7 +357,7 @@ mod tasks {
     }
 
     thread_local! {
-        static RUN: RefCell<VecDeque<usize>> = RefCell::new(VecDeque::new());
+        static RUN: RefCell<VecDeque<usize>> = const { RefCell::new(VecDeque::new()) };
         static REACTOR: RefCell<Reactor> = RefCell::new(Reactor::default());
     }
 
