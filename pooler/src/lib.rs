@@ -23,6 +23,7 @@ pub mod listener;
 pub mod metrics;
 pub mod pool;
 pub mod protocol;
+pub mod ring;
 pub mod runtime;
 pub mod server;
 pub mod session;
