@@ -25,6 +25,8 @@ const ENTRIES: u32 = 1024;
 const WAKEUP: u64 = u64::MAX;
 /// user_data of cancel requests (their own completions say nothing we need).
 const CANCEL: u64 = u64::MAX - 1;
+/// How long a wait that counts on sends completing on submission may last beyond them.
+const INLINE_WAIT: types::Timespec = types::Timespec::new().nsec(1_000_000);
 
 type LocalTask = Pin<Box<dyn Future<Output = ()>>>;
 type SendTask = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -32,6 +34,18 @@ type SendTask = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// What must live as long as an operation the kernel may still be using: its buffer, its
 /// descriptor.
 pub type Keep = Option<Box<dyn Any>>;
+
+/// Called with each completion of an op submitted with one (instead of queueing it for a
+/// poll), with the op's `Keep`; runs on the ring thread inside the loop, and must not block.
+/// The op is freed after its last completion.
+pub type Hook = Box<dyn FnMut(Completion, &mut Keep)>;
+
+/// The buffer group of the provided-buffer ring multishot receives take from.
+pub const BUFFER_GROUP: u16 = 0;
+/// Provided buffers: how many and how large. Taken only while they hold received bytes that
+/// no task has read yet, so idle sockets hold none.
+const PROVIDED: u16 = 512;
+const PROVIDED_SIZE: usize = 4096;
 
 /// One completion of an operation: the result (bytes, or a negative errno) and the flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +160,7 @@ enum OpState {
         results: VecDeque<Completion>,
         finished: bool,
         keep: Keep,
+        hook: Option<Hook>,
     },
     /// Its owner let go before the last completion: kept (with what the kernel may use) until
     /// then.
@@ -171,6 +186,87 @@ struct Core {
     inline: Cell<usize>,
     /// The eventfd read's target (the kernel writes it).
     wakeup_count: Box<Cell<u64>>,
+    provided: RefCell<Provided>,
+}
+
+/// The provided-buffer ring: the kernel takes buffers at its head when bytes arrive for a
+/// multishot receive, the executor gives them back at its tail once read.
+struct Provided {
+    /// The ring's entries (page-aligned, mapped), PROVIDED of them.
+    entries: *mut io_uring::types::BufRingEntry,
+    tail: u16,
+    published: u16,
+    memory: Box<[u8]>,
+}
+
+impl Provided {
+    fn new(ring: &IoUring) -> io::Result<Provided> {
+        let bytes = PROVIDED as usize * std::mem::size_of::<io_uring::types::BufRingEntry>();
+        // SAFETY: an anonymous private mapping; unmapped in Drop.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let mut provided = Provided {
+            entries: map.cast(),
+            tail: 0,
+            published: 0,
+            memory: vec![0u8; PROVIDED as usize * PROVIDED_SIZE].into_boxed_slice(),
+        };
+        // SAFETY: the mapping holds PROVIDED entries and stays mapped as long as the ring (the
+        // Core drops the ring first).
+        unsafe { ring.submitter().register_buf_ring_with_flags(map as u64, PROVIDED, BUFFER_GROUP, 0)? };
+        for bid in 0..PROVIDED {
+            provided.give(bid);
+        }
+        provided.publish();
+        Ok(provided)
+    }
+
+    fn give(&mut self, bid: u16) {
+        if bid >= PROVIDED {
+            return;
+        }
+        // SAFETY: PROVIDED is a power of two and the mapping holds that many entries.
+        let entry = unsafe { &mut *self.entries.add((self.tail & (PROVIDED - 1)) as usize) };
+        entry.set_addr(self.memory.as_ptr() as u64 + (bid as usize * PROVIDED_SIZE) as u64);
+        entry.set_len(PROVIDED_SIZE as u32);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    fn publish(&mut self) {
+        if self.published == self.tail {
+            return;
+        }
+        // SAFETY: the ring's tail, a u16 in its first entry that the kernel reads.
+        let tail =
+            unsafe { &*(io_uring::types::BufRingEntry::tail(self.entries) as *const std::sync::atomic::AtomicU16) };
+        tail.store(self.tail, Ordering::Release);
+        self.published = self.tail;
+    }
+
+    fn bytes(&self, bid: u16, len: usize) -> Option<&[u8]> {
+        let start = bid as usize * PROVIDED_SIZE;
+        self.memory.get(start..start + len.min(PROVIDED_SIZE))
+    }
+}
+
+impl Drop for Provided {
+    fn drop(&mut self) {
+        let bytes = PROVIDED as usize * std::mem::size_of::<io_uring::types::BufRingEntry>();
+        // SAFETY: the mapping made in `new`, no longer registered (the ring is gone).
+        unsafe { libc::munmap(self.entries.cast(), bytes) };
+    }
 }
 
 thread_local! {
@@ -203,8 +299,10 @@ impl Core {
         }
         // SAFETY: a descriptor we just opened and own.
         let eventfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let provided = Provided::new(&ring)?;
         Ok(Core {
             ring: RefCell::new(ring),
+            provided: RefCell::new(provided),
             run: RefCell::new(VecDeque::new()),
             tasks: RefCell::new(Vec::new()),
             free_tasks: RefCell::new(Vec::new()),
@@ -274,7 +372,13 @@ impl Core {
         }
     }
 
-    fn submit(&self, entry: squeue::Entry, completes_on_submission: bool, keep: Keep) -> io::Result<OpId> {
+    fn submit(
+        &self,
+        entry: squeue::Entry,
+        completes_on_submission: bool,
+        keep: Keep,
+        hook: Option<Hook>,
+    ) -> io::Result<OpId> {
         let index = self.free_ops.borrow_mut().pop().unwrap_or_else(|| {
             let mut ops = self.ops.borrow_mut();
             ops.push(OpSlot { generation: 0, state: OpState::Free });
@@ -284,7 +388,7 @@ impl Core {
             let mut ops = self.ops.borrow_mut();
             let slot = &mut ops[index as usize];
             slot.generation = slot.generation.wrapping_add(1) & 0x7fff_ffff;
-            slot.state = OpState::Live { waker: None, results: VecDeque::new(), finished: false, keep };
+            slot.state = OpState::Live { waker: None, results: VecDeque::new(), finished: false, keep, hook };
             OpId(((slot.generation as u64) << 32) | index as u64)
         };
         if let Err(e) = self.push_entry(&entry.user_data(id.0)) {
@@ -363,6 +467,32 @@ impl Core {
             return;
         }
         let last = !c.more();
+        if let OpState::Live { hook: hook @ Some(_), keep, .. } = &mut slot.state {
+            let (Some(mut f), mut kept) = (hook.take(), keep.take()) else { return };
+            drop(ops);
+            f(c, &mut kept);
+            let mut ops = self.ops.borrow_mut();
+            let Some(slot) = ops.get_mut(index as usize) else { return };
+            if slot.generation as u64 != data >> 32 {
+                return;
+            }
+            if last {
+                slot.state = OpState::Free;
+                drop(ops);
+                drop((f, kept));
+                self.free_ops.borrow_mut().push(index);
+                return;
+            }
+            match &mut slot.state {
+                OpState::Live { hook, keep, .. } => {
+                    *hook = Some(f);
+                    *keep = kept;
+                }
+                OpState::Orphan { keep } => *keep = kept,
+                OpState::Free => {}
+            }
+            return;
+        }
         match &mut slot.state {
             OpState::Live { waker, results, finished, .. } => {
                 results.push_back(c);
@@ -373,12 +503,20 @@ impl Core {
                     w.wake();
                 }
             }
-            OpState::Orphan { .. } if last => {
-                slot.state = OpState::Free;
-                drop(ops);
-                self.free_ops.borrow_mut().push(index);
+            OpState::Orphan { .. } => {
+                if last {
+                    slot.state = OpState::Free;
+                    drop(ops);
+                    self.free_ops.borrow_mut().push(index);
+                } else {
+                    drop(ops);
+                }
+                // Bytes nobody will read: the buffer goes back.
+                if let Some(bid) = c.buffer() {
+                    self.provided.borrow_mut().give(bid);
+                }
             }
-            _ => {}
+            OpState::Free => {}
         }
     }
 
@@ -443,12 +581,20 @@ impl Core {
             } else {
                 1 + self.inline.get()
             };
-            let entered = self.ring.borrow().submitter().submit_and_wait(want);
+            self.provided.borrow_mut().publish();
+            let entered = if want > 1 {
+                // Counting on sends to complete on submission: one that does not (a full
+                // socket buffer) would leave the wait one completion short, so it is bounded.
+                let args = types::SubmitArgs::new().timespec(&INLINE_WAIT);
+                self.ring.borrow().submitter().submit_with_args(want, &args)
+            } else {
+                self.ring.borrow().submitter().submit_and_wait(want)
+            };
             self.remote.sleeping.store(false, Ordering::SeqCst);
             self.inline.set(0);
             match entered {
                 Ok(_) => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::ETIME)) => {}
                 Err(e) => return Err(e),
             }
             let completions: Vec<(u64, Completion)> = {
@@ -535,7 +681,29 @@ impl Spawner {
 /// the operation most likely completes while it is submitted (a send to a socket with room),
 /// so the loop's wait asks for one completion more.
 pub fn submit(entry: squeue::Entry, completes_on_submission: bool, keep: Keep) -> io::Result<OpId> {
-    with_core(|core| core.submit(entry, completes_on_submission, keep)).ok_or_else(not_on_ring)?
+    with_core(|core| core.submit(entry, completes_on_submission, keep, None)).ok_or_else(not_on_ring)?
+}
+
+/// Submits a ring operation whose completions go to `hook` (see `Hook`).
+pub fn submit_with_hook(
+    entry: squeue::Entry,
+    completes_on_submission: bool,
+    keep: Keep,
+    hook: Hook,
+) -> io::Result<OpId> {
+    with_core(|core| core.submit(entry, completes_on_submission, keep, Some(hook))).ok_or_else(not_on_ring)?
+}
+
+/// Calls `f` with the first `len` bytes of provided buffer `bid` (a receive's completion
+/// names it), then gives the buffer back to the kernel.
+pub fn take_provided<R>(bid: u16, len: usize, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+    with_core(|core| {
+        let mut provided = core.provided.borrow_mut();
+        let out = provided.bytes(bid, len).map(f);
+        provided.give(bid);
+        out
+    })
+    .flatten()
 }
 
 /// The op's next completion; `None` once its last completion was taken (or it is unknown).
@@ -543,9 +711,24 @@ pub fn poll_op(id: OpId, cx: &mut Context<'_>) -> Poll<Option<Completion>> {
     with_core(|core| core.poll_op(id, cx)).unwrap_or(Poll::Ready(None))
 }
 
+/// A task is about to wait for the completion of an op it submitted as completing on
+/// submission: the loop's wait must not count on one completion more for it.
+pub fn awaiting_submitted() {
+    with_core(|core| core.inline.set(core.inline.get().saturating_sub(1)));
+}
+
 /// Lets go of an op (cancelling it if it is still in flight).
 pub fn release(id: OpId) {
     with_core(|core| core.release(id));
+}
+
+/// Asks the kernel to stop an op (a multishot receive) without letting go of it: its
+/// remaining completions still come, the last one without `more`.
+pub fn cancel(id: OpId) {
+    with_core(|core| {
+        // One that cannot be queued leaves the op running: nothing is lost.
+        let _ = core.push_entry(&opcode::AsyncCancel::new(id.0).build().user_data(CANCEL));
+    });
 }
 
 /// An op as a future of its next completion (one-shot operations: their only one).
