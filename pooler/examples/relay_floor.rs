@@ -13,12 +13,14 @@
 //! - `io_uring-multishot`: the hand-written ring loop with one multishot receive per socket
 //!   that stays armed, into buffers the kernel picks from a shared provided-buffer ring (no
 //!   receive buffer per socket, no re-arming after each message);
+//! - `pgha-ring`: pgha's own io_uring engine (`pooler::ring`: its executor and sockets), one
+//!   async task per direction, as the pooler's relay would use it;
 //! - `io_uring-nested`: the hand-written ring loop, but sleeping in `epoll_wait` on an eventfd
 //!   the ring signals, as a ring inside another event loop (tokio's) would.
 //!
 //! Not a pooler: it shows how low any relay can go on each engine on a machine, next to
 //! PgBouncer and pgha in the same run. Usage: `relay_floor ENGINE LISTEN_PORT
-//! UPSTREAM_PORT` (both on 127.0.0.1), ENGINE one of the five above.
+//! UPSTREAM_PORT` (both on 127.0.0.1), ENGINE one of the six above.
 
 use std::io;
 use std::net::{TcpListener, TcpStream};
@@ -61,6 +63,7 @@ fn run(engine: &str, listen: u16, upstream: u16) -> io::Result<()> {
         "io_uring-nested" => uring_relay(rx, announce, true),
         "io_uring-tasks" => tasks::relay(rx, announce),
         "io_uring-multishot" => multishot::relay(rx, announce),
+        "pgha-ring" => pgha_ring::relay(rx, announce),
         other => Err(io::Error::new(io::ErrorKind::InvalidInput, format!("unknown engine {other:?}"))),
     }
 }
@@ -737,5 +740,55 @@ fn kill_pair_fds(fd: RawFd, peer: RawFd) {
         if s >= 0 {
             unsafe { libc::shutdown(s, libc::SHUT_RDWR) };
         }
+    }
+}
+
+/// `pgha-ring`: see the module documentation.
+mod pgha_ring {
+    use bytes::BytesMut;
+    use pooler::ring::executor::{self, block_on, Next};
+    use pooler::ring::socket::Socket;
+    use std::future::poll_fn;
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    use std::rc::Rc;
+    use std::sync::mpsc::Receiver;
+
+    async fn pump(from: Rc<Socket>, to: Rc<Socket>) {
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        loop {
+            match poll_fn(|cx| from.poll_read_buf(cx, &mut buf)).await {
+                Ok(n) if n > 0 => {
+                    if to.write(&buf).is_err() {
+                        break;
+                    }
+                    buf.clear();
+                }
+                _ => break,
+            }
+        }
+        // The other direction ends too (its receive completes with 0).
+        for s in [&from, &to] {
+            unsafe { libc::shutdown(s.as_raw_fd(), libc::SHUT_RDWR) };
+        }
+    }
+
+    pub(super) fn relay(pairs: Receiver<(RawFd, RawFd)>, announce: RawFd) -> io::Result<()> {
+        block_on(async move {
+            loop {
+                let mut count = Box::new([0u8; 8]);
+                let entry = io_uring::opcode::Read::new(io_uring::types::Fd(announce), count.as_mut_ptr(), 8).build();
+                let id = executor::submit(entry, Some(count))?;
+                Next(id).await;
+                executor::release(id);
+                while let Ok((client, server)) = pairs.try_recv() {
+                    // SAFETY: descriptors the accept thread handed over and no longer uses.
+                    let (client, server) = unsafe { (OwnedFd::from_raw_fd(client), OwnedFd::from_raw_fd(server)) };
+                    let (c, s) = (Rc::new(Socket::new(client)), Rc::new(Socket::new(server)));
+                    executor::spawn(pump(c.clone(), s.clone()))?;
+                    executor::spawn(pump(s, c))?;
+                }
+            }
+        })?
     }
 }

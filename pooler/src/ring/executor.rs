@@ -2,10 +2,9 @@
 //! never in epoll. Tasks submit ring operations and are woken by their completions; other
 //! threads wake or spawn tasks through a queue and an eventfd the ring reads. The ring runs
 //! with a single issuer and deferred task work, so the kernel does a completion's work (the
-//! receive's copy, say) inside the thread's own `io_uring_enter`, and the thread waits for one
-//! completion more than the operations it submitted that complete on submission (a send to a
-//! socket with room), so that a loop costs one system call (see docs/pooler.md, "The floor of
-//! a relay on each engine").
+//! receive's copy, say) inside the thread's own `io_uring_enter`, and one `io_uring_enter` per
+//! loop submits what the tasks queued and waits for the next completion (see docs/pooler.md,
+//! "The floor of a relay on each engine").
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::any::Any;
@@ -25,8 +24,6 @@ const ENTRIES: u32 = 1024;
 const WAKEUP: u64 = u64::MAX;
 /// user_data of cancel requests (their own completions say nothing we need).
 const CANCEL: u64 = u64::MAX - 1;
-/// How long a wait that counts on sends completing on submission may last beyond them.
-const INLINE_WAIT: types::Timespec = types::Timespec::new().nsec(1_000_000);
 
 type LocalTask = Pin<Box<dyn Future<Output = ()>>>;
 type SendTask = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -182,8 +179,6 @@ struct Core {
     ops: RefCell<Vec<OpSlot>>,
     free_ops: RefCell<Vec<u32>>,
     remote: Arc<Remote>,
-    /// Submitted this loop and completing on submission: the wait asks for that many more.
-    inline: Cell<usize>,
     /// The eventfd read's target (the kernel writes it).
     wakeup_count: Box<Cell<u64>>,
     provided: RefCell<Provided>,
@@ -309,7 +304,6 @@ impl Core {
             ops: RefCell::new(Vec::new()),
             free_ops: RefCell::new(Vec::new()),
             remote: Arc::new(Remote { queue: Mutex::new(Vec::new()), sleeping: AtomicBool::new(false), eventfd }),
-            inline: Cell::new(0),
             wakeup_count: Box::new(Cell::new(0)),
         })
     }
@@ -372,13 +366,7 @@ impl Core {
         }
     }
 
-    fn submit(
-        &self,
-        entry: squeue::Entry,
-        completes_on_submission: bool,
-        keep: Keep,
-        hook: Option<Hook>,
-    ) -> io::Result<OpId> {
+    fn submit(&self, entry: squeue::Entry, keep: Keep, hook: Option<Hook>) -> io::Result<OpId> {
         let index = self.free_ops.borrow_mut().pop().unwrap_or_else(|| {
             let mut ops = self.ops.borrow_mut();
             ops.push(OpSlot { generation: 0, state: OpState::Free });
@@ -394,9 +382,6 @@ impl Core {
         if let Err(e) = self.push_entry(&entry.user_data(id.0)) {
             self.free_op(index);
             return Err(e);
-        }
-        if completes_on_submission {
-            self.inline.set(self.inline.get() + 1);
         }
         Ok(id)
     }
@@ -579,22 +564,14 @@ impl Core {
                 self.remote.sleeping.store(false, Ordering::SeqCst);
                 0
             } else {
-                1 + self.inline.get()
+                1
             };
             self.provided.borrow_mut().publish();
-            let entered = if want > 1 {
-                // Counting on sends to complete on submission: one that does not (a full
-                // socket buffer) would leave the wait one completion short, so it is bounded.
-                let args = types::SubmitArgs::new().timespec(&INLINE_WAIT);
-                self.ring.borrow().submitter().submit_with_args(want, &args)
-            } else {
-                self.ring.borrow().submitter().submit_and_wait(want)
-            };
+            let entered = self.ring.borrow().submitter().submit_and_wait(want);
             self.remote.sleeping.store(false, Ordering::SeqCst);
-            self.inline.set(0);
             match entered {
                 Ok(_) => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::ETIME)) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) => {}
                 Err(e) => return Err(e),
             }
             let completions: Vec<(u64, Completion)> = {
@@ -677,21 +654,14 @@ impl Spawner {
     }
 }
 
-/// Submits a ring operation; `keep` lives until its last completion. `completes_on_submission`:
-/// the operation most likely completes while it is submitted (a send to a socket with room),
-/// so the loop's wait asks for one completion more.
-pub fn submit(entry: squeue::Entry, completes_on_submission: bool, keep: Keep) -> io::Result<OpId> {
-    with_core(|core| core.submit(entry, completes_on_submission, keep, None)).ok_or_else(not_on_ring)?
+/// Submits a ring operation; `keep` lives until its last completion.
+pub fn submit(entry: squeue::Entry, keep: Keep) -> io::Result<OpId> {
+    with_core(|core| core.submit(entry, keep, None)).ok_or_else(not_on_ring)?
 }
 
 /// Submits a ring operation whose completions go to `hook` (see `Hook`).
-pub fn submit_with_hook(
-    entry: squeue::Entry,
-    completes_on_submission: bool,
-    keep: Keep,
-    hook: Hook,
-) -> io::Result<OpId> {
-    with_core(|core| core.submit(entry, completes_on_submission, keep, Some(hook))).ok_or_else(not_on_ring)?
+pub fn submit_with_hook(entry: squeue::Entry, keep: Keep, hook: Hook) -> io::Result<OpId> {
+    with_core(|core| core.submit(entry, keep, Some(hook))).ok_or_else(not_on_ring)?
 }
 
 /// Calls `f` with the first `len` bytes of provided buffer `bid` (a receive's completion
@@ -709,12 +679,6 @@ pub fn take_provided<R>(bid: u16, len: usize, f: impl FnOnce(&[u8]) -> R) -> Opt
 /// The op's next completion; `None` once its last completion was taken (or it is unknown).
 pub fn poll_op(id: OpId, cx: &mut Context<'_>) -> Poll<Option<Completion>> {
     with_core(|core| core.poll_op(id, cx)).unwrap_or(Poll::Ready(None))
-}
-
-/// A task is about to wait for the completion of an op it submitted as completing on
-/// submission: the loop's wait must not count on one completion more for it.
-pub fn awaiting_submitted() {
-    with_core(|core| core.inline.set(core.inline.get().saturating_sub(1)));
 }
 
 /// Lets go of an op (cancelling it if it is still in flight).

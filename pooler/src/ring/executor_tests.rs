@@ -24,7 +24,7 @@ fn block_on_returns_the_value_and_runs_spawned_tasks() {
             spawn(async move { seen.set(seen.get() + k) }).expect("on the ring thread");
         }
         // Let the spawned tasks run: a Nop completes at the next enter.
-        let nop = submit(opcode::Nop::new().build(), false, None).expect("submit");
+        let nop = submit(opcode::Nop::new().build(), None).expect("submit");
         let c = Next(nop).await.expect("a completion");
         assert_eq!(c.result, 0);
         release(nop);
@@ -48,7 +48,7 @@ fn a_read_sleeps_in_the_ring_until_another_thread_writes() {
         let mut buf = Box::new([0u8; 16]);
         let entry = opcode::Read::new(types::Fd(r.as_raw_fd()), buf.as_mut_ptr(), 16).build();
         let ptr = buf.as_ptr();
-        let id = submit(entry, false, Some(buf)).expect("submit");
+        let id = submit(entry, Some(buf)).expect("submit");
         let c = Next(id).await.expect("a completion");
         let n = c.bytes().expect("read");
         // SAFETY: the op finished, its buffer (kept by the op until released) holds n bytes.
@@ -142,13 +142,13 @@ fn a_released_op_keeps_its_buffer_until_the_kernel_lets_go() {
         let mut buf = Box::new([0u8; 16]);
         let entry = opcode::Read::new(types::Fd(r.as_raw_fd()), buf.as_mut_ptr(), 16).build();
         let keep: Box<dyn Any> = Box::new((buf, DropFlag(d.clone())));
-        let id = submit(entry, false, Some(keep)).expect("submit");
+        let id = submit(entry, Some(keep)).expect("submit");
         // Nothing to read: the read is in flight; letting go cancels it.
         release(id);
         assert_eq!(d.load(Ordering::SeqCst), 0, "dropped while the kernel may still write it");
         // The cancel completes at the next enter; a Nop makes one happen.
         for _ in 0..3 {
-            let nop = submit(opcode::Nop::new().build(), false, None).expect("submit");
+            let nop = submit(opcode::Nop::new().build(), None).expect("submit");
             Next(nop).await;
             release(nop);
         }
@@ -171,7 +171,7 @@ fn ops_in_flight_at_the_end_are_cancelled_before_their_buffers_go() {
         let entry = opcode::Read::new(types::Fd(r.as_raw_fd()), buf.as_mut_ptr(), 16).build();
         let keep: Box<dyn Any> = Box::new((buf, DropFlag(d), r));
         // Submitted and forgotten: block_on must cancel it and wait for it.
-        submit(entry, false, Some(keep)).expect("submit");
+        submit(entry, Some(keep)).expect("submit");
     })
     .expect("block_on");
     assert_eq!(drops.load(Ordering::SeqCst), 1, "the op's buffer was freed once, after its cancel");

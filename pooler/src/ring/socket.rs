@@ -1,8 +1,15 @@
 //! A stream socket on the ring: read by one multishot receive that stays armed while the
 //! reader wants bytes, into the executor's provided buffers (copied out when read, the buffer
-//! given back at once); written by sends submitted in order, one in flight at a time, the
-//! bytes written meanwhile sent together when it completes. A write returns once its bytes are
+//! given back at once); written straight to the socket with send(2) while nothing waits to be
+//! sent, the rest (a full socket buffer) by one ring send at a time, the bytes written
+//! meanwhile sent together when it completes. A write returns once its bytes are sent or
 //! queued; `poll_flush` waits until the kernel took them all. Lives on the ring thread.
+//!
+//! Why send(2) and not a ring send: a ring send's completion ends the loop's wait, so a relay
+//! that sends and then waits for the answer would enter the ring twice per message (measured:
+//! 0.94 × PgBouncer's CPU per transaction at one client against 0.82 × waiting for one
+//! completion more than the sends; but counting on sends to complete on submission leaves the
+//! wait short, forever, when one does not). send(2) costs one system call and no wake.
 
 use super::executor::{self, Completion, Hook, OpId, BUFFER_GROUP};
 use bytes::BytesMut;
@@ -116,7 +123,25 @@ impl Socket {
             s.pending.extend_from_slice(bytes);
             return Ok(());
         }
-        start_send(&self.inner, &mut s, bytes.to_vec())
+        let fd = s.fd.as_raw_fd();
+        // SAFETY: a valid buffer of that length; the socket is ours.
+        let n = unsafe { libc::send(fd, bytes.as_ptr().cast(), bytes.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        let sent = if n >= 0 {
+            n as usize
+        } else {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EAGAIN) | Some(libc::EINTR) => 0,
+                errno => {
+                    s.send_error = Some(errno.unwrap_or(libc::EIO));
+                    return Err(e);
+                }
+            }
+        };
+        match bytes.get(sent..) {
+            Some(rest) if !rest.is_empty() => start_send(&self.inner, &mut s, rest.to_vec()),
+            _ => Ok(()),
+        }
     }
 
     /// Ready once every byte written was taken by the kernel (or a send failed).
@@ -127,9 +152,6 @@ impl Socket {
         }
         if !s.sending && s.pending.is_empty() {
             return Poll::Ready(Ok(()));
-        }
-        if s.writer.is_none() {
-            executor::awaiting_submitted();
         }
         park(&mut s.writer, cx);
         Poll::Pending
@@ -168,7 +190,7 @@ fn arm(inner: &Rc<RefCell<Inner>>, s: &mut Inner) -> io::Result<()> {
     let weak = Rc::downgrade(inner);
     let hook: Hook = Box::new(move |c, _keep| on_received(&weak, c));
     let entry = opcode::RecvMulti::new(types::Fd(s.fd.as_raw_fd()), BUFFER_GROUP).build();
-    s.recv = Some(executor::submit_with_hook(entry, false, None, hook)?);
+    s.recv = Some(executor::submit_with_hook(entry, None, hook)?);
     s.stopping = false;
     Ok(())
 }
@@ -215,7 +237,7 @@ fn start_send(inner: &Rc<RefCell<Inner>>, s: &mut Inner, bytes: Vec<u8>) -> io::
         .build();
     let hook: Hook = Box::new(move |c, keep| on_sent(&weak, c, keep));
     // The Vec's heap bytes do not move when the Vec is boxed: the entry's pointer stays good.
-    executor::submit_with_hook(entry, true, Some(Box::new(bytes)), hook)?;
+    executor::submit_with_hook(entry, Some(Box::new(bytes)), hook)?;
     s.sending = true;
     Ok(())
 }

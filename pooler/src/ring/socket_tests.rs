@@ -112,7 +112,7 @@ fn megabytes_each_way_arrive_whole_and_in_order() {
                 if buf.len() >= next_pause {
                     next_pause += 512 * 1024;
                     for _ in 0..20 {
-                        let nop = executor::submit(opcode::Nop::new().build(), false, None).expect("nop");
+                        let nop = executor::submit(opcode::Nop::new().build(), None).expect("nop");
                         executor::Next(nop).await;
                         executor::release(nop);
                     }
@@ -162,7 +162,7 @@ fn dropped_sockets_give_their_buffers_back() {
                 p.write_all(&[1u8; 200]).expect("peer write");
                 drop(s);
                 // Let the completion for the dropped socket come in.
-                let nop = executor::submit(opcode::Nop::new().build(), false, None).expect("nop");
+                let nop = executor::submit(opcode::Nop::new().build(), None).expect("nop");
                 executor::Next(nop).await;
                 executor::release(nop);
             }
