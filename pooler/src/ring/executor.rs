@@ -3,8 +3,10 @@
 //! threads wake or spawn tasks through a queue and an eventfd the ring reads. The ring runs
 //! with a single issuer and deferred task work, so the kernel does a completion's work (the
 //! receive's copy, say) inside the thread's own `io_uring_enter`, and one `io_uring_enter` per
-//! loop submits what the tasks queued and waits for the next completion (see docs/pooler.md,
-//! "The floor of a relay on each engine").
+//! loop submits what the tasks queued and waits for the next completion that matters: sends
+//! that will most likely complete while they are submitted, and that nothing waits for, are
+//! counted in (`submit_expected`), so their completions do not end the wait (see
+//! docs/pooler.md, "The floor of a relay on each engine").
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::any::Any;
@@ -26,6 +28,8 @@ const WAKEUP: u64 = u64::MAX;
 const CANCEL: u64 = u64::MAX - 1;
 
 type LocalTask = Pin<Box<dyn Future<Output = ()>>>;
+/// Says, just before the loop's wait, whether nothing waits for an op's completion.
+pub type Expected = Box<dyn Fn() -> bool>;
 type SendTask = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// What must live as long as an operation the kernel may still be using: its buffer, its
@@ -181,6 +185,9 @@ struct Core {
     remote: Arc<Remote>,
     /// The eventfd read's target (the kernel writes it).
     wakeup_count: Box<Cell<u64>>,
+    /// Ops submitted this loop whose completions the wait does not wait for, while their check
+    /// still says so (see `submit_expected`).
+    expected: RefCell<Vec<Expected>>,
     provided: RefCell<Provided>,
 }
 
@@ -305,6 +312,7 @@ impl Core {
             free_ops: RefCell::new(Vec::new()),
             remote: Arc::new(Remote { queue: Mutex::new(Vec::new()), sleeping: AtomicBool::new(false), eventfd }),
             wakeup_count: Box::new(Cell::new(0)),
+            expected: RefCell::new(Vec::new()),
         })
     }
 
@@ -564,8 +572,9 @@ impl Core {
                 self.remote.sleeping.store(false, Ordering::SeqCst);
                 0
             } else {
-                1
+                1 + self.expected.borrow().iter().filter(|still| still()).count()
             };
+            self.expected.borrow_mut().clear();
             self.provided.borrow_mut().publish();
             let entered = self.ring.borrow().submitter().submit_and_wait(want);
             self.remote.sleeping.store(false, Ordering::SeqCst);
@@ -657,6 +666,22 @@ impl Spawner {
 /// Submits a ring operation; `keep` lives until its last completion.
 pub fn submit(entry: squeue::Entry, keep: Keep) -> io::Result<OpId> {
     with_core(|core| core.submit(entry, keep, None)).ok_or_else(not_on_ring)?
+}
+
+/// Submits an operation that most likely completes while it is submitted (a send to a socket
+/// with room) and whose completion goes to `hook`. While `nothing_waits` says so at the
+/// loop's wait, the wait asks for one completion more, so that this one does not end it (a
+/// loop then costs one `io_uring_enter`, not two). It must say false whenever a task's
+/// progress depends on the completion (a flush, bytes queued behind it): if the operation does
+/// not complete on submission, the wait would otherwise be one short until something else
+/// happens.
+pub fn submit_expected(entry: squeue::Entry, keep: Keep, hook: Hook, nothing_waits: Expected) -> io::Result<OpId> {
+    with_core(|core| {
+        let id = core.submit(entry, keep, Some(hook))?;
+        core.expected.borrow_mut().push(nothing_waits);
+        Ok(id)
+    })
+    .ok_or_else(not_on_ring)?
 }
 
 /// Submits a ring operation whose completions go to `hook` (see `Hook`).

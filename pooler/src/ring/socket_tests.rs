@@ -198,3 +198,39 @@ fn a_send_to_a_closed_peer_fails_the_next_write() {
         .expect("block_on");
     });
 }
+
+#[test]
+fn a_flush_behind_a_send_that_cannot_complete_at_once_is_not_left_waiting() {
+    within(|| {
+        let (ours, mut peer) = tcp_pair();
+        let drained = std::thread::spawn(move || {
+            // The peer reads nothing for a while: the ring's sends fill the socket buffers.
+            std::thread::sleep(Duration::from_millis(300));
+            let mut sink = vec![0u8; 1 << 20];
+            let mut total = 0usize;
+            while total < 8 * 1024 * 1024 + 5 {
+                match peer.read(&mut sink) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => total += n,
+                }
+            }
+            total
+        });
+        block_on(async move {
+            let socket = Socket::new(ours);
+            // Fill the socket's buffers (sent and flushed, 1 MB at a time) until a flush
+            // takes a while: the next send then cannot complete on submission.
+            let chunk = vec![3u8; 1024 * 1024];
+            for _ in 0..8 {
+                socket.write(&chunk).expect("write");
+                flush(&socket).await.expect("flush");
+            }
+            // One small send with nothing queued behind it, then a flush that waits for it.
+            socket.write(b"tail!").expect("write");
+            flush(&socket).await.expect("flush");
+            drop(socket);
+        })
+        .expect("block_on");
+        assert_eq!(drained.join().expect("peer"), 8 * 1024 * 1024 + 5);
+    });
+}
