@@ -188,6 +188,10 @@ struct Core {
     /// Ops submitted this loop whose completions the wait does not wait for, while their check
     /// still says so (see `submit_expected`).
     expected: RefCell<Vec<Expected>>,
+    /// Tasks whose receive found no provided buffer: woken when one is given back.
+    starved: RefCell<Vec<Waker>>,
+    /// Provided buffers given back so far.
+    given: Cell<u64>,
     provided: RefCell<Provided>,
 }
 
@@ -313,6 +317,8 @@ impl Core {
             remote: Arc::new(Remote { queue: Mutex::new(Vec::new()), sleeping: AtomicBool::new(false), eventfd }),
             wakeup_count: Box::new(Cell::new(0)),
             expected: RefCell::new(Vec::new()),
+            starved: RefCell::new(Vec::new()),
+            given: Cell::new(0),
         })
     }
 
@@ -392,6 +398,16 @@ impl Core {
             return Err(e);
         }
         Ok(id)
+    }
+
+    /// A provided buffer goes back to the kernel; tasks starved of one are woken.
+    fn give_back(&self, bid: u16) {
+        self.provided.borrow_mut().give(bid);
+        self.given.set(self.given.get().wrapping_add(1));
+        let starved = std::mem::take(&mut *self.starved.borrow_mut());
+        for w in starved {
+            w.wake();
+        }
     }
 
     fn free_op(&self, index: u32) {
@@ -506,7 +522,7 @@ impl Core {
                 }
                 // Bytes nobody will read: the buffer goes back.
                 if let Some(bid) = c.buffer() {
-                    self.provided.borrow_mut().give(bid);
+                    self.give_back(bid);
                 }
             }
             OpState::Free => {}
@@ -693,12 +709,22 @@ pub fn submit_with_hook(entry: squeue::Entry, keep: Keep, hook: Hook) -> io::Res
 /// names it), then gives the buffer back to the kernel.
 pub fn take_provided<R>(bid: u16, len: usize, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
     with_core(|core| {
-        let mut provided = core.provided.borrow_mut();
-        let out = provided.bytes(bid, len).map(f);
-        provided.give(bid);
+        let out = core.provided.borrow().bytes(bid, len).map(f);
+        core.give_back(bid);
         out
     })
     .flatten()
+}
+
+/// How many provided buffers were given back so far: a receive that found none (ENOBUFS)
+/// notes it, and tries again once it changed.
+pub fn buffers_given() -> u64 {
+    with_core(|core| core.given.get()).unwrap_or(0)
+}
+
+/// Wakes the task when a provided buffer is given back.
+pub fn wait_for_buffer(cx: &Context<'_>) {
+    with_core(|core| core.starved.borrow_mut().push(cx.waker().clone()));
 }
 
 /// The op's next completion; `None` once its last completion was taken (or it is unknown).

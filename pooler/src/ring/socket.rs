@@ -38,6 +38,9 @@ struct Inner {
     received: VecDeque<(u16, u32)>,
     unread: usize,
     eof: bool,
+    /// The receive ended for want of a provided buffer (`executor::buffers_given` then): armed
+    /// again once one was given back since.
+    starved: Option<u64>,
     recv_error: Option<i32>,
     reader: Option<Waker>,
     /// Written while a send is in flight.
@@ -71,6 +74,7 @@ impl Socket {
                 received: VecDeque::new(),
                 unread: 0,
                 eof: false,
+                starved: None,
                 recv_error: None,
                 reader: None,
                 pending: Vec::new(),
@@ -99,6 +103,15 @@ impl Socket {
         }
         if s.eof {
             return Poll::Ready(Ok(0));
+        }
+        if let (None, Some(given)) = (s.recv, s.starved) {
+            if executor::buffers_given() == given {
+                // Every provided buffer holds bytes some socket has not read: wait for one.
+                executor::wait_for_buffer(cx);
+                park(&mut s.reader, cx);
+                return Poll::Pending;
+            }
+            s.starved = None;
         }
         if s.recv.is_none() {
             if let Err(e) = arm(&self.inner, &mut s) {
@@ -193,8 +206,10 @@ fn on_received(weak: &Weak<RefCell<Inner>>, c: Completion) {
             None => s.recv_error = Some(libc::EIO),
         },
         0 => s.eof = true,
-        // Out of provided buffers, or stopped: armed again at the next read.
-        e if e == -libc::ENOBUFS || e == -libc::ECANCELED => {}
+        // Out of provided buffers: armed again once one comes back.
+        e if e == -libc::ENOBUFS => s.starved = Some(executor::buffers_given()),
+        // Stopped (too much unread): armed again at the next read.
+        e if e == -libc::ECANCELED => {}
         e => s.recv_error = Some(-e),
     }
     if !c.more() {

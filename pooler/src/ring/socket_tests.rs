@@ -234,3 +234,42 @@ fn a_flush_behind_a_send_that_cannot_complete_at_once_is_not_left_waiting() {
         assert_eq!(drained.join().expect("peer"), 8 * 1024 * 1024 + 5);
     });
 }
+
+#[test]
+fn sockets_starved_of_provided_buffers_get_their_bytes_once_others_read() {
+    within(|| {
+        block_on(async {
+            // More sockets with bytes waiting than there are provided buffers (512): the
+            // receives of the last ones find none (ENOBUFS) until the first ones are read.
+            const N: usize = 700;
+            let mut sockets = Vec::new();
+            let mut peers = Vec::new();
+            for k in 0..N {
+                let (ours, mut peer) = tcp_pair();
+                peer.write_all(format!("socket {k:04}").as_bytes()).expect("peer write");
+                let socket = Socket::new(ours);
+                let mut buf = BytesMut::new();
+                // Arm each receive without reading what it gets.
+                let _ = std::future::poll_fn(|cx| Poll::Ready(socket.poll_read_buf(cx, &mut buf).is_pending())).await;
+                assert!(buf.is_empty() || buf.len() == 11);
+                sockets.push((socket, buf));
+                peers.push(peer);
+            }
+            // Let every receive complete (with bytes or with ENOBUFS).
+            for _ in 0..5 {
+                let nop = executor::submit(opcode::Nop::new().build(), None).expect("nop");
+                executor::Next(nop).await;
+                executor::release(nop);
+            }
+            for (k, (socket, mut buf)) in sockets.into_iter().enumerate() {
+                while buf.len() < 11 {
+                    let n = read_some(&socket, &mut buf).await.expect("read");
+                    assert!(n > 0, "socket {k} ended early");
+                }
+                assert_eq!(&buf[..], format!("socket {k:04}").as_bytes());
+            }
+            drop(peers);
+        })
+        .expect("block_on");
+    });
+}
