@@ -456,7 +456,10 @@ impl Core {
                     slot.state = OpState::Orphan { keep };
                     return;
                 }
-                _ => false,
+                // Already freed (a hooked op after its last completion, or a second release):
+                // its slot is on the free list once.
+                OpState::Free => return,
+                OpState::Live { finished: true, .. } => false,
             }
         };
         if cancel {

@@ -184,3 +184,23 @@ fn a_second_executor_on_the_same_thread_is_refused() {
     let nested = block_on(async { block_on(async {}).is_err() }).expect("block_on");
     assert!(nested);
 }
+
+#[test]
+fn an_op_released_twice_frees_its_slot_once() {
+    block_on(async {
+        let first = submit(opcode::Nop::new().build(), None).expect("submit");
+        Next(first).await;
+        release(first);
+        release(first);
+        // Two ops in flight at once must not share the freed slot.
+        let a = submit(opcode::Nop::new().build(), None).expect("submit");
+        let b = submit(opcode::Nop::new().build(), None).expect("submit");
+        assert_ne!(a, b);
+        assert_ne!(a.0 & 0xffff_ffff, b.0 & 0xffff_ffff, "two live ops in one slot");
+        assert!(Next(a).await.is_some());
+        assert!(Next(b).await.is_some());
+        release(a);
+        release(b);
+    })
+    .expect("block_on");
+}
