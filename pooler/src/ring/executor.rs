@@ -532,6 +532,12 @@ impl Core {
         }
     }
 
+    /// The completions the kernel posted, taken off the ring.
+    fn reap(&self) -> Vec<(u64, Completion)> {
+        let mut ring = self.ring.borrow_mut();
+        ring.completion().map(|c| (c.user_data(), Completion { result: c.result(), flags: c.flags() })).collect()
+    }
+
     /// Cancels every operation still in flight and waits (a second at most) for their last
     /// completions; false if some did not come.
     fn drain(&self) -> bool {
@@ -554,12 +560,7 @@ impl Core {
             }
             let args = types::SubmitArgs::new().timespec(&timeout);
             let _ = self.ring.borrow().submitter().submit_with_args(1, &args);
-            let completions: Vec<(u64, Completion)> = {
-                let mut ring = self.ring.borrow_mut();
-                ring.completion()
-                    .map(|c| (c.user_data(), Completion { result: c.result(), flags: c.flags() }))
-                    .collect()
-            };
+            let completions = self.reap();
             for (data, c) in completions {
                 if data != WAKEUP && data != CANCEL {
                     self.complete(data, c);
@@ -602,12 +603,7 @@ impl Core {
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) => {}
                 Err(e) => return Err(e),
             }
-            let completions: Vec<(u64, Completion)> = {
-                let mut ring = self.ring.borrow_mut();
-                ring.completion()
-                    .map(|c| (c.user_data(), Completion { result: c.result(), flags: c.flags() }))
-                    .collect()
-            };
+            let completions = self.reap();
             for (data, c) in completions {
                 match data {
                     WAKEUP => self.arm_wakeup()?,
