@@ -447,10 +447,11 @@ impl Core {
         }
     }
 
-    /// The completions the kernel posted, taken off the ring.
-    fn reap(&self) -> Vec<(u64, Completion)> {
+    /// The completions the kernel posted, taken off the ring into `into` (kept from loop to
+    /// loop: no allocation per loop).
+    fn reap(&self, into: &mut Vec<(u64, Completion)>) {
         let mut ring = self.ring.borrow_mut();
-        ring.completion().map(|c| (c.user_data(), Completion { result: c.result(), flags: c.flags() })).collect()
+        into.extend(ring.completion().map(|c| (c.user_data(), Completion { result: c.result(), flags: c.flags() })));
     }
 
     /// Cancels every operation still in flight and waits (a second at most) for their last
@@ -475,7 +476,8 @@ impl Core {
             }
             let args = types::SubmitArgs::new().timespec(&timeout);
             let _ = self.ring.borrow().submitter().submit_with_args(1, &args);
-            let completions = self.reap();
+            let mut completions = Vec::new();
+            self.reap(&mut completions);
             for (data, c) in completions {
                 if data != WAKEUP && data != CANCEL {
                     self.complete(data, c);
@@ -487,6 +489,7 @@ impl Core {
 
     /// Runs until `done` says so: tasks, then one `io_uring_enter` that submits and waits.
     fn run_until(&self, done: &dyn Fn() -> bool) -> io::Result<()> {
+        let mut completions = Vec::new();
         loop {
             for item in self.remote.take() {
                 match item {
@@ -518,8 +521,8 @@ impl Core {
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY)) => {}
                 Err(e) => return Err(e),
             }
-            let completions = self.reap();
-            for (data, c) in completions {
+            self.reap(&mut completions);
+            for (data, c) in completions.drain(..) {
                 match data {
                     WAKEUP => self.arm_wakeup()?,
                     CANCEL => {}
@@ -636,9 +639,17 @@ pub fn buffers_given() -> u64 {
     with_core(|core| core.given.get()).unwrap_or(0)
 }
 
-/// Wakes the task when a provided buffer is given back.
-pub fn wait_for_buffer(cx: &Context<'_>) {
-    with_core(|core| core.starved.borrow_mut().push(cx.waker().clone()));
+/// Ready once a provided buffer was given back since `buffers_given` said `since`; until
+/// then the task is woken at the next one given back.
+pub fn poll_buffer_since(since: u64, cx: &Context<'_>) -> Poll<()> {
+    with_core(|core| {
+        if core.given.get() != since {
+            return Poll::Ready(());
+        }
+        core.starved.borrow_mut().push(cx.waker().clone());
+        Poll::Pending
+    })
+    .unwrap_or(Poll::Ready(()))
 }
 
 /// The op's next completion; `None` once its last completion was taken (or it is unknown).

@@ -105,10 +105,8 @@ impl Socket {
             return Poll::Ready(Ok(0));
         }
         if let (None, Some(given)) = (s.recv, s.starved) {
-            if executor::buffers_given() == given {
-                // Every provided buffer holds bytes some socket has not read: wait for one.
-                executor::wait_for_buffer(cx);
-                park(&mut s.reader, cx);
+            // Every provided buffer held bytes some socket had not read: wait for one back.
+            if executor::poll_buffer_since(given, cx).is_pending() {
                 return Poll::Pending;
             }
             s.starved = None;
@@ -149,12 +147,6 @@ impl Socket {
         }
         park(&mut s.writer, cx);
         Poll::Pending
-    }
-
-    /// Bytes written and not yet taken by the kernel.
-    pub fn unsent(&self) -> bool {
-        let s = self.inner.borrow();
-        s.sending || !s.pending.is_empty()
     }
 }
 
