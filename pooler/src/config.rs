@@ -15,6 +15,27 @@ pub enum PoolMode {
     Statement,
 }
 
+/// What relays logged-in clients over plain sockets (`relay_engine`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RelayEngine {
+    /// One thread that sleeps in io_uring_enter (`crate::ring`); epoll if the kernel refuses
+    /// the ring.
+    #[default]
+    IoUring,
+    /// The tokio runtime's threads (epoll).
+    Epoll,
+}
+
+impl RelayEngine {
+    pub fn name(self) -> &'static str {
+        match self {
+            RelayEngine::IoUring => "io_uring",
+            RelayEngine::Epoll => "epoll",
+        }
+    }
+}
+
 /// How new server connections pick among a database's hosts (PgBouncer 1.24's
 /// load_balance_hosts).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -172,6 +193,10 @@ pub struct PoolerConfig {
     /// Threads that run client and server connections; 0 (the default) takes half the cores,
     /// at least one. Limits, pools and statistics are shared by all of them. Read at start only.
     pub worker_threads: u32,
+    /// What relays clients on plain sockets once they logged in: `io_uring` (the default: one
+    /// thread sleeping in io_uring_enter; epoll if the kernel refuses it) or `epoll` (the
+    /// worker threads). Read at start only.
+    pub relay_engine: RelayEngine,
     /// Seconds over which SHOW STATS_AVERAGES (and SHOW STATS's avg_ columns) average.
     pub stats_period: f64,
     /// SO_KEEPALIVE on client and server TCP sockets, with the system's timings unless the
@@ -376,6 +401,7 @@ impl Default for PoolerConfig {
             metrics_listen: String::new(),
             takeover_socket: String::new(),
             worker_threads: 0,
+            relay_engine: RelayEngine::IoUring,
             stats_period: 60.0,
             application_name_add_host: false,
             disable_pqexec: false,

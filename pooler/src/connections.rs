@@ -32,7 +32,12 @@ impl Endpoints {
             Stream::Tcp(s) => Some(s),
             Stream::TlsClient(s) => Some(s.get_ref().0),
             Stream::TlsServer(s) => Some(s.get_ref().0),
-            Stream::Unix(_) | Stream::Detached(_) => None,
+            Stream::Ring(h) if !h.unix => {
+                // SAFETY: the handle's descriptor is open for as long as it lives.
+                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(h.as_raw_fd()) };
+                return Endpoints::of_socket(socket2::SockRef::from(&fd));
+            }
+            Stream::Unix(_) | Stream::Detached(_) | Stream::Ring(_) => None,
         };
         match tcp {
             Some(s) => Endpoints { peer: s.peer_addr().ok(), local: s.local_addr().ok(), unix: false },
@@ -83,6 +88,7 @@ fn raw_fd(stream: &Stream) -> RawFd {
         Stream::Tcp(s) => s.as_raw_fd(),
         Stream::Unix(s) => s.as_raw_fd(),
         Stream::Detached(s) => s.as_ref().map_or(-1, |s| s.as_raw_fd()),
+        Stream::Ring(s) => s.as_raw_fd(),
         Stream::TlsClient(s) => s.get_ref().0.as_raw_fd(),
         Stream::TlsServer(s) => s.get_ref().0.as_raw_fd(),
     }

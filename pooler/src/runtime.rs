@@ -66,6 +66,8 @@ pub struct Shared {
     pub started: Instant,
     /// client_login_timeout of the logins in progress.
     pub login_deadlines: crate::client::LoginDeadlines,
+    /// The io_uring relaying thread (relay_engine = io_uring), once `run` started it.
+    pub ring: std::sync::OnceLock<Arc<crate::ring::engine::Engine>>,
     /// `[cluster]`: what the feed said last.
     cluster: std::sync::Mutex<ClusterFollow>,
 }
@@ -103,6 +105,7 @@ impl Shared {
             handover: Default::default(),
             started: Instant::now(),
             login_deadlines: Default::default(),
+            ring: std::sync::OnceLock::new(),
             cluster: Default::default(),
         })
     }
@@ -435,6 +438,14 @@ pub async fn run(
             }
         }
     }
+    if config.relay_engine == crate::config::RelayEngine::IoUring {
+        match crate::ring::engine::Engine::start(tokio::runtime::Handle::current()) {
+            Ok(engine) => {
+                let _ = shared.ring.set(Arc::new(engine));
+            }
+            Err(e) => tracing::warn!("relay_engine = io_uring: the kernel refused the ring ({e}); relaying on epoll"),
+        }
+    }
     let serving = tokio::spawn(listeners.serve(shared.clone()));
     let parked = tokio::spawn(crate::client::serve_parked(shared.clone()));
     tokio::spawn(log_stats(shared.clone()));
@@ -519,6 +530,10 @@ pub async fn run(
         metrics.abort();
     }
     parked.abort();
+    if let Some(engine) = shared.ring.get().cloned() {
+        // Relays still on the ring thread are dropped there, with their sockets.
+        let _ = tokio::task::spawn_blocking(move || engine.stop()).await;
+    }
     tracing::info!("pooler stopped");
     Ok(())
 }

@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
+use crate::ring::homed::Homed;
 
 pub enum Stream {
     Tcp(TcpStream),
@@ -16,10 +17,17 @@ pub enum Stream {
     TlsClient(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     /// A server reached with server_tls_sslmode.
     TlsServer(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-    /// A parked client's socket, out of the runtime (`crate::client::parking`); no I/O until
-    /// `attach` puts it back. None only for a moment while it changes hands.
+    /// A parked client's socket, out of the runtime (`crate::client::parking`), or an idle
+    /// server connection between two engines (`for_pool`): the next I/O, or `adopt`, puts it
+    /// on the engine of the thread that uses it. None only for a moment while it changes hands
+    /// (or for a connection whose socket was closed on the ring).
     Detached(Option<Detached>),
+    /// A plain socket on the io_uring relaying thread (`crate::ring`); used only there.
+    Ring(Homed),
 }
+
+/// Unsent bytes above which a write to a ring socket waits for the sends to drain.
+const RING_UNSENT_LIMIT: usize = 256 * 1024;
 
 /// A plain socket without a tokio registration.
 #[derive(Debug)]
@@ -49,6 +57,7 @@ impl std::fmt::Debug for Stream {
             Stream::TlsClient(s) => f.debug_tuple("TlsClient").field(s.get_ref().0).finish(),
             Stream::TlsServer(s) => f.debug_tuple("TlsServer").field(s.get_ref().0).finish(),
             Stream::Detached(s) => f.debug_tuple("Detached").field(s).finish(),
+            Stream::Ring(s) => f.debug_tuple("Ring").field(s).finish(),
         }
     }
 }
@@ -57,12 +66,23 @@ impl Stream {
     /// Takes a plain socket out of the runtime (its tokio registration is dropped); TLS
     /// streams are refused (`Unsupported`) and stay as they are.
     pub fn detach(&mut self) -> io::Result<std::os::fd::RawFd> {
-        if !matches!(self, Stream::Tcp(_) | Stream::Unix(_)) {
+        if !matches!(self, Stream::Tcp(_) | Stream::Unix(_) | Stream::Ring(_)) {
             return Err(io::ErrorKind::Unsupported.into());
         }
         let socket = match std::mem::replace(self, Stream::Detached(None)) {
             Stream::Tcp(s) => Detached::Tcp(s.into_std()?),
             Stream::Unix(s) => Detached::Unix(s.into_std()?),
+            Stream::Ring(h) => {
+                let unix = h.unix;
+                match h.into_fd() {
+                    Ok(fd) if unix => Detached::Unix(std::os::unix::net::UnixStream::from(fd)),
+                    Ok(fd) => Detached::Tcp(std::net::TcpStream::from(fd)),
+                    Err(h) => {
+                        *self = Stream::Ring(h);
+                        return Err(io::Error::new(io::ErrorKind::WouldBlock, "the ring socket is busy"));
+                    }
+                }
+            }
             _ => return Err(detached()),
         };
         let fd = socket.as_raw_fd();
@@ -81,6 +101,45 @@ impl Stream {
         Ok(())
     }
 
+    /// Puts a plain socket on the engine of this thread: the ring's on the io_uring relaying
+    /// thread (`multishot`: its receive stays armed, for a client; a server connection
+    /// receives once per read, so that it leaves the ring at once when it goes back to the
+    /// pool), tokio's elsewhere. TLS streams stay as they are.
+    pub fn adopt(&mut self, multishot: bool) -> io::Result<()> {
+        let on_ring = crate::ring::executor::ring_id().is_some();
+        match self {
+            Stream::Ring(h) if h.is_home() => return Ok(()),
+            Stream::Ring(_) => return Err(io::Error::other("a ring socket was used off its ring's thread")),
+            Stream::Detached(_) if !on_ring => return self.attach(),
+            Stream::Tcp(_) | Stream::Unix(_) if on_ring => {
+                self.detach()?;
+            }
+            Stream::Detached(_) => {}
+            _ => return Ok(()),
+        }
+        let (fd, unix): (std::os::fd::OwnedFd, bool) = match std::mem::replace(self, Stream::Detached(None)) {
+            Stream::Detached(Some(Detached::Tcp(s))) => (s.into(), false),
+            Stream::Detached(Some(Detached::Unix(s))) => (s.into(), true),
+            _ => return Err(detached()),
+        };
+        *self = Stream::Ring(Homed::new(fd, unix, multishot)?);
+        Ok(())
+    }
+
+    /// Before an idle server connection goes back to the pool: a ring socket leaves the ring
+    /// (`Detached`), so that any thread may take it next. False if it could not (something in
+    /// flight or unread: its state is unknown); its socket is then closed here, on the ring.
+    pub fn for_pool(&mut self) -> bool {
+        if !matches!(self, Stream::Ring(_)) {
+            return true;
+        }
+        if self.detach().is_ok() {
+            return true;
+        }
+        *self = Stream::Detached(None);
+        false
+    }
+
     /// The client's IP address (TCP and TLS); None for a Unix socket.
     pub fn peer_ip(&self) -> Option<std::net::IpAddr> {
         self.peer_addr().map(|a| a.ip())
@@ -92,6 +151,11 @@ impl Stream {
             Stream::Tcp(s) => s,
             Stream::TlsClient(s) => s.get_ref().0,
             Stream::TlsServer(s) => s.get_ref().0,
+            Stream::Ring(h) if !h.unix => {
+                // SAFETY: the handle's descriptor is open for as long as it lives.
+                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(h.as_raw_fd()) };
+                return socket2::SockRef::from(&fd).peer_addr().ok()?.as_socket();
+            }
             _ => return None,
         };
         tcp.peer_addr().ok()
@@ -147,6 +211,20 @@ impl Stream {
     /// room, the wait's own failed write clears tokio's readiness.
     pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         use tokio::io::AsyncWriteExt;
+        if matches!(self, Stream::Detached(_)) {
+            self.adopt(false)?;
+        }
+        if let Stream::Ring(h) = self {
+            let unsent = {
+                let socket = h.get()?;
+                socket.write(bytes)?;
+                socket.unsent()
+            };
+            if unsent > RING_UNSENT_LIMIT {
+                ring_flush(h).await?;
+            }
+            return Ok(());
+        }
         let written = match self {
             Stream::Tcp(s) => send_now(s.as_raw_fd(), bytes),
             Stream::Unix(s) => send_now(s.as_raw_fd(), bytes),
@@ -172,6 +250,14 @@ impl Stream {
     /// be waiting for the pooler to close first. Looks at the readiness the runtime already
     /// holds; no system call unless the reset is set.
     pub fn reset_on_close_if_peer_closed(&self) {
+        if let Stream::Ring(h) = self {
+            if h.get().is_ok_and(|s| s.peer_closed()) {
+                // SAFETY: the handle's descriptor is open for as long as it lives.
+                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(h.as_raw_fd()) };
+                let _ = socket2::SockRef::from(&fd).set_linger(Some(std::time::Duration::ZERO));
+            }
+            return;
+        }
         let Stream::Tcp(s) = self else { return };
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let ready = std::pin::pin!(s.ready(tokio::io::Interest::READABLE));
@@ -187,6 +273,17 @@ impl Stream {
     /// both in one system call (a rewritten message head and the client's bytes after it,
     /// without copying them together first).
     pub async fn send_pair(&mut self, first: &[u8], second: &[u8]) -> io::Result<()> {
+        if let Stream::Ring(h) = self {
+            let unsent = {
+                let socket = h.get()?;
+                socket.write_pair(first, second)?;
+                socket.unsent()
+            };
+            if unsent > RING_UNSENT_LIMIT {
+                ring_flush(h).await?;
+            }
+            return Ok(());
+        }
         let written = match self {
             Stream::Tcp(s) => send_pair_now(s.as_raw_fd(), first, second),
             Stream::Unix(s) => send_pair_now(s.as_raw_fd(), first, second),
@@ -216,6 +313,13 @@ impl Stream {
             Stream::TlsClient(s) => s.get_ref().0.readable().await,
             Stream::TlsServer(s) => s.get_ref().0.readable().await,
             Stream::Detached(_) => Err(detached()),
+            Stream::Ring(h) => {
+                std::future::poll_fn(|cx| match h.get() {
+                    Ok(socket) => socket.poll_readable(cx),
+                    Err(e) => Poll::Ready(Err(e)),
+                })
+                .await
+            }
         }
     }
 
@@ -228,6 +332,10 @@ impl Stream {
             Stream::TlsClient(s) => s.get_ref().0.poll_read_ready(cx),
             Stream::TlsServer(s) => s.get_ref().0.poll_read_ready(cx),
             Stream::Detached(_) => Poll::Ready(Err(detached())),
+            Stream::Ring(h) => match h.get() {
+                Ok(socket) => socket.poll_readable(cx),
+                Err(e) => Poll::Ready(Err(e)),
+            },
         }
     }
 
@@ -242,8 +350,15 @@ impl Stream {
         cx: &mut Context<'_>,
         buf: &mut bytes::BytesMut,
     ) -> Poll<io::Result<usize>> {
-        if matches!(self, Stream::Tcp(_) | Stream::Unix(_)) {
-            std::task::ready!(self.poll_read_ready(cx))?;
+        match self {
+            Stream::Tcp(_) | Stream::Unix(_) => std::task::ready!(self.poll_read_ready(cx))?,
+            Stream::Ring(h) => {
+                return match h.get() {
+                    Ok(socket) => socket.poll_read_buf(cx, buf),
+                    Err(e) => Poll::Ready(Err(e)),
+                }
+            }
+            _ => {}
         }
         tokio_util::io::poll_read_buf(Pin::new(self), cx, buf)
     }
@@ -270,6 +385,7 @@ impl Stream {
                 }
             }
             Stream::Detached(_) => Err(detached()),
+            Stream::Ring(h) => h.get()?.try_read_buf(buf),
             tls => {
                 let mut cx = Context::from_waker(std::task::Waker::noop());
                 let mut chunk = [0u8; 4096];
@@ -296,10 +412,34 @@ impl Stream {
             Stream::Unix(s) => s.try_read(&mut probe),
             Stream::TlsClient(s) => s.get_ref().0.try_read(&mut probe),
             Stream::TlsServer(s) => s.get_ref().0.try_read(&mut probe),
-            Stream::Detached(_) => return true,
+            Stream::Detached(None) => return true,
+            Stream::Detached(Some(Detached::Tcp(s))) => {
+                s.set_nonblocking(true).and_then(|()| s.peek(&mut probe))
+            }
+            Stream::Detached(Some(Detached::Unix(s))) => {
+                // SAFETY: one byte into a live local, on the open socket `s` owns.
+                let n = unsafe {
+                    libc::recv(s.as_raw_fd(), probe.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+                };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            }
+            Stream::Ring(h) => return h.get().map_or(true, |s| s.is_closed_or_dirty()),
         };
         !matches!(r, Err(ref e) if e.kind() == io::ErrorKind::WouldBlock)
     }
+}
+
+/// Until every byte written to a ring socket was taken by the kernel.
+async fn ring_flush(h: &Homed) -> io::Result<()> {
+    std::future::poll_fn(|cx| match h.get() {
+        Ok(socket) => socket.poll_flush(cx),
+        Err(e) => Poll::Ready(Err(e)),
+    })
+    .await
 }
 
 /// send(2) on a non-blocking socket as one system call. Not through the C library's `send`:
@@ -367,6 +507,15 @@ impl AsyncRead for Stream {
             Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Stream::Detached(_) => Poll::Ready(Err(detached())),
+            Stream::Ring(h) => {
+                let socket = match h.get() {
+                    Ok(socket) => socket,
+                    Err(e) => return Poll::Ready(Err(e)),
+                };
+                let n = std::task::ready!(socket.poll_read_into(cx, buf.initialize_unfilled()))?;
+                buf.advance(n);
+                Poll::Ready(Ok(()))
+            }
         }
     }
 }
@@ -379,6 +528,16 @@ impl AsyncWrite for Stream {
             Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Stream::Detached(_) => Poll::Ready(Err(detached())),
+            Stream::Ring(h) => {
+                let socket = match h.get() {
+                    Ok(socket) => socket,
+                    Err(e) => return Poll::Ready(Err(e)),
+                };
+                if socket.unsent() > RING_UNSENT_LIMIT {
+                    std::task::ready!(socket.poll_flush(cx))?;
+                }
+                Poll::Ready(socket.write(buf).map(|()| buf.len()))
+            }
         }
     }
 
@@ -389,6 +548,10 @@ impl AsyncWrite for Stream {
             Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Stream::Detached(_) => Poll::Ready(Err(detached())),
+            Stream::Ring(h) => match h.get() {
+                Ok(socket) => socket.poll_flush(cx),
+                Err(e) => Poll::Ready(Err(e)),
+            },
         }
     }
 
@@ -399,6 +562,15 @@ impl AsyncWrite for Stream {
             Stream::TlsClient(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::TlsServer(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::Detached(_) => Poll::Ready(Err(detached())),
+            Stream::Ring(h) => {
+                match h.get() {
+                    Ok(socket) => std::task::ready!(socket.poll_flush(cx))?,
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+                // SAFETY: shutdown(2) on the handle's open descriptor.
+                let r = unsafe { libc::shutdown(h.as_raw_fd(), libc::SHUT_WR) };
+                Poll::Ready(if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) })
+            }
         }
     }
 }

@@ -106,6 +106,7 @@ fn settings(c: &PoolerConfig) -> Vec<(&'static str, Option<String>, bool)> {
         ("max_packet_size", Some(c.max_packet_size.to_string()), true),
         ("ignore_startup_parameters", Some(c.ignore_startup_parameters.join(",")), true),
         ("worker_threads", Some(c.worker_threads.to_string()), false),
+        ("relay_engine", Some(c.relay_engine.name().to_owned()), false),
         ("stats_period", Some(secs(c.stats_period)), true),
         ("log_connections", Some(u8::from(c.log_connections).to_string()), true),
         ("log_stats", Some(u8::from(c.log_stats).to_string()), true),

@@ -95,7 +95,13 @@ fn after_login(
     count: ClientCount,
 ) -> Option<Rest<'_>> {
     match outcome? {
-        login::Outcome::Pool(logged_in) => Some(Box::pin(relay::Relay::new(count, stream, buf, logged_in).run())),
+        login::Outcome::Pool(logged_in) => {
+            let relay = relay::Relay::new(count, stream, buf, logged_in);
+            match relay.to_ring() {
+                Ok(()) => None,
+                Err(relay) => Some(Box::pin(relay.run())),
+            }
+        }
         login::Outcome::Console(access, me) => Some(Box::pin(async move {
             console(shared, stream, buf, access, me).await;
             drop(count);

@@ -154,7 +154,7 @@ pub(super) fn park(mut relay: Relay) -> Result<(), Box<Relay>> {
         Ok(parked) => parked,
         Err(mut relay) => {
             tracing::debug!("client not parked: it is not at rest");
-            if let Err(e) = relay.client_mut().attach() {
+            if let Err(e) = relay.client_mut().adopt(true) {
                 tracing::warn!("cannot put a client's socket back into the runtime: {e}");
             }
             return Err(relay);
@@ -238,7 +238,13 @@ fn wake(shared: &Shared, epoll: &Epoll, data: u64) {
     shared.parking.parked.fetch_sub(1, Ordering::Relaxed);
     // SAFETY: the parked relay owns the socket and is alive here.
     let _ = epoll.delete(unsafe { BorrowedFd::borrow_raw(parked.fd()) });
-    tokio::spawn(parked.wake().run());
+    let relay = parked.wake();
+    match shared.ring.get() {
+        Some(engine) => engine.spawn(relay.run()),
+        _ => {
+            tokio::spawn(relay.run());
+        }
+    }
 }
 
 /// One tick: asks every client that has been idle `PARK_AFTER` ticks to park.

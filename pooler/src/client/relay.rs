@@ -147,10 +147,8 @@ impl ParkedRelay {
     /// broke.
     pub(super) fn wake(self) -> Relay {
         let ParkedRelay { me, shared, pool, settings, socket, session, key, cancel } = self;
-        let mut client = Stream::Detached(Some(socket));
-        if let Err(e) = client.attach() {
-            tracing::warn!("cannot put a parked client's socket back into the runtime: {e}");
-        }
+        // `run` puts it on the engine of the thread it runs on.
+        let client = Stream::Detached(Some(socket));
         Relay {
             me,
             shared,
@@ -214,12 +212,23 @@ impl Relay {
     #[allow(clippy::manual_async_fn)]
     pub(super) fn run(mut self) -> impl std::future::Future<Output = ()> + Send + 'static {
         async move {
+            if let Err(e) = self.client.adopt(true) {
+                tracing::warn!("cannot put a client's socket on this thread's engine: {e}");
+            }
             loop {
                 let Some(end) = self.relay().await else {
+                    if let Stream::Ring(h) = &self.client {
+                        // Its receive is stopped first: what arrives meanwhile stays readable,
+                        // and then it does not park.
+                        std::future::poll_fn(|cx| h.get().map_or(Poll::Ready(()), |s| s.poll_quiesce(cx))).await;
+                    }
                     match super::parking::park(self) {
                         Ok(()) => return,
                         Err(back) => {
                             self = *back;
+                            if let Err(e) = self.client.adopt(true) {
+                                tracing::warn!("cannot put a client's socket back on this thread's engine: {e}");
+                            }
                             continue;
                         }
                     }
@@ -229,6 +238,21 @@ impl Relay {
                 return;
             }
         }
+    }
+
+    /// Hands the relay to the io_uring relaying thread, if one runs and the client's socket
+    /// is plain (TLS stays on the worker threads); otherwise gives it back.
+    pub(super) fn to_ring(mut self) -> Result<(), Box<Relay>> {
+        let Some(engine) = self.shared.ring.get().cloned() else { return Err(Box::new(self)) };
+        if self.client.is_tls() {
+            return Err(Box::new(self));
+        }
+        if let Err(e) = self.client.detach() {
+            tracing::debug!("client stays on the worker threads: {e}");
+            return Err(Box::new(self));
+        }
+        engine.spawn(self.run());
+        Ok(())
     }
 
     pub(super) fn shared(&self) -> &Arc<Shared> {
@@ -953,7 +977,14 @@ impl Relay {
                 self.pool.release(conn);
                 return Err(End::ClientGone);
             }
-            Ok(conn) => conn,
+            Ok(mut conn) => {
+                if let Err(e) = conn.stream.adopt(false) {
+                    self.me.detached();
+                    self.pool.close(conn, &format!("its socket could not move to the relaying thread: {e}"));
+                    return Err(End::fatal("08006", "the server connection could not be used"));
+                }
+                conn
+            }
             Err(AcquireError::WaitTimeout) => return Err(End::fatal("08P01", "query_wait_timeout")),
             Err(AcquireError::Closed) => return Err(End::fatal("08P01", "the pool was closed (KILL or RELOAD)")),
             // Killed while waiting: `finish` tells it why.

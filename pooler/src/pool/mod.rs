@@ -912,6 +912,11 @@ impl Pool {
         if let Some(registration) = &conn.registration {
             registration.entry().checked_in();
         }
+        if !conn.stream.for_pool() {
+            // Its socket was closed on the relaying thread: something was still in flight.
+            self.close(conn, "it was still receiving when its client let it go");
+            return;
+        }
         let mut st = self.lock();
         st.active = st.active.saturating_sub(1);
         let expired = st.settings.server_lifetime.is_some_and(|life| outlived(&conn, life, now));
@@ -982,7 +987,9 @@ impl Pool {
     /// waiting client open a new one.
     /// `reason` goes to the log (log_disconnections).
     #[allow(clippy::boxed_local)]
-    pub fn close(&self, conn: Box<ServerConn>, reason: &str) {
+    pub fn close(&self, mut conn: Box<ServerConn>, reason: &str) {
+        // Off the ring before it goes to a worker thread to say goodbye.
+        conn.stream.for_pool();
         self.log_close(&conn, reason);
         tokio::spawn(conn.terminate());
         self.slot_freed(true);

@@ -574,6 +574,11 @@ pub fn block_on<F: Future + 'static>(future: F) -> io::Result<F::Output> {
     value.ok_or_else(|| io::Error::other("the executor stopped before its future finished"))
 }
 
+/// Which executor runs on this thread, if any: an identity that no other live executor has.
+pub fn ring_id() -> Option<usize> {
+    with_core(|core| Arc::as_ptr(&core.remote) as usize)
+}
+
 /// Spawns a task on this thread's executor.
 pub fn spawn(future: impl Future<Output = ()> + 'static) -> io::Result<()> {
     with_core(|core| core.spawn(Box::pin(future))).ok_or_else(not_on_ring)
@@ -620,6 +625,12 @@ pub fn submit_expected(entry: squeue::Entry, keep: Keep, hook: Hook, nothing_wai
 /// Submits a ring operation whose completions go to `hook` (see `Hook`).
 pub fn submit_with_hook(entry: squeue::Entry, keep: Keep, hook: Hook) -> io::Result<OpId> {
     with_core(|core| core.submit(entry, keep, Some(hook))).ok_or_else(not_on_ring)?
+}
+
+/// Calls `f` with bytes `from..to` of provided buffer `bid` without giving it back (a read
+/// that takes part of what the buffer holds).
+pub fn peek_provided<R>(bid: u16, from: usize, to: usize, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+    with_core(|core| core.provided.borrow().bytes(bid, to).and_then(|b| b.get(from..)).map(f)).flatten()
 }
 
 /// Calls `f` with the first `len` bytes of provided buffer `bid` (a receive's completion

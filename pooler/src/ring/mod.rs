@@ -5,6 +5,8 @@
 //! and the ring, `provided` keeps the buffers receives fill, `socket` reads and writes a stream
 //! socket through them.
 
+pub mod engine;
 pub mod executor;
+pub mod homed;
 mod provided;
 pub mod socket;

@@ -30,8 +30,14 @@ pub struct Socket {
 
 struct Inner {
     fd: OwnedFd,
-    /// The multishot receive, while armed.
+    /// Receives are multishot (stay armed); otherwise one receive per read that waits, so
+    /// that a socket between two exchanges has nothing in flight and can leave the ring at
+    /// once (`into_fd`: a pooled server connection).
+    multishot: bool,
+    /// The receive, while armed.
     recv: Option<OpId>,
+    /// Bytes of the first received buffer already read.
+    front_read: u32,
     /// A stop of the receive was asked (too much unread); it is re-armed once read.
     stopping: bool,
     /// Received and not yet read: (provided buffer, length).
@@ -66,10 +72,17 @@ fn park(slot: &mut Option<Waker>, cx: &Context<'_>) {
 impl Socket {
     /// Takes a connected stream socket (TCP or Unix; blocking or not, the ring does not care).
     pub fn new(fd: OwnedFd) -> Socket {
+        Socket::with_receives(fd, true)
+    }
+
+    /// `new`, with one receive per read that waits when `multishot` is false.
+    pub fn with_receives(fd: OwnedFd, multishot: bool) -> Socket {
         Socket {
             inner: Rc::new(RefCell::new(Inner {
                 fd,
+                multishot,
                 recv: None,
+                front_read: 0,
                 stopping: false,
                 received: VecDeque::new(),
                 unread: 0,
@@ -91,35 +104,189 @@ impl Socket {
         let mut s = self.inner.borrow_mut();
         if !s.received.is_empty() {
             let mut n = 0;
+            let from = std::mem::take(&mut s.front_read) as usize;
+            let mut first = true;
             while let Some((bid, len)) = s.received.pop_front() {
-                executor::take_provided(bid, len as usize, |bytes| buf.extend_from_slice(bytes));
-                n += len as usize;
+                let skip = if std::mem::take(&mut first) { from } else { 0 };
+                executor::take_provided(bid, len as usize, |bytes| {
+                    buf.extend_from_slice(bytes.get(skip..).unwrap_or_default())
+                });
+                n += len as usize - skip;
             }
             s.unread = 0;
             return Poll::Ready(Ok(n));
         }
-        if let Some(errno) = s.recv_error.take() {
-            return Poll::Ready(Err(io::Error::from_raw_os_error(errno)));
+        match ready_or_arm(&self.inner, &mut s, cx) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(0)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
         }
-        if s.eof {
+    }
+
+    /// Copies what was received into `out`, as much as fits (the rest stays for the next
+    /// read): Ready(n), Ready(0) at the end of the stream or for an empty `out`, the
+    /// receive's error, or Pending.
+    pub fn poll_read_into(&self, cx: &mut Context<'_>, out: &mut [u8]) -> Poll<io::Result<usize>> {
+        if out.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        if let (None, Some(given)) = (s.recv, s.starved) {
-            // Every provided buffer held bytes some socket had not read: wait for one back.
-            if executor::poll_buffer_since(given, cx).is_pending() {
-                return Poll::Pending;
-            }
-            s.starved = None;
+        let mut s = self.inner.borrow_mut();
+        if s.received.is_empty() {
+            return match ready_or_arm(&self.inner, &mut s, cx) {
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(0)),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            };
         }
-        if s.recv.is_none() {
-            if let Err(e) = arm(&self.inner, &mut s) {
-                return Poll::Ready(Err(e));
+        let mut n = 0;
+        while let Some(&(bid, len)) = s.received.front() {
+            let from = s.front_read as usize;
+            let take = (len as usize - from).min(out.len() - n);
+            if take == 0 {
+                break;
             }
+            executor::peek_provided(bid, from, from + take, |b| out[n..n + take].copy_from_slice(b));
+            n += take;
+            s.unread = s.unread.saturating_sub(take);
+            if from + take == len as usize {
+                s.received.pop_front();
+                s.front_read = 0;
+                executor::take_provided(bid, 0, |_| ());
+            } else {
+                s.front_read = (from + take) as u32;
+            }
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Ready when a read would not wait: bytes are there, the stream ended, or the receive
+    /// failed (the error is left for the read). Pending otherwise, the task woken when that
+    /// changes.
+    pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut s = self.inner.borrow_mut();
+        if !s.received.is_empty() || s.eof || s.recv_error.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        ready_or_arm(&self.inner, &mut s, cx)
+    }
+
+    /// Reads what is there now: `WouldBlock` if nothing is (a receive is armed meanwhile).
+    pub fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.poll_read_buf(&mut cx, buf) {
+            Poll::Ready(r) => r,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    /// The peer closed, or sent bytes no one asked for: an idle connection that must not be
+    /// used. Looks at what was received, and at the socket when no receive is armed.
+    pub fn is_closed_or_dirty(&self) -> bool {
+        let s = self.inner.borrow();
+        if !s.received.is_empty() || s.eof || s.recv_error.is_some() {
+            return true;
+        }
+        if s.recv.is_some() {
+            return false;
+        }
+        let mut probe = 0u8;
+        // SAFETY: one byte into a live local.
+        let n = unsafe {
+            libc::recv(s.fd.as_raw_fd(), (&mut probe as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+        };
+        !(n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Stops the receive (if one is armed) and waits for its end; bytes it brought meanwhile
+    /// stay readable. Ready once nothing is in flight on the reading side.
+    pub fn poll_quiesce(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut s = self.inner.borrow_mut();
+        let Some(id) = s.recv else { return Poll::Ready(()) };
+        if !s.stopping {
+            executor::cancel(id);
+            s.stopping = true;
         }
         park(&mut s.reader, cx);
         Poll::Pending
     }
 
+    /// The descriptor, out of the ring, if nothing is in flight on it and nothing unread or
+    /// unsent is left; otherwise the socket back, unchanged.
+    pub fn into_fd(self) -> Result<OwnedFd, Socket> {
+        {
+            let s = self.inner.borrow();
+            let quiet = s.recv.is_none() && !s.sending && s.pending.is_empty() && s.received.is_empty();
+            if !quiet || s.eof || s.recv_error.is_some() || s.send_error.is_some() {
+                drop(s);
+                return Err(self);
+            }
+        }
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never used or dropped again; its one field moves out here.
+        let inner = unsafe { std::ptr::read(&this.inner) };
+        match Rc::try_unwrap(inner) {
+            Ok(cell) => Ok(cell.into_inner().fd),
+            Err(inner) => Err(Socket { inner }),
+        }
+    }
+
+    /// The peer's end of the stream was received.
+    pub fn peer_closed(&self) -> bool {
+        self.inner.borrow().eof
+    }
+
+    /// Bytes written and not yet handed to a send.
+    pub fn unsent(&self) -> usize {
+        self.inner.borrow().pending.len()
+    }
+
+    /// Queues `first` then `second` (one send when none is in flight).
+    pub fn write_pair(&self, first: &[u8], second: &[u8]) -> io::Result<()> {
+        let mut s = self.inner.borrow_mut();
+        if let Some(errno) = s.send_error {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        if s.sending {
+            s.pending.extend_from_slice(first);
+            s.pending.extend_from_slice(second);
+            return Ok(());
+        }
+        let mut bytes = Vec::with_capacity(first.len() + second.len());
+        bytes.extend_from_slice(first);
+        bytes.extend_from_slice(second);
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        start_send(&self.inner, &mut s, bytes)
+    }
+}
+
+/// Ready(Ok) at the end of the stream, Ready(Err) with the receive's error; otherwise arms
+/// the receive (once a provided buffer is free, if it went without), and Pending.
+fn ready_or_arm(inner: &Rc<RefCell<Inner>>, s: &mut Inner, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    if let Some(errno) = s.recv_error.take() {
+        return Poll::Ready(Err(io::Error::from_raw_os_error(errno)));
+    }
+    if s.eof {
+        return Poll::Ready(Ok(()));
+    }
+    if let (None, Some(given)) = (s.recv, s.starved) {
+        // Every provided buffer held bytes some socket had not read: wait for one back.
+        if executor::poll_buffer_since(given, cx).is_pending() {
+            return Poll::Pending;
+        }
+        s.starved = None;
+    }
+    if s.recv.is_none() {
+        if let Err(e) = arm(inner, s) {
+            return Poll::Ready(Err(e));
+        }
+    }
+    park(&mut s.reader, cx);
+    Poll::Pending
+}
+
+impl Socket {
     /// Queues `bytes` to be sent; fails if an earlier send failed (the connection is broken).
     pub fn write(&self, bytes: &[u8]) -> io::Result<()> {
         let mut s = self.inner.borrow_mut();
@@ -163,6 +330,7 @@ impl Drop for Socket {
         if let Some(id) = s.recv.take() {
             executor::release(id);
         }
+        s.front_read = 0;
         while let Some((bid, _)) = s.received.pop_front() {
             executor::take_provided(bid, 0, |_| ());
         }
@@ -175,7 +343,15 @@ impl Drop for Socket {
 fn arm(inner: &Rc<RefCell<Inner>>, s: &mut Inner) -> io::Result<()> {
     let weak = Rc::downgrade(inner);
     let hook: Hook = Box::new(move |c, _keep| on_received(&weak, c));
-    let entry = opcode::RecvMulti::new(types::Fd(s.fd.as_raw_fd()), BUFFER_GROUP).build();
+    let fd = types::Fd(s.fd.as_raw_fd());
+    let entry = if s.multishot {
+        opcode::RecvMulti::new(fd, BUFFER_GROUP).build()
+    } else {
+        opcode::Recv::new(fd, std::ptr::null_mut(), 0)
+            .buf_group(BUFFER_GROUP)
+            .build()
+            .flags(io_uring::squeue::Flags::BUFFER_SELECT)
+    };
     s.recv = Some(executor::submit_with_hook(entry, None, hook)?);
     s.stopping = false;
     Ok(())
