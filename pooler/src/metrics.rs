@@ -89,6 +89,12 @@ pub fn render(shared: &Shared) -> String {
     );
     let _ = writeln!(
         out,
+        "# HELP pgha_pooler_clients_on_ring Logged-in clients relayed on the io_uring thread (relay_engine).\n\
+         # TYPE pgha_pooler_clients_on_ring gauge\npgha_pooler_clients_on_ring {}",
+        stats.clients_on_ring.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
         "# HELP pgbouncer_config_max_client_connections max_client_conn.\n\
          # TYPE pgbouncer_config_max_client_connections gauge\npgbouncer_config_max_client_connections {}",
         shared.config().max_client_conn

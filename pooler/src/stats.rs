@@ -154,6 +154,8 @@ impl Drop for InState<'_> {
 pub struct GlobalStats {
     /// Client connections open (logging in or logged in), for max_client_conn.
     pub client_connections: AtomicU32,
+    /// Logged-in clients relayed on the io_uring thread now (parked ones not counted).
+    pub clients_on_ring: AtomicU32,
     pub refused_max_client_conn: AtomicU64,
     /// Client errors before a pool is known (authentication, TLS), by kind.
     errors: Mutex<BTreeMap<&'static str, u64>>,

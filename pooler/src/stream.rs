@@ -2,13 +2,13 @@
 //! is written once for all. Owns nothing but the socket; buffering and framing live in the
 //! callers, certificates and handshakes in `tls`.
 
+use crate::ring::homed::Homed;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
-use crate::ring::homed::Homed;
 
 pub enum Stream {
     Tcp(TcpStream),
@@ -413,9 +413,7 @@ impl Stream {
             Stream::TlsClient(s) => s.get_ref().0.try_read(&mut probe),
             Stream::TlsServer(s) => s.get_ref().0.try_read(&mut probe),
             Stream::Detached(None) => return true,
-            Stream::Detached(Some(Detached::Tcp(s))) => {
-                s.set_nonblocking(true).and_then(|()| s.peek(&mut probe))
-            }
+            Stream::Detached(Some(Detached::Tcp(s))) => s.set_nonblocking(true).and_then(|()| s.peek(&mut probe)),
             Stream::Detached(Some(Detached::Unix(s))) => {
                 // SAFETY: one byte into a live local, on the open socket `s` owns.
                 let n = unsafe {

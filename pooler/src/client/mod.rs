@@ -97,7 +97,7 @@ fn after_login(
     match outcome? {
         login::Outcome::Pool(logged_in) => {
             let relay = relay::Relay::new(count, stream, buf, logged_in);
-            match relay.to_ring() {
+            match relay.hand_to_ring() {
                 Ok(()) => None,
                 Err(relay) => Some(Box::pin(relay.run())),
             }

@@ -92,6 +92,25 @@ impl Limit {
     }
 }
 
+/// Counts a client relayed on the ring (`GlobalStats::clients_on_ring`) while it lives.
+struct OnRing(Arc<Shared>);
+
+impl OnRing {
+    fn count(shared: &Arc<Shared>, client: &Stream) -> Option<OnRing> {
+        if !matches!(client, Stream::Ring(_)) {
+            return None;
+        }
+        shared.stats.clients_on_ring.fetch_add(1, Ordering::Relaxed);
+        Some(OnRing(shared.clone()))
+    }
+}
+
+impl Drop for OnRing {
+    fn drop(&mut self) {
+        self.0.stats.clients_on_ring.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 pub(super) struct Relay {
     /// First field: leaves the registry before `client` closes (KILL shuts the socket down).
     me: ClientHandle,
@@ -215,6 +234,7 @@ impl Relay {
             if let Err(e) = self.client.adopt(true) {
                 tracing::warn!("cannot put a client's socket on this thread's engine: {e}");
             }
+            let _on_ring = OnRing::count(&self.shared.0, &self.client);
             loop {
                 let Some(end) = self.relay().await else {
                     if let Stream::Ring(h) = &self.client {
@@ -242,7 +262,7 @@ impl Relay {
 
     /// Hands the relay to the io_uring relaying thread, if one runs and the client's socket
     /// is plain (TLS stays on the worker threads); otherwise gives it back.
-    pub(super) fn to_ring(mut self) -> Result<(), Box<Relay>> {
+    pub(super) fn hand_to_ring(mut self) -> Result<(), Box<Relay>> {
         let Some(engine) = self.shared.ring.get().cloned() else { return Err(Box::new(self)) };
         if self.client.is_tls() {
             return Err(Box::new(self));
