@@ -413,8 +413,7 @@ impl Stream {
             Stream::TlsClient(s) => s.get_ref().0.try_read(&mut probe),
             Stream::TlsServer(s) => s.get_ref().0.try_read(&mut probe),
             Stream::Detached(None) => return true,
-            Stream::Detached(Some(Detached::Tcp(s))) => s.set_nonblocking(true).and_then(|()| s.peek(&mut probe)),
-            Stream::Detached(Some(Detached::Unix(s))) => {
+            Stream::Detached(Some(s)) => {
                 // SAFETY: one byte into a live local, on the open socket `s` owns.
                 let n = unsafe {
                     libc::recv(s.as_raw_fd(), probe.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
