@@ -1,6 +1,7 @@
 //! The relaying engines of a real `pgha pooler` before real PostgreSQL 15: with the default
 //! relay_engine (io_uring) logged-in clients over TCP and the Unix socket are relayed on the
-//! io_uring thread (the `pgha_pooler_clients_on_ring` gauge counts them), prepared statements,
+//! io_uring thread from their second transaction on (the `pgha_pooler_clients_on_ring` gauge
+//! counts them), prepared statements,
 //! a large COPY out and a transaction's error work there, and server connections go back and
 //! forth between clients; with relay_engine = "epoll" the same work runs on the worker threads
 //! and nobody is on the ring. On either, idle clients park (leaving the ring) and come back
@@ -91,6 +92,16 @@ async fn start(name: &str, engine: Option<&str>) -> (PgInstance, PoolerProcess, 
 async fn by_default_clients_are_relayed_on_the_io_uring_thread() {
     let (_pg, pooler, metrics) = start("pooler-engine-ring", None).await;
     let admin = pooler.connect_dsn(&pooler.dsn("pgbouncer")).await.unwrap();
+    // A client's first transaction runs where it logged in (a client that comes for one
+    // transaction never moves); its second begins on the ring.
+    let once = pooler.connect_dsn(&pooler.dsn("postgres")).await.unwrap();
+    once.batch_execute("SELECT 1").await.unwrap();
+    assert_eq!(on_ring(&metrics, 0).await, 0, "moved to the ring before its second transaction");
+    once.batch_execute("BEGIN; SELECT 2").await.unwrap();
+    assert_eq!(on_ring(&metrics, 1).await, 1, "not on the ring in its second transaction");
+    once.batch_execute("COMMIT").await.unwrap();
+    drop(once);
+    assert_eq!(on_ring(&metrics, 0).await, 0, "a client that left is still counted");
     let clients = relay_work(&pooler).await;
     // In a transaction each (one server connection each): none parks while the gauge is read.
     for client in &clients {

@@ -95,13 +95,9 @@ fn after_login(
     count: ClientCount,
 ) -> Option<Rest<'_>> {
     match outcome? {
-        login::Outcome::Pool(logged_in) => {
-            let relay = relay::Relay::new(count, stream, buf, logged_in);
-            match relay.hand_to_ring() {
-                Ok(()) => None,
-                Err(relay) => Some(Box::pin(relay.run())),
-            }
-        }
+        // Its first transaction on this thread; from the second on, a client on a plain
+        // socket is relayed on the io_uring thread (`Relay::move_to_ring`).
+        login::Outcome::Pool(logged_in) => Some(Box::pin(relay::Relay::new(count, stream, buf, logged_in).run())),
         login::Outcome::Console(access, me) => Some(Box::pin(async move {
             console(shared, stream, buf, access, me).await;
             drop(count);

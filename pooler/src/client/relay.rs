@@ -49,6 +49,9 @@ enum Flow {
     Idle,
     /// Asked to park (it waited warm, idle for a while); its buffers are given back.
     Park,
+    /// Its next transaction's bytes came, and it moves to the io_uring thread with them
+    /// (`Relay::move_to_ring`).
+    Move,
 }
 
 enum Event {
@@ -139,6 +142,11 @@ pub(super) struct Relay {
     /// Bytes since the last transaction's end (added to the pool's totals there).
     bytes_in: u64,
     bytes_out: u64,
+    /// Transactions relayed, counted up to 1: a client on a plain socket moves from the worker
+    /// threads to the io_uring thread when its second one begins (`move_to_ring`).
+    relayed: u8,
+    /// `relay` returned to move to the ring, not to park.
+    moving: bool,
 }
 
 /// A parked client (`super::parking`): the relay without what only a busy or waiting client
@@ -183,6 +191,8 @@ impl ParkedRelay {
             client_read_armed: false,
             bytes_in: 0,
             bytes_out: 0,
+            relayed: 1,
+            moving: false,
         }
     }
 }
@@ -220,6 +230,8 @@ impl Relay {
             client_read_armed: false,
             bytes_in: 0,
             bytes_out: 0,
+            relayed: 0,
+            moving: false,
         }
     }
 
@@ -237,6 +249,16 @@ impl Relay {
             let _on_ring = OnRing::count(&self.shared.0, &self.client);
             loop {
                 let Some(end) = self.relay().await else {
+                    if std::mem::take(&mut self.moving) {
+                        match self.hand_to_ring() {
+                            Ok(()) => return,
+                            Err(back) => {
+                                self = *back;
+                                let _ = self.client.adopt(true);
+                                continue;
+                            }
+                        }
+                    }
                     if let Stream::Ring(h) = &self.client {
                         // Its receive is stopped first: what arrives meanwhile stays readable,
                         // and then it does not park.
@@ -319,6 +341,10 @@ impl Relay {
             match Box::pin(self.busy(None)).await {
                 Err(end) => return Some(end),
                 Ok(Flow::Park) => return None,
+                Ok(Flow::Move) => {
+                    self.moving = true;
+                    return None;
+                }
                 Ok(Flow::Idle) => {}
             }
         }
@@ -330,11 +356,21 @@ impl Relay {
             match self.next_idle_event().await {
                 Event::Client(Ok(0)) | Event::Client(Err(_)) => return Some(End::ClientGone),
                 Event::Client(Ok(n)) => {
+                    if self.move_to_ring() {
+                        // Its bytes go with it: the relay starts on the ring with them.
+                        self.bytes_in += n as u64;
+                        self.moving = true;
+                        return None;
+                    }
                     // Boxed: a busy client's state (server I/O, checkout) lives on the heap
                     // while it is busy; an idle client's task keeps only the small idle wait.
                     match Box::pin(self.busy(Some(n))).await {
                         Err(end) => return Some(end),
                         Ok(Flow::Park) => return None,
+                        Ok(Flow::Move) => {
+                            self.moving = true;
+                            return None;
+                        }
                         Ok(Flow::Idle) => {}
                     }
                 }
@@ -354,6 +390,24 @@ impl Relay {
         }
     }
 
+    /// Whether to move to the io_uring thread now, as the next transaction begins: a client
+    /// on a plain socket on the worker threads whose first transaction was relayed there. A
+    /// client that connects for one transaction (`pgbench -C`, a script) never pays for the
+    /// move (a hand-over between threads, the socket's epoll registration dropped); one that
+    /// stays moves once (not for its Terminate). In session mode it moves at its first query: its session is one
+    /// transaction here, it holds its server connection to the end.
+    fn move_to_ring(&self) -> bool {
+        let first = self.relayed == 0 && self.settings.pool_mode != PoolMode::Session;
+        if first || self.server.is_some() || self.shared.ring.get().is_none() {
+            return false;
+        }
+        // A client saying goodbye (Terminate) after its one transaction stays where it is.
+        if self.cin.first() == Some(&crate::protocol::tag::frontend::TERMINATE) {
+            return false;
+        }
+        matches!(self.client, Stream::Tcp(_) | Stream::Unix(_))
+    }
+
     /// A busy client, from bytes it sent (`read` of them just now) until it holds no server
     /// connection again (in session mode: until it leaves). A client with a warm slot
     /// (`parking::WarmSlot`) stays here between transactions, buffers and all, until it sends
@@ -368,6 +422,7 @@ impl Relay {
         loop {
             self.follow_reload();
             self.transaction().await?;
+            self.relayed = 1;
             if !self.may_wait_warm() {
                 return Ok(Flow::Idle);
             }
@@ -379,7 +434,12 @@ impl Relay {
             }
             match self.warm_wait().await {
                 Event::Client(Ok(0)) | Event::Client(Err(_)) => return Err(End::ClientGone),
-                Event::Client(Ok(n)) => self.bytes_in += n as u64,
+                Event::Client(Ok(n)) => {
+                    self.bytes_in += n as u64;
+                    if self.move_to_ring() {
+                        return Ok(Flow::Move);
+                    }
+                }
                 Event::Park => {
                     // A parked relay holds no buffer.
                     self.give_back_buffers();
