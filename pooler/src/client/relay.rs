@@ -95,25 +95,6 @@ impl Limit {
     }
 }
 
-/// Counts a client relayed on the ring (`GlobalStats::clients_on_ring`) while it lives.
-struct OnRing(Arc<Shared>);
-
-impl OnRing {
-    fn count(shared: &Arc<Shared>, client: &Stream) -> Option<OnRing> {
-        if !matches!(client, Stream::Ring(_)) {
-            return None;
-        }
-        shared.stats.clients_on_ring.fetch_add(1, Ordering::Relaxed);
-        Some(OnRing(shared.clone()))
-    }
-}
-
-impl Drop for OnRing {
-    fn drop(&mut self) {
-        self.0.stats.clients_on_ring.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 pub(super) struct Relay {
     /// First field: leaves the registry before `client` closes (KILL shuts the socket down).
     me: ClientHandle,
@@ -147,6 +128,9 @@ pub(super) struct Relay {
     relayed: u8,
     /// `relay` returned to move to the ring, not to park.
     moving: bool,
+    /// Counted in `GlobalStats::clients_on_ring` (a flag here, not a guard in `run`'s future:
+    /// that would grow every idle client's task).
+    counted_on_ring: bool,
 }
 
 /// A parked client (`super::parking`): the relay without what only a busy or waiting client
@@ -193,6 +177,7 @@ impl ParkedRelay {
             bytes_out: 0,
             relayed: 1,
             moving: false,
+            counted_on_ring: false,
         }
     }
 }
@@ -232,6 +217,7 @@ impl Relay {
             bytes_out: 0,
             relayed: 0,
             moving: false,
+            counted_on_ring: false,
         }
     }
 
@@ -246,7 +232,7 @@ impl Relay {
             if let Err(e) = self.client.adopt(true) {
                 tracing::warn!("cannot put a client's socket on this thread's engine: {e}");
             }
-            let _on_ring = OnRing::count(&self.shared.0, &self.client);
+            self.count_on_ring();
             loop {
                 let Some(end) = self.relay().await else {
                     if std::mem::take(&mut self.moving) {
@@ -255,6 +241,7 @@ impl Relay {
                             Err(back) => {
                                 self = *back;
                                 let _ = self.client.adopt(true);
+                                self.count_on_ring();
                                 continue;
                             }
                         }
@@ -264,6 +251,7 @@ impl Relay {
                         // and then it does not park.
                         std::future::poll_fn(|cx| h.get().map_or(Poll::Ready(()), |s| s.poll_quiesce(cx))).await;
                     }
+                    self.uncount_on_ring();
                     match super::parking::park(self) {
                         Ok(()) => return,
                         Err(back) => {
@@ -271,14 +259,31 @@ impl Relay {
                             if let Err(e) = self.client.adopt(true) {
                                 tracing::warn!("cannot put a client's socket back on this thread's engine: {e}");
                             }
+                            self.count_on_ring();
                             continue;
                         }
                     }
                 };
+                self.uncount_on_ring();
                 // Boxed: once per client, and not part of the future every idle client keeps.
                 Box::pin(self.finish(end)).await;
                 return;
             }
+        }
+    }
+
+    /// Counts the client in `clients_on_ring` if its socket is on the ring now.
+    fn count_on_ring(&mut self) {
+        if matches!(self.client, Stream::Ring(_)) && !self.counted_on_ring {
+            self.shared.stats.clients_on_ring.fetch_add(1, Ordering::Relaxed);
+            self.counted_on_ring = true;
+        }
+    }
+
+    /// No longer counted in `clients_on_ring` (it parks, moves or leaves).
+    fn uncount_on_ring(&mut self) {
+        if std::mem::take(&mut self.counted_on_ring) {
+            self.shared.stats.clients_on_ring.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
