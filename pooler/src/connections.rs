@@ -32,11 +32,7 @@ impl Endpoints {
             Stream::Tcp(s) => Some(s),
             Stream::TlsClient(s) => Some(s.get_ref().0),
             Stream::TlsServer(s) => Some(s.get_ref().0),
-            Stream::Ring(h) if !h.unix => {
-                // SAFETY: the handle's descriptor is open for as long as it lives.
-                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(h.as_raw_fd()) };
-                return Endpoints::of_socket(socket2::SockRef::from(&fd));
-            }
+            Stream::Ring(h) if !h.unix => return Endpoints::of_socket(socket2::SockRef::from(h)),
             Stream::Unix(_) | Stream::Detached(_) | Stream::Ring(_) => None,
         };
         match tcp {

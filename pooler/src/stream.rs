@@ -151,11 +151,7 @@ impl Stream {
             Stream::Tcp(s) => s,
             Stream::TlsClient(s) => s.get_ref().0,
             Stream::TlsServer(s) => s.get_ref().0,
-            Stream::Ring(h) if !h.unix => {
-                // SAFETY: the handle's descriptor is open for as long as it lives.
-                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(h.as_raw_fd()) };
-                return socket2::SockRef::from(&fd).peer_addr().ok()?.as_socket();
-            }
+            Stream::Ring(h) if !h.unix => return socket2::SockRef::from(h).peer_addr().ok()?.as_socket(),
             _ => return None,
         };
         tcp.peer_addr().ok()
@@ -215,15 +211,7 @@ impl Stream {
             self.adopt(false)?;
         }
         if let Stream::Ring(h) = self {
-            let unsent = {
-                let socket = h.get()?;
-                socket.write(bytes)?;
-                socket.unsent()
-            };
-            if unsent > RING_UNSENT_LIMIT {
-                ring_flush(h).await?;
-            }
-            return Ok(());
+            return ring_send(h, bytes, &[]).await;
         }
         let written = match self {
             Stream::Tcp(s) => send_now(s.as_raw_fd(), bytes),
@@ -252,9 +240,7 @@ impl Stream {
     pub fn reset_on_close_if_peer_closed(&self) {
         if let Stream::Ring(h) = self {
             if h.get().is_ok_and(|s| s.peer_closed()) {
-                // SAFETY: the handle's descriptor is open for as long as it lives.
-                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(h.as_raw_fd()) };
-                let _ = socket2::SockRef::from(&fd).set_linger(Some(std::time::Duration::ZERO));
+                let _ = socket2::SockRef::from(h).set_linger(Some(std::time::Duration::ZERO));
             }
             return;
         }
@@ -274,15 +260,7 @@ impl Stream {
     /// without copying them together first).
     pub async fn send_pair(&mut self, first: &[u8], second: &[u8]) -> io::Result<()> {
         if let Stream::Ring(h) = self {
-            let unsent = {
-                let socket = h.get()?;
-                socket.write_pair(first, second)?;
-                socket.unsent()
-            };
-            if unsent > RING_UNSENT_LIMIT {
-                ring_flush(h).await?;
-            }
-            return Ok(());
+            return ring_send(h, first, second).await;
         }
         let written = match self {
             Stream::Tcp(s) => send_pair_now(s.as_raw_fd(), first, second),
@@ -313,13 +291,7 @@ impl Stream {
             Stream::TlsClient(s) => s.get_ref().0.readable().await,
             Stream::TlsServer(s) => s.get_ref().0.readable().await,
             Stream::Detached(_) => Err(detached()),
-            Stream::Ring(h) => {
-                std::future::poll_fn(|cx| match h.get() {
-                    Ok(socket) => socket.poll_readable(cx),
-                    Err(e) => Poll::Ready(Err(e)),
-                })
-                .await
-            }
+            Stream::Ring(_) => std::future::poll_fn(|cx| self.poll_read_ready(cx)).await,
         }
     }
 
@@ -413,30 +385,29 @@ impl Stream {
             Stream::TlsClient(s) => s.get_ref().0.try_read(&mut probe),
             Stream::TlsServer(s) => s.get_ref().0.try_read(&mut probe),
             Stream::Detached(None) => return true,
-            Stream::Detached(Some(s)) => {
-                // SAFETY: one byte into a live local, on the open socket `s` owns.
-                let n = unsafe {
-                    libc::recv(s.as_raw_fd(), probe.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
-                };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            }
+            Stream::Detached(Some(s)) => return crate::ring::socket::peer_spoke(s.as_raw_fd()),
             Stream::Ring(h) => return h.get().map_or(true, |s| s.is_closed_or_dirty()),
         };
         !matches!(r, Err(ref e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 }
 
-/// Until every byte written to a ring socket was taken by the kernel.
-async fn ring_flush(h: &Homed) -> io::Result<()> {
-    std::future::poll_fn(|cx| match h.get() {
-        Ok(socket) => socket.poll_flush(cx),
-        Err(e) => Poll::Ready(Err(e)),
-    })
-    .await
+/// `first` then `second` queued on a ring socket; waits for the sends to drain only when
+/// more than `RING_UNSENT_LIMIT` is queued (a peer that does not read).
+async fn ring_send(h: &Homed, first: &[u8], second: &[u8]) -> io::Result<()> {
+    let unsent = {
+        let socket = h.get()?;
+        socket.write_pair(first, second)?;
+        socket.unsent()
+    };
+    if unsent > RING_UNSENT_LIMIT {
+        std::future::poll_fn(|cx| match h.get() {
+            Ok(socket) => socket.poll_flush(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        })
+        .await?;
+    }
+    Ok(())
 }
 
 /// send(2) on a non-blocking socket as one system call. Not through the C library's `send`:
@@ -564,9 +535,7 @@ impl AsyncWrite for Stream {
                     Ok(socket) => std::task::ready!(socket.poll_flush(cx))?,
                     Err(e) => return Poll::Ready(Err(e)),
                 }
-                // SAFETY: shutdown(2) on the handle's open descriptor.
-                let r = unsafe { libc::shutdown(h.as_raw_fd(), libc::SHUT_WR) };
-                Poll::Ready(if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) })
+                Poll::Ready(socket2::SockRef::from(&*h).shutdown(std::net::Shutdown::Write))
             }
         }
     }

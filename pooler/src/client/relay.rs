@@ -153,12 +153,11 @@ impl ParkedRelay {
         self.socket.as_raw_fd()
     }
 
-    /// Back to a relay, its socket put back into the runtime (call it on a runtime thread).
-    /// If that fails the relay's first read fails, and it ends like a client whose socket
-    /// broke.
+    /// Back to a relay, its socket still detached: `run` puts it on the engine of the thread
+    /// it runs on. If that fails the relay's first read fails, and it ends like a client whose
+    /// socket broke.
     pub(super) fn wake(self) -> Relay {
         let ParkedRelay { me, shared, pool, settings, socket, session, key, cancel } = self;
-        // `run` puts it on the engine of the thread it runs on.
         let client = Stream::Detached(Some(socket));
         Relay {
             me,
@@ -289,7 +288,7 @@ impl Relay {
 
     /// Hands the relay to the io_uring relaying thread, if one runs and the client's socket
     /// is plain (TLS stays on the worker threads); otherwise gives it back.
-    pub(super) fn hand_to_ring(mut self) -> Result<(), Box<Relay>> {
+    fn hand_to_ring(mut self) -> Result<(), Box<Relay>> {
         let Some(engine) = self.shared.ring.get().cloned() else { return Err(Box::new(self)) };
         if self.client.is_tls() {
             return Err(Box::new(self));

@@ -7,7 +7,7 @@ use super::executor;
 use super::socket::Socket;
 use std::io;
 use std::mem::ManuallyDrop;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 pub struct Homed {
     socket: ManuallyDrop<Socket>,
@@ -65,6 +65,14 @@ impl Homed {
 impl AsRawFd for Homed {
     fn as_raw_fd(&self) -> RawFd {
         self.fd
+    }
+}
+
+impl AsFd for Homed {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the socket owns the descriptor for as long as this handle lives (it is closed
+        // only when the handle drops, or leaked open; `into_fd` consumes the handle).
+        unsafe { BorrowedFd::borrow_raw(self.fd) }
     }
 }
 

@@ -116,11 +116,7 @@ impl Socket {
             s.unread = 0;
             return Poll::Ready(Ok(n));
         }
-        match ready_or_arm(&self.inner, &mut s, cx) {
-            Poll::Ready(Ok(())) => Poll::Ready(Ok(0)),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
-        }
+        ready_or_arm(&self.inner, &mut s, cx).map_ok(|()| 0)
     }
 
     /// Copies what was received into `out`, as much as fits (the rest stays for the next
@@ -132,11 +128,7 @@ impl Socket {
         }
         let mut s = self.inner.borrow_mut();
         if s.received.is_empty() {
-            return match ready_or_arm(&self.inner, &mut s, cx) {
-                Poll::Ready(Ok(())) => Poll::Ready(Ok(0)),
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            };
+            return ready_or_arm(&self.inner, &mut s, cx).map_ok(|()| 0);
         }
         let mut n = 0;
         while let Some(&(bid, len)) = s.received.front() {
@@ -186,15 +178,7 @@ impl Socket {
         if !s.received.is_empty() || s.eof || s.recv_error.is_some() {
             return true;
         }
-        if s.recv.is_some() {
-            return false;
-        }
-        let mut probe = 0u8;
-        // SAFETY: one byte into a live local.
-        let n = unsafe {
-            libc::recv(s.fd.as_raw_fd(), (&mut probe as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
-        };
-        !(n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock)
+        s.recv.is_none() && peer_spoke(s.fd.as_raw_fd())
     }
 
     /// Stops the receive (if one is armed) and waits for its end; bytes it brought meanwhile
@@ -240,11 +224,15 @@ impl Socket {
         self.inner.borrow().pending.len()
     }
 
-    /// Queues `first` then `second` (one send when none is in flight).
+    /// Queues `first` then `second` (one send when none is in flight); fails if an earlier
+    /// send failed (the connection is broken).
     pub fn write_pair(&self, first: &[u8], second: &[u8]) -> io::Result<()> {
         let mut s = self.inner.borrow_mut();
         if let Some(errno) = s.send_error {
             return Err(io::Error::from_raw_os_error(errno));
+        }
+        if first.is_empty() && second.is_empty() {
+            return Ok(());
         }
         if s.sending {
             s.pending.extend_from_slice(first);
@@ -254,11 +242,17 @@ impl Socket {
         let mut bytes = Vec::with_capacity(first.len() + second.len());
         bytes.extend_from_slice(first);
         bytes.extend_from_slice(second);
-        if bytes.is_empty() {
-            return Ok(());
-        }
         start_send(&self.inner, &mut s, bytes)
     }
+}
+
+/// Whether the peer of an idle socket closed it or sent bytes (a peek that does not wait; any
+/// error but "nothing there" counts as closed).
+pub fn peer_spoke(fd: RawFd) -> bool {
+    let mut probe = 0u8;
+    // SAFETY: one byte into a live local; the kernel only writes it.
+    let n = unsafe { libc::recv(fd, (&mut probe as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    !(n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock)
 }
 
 /// Ready(Ok) at the end of the stream, Ready(Err) with the receive's error; otherwise arms
@@ -287,20 +281,9 @@ fn ready_or_arm(inner: &Rc<RefCell<Inner>>, s: &mut Inner, cx: &mut Context<'_>)
 }
 
 impl Socket {
-    /// Queues `bytes` to be sent; fails if an earlier send failed (the connection is broken).
+    /// Queues `bytes` to be sent (`write_pair` with nothing after them).
     pub fn write(&self, bytes: &[u8]) -> io::Result<()> {
-        let mut s = self.inner.borrow_mut();
-        if let Some(errno) = s.send_error {
-            return Err(io::Error::from_raw_os_error(errno));
-        }
-        if bytes.is_empty() {
-            return Ok(());
-        }
-        if s.sending {
-            s.pending.extend_from_slice(bytes);
-            return Ok(());
-        }
-        start_send(&self.inner, &mut s, bytes.to_vec())
+        self.write_pair(bytes, &[])
     }
 
     /// Ready once every byte written was taken by the kernel (or a send failed).
